@@ -1,0 +1,279 @@
+package kavari
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+)
+
+// Ordering says which messages a consumer may handle at the same time.
+type Ordering int
+
+const (
+	// PerKey handles records with the same key strictly one after another in
+	// offset order, and records with different keys in parallel. The default.
+	PerKey Ordering = iota
+	// PerPartition handles each partition's records one after another.
+	PerPartition
+	// Unordered handles every record as soon as a slot is free.
+	Unordered
+)
+
+func (o Ordering) String() string {
+	switch o {
+	case PerKey:
+		return "PerKey"
+	case PerPartition:
+		return "PerPartition"
+	case Unordered:
+		return "Unordered"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}
+
+// Partitioner chooses a record's partition from its key.
+type Partitioner int
+
+const (
+	// Murmur2 is the Java client's default: Go and JVM producers agree.
+	Murmur2 Partitioner = iota
+	// CRC32 is librdkafka's default (and so the Python kavari's): use it when
+	// Python or other librdkafka producers share the topics and per-key order
+	// across languages matters.
+	CRC32
+)
+
+// OffsetReset says where a group starts on a partition with no committed offset.
+type OffsetReset int
+
+const (
+	// Earliest starts from the oldest record (the Python kavari example's choice).
+	Earliest OffsetReset = iota
+	// Latest starts from records published after the group joined.
+	Latest
+)
+
+// SASL configures SASL authentication.
+type SASL struct {
+	Mechanism string // "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512"
+	Username  string
+	Password  string
+}
+
+// Config configures a Kavari. The zero value of every field means its default;
+// only Brokers is required (and GroupID to consume). New validates it.
+type Config struct {
+	Brokers  []string // bootstrap brokers, host:port
+	GroupID  string   // consumer group; required by Start
+	ClientID string   // default "kavari"
+	Source   string   // ce_source header; default the host name
+	Logger   *slog.Logger
+	Registry *Registry // default DefaultRegistry
+
+	// Publishing.
+	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts
+	Partitioner     Partitioner   // default Murmur2
+	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms
+	BatchSize       int           // messages per batch; default 1000
+	BatchBytes      int64         // bytes per batch request; default 1 MiB
+	MaxMessageBytes int           // encoded size limit checked before sending; default 1,000,000
+	AsyncQueue      int           // PublishAsync queue length; default 10,000
+	AsyncWorkers    int           // PublishAsync writers; default 4
+	AllowAutoCreate bool          // let the broker auto-create topics on publish
+
+	// Consuming.
+	AutoOffsetReset  OffsetReset
+	Ordering         Ordering
+	MaxInFlight      int           // records fetched but not finished, all partitions; default 256
+	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
+	HandlerTimeout   time.Duration // per attempt; 0 means none
+	CommitInterval   time.Duration // default 1 s
+	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
+	SessionTimeout   time.Duration // default 30 s
+	RebalanceTimeout time.Duration // default 30 s
+	Heartbeat        time.Duration // default 3 s
+	DeadLetterSuffix string        // default ".dlq"
+	// Relaxed skips (and commits) records of unknown type instead of
+	// dead-lettering them, as the Python kavari does.
+	Relaxed bool
+
+	// Topics.
+	CreateTopics      bool // New creates every registered topic and its dead-letter topic
+	TopicPartitions   int  // default 3
+	ReplicationFactor int  // default 1; -1 for the broker default
+
+	// Security.
+	TLS  *tls.Config
+	SASL *SASL
+
+	// Clock drives retries; tests inject one. Default SystemClock.
+	Clock Clock
+}
+
+func (c *Config) setDefaults() {
+	if c.ClientID == "" {
+		c.ClientID = "kavari"
+	}
+	if c.Source == "" {
+		c.Source, _ = os.Hostname()
+		if c.Source == "" {
+			c.Source = "kavari"
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registry == nil {
+		c.Registry = DefaultRegistry
+	}
+	if c.BatchTimeout == 0 {
+		c.BatchTimeout = 2 * time.Millisecond
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 1000
+	}
+	if c.BatchBytes == 0 {
+		c.BatchBytes = 1 << 20
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 1_000_000
+	}
+	if c.AsyncQueue == 0 {
+		c.AsyncQueue = 10_000
+	}
+	if c.AsyncWorkers == 0 {
+		c.AsyncWorkers = 4
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 256
+	}
+	if c.ConsumerRetry == (RetryPolicy{}) {
+		c.ConsumerRetry = RetryPolicy{MaxAttempts: 5}
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = 30 * time.Second
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 3 * time.Second
+	}
+	if c.DeadLetterSuffix == "" {
+		c.DeadLetterSuffix = ".dlq"
+	}
+	if c.TopicPartitions == 0 {
+		c.TopicPartitions = 3
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = 1
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("Brokers is empty"))
+	}
+	for _, b := range c.Brokers {
+		if b == "" {
+			errs = append(errs, errors.New("Brokers has an empty address"))
+		}
+	}
+	if err := c.PublishRetry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("PublishRetry: %w", err))
+	}
+	if err := c.ConsumerRetry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("ConsumerRetry: %w", err))
+	}
+	if c.Ordering < PerKey || c.Ordering > Unordered {
+		errs = append(errs, fmt.Errorf("unknown Ordering %d", c.Ordering))
+	}
+	if c.Partitioner < Murmur2 || c.Partitioner > CRC32 {
+		errs = append(errs, fmt.Errorf("unknown Partitioner %d", c.Partitioner))
+	}
+	if c.AutoOffsetReset < Earliest || c.AutoOffsetReset > Latest {
+		errs = append(errs, fmt.Errorf("unknown AutoOffsetReset %d", c.AutoOffsetReset))
+	}
+	for name, v := range map[string]int64{
+		"BatchSize": int64(c.BatchSize), "BatchBytes": c.BatchBytes, "MaxMessageBytes": int64(c.MaxMessageBytes),
+		"AsyncQueue": int64(c.AsyncQueue), "AsyncWorkers": int64(c.AsyncWorkers), "MaxInFlight": int64(c.MaxInFlight),
+		"TopicPartitions": int64(c.TopicPartitions),
+	} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s is negative", name))
+		}
+	}
+	if c.HandlerTimeout < 0 || c.CommitInterval < 0 || c.DrainTimeout < 0 || c.BatchTimeout < 0 {
+		errs = append(errs, errors.New("a timeout or interval is negative"))
+	}
+	if c.Heartbeat >= c.SessionTimeout {
+		errs = append(errs, errors.New("Heartbeat must be shorter than SessionTimeout"))
+	}
+	if c.DrainTimeout >= c.RebalanceTimeout {
+		errs = append(errs, errors.New("DrainTimeout must be shorter than RebalanceTimeout, or a slow drain costs the group its members"))
+	}
+	if c.SASL != nil {
+		if _, err := c.SASL.mechanism(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kavari: invalid Config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func (s *SASL) mechanism() (sasl.Mechanism, error) {
+	switch s.Mechanism {
+	case "PLAIN":
+		return plain.Mechanism{Username: s.Username, Password: s.Password}, nil
+	case "SCRAM-SHA-256":
+		return scram.Mechanism(scram.SHA256, s.Username, s.Password)
+	case "SCRAM-SHA-512":
+		return scram.Mechanism(scram.SHA512, s.Username, s.Password)
+	}
+	return nil, fmt.Errorf("SASL.Mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism)
+}
+
+// dialer returns the kafka-go dialer for readers and the group.
+func (c *Config) dialer() *kafka.Dialer {
+	d := &kafka.Dialer{ClientID: c.ClientID, Timeout: 10 * time.Second, DualStack: true, TLS: c.TLS}
+	if c.SASL != nil {
+		d.SASLMechanism, _ = c.SASL.mechanism()
+	}
+	return d
+}
+
+// transport returns the kafka-go transport for the writer and admin calls.
+func (c *Config) transport() *kafka.Transport {
+	t := &kafka.Transport{ClientID: c.ClientID, TLS: c.TLS, DialTimeout: 10 * time.Second, MetadataTTL: 5 * time.Second}
+	if c.SASL != nil {
+		t.SASL, _ = c.SASL.mechanism()
+	}
+	return t
+}
+
+func (c *Config) balancer() kafka.Balancer {
+	if c.Partitioner == CRC32 {
+		return &kafka.CRC32Balancer{}
+	}
+	return &kafka.Murmur2Balancer{}
+}

@@ -1,0 +1,416 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// consumeLoop joins the group and runs one generation after another until
+// Stop. It never returns because of a broker failure: errors are logged, shown
+// in Health, and the group is joined again (kafka-go backs off between tries).
+func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
+	defer close(k.loopDone)
+	for {
+		gen, err := group.Next(k.runCtx)
+		if err != nil {
+			if k.runCtx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				return
+			}
+			k.health.fail(err)
+			k.log.Warn("kavari: consumer group unavailable, retrying", "group", k.cfg.GroupID, "err", err)
+			continue
+		}
+		g := newGeneration(k, gen, table)
+		k.health.joined(g)
+		k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", g.assigned())
+		g.start()
+	}
+}
+
+// generation is the work of one consumer group generation: a fetcher per
+// assigned partition, their handler goroutines, and the committer.
+type generation struct {
+	k     *Kavari
+	gen   *kafka.Generation
+	table *routeTable
+	parts []*partition
+
+	// hard is the context of handlers and dead-letter writes. It ends when the
+	// drain budget is spent: DrainTimeout after a revoke, or Stop's deadline.
+	hard       context.Context
+	hardCancel context.CancelFunc
+
+	fetchers sync.WaitGroup // one per partition, done when drained
+	commitMu sync.Mutex     // serialises commits so offsets never go backwards
+}
+
+// partition is one assigned partition of a generation.
+type partition struct {
+	topic     string
+	id        int
+	start     int64 // assigned offset (or FirstOffset/LastOffset)
+	tracker   *offsetTracker
+	committed int64 // last committed offset, under generation.commitMu
+	mu        sync.Mutex
+	lanes     map[string]*lane
+	inflight  sync.WaitGroup
+}
+
+// lane holds the records waiting behind the one being handled for a key.
+type lane struct{ queue []*job }
+
+type job struct {
+	rec kafka.Message
+	seq int64
+}
+
+func newGeneration(k *Kavari, gen *kafka.Generation, table *routeTable) *generation {
+	g := &generation{k: k, gen: gen, table: table}
+	g.hard, g.hardCancel = context.WithCancel(k.hardCtx)
+	topics := make([]string, 0, len(gen.Assignments))
+	for t := range gen.Assignments {
+		topics = append(topics, t)
+	}
+	sort.Strings(topics)
+	for _, t := range topics {
+		for _, a := range gen.Assignments[t] {
+			g.parts = append(g.parts, &partition{
+				topic: t, id: a.ID, start: a.Offset, tracker: newOffsetTracker(),
+				committed: max(a.Offset, -1), lanes: map[string]*lane{},
+			})
+		}
+	}
+	return g
+}
+
+func (g *generation) assigned() map[string][]int {
+	m := map[string][]int{}
+	for _, p := range g.parts {
+		m[p.topic] = append(m[p.topic], p.id)
+	}
+	return m
+}
+
+func (g *generation) start() {
+	g.fetchers.Add(len(g.parts))
+	for _, p := range g.parts {
+		g.gen.Start(func(ctx context.Context) { g.fetch(ctx, p) })
+	}
+	g.gen.Start(g.commitLoop)
+}
+
+// fetch reads partition p from its assigned offset and dispatches each record
+// until the generation ends, then waits for its in-flight records.
+func (g *generation) fetch(ctx context.Context, p *partition) {
+	defer g.fetchers.Done()
+	cfg := g.k.cfg
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        cfg.Brokers,
+		Topic:          p.topic,
+		Partition:      p.id,
+		Dialer:         cfg.dialer(),
+		MinBytes:       1,
+		MaxBytes:       10 << 20,
+		MaxWait:        500 * time.Millisecond,
+		ReadBackoffMin: 100 * time.Millisecond,
+		ReadBackoffMax: 2 * time.Second,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			g.k.health.note(fmt.Errorf(msg, args...))
+			g.k.log.Debug("kavari: fetch: "+fmt.Sprintf(msg, args...), "topic", p.topic, "partition", p.id)
+		}),
+	})
+	if err := r.SetOffset(p.start); err != nil {
+		g.k.log.Error("kavari: cannot position reader", "topic", p.topic, "partition", p.id, "offset", p.start, "err", err)
+	}
+	for {
+		if !g.k.acquire(ctx) {
+			break
+		}
+		rec, err := r.FetchMessage(ctx)
+		if err != nil {
+			g.k.release()
+			if ctx.Err() != nil {
+				break
+			}
+			g.k.health.note(err)
+			g.k.log.Warn("kavari: fetch failed", "topic", p.topic, "partition", p.id, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		g.dispatch(p, rec)
+	}
+	// Revoked or stopping: close the reader, let in-flight work finish within
+	// the drain budget.
+	go func() { _ = r.Close() }()
+	if g.k.stopping.Load() {
+		// Stop's deadline ends k.hardCtx, and so g.hard.
+	} else {
+		t := time.AfterFunc(cfg.DrainTimeout, g.hardCancel)
+		defer t.Stop()
+	}
+	drained := make(chan struct{})
+	go func() { p.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-g.hard.Done():
+		// Handlers were cancelled; give them a moment to return, then leave
+		// any that ignore their context behind. Their records stay uncommitted.
+		select {
+		case <-drained:
+		case <-time.After(time.Second):
+			g.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
+		}
+	}
+}
+
+// dispatch hands rec to its lane: behind an earlier record with the same key
+// (PerKey) or partition (PerPartition), or straight to a goroutine.
+func (g *generation) dispatch(p *partition, rec kafka.Message) {
+	j := &job{rec: rec, seq: p.tracker.add(rec.Offset, time.Now())}
+	p.inflight.Add(1)
+	var key string
+	switch g.k.cfg.Ordering {
+	case Unordered:
+		go g.runLane(p, "", nil, j)
+		return
+	case PerKey:
+		if rec.Key == nil {
+			go g.runLane(p, "", nil, j) // no key, no order to keep
+			return
+		}
+		key = string(rec.Key)
+	}
+	p.mu.Lock()
+	if l := p.lanes[key]; l != nil {
+		l.queue = append(l.queue, j)
+		p.mu.Unlock()
+		return
+	}
+	l := &lane{}
+	p.lanes[key] = l
+	p.mu.Unlock()
+	go g.runLane(p, key, l, j)
+}
+
+// runLane handles j, then every record queued behind it on lane l.
+func (g *generation) runLane(p *partition, key string, l *lane, j *job) {
+	for {
+		g.process(p, j)
+		if l == nil {
+			return
+		}
+		p.mu.Lock()
+		if len(l.queue) == 0 {
+			delete(p.lanes, key)
+			p.mu.Unlock()
+			return
+		}
+		j = l.queue[0]
+		l.queue[0] = nil
+		l.queue = l.queue[1:]
+		p.mu.Unlock()
+	}
+}
+
+// process decodes and handles one record, retrying and dead-lettering as
+// needed. The record is marked done only when it was handled, dead-lettered or
+// deliberately skipped; otherwise it stays uncommitted and is redelivered.
+func (g *generation) process(p *partition, j *job) {
+	defer p.inflight.Done()
+	defer g.k.release()
+	if g.hard.Err() != nil {
+		return
+	}
+	rt, msg, err := g.table.decode(&j.rec)
+	if err != nil {
+		var de *DecodeError
+		errors.As(err, &de)
+		if de.Kind == KindUnknownType && g.k.cfg.Relaxed {
+			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", err)
+			p.tracker.done(j.seq)
+			return
+		}
+		g.k.log.Warn("kavari: poison record, dead-lettering", "err", err)
+		if g.deadLetter(j, de.Kind, "", 1, err) {
+			p.tracker.done(j.seq)
+		}
+		return
+	}
+	if len(rt.bindings) == 0 {
+		// A type declared without handlers: this service publishes it but
+		// does not consume it.
+		p.tracker.done(j.seq)
+		return
+	}
+	for _, b := range rt.bindings {
+		attempts := 0
+		err := g.k.cfg.ConsumerRetry.retry(g.hard, g.k.cfg.Clock, func(attempt int) error {
+			attempts = attempt
+			return g.invoke(b, msg, j, attempt)
+		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
+				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", err)
+		})
+		if err == nil {
+			continue
+		}
+		if g.hard.Err() != nil {
+			return // interrupted by revoke or Stop: leave it for redelivery
+		}
+		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
+		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", herr, "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		if !g.deadLetter(j, KindHandler, b.name, attempts, herr) {
+			return
+		}
+	}
+	p.tracker.done(j.seq)
+}
+
+// invoke runs one attempt of handler b on msg, turning a panic into an error.
+func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error) {
+	ctx := context.WithValue(g.hard, recordKey{}, recordOf(&j.rec, attempt))
+	if t := g.k.cfg.HandlerTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	h, err := g.k.resolve(b)
+	if err != nil {
+		return err
+	}
+	err = b.call(ctx, h, msg)
+	if err == nil && ctx.Err() != nil && g.hard.Err() == nil {
+		// The handler ignored its timeout; count the attempt as failed.
+		err = fmt.Errorf("kavari: handler exceeded HandlerTimeout %s: %w", g.k.cfg.HandlerTimeout, ctx.Err())
+	}
+	return err
+}
+
+// Permanent wraps err so that kavari does not retry the handler: the record
+// goes straight to the dead-letter topic.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func retriableHandler(err error) bool {
+	var p *permanentError
+	return !errors.As(err, &p)
+}
+
+// dlqRetry retries dead-letter writes until they succeed or the generation's
+// drain budget ends: a record is never committed unless handled or dead-lettered.
+var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second, MaxAttempts: -1}
+
+// deadLetter writes j's dead letter, retrying until it is acknowledged (true)
+// or the drain budget ends (false).
+func (g *generation) deadLetter(j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
+	rec := deadLetter(&j.rec, j.rec.Topic+g.k.cfg.DeadLetterSuffix, kind, handler, attempts, cause)
+	err := dlqRetry.retry(g.hard, g.k.cfg.Clock, func(int) error {
+		errs := g.k.pub.write(g.hard, []kafka.Message{rec})
+		if errs == nil {
+			return nil
+		}
+		if errors.Is(errs[0], ErrTooLarge) && len(rec.Value) > 0 {
+			// The broker refuses the record at this size: keep the headers,
+			// drop the value, and say so.
+			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderTruncated, Value: fmt.Appendf(nil, "%d", len(rec.Value))})
+			rec.Value = nil
+		}
+		return errs[0]
+	}, func(error) bool { return true }, func(attempt int, err error, wait time.Duration) {
+		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", rec.Topic, "attempt", attempt, "wait", wait, "err", err)
+	})
+	return err == nil
+}
+
+// commitLoop commits the completed prefix of every partition every
+// CommitInterval, and once more after the partitions drained at the end of
+// the generation.
+func (g *generation) commitLoop(ctx context.Context) {
+	t := time.NewTicker(g.k.cfg.CommitInterval)
+	defer t.Stop()
+	drained := make(chan struct{})
+	go func() {
+		<-ctx.Done() // returning earlier would end the generation
+		g.fetchers.Wait()
+		close(drained)
+	}()
+	for {
+		select {
+		case <-t.C:
+			g.commit()
+		case <-drained:
+			if err := g.commit(); err != nil {
+				g.k.log.Warn("kavari: final commit failed; uncommitted records will be redelivered", "err", err)
+			}
+			g.hardCancel()
+			return
+		}
+	}
+}
+
+// commit commits every partition whose completed prefix moved forward.
+func (g *generation) commit() error {
+	g.commitMu.Lock()
+	defer g.commitMu.Unlock()
+	offsets := map[string]map[int]int64{}
+	var moved []*partition
+	for _, p := range g.parts {
+		next, _, _ := p.tracker.committable()
+		if next > p.committed {
+			if offsets[p.topic] == nil {
+				offsets[p.topic] = map[int]int64{}
+			}
+			offsets[p.topic][p.id] = next
+			moved = append(moved, p)
+		}
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	if err := g.gen.CommitOffsets(offsets); err != nil {
+		g.k.health.note(err)
+		g.k.log.Warn("kavari: commit failed", "err", err)
+		return err
+	}
+	for _, p := range moved {
+		p.committed = offsets[p.topic][p.id]
+	}
+	g.k.health.committed(len(moved))
+	return nil
+}
+
+// oldest returns the number of open records and the fetch time of the oldest.
+func (g *generation) oldest() (open int, at time.Time) {
+	for _, p := range g.parts {
+		_, n, t := p.tracker.committable()
+		open += n
+		if n > 0 && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	return open, at
+}

@@ -1,0 +1,257 @@
+package kavari
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/validate"
+)
+
+// Header names of the wire format (see the README's "Wire format").
+const (
+	HeaderMsgType       = "msg_type" // logical type name; the Python kavari routes on it
+	HeaderSpecVersion   = "ce_specversion"
+	HeaderID            = "ce_id"
+	HeaderType          = "ce_type"
+	HeaderSource        = "ce_source"
+	HeaderTime          = "ce_time"
+	HeaderContentType   = "content-type"
+	HeaderVersion       = "kavari_version"
+	HeaderOriginalError = "original_error"
+	HeaderOrigTopic     = "kavari_original_topic"
+	HeaderOrigPartition = "kavari_original_partition"
+	HeaderOrigOffset    = "kavari_original_offset"
+	HeaderAttempts      = "kavari_attempts"
+	HeaderErrorKind     = "kavari_error_kind"
+	HeaderHandler       = "kavari_handler"
+	HeaderTruncated     = "kavari_truncated"
+)
+
+// Header is a record header. User headers set with WithHeaders travel with the
+// message untouched and are copied into dead letters.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+type headersKey struct{}
+
+// WithHeaders returns a context whose Publish calls add headers hs to the
+// message (correlation ids, trace context). A user header named like one of
+// kavari's replaces kavari's value (a caller may set ce_id to keep one id
+// across its own retries).
+func WithHeaders(ctx context.Context, hs ...Header) context.Context {
+	prev, _ := ctx.Value(headersKey{}).([]Header)
+	all := make([]Header, 0, len(prev)+len(hs))
+	all = append(append(all, prev...), hs...)
+	return context.WithValue(ctx, headersKey{}, all)
+}
+
+// Record describes the Kafka record a handler is working on. Handlers get it
+// with RecordFromContext.
+type Record struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Headers   []Header
+	ID        string    // ce_id: unique per published message, the same on redelivery
+	Type      string    // msg_type
+	Time      time.Time // ce_time, or the record timestamp
+	Attempt   int       // 1 on first delivery to this handler, 2 on its first retry, ...
+}
+
+type recordKey struct{}
+
+// RecordFromContext returns the record being handled, when ctx is a handler's.
+func RecordFromContext(ctx context.Context) (*Record, bool) {
+	r, ok := ctx.Value(recordKey{}).(*Record)
+	return r, ok
+}
+
+// newID returns a random RFC 4122 version 4 UUID string.
+func newID() string {
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	a, c := rand.Uint64(), rand.Uint64()
+	for i := 0; i < 8; i++ {
+		b[i] = byte(a >> (8 * i))
+		b[8+i] = byte(c >> (8 * i))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	j := 0
+	for i, x := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			s[j] = '-'
+			j++
+		}
+		s[j], s[j+1] = hex[x>>4], hex[x&0x0f]
+		j += 2
+	}
+	return string(s[:])
+}
+
+// encoder turns messages into records.
+type encoder struct {
+	source   string
+	maxBytes int
+	now      func() time.Time
+}
+
+// encode validates msg and returns its record and its ce_id.
+func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
+	info, v, err := messageValue(msg)
+	if err != nil {
+		return kafka.Message{}, err
+	}
+	if err := validate.Struct(msg); err != nil {
+		return kafka.Message{}, err
+	}
+	key, err := info.key(v)
+	if err != nil {
+		return kafka.Message{}, err
+	}
+	value, err := json.Marshal(msg)
+	if err != nil {
+		return kafka.Message{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
+	}
+	if e.maxBytes > 0 && len(value)+len(key) > e.maxBytes {
+		return kafka.Message{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
+	}
+	id := newID()
+	hs := make([]kafka.Header, 0, 9)
+	name := []byte(info.name)
+	hs = append(hs,
+		kafka.Header{Key: HeaderMsgType, Value: name},
+		kafka.Header{Key: HeaderSpecVersion, Value: []byte("1.0")},
+		kafka.Header{Key: HeaderID, Value: []byte(id)},
+		kafka.Header{Key: HeaderType, Value: name},
+		kafka.Header{Key: HeaderSource, Value: []byte(e.source)},
+		kafka.Header{Key: HeaderTime, Value: e.now().UTC().AppendFormat(nil, time.RFC3339Nano)},
+		kafka.Header{Key: HeaderContentType, Value: []byte("application/json")},
+	)
+	if info.version != "" {
+		hs = append(hs, kafka.Header{Key: HeaderVersion, Value: []byte(info.version)})
+	}
+	if user, _ := ctx.Value(headersKey{}).([]Header); len(user) > 0 {
+		hs = mergeHeaders(hs, user)
+	}
+	return kafka.Message{Topic: info.topic, Key: key, Value: value, Headers: hs}, nil
+}
+
+func mergeHeaders(hs []kafka.Header, user []Header) []kafka.Header {
+next:
+	for _, u := range user {
+		for i := range hs {
+			if hs[i].Key == u.Key {
+				hs[i].Value = u.Value
+				continue next
+			}
+		}
+		hs = append(hs, kafka.Header{Key: u.Key, Value: u.Value})
+	}
+	return hs
+}
+
+func headerValue(hs []kafka.Header, key string) ([]byte, bool) {
+	for _, h := range hs {
+		if h.Key == key {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}
+
+// decode turns a record into a new message of its registered type, validated.
+// Every failure is a *DecodeError saying where the record is and what kind of
+// failure it was.
+func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
+	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
+		return nil, nil, &DecodeError{Kind: kind, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, MsgType: msgType, Err: err}
+	}
+	name, ok := headerValue(rec.Headers, HeaderMsgType)
+	if !ok {
+		if len(rec.Headers) == 0 {
+			return fail(KindUnknownType, "", fmt.Errorf("%w: the record has no headers", ErrUnknownType))
+		}
+		return fail(KindUnknownType, "", fmt.Errorf("%w: no %s header", ErrUnknownType, HeaderMsgType))
+	}
+	rt := t.lookup(rec.Topic, string(name))
+	if rt == nil {
+		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, rec.Topic))
+	}
+	if len(rec.Value) == 0 {
+		return fail(KindDecode, string(name), errors.New("empty value"))
+	}
+	ptr := reflect.New(rt.info.typ)
+	if err := json.Unmarshal(rec.Value, ptr.Interface()); err != nil {
+		return fail(KindDecode, string(name), fmt.Errorf("value is not the JSON of %s: %w", rt.info.goName, err))
+	}
+	msg := ptr.Interface()
+	if err := validate.Struct(msg); err != nil {
+		return fail(KindValidation, string(name), err)
+	}
+	return rt, msg, nil
+}
+
+// recordOf describes rec for a handler's context.
+func recordOf(rec *kafka.Message, attempt int) *Record {
+	r := &Record{
+		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
+		Time: rec.Time, Attempt: attempt,
+	}
+	r.Headers = make([]Header, len(rec.Headers))
+	for i, h := range rec.Headers {
+		r.Headers[i] = Header{Key: h.Key, Value: h.Value}
+		switch h.Key {
+		case HeaderID:
+			r.ID = string(h.Value)
+		case HeaderMsgType:
+			r.Type = string(h.Value)
+		case HeaderTime:
+			if t, err := time.Parse(time.RFC3339Nano, string(h.Value)); err == nil {
+				r.Time = t
+			}
+		}
+	}
+	return r
+}
+
+// deadLetter builds the dead-letter record for rec: same key, value and
+// headers, plus headers saying what went wrong. Headers kavari adds replace
+// any of the same name already on the record (a dead letter of a dead letter).
+func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
+	add := []kafka.Header{
+		{Key: HeaderOriginalError, Value: []byte(cause.Error())},
+		{Key: HeaderOrigTopic, Value: []byte(rec.Topic)},
+		{Key: HeaderOrigPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
+		{Key: HeaderOrigOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
+		{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(attempts), 10)},
+		{Key: HeaderErrorKind, Value: []byte(kind)},
+	}
+	if handler != "" {
+		add = append(add, kafka.Header{Key: HeaderHandler, Value: []byte(handler)})
+	}
+	hs := make([]kafka.Header, 0, len(rec.Headers)+len(add))
+outer:
+	for _, h := range rec.Headers {
+		for _, a := range add {
+			if a.Key == h.Key {
+				continue outer
+			}
+		}
+		hs = append(hs, h)
+	}
+	hs = append(hs, add...)
+	return kafka.Message{Topic: topic, Key: rec.Key, Value: rec.Value, Headers: hs}
+}

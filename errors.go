@@ -1,0 +1,126 @@
+package kavari
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/kavari-go/kavari/validate"
+)
+
+// Sentinel errors. Callers branch on them with errors.Is.
+var (
+	// ErrNilMessage is returned for a nil message or a nil pointer.
+	ErrNilMessage = errors.New("kavari: nil message")
+	// ErrNotMessage is returned for a value whose type does not embed
+	// kavari.Message (or is not a pointer to a struct).
+	ErrNotMessage = errors.New("kavari: not a kavari message")
+	// ErrEmptyKey is returned when a message declares a key but its value is empty.
+	ErrEmptyKey = errors.New("kavari: empty partition key")
+	// ErrTooLarge is returned when an encoded message is over Config.MaxMessageBytes
+	// or the broker's limit. Nothing is sent.
+	ErrTooLarge = errors.New("kavari: message too large")
+	// ErrClosed is returned by calls made after Stop.
+	ErrClosed = errors.New("kavari: closed")
+	// ErrDuplicate is returned when the same handler is registered twice for a type,
+	// or two types claim one logical name on one topic.
+	ErrDuplicate = errors.New("kavari: duplicate registration")
+	// ErrFrozen is returned by registrations made after the consumer started.
+	ErrFrozen = errors.New("kavari: registry is read-only once the consumer has started")
+	// ErrUnknownType is matched by decode errors for records whose msg_type is
+	// missing or not registered on their topic.
+	ErrUnknownType = errors.New("kavari: unknown message type")
+	// ErrInvalid is matched by every validation failure; errors.As with
+	// *validate.Error exposes the failing fields.
+	ErrInvalid = validate.ErrInvalid
+)
+
+// TagError reports a malformed `kavari:"..."` tag or message declaration.
+// It is found at registration or at the first publish of the type, never later.
+type TagError struct {
+	Type   string // Go type name
+	Tag    string // the tag as written
+	Reason string
+}
+
+func (e *TagError) Error() string {
+	return fmt.Sprintf("kavari: %s: bad tag `kavari:%q`: %s", e.Type, e.Tag, e.Reason)
+}
+
+// ErrorKind says why a record was dead-lettered. Its value is written in the
+// kavari_error_kind header.
+type ErrorKind string
+
+// The kinds of dead letter.
+const (
+	KindDecode      ErrorKind = "decode"       // value is not the JSON of the registered type
+	KindValidation  ErrorKind = "validation"   // decoded but failed the type's validate rules
+	KindUnknownType ErrorKind = "unknown_type" // no msg_type header, or a type not registered on the topic
+	KindHandler     ErrorKind = "handler"      // a handler kept failing (error, panic or timeout)
+)
+
+// DecodeError is a record that could not be turned into a registered message.
+// It says where the record is and what kind of failure it was.
+type DecodeError struct {
+	Kind      ErrorKind
+	Topic     string
+	Partition int
+	Offset    int64
+	MsgType   string // the msg_type header, "" when absent
+	Err       error
+}
+
+func (e *DecodeError) Error() string {
+	where := e.Topic + "/" + strconv.Itoa(e.Partition) + "@" + strconv.FormatInt(e.Offset, 10)
+	if e.MsgType != "" {
+		return fmt.Sprintf("kavari: %s record %s (msg_type %q): %v", e.Kind, where, e.MsgType, e.Err)
+	}
+	return fmt.Sprintf("kavari: %s record %s: %v", e.Kind, where, e.Err)
+}
+
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// PublishError is one message that was not published.
+type PublishError struct {
+	Index int    // position in the PublishBatch call (0 for Publish)
+	Topic string // destination topic
+	Key   string // partition key
+	ID    string // the ce_id the message was sent with
+	// MayHaveBeenWritten is true when the outcome is unknown: the context ended
+	// while a write was in flight. The broker may hold the message; a retry
+	// with the same ID lets idempotent consumers drop the duplicate.
+	MayHaveBeenWritten bool
+	Err                error
+}
+
+func (e *PublishError) Error() string {
+	s := fmt.Sprintf("kavari: publish to %s (key %q, id %s): %v", e.Topic, e.Key, e.ID, e.Err)
+	if e.MayHaveBeenWritten {
+		s += " (the message may have been written)"
+	}
+	return s
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
+// PanicError is a handler panic, recovered and reported as an error.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("kavari: handler panicked: %v", e.Value) }
+
+// HandlerError is a handler failure after its retries, as passed to the dead
+// letter and to the log.
+type HandlerError struct {
+	Handler  string // handler type, e.g. "*main.OrderPlacedHandler"
+	Attempts int
+	Err      error
+}
+
+func (e *HandlerError) Error() string {
+	return fmt.Sprintf("kavari: handler %s failed after %d attempt(s): %v", e.Handler, e.Attempts, e.Err)
+}
+
+func (e *HandlerError) Unwrap() error { return e.Err }

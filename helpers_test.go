@@ -1,0 +1,68 @@
+package kavari_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testenv"
+)
+
+// testLogger is quiet unless KAVARI_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("KAVARI_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// newKavari builds a Kavari on reg against the test broker, creates its topics
+// and stops it when the test ends.
+func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate ...func(*kavari.Config)) *kavari.Kavari {
+	t.Helper()
+	cfg := kavari.Config{
+		Brokers:        brokers,
+		GroupID:        testenv.ID("g"),
+		Registry:       reg,
+		Logger:         testLogger(),
+		CommitInterval: 200 * time.Millisecond,
+		Heartbeat:      500 * time.Millisecond,
+		SessionTimeout: 10 * time.Second,
+		DrainTimeout:   5 * time.Second,
+		ConsumerRetry:  kavari.FibonacciRetry(5*time.Millisecond, 3),
+		PublishRetry:   kavari.FibonacciRetry(50*time.Millisecond, 10),
+	}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	k, err := kavari.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, k.EnsureTopics(ctx))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = k.Stop(ctx)
+	})
+	return k
+}
+
+// eventually waits until cond holds, failing with msg after timeout. The
+// timeout is a safety net against hangs, not a performance assertion.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf(msg, args...)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

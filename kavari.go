@@ -1,0 +1,324 @@
+// Package kavari makes Kafka publish/subscribe typed, validated and safe.
+//
+// A message is a Go struct that embeds kavari.Message; its tag names the topic
+// and the field holding the partition key, and `validate` tags (from
+// go-playground/validator) say what a valid message is:
+//
+//	type OrderPlaced struct {
+//		kavari.Message `kavari:"topic=orders,key=OrderID"`
+//		OrderID string `json:"order_id" validate:"required"`
+//		Amount  int64  `json:"amount"   validate:"gt=0"`
+//	}
+//
+// Handlers are registered per message type, and a Kavari publishes and
+// consumes:
+//
+//	kavari.RegisterFunc(&OrderPlaced{}, func(ctx context.Context, m *OrderPlaced) error { ... })
+//	k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: "billing"})
+//	err = k.Start(ctx)                // consume in the background
+//	err = k.Publish(ctx, &OrderPlaced{OrderID: "o-1", Amount: 10})
+//	err = k.Stop(ctx)                 // drain, commit, leave the group, flush
+//
+// Guarantees: a published message is acknowledged by all in-sync replicas
+// before Publish returns. A consumed record is committed only after every
+// handler returned nil for it or it was written to the dead-letter topic, so
+// delivery is at-least-once; records with the same key on one partition are
+// handled one at a time in offset order (Ordering PerKey).
+package kavari
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Kavari publishes and consumes typed messages. Create it with New; it is safe
+// for concurrent use.
+type Kavari struct {
+	cfg Config
+	log *slog.Logger
+	reg *Registry
+	pub *publisher
+
+	provider atomic.Pointer[Provider]
+	sem      chan struct{}
+	health   health
+
+	startOnce sync.Once
+	started   atomic.Bool
+	stopping  atomic.Bool
+	stopOnce  sync.Once
+	stopDone  chan struct{}
+	stopErr   error
+
+	group      *kafka.ConsumerGroup
+	runCtx     context.Context // ends when Stop begins
+	runCancel  context.CancelFunc
+	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
+	hardCancel context.CancelFunc
+	loopDone   chan struct{}
+}
+
+// New checks cfg and returns a Kavari ready to publish. It does not contact
+// the brokers: a Kafka that is down at boot does not stop the application.
+func New(cfg Config) (*Kavari, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	k := &Kavari{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		reg:      cfg.Registry,
+		sem:      make(chan struct{}, cfg.MaxInFlight),
+		stopDone: make(chan struct{}),
+		loopDone: make(chan struct{}),
+	}
+	k.runCtx, k.runCancel = context.WithCancel(context.Background())
+	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
+	k.pub = newPublisher(&k.cfg, &encoder{source: cfg.Source, maxBytes: cfg.MaxMessageBytes, now: cfg.Clock.Now})
+	return k, nil
+}
+
+// Publish validates msg (a pointer to a kavari message struct), sends it and
+// returns once all in-sync replicas acknowledged it, retrying retriable
+// failures with Config.PublishRetry. An invalid message returns an error
+// matching ErrInvalid and is not sent. When ctx ends first the error is a
+// *PublishError whose MayHaveBeenWritten is true.
+func (k *Kavari) Publish(ctx context.Context, msg any) error {
+	if errs := k.pub.publish(ctx, []any{msg}); errs != nil {
+		return errs[0]
+	}
+	return nil
+}
+
+// PublishBatch publishes msgs together. If any message is invalid, none is
+// sent. Otherwise each message is retried on its own; the result joins one
+// *PublishError per message that failed (its Index says which).
+func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
+	errs := k.pub.publish(ctx, msgs)
+	if errs == nil {
+		return nil
+	}
+	var joined []error
+	for i, e := range errs {
+		if e == nil {
+			continue
+		}
+		var pe *PublishError
+		if errors.As(e, &pe) {
+			pe.Index = i
+		} else {
+			e = &PublishError{Index: i, Err: e}
+		}
+		joined = append(joined, e)
+	}
+	return errors.Join(joined...)
+}
+
+// PublishAsync validates msg and queues it for publishing; callback (which may
+// be nil) runs exactly once with msg and the outcome, nil when acknowledged.
+// When the queue (Config.AsyncQueue) is full, PublishAsync blocks until there
+// is room. An invalid message, or one published after Stop, gets its callback
+// before PublishAsync returns. Callbacks run on kavari's goroutines and should
+// not block for long.
+func (k *Kavari) PublishAsync(msg any, callback func(msg any, err error)) {
+	k.pub.enqueue(msg, callback)
+}
+
+// SetProvider sets the function that resolves handler instances, such as a DI
+// container's resolve method; see Provider. It may be called at any time.
+func (k *Kavari) SetProvider(p Provider) {
+	if p == nil {
+		k.provider.Store(nil)
+		return
+	}
+	k.provider.Store(&p)
+}
+
+// Start begins consuming every topic that has a registered handler, in the
+// background, and freezes the registry. ctx bounds only the start-up work
+// (creating topics when Config.CreateTopics is set); the consumer runs until
+// Stop. Start fails when there is no GroupID or no handler; a broker that is
+// down is not an error: the consumer keeps trying and Health shows it.
+func (k *Kavari) Start(ctx context.Context) error {
+	if k.stopping.Load() {
+		return ErrClosed
+	}
+	err := errors.New("kavari: Start called twice")
+	k.startOnce.Do(func() { err = k.start(ctx) })
+	return err
+}
+
+func (k *Kavari) start(ctx context.Context) error {
+	if k.cfg.GroupID == "" {
+		return errors.New("kavari: Config.GroupID is required to consume")
+	}
+	table := k.reg.freeze()
+	topics := table.subscribed()
+	if len(topics) == 0 {
+		return errors.New("kavari: no handlers registered: nothing to consume")
+	}
+	if k.cfg.CreateTopics {
+		if err := k.EnsureTopics(ctx); err != nil {
+			return err
+		}
+	}
+	start := kafka.FirstOffset
+	if k.cfg.AutoOffsetReset == Latest {
+		start = kafka.LastOffset
+	}
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                    k.cfg.GroupID,
+		Brokers:               k.cfg.Brokers,
+		Dialer:                k.cfg.dialer(),
+		Topics:                topics,
+		HeartbeatInterval:     k.cfg.Heartbeat,
+		SessionTimeout:        k.cfg.SessionTimeout,
+		RebalanceTimeout:      k.cfg.RebalanceTimeout,
+		JoinGroupBackoff:      time.Second,
+		WatchPartitionChanges: true,
+		StartOffset:           start,
+		Timeout:               10 * time.Second,
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			k.log.Debug("kavari: group: " + fmt.Sprintf(msg, args...))
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("kavari: consumer group: %w", err)
+	}
+	k.group = group
+	k.started.Store(true)
+	k.health.start(topics)
+	go k.consumeLoop(group, table)
+	return nil
+}
+
+// Stop shuts kavari down: it stops fetching, lets in-flight handlers finish
+// until ctx's deadline, then cancels their contexts; commits what completed;
+// leaves the group; and flushes queued PublishAsync messages and closes the
+// publisher. Work that did not complete is redelivered to the next owner of
+// its partition. Stop returns by ctx's deadline even when the brokers are
+// gone (the error then says what was left undone). It is idempotent: later
+// calls wait for the first and return its result.
+func (k *Kavari) Stop(ctx context.Context) error {
+	k.stopOnce.Do(func() {
+		k.stopping.Store(true)
+		go func() {
+			<-ctx.Done()
+			k.hardCancel()
+		}()
+		var errs []error
+		if k.started.Load() {
+			k.runCancel()
+			closed := make(chan struct{})
+			go func() { _ = k.group.Close(); <-k.loopDone; close(closed) }()
+			select {
+			case <-closed:
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
+			}
+		}
+		if err := k.pub.close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("kavari: stop: publisher did not flush in time: %w", err))
+		}
+		k.hardCancel()
+		k.health.stop()
+		k.stopErr = errors.Join(errs...)
+		close(k.stopDone)
+	})
+	select {
+	case <-k.stopDone:
+		return k.stopErr
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// EnsureTopics creates every registered topic and its dead-letter topic with
+// Config.TopicPartitions and Config.ReplicationFactor, leaving existing
+// topics as they are, and waits until the brokers know them.
+func (k *Kavari) EnsureTopics(ctx context.Context) error {
+	var names []string
+	for _, t := range k.reg.Topics() {
+		names = append(names, t, t+k.cfg.DeadLetterSuffix)
+	}
+	return k.ensureTopics(ctx, names)
+}
+
+func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.w.Transport, Timeout: 30 * time.Second}
+	req := &kafka.CreateTopicsRequest{}
+	for _, n := range names {
+		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: n, NumPartitions: k.cfg.TopicPartitions, ReplicationFactor: k.cfg.ReplicationFactor})
+	}
+	resp, err := client.CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("kavari: create topics: %w", err)
+	}
+	for name, e := range resp.Errors {
+		if e != nil && !errors.Is(e, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("kavari: create topic %s: %w", name, e)
+		}
+	}
+	// Wait until metadata lists every topic with leaders.
+	for {
+		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
+		if err == nil {
+			ready := 0
+			for _, t := range md.Topics {
+				if t.Error == nil && len(t.Partitions) > 0 {
+					ready++
+				}
+			}
+			if ready == len(names) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kavari: topics not ready: %w", context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// acquire takes an in-flight slot, waiting while MaxInFlight records are open.
+func (k *Kavari) acquire(ctx context.Context) bool {
+	select {
+	case k.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (k *Kavari) release() { <-k.sem }
+
+// resolve returns the handler instance for binding b: from the Provider when
+// one is set and b names a handler type, else from b's factory.
+func (k *Kavari) resolve(b *binding) (any, error) {
+	if p := k.provider.Load(); p != nil && b.handlerType != nil {
+		h, err := (*p)(b.handlerType)
+		if err != nil {
+			return nil, fmt.Errorf("kavari: provider failed for %s: %w", b.handlerType, err)
+		}
+		if h == nil {
+			return nil, fmt.Errorf("kavari: provider returned nil for %s", b.handlerType)
+		}
+		return h, nil
+	}
+	if b.build == nil {
+		return nil, fmt.Errorf("kavari: %s is registered for a provider, but no provider is set (SetProvider)", b.name)
+	}
+	return b.build()
+}

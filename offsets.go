@@ -1,0 +1,70 @@
+package kavari
+
+import (
+	"sync"
+	"time"
+)
+
+// offsetTracker follows the records of one partition from fetch to completion
+// and says which offset may be committed: the one after the longest prefix of
+// fetched records that are all done. Records complete in any order; the
+// committable offset only moves forward. Safe for concurrent use.
+type offsetTracker struct {
+	mu      sync.Mutex
+	entries []trackEntry // entries[head:] are the records not yet committable
+	head    int
+	first   int64 // sequence number of entries[0]
+	next    int64 // committable offset; -1 while nothing completed
+}
+
+type trackEntry struct {
+	offset int64
+	at     time.Time
+	done   bool
+}
+
+func newOffsetTracker() *offsetTracker { return &offsetTracker{next: -1} }
+
+// add records a fetched record (offsets must increase) and returns its
+// sequence number for done.
+func (t *offsetTracker) add(offset int64, at time.Time) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.head > 256 && t.head*2 > len(t.entries) {
+		n := copy(t.entries, t.entries[t.head:])
+		t.entries = t.entries[:n]
+		t.first += int64(t.head)
+		t.head = 0
+	}
+	t.entries = append(t.entries, trackEntry{offset: offset, at: at})
+	return t.first + int64(len(t.entries)-1)
+}
+
+// done marks the record with sequence number seq complete and returns the
+// committable offset.
+func (t *offsetTracker) done(seq int64) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := int(seq - t.first)
+	if i < t.head || i >= len(t.entries) {
+		return t.next
+	}
+	t.entries[i].done = true
+	for t.head < len(t.entries) && t.entries[t.head].done {
+		t.next = t.entries[t.head].offset + 1
+		t.head++
+	}
+	return t.next
+}
+
+// committable returns the offset to commit (-1 when nothing completed), the
+// number of records still open, and the fetch time of the oldest open one.
+func (t *offsetTracker) committable() (next int64, open int, oldest time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	open = len(t.entries) - t.head
+	if open > 0 {
+		oldest = t.entries[t.head].at
+	}
+	return t.next, open, oldest
+}

@@ -1,0 +1,311 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// publisher owns the kafka-go Writer and the PublishAsync queue.
+type publisher struct {
+	cfg    *Config
+	enc    *encoder
+	w      *kafka.Writer
+	log    func(msg string, args ...any)
+	mu     sync.RWMutex // held for reading while enqueuing; for writing by close
+	closed bool
+	queue  chan asyncItem
+	wg     sync.WaitGroup
+	// bg is the context of async writes; abort ends it when close gives up.
+	bg    context.Context
+	abort context.CancelFunc
+}
+
+type asyncItem struct {
+	msg any
+	rec kafka.Message
+	cb  func(msg any, err error)
+}
+
+func newPublisher(cfg *Config, enc *encoder) *publisher {
+	p := &publisher{
+		cfg: cfg,
+		enc: enc,
+		w: &kafka.Writer{
+			Addr:                   kafka.TCP(cfg.Brokers...),
+			Balancer:               cfg.balancer(),
+			RequiredAcks:           kafka.RequireAll,
+			MaxAttempts:            1, // kavari retries, per message, with its own policy
+			BatchTimeout:           cfg.BatchTimeout,
+			BatchSize:              cfg.BatchSize,
+			BatchBytes:             cfg.BatchBytes,
+			WriteTimeout:           10 * time.Second,
+			ReadTimeout:            10 * time.Second,
+			AllowAutoTopicCreation: cfg.AllowAutoCreate,
+			Transport:              cfg.transport(),
+		},
+		log:   func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
+		queue: make(chan asyncItem, cfg.AsyncQueue),
+	}
+	p.bg, p.abort = context.WithCancel(context.Background())
+	for i := 0; i < cfg.AsyncWorkers; i++ {
+		p.wg.Add(1)
+		go p.asyncLoop()
+	}
+	return p
+}
+
+// publish encodes, validates and writes msgs, retrying each failed one with
+// the publish retry policy. It returns one error per message (nil when
+// acknowledged) or nil when all were.
+func (p *publisher) publish(ctx context.Context, msgs []any) []error {
+	p.mu.RLock()
+	closed := p.closed
+	p.mu.RUnlock()
+	errs := make([]error, len(msgs))
+	if closed {
+		for i := range errs {
+			errs[i] = ErrClosed
+		}
+		return errs
+	}
+	recs := make([]kafka.Message, 0, len(msgs))
+	idx := make([]int, 0, len(msgs))
+	failed := false
+	for i, m := range msgs {
+		rec, err := p.enc.encode(ctx, m)
+		if err != nil {
+			errs[i], failed = err, true
+			continue
+		}
+		recs = append(recs, rec)
+		idx = append(idx, i)
+	}
+	if failed {
+		// Nothing leaves the process when any message of a batch is invalid.
+		for _, i := range idx {
+			errs[i] = errors.New("kavari: not sent: another message of the batch is invalid")
+		}
+		return errs
+	}
+	if werrs := p.write(ctx, recs); werrs != nil {
+		for j, e := range werrs {
+			errs[idx[j]] = e
+		}
+		return errs
+	}
+	return nil
+}
+
+// write sends recs and retries the failed ones. It returns nil when all were
+// acknowledged, else one error (*PublishError or nil) per record.
+func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
+	errs := make([]error, len(recs))
+	pending := make([]int, len(recs))
+	for i := range pending {
+		pending[i] = i
+	}
+	batch := make([]kafka.Message, 0, len(recs))
+	inFlight := false
+	err := p.cfg.PublishRetry.retry(ctx, p.cfg.Clock, func(attempt int) error {
+		batch = batch[:0]
+		for _, i := range pending {
+			batch = append(batch, recs[i])
+		}
+		inFlight = true
+		werr := p.w.WriteMessages(ctx, batch...)
+		if werr == nil {
+			pending = pending[:0]
+			return nil
+		}
+		var we kafka.WriteErrors
+		if !errors.As(werr, &we) || len(we) != len(batch) {
+			if !retriablePublish(werr) {
+				for _, i := range pending {
+					errs[i] = werr
+				}
+				pending = pending[:0]
+				return nil
+			}
+			return werr
+		}
+		var retry error
+		still := pending[:0]
+		for j, e := range we {
+			i := pending[j]
+			switch {
+			case e == nil:
+			case retriablePublish(e):
+				still = append(still, i)
+				retry = e
+			default:
+				errs[i] = e
+			}
+		}
+		pending = still
+		return retry
+	}, retriablePublish, func(attempt int, err error, wait time.Duration) {
+		p.log("kavari: publish failed, retrying", "attempt", attempt, "wait", wait, "pending", len(pending), "err", err)
+	})
+	for _, i := range pending {
+		errs[i] = err
+	}
+	any := false
+	for i, e := range errs {
+		if e == nil {
+			continue
+		}
+		any = true
+		r := &recs[i]
+		id, _ := headerValue(r.Headers, HeaderID)
+		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e}
+		if inFlight && (errors.Is(e, context.Canceled) || errors.Is(e, context.DeadlineExceeded)) {
+			pe.MayHaveBeenWritten = true
+		}
+		var tooLarge kafka.MessageTooLargeError
+		if errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge) {
+			pe.Err = errors.Join(ErrTooLarge, e)
+		}
+		errs[i] = pe
+	}
+	if !any {
+		return nil
+	}
+	return errs
+}
+
+// retriablePublish reports whether a write error may succeed if retried.
+// Leader, metadata, coordinator, network and timeout errors are retriable;
+// size, authorization and invalid-request errors are permanent. An unknown
+// topic is retriable: kafka-go's metadata cache learns of new topics only on
+// refresh, and the retry policy bounds the wait.
+func retriablePublish(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var tooLarge kafka.MessageTooLargeError
+	if errors.As(err, &tooLarge) {
+		return false
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge, kafka.InvalidRecord, kafka.InvalidTopic,
+			kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed, kafka.GroupAuthorizationFailed,
+			kafka.SASLAuthenticationFailed, kafka.UnsupportedSASLMechanism, kafka.UnsupportedVersion,
+			kafka.InvalidRequiredAcks, kafka.InvalidMessageSize:
+			return false
+		}
+		return ke.Temporary() || ke.Timeout() || ke == kafka.BrokerNotAvailable || ke == kafka.ReplicaNotAvailable
+	}
+	if errors.Is(err, io.ErrClosedPipe) {
+		return false // the writer was closed
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	// Unknown failures (a broker restarting mid-request, a metadata gap) are
+	// retried: the policy's attempts and elapsed time bound them.
+	return true
+}
+
+// enqueue puts one message on the async queue, blocking while it is full.
+func (p *publisher) enqueue(msg any, cb func(any, error)) {
+	if cb == nil {
+		cb = func(any, error) {}
+	}
+	rec, err := p.enc.encode(context.Background(), msg)
+	if err != nil {
+		cb(msg, err)
+		return
+	}
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		cb(msg, ErrClosed)
+		return
+	}
+	p.queue <- asyncItem{msg: msg, rec: rec, cb: cb}
+	p.mu.RUnlock()
+}
+
+// asyncLoop writes queued messages in batches until the queue is closed and empty.
+func (p *publisher) asyncLoop() {
+	defer p.wg.Done()
+	items := make([]asyncItem, 0, p.cfg.BatchSize)
+	recs := make([]kafka.Message, 0, p.cfg.BatchSize)
+	for first := range p.queue {
+		items = append(items[:0], first)
+	fill:
+		for len(items) < p.cfg.BatchSize {
+			select {
+			case it, ok := <-p.queue:
+				if !ok {
+					break fill
+				}
+				items = append(items, it)
+			default:
+				break fill
+			}
+		}
+		recs = recs[:0]
+		for _, it := range items {
+			recs = append(recs, it.rec)
+		}
+		errs := p.write(p.bg, recs)
+		for i, it := range items {
+			var err error
+			if errs != nil {
+				err = errs[i]
+			}
+			p.callback(it, err)
+		}
+	}
+}
+
+func (p *publisher) callback(it asyncItem, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.cfg.Logger.Error("kavari: PublishAsync callback panicked", "panic", r)
+		}
+	}()
+	it.cb(it.msg, err)
+}
+
+// close stops accepting messages, flushes the async queue (each callback runs)
+// and closes the writer, or gives up when ctx ends.
+func (p *publisher) close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.queue)
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		_ = p.w.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		// Give up: queued messages fail fast, each callback still runs once.
+		p.abort()
+		return context.Cause(ctx)
+	}
+}

@@ -1,0 +1,247 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/kavari-go/kavari/validate"
+)
+
+// Handler handles one message type. Implementations must be safe for
+// concurrent use unless they are built per message (by a factory or provider).
+// Returning an error (or panicking) makes kavari retry the message with the
+// consumer retry policy and then dead-letter it.
+type Handler[T any] interface {
+	Handle(ctx context.Context, msg *T) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc[T any] func(ctx context.Context, msg *T) error
+
+// Handle calls f.
+func (f HandlerFunc[T]) Handle(ctx context.Context, msg *T) error { return f(ctx, msg) }
+
+// Registry maps message types to topics and handlers. Register everything at
+// start-up; once a consumer using the registry starts, the registry is frozen
+// and further registrations fail with ErrFrozen. A Registry is safe for
+// concurrent use; reads after freezing take no lock.
+//
+// The zero Registry is not usable; call NewRegistry.
+type Registry struct {
+	mu     sync.Mutex
+	byType map[reflect.Type]*route
+	frozen atomic.Pointer[routeTable]
+}
+
+// DefaultRegistry is the registry used by the package-level Register functions
+// and by a Config without a Registry.
+var DefaultRegistry = NewRegistry()
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{byType: map[reflect.Type]*route{}}
+}
+
+// route is one message type and its handlers.
+type route struct {
+	info     *typeInfo
+	bindings []*binding
+}
+
+// binding is one handler of a route, in the non-generic shape the dispatcher uses.
+type binding struct {
+	name        string       // for logs and dead letters
+	handlerType reflect.Type // key given to a Provider; nil for plain funcs
+	// build returns a handler instance from the factory (nil when only a
+	// provider can build it).
+	build func() (any, error)
+	// call runs handler h (as returned by build or a provider) on msg (a *T).
+	call func(ctx context.Context, h any, msg any) error
+}
+
+// routeTable is the read-only view of a frozen registry.
+type routeTable struct {
+	byTopic map[string]map[string]*route // topic -> logical name -> route
+	topics  []string
+}
+
+// Register registers a handler factory for message type T on DefaultRegistry.
+// The factory is called for each message unless a Provider is set, which is
+// then asked for a handler of type H. See RegisterOn.
+func Register[T any, H Handler[T]](msg *T, factory func() H) error {
+	return RegisterOn(DefaultRegistry, msg, factory)
+}
+
+// RegisterOn registers a handler factory for message type T on r.
+// Registering the same handler type twice for T fails with ErrDuplicate;
+// several different handlers per type are allowed and all run for each message.
+func RegisterOn[T any, H Handler[T]](r *Registry, msg *T, factory func() H) error {
+	if factory == nil {
+		return fmt.Errorf("kavari: Register %T: nil factory", msg)
+	}
+	ht := reflect.TypeFor[H]()
+	return r.add(msg, &binding{
+		name:        ht.String(),
+		handlerType: ht,
+		build:       func() (any, error) { return factory(), nil },
+		call:        callHandler[T],
+	})
+}
+
+// RegisterFunc registers a handler function for message type T on DefaultRegistry.
+func RegisterFunc[T any](msg *T, fn func(ctx context.Context, msg *T) error) error {
+	return RegisterFuncOn(DefaultRegistry, msg, fn)
+}
+
+// RegisterFuncOn registers a handler function for message type T on r.
+// Functions are never resolved through a Provider.
+func RegisterFuncOn[T any](r *Registry, msg *T, fn func(ctx context.Context, msg *T) error) error {
+	if fn == nil {
+		return fmt.Errorf("kavari: RegisterFunc %T: nil function", msg)
+	}
+	h := HandlerFunc[T](fn)
+	return r.add(msg, &binding{
+		name:  fmt.Sprintf("func(%T)", msg),
+		build: func() (any, error) { return h, nil },
+		call:  callHandler[T],
+	})
+}
+
+// RegisterProvided registers handler type H for message type T on
+// DefaultRegistry, leaving its construction to the Provider (see
+// Kavari.SetProvider). Pass a typed nil to name the type:
+//
+//	kavari.RegisterProvided(&OrderPlaced{}, (*OrderPlacedHandler)(nil))
+func RegisterProvided[T any, H Handler[T]](msg *T, handlerType H) error {
+	return RegisterProvidedOn(DefaultRegistry, msg, handlerType)
+}
+
+// RegisterProvidedOn is RegisterProvided on registry r.
+func RegisterProvidedOn[T any, H Handler[T]](r *Registry, msg *T, _ H) error {
+	ht := reflect.TypeFor[H]()
+	return r.add(msg, &binding{name: ht.String(), handlerType: ht, call: callHandler[T]})
+}
+
+// Declare registers message type msg with no handler on DefaultRegistry, so
+// its topic is known to EnsureTopics and its tag is checked at start-up.
+func Declare(msg any) error { return DefaultRegistry.Declare(msg) }
+
+// Declare registers message type msg (a pointer to a kavari message struct)
+// with no handler. Publishing does not require it; it makes the tag fail at
+// start-up rather than at first publish and adds the topic to EnsureTopics.
+func (r *Registry) Declare(msg any) error { return r.add(msg, nil) }
+
+func callHandler[T any](ctx context.Context, h any, msg any) error {
+	hh, ok := h.(Handler[T])
+	if !ok {
+		return fmt.Errorf("kavari: handler %T does not implement kavari.Handler[%s]", h, reflect.TypeFor[T]())
+	}
+	return hh.Handle(ctx, msg.(*T))
+}
+
+func (r *Registry) add(msg any, b *binding) error {
+	info, _, err := messageValue(msg)
+	if err != nil {
+		return err
+	}
+	// A malformed validate tag is found now, not at the first publish.
+	zero := reflect.New(info.typ).Interface()
+	if err := validate.Struct(zero); err != nil && !errors.Is(err, ErrInvalid) {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frozen.Load() != nil {
+		return ErrFrozen
+	}
+	rt := r.byType[info.typ]
+	if rt == nil {
+		for _, other := range r.byType {
+			if other.info.topic == info.topic && other.info.name == info.name {
+				return fmt.Errorf("%w: %s and %s both use name %q on topic %q", ErrDuplicate, other.info.typ, info.typ, info.name, info.topic)
+			}
+		}
+		rt = &route{info: info}
+		r.byType[info.typ] = rt
+	}
+	if b == nil {
+		return nil
+	}
+	if b.handlerType != nil {
+		for _, o := range rt.bindings {
+			if o.handlerType == b.handlerType {
+				return fmt.Errorf("%w: handler %s for %s registered twice", ErrDuplicate, b.handlerType, info.typ)
+			}
+		}
+	}
+	rt.bindings = append(rt.bindings, b)
+	return nil
+}
+
+// freeze makes the registry read-only and returns its route table. It is
+// idempotent.
+func (r *Registry) freeze() *routeTable {
+	if t := r.frozen.Load(); t != nil {
+		return t
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.frozen.Load(); t != nil {
+		return t
+	}
+	t := r.buildTable()
+	r.frozen.Store(t)
+	return t
+}
+
+// table returns the current routes: the frozen table, or a fresh snapshot.
+func (r *Registry) table() *routeTable {
+	if t := r.frozen.Load(); t != nil {
+		return t
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buildTable()
+}
+
+func (r *Registry) buildTable() *routeTable {
+	t := &routeTable{byTopic: map[string]map[string]*route{}}
+	for _, rt := range r.byType {
+		m := t.byTopic[rt.info.topic]
+		if m == nil {
+			m = map[string]*route{}
+			t.byTopic[rt.info.topic] = m
+			t.topics = append(t.topics, rt.info.topic)
+		}
+		m[rt.info.name] = rt
+	}
+	sort.Strings(t.topics)
+	return t
+}
+
+// Topics returns the sorted topics of every registered message type.
+func (r *Registry) Topics() []string { return append([]string(nil), r.table().topics...) }
+
+// subscribed returns the topics that have at least one handler.
+func (t *routeTable) subscribed() []string {
+	var out []string
+	for _, topic := range t.topics {
+		for _, rt := range t.byTopic[topic] {
+			if len(rt.bindings) > 0 {
+				out = append(out, topic)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// lookup finds the route for a record's topic and logical type name.
+func (t *routeTable) lookup(topic, name string) *route {
+	return t.byTopic[topic][name]
+}
