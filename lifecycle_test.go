@@ -1,0 +1,393 @@
+package kavari_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/kavaritest"
+)
+
+// committed reads the group's committed offsets for topic from the broker.
+func committed(t *testing.T, brokers []string, group, topic string, partitions int) map[int]int64 {
+	t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	ps := make([]int, partitions)
+	for i := range ps {
+		ps[i] = i
+	}
+	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ps}})
+	require.NoError(t, err)
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+type stopMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-stop,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+	Seq            int    `json:"seq"`
+}
+
+// TestStopMidProcessingCommitsCompletedAndRedeliversTheRest stops a consumer
+// while half its records are stuck in handlers: the completed prefix is
+// committed, the rest is redelivered to the next consumer of the group.
+func TestStopMidProcessingCommitsCompletedAndRedeliversTheRest(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	group := testenv.ID("g")
+	const n, blockFrom = 20, 10
+
+	reg1 := kavari.NewRegistry()
+	var done1 atomic.Int64
+	var entered sync.WaitGroup
+	entered.Add(n)
+	require.NoError(t, kavari.RegisterFuncOn(reg1, &stopMsg{}, func(ctx context.Context, m *stopMsg) error {
+		if m.Run != run {
+			return nil
+		}
+		entered.Done()
+		if m.Seq >= blockFrom {
+			<-ctx.Done() // stuck until Stop's deadline cancels it
+			return ctx.Err()
+		}
+		done1.Add(1)
+		return nil
+	}))
+	k1 := newKavari(t, reg1, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 1 })
+	ctx := context.Background()
+	require.NoError(t, k1.Start(ctx))
+	for i := 0; i < n; i++ {
+		require.NoError(t, k1.Publish(ctx, &stopMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i}))
+	}
+	waitGroup(t, &entered, 60*time.Second)
+	require.Equal(t, int64(blockFrom), done1.Load())
+	stopCtx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_ = k1.Stop(stopCtx)
+
+	reg2 := kavari.NewRegistry()
+	var mu sync.Mutex
+	seen := map[int]int{}
+	require.NoError(t, kavari.RegisterFuncOn(reg2, &stopMsg{}, func(ctx context.Context, m *stopMsg) error {
+		if m.Run == run {
+			mu.Lock()
+			seen[m.Seq]++
+			mu.Unlock()
+		}
+		return nil
+	}))
+	k2 := newKavari(t, reg2, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 1 })
+	require.NoError(t, k2.Start(ctx))
+	eventually(t, 60*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= n-blockFrom
+	}, "not every unfinished record was redelivered")
+	mu.Lock()
+	defer mu.Unlock()
+	for s := blockFrom; s < n; s++ {
+		assert.Equal(t, 1, seen[s], "seq %d redelivered once", s)
+	}
+	for s := 0; s < blockFrom; s++ {
+		assert.Zero(t, seen[s], "seq %d was committed and must not be redelivered", s)
+	}
+}
+
+func waitGroup(t *testing.T, wg *sync.WaitGroup, timeout time.Duration) {
+	t.Helper()
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(timeout):
+		t.Fatal("timed out waiting for handlers")
+	}
+}
+
+type shareMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-share,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestTwoConsumersSharePartitionsAndTakeOverOnLeave runs two members of one
+// group: both get partitions, every message is handled, and when one stops
+// the other takes over all partitions.
+func TestTwoConsumersSharePartitionsAndTakeOverOnLeave(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	group := testenv.ID("g")
+	var mu sync.Mutex
+	seen := map[string]int{}
+	mk := func() *kavari.Kavari {
+		reg := kavari.NewRegistry()
+		require.NoError(t, kavari.RegisterFuncOn(reg, &shareMsg{}, func(ctx context.Context, m *shareMsg) error {
+			if m.Run == run {
+				mu.Lock()
+				seen[m.ID]++
+				mu.Unlock()
+			}
+			return nil
+		}))
+		return newKavari(t, reg, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 4 })
+	}
+	ctx := context.Background()
+	a, b := mk(), mk()
+	require.NoError(t, a.Start(ctx))
+	require.NoError(t, b.Start(ctx))
+	eventually(t, 60*time.Second, func() bool {
+		ha, hb := a.Health(), b.Health()
+		return ha.Connected && hb.Connected && ha.Generation == hb.Generation &&
+			len(ha.Assigned["kavari-test-share"]) > 0 && len(hb.Assigned["kavari-test-share"]) > 0 &&
+			len(ha.Assigned["kavari-test-share"])+len(hb.Assigned["kavari-test-share"]) == 4
+	}, "both members should hold partitions: %+v / %+v", a.Health(), b.Health())
+	publish := func(from, to int) {
+		for i := from; i < to; i++ {
+			require.NoError(t, a.Publish(ctx, &shareMsg{Run: run, ID: strconv.Itoa(i)}))
+		}
+	}
+	handled := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	publish(0, 200)
+	eventually(t, 60*time.Second, func() bool { return handled() == 200 }, "not all 200 handled")
+	stopCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	require.NoError(t, b.Stop(stopCtx))
+	eventually(t, 60*time.Second, func() bool { return len(a.Health().Assigned["kavari-test-share"]) == 4 }, "survivor holds all partitions: %+v", a.Health())
+	publish(200, 300)
+	eventually(t, 60*time.Second, func() bool { return handled() == 300 }, "not all 300 handled")
+}
+
+type faultMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-fault,key=ID"`
+	ID             string `json:"id"`
+}
+
+// faultBroker starts a kfake cluster and a Kavari consuming faultMsg from it.
+func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*kavaritest.Broker, *kavari.Kavari, *sync.Map, string) {
+	t.Helper()
+	b := kavaritest.NewBroker(t, kavaritest.Brokers(brokers), kavaritest.Topics("kavari-test-fault", "kavari-test-fault.dlq"), kavaritest.Partitions(2))
+	reg := kavari.NewRegistry()
+	seen := &sync.Map{}
+	require.NoError(t, kavari.RegisterFuncOn(reg, &faultMsg{}, func(ctx context.Context, m *faultMsg) error {
+		seen.Store(m.ID, true)
+		return nil
+	}))
+	group := testenv.ID("g")
+	k := newKavari(t, reg, b.Addrs(), append([]func(*kavari.Config){func(c *kavari.Config) { c.GroupID = group }}, mutate...)...)
+	return b, k, seen, group
+}
+
+func count(m *sync.Map) int {
+	n := 0
+	m.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// TestEmbeddedFaultFailedCommits makes the broker reject offset commits for a
+// while: the commits are retried and finally cover every handled record.
+func TestEmbeddedFaultFailedCommits(t *testing.T) {
+	b, k, seen, group := faultBroker(t, 1)
+	var rejected atomic.Int64
+	b.Cluster().ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		if rejected.Load() >= 5 {
+			b.Cluster().DropControl()
+			return nil, nil, false
+		}
+		rejected.Add(1)
+		r := req.(*kmsg.OffsetCommitRequest)
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, p := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = p.Partition
+				sp.ErrorCode = 7 // REQUEST_TIMED_OUT
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	for i := 0; i < 50; i++ {
+		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 60*time.Second, func() bool { return count(seen) == 50 }, "handled %d", count(seen))
+	eventually(t, 60*time.Second, func() bool {
+		c := committed(t, b.Addrs(), group, "kavari-test-fault", 2)
+		return c[0]+c[1] == 50
+	}, "committed offsets should reach the end after rejected commits: %v", committed(t, b.Addrs(), group, "kavari-test-fault", 2))
+	assert.GreaterOrEqual(t, rejected.Load(), int64(1))
+}
+
+// TestEmbeddedFaultFailedFetches drops fetch connections a few times: the
+// partition readers reconnect and every record is still handled.
+func TestEmbeddedFaultFailedFetches(t *testing.T) {
+	b, k, seen, _ := faultBroker(t, 1)
+	var dropped atomic.Int64
+	b.Cluster().ControlKey(int16(kmsg.Fetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		if dropped.Add(1) > 6 {
+			b.Cluster().DropControl()
+			return nil, nil, false
+		}
+		return nil, errFault, true // closes the connection
+	})
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	for i := 0; i < 50; i++ {
+		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 60*time.Second, func() bool { return count(seen) == 50 }, "handled %d", count(seen))
+	assert.Greater(t, dropped.Load(), int64(6))
+}
+
+var errFault = &faultError{}
+
+type faultError struct{}
+
+func (*faultError) Error() string { return "injected fault" }
+
+// TestEmbeddedFaultCoordinatorMoves moves the group coordinator to another
+// broker mid-stream: the member rejoins and consumption continues.
+func TestEmbeddedFaultCoordinatorMoves(t *testing.T) {
+	b, k, seen, group := faultBroker(t, 3)
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	for i := 0; i < 20; i++ {
+		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 60*time.Second, func() bool { return count(seen) == 20 }, "handled %d", count(seen))
+	before := b.Cluster().CoordinatorFor(group)
+	for i := 0; i < 10 && b.Cluster().CoordinatorFor(group) == before; i++ {
+		b.Cluster().RehashCoordinators()
+	}
+	require.NotEqual(t, before, b.Cluster().CoordinatorFor(group), "coordinator should have moved")
+	for i := 20; i < 60; i++ {
+		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 90*time.Second, func() bool { return count(seen) == 60 }, "handled %d after the coordinator moved", count(seen))
+	eventually(t, 60*time.Second, func() bool {
+		c := committed(t, b.Addrs(), group, "kavari-test-fault", 2)
+		return c[0]+c[1] == 60
+	}, "commits reach the new coordinator: %v", committed(t, b.Addrs(), group, "kavari-test-fault", 2))
+}
+
+// TestStopReturnsByDeadlineWhenBrokerIsGone closes the broker under a running
+// consumer and checks that Stop still returns by its deadline.
+func TestStopReturnsByDeadlineWhenBrokerIsGone(t *testing.T) {
+	b, k, seen, _ := faultBroker(t, 1)
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	require.NoError(t, k.Publish(ctx, &faultMsg{ID: "x"}))
+	eventually(t, 60*time.Second, func() bool { return count(seen) == 1 }, "handled")
+	b.Close()
+	stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	returned := make(chan error, 1)
+	go func() { returned <- k.Stop(stopCtx) }()
+	select {
+	case <-returned:
+	case <-time.After(15 * time.Second): // hang guard, far past the deadline
+		t.Fatal("Stop did not return after its deadline with the broker gone")
+	}
+	// Idempotent: a second Stop returns the first one's result at once.
+	again, cancel2 := context.WithTimeout(ctx, time.Second)
+	defer cancel2()
+	_ = k.Stop(again)
+	assert.True(t, k.Health().Stopped)
+}
+
+type bpMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-bp,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestMaxInFlightBoundsWorkAndHealthShowsIt blocks every handler: in-flight
+// work stops at MaxInFlight (the fetchers wait), Health reports it and the age
+// of the oldest record, and everything completes once handlers are released.
+func TestMaxInFlightBoundsWorkAndHealthShowsIt(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	release := make(chan struct{})
+	var started, handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &bpMsg{}, func(ctx context.Context, m *bpMsg) error {
+		if m.Run != run {
+			return nil
+		}
+		started.Add(1)
+		<-release
+		handled.Add(1)
+		return nil
+	}))
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 8; c.TopicPartitions = 2 })
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	for i := 0; i < 100; i++ {
+		require.NoError(t, k.Publish(ctx, &bpMsg{Run: run, ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 60*time.Second, func() bool { return k.Health().InFlight == 8 }, "in flight: %d", k.Health().InFlight)
+	for i := 0; i < 20; i++ {
+		h := k.Health()
+		require.LessOrEqual(t, h.InFlight, 8)
+		require.LessOrEqual(t, started.Load(), int64(8))
+		time.Sleep(5 * time.Millisecond)
+	}
+	assert.Greater(t, k.Health().OldestInFlight, time.Duration(0))
+	close(release)
+	eventually(t, 60*time.Second, func() bool { return handled.Load() == 100 }, "handled %d", handled.Load())
+}
+
+type relaxedMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-relaxed,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestRelaxedSkipsUnknownTypes: in Relaxed mode a record of unknown type is
+// skipped and committed past, as the Python kavari does.
+func TestRelaxedSkipsUnknownTypes(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-relaxed", "kavari-test-relaxed.dlq"), kavaritest.Partitions(1))
+	reg := kavari.NewRegistry()
+	var handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &relaxedMsg{}, func(ctx context.Context, m *relaxedMsg) error {
+		handled.Add(1)
+		return nil
+	}))
+	group := testenv.ID("g")
+	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) { c.GroupID = group; c.Relaxed = true })
+	ctx := context.Background()
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-relaxed", BatchTimeout: time.Millisecond}
+	defer w.Close()
+	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte(`{}`), Headers: []kafka.Header{{Key: "msg_type", Value: []byte("SomethingElse")}}}))
+	require.NoError(t, k.Publish(ctx, &relaxedMsg{ID: "a"}))
+	require.NoError(t, k.Start(ctx))
+	eventually(t, 30*time.Second, func() bool { return handled.Load() == 1 }, "handled")
+	eventually(t, 30*time.Second, func() bool { return committed(t, b.Addrs(), group, "kavari-test-relaxed", 1)[0] == 2 }, "committed past the unknown record")
+	// Nothing was dead-lettered.
+	c := &kafka.Client{Addr: kafka.TCP(b.Addrs()...)}
+	resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{"kavari-test-relaxed.dlq": {kafka.LastOffsetOf(0)}}})
+	require.NoError(t, err)
+	assert.Equal(t, int64(0), resp.Topics["kavari-test-relaxed.dlq"][0].LastOffset)
+	_ = kfake.NumBrokers
+}
