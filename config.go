@@ -106,7 +106,7 @@ type Config struct {
 	Relaxed bool
 
 	// Topics.
-	CreateTopics      bool // New creates every registered topic and its dead-letter topic
+	CreateTopics      bool // Start creates every registered topic and its dead-letter topic
 	TopicPartitions   int  // default 3
 	ReplicationFactor int  // default 1; -1 for the broker default
 

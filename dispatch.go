@@ -130,12 +130,8 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		g.k.log.Error("kavari: cannot position reader", "topic", p.topic, "partition", p.id, "offset", p.start, "err", err)
 	}
 	for {
-		if !g.k.acquire(ctx) {
-			break
-		}
 		rec, err := r.FetchMessage(ctx)
 		if err != nil {
-			g.k.release()
 			if ctx.Err() != nil {
 				break
 			}
@@ -147,11 +143,25 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			}
 			continue
 		}
+		// The slot is taken after the fetch, so idle partitions hold none;
+		// while all are taken this fetcher waits with one record in hand.
+		// A record not dispatched is not tracked, so not committed.
+		if !g.k.acquire(ctx) {
+			break
+		}
 		g.dispatch(p, rec)
 	}
 	// Revoked or stopping: close the reader, let in-flight work finish within
 	// the drain budget.
-	go func() { _ = r.Close() }()
+	readerClosed := make(chan struct{})
+	go func() { _ = r.Close(); close(readerClosed) }()
+	defer func() {
+		select {
+		case <-readerClosed:
+		case <-time.After(5 * time.Second):
+			g.k.log.Warn("kavari: partition reader did not close in time", "topic", p.topic, "partition", p.id)
+		}
+	}()
 	if g.k.stopping.Load() {
 		// Stop's deadline ends k.hardCtx, and so g.hard.
 	} else {

@@ -94,6 +94,9 @@ type PublishError struct {
 }
 
 func (e *PublishError) Error() string {
+	if e.Topic == "" { // never encoded: invalid, or refused before sending
+		return fmt.Sprintf("kavari: message %d not published: %v", e.Index, e.Err)
+	}
 	s := fmt.Sprintf("kavari: publish to %s (key %q, id %s): %v", e.Topic, e.Key, e.ID, e.Err)
 	if e.MayHaveBeenWritten {
 		s += " (the message may have been written)"

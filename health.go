@@ -8,23 +8,24 @@ import (
 // Health is a snapshot of the consumer's state, for readiness probes and
 // dashboards.
 type Health struct {
-	Started    bool
-	Stopped    bool
-	Connected  bool   // the group has a live generation
-	LastError  string // the most recent broker error, "" when none since joining
-	ErrorAt    time.Time
-	Topics     []string // subscribed topics
-	Generation int      // the group generation this member is in
-	MemberID   string
-	Assigned   map[string][]int // partitions by topic
+	Started    bool      `json:"started"`
+	Stopped    bool      `json:"stopped"`
+	Connected  bool      `json:"connected"`            // the group has a live generation
+	LastError  string    `json:"last_error,omitempty"` // the most recent broker error since joining
+	ErrorAt    time.Time `json:"error_at,omitzero"`
+	Topics     []string  `json:"topics,omitempty"` // subscribed topics
+	Generation int       `json:"generation"`       // the group generation this member is in
+	MemberID   string    `json:"member_id,omitempty"`
+	// Assigned lists this member's partitions by topic.
+	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
 	// Config.MaxInFlight.
-	InFlight int
+	InFlight int `json:"in_flight"`
 	// OldestInFlight is how long the oldest unfinished record has waited;
 	// one that grows past HandlerTimeout and the retries points at a stuck
 	// handler.
-	OldestInFlight time.Duration
-	Commits        int64 // successful offset commits
+	OldestInFlight time.Duration `json:"oldest_in_flight_ns"`
+	Commits        int64         `json:"commits"` // successful offset commits
 }
 
 type health struct {
@@ -65,6 +66,9 @@ func (h *health) fail(err error) {
 func (h *health) note(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.h.Stopped {
+		return
+	}
 	h.h.LastError, h.h.ErrorAt = err.Error(), time.Now()
 }
 

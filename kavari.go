@@ -210,10 +210,9 @@ func (k *Kavari) start(ctx context.Context) error {
 func (k *Kavari) Stop(ctx context.Context) error {
 	k.stopOnce.Do(func() {
 		k.stopping.Store(true)
-		go func() {
-			<-ctx.Done()
-			k.hardCancel()
-		}()
+		// Past ctx's deadline, handlers are cancelled.
+		stopAfter := context.AfterFunc(ctx, k.hardCancel)
+		defer stopAfter()
 		var errs []error
 		if k.started.Load() {
 			k.runCancel()

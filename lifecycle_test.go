@@ -391,3 +391,33 @@ func TestRelaxedSkipsUnknownTypes(t *testing.T) {
 	assert.Equal(t, int64(0), resp.Topics["kavari-test-relaxed.dlq"][0].LastOffset)
 	_ = kfake.NumBrokers
 }
+
+type fewSlotsMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-fewslots,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestMaxInFlightBelowPartitionCountStillProgresses: idle partitions must not
+// hold in-flight slots, or a busy partition would never get one.
+func TestMaxInFlightBelowPartitionCountStillProgresses(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	var handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &fewSlotsMsg{}, func(ctx context.Context, m *fewSlotsMsg) error {
+		if m.Run == run {
+			handled.Add(1)
+		}
+		return nil
+	}))
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 1; c.TopicPartitions = 3 })
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	eventually(t, 60*time.Second, func() bool { return len(k.Health().Assigned["kavari-test-fewslots"]) == 3 }, "assigned")
+	assert.Equal(t, 0, k.Health().InFlight, "idle fetchers hold no slot")
+	for i := 0; i < 30; i++ {
+		require.NoError(t, k.Publish(ctx, &fewSlotsMsg{Run: run, ID: "same-key"}))
+	}
+	eventually(t, 60*time.Second, func() bool { return handled.Load() == 30 }, "handled %d of 30", handled.Load())
+}

@@ -3,6 +3,7 @@ package kavari
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -141,6 +142,8 @@ func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 			i := pending[j]
 			switch {
 			case e == nil:
+			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && errors.Is(e, kafka.UnknownTopicOrPartition):
+				errs[i] = fmt.Errorf("%w (create it with EnsureTopics or Config.CreateTopics)", e)
 			case retriablePublish(e):
 				still = append(still, i)
 				retry = e
@@ -180,11 +183,16 @@ func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 	return errs
 }
 
+// unknownTopicAttempts is how many attempts an unknown topic gets when the
+// broker does not auto-create topics. A few, not one: kafka-go's metadata
+// cache learns of a topic created elsewhere only on refresh, and a restarting
+// broker briefly answers "unknown" for topics it has not loaded yet.
+const unknownTopicAttempts = 3
+
 // retriablePublish reports whether a write error may succeed if retried.
 // Leader, metadata, coordinator, network and timeout errors are retriable;
 // size, authorization and invalid-request errors are permanent. An unknown
-// topic is retriable: kafka-go's metadata cache learns of new topics only on
-// refresh, and the retry policy bounds the wait.
+// topic is retriable here; write gives up on it after unknownTopicAttempts.
 func retriablePublish(err error) bool {
 	if err == nil {
 		return false

@@ -227,6 +227,24 @@ func (r *Registry) buildTable() *routeTable {
 // Topics returns the sorted topics of every registered message type.
 func (r *Registry) Topics() []string { return append([]string(nil), r.table().topics...) }
 
+// HandlerTypes returns the handler types a Provider will be asked for
+// (Register and RegisterProvided registrations), so an application can check
+// its container at start-up.
+func (r *Registry) HandlerTypes() []reflect.Type {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []reflect.Type
+	for _, rt := range r.byType {
+		for _, b := range rt.bindings {
+			if b.handlerType != nil {
+				out = append(out, b.handlerType)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
 // subscribed returns the topics that have at least one handler.
 func (t *routeTable) subscribed() []string {
 	var out []string
