@@ -274,10 +274,17 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
 		if err == nil {
 			ready := 0
+		topics:
 			for _, t := range md.Topics {
-				if t.Error == nil && len(t.Partitions) > 0 {
-					ready++
+				if t.Error != nil || len(t.Partitions) == 0 {
+					continue
 				}
+				for _, p := range t.Partitions {
+					if p.Error != nil || p.Leader.Host == "" {
+						continue topics
+					}
+				}
+				ready++
 			}
 			if ready == len(names) {
 				return nil
