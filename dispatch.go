@@ -17,6 +17,7 @@ import (
 // in Health, and the group is joined again (kafka-go backs off between tries).
 func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
 	defer close(k.loopDone)
+	var failingSince, lastLog time.Time
 	for {
 		gen, err := group.Next(k.runCtx)
 		if err != nil {
@@ -24,8 +25,20 @@ func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
 				return
 			}
 			k.health.fail(err)
-			k.log.Warn("kavari: consumer group unavailable, retrying", "group", k.cfg.GroupID, "err", err)
+			// Log the first failure and then one line a minute, not one per try.
+			if now := time.Now(); failingSince.IsZero() || now.Sub(lastLog) >= time.Minute {
+				if failingSince.IsZero() {
+					failingSince = now
+				}
+				lastLog = now
+				k.log.Warn("kavari: consumer group unavailable, retrying", "group", k.cfg.GroupID,
+					"for", now.Sub(failingSince).Round(time.Second), "err", err)
+			}
 			continue
+		}
+		if !failingSince.IsZero() {
+			k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(failingSince).Round(time.Second))
+			failingSince = time.Time{}
 		}
 		g := newGeneration(k, gen, table)
 		k.health.joined(g)
