@@ -161,17 +161,17 @@ func (c *Config) setDefaults() {
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second
 	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 10 * time.Second
-	}
 	if c.SessionTimeout == 0 {
 		c.SessionTimeout = 30 * time.Second
 	}
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 30 * time.Second
 	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = min(10*time.Second, c.RebalanceTimeout/3)
+	}
 	if c.Heartbeat == 0 {
-		c.Heartbeat = 3 * time.Second
+		c.Heartbeat = min(3*time.Second, c.SessionTimeout/3)
 	}
 	if c.DeadLetterSuffix == "" {
 		c.DeadLetterSuffix = ".dlq"
@@ -212,13 +212,16 @@ func (c *Config) validate() error {
 	if c.AutoOffsetReset < Earliest || c.AutoOffsetReset > Latest {
 		errs = append(errs, fmt.Errorf("unknown AutoOffsetReset %d", c.AutoOffsetReset))
 	}
-	for name, v := range map[string]int64{
-		"BatchSize": int64(c.BatchSize), "BatchBytes": c.BatchBytes, "MaxMessageBytes": int64(c.MaxMessageBytes),
-		"AsyncQueue": int64(c.AsyncQueue), "AsyncWorkers": int64(c.AsyncWorkers), "MaxInFlight": int64(c.MaxInFlight),
-		"TopicPartitions": int64(c.TopicPartitions),
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"BatchSize", int64(c.BatchSize)}, {"BatchBytes", c.BatchBytes}, {"MaxMessageBytes", int64(c.MaxMessageBytes)},
+		{"AsyncQueue", int64(c.AsyncQueue)}, {"AsyncWorkers", int64(c.AsyncWorkers)}, {"MaxInFlight", int64(c.MaxInFlight)},
+		{"TopicPartitions", int64(c.TopicPartitions)},
 	} {
-		if v < 0 {
-			errs = append(errs, fmt.Errorf("%s is negative", name))
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s is negative", f.name))
 		}
 	}
 	if c.HandlerTimeout < 0 || c.CommitInterval < 0 || c.DrainTimeout < 0 || c.BatchTimeout < 0 {

@@ -229,7 +229,8 @@ func recordOf(rec *kafka.Message, attempt int) *Record {
 
 // deadLetter builds the dead-letter record for rec: same key, value and
 // headers, plus headers saying what went wrong. Headers kavari adds replace
-// any of the same name already on the record (a dead letter of a dead letter).
+// any of the same name already on the record (a dead letter of a dead letter);
+// kavari_handler and kavari_truncated of an earlier failure are dropped.
 func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
 	add := []kafka.Header{
 		{Key: HeaderOriginalError, Value: []byte(cause.Error())},
@@ -245,6 +246,9 @@ func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string
 	hs := make([]kafka.Header, 0, len(rec.Headers)+len(add))
 outer:
 	for _, h := range rec.Headers {
+		if h.Key == HeaderHandler || h.Key == HeaderTruncated {
+			continue // from an earlier dead letter; they describe that failure only
+		}
 		for _, a := range add {
 			if a.Key == h.Key {
 				continue outer

@@ -160,11 +160,11 @@ func (k *Kavari) start(ctx context.Context) error {
 	if k.cfg.GroupID == "" {
 		return errors.New("kavari: Config.GroupID is required to consume")
 	}
-	table := k.reg.freeze()
-	topics := table.subscribed()
-	if len(topics) == 0 {
+	if len(k.reg.table().subscribed()) == 0 {
 		return errors.New("kavari: no handlers registered: nothing to consume")
 	}
+	table := k.reg.freeze()
+	topics := table.subscribed()
 	if k.cfg.CreateTopics {
 		if err := k.EnsureTopics(ctx); err != nil {
 			return err
@@ -210,27 +210,7 @@ func (k *Kavari) start(ctx context.Context) error {
 func (k *Kavari) Stop(ctx context.Context) error {
 	k.stopOnce.Do(func() {
 		k.stopping.Store(true)
-		// Past ctx's deadline, handlers are cancelled.
-		stopAfter := context.AfterFunc(ctx, k.hardCancel)
-		defer stopAfter()
-		var errs []error
-		if k.started.Load() {
-			k.runCancel()
-			closed := make(chan struct{})
-			go func() { _ = k.group.Close(); <-k.loopDone; close(closed) }()
-			select {
-			case <-closed:
-			case <-ctx.Done():
-				errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
-			}
-		}
-		if err := k.pub.close(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("kavari: stop: publisher did not flush in time: %w", err))
-		}
-		k.hardCancel()
-		k.health.stop()
-		k.stopErr = errors.Join(errs...)
-		close(k.stopDone)
+		go k.stop(ctx)
 	})
 	select {
 	case <-k.stopDone:
@@ -238,6 +218,31 @@ func (k *Kavari) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// stop does the shutdown for the first Stop call, whose ctx sets the deadline.
+func (k *Kavari) stop(ctx context.Context) {
+	// Past ctx's deadline, handlers are cancelled.
+	stopAfter := context.AfterFunc(ctx, k.hardCancel)
+	defer stopAfter()
+	var errs []error
+	if k.started.Load() {
+		k.runCancel()
+		closed := make(chan struct{})
+		go func() { _ = k.group.Close(); <-k.loopDone; close(closed) }()
+		select {
+		case <-closed:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
+		}
+	}
+	if err := k.pub.close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("kavari: stop: publisher did not flush in time: %w", err))
+	}
+	k.hardCancel()
+	k.health.stop()
+	k.stopErr = errors.Join(errs...)
+	close(k.stopDone)
 }
 
 // EnsureTopics creates every registered topic and its dead-letter topic with

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // Message is the marker every kavari message embeds. Its struct tag says where
@@ -191,7 +192,11 @@ func resolveKey(t reflect.Type, path string) (keyKind, [][]int, error) {
 		if !f.IsExported() {
 			return 0, nil, fmt.Errorf("field %s is not exported", name)
 		}
-		idx = append(idx, f.Index)
+		// A promoted field's index passes through embedded structs, possibly
+		// pointers: one step each, so key() can check for nil between them.
+		for _, i := range f.Index {
+			idx = append(idx, []int{i})
+		}
 		cur = f.Type
 	}
 	ft := cur
@@ -260,6 +265,11 @@ func (ti *typeInfo) key(v reflect.Value) ([]byte, error) {
 	case keyStringer:
 		if f.Kind() == reflect.Pointer && f.IsNil() {
 			return nil, fmt.Errorf("%w: %s.%s is nil", ErrEmptyKey, ti.goName, ti.keyName)
+		}
+		if !f.CanInterface() && f.CanAddr() {
+			// Promoted through an unexported embedded struct: reflect refuses
+			// to call methods on it, so view the same memory as exported.
+			f = reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
 		}
 		s, ok := f.Interface().(fmt.Stringer)
 		if !ok && f.CanAddr() {

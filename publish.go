@@ -15,14 +15,16 @@ import (
 
 // publisher owns the kafka-go Writer and the PublishAsync queue.
 type publisher struct {
-	cfg    *Config
-	enc    *encoder
-	w      *kafka.Writer
-	log    func(msg string, args ...any)
-	mu     sync.RWMutex // held for reading while enqueuing; for writing by close
-	closed bool
-	queue  chan asyncItem
-	wg     sync.WaitGroup
+	cfg     *Config
+	enc     *encoder
+	w       *kafka.Writer
+	log     func(msg string, args ...any)
+	mu      sync.Mutex // guards closed and the closing of queue
+	closed  bool
+	closing chan struct{} // closed when close begins: blocked enqueuers give up
+	senders sync.WaitGroup
+	queue   chan asyncItem
+	wg      sync.WaitGroup
 	// bg is the context of async writes; abort ends it when close gives up.
 	bg    context.Context
 	abort context.CancelFunc
@@ -51,8 +53,9 @@ func newPublisher(cfg *Config, enc *encoder) *publisher {
 			AllowAutoTopicCreation: cfg.AllowAutoCreate,
 			Transport:              cfg.transport(),
 		},
-		log:   func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
-		queue: make(chan asyncItem, cfg.AsyncQueue),
+		log:     func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
+		queue:   make(chan asyncItem, cfg.AsyncQueue),
+		closing: make(chan struct{}),
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
 	for i := 0; i < cfg.AsyncWorkers; i++ {
@@ -66,9 +69,9 @@ func newPublisher(cfg *Config, enc *encoder) *publisher {
 // the publish retry policy. It returns one error per message (nil when
 // acknowledged) or nil when all were.
 func (p *publisher) publish(ctx context.Context, msgs []any) []error {
-	p.mu.RLock()
+	p.mu.Lock()
 	closed := p.closed
-	p.mu.RUnlock()
+	p.mu.Unlock()
 	errs := make([]error, len(msgs))
 	if closed {
 		for i := range errs {
@@ -118,6 +121,11 @@ func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])
+		}
+		if err := ctx.Err(); err != nil {
+			// kafka-go would queue the batch before looking at ctx: an
+			// ended context sends nothing.
+			return err
 		}
 		inFlight = true
 		werr := p.w.WriteMessages(ctx, batch...)
@@ -238,14 +246,20 @@ func (p *publisher) enqueue(msg any, cb func(any, error)) {
 		cb(msg, err)
 		return
 	}
-	p.mu.RLock()
+	p.mu.Lock()
 	if p.closed {
-		p.mu.RUnlock()
+		p.mu.Unlock()
 		cb(msg, ErrClosed)
 		return
 	}
-	p.queue <- asyncItem{msg: msg, rec: rec, cb: cb}
-	p.mu.RUnlock()
+	p.senders.Add(1) // close waits for senders before closing the queue
+	p.mu.Unlock()
+	defer p.senders.Done()
+	select {
+	case p.queue <- asyncItem{msg: msg, rec: rec, cb: cb}:
+	case <-p.closing:
+		cb(msg, ErrClosed)
+	}
 }
 
 // asyncLoop writes queued messages in batches until the queue is closed and empty.
@@ -300,10 +314,12 @@ func (p *publisher) close(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
-	close(p.queue)
+	close(p.closing)
 	p.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
+		p.senders.Wait() // no one can send on the queue any more
+		close(p.queue)
 		p.wg.Wait()
 		_ = p.w.Close()
 		close(done)

@@ -1,0 +1,79 @@
+package kavari
+
+// Test-only access to internals for the tests of package kavari_test
+// (envelope, decode, tag cache, configuration defaults and benchmarks).
+// Nothing here is part of the API.
+
+import (
+	"context"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// MessageInfo is what kavari derives from a message for publishing.
+type MessageInfo struct {
+	Topic   string
+	Name    string // logical name: msg_type and ce_type
+	Version string
+	Key     []byte // nil when the type declares none
+}
+
+// DescribeMessage returns the topic, logical name, version and partition key
+// of msg, exactly as publishing computes them.
+func DescribeMessage(msg any) (MessageInfo, error) {
+	info, v, err := messageValue(msg)
+	if err != nil {
+		return MessageInfo{}, err
+	}
+	key, err := info.key(v)
+	if err != nil {
+		return MessageInfo{}, err
+	}
+	return MessageInfo{Topic: info.topic, Name: info.name, Version: info.version, Key: key}, nil
+}
+
+// CachedTypeInfo returns the cached description of msg's type as an opaque
+// value: two calls for one type return the identical pointer.
+func CachedTypeInfo(msg any) (any, error) {
+	info, _, err := messageValue(msg)
+	if err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// EncodeRecord runs the publish path without I/O: validation, key, JSON and
+// headers, as a Kavari with this Source, MaxMessageBytes and clock would.
+func EncodeRecord(ctx context.Context, source string, maxBytes int, now func() time.Time, msg any) (kafka.Message, error) {
+	if now == nil {
+		now = time.Now
+	}
+	e := &encoder{source: source, maxBytes: maxBytes, now: now}
+	return e.encode(ctx, msg)
+}
+
+// DecodeRecord turns rec into a message of the type registered on r for its
+// topic and msg_type, as the consumer does.
+func DecodeRecord(r *Registry, rec *kafka.Message) (any, error) {
+	_, msg, err := r.table().decode(rec)
+	return msg, err
+}
+
+// DeadLetterRecord builds the dead letter of rec as the consumer does.
+func DeadLetterRecord(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
+	return deadLetter(rec, topic, kind, handler, attempts, cause)
+}
+
+// ConfigWithDefaults returns c with its defaults applied and the result of
+// validating it, as New does.
+func ConfigWithDefaults(c Config) (Config, error) {
+	c.setDefaults()
+	return c, c.validate()
+}
+
+// WriterOf returns the kafka-go Writer of k.
+func WriterOf(k *Kavari) *kafka.Writer { return k.pub.w }
+
+// FreezeRegistry freezes r as Start does, so lookups take the lock-free path.
+func FreezeRegistry(r *Registry) { r.freeze() }
