@@ -88,8 +88,25 @@ func ktRead(t *testing.T, brokers []string, topic string) []kafka.Message {
 	for _, p := range parts {
 		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
 	}
-	offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	require.NoError(t, err)
+	// Right after a topic is created the broker may still answer "not
+	// leader" for a few milliseconds: ask again until it settles.
+	var offs *kafka.ListOffsetsResponse
+	for {
+		var err error
+		offs, err = client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+		require.NoError(t, err)
+		settled := true
+		for _, po := range offs.Topics[topic] {
+			if errors.Is(po.Error, kafka.NotLeaderForPartition) || errors.Is(po.Error, kafka.LeaderNotAvailable) {
+				settled = false
+			}
+		}
+		if settled {
+			break
+		}
+		require.NoError(t, ctx.Err(), "partition leaders of %s never settled", topic)
+		time.Sleep(20 * time.Millisecond)
+	}
 	var out []kafka.Message
 	for _, po := range offs.Topics[topic] {
 		require.NoError(t, po.Error)
