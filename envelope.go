@@ -78,7 +78,10 @@ func RecordFromContext(ctx context.Context) (*Record, bool) {
 }
 
 // newID returns a random RFC 4122 version 4 UUID string.
-func newID() string {
+func newID() string { return string(appendID(nil)) }
+
+// appendID appends a random RFC 4122 version 4 UUID to dst.
+func appendID(dst []byte) []byte {
 	const hex = "0123456789abcdef"
 	var b [16]byte
 	a, c := rand.Uint64(), rand.Uint64()
@@ -88,27 +91,34 @@ func newID() string {
 	}
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	j := 0
 	for i, x := range b {
 		if i == 4 || i == 6 || i == 8 || i == 10 {
-			s[j] = '-'
-			j++
+			dst = append(dst, '-')
 		}
-		s[j], s[j+1] = hex[x>>4], hex[x&0x0f]
-		j += 2
+		dst = append(dst, hex[x>>4], hex[x&0x0f])
 	}
-	return string(s[:])
+	return dst
 }
+
+// Header values that never change, shared by every record (kafka-go only
+// reads them).
+var (
+	specVersion1 = []byte("1.0")
+	contentJSON  = []byte("application/json")
+)
 
 // encoder turns messages into records.
 type encoder struct {
-	source   string
+	source   []byte
 	maxBytes int
 	now      func() time.Time
 }
 
-// encode validates msg and returns its record and its ce_id.
+func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
+	return &encoder{source: []byte(source), maxBytes: maxBytes, now: now}
+}
+
+// encode validates msg and returns its record.
 func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	info, v, err := messageValue(msg)
 	if err != nil {
@@ -117,9 +127,15 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	if err := validate.Struct(msg); err != nil {
 		return kafka.Message{}, err
 	}
-	key, err := info.key(v)
+	// One buffer holds the key, ce_id and ce_time; the headers point into it.
+	buf := make([]byte, 0, 80)
+	buf, err = info.appendKey(buf, v)
 	if err != nil {
 		return kafka.Message{}, err
+	}
+	var key []byte
+	if len(buf) > 0 {
+		key = buf[:len(buf):len(buf)]
 	}
 	value, err := json.Marshal(msg)
 	if err != nil {
@@ -128,20 +144,23 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	if e.maxBytes > 0 && len(value)+len(key) > e.maxBytes {
 		return kafka.Message{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
 	}
-	id := newID()
-	hs := make([]kafka.Header, 0, 9)
-	name := []byte(info.name)
-	hs = append(hs,
-		kafka.Header{Key: HeaderMsgType, Value: name},
-		kafka.Header{Key: HeaderSpecVersion, Value: []byte("1.0")},
-		kafka.Header{Key: HeaderID, Value: []byte(id)},
-		kafka.Header{Key: HeaderType, Value: name},
-		kafka.Header{Key: HeaderSource, Value: []byte(e.source)},
-		kafka.Header{Key: HeaderTime, Value: e.now().UTC().AppendFormat(nil, time.RFC3339Nano)},
-		kafka.Header{Key: HeaderContentType, Value: []byte("application/json")},
-	)
+	n := len(buf)
+	buf = appendID(buf)
+	id := buf[n:len(buf):len(buf)]
+	n = len(buf)
+	buf = e.now().UTC().AppendFormat(buf, time.RFC3339Nano)
+	at := buf[n:len(buf):len(buf)]
+
+	hs := make([]kafka.Header, 7, 8)
+	hs[0] = kafka.Header{Key: HeaderMsgType, Value: info.nameBytes}
+	hs[1] = kafka.Header{Key: HeaderSpecVersion, Value: specVersion1}
+	hs[2] = kafka.Header{Key: HeaderID, Value: id}
+	hs[3] = kafka.Header{Key: HeaderType, Value: info.nameBytes}
+	hs[4] = kafka.Header{Key: HeaderSource, Value: e.source}
+	hs[5] = kafka.Header{Key: HeaderTime, Value: at}
+	hs[6] = kafka.Header{Key: HeaderContentType, Value: contentJSON}
 	if info.version != "" {
-		hs = append(hs, kafka.Header{Key: HeaderVersion, Value: []byte(info.version)})
+		hs = append(hs, kafka.Header{Key: HeaderVersion, Value: info.versionBytes})
 	}
 	if user, _ := ctx.Value(headersKey{}).([]Header); len(user) > 0 {
 		hs = mergeHeaders(hs, user)

@@ -49,7 +49,7 @@ func EncodeRecord(ctx context.Context, source string, maxBytes int, now func() t
 	if now == nil {
 		now = time.Now
 	}
-	e := &encoder{source: source, maxBytes: maxBytes, now: now}
+	e := newEncoder(source, maxBytes, now)
 	return e.encode(ctx, msg)
 }
 
@@ -77,3 +77,9 @@ func WriterOf(k *Kavari) *kafka.Writer { return k.pub.w }
 
 // FreezeRegistry freezes r as Start does, so lookups take the lock-free path.
 func FreezeRegistry(r *Registry) { r.freeze() }
+
+// Encoder returns the publish path without I/O bound to one encoder, as a
+// Kavari holds it (for benchmarks).
+func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (kafka.Message, error) {
+	return newEncoder(source, maxBytes, time.Now).encode
+}

@@ -82,7 +82,7 @@ func New(cfg Config) (*Kavari, error) {
 	}
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
-	k.pub = newPublisher(&k.cfg, &encoder{source: cfg.Source, maxBytes: cfg.MaxMessageBytes, now: cfg.Clock.Now})
+	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, cfg.Clock.Now))
 	return k, nil
 }
 

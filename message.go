@@ -52,6 +52,8 @@ type typeInfo struct {
 	topic   string
 	name    string // logical name (msg_type, ce_type)
 	version string
+	// nameBytes and versionBytes are shared, read-only header values.
+	nameBytes, versionBytes []byte
 	tag     string
 	keyKind keyKind
 	keyPath [][]int // field index per path element; pointers are followed between them
@@ -159,6 +161,7 @@ func parseType(t reflect.Type) (*typeInfo, error) {
 	if info.name == "" {
 		return nil, bad("no name: an anonymous struct needs name=")
 	}
+	info.nameBytes, info.versionBytes = []byte(info.name), []byte(info.version)
 	if t.Implements(keyerType) || reflect.PointerTo(t).Implements(keyerType) {
 		info.keyKind = keyMethod
 		return info, nil
@@ -225,9 +228,19 @@ func resolveKey(t reflect.Type, path string) (keyKind, [][]int, error) {
 // key returns the partition key of the message held in v (a struct value),
 // nil when the type declares none.
 func (ti *typeInfo) key(v reflect.Value) ([]byte, error) {
+	b, err := ti.appendKey(nil, v)
+	if len(b) == 0 {
+		return nil, err
+	}
+	return b, err
+}
+
+// appendKey appends the partition key of the message held in v to dst.
+func (ti *typeInfo) appendKey(dst []byte, v reflect.Value) ([]byte, error) {
+	n := len(dst)
 	switch ti.keyKind {
 	case keyNone:
-		return nil, nil
+		return dst, nil
 	case keyMethod:
 		var k partitionKeyer
 		if v.CanAddr() {
@@ -238,33 +251,32 @@ func (ti *typeInfo) key(v reflect.Value) ([]byte, error) {
 		}
 		s := k.PartitionKey()
 		if s == "" {
-			return nil, fmt.Errorf("%w: %s.PartitionKey() returned \"\"", ErrEmptyKey, ti.goName)
+			return dst, fmt.Errorf("%w: %s.PartitionKey() returned \"\"", ErrEmptyKey, ti.goName)
 		}
-		return []byte(s), nil
+		return append(dst, s...), nil
 	}
 	f := v
 	for _, idx := range ti.keyPath {
 		for f.Kind() == reflect.Pointer {
 			if f.IsNil() {
-				return nil, fmt.Errorf("%w: %s.%s passes through a nil pointer", ErrEmptyKey, ti.goName, ti.keyName)
+				return dst, fmt.Errorf("%w: %s.%s passes through a nil pointer", ErrEmptyKey, ti.goName, ti.keyName)
 			}
 			f = f.Elem()
 		}
 		f = f.FieldByIndex(idx)
 	}
-	var b []byte
 	switch ti.keyKind {
 	case keyString:
-		b = []byte(f.String())
+		dst = append(dst, f.String()...)
 	case keyInt:
-		b = strconv.AppendInt(nil, f.Int(), 10)
+		dst = strconv.AppendInt(dst, f.Int(), 10)
 	case keyUint:
-		b = strconv.AppendUint(nil, f.Uint(), 10)
+		dst = strconv.AppendUint(dst, f.Uint(), 10)
 	case keyBytes:
-		b = f.Bytes()
+		dst = append(dst, f.Bytes()...)
 	case keyStringer:
 		if f.Kind() == reflect.Pointer && f.IsNil() {
-			return nil, fmt.Errorf("%w: %s.%s is nil", ErrEmptyKey, ti.goName, ti.keyName)
+			return dst, fmt.Errorf("%w: %s.%s is nil", ErrEmptyKey, ti.goName, ti.keyName)
 		}
 		if !f.CanInterface() && f.CanAddr() {
 			// Promoted through an unexported embedded struct: reflect refuses
@@ -276,14 +288,14 @@ func (ti *typeInfo) key(v reflect.Value) ([]byte, error) {
 			s, ok = f.Addr().Interface().(fmt.Stringer)
 		}
 		if !ok {
-			return nil, fmt.Errorf("%w: %s.%s is not addressable", ErrEmptyKey, ti.goName, ti.keyName)
+			return dst, fmt.Errorf("%w: %s.%s is not addressable", ErrEmptyKey, ti.goName, ti.keyName)
 		}
-		b = []byte(s.String())
+		dst = append(dst, s.String()...)
 	}
-	if len(b) == 0 {
-		return nil, fmt.Errorf("%w: %s.%s is empty", ErrEmptyKey, ti.goName, ti.keyName)
+	if len(dst) == n {
+		return dst, fmt.Errorf("%w: %s.%s is empty", ErrEmptyKey, ti.goName, ti.keyName)
 	}
-	return b, nil
+	return dst, nil
 }
 
 // checkTopicName applies Kafka's rules for topic names.
