@@ -54,10 +54,10 @@ type typeInfo struct {
 	version string
 	// nameBytes and versionBytes are shared, read-only header values.
 	nameBytes, versionBytes []byte
-	tag     string
-	keyKind keyKind
-	keyPath [][]int // field index per path element; pointers are followed between them
-	keyName string
+	tag                     string
+	keyKind                 keyKind
+	keyPath                 [][]int // field index per path element; pointers are followed between them
+	keyName                 string
 }
 
 var (
