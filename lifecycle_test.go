@@ -421,3 +421,123 @@ func TestMaxInFlightBelowPartitionCountStillProgresses(t *testing.T) {
 	}
 	eventually(t, 60*time.Second, func() bool { return handled.Load() == 30 }, "handled %d of 30", handled.Load())
 }
+
+type dlqFailMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-dlqfail,key=ID"`
+	ID             string `json:"id"`
+}
+
+// TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds rejects writes to
+// the dead-letter topic for a while: the poison record stays uncommitted
+// (records after it are handled but not committed past it) until its dead
+// letter is written, then the commit moves on.
+func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-dlqfail", "kavari-test-dlqfail.dlq"), kavaritest.Partitions(1))
+	var rejected atomic.Int64
+	var release atomic.Bool
+	b.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		r := req.(*kmsg.ProduceRequest)
+		if release.Load() || len(r.Topics) != 1 || r.Topics[0].Topic != "kavari-test-dlqfail.dlq" {
+			return nil, nil, false
+		}
+		rejected.Add(1)
+		resp := r.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, p := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = p.Partition
+				sp.ErrorCode = 19 // NOT_ENOUGH_REPLICAS: retriable
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	reg := kavari.NewRegistry()
+	var handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &dlqFailMsg{}, func(ctx context.Context, m *dlqFailMsg) error {
+		handled.Add(1)
+		return nil
+	}))
+	group := testenv.ID("g")
+	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) {
+		c.GroupID = group
+		c.PublishRetry = kavari.FibonacciRetry(time.Millisecond, 2)
+	})
+	ctx := context.Background()
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-dlqfail", BatchTimeout: time.Millisecond}
+	defer w.Close()
+	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte("poison: no headers")}))
+	for i := 0; i < 5; i++ {
+		require.NoError(t, k.Publish(ctx, &dlqFailMsg{ID: strconv.Itoa(i)}))
+	}
+	require.NoError(t, k.Start(ctx))
+	eventually(t, 30*time.Second, func() bool { return handled.Load() == 5 && rejected.Load() >= 4 }, "good records handled while the dead letter keeps failing")
+	// Several commit intervals pass; none may cover the poison record at offset 0.
+	time.Sleep(time.Second)
+	require.LessOrEqual(t, committed(t, b.Addrs(), group, "kavari-test-dlqfail", 1)[0], int64(0), "committed past a record that was neither handled nor dead-lettered")
+	release.Store(true)
+	eventually(t, 60*time.Second, func() bool { return committed(t, b.Addrs(), group, "kavari-test-dlqfail", 1)[0] == 6 }, "commit moves on once the dead letter is written")
+	dl := readTopic(t, b.Addrs(), "kavari-test-dlqfail.dlq", 1, func(kafka.Message) bool { return true })
+	assert.Equal(t, "unknown_type", header(dl[0], kavari.HeaderErrorKind))
+}
+
+type revokeMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-revoke,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat: while a member is
+// busy with slow handlers, a second member joins. The first drains its
+// in-flight work within DrainTimeout and commits it before giving partitions
+// away, so nothing is handled twice and nothing is lost.
+func TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	group := testenv.ID("g")
+	var mu sync.Mutex
+	seen := map[string]int{}
+	mk := func() *kavari.Kavari {
+		reg := kavari.NewRegistry()
+		require.NoError(t, kavari.RegisterFuncOn(reg, &revokeMsg{}, func(ctx context.Context, m *revokeMsg) error {
+			if m.Run != run {
+				return nil
+			}
+			time.Sleep(20 * time.Millisecond)
+			mu.Lock()
+			seen[m.ID]++
+			mu.Unlock()
+			return nil
+		}))
+		return newKavari(t, reg, brokers, func(c *kavari.Config) {
+			c.GroupID = group
+			c.TopicPartitions = 4
+			c.MaxInFlight = 4
+			c.DrainTimeout = 8 * time.Second
+		})
+	}
+	ctx := context.Background()
+	a := mk()
+	require.NoError(t, a.Start(ctx))
+	const n = 300
+	for i := 0; i < n; i++ {
+		require.NoError(t, a.Publish(ctx, &revokeMsg{Run: run, ID: strconv.Itoa(i)}))
+	}
+	handled := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	eventually(t, 60*time.Second, func() bool { return handled() >= 20 }, "first member under way")
+	b := mk()
+	require.NoError(t, b.Start(ctx))
+	eventually(t, 60*time.Second, func() bool {
+		return len(b.Health().Assigned["kavari-test-revoke"]) > 0 && a.Health().Generation == b.Health().Generation
+	}, "second member got partitions")
+	eventually(t, 120*time.Second, func() bool { return handled() == n }, "every message handled")
+	mu.Lock()
+	defer mu.Unlock()
+	for id, c := range seen {
+		assert.Equal(t, 1, c, "message %s handled %d times", id, c)
+	}
+}
