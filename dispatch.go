@@ -204,11 +204,11 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	var key string
 	switch g.k.cfg.Ordering {
 	case Unordered:
-		go g.runLane(p, "", nil, j)
+		g.k.tasks <- task{g: g, p: p, j: j}
 		return
 	case PerKey:
 		if rec.Key == nil {
-			go g.runLane(p, "", nil, j) // no key, no order to keep
+			g.k.tasks <- task{g: g, p: p, j: j} // no key, no order to keep
 			return
 		}
 		key = string(rec.Key)
@@ -222,7 +222,28 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	l := &lane{}
 	p.lanes[key] = l
 	p.mu.Unlock()
-	go g.runLane(p, key, l, j)
+	g.k.tasks <- task{g: g, p: p, key: key, l: l, j: j}
+}
+
+// task is a lane to run: its first record j, then whatever queues behind it.
+type task struct {
+	g   *generation
+	p   *partition
+	key string
+	l   *lane // nil: j alone, no order to keep
+	j   *job
+}
+
+// worker runs lanes until the task channel closes. Workers are started once
+// per consumer and reused: a fresh goroutine per record would spend much of
+// its time growing its stack for JSON decoding, again for every record.
+// There are MaxInFlight workers and at most MaxInFlight records in flight,
+// so a dispatched lane never waits for one.
+func (k *Kavari) worker() {
+	defer k.workers.Done()
+	for t := range k.tasks {
+		t.g.runLane(t.p, t.key, t.l, t.j)
+	}
 }
 
 // runLane handles j, then every record queued behind it on lane l.
@@ -276,9 +297,18 @@ func (g *generation) process(p *partition, j *job) {
 		return
 	}
 	for _, b := range rt.bindings {
+		// The first attempt runs directly; the retry machinery is set up
+		// only when it fails.
+		first := g.invoke(b, msg, j, 1)
+		if first == nil {
+			continue
+		}
 		attempts := 0
 		err := g.k.cfg.ConsumerRetry.retry(g.hard, g.k.cfg.Clock, func(attempt int) error {
 			attempts = attempt
+			if attempt == 1 {
+				return first
+			}
 			return g.invoke(b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
@@ -301,7 +331,7 @@ func (g *generation) process(p *partition, j *job) {
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
 func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error) {
-	ctx := context.WithValue(g.hard, recordKey{}, recordOf(&j.rec, attempt))
+	var ctx context.Context = &handlerCtx{Context: g.hard, rec: &j.rec, attempt: attempt}
 	if t := g.k.cfg.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
@@ -322,6 +352,21 @@ func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error
 		err = fmt.Errorf("kavari: handler exceeded HandlerTimeout %s: %w", g.k.cfg.HandlerTimeout, ctx.Err())
 	}
 	return err
+}
+
+// handlerCtx is a handler's context: it answers RecordFromContext, building
+// the Record only when a handler asks for it.
+type handlerCtx struct {
+	context.Context
+	rec     *kafka.Message
+	attempt int
+}
+
+func (c *handlerCtx) Value(key any) any {
+	if _, ok := key.(recordKey); ok {
+		return recordOf(c.rec, c.attempt)
+	}
+	return c.Context.Value(key)
 }
 
 // Permanent wraps err so that kavari does not retry the handler: the record

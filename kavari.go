@@ -57,6 +57,9 @@ type Kavari struct {
 	stopDone  chan struct{}
 	stopErr   error
 
+	tasks   chan task      // lanes for the workers
+	workers sync.WaitGroup // the worker goroutines
+
 	group      *kafka.ConsumerGroup
 	runCtx     context.Context // ends when Stop begins
 	runCancel  context.CancelFunc
@@ -196,6 +199,11 @@ func (k *Kavari) start(ctx context.Context) error {
 	k.group = group
 	k.started.Store(true)
 	k.health.start(topics)
+	k.tasks = make(chan task, k.cfg.MaxInFlight)
+	k.workers.Add(k.cfg.MaxInFlight)
+	for range k.cfg.MaxInFlight {
+		go k.worker()
+	}
 	go k.consumeLoop(group, table)
 	return nil
 }
@@ -229,7 +237,14 @@ func (k *Kavari) stop(ctx context.Context) {
 	if k.started.Load() {
 		k.runCancel()
 		closed := make(chan struct{})
-		go func() { _ = k.group.Close(); <-k.loopDone; close(closed) }()
+		go func() {
+			_ = k.group.Close()
+			<-k.loopDone
+			// Every fetcher has returned: nothing dispatches any more.
+			close(k.tasks)
+			k.workers.Wait() // handlers that ignore cancellation keep Stop waiting until ctx ends
+			close(closed)
+		}()
 		select {
 		case <-closed:
 		case <-ctx.Done():
