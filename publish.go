@@ -72,6 +72,14 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	p.mu.Lock()
 	closed := p.closed
 	p.mu.Unlock()
+	if len(msgs) == 1 && !closed {
+		// Publish: no batch bookkeeping.
+		rec, err := p.enc.encode(ctx, msgs[0])
+		if err != nil {
+			return []error{err}
+		}
+		return p.write(ctx, []kafka.Message{rec})
+	}
 	errs := make([]error, len(msgs))
 	if closed {
 		for i := range errs {
@@ -110,25 +118,45 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 // write sends recs and retries the failed ones. It returns nil when all were
 // acknowledged, else one error (*PublishError or nil) per record.
 func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
+	// Fast path: the first attempt needs none of the retry bookkeeping.
+	if ctx.Err() != nil {
+		return p.retryWrite(ctx, recs, nil)
+	}
+	werr := p.w.WriteMessages(ctx, recs...)
+	if werr == nil {
+		return nil
+	}
+	return p.retryWrite(ctx, recs, werr)
+}
+
+// retryWrite finishes a write whose first attempt failed with first (or, when
+// first is nil, that has not been tried because ctx had ended), retrying the
+// failed records with the publish retry policy.
+func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first error) []error {
 	errs := make([]error, len(recs))
 	pending := make([]int, len(recs))
 	for i := range pending {
 		pending[i] = i
 	}
 	batch := make([]kafka.Message, 0, len(recs))
-	inFlight := false
+	inFlight := first != nil
 	err := p.cfg.PublishRetry.retry(ctx, p.cfg.Clock, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])
 		}
-		if err := ctx.Err(); err != nil {
-			// kafka-go would queue the batch before looking at ctx: an
-			// ended context sends nothing.
-			return err
+		var werr error
+		if attempt == 1 && first != nil {
+			werr = first // the fast path's attempt
+		} else {
+			if err := ctx.Err(); err != nil {
+				// kafka-go would queue the batch before looking at ctx: an
+				// ended context sends nothing.
+				return err
+			}
+			inFlight = true
+			werr = p.w.WriteMessages(ctx, batch...)
 		}
-		inFlight = true
-		werr := p.w.WriteMessages(ctx, batch...)
 		if werr == nil {
 			pending = pending[:0]
 			return nil
