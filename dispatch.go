@@ -181,6 +181,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		t := time.AfterFunc(cfg.DrainTimeout, g.hardCancel)
 		defer t.Stop()
 	}
+	grace := time.Second
+	if g.k.stopping.Load() {
+		grace = time.Duration(g.k.stopGrace.Load())
+	}
 	drained := make(chan struct{})
 	go func() { p.inflight.Wait(); close(drained) }()
 	select {
@@ -190,7 +194,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		// any that ignore their context behind. Their records stay uncommitted.
 		select {
 		case <-drained:
-		case <-time.After(time.Second):
+		case <-time.After(grace):
 			g.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
 		}
 	}

@@ -50,12 +50,14 @@ type Kavari struct {
 	sem      chan struct{}
 	health   health
 
-	startOnce sync.Once
-	started   atomic.Bool
-	stopping  atomic.Bool
-	stopOnce  sync.Once
-	stopDone  chan struct{}
-	stopErr   error
+	startOnce  sync.Once
+	started    atomic.Bool
+	stopping   atomic.Bool
+	stopOnce   sync.Once
+	stopGrace  atomic.Int64 // how long cancelled handlers get to return when stopping
+	drainTimer *time.Timer  // cancels handlers a reserve before Stop's deadline
+	stopDone   chan struct{}
+	stopErr    error
 
 	tasks   chan task      // lanes for the workers
 	workers sync.WaitGroup // the worker goroutines
@@ -217,6 +219,7 @@ func (k *Kavari) start(ctx context.Context) error {
 // calls wait for the first and return its result.
 func (k *Kavari) Stop(ctx context.Context) error {
 	k.stopOnce.Do(func() {
+		k.planStop(ctx)
 		k.stopping.Store(true)
 		go k.stop(ctx)
 	})
@@ -228,11 +231,30 @@ func (k *Kavari) Stop(ctx context.Context) error {
 	}
 }
 
+// planStop splits the first Stop's time budget: handlers may run until a
+// reserve before ctx's deadline; the reserve is for cancelled handlers to
+// return, the final commit, leaving the group and flushing. Without the
+// reserve the commit would come after Stop returned, and a process that exits
+// then would lose it (found by the graceful-stop fault test).
+func (k *Kavari) planStop(ctx context.Context) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		k.stopGrace.Store(int64(time.Second))
+		return
+	}
+	reserve := min(max(time.Until(deadline)/4, 100*time.Millisecond), 2*time.Second)
+	k.stopGrace.Store(int64(reserve / 2))
+	k.drainTimer = time.AfterFunc(time.Until(deadline.Add(-reserve)), k.hardCancel)
+}
+
 // stop does the shutdown for the first Stop call, whose ctx sets the deadline.
 func (k *Kavari) stop(ctx context.Context) {
-	// Past ctx's deadline, handlers are cancelled.
+	// Past the drain budget (planStop) or when ctx ends, handlers are cancelled.
 	stopAfter := context.AfterFunc(ctx, k.hardCancel)
 	defer stopAfter()
+	if k.drainTimer != nil {
+		defer k.drainTimer.Stop()
+	}
 	var errs []error
 	if k.started.Load() {
 		k.runCancel()

@@ -541,3 +541,56 @@ func TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat(t *testing.T) {
 		assert.Equal(t, 1, c, "message %s handled %d times", id, c)
 	}
 }
+
+type stuckMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-stuck,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+	Seq            int    `json:"seq"`
+}
+
+// TestStopCommitsBeforeItsDeadlineEvenWithStuckHandlers: with no periodic
+// commit to rely on and handlers that ignore cancellation, Stop still commits
+// the completed prefix before its deadline, so a process that exits right
+// after Stop returns does not have that work redone.
+func TestStopCommitsBeforeItsDeadlineEvenWithStuckHandlers(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	group := testenv.ID("g")
+	const n, blockFrom = 12, 6
+	reg1 := kavari.NewRegistry()
+	var entered sync.WaitGroup
+	entered.Add(n)
+	var firstStuck atomic.Int64 // offset of the record with Seq blockFrom
+	require.NoError(t, kavari.RegisterFuncOn(reg1, &stuckMsg{}, func(ctx context.Context, m *stuckMsg) error {
+		if m.Run != run {
+			return nil
+		}
+		if m.Seq == blockFrom {
+			rec, _ := kavari.RecordFromContext(ctx)
+			firstStuck.Store(rec.Offset)
+		}
+		entered.Done()
+		if m.Seq >= blockFrom {
+			time.Sleep(4 * time.Second) // ignores ctx
+		}
+		return nil
+	}))
+	k1 := newKavari(t, reg1, brokers, func(c *kavari.Config) {
+		c.GroupID = group
+		c.TopicPartitions = 1
+		c.CommitInterval = time.Hour // only the final commit can save the completed work
+	})
+	ctx := context.Background()
+	require.NoError(t, k1.Start(ctx))
+	for i := 0; i < n; i++ {
+		require.NoError(t, k1.Publish(ctx, &stuckMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i}))
+	}
+	waitGroup(t, &entered, 60*time.Second)
+	stopCtx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	_ = k1.Stop(stopCtx) // returns an error: the stuck handlers outlive the deadline
+	// Read what is committed right away, as a process exiting now would leave it.
+	require.Equal(t, firstStuck.Load(), committed(t, brokers, group, "kavari-test-stuck", 1)[0],
+		"the completed prefix must be committed before Stop returns")
+}
