@@ -97,7 +97,7 @@ type Config struct {
 	HandlerTimeout   time.Duration // per attempt; 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
-	SessionTimeout   time.Duration // default 30 s
+	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart
 	RebalanceTimeout time.Duration // default 30 s
 	Heartbeat        time.Duration // default 3 s
 	DeadLetterSuffix string        // default ".dlq"
@@ -162,7 +162,10 @@ func (c *Config) setDefaults() {
 		c.CommitInterval = time.Second
 	}
 	if c.SessionTimeout == 0 {
-		c.SessionTimeout = 30 * time.Second
+		// kafka-go forgets its member id when the coordinator fails, so after
+		// a broker restart the group waits for the old member to expire:
+		// consumption pauses for about one session timeout.
+		c.SessionTimeout = 10 * time.Second
 	}
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 30 * time.Second

@@ -42,7 +42,7 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, time.Duration(0), c.HandlerTimeout)
 	assert.Equal(t, time.Second, c.CommitInterval)
 	assert.Equal(t, 10*time.Second, c.DrainTimeout)
-	assert.Equal(t, 30*time.Second, c.SessionTimeout)
+	assert.Equal(t, 10*time.Second, c.SessionTimeout)
 	assert.Equal(t, 30*time.Second, c.RebalanceTimeout)
 	assert.Equal(t, 3*time.Second, c.Heartbeat)
 	assert.Equal(t, ".dlq", c.DeadLetterSuffix)
@@ -93,7 +93,7 @@ func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 		BatchSize:        -1,
 		AsyncQueue:       -2,
 		HandlerTimeout:   -time.Second,
-		Heartbeat:        40 * time.Second, // longer than the 30 s session
+		Heartbeat:        40 * time.Second, // longer than the default session
 		RebalanceTimeout: 5 * time.Second,  // shorter than the drain
 		DrainTimeout:     10 * time.Second,
 		SASL:             &kavari.SASL{Mechanism: "GSSAPI"},

@@ -129,6 +129,8 @@ func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 
 // PublishAsync validates msg and queues it for publishing; callback (which may
 // be nil) runs exactly once with msg and the outcome, nil when acknowledged.
+// Messages with the same key are written in call order (a retried write can
+// still land after later ones, as with concurrent Publish calls).
 // When the queue (Config.AsyncQueue) is full, PublishAsync blocks until there
 // is room. An invalid message, or one published after Stop, gets its callback
 // before PublishAsync returns. Callbacks run on kavari's goroutines and should
@@ -227,7 +229,12 @@ func (k *Kavari) Stop(ctx context.Context) error {
 	case <-k.stopDone:
 		return k.stopErr
 	case <-ctx.Done():
-		return context.Cause(ctx)
+		select {
+		case <-k.stopDone: // finished at the deadline: its own error says more
+			return k.stopErr
+		default:
+		}
+		return fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))
 	}
 }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,12 +21,15 @@ type publisher struct {
 	enc     *encoder
 	w       *kafka.Writer
 	log     func(msg string, args ...any)
-	mu      sync.Mutex // guards closed and the closing of queue
+	mu      sync.Mutex // guards closed and the closing of the queues
 	closed  bool
 	closing chan struct{} // closed when close begins: blocked enqueuers give up
 	senders sync.WaitGroup
-	queue   chan asyncItem
-	wg      sync.WaitGroup
+	// queues feed the async writers, one each; a key always goes to the
+	// same writer so that its messages stay in order.
+	queues []chan asyncItem
+	next   atomic.Uint64 // round robin for messages without a key
+	wg     sync.WaitGroup
 	// bg is the context of async writes; abort ends it when close gives up.
 	bg    context.Context
 	abort context.CancelFunc
@@ -54,13 +59,15 @@ func newPublisher(cfg *Config, enc *encoder) *publisher {
 			Transport:              cfg.transport(),
 		},
 		log:     func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
-		queue:   make(chan asyncItem, cfg.AsyncQueue),
 		closing: make(chan struct{}),
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
+	per := max(1, cfg.AsyncQueue/cfg.AsyncWorkers)
 	for i := 0; i < cfg.AsyncWorkers; i++ {
+		q := make(chan asyncItem, per)
+		p.queues = append(p.queues, q)
 		p.wg.Add(1)
-		go p.asyncLoop()
+		go p.asyncLoop(q)
 	}
 	return p
 }
@@ -284,23 +291,37 @@ func (p *publisher) enqueue(msg any, cb func(any, error)) {
 	p.mu.Unlock()
 	defer p.senders.Done()
 	select {
-	case p.queue <- asyncItem{msg: msg, rec: rec, cb: cb}:
+	case p.queueFor(rec.Key) <- asyncItem{msg: msg, rec: rec, cb: cb}:
 	case <-p.closing:
 		cb(msg, ErrClosed)
 	}
 }
 
-// asyncLoop writes queued messages in batches until the queue is closed and empty.
-func (p *publisher) asyncLoop() {
+// queueFor picks the async writer of a key: always the same one, so one
+// key's messages are written in the order PublishAsync was called.
+func (p *publisher) queueFor(key []byte) chan asyncItem {
+	if len(p.queues) == 1 {
+		return p.queues[0]
+	}
+	if key == nil {
+		return p.queues[p.next.Add(1)%uint64(len(p.queues))]
+	}
+	h := fnv.New32a()
+	_, _ = h.Write(key)
+	return p.queues[h.Sum32()%uint32(len(p.queues))]
+}
+
+// asyncLoop writes the messages of queue in batches until it is closed and empty.
+func (p *publisher) asyncLoop(queue chan asyncItem) {
 	defer p.wg.Done()
 	items := make([]asyncItem, 0, p.cfg.BatchSize)
 	recs := make([]kafka.Message, 0, p.cfg.BatchSize)
-	for first := range p.queue {
+	for first := range queue {
 		items = append(items[:0], first)
 	fill:
 		for len(items) < p.cfg.BatchSize {
 			select {
-			case it, ok := <-p.queue:
+			case it, ok := <-queue:
 				if !ok {
 					break fill
 				}
@@ -347,7 +368,9 @@ func (p *publisher) close(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		p.senders.Wait() // no one can send on the queue any more
-		close(p.queue)
+		for _, q := range p.queues {
+			close(q)
+		}
 		p.wg.Wait()
 		_ = p.w.Close()
 		close(done)
