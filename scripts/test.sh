@@ -4,7 +4,7 @@
 # (KAVARI_BROKERS, KAVARI_KAFKA_VERSION, KAVARI_KAFKA_LIB are exported), and
 # stops the broker afterwards.
 #
-#   bash scripts/test.sh                       # go test -race -count=1 ./...
+#   bash scripts/test.sh                       # go test -race -count=1 ./..., then 20 s of fuzzing
 #   bash scripts/test.sh ./internal/kafkaproc/...
 #   bash scripts/test.sh -run TestCluster ./internal/...
 #
@@ -29,8 +29,12 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   fi
 fi
 
-if [ "$#" -eq 0 ]; then
-  set -- ./...
+if [ "$#" -gt 0 ]; then
+  exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$@"
 fi
 
-exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$@"
+# The whole suite against the real broker...
+go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 ./...
+# ...then a short fuzzing run of record decoding (no broker needed).
+echo "test.sh: fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}" >&2
+go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .

@@ -1,0 +1,405 @@
+// Command reliability runs kavari's fault suite (test/fault) against a real
+// Apache Kafka and writes the reliability report, docs/reliability.md.
+//
+//	go run ./test/cmd/reliability                 # normal run, ~6-8 min on 2 cores
+//	go run ./test/cmd/reliability -long           # KAVARI_LONG=1: bigger variants
+//	go run ./test/cmd/reliability -fuzztime 0     # skip the decode fuzzing
+//
+// It runs
+//
+//	go run ./internal/kafkaproc/cmd/kafkactl run -- go test ./test/fault/ -count=1 -v -timeout 30m
+//
+// with KAVARI_RELIABILITY_DIR set to a temporary directory (kafkactl fetches
+// and starts the broker and exports KAVARI_BROKERS and KAVARI_KAFKA_LIB; tests
+// that kill brokers start their own), streams the output, reads the JSON row
+// every test wrote (package test/fault/ledger), optionally runs the
+// FuzzDecodeRecord target for -fuzztime, and renders the report: date,
+// broker version, machine, the exact commands, one row per fault test and a
+// note per row. It exits non-zero when the suite failed, after writing the
+// report.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kavari-go/kavari/test/fault/ledger"
+)
+
+func main() { os.Exit(realMain()) }
+
+func realMain() int {
+	var (
+		out      = flag.String("out", "docs/reliability.md", "report to write, relative to the repository root")
+		longRun  = flag.Bool("long", false, "run the bigger variants (KAVARI_LONG=1)")
+		race     = flag.Bool("race", false, "run the suite with the race detector (as scripts/test.sh does)")
+		run      = flag.String("run", "", "only tests matching this regexp (go test -run)")
+		fuzztime = flag.Duration("fuzztime", 20*time.Second, "how long to fuzz FuzzDecodeRecord (0: skip)")
+		timeout  = flag.Duration("timeout", 30*time.Minute, "go test -timeout")
+	)
+	flag.Parse()
+	root, err := repoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	rowsDir, err := os.MkdirTemp("", "kavari-reliability-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 1
+	}
+	defer os.RemoveAll(rowsDir)
+
+	testArgs := []string{"go", "test", "./test/fault/", "-count=1", "-v", "-timeout", timeout.String()}
+	if *race {
+		testArgs = append(testArgs, "-race")
+	}
+	if *run != "" {
+		testArgs = append(testArgs, "-run", *run)
+	}
+	suite := append([]string{"go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
+	env := append(os.Environ(), ledger.EnvDir+"="+rowsDir)
+	envShown := []string{ledger.EnvDir + "=<tmp>"}
+	if *longRun {
+		env = append(env, "KAVARI_LONG=1")
+		envShown = append(envShown, "KAVARI_LONG=1")
+	}
+
+	rep := report{began: time.Now(), long: *longRun, command: strings.Join(envShown, " ") + " " + shellJoin(suite)}
+	fmt.Fprintf(os.Stderr, "reliability: %s\n", rep.command)
+	output, suiteErr := runTee(ctx, root, env, suite)
+	rep.took = time.Since(rep.began)
+	rep.suiteErr = suiteErr
+	rep.pkgTime = packageTime(output)
+	rep.kafkaLine = kafkaLine(output)
+	rep.results = testResults(output)
+
+	if *fuzztime > 0 && ctx.Err() == nil {
+		fuzz := []string{"go", "test", "-run", "^$", "-fuzz", "FuzzDecodeRecord", "-fuzztime", fuzztime.String(), "."}
+		rep.fuzzCommand = shellJoin(fuzz)
+		fmt.Fprintf(os.Stderr, "reliability: %s\n", rep.fuzzCommand)
+		fout, ferr := runTee(ctx, root, os.Environ(), fuzz)
+		rep.fuzzErr = ferr
+		rep.fuzzExecs = lastMatch(fout, `execs: (\d+)`)
+		rep.fuzzInteresting = lastMatch(fout, `\(total: (\d+)\)`)
+	}
+
+	rows, err := ledger.ReadDir(rowsDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 1
+	}
+	rep.rows = rows
+	md := rep.render()
+	path := filepath.Join(root, *out)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 1
+	}
+	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "reliability:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "reliability: %d rows written to %s\n", len(rows), path)
+	if suiteErr != nil || rep.fuzzErr != nil {
+		fmt.Fprintf(os.Stderr, "reliability: suite: %v, fuzz: %v\n", suiteErr, rep.fuzzErr)
+		return 1
+	}
+	return 0
+}
+
+// repoRoot is the nearest directory above the working directory with go.mod.
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod above %s", wd)
+		}
+	}
+}
+
+// runTee runs argv in dir, copying its output to ours, and returns the
+// output.
+func runTee(ctx context.Context, dir string, env, argv []string) (string, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env = dir, env
+	var buf bytes.Buffer
+	cmd.Stdout = io.MultiWriter(os.Stdout, &buf)
+	cmd.Stderr = io.MultiWriter(os.Stderr, &buf)
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return buf.String(), err
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM) // kafkactl passes it on and stops the broker
+		select {
+		case err := <-done:
+			return buf.String(), errors.Join(ctx.Err(), err)
+		case <-time.After(45 * time.Second):
+			_ = cmd.Process.Kill()
+			return buf.String(), errors.Join(ctx.Err(), <-done)
+		}
+	}
+}
+
+func shellJoin(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a == "" || strings.ContainsAny(a, " ^$*?'\"|&;<>()") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+// packageTime finds "ok  <pkg>/test/fault  312.5s" (or FAIL) in the output.
+func packageTime(out string) string {
+	return lastMatch(out, `(?m)^(?:ok|FAIL)\s+\S+/test/fault\s+([0-9.]+s)`)
+}
+
+// kafkaLine finds kafkactl's "Kafka 4.1.1, 1 node(s) ready in 3.1s: ..." line.
+func kafkaLine(out string) string {
+	return lastMatch(out, `(?m)^kafkactl: (Kafka [^,]+, \d+ node\(s\) ready in [^:]+)`)
+}
+
+// testResults maps each top-level test and subtest to PASS/FAIL/SKIP and its
+// duration, from go test -v's "--- PASS: TestX (12.3s)" lines.
+func testResults(out string) map[string]string {
+	res := map[string]string{}
+	re := regexp.MustCompile(`(?m)^\s*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+s)\)`)
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		res[m[2]] = m[1] + " " + m[3]
+	}
+	return res
+}
+
+func lastMatch(s, pattern string) string {
+	ms := regexp.MustCompile(pattern).FindAllStringSubmatch(s, -1)
+	if len(ms) == 0 {
+		return ""
+	}
+	return ms[len(ms)-1][1]
+}
+
+type report struct {
+	began     time.Time
+	took      time.Duration
+	long      bool
+	command   string
+	suiteErr  error
+	pkgTime   string
+	kafkaLine string
+	results   map[string]string
+	rows      []ledger.Row
+
+	fuzzCommand     string
+	fuzzErr         error
+	fuzzExecs       string
+	fuzzInteresting string
+}
+
+func (r *report) render() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	versions := map[string]bool{}
+	for _, row := range r.rows {
+		if row.KafkaVersion != "" {
+			versions[row.KafkaVersion] = true
+		}
+	}
+	var vs []string
+	for v := range versions {
+		vs = append(vs, v)
+	}
+	sort.Strings(vs)
+	mode := "normal"
+	if r.long {
+		mode = "long (KAVARI_LONG=1)"
+	}
+	result := "PASS"
+	if r.suiteErr != nil {
+		result = "FAIL (" + r.suiteErr.Error() + ")"
+	}
+
+	p("# kavari reliability report\n\n")
+	p("Generated by `go run ./test/cmd/reliability` from a real run of the fault suite\n")
+	p("([`test/fault`](../test/fault)) against real Apache Kafka brokers. Regenerate it with the same\n")
+	p("command; `-long` runs the bigger variants.\n\n")
+	p("| | |\n| --- | --- |\n")
+	p("| date | %s |\n", r.began.UTC().Format("2006-01-02 15:04 MST"))
+	p("| broker | Apache Kafka %s (KRaft, combined broker+controller nodes, started by `internal/kafkaproc`) |\n", strings.Join(vs, ", "))
+	if r.kafkaLine != "" {
+		p("| shared broker | %s (tests that kill brokers start their own 1- or 3-node clusters) |\n", r.kafkaLine)
+	}
+	p("| machine | %s |\n", machine())
+	p("| Go | %s %s/%s |\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	p("| command | `%s` |\n", r.command)
+	p("| mode | %s |\n", mode)
+	p("| package runtime | %s (whole command, broker start included: %s) |\n", orDash(r.pkgTime), r.took.Round(time.Second))
+	p("| result | %s |\n\n", result)
+
+	p("## Results\n\n")
+	p("Counts are message ids. **acknowledged**: `Publish` returned nil. **handled**: distinct ids whose handler completed\n")
+	p("(or, for poison records, that reached the dead-letter topic with the right kind). **duplicates**: ids handled more\n")
+	p("than once (in brackets: extra deliveries in all) — allowed, delivery is at-least-once. **lost**: acknowledged but never\n")
+	p("handled — must be 0. **order**: per key, first deliveries out of publish order (n/a: not checked); redeliveries after a\n")
+	p("crash or rebalance may repeat a suffix of a key's sequence and are not violations. **time to recover**: what it measures is\n")
+	p("given in brackets. **status**: SKIP means the test found a library bug and is skipped until it is fixed\n")
+	p("(`KAVARI_FAULT_STRICT=1` turns it into a failure).\n\n")
+	p("| test | fault | sent | acknowledged | handled | duplicates | lost | order violations | time to recover | status |\n")
+	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, row := range r.rows {
+		order := "n/a"
+		if row.OrderChecked {
+			order = strconv.Itoa(row.OrderViolations)
+		}
+		rec := "—"
+		if row.RecoverMs != nil {
+			rec = fmtMs(*row.RecoverMs)
+			if what, _, _ := strings.Cut(row.RecoverWhat, ";"); what != "" {
+				rec += " (" + what + ")"
+			}
+		}
+		status := row.Status
+		if res := r.results[row.Test]; res != "" {
+			status = res
+		}
+		if len(row.Bugs) > 0 {
+			status += " — library bug, see notes"
+		}
+		p("| `%s` | %s | %d | %d | %d | %d (%d) | **%d** | %s | %s | %s |\n", row.Test, row.Title, row.Sent, row.Acked, row.Handled,
+			row.Duplicates, row.ExtraDeliveries, row.Lost, order, rec, status)
+	}
+	p("\n## Notes per test\n\n")
+	for _, row := range r.rows {
+		p("### `%s`\n\n", row.Test)
+		p("%s (mode: %s, %s).\n\n", capitalize(row.Title), row.Mode, fmtMs(row.DurationMs))
+		if row.Setup != "" {
+			p("- setup: %s\n", row.Setup)
+		}
+		for _, n := range row.Notes {
+			p("- %s\n", n)
+		}
+		if row.RecoverMs != nil {
+			p("- time to recover: %s — %s\n", fmtMs(*row.RecoverMs), row.RecoverWhat)
+		}
+		p("- publish failures %d, never handled %d, producer-side duplicates %d, rewinds %d (deepest %d)\n",
+			row.PublishFailed, row.NeverHandled, row.ProducerDuplicates, row.Rewinds, row.MaxRewind)
+		if len(row.Extra) > 0 {
+			var keys []string
+			for k := range row.Extra {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			var kv []string
+			for _, k := range keys {
+				kv = append(kv, fmt.Sprintf("%s=%v", k, row.Extra[k]))
+			}
+			p("- figures: %s\n", strings.Join(kv, ", "))
+		}
+		for _, bug := range row.Bugs {
+			p("- **library bug found**: %s\n", bug)
+		}
+		if len(row.LostIDs) > 0 {
+			p("- **lost ids** (first %d): %s\n", len(row.LostIDs), strings.Join(row.LostIDs, ", "))
+		}
+		if len(row.OrderExamples) > 0 {
+			p("- order violations, e.g.: %s\n", strings.Join(row.OrderExamples, "; "))
+		}
+		p("\n")
+	}
+	if r.fuzzCommand != "" {
+		p("## Decode fuzzing\n\n")
+		res := "no failure"
+		if r.fuzzErr != nil {
+			res = "FAILED: " + r.fuzzErr.Error() + " (the failing input is in testdata/fuzz/FuzzDecodeRecord)"
+		}
+		p("`%s`: %s execs, %s corpus entries, %s. The target (`fuzz_test.go`) feeds arbitrary values and headers to the\n",
+			r.fuzzCommand, orDash(r.fuzzExecs), orDash(r.fuzzInteresting), res)
+		p("consumer's decoder and the dead-letter builder: no panic, and always either a valid message of a registered type or\n")
+		p("a `*DecodeError` of a decode-side kind matching the failure.\n")
+	}
+	return b.String()
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
+}
+
+func fmtMs(ms int64) string {
+	d := time.Duration(ms) * time.Millisecond
+	if d >= 10*time.Second {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+// machine describes the CPU and memory.
+func machine() string {
+	model := ""
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if m := regexp.MustCompile(`MemTotal:\s+(\d+) kB`).FindSubmatch(b); m != nil {
+			kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+			mem = fmt.Sprintf("%.1f GiB memory", float64(kb)/(1<<20))
+		}
+	}
+	parts := []string{fmt.Sprintf("%d cores", runtime.NumCPU())}
+	if model != "" {
+		parts = append(parts, model)
+	}
+	if mem != "" {
+		parts = append(parts, mem)
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,92 @@
+// Package faultmsg declares the messages of the fault suite (test/fault). The
+// tests publish them and the faultapp consumer process handles them, so both
+// sides share one declaration.
+//
+// Topics are fixed by the kavari tag, one set per scenario; every message
+// carries the Run that published it, and consumers ignore (and commit) the
+// records of other runs, so repeated runs against one cluster do not mix.
+package faultmsg
+
+import "github.com/kavari-go/kavari"
+
+// Body is the payload of every fault-suite message.
+type Body struct {
+	Run string `json:"run" validate:"required"`
+	ID  string `json:"id" validate:"required"`
+	Key string `json:"key" validate:"required"`
+	Seq int    `json:"seq" validate:"gte=0"` // position of the message among those with its key
+	// SleepMs, when positive, replaces the consumer's handler sleep for
+	// this message.
+	SleepMs int    `json:"sleep_ms,omitempty"`
+	Pad     string `json:"pad,omitempty"`
+}
+
+// Crash is consumed by a process that gets SIGKILLed (consumer crash test).
+type Crash struct {
+	kavari.Message `kavari:"topic=kavari-fault-crash,key=Key"`
+	Body
+}
+
+// Stop is consumed by a process stopped gracefully mid-processing.
+type Stop struct {
+	kavari.Message `kavari:"topic=kavari-fault-stop,key=Key"`
+	Body
+}
+
+// Storm0 and Storm1 are the two topics of the rebalance storm.
+type Storm0 struct {
+	kavari.Message `kavari:"topic=kavari-fault-storm-0,key=Key"`
+	Body
+}
+
+// Storm1 is the storm's second topic.
+type Storm1 struct {
+	kavari.Message `kavari:"topic=kavari-fault-storm-1,key=Key"`
+	Body
+}
+
+// Restart is published and consumed in-process around a broker restart.
+type Restart struct {
+	kavari.Message `kavari:"topic=kavari-fault-restart,key=Key"`
+	Body
+}
+
+// Failover is published and consumed in-process while a 3-node cluster loses
+// a partition leader.
+type Failover struct {
+	kavari.Message `kavari:"topic=kavari-fault-failover,key=Key"`
+	Body
+}
+
+// Down is consumed in-process by a Kavari stopped while its broker is down.
+type Down struct {
+	kavari.Message `kavari:"topic=kavari-fault-down,key=Key"`
+	Body
+}
+
+// Storm returns a new message of storm topic i (0 or 1).
+func Storm(i int, b Body) any {
+	if i%2 == 0 {
+		return &Storm0{Body: b}
+	}
+	return &Storm1{Body: b}
+}
+
+// StormTopics lists the storm's topics.
+var StormTopics = []string{"kavari-fault-storm-0", "kavari-fault-storm-1"}
+
+// Poison is the subscribed type of the poison-record test; raw records of
+// every malformed kind are written next to valid ones on its topic.
+type Poison struct {
+	kavari.Message `kavari:"topic=kavari-fault-poison,key=Key"`
+	Body
+	Amount int64  `json:"amount" validate:"gt=0"`
+	Note   string `json:"note" validate:"max=1000"`
+}
+
+// Async is published with PublishAsync and consumed in-process (per-key
+// order of asynchronous publishing).
+type Async struct {
+	kavari.Message `kavari:"topic=kavari-fault-async,key=Key"`
+	Body
+}
