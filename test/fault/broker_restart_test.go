@@ -67,7 +67,16 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 		t.Errorf("the kill did not happen mid-consume: %d handled", handledAtKill)
 	}
 
-	time.Sleep(outage)
+	// While the broker is gone, Health says so and names the error.
+	var down kavari.Health
+	waitFor(t, outage+10*time.Second, func() bool {
+		down = k.Health()
+		return !down.Connected && down.LastError != ""
+	}, "Health still reports a connected consumer with the only broker killed: %+v", k.Health())
+	t.Logf("Health during the outage: connected=%v last_error=%q", down.Connected, down.LastError)
+	if rest := outage - time.Since(killAt); rest > 0 {
+		time.Sleep(rest)
+	}
 	restartAt := time.Now()
 	if err := c.Restart(0); err != nil {
 		t.Fatal(err)
@@ -101,5 +110,8 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 		outage, workers, cfg.SessionTimeout)
 	if !h.Connected {
 		t.Errorf("consumer not connected at the end: %+v", h)
+	}
+	if h.InFlight != 0 {
+		t.Errorf("records still in flight at the end: %+v", h)
 	}
 }
