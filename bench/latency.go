@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari"
+)
+
+// runE2E measures publish-call-to-handler-start latency at a fixed rate: an
+// open-loop pacer issues message i at start + i/rate, each publish in its own
+// goroutine (so a slow publish never delays the next), with the scheduled
+// time in the message; the handler, in the same process, subtracts it from
+// its own start time. Latency counts from the scheduled time, so a late pacer
+// counts against the system, never for it.
+func runE2E(ctx context.Context, s *spec) (*result, error) {
+	n := int(int64(s.Rate) * int64(s.Duration) / int64(time.Second))
+	lat := make([]int64, n)
+	var received, warm atomic.Int64
+	done := make(chan struct{})
+	// seen records a handled message's latency; seq < 0 is a warm-up message.
+	seen := func(start time.Time, seq, sentNs int64) {
+		if seq < 0 {
+			warm.Add(1)
+			return
+		}
+		if seq < int64(n) && lat[seq] == 0 {
+			lat[seq] = max(start.UnixNano()-sentNs, 1)
+			if received.Add(1) == int64(n) {
+				close(done)
+			}
+		}
+	}
+	var publish func(ctx context.Context, v *benchValue) error
+	var stop func()
+	var assigned func() bool
+	var err error
+	switch s.Impl {
+	case "kavari":
+		var k *kavari.Kavari
+		reg := kavari.NewRegistry()
+		if err := kavari.RegisterFuncOn(reg, &BenchMessage{}, func(_ context.Context, m *BenchMessage) error {
+			seen(time.Now(), m.Seq, m.SentNs)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if k, err = kavari.New(kavariConfig(s, reg)); err != nil {
+			return nil, err
+		}
+		if err := k.Start(ctx); err != nil {
+			return nil, err
+		}
+		publish = func(ctx context.Context, v *benchValue) error { return k.Publish(ctx, toMessage(v)) }
+		assigned = func() bool { return len(k.Health().Assigned[s.Topic]) == s.Partitions }
+		stop = func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			_ = k.Stop(sctx)
+		}
+	case "kafka-go":
+		w := kafkaGoWriter(s)
+		stopConsumer, err := kafkaGoConsume(ctx, s, func(m kafka.Message) {
+			start := time.Now()
+			var v benchValue
+			if json.Unmarshal(m.Value, &v) == nil {
+				seen(start, v.Seq, v.SentNs)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		publish = func(ctx context.Context, v *benchValue) error { return w.WriteMessages(ctx, kafkaGoRecord(v)) }
+		assigned = func() bool { return true } // the warm-up below proves it
+		stop = func() { stopConsumer(); _ = w.Close() }
+	default:
+		return nil, fmt.Errorf("unknown impl %q", s.Impl)
+	}
+	defer stop()
+	payload := payloadFor(s.Size)
+
+	// Warm up: wait for the assignment, then until 30 messages with distinct
+	// keys (so, very likely, every partition) made the round trip.
+	deadline := time.Now().Add(60 * time.Second)
+	for !assigned() {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no assignment after 60s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	const warmups = 30
+	for i := 0; i < warmups; i++ {
+		if err := publish(ctx, &benchValue{ID: "warmup-" + strconv.Itoa(i), Seq: -1, Payload: payload}); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	for warm.Load() < warmups {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("warm-up: %d of %d messages came back", warm.Load(), warmups)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	var failed atomic.Int64
+	interval := time.Second / time.Duration(s.Rate)
+	start := time.Now().Add(5 * time.Millisecond)
+	var lastIssued time.Time
+	for i := 0; i < n; i++ {
+		at := start.Add(time.Duration(i) * interval)
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d)
+		}
+		v := &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload, SentNs: at.UnixNano()}
+		go func() {
+			if err := publish(ctx, v); err != nil {
+				failed.Add(1)
+			}
+		}()
+		lastIssued = time.Now()
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+	}
+	got := int(received.Load())
+	var ls []int64
+	for _, l := range lat {
+		if l > 0 {
+			ls = append(ls, l)
+		}
+	}
+	slices.Sort(ls)
+	st := &latencyStats{
+		Rate: s.Rate, Sent: n, Received: got,
+		AchievedRate: float64(n) / lastIssued.Sub(start).Seconds(),
+		P50:          pct(ls, 0.50), P99: pct(ls, 0.99), P999: pct(ls, 0.999),
+	}
+	if len(ls) > 0 {
+		st.Max = float64(ls[len(ls)-1]) / 1e6
+	}
+	res := &result{Count: got, Errors: n - got + int(failed.Load()), Seconds: lastIssued.Sub(start).Seconds(), Latency: st}
+	if failed.Load() > 0 {
+		res.Note = fmt.Sprintf("%d publishes failed", failed.Load())
+	}
+	return res, nil
+}
+
+// pct returns the q-quantile of sorted ns values in milliseconds (nearest rank).
+func pct(sorted []int64, q float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	i = min(max(i, 0), len(sorted)-1)
+	return float64(sorted[i]) / 1e6
+}

@@ -1,0 +1,315 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kavari-go/kavari"
+)
+
+// runPublish publishes s.Count messages of s.Size bytes with s.Impl in
+// s.Mode: sync (s.Callers goroutines, one message per call), batch (one
+// caller, s.Batch messages per call) or async (one caller, callbacks).
+func runPublish(ctx context.Context, s *spec) (*result, error) {
+	payload := payloadFor(s.Size)
+	var p publisher
+	var err error
+	switch s.Impl {
+	case "kavari":
+		p, err = newKavariPublisher(s)
+	case "kafka-go":
+		p = newKafkaGoPublisher(s)
+	case "franz-go":
+		p, err = newFranzPublisher(s)
+	default:
+		err = fmt.Errorf("unknown impl %q", s.Impl)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer p.close()
+	// One message first, outside the measurement: connections and metadata.
+	if err := p.sync(ctx, &benchValue{ID: "warmup", Seq: -1, Payload: payload}); err != nil {
+		return nil, fmt.Errorf("warm-up publish: %w", err)
+	}
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	fail := func(err error, n int) {
+		failed.Add(int64(n))
+		firstErr.CompareAndSwap(nil, err.Error())
+	}
+	begin := time.Now()
+	// more reports whether message i is still to be published: the run ends
+	// after s.Count messages or, when s.Duration is set, at the deadline.
+	deadline := begin.Add(s.Duration)
+	more := func(i int) bool {
+		return (s.Count <= 0 || i < s.Count) && (s.Duration <= 0 || time.Now().Before(deadline))
+	}
+	switch s.Mode {
+	case "sync":
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range max(s.Callers, 1) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if !more(i) {
+						return
+					}
+					if err := p.sync(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload}); err != nil {
+						fail(err, 1)
+						continue
+					}
+					acked.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+	case "batch":
+		vs := make([]*benchValue, 0, s.Batch)
+		for i := 0; more(i); {
+			vs = vs[:0]
+			for ; len(vs) < s.Batch && (s.Count <= 0 || i < s.Count); i++ {
+				vs = append(vs, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload})
+			}
+			if err := p.batch(ctx, vs); err != nil {
+				fail(err, len(vs))
+				continue
+			}
+			acked.Add(int64(len(vs)))
+		}
+	case "async":
+		var pending sync.WaitGroup
+		cb := func(err error) {
+			if err != nil {
+				fail(err, 1)
+			} else {
+				acked.Add(1)
+			}
+			pending.Done()
+		}
+		for i := 0; more(i); i++ {
+			pending.Add(1)
+			p.async(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload}, cb)
+		}
+		pending.Wait()
+	default:
+		return nil, fmt.Errorf("unknown mode %q", s.Mode)
+	}
+	elapsed := time.Since(begin)
+	res := &result{Count: int(acked.Load()), Errors: int(failed.Load()), Seconds: elapsed.Seconds()}
+	if e, ok := firstErr.Load().(string); ok {
+		res.Note = "first error: " + e
+	}
+	return res, nil
+}
+
+// asyncQueue bounds queued asynchronous messages in every client: kavari's
+// default AsyncQueue.
+const asyncQueue = 10_000
+
+// publisher is one client's way to publish a benchValue.
+type publisher interface {
+	sync(ctx context.Context, v *benchValue) error
+	batch(ctx context.Context, vs []*benchValue) error
+	async(ctx context.Context, v *benchValue, cb func(error))
+	close()
+}
+
+func benchLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// kavariConfig is the configuration every kavari side uses: kavari's
+// defaults, with the batch settings of the run.
+func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
+	return kavari.Config{
+		Brokers:      s.Brokers,
+		GroupID:      s.Group,
+		Registry:     reg,
+		Logger:       benchLogger(),
+		BatchTimeout: s.Linger,
+		BatchSize:    s.Batch,
+		BatchBytes:   1 << 20,
+	}
+}
+
+type kavariPublisher struct{ k *kavari.Kavari }
+
+func newKavariPublisher(s *spec) (*kavariPublisher, error) {
+	k, err := kavari.New(kavariConfig(s, kavari.NewRegistry()))
+	if err != nil {
+		return nil, err
+	}
+	return &kavariPublisher{k}, nil
+}
+
+func toMessage(v *benchValue) *BenchMessage {
+	return &BenchMessage{ID: v.ID, Seq: v.Seq, Payload: v.Payload, SentNs: v.SentNs, SleepUs: v.SleepUs}
+}
+
+func (p *kavariPublisher) sync(ctx context.Context, v *benchValue) error {
+	return p.k.Publish(ctx, toMessage(v))
+}
+
+func (p *kavariPublisher) batch(ctx context.Context, vs []*benchValue) error {
+	msgs := make([]any, len(vs))
+	for i, v := range vs {
+		msgs[i] = toMessage(v)
+	}
+	return p.k.PublishBatch(ctx, msgs...)
+}
+
+func (p *kavariPublisher) async(_ context.Context, v *benchValue, cb func(error)) {
+	p.k.PublishAsync(toMessage(v), func(_ any, err error) { cb(err) })
+}
+
+func (p *kavariPublisher) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = p.k.Stop(ctx)
+}
+
+// kafkaGoWriter is configured as kavari configures its own Writer.
+func kafkaGoWriter(s *spec) *kafka.Writer {
+	return &kafka.Writer{
+		Addr:         kafka.TCP(s.Brokers...),
+		Topic:        s.Topic,
+		Balancer:     &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: s.Linger,
+		BatchSize:    s.Batch,
+		BatchBytes:   1 << 20,
+		WriteTimeout: 10 * time.Second,
+		ReadTimeout:  10 * time.Second,
+		// kafka-go retries failed writes itself (MaxAttempts 10): say so.
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			fmt.Fprintf(os.Stderr, "kafka-go writer: "+msg+"\n", args...)
+		}),
+	}
+}
+
+type kafkaGoPublisher struct {
+	// slots bounds the records in kafka-go's async queue, which is itself
+	// unbounded, like kavari's AsyncQueue and franz-go's MaxBufferedRecords.
+	slots chan struct{}
+	w     *kafka.Writer // synchronous
+	aw    *kafka.Writer // Async: true, created on first use
+	once  sync.Once
+	s     *spec
+	cbs   sync.Map // key -> callback
+}
+
+func newKafkaGoPublisher(s *spec) *kafkaGoPublisher {
+	return &kafkaGoPublisher{w: kafkaGoWriter(s), s: s, slots: make(chan struct{}, asyncQueue)}
+}
+
+func (p *kafkaGoPublisher) sync(ctx context.Context, v *benchValue) error {
+	return p.w.WriteMessages(ctx, kafkaGoRecord(v))
+}
+
+func (p *kafkaGoPublisher) batch(ctx context.Context, vs []*benchValue) error {
+	recs := make([]kafka.Message, len(vs))
+	for i, v := range vs {
+		recs[i] = kafkaGoRecord(v)
+	}
+	return p.w.WriteMessages(ctx, recs...)
+}
+
+// async uses kafka-go's own asynchronous mode: WriteMessages returns at once
+// (its queue is unbounded) and Completion reports each batch.
+func (p *kafkaGoPublisher) async(ctx context.Context, v *benchValue, cb func(error)) {
+	p.once.Do(func() {
+		p.aw = kafkaGoWriter(p.s)
+		p.aw.Async = true
+		p.aw.Completion = func(msgs []kafka.Message, err error) {
+			for i := range msgs {
+				if f, ok := p.cbs.LoadAndDelete(string(msgs[i].Key)); ok {
+					<-p.slots
+					f.(func(error))(err)
+				}
+			}
+		}
+	})
+	p.slots <- struct{}{}
+	p.cbs.Store(v.ID, cb)
+	if err := p.aw.WriteMessages(ctx, kafkaGoRecord(v)); err != nil {
+		if _, ok := p.cbs.LoadAndDelete(v.ID); ok {
+			<-p.slots
+			cb(err)
+		}
+	}
+}
+
+func (p *kafkaGoPublisher) close() {
+	_ = p.w.Close()
+	if p.aw != nil {
+		_ = p.aw.Close()
+	}
+}
+
+type franzPublisher struct {
+	cl    *kgo.Client
+	topic string
+}
+
+// franzProducerOpts are franz-go's producer options with the settings of the
+// other clients: acks all, the same linger and batch bytes, no compression,
+// no idempotence (kafka-go has none), Murmur2 for keyed records (franz-go's
+// default sticky-key partitioner).
+func franzProducerOpts(s *spec) []kgo.Opt {
+	return []kgo.Opt{
+		kgo.SeedBrokers(s.Brokers...),
+		kgo.DefaultProduceTopic(s.Topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.DisableIdempotentWrite(),
+		kgo.ProducerLinger(s.Linger),
+		kgo.ProducerBatchMaxBytes(1 << 20),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.MaxBufferedRecords(asyncQueue),
+	}
+}
+
+func newFranzPublisher(s *spec) (*franzPublisher, error) {
+	cl, err := kgo.NewClient(franzProducerOpts(s)...)
+	if err != nil {
+		return nil, err
+	}
+	return &franzPublisher{cl: cl, topic: s.Topic}, nil
+}
+
+func (p *franzPublisher) sync(ctx context.Context, v *benchValue) error {
+	return p.cl.ProduceSync(ctx, franzRecord(p.topic, v)).FirstErr()
+}
+
+func (p *franzPublisher) batch(ctx context.Context, vs []*benchValue) error {
+	recs := make([]*kgo.Record, len(vs))
+	for i, v := range vs {
+		recs[i] = franzRecord(p.topic, v)
+	}
+	return p.cl.ProduceSync(ctx, recs...).FirstErr()
+}
+
+func (p *franzPublisher) async(ctx context.Context, v *benchValue, cb func(error)) {
+	p.cl.Produce(ctx, franzRecord(p.topic, v), func(_ *kgo.Record, err error) { cb(err) })
+}
+
+func (p *franzPublisher) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.cl.Flush(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		fmt.Fprintf(os.Stderr, "franz-go flush: %v\n", err)
+	}
+	p.cl.Close()
+}
