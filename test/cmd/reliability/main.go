@@ -274,8 +274,7 @@ func (r *report) render() string {
 	p("than once (in brackets: extra deliveries in all) — allowed, delivery is at-least-once. **lost**: acknowledged but never\n")
 	p("handled — must be 0. **order**: per key, first deliveries out of publish order (n/a: not checked); redeliveries after a\n")
 	p("crash or rebalance may repeat a suffix of a key's sequence and are not violations. **time to recover**: what it measures is\n")
-	p("given in brackets. **status**: SKIP means the test found a library bug and is skipped until it is fixed\n")
-	p("(`KAVARI_FAULT_STRICT=1` turns it into a failure).\n\n")
+	p("given in brackets. **status**: a test that finds a library bug fails, and its note says what it found.\n\n")
 	p("| test | fault | sent | acknowledged | handled | duplicates | lost | order violations | time to recover | status |\n")
 	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, row := range r.rows {
