@@ -90,9 +90,13 @@ type Config struct {
 	AllowAutoCreate bool          // let the broker auto-create topics on publish
 
 	// Consuming.
-	AutoOffsetReset  OffsetReset
-	Ordering         Ordering
-	MaxInFlight      int           // records fetched but not finished, all partitions; default 256
+	AutoOffsetReset OffsetReset
+	Ordering        Ordering
+	MaxInFlight     int // records being handled at once, all partitions; default 256
+	// MaxBuffered bounds records fetched and not finished, all partitions
+	// (those handled plus those queued behind a busy key); when reached, the
+	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight.
+	MaxBuffered      int
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
 	HandlerTimeout   time.Duration // per attempt; 0 means none
 	CommitInterval   time.Duration // default 1 s
@@ -154,6 +158,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 256
+	}
+	if c.MaxBuffered == 0 {
+		c.MaxBuffered = 4 * c.MaxInFlight
 	}
 	if c.ConsumerRetry == (RetryPolicy{}) {
 		c.ConsumerRetry = RetryPolicy{MaxAttempts: 5}
@@ -220,7 +227,7 @@ func (c *Config) validate() error {
 		v    int64
 	}{
 		{"BatchSize", int64(c.BatchSize)}, {"BatchBytes", c.BatchBytes}, {"MaxMessageBytes", int64(c.MaxMessageBytes)},
-		{"AsyncQueue", int64(c.AsyncQueue)}, {"AsyncWorkers", int64(c.AsyncWorkers)}, {"MaxInFlight", int64(c.MaxInFlight)},
+		{"AsyncQueue", int64(c.AsyncQueue)}, {"AsyncWorkers", int64(c.AsyncWorkers)}, {"MaxInFlight", int64(c.MaxInFlight)}, {"MaxBuffered", int64(c.MaxBuffered)},
 		{"TopicPartitions", int64(c.TopicPartitions)},
 	} {
 		if f.v < 0 {
@@ -229,6 +236,9 @@ func (c *Config) validate() error {
 	}
 	if c.HandlerTimeout < 0 || c.CommitInterval < 0 || c.DrainTimeout < 0 || c.BatchTimeout < 0 {
 		errs = append(errs, errors.New("a timeout or interval is negative"))
+	}
+	if c.MaxBuffered > 0 && c.MaxBuffered < c.MaxInFlight {
+		errs = append(errs, errors.New("MaxBuffered must be at least MaxInFlight"))
 	}
 	if c.Heartbeat >= c.SessionTimeout {
 		errs = append(errs, errors.New("Heartbeat must be shorter than SessionTimeout"))

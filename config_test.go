@@ -39,6 +39,7 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, kavari.Earliest, c.AutoOffsetReset)
 	assert.Equal(t, kavari.PerKey, c.Ordering)
 	assert.Equal(t, 256, c.MaxInFlight)
+	assert.Equal(t, 1024, c.MaxBuffered)
 	assert.Equal(t, time.Duration(0), c.HandlerTimeout)
 	assert.Equal(t, time.Second, c.CommitInterval)
 	assert.Equal(t, 10*time.Second, c.DrainTimeout)
@@ -72,7 +73,7 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 		PublishRetry: kavari.ConstantRetry(time.Second, 2), Partitioner: kavari.CRC32,
 		BatchTimeout: time.Millisecond, BatchSize: 7, BatchBytes: 4096, MaxMessageBytes: 999,
 		AsyncQueue: 3, AsyncWorkers: 2, AllowAutoCreate: true,
-		AutoOffsetReset: kavari.Latest, Ordering: kavari.Unordered, MaxInFlight: 9,
+		AutoOffsetReset: kavari.Latest, Ordering: kavari.Unordered, MaxInFlight: 9, MaxBuffered: 11,
 		ConsumerRetry: kavari.NoRetry(), HandlerTimeout: time.Minute, CommitInterval: 3 * time.Second,
 		DrainTimeout: 4 * time.Second, SessionTimeout: 45 * time.Second, RebalanceTimeout: 50 * time.Second,
 		Heartbeat: 5 * time.Second, DeadLetterSuffix: "-dead", Relaxed: true, CreateTopics: true,
@@ -137,6 +138,7 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 		{"negative BatchBytes", func(c *kavari.Config) { c.BatchBytes = -1 }, "BatchBytes is negative"},
 		{"negative MaxMessageBytes", func(c *kavari.Config) { c.MaxMessageBytes = -1 }, "MaxMessageBytes is negative"},
 		{"negative AsyncWorkers", func(c *kavari.Config) { c.AsyncWorkers = -1 }, "AsyncWorkers is negative"},
+		{"MaxBuffered below MaxInFlight", func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 10, 5 }, "MaxBuffered must be at least MaxInFlight"},
 		{"negative MaxInFlight", func(c *kavari.Config) { c.MaxInFlight = -1 }, "MaxInFlight is negative"},
 		{"negative TopicPartitions", func(c *kavari.Config) { c.TopicPartitions = -1 }, "TopicPartitions is negative"},
 		{"negative CommitInterval", func(c *kavari.Config) { c.CommitInterval = -1 }, "negative"},

@@ -241,8 +241,9 @@ type task struct {
 // worker runs lanes until the task channel closes. Workers are started once
 // per consumer and reused: a fresh goroutine per record would spend much of
 // its time growing its stack for JSON decoding, again for every record.
-// There are MaxInFlight workers and at most MaxInFlight records in flight,
-// so a dispatched lane never waits for one.
+// There are MaxBuffered workers and at most MaxBuffered records open, so a
+// dispatched lane never waits for a worker; it may wait for one of the
+// MaxInFlight run slots.
 func (k *Kavari) worker() {
 	defer k.workers.Done()
 	for t := range k.tasks {
@@ -279,6 +280,14 @@ func (g *generation) process(p *partition, j *job) {
 	if g.hard.Err() != nil {
 		return
 	}
+	// Records queued behind a busy key hold a buffer slot but no run slot,
+	// so other keys keep all MaxInFlight handlers busy.
+	select {
+	case g.k.running <- struct{}{}:
+	case <-g.hard.Done():
+		return
+	}
+	defer func() { <-g.k.running }()
 	rt, msg, err := g.table.decode(&j.rec)
 	if err != nil {
 		var de *DecodeError

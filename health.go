@@ -19,8 +19,9 @@ type Health struct {
 	// Assigned lists this member's partitions by topic.
 	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
-	// Config.MaxInFlight.
+	// Config.MaxBuffered; Running those being handled, at most MaxInFlight.
 	InFlight int `json:"in_flight"`
+	Running  int `json:"running"`
 	// OldestInFlight is how long the oldest unfinished record has waited;
 	// one that grows past HandlerTimeout and the retries points at a stuck
 	// handler.
@@ -85,6 +86,7 @@ func (k *Kavari) Health() Health {
 	g := k.health.current
 	k.health.mu.Unlock()
 	out.InFlight = len(k.sem)
+	out.Running = len(k.running)
 	if g != nil {
 		if _, at := g.oldest(); !at.IsZero() {
 			out.OldestInFlight = time.Since(at)

@@ -47,7 +47,8 @@ type Kavari struct {
 	pub *publisher
 
 	provider atomic.Pointer[Provider]
-	sem      chan struct{}
+	sem      chan struct{} // records fetched and not finished (MaxBuffered)
+	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
 
 	startOnce  sync.Once
@@ -81,7 +82,8 @@ func New(cfg Config) (*Kavari, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
-		sem:      make(chan struct{}, cfg.MaxInFlight),
+		sem:      make(chan struct{}, cfg.MaxBuffered),
+		running:  make(chan struct{}, cfg.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
 	}
@@ -203,9 +205,9 @@ func (k *Kavari) start(ctx context.Context) error {
 	k.group = group
 	k.started.Store(true)
 	k.health.start(topics)
-	k.tasks = make(chan task, k.cfg.MaxInFlight)
-	k.workers.Add(k.cfg.MaxInFlight)
-	for range k.cfg.MaxInFlight {
+	k.tasks = make(chan task, k.cfg.MaxBuffered)
+	k.workers.Add(k.cfg.MaxBuffered)
+	for range k.cfg.MaxBuffered {
 		go k.worker()
 	}
 	go k.consumeLoop(group, table)
@@ -347,7 +349,7 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 	}
 }
 
-// acquire takes an in-flight slot, waiting while MaxInFlight records are open.
+// acquire takes a buffer slot, waiting while MaxBuffered records are open.
 func (k *Kavari) acquire(ctx context.Context) bool {
 	select {
 	case k.sem <- struct{}{}:

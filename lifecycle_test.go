@@ -322,9 +322,10 @@ type bpMsg struct {
 	ID             string `json:"id"`
 }
 
-// TestMaxInFlightBoundsWorkAndHealthShowsIt blocks every handler: in-flight
-// work stops at MaxInFlight (the fetchers wait), Health reports it and the age
-// of the oldest record, and everything completes once handlers are released.
+// TestMaxInFlightBoundsWorkAndHealthShowsIt blocks every handler: running
+// handlers stop at MaxInFlight, fetched records at MaxBuffered (the fetchers
+// wait), Health reports both and the age of the oldest record, and everything
+// completes once handlers are released.
 func TestMaxInFlightBoundsWorkAndHealthShowsIt(t *testing.T) {
 	brokers, _ := testenv.Brokers(t)
 	run := testenv.ID("run")
@@ -340,16 +341,18 @@ func TestMaxInFlightBoundsWorkAndHealthShowsIt(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 8; c.TopicPartitions = 2 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 8; c.MaxBuffered = 20; c.TopicPartitions = 2 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 100; i++ {
 		require.NoError(t, k.Publish(ctx, &bpMsg{Run: run, ID: strconv.Itoa(i)}))
 	}
-	eventually(t, 60*time.Second, func() bool { return k.Health().InFlight == 8 }, "in flight: %d", k.Health().InFlight)
+	eventually(t, 60*time.Second, func() bool { h := k.Health(); return h.InFlight == 20 && h.Running == 8 },
+		"buffer and run slots should fill: %+v", k.Health())
 	for i := 0; i < 20; i++ {
 		h := k.Health()
-		require.LessOrEqual(t, h.InFlight, 8)
+		require.LessOrEqual(t, h.InFlight, 20, "MaxBuffered bounds fetched records")
+		require.LessOrEqual(t, h.Running, 8, "MaxInFlight bounds running handlers")
 		require.LessOrEqual(t, started.Load(), int64(8))
 		time.Sleep(5 * time.Millisecond)
 	}
