@@ -480,7 +480,7 @@ func (g *generation) commit() error {
 	for _, p := range moved {
 		p.committed = offsets[p.topic][p.id]
 	}
-	g.k.health.committed(len(moved))
+	g.k.health.committed()
 	return nil
 }
 

@@ -77,9 +77,6 @@ func RecordFromContext(ctx context.Context) (*Record, bool) {
 	return r, ok
 }
 
-// newID returns a random RFC 4122 version 4 UUID string.
-func newID() string { return string(appendID(nil)) }
-
 // appendID appends a random RFC 4122 version 4 UUID to dst.
 func appendID(dst []byte) []byte {
 	const hex = "0123456789abcdef"

@@ -26,7 +26,7 @@ func DescribeMessage(msg any) (MessageInfo, error) {
 	if err != nil {
 		return MessageInfo{}, err
 	}
-	key, err := info.key(v)
+	key, err := info.appendKey(nil, v)
 	if err != nil {
 		return MessageInfo{}, err
 	}

@@ -73,7 +73,7 @@ func (h *health) note(err error) {
 	h.h.LastError, h.h.ErrorAt = err.Error(), time.Now()
 }
 
-func (h *health) committed(int) {
+func (h *health) committed() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.h.Commits++

@@ -225,17 +225,8 @@ func resolveKey(t reflect.Type, path string) (keyKind, [][]int, error) {
 	return 0, nil, fmt.Errorf("unsupported key type %s (want string, integer, fmt.Stringer or []byte)", ft)
 }
 
-// key returns the partition key of the message held in v (a struct value),
-// nil when the type declares none.
-func (ti *typeInfo) key(v reflect.Value) ([]byte, error) {
-	b, err := ti.appendKey(nil, v)
-	if len(b) == 0 {
-		return nil, err
-	}
-	return b, err
-}
-
-// appendKey appends the partition key of the message held in v to dst.
+// appendKey appends the partition key of the message held in v (a struct
+// value) to dst; nothing when the type declares no key.
 func (ti *typeInfo) appendKey(dst []byte, v reflect.Value) ([]byte, error) {
 	n := len(dst)
 	switch ti.keyKind {
