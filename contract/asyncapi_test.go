@@ -1,0 +1,70 @@
+package contract_test
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari/contract"
+)
+
+func TestQuickstartGolden(t *testing.T) {
+	d, err := contract.Build(quickstartRegistry(), contract.WithInfo("quickstart", "1.0.0", "examples/quickstart"))
+	require.NoError(t, err)
+	js, err := d.JSON()
+	require.NoError(t, err)
+	golden(t, "quickstart.asyncapi.json", js)
+	ys, err := d.YAML()
+	require.NoError(t, err)
+	golden(t, "quickstart.asyncapi.yaml", ys)
+
+	meta := asyncapiSchema(t)
+	require.NoError(t, meta.Validate(instance(t, js)), "the document is not valid AsyncAPI 3.0")
+	// The meta-schema does reject a broken document.
+	broken := bytes.Replace(js, []byte(`"action": "send"`), []byte(`"action": "publish"`), 1)
+	require.Error(t, meta.Validate(instance(t, broken)))
+
+	// YAML and JSON say the same.
+	fromYAML, err := contract.Parse(ys)
+	require.NoError(t, err)
+	again, err := fromYAML.JSON()
+	require.NoError(t, err)
+	require.JSONEq(t, string(js), string(again))
+}
+
+func TestCtGolden(t *testing.T) {
+	d, err := contract.Build(ctRegistry(), contract.WithDeadLetterSuffix(".dead"))
+	require.NoError(t, err)
+	js, err := d.JSON()
+	require.NoError(t, err)
+	golden(t, "ct.asyncapi.json", js)
+	require.NoError(t, asyncapiSchema(t).Validate(instance(t, js)))
+}
+
+func TestParseRejects(t *testing.T) {
+	for name, in := range map[string]string{
+		"empty":        "",
+		"not yaml":     "{{{",
+		"a list":       "[1, 2]",
+		"openapi":      `{"openapi": "3.1.0", "info": {"title": "x", "version": "1"}}`,
+		"asyncapi 2":   "asyncapi: 2.6.0\ninfo: {title: x, version: '1'}\n",
+		"no address":   "asyncapi: 3.0.0\nchannels:\n  a: {messages: {}}\n",
+		"wrong shapes": `{"asyncapi": "3.0.0", "channels": [1]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := contract.Parse([]byte(in))
+			require.ErrorIs(t, err, contract.ErrNotAsyncAPI)
+		})
+	}
+}
+
+func TestWriteFormats(t *testing.T) {
+	d, err := contract.Build(quickstartRegistry())
+	require.NoError(t, err)
+	var j, y bytes.Buffer
+	require.NoError(t, d.Write(&j, "json"))
+	require.NoError(t, d.Write(&y, "yaml"))
+	require.Error(t, d.Write(&y, "xml"))
+	require.Contains(t, y.String(), "asyncapi: 3.0.0")
+}
