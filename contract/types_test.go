@@ -98,7 +98,7 @@ type ctOrder struct {
 	Big       int64             `json:"big,string"`
 	Secret    string            `json:"-"`
 	Level     int               `json:"level" validate:"oneof=1 2 3"`
-	Ratio     float64           `json:"ratio" validate:"eqfield=Price"`
+	Ratio     float64           `json:"ratio" validate:"nefield=Price"`
 	Untagged  string
 	hidden    string
 	Phone     string `json:"phone" validate:"omitempty,e164"`
