@@ -2,6 +2,7 @@ package contract_test
 
 import (
 	"context"
+	"reflect"
 	"time"
 
 	"github.com/kavari-go/kavari"
@@ -131,3 +132,5 @@ func ctRegistry() *kavari.Registry {
 	must(kavari.RegisterFuncOn(r, &ctTree{}, func(context.Context, *ctTree) error { return nil }))
 	return r
 }
+
+func typeOf(m any) reflect.Type { return reflect.TypeOf(m).Elem() }
