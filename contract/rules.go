@@ -1,6 +1,7 @@
 package contract
 
 import (
+	"fmt"
 	"reflect"
 	"regexp"
 	"sort"
@@ -23,7 +24,10 @@ func (g *generator) fieldSchema(t reflect.Type, tag string, omitEmpty bool) (s *
 	for base.Kind() == reflect.Pointer {
 		base = base.Elem()
 	}
-	nilSkips := len(own) > 0 && (own[0] == "omitempty" || own[0] == "omitnil")
+	// The validator skips every rule of a zero value after omitempty (or
+	// omitzero), of a nil one after omitnil.
+	zeroSkips := len(own) > 0 && (own[0] == "omitempty" || own[0] == "omitzero")
+	nilSkips := zeroSkips || len(own) > 0 && own[0] == "omitnil"
 	var cons []*Schema
 	var unmapped []string
 	for _, r := range own {
@@ -32,6 +36,9 @@ func (g *generator) fieldSchema(t reflect.Type, tag string, omitEmpty bool) (s *
 			continue
 		case "required":
 			required = true
+			if t.Kind() == reflect.Pointer {
+				continue // a non-nil pointer is enough: see nilOK
+			}
 		}
 		c, ok := altRule(base, r)
 		if !ok {
@@ -57,7 +64,7 @@ func (g *generator) fieldSchema(t reflect.Type, tag string, omitEmpty bool) (s *
 		for _, x := range cons {
 			c = merge(c, x)
 		}
-		if z, ok := zeroValue(base); ok && nilSkips {
+		if z, ok := zeroValue(base); ok && zeroSkips && t.Kind() != reflect.Pointer {
 			if s.Type != "" || len(s.Types) > 0 {
 				c.Type, c.Types = "", nil
 			}
@@ -261,7 +268,7 @@ var stringPatterns = map[string]string{
 	"fqdn":         `^(?:[a-zA-Z0-9][a-zA-Z0-9-]{0,62})(?:\.[a-zA-Z0-9][a-zA-Z0-9-]{0,62})*?\.[a-zA-Z][a-zA-Z0-9-]{0,62}\.?$`,
 	"base64":       `^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$`,
 	"base64url":    `^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2}==|[A-Za-z0-9_-]{3}=|[A-Za-z0-9_-]{4})$`,
-	"mac":          `^(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$`,
+	"mac":          macPattern(),
 }
 
 // stringFormats maps rules to a JSON Schema format (and a pattern where
@@ -408,14 +415,19 @@ func mapRule(t reflect.Type, rule string) (*Schema, bool) {
 		case "2006-01-02":
 			return &Schema{Format: "date", Pattern: `^[0-9]{4}-[0-9]{2}-[0-9]{2}$`}, true
 		case "15:04:05":
-			return &Schema{Pattern: `^(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$`}, true
+			return &Schema{Pattern: `^(?:[01]?[0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$`}, true
 		}
 		return nil, false
 	}
 	f, hasFormat := stringFormats[name]
 	p, hasPattern := stringPatterns[name]
-	if name == "http_url" {
+	switch name {
+	case "email": // the format alone lets "@example.com" pass
+		p, hasPattern = `^[^@]+@[^@]+$`, true
+	case "http_url":
 		p, hasPattern = `^[hH][tT][tT][pP][sS]?://`, true
+	case "uri": // an absolute URI or an absolute path, as url.ParseRequestURI takes
+		p, hasPattern = `^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|/)`, true
 	}
 	if !hasFormat && !hasPattern {
 		return nil, false
@@ -620,4 +632,17 @@ func tighten(name string, a, b reflect.Value) bool {
 		a.Set(b)
 	}
 	return true
+}
+
+// macPattern matches what net.ParseMAC accepts: 6, 8 or 20 bytes as hex
+// pairs separated by ':' or '-', or as groups of four separated by '.'.
+func macPattern() string {
+	var alts []string
+	for _, n := range []int{6, 8, 20} {
+		for _, sep := range []string{":", "-"} {
+			alts = append(alts, fmt.Sprintf("[0-9A-Fa-f]{2}(?:%s[0-9A-Fa-f]{2}){%d}", sep, n-1))
+		}
+		alts = append(alts, fmt.Sprintf("[0-9A-Fa-f]{4}(?:\\.[0-9A-Fa-f]{4}){%d}", n/2-1))
+	}
+	return "^(?:" + strings.Join(alts, "|") + ")$"
 }
