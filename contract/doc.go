@@ -38,7 +38,7 @@
 //
 // Mapped (see MappedRules): required (JSON required plus non-empty, non-zero,
 // true or non-null as the kind demands), omitempty/omitnil (rules apply
-// unless the value is zero), isdefault, len, min, max, eq, ne, gt, gte, lt,
+// unless the value is zero), omitzero, isdefault, len, min, max, eq, ne, gt, gte, lt,
 // lte (value bounds on numbers, rune counts on strings, item counts on
 // slices, arrays and maps), oneof (enum), unique (uniqueItems), boolean,
 // contains, containsany, containsrune, excludes, excludesall, excludesrune,

@@ -28,7 +28,7 @@ import (
 // the type's exported schema: none may fail. The values the validator
 // rejects for a rule with a JSON Schema equivalent must fail the schema.
 func TestContractAgreesWithEncoder(t *testing.T) {
-	const perType = 400
+	const perType = 1000
 	msgs := []any{&OrderPlaced{}, &PaymentReceived{}, &httpOrderPlaced{}, &diPaymentReceived{}, &ctOrder{}, &ctTree{}}
 	mapped := map[string]bool{}
 	for _, r := range contract.MappedRules() {

@@ -296,7 +296,7 @@ var stringFormats = map[string]string{
 // Schema keywords (on the kinds of field noted in the package
 // documentation); any other rule is listed in x-kavari-unmapped.
 func MappedRules() []string {
-	out := []string{"required", "omitempty", "omitnil", "isdefault", "dive", "keys", "endkeys",
+	out := []string{"required", "omitempty", "omitnil", "omitzero", "isdefault", "dive", "keys", "endkeys",
 		"len", "min", "max", "eq", "ne", "gt", "gte", "lt", "lte", "oneof", "unique", "boolean",
 		"contains", "containsany", "containsrune", "excludes", "excludesall", "excludesrune",
 		"startswith", "endswith", "startsnotwith", "endsnotwith", "datetime", "ip", "ip_addr",
