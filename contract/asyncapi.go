@@ -96,11 +96,10 @@ type KafkaMessageBinding struct {
 // Operation is something the service does on a channel.
 type Operation struct {
 	// Action is "send" or "receive".
-	Action   string      `json:"action"`
-	Channel  Ref         `json:"channel"`
-	Summary  string      `json:"summary,omitempty"`
-	Messages []Ref       `json:"messages"`
-	Bindings interface{} `json:"bindings,omitempty"`
+	Action   string `json:"action"`
+	Channel  Ref    `json:"channel"`
+	Summary  string `json:"summary,omitempty"`
+	Messages []Ref  `json:"messages"`
 }
 
 // Ref is an AsyncAPI reference object.

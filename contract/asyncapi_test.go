@@ -51,6 +51,7 @@ func TestParseRejects(t *testing.T) {
 		"asyncapi 2":   "asyncapi: 2.6.0\ninfo: {title: x, version: '1'}\n",
 		"no address":   "asyncapi: 3.0.0\nchannels:\n  a: {messages: {}}\n",
 		"wrong shapes": `{"asyncapi": "3.0.0", "channels": [1]}`,
+		"message ref":  "asyncapi: 3.0.0\nchannels:\n  a:\n    address: a\n    messages:\n      m: {$ref: '#/components/messages/m'}\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := contract.Parse([]byte(in))

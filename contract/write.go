@@ -107,6 +107,11 @@ func Parse(data []byte) (*Document, error) {
 		if ch == nil || ch.Address == "" {
 			return nil, fmt.Errorf("%w: channel %q has no address", ErrNotAsyncAPI, name)
 		}
+		for mk, m := range ch.Messages {
+			if m == nil || m.Name == "" {
+				return nil, fmt.Errorf("%w: message %q of channel %q has no name (references to components are not supported)", ErrNotAsyncAPI, mk, name)
+			}
+		}
 	}
 	return d, nil
 }
