@@ -74,33 +74,34 @@ type ctBase struct {
 type ctOrder struct {
 	kavari.Message `kavari:"topic=ct.orders,key=ID,name=ct.order,version=2"`
 	ctBase
-	ID        string            `json:"id" validate:"required,uuid4"`
-	Email     string            `json:"email,omitempty" validate:"omitempty,email"`
-	Site      string            `json:"site" validate:"omitempty,url"`
-	IP        string            `json:"ip" validate:"omitempty,ip"`
-	Status    string            `json:"status" validate:"oneof=new paid 'on hold'"`
-	Qty       int8              `json:"qty" validate:"gte=1,lte=100"`
-	Price     float64           `json:"price" validate:"gt=0,lt=1000000"`
-	Rate      float32           `json:"rate" validate:"min=0,max=1"`
-	Paid      bool              `json:"paid"`
-	Code      string            `json:"code" validate:"startswith=C-,len=6"`
-	Day       string            `json:"day" validate:"datetime=2006-01-02"`
-	At        time.Time         `json:"at"`
-	Due       *time.Time        `json:"due,omitempty"`
-	Note      *string           `json:"note" validate:"omitempty,max=20"`
-	Ship      *ctAddress        `json:"ship"`
-	Bill      ctAddress         `json:"bill"`
-	Lines     []ctLine          `json:"lines" validate:"required,min=1,max=5,dive"`
-	Tags      []string          `json:"tags" validate:"max=3,unique,dive,alpha,min=1,max=8"`
-	Labels    map[string]string `json:"labels" validate:"max=4,dive,keys,alpha,max=8,endkeys,max=16"`
-	Counts    map[int]uint32    `json:"counts,omitempty"`
-	Blob      []byte            `json:"blob"`
-	Pair      [2]int32          `json:"pair"`
-	Big       int64             `json:"big,string"`
-	Secret    string            `json:"-"`
-	Level     int               `json:"level" validate:"oneof=1 2 3"`
-	Ratio     float64           `json:"ratio" validate:"nefield=Price"`
-	Untagged  string
+	ID       string            `json:"id" validate:"required,uuid4"`
+	Email    string            `json:"email,omitempty" validate:"omitempty,email"`
+	Site     string            `json:"site" validate:"omitempty,url"`
+	IP       string            `json:"ip" validate:"omitempty,ip"`
+	Status   string            `json:"status" validate:"oneof=new paid 'on hold'"`
+	Qty      int8              `json:"qty" validate:"gte=1,lte=100"`
+	Price    float64           `json:"price" validate:"gt=0,lt=1000000"`
+	Rate     float32           `json:"rate" validate:"min=0,max=1"`
+	Paid     bool              `json:"paid"`
+	Code     string            `json:"code" validate:"startswith=C-,len=6"`
+	Day      string            `json:"day" validate:"datetime=2006-01-02"`
+	At       time.Time         `json:"at"`
+	Due      *time.Time        `json:"due,omitempty"`
+	Note     *string           `json:"note" validate:"omitempty,max=20"`
+	Ship     *ctAddress        `json:"ship"`
+	Bill     ctAddress         `json:"bill"`
+	Lines    []ctLine          `json:"lines" validate:"required,min=1,max=5,dive"`
+	Tags     []string          `json:"tags" validate:"max=3,unique,dive,alpha,min=1,max=8"`
+	Labels   map[string]string `json:"labels" validate:"max=4,dive,keys,alpha,max=8,endkeys,max=16"`
+	Counts   map[int]uint32    `json:"counts,omitempty"`
+	Blob     []byte            `json:"blob"`
+	Pair     [2]int32          `json:"pair"`
+	Big      int64             `json:"big,string"`
+	Secret   string            `json:"-"`
+	Level    int               `json:"level" validate:"oneof=1 2 3"`
+	Ratio    float64           `json:"ratio" validate:"nefield=Price"`
+	Untagged string
+	//lint:ignore U1000 an unexported field, which the schema must leave out
 	hidden    string
 	Phone     string `json:"phone" validate:"omitempty,e164"`
 	Hex       string `json:"hex" validate:"omitempty,hexadecimal"`
