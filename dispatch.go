@@ -359,12 +359,9 @@ func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error
 	if err != nil {
 		return err
 	}
-	err = b.call(ctx, h, msg)
-	if err == nil && ctx.Err() != nil && g.hard.Err() == nil {
-		// The handler ignored its timeout; count the attempt as failed.
-		err = fmt.Errorf("kavari: handler exceeded HandlerTimeout %s: %w", g.k.cfg.HandlerTimeout, ctx.Err())
-	}
-	return err
+	// A handler that returned nil succeeded, even past HandlerTimeout: the
+	// timeout only cancels its context.
+	return b.call(ctx, h, msg)
 }
 
 // handlerCtx is a handler's context: it answers RecordFromContext, building
