@@ -64,7 +64,7 @@ type Record struct {
 	Key       []byte
 	Headers   []Header
 	ID        string    // ce_id: unique per published message, the same on redelivery
-	Type      string    // msg_type
+	Type      string    // msg_type: the first one when a record has several, the one it was routed on
 	Time      time.Time // ce_time, or the record timestamp
 	Attempt   int       // 1 on first delivery to this handler, 2 on its first retry, ...
 }
@@ -189,7 +189,8 @@ func headerValue(hs []kafka.Header, key string) ([]byte, bool) {
 }
 
 // decode turns a record into a new message of its registered type, validated.
-// Every failure is a *DecodeError saying where the record is and what kind of
+// A record with several msg_type headers is routed on the first, and its
+// Record (RecordFromContext) reports that one. Every failure is a *DecodeError saying where the record is and what kind of
 // failure it was.
 func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
 	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
@@ -229,15 +230,17 @@ func recordOf(rec *kafka.Message, attempt int) *Record {
 	r.Headers = make([]Header, len(rec.Headers))
 	for i, h := range rec.Headers {
 		r.Headers[i] = Header{Key: h.Key, Value: h.Value}
-		switch h.Key {
-		case HeaderID:
-			r.ID = string(h.Value)
-		case HeaderMsgType:
-			r.Type = string(h.Value)
-		case HeaderTime:
-			if t, err := time.Parse(time.RFC3339Nano, string(h.Value)); err == nil {
-				r.Time = t
-			}
+	}
+	// The first header of a name wins, as in decode's routing (headerValue).
+	if v, ok := headerValue(rec.Headers, HeaderID); ok {
+		r.ID = string(v)
+	}
+	if v, ok := headerValue(rec.Headers, HeaderMsgType); ok {
+		r.Type = string(v)
+	}
+	if v, ok := headerValue(rec.Headers, HeaderTime); ok {
+		if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
+			r.Time = t
 		}
 	}
 	return r
