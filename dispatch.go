@@ -281,13 +281,17 @@ func (g *generation) process(p *partition, j *job) {
 		return
 	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
-	// so other keys keep all MaxInFlight handlers busy.
-	select {
-	case g.k.running <- struct{}{}:
-	case <-g.hard.Done():
+	// so other keys keep all MaxInFlight handlers busy. A record waiting
+	// between retries gives its run slot back too (held says).
+	if !g.k.run(g.hard) {
 		return
 	}
-	defer func() { <-g.k.running }()
+	held := true
+	defer func() {
+		if held {
+			g.k.ran()
+		}
+	}()
 	rt, msg, err := g.table.decode(&j.rec)
 	if err != nil {
 		var de *DecodeError
@@ -322,10 +326,18 @@ func (g *generation) process(p *partition, j *job) {
 			if attempt == 1 {
 				return first
 			}
+			if !held {
+				if !g.k.run(g.hard) {
+					return context.Cause(g.hard)
+				}
+				held = true
+			}
 			return g.invoke(b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", err)
+			g.k.ran() // free while waiting; the lane keeps the key's order
+			held = false
 		})
 		if err == nil {
 			continue

@@ -361,6 +361,19 @@ func (k *Kavari) acquire(ctx context.Context) bool {
 
 func (k *Kavari) release() { <-k.sem }
 
+// run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
+// back.
+func (k *Kavari) run(ctx context.Context) bool {
+	select {
+	case k.running <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (k *Kavari) ran() { <-k.running }
+
 // resolve returns the handler instance for binding b: from the Provider when
 // one is set and b names a handler type, else from b's factory.
 func (k *Kavari) resolve(b *binding) (any, error) {

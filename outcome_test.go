@@ -2,6 +2,7 @@ package kavari_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -116,4 +117,45 @@ func TestDuplicateMsgTypeRoutedAndReportedAlike(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, seen{routed: "dup.a", reported: "dup.a", id: "id-dup.a"}, got["ab"])
 	assert.Equal(t, seen{routed: "dup.b", reported: "dup.b", id: "id-dup.b"}, got["ba"])
+}
+
+type backoffMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-backoff,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestRetryBackoffReleasesTheRunSlot: with MaxInFlight 1, a record waiting
+// for its retry (a backoff far longer than the test) leaves the run slot to
+// another key's record, which is handled during the wait.
+func TestRetryBackoffReleasesTheRunSlot(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	var failing, other atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &backoffMsg{}, func(ctx context.Context, m *backoffMsg) error {
+		if m.Run != run {
+			return nil
+		}
+		if m.ID == "failing" {
+			failing.Add(1)
+			return errors.New("try again later")
+		}
+		other.Add(1)
+		return nil
+	}))
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
+		c.MaxInFlight = 1
+		c.ConsumerRetry = kavari.ConstantRetry(time.Hour, 3)
+	})
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	require.NoError(t, k.Publish(ctx, &backoffMsg{Run: run, ID: "failing"}))
+	eventually(t, 60*time.Second, func() bool { return failing.Load() == 1 }, "the failing record was not handled")
+	require.NoError(t, k.Publish(ctx, &backoffMsg{Run: run, ID: "other"}))
+	eventually(t, 60*time.Second, func() bool { return other.Load() == 1 }, "another key's record waited for the retry backoff")
+	assert.Equal(t, int64(1), failing.Load())
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second) // ends the hour-long wait
+	defer cancel()
+	_ = k.Stop(sctx)
 }
