@@ -208,11 +208,11 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	var key string
 	switch g.k.cfg.Ordering {
 	case Unordered:
-		g.k.tasks <- task{g: g, p: p, j: j}
+		g.k.submit(task{g: g, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			g.k.tasks <- task{g: g, p: p, j: j} // no key, no order to keep
+			g.k.submit(task{g: g, p: p, j: j}) // no key, no order to keep
 			return
 		}
 		key = string(rec.Key)
@@ -226,7 +226,7 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	l := &lane{}
 	p.lanes[key] = l
 	p.mu.Unlock()
-	g.k.tasks <- task{g: g, p: p, key: key, l: l, j: j}
+	g.k.submit(task{g: g, p: p, key: key, l: l, j: j})
 }
 
 // task is a lane to run: its first record j, then whatever queues behind it.
@@ -238,16 +238,62 @@ type task struct {
 	j   *job
 }
 
-// worker runs lanes until the task channel closes. Workers are started once
-// per consumer and reused: a fresh goroutine per record would spend much of
-// its time growing its stack for JSON decoding, again for every record.
-// There are MaxBuffered workers and at most MaxBuffered records open, so a
-// dispatched lane never waits for a worker; it may wait for one of the
+// submit hands t to an idle worker, or starts one. Workers are reused: a
+// fresh goroutine per record would spend much of its time growing its stack
+// for JSON decoding, again for every record. There are at most MaxBuffered
+// workers, and as a dispatched lane holds a buffer slot, at the bound one of
+// them is idle or about to be; the lane may then wait for one of the
 // MaxInFlight run slots.
-func (k *Kavari) worker() {
+func (k *Kavari) submit(t task) {
+	select {
+	case k.tasks <- t:
+		return
+	default:
+	}
+	if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+		k.workers.Add(1)
+		go k.worker(t)
+		return
+	}
+	k.nworkers.Add(-1)
+	// At the bound: wait for a worker, looking again now and then in case
+	// the idle ones exited meanwhile.
+	tick := time.NewTicker(k.workerIdle / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case k.tasks <- t:
+			return
+		case <-tick.C:
+			if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+				k.workers.Add(1)
+				go k.worker(t)
+				return
+			}
+			k.nworkers.Add(-1)
+		}
+	}
+}
+
+// worker runs t's lane, then others until the task channel closes or no lane
+// came for k.workerIdle.
+func (k *Kavari) worker(t task) {
 	defer k.workers.Done()
-	for t := range k.tasks {
+	defer k.nworkers.Add(-1)
+	idle := time.NewTimer(k.workerIdle)
+	defer idle.Stop()
+	for {
 		t.g.runLane(t.p, t.key, t.l, t.j)
+		idle.Reset(k.workerIdle)
+		var ok bool
+		select {
+		case t, ok = <-k.tasks:
+			if !ok {
+				return
+			}
+		case <-idle.C:
+			return
+		}
 	}
 }
 
@@ -504,3 +550,7 @@ func (g *generation) oldest() (open int, at time.Time) {
 	}
 	return open, at
 }
+
+// workerIdle is how long an idle worker waits for a lane before it exits
+// (Kavari.workerIdle, taken at New).
+var workerIdle = 10 * time.Second

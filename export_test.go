@@ -83,3 +83,11 @@ func FreezeRegistry(r *Registry) { r.freeze() }
 func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (kafka.Message, error) {
 	return newEncoder(source, maxBytes, time.Now).encode
 }
+
+// SetWorkerIdle sets how long an idle consumer worker waits for work before
+// it exits, and returns a function restoring the previous value.
+func SetWorkerIdle(d time.Duration) (restore func()) {
+	prev := workerIdle
+	workerIdle = d
+	return func() { workerIdle = prev }
+}

@@ -3,6 +3,8 @@ package kavari_test
 import (
 	"context"
 	"errors"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -158,4 +160,48 @@ func TestRetryBackoffReleasesTheRunSlot(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second) // ends the hour-long wait
 	defer cancel()
 	_ = k.Stop(sctx)
+}
+
+type burstMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-burst,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+}
+
+// TestIdleConsumerKeepsFewGoroutines: workers start on demand (a burst of
+// blocked keys needs many) and exit once idle, so a consumer with nothing to
+// do does not keep MaxBuffered goroutines parked.
+func TestIdleConsumerKeepsFewGoroutines(t *testing.T) {
+	defer kavari.SetWorkerIdle(50 * time.Millisecond)()
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	const burst = 64
+	var arrived atomic.Int64
+	release := make(chan struct{})
+	require.NoError(t, kavari.RegisterFuncOn(reg, &burstMsg{}, func(ctx context.Context, m *burstMsg) error {
+		if m.Run != run {
+			return nil
+		}
+		arrived.Add(1)
+		<-release
+		return nil
+	}))
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = burst, 1024 })
+	base := runtime.NumGoroutine()
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	msgs := make([]any, burst)
+	for i := range msgs {
+		msgs[i] = &burstMsg{Run: run, ID: strconv.Itoa(i)}
+	}
+	require.NoError(t, k.PublishBatch(ctx, msgs...))
+	eventually(t, 60*time.Second, func() bool { return arrived.Load() == burst }, "only %d of %d handlers running at once", arrived.Load(), burst)
+	busy := runtime.NumGoroutine()
+	assert.GreaterOrEqual(t, busy-base, burst, "a worker per running handler")
+	close(release)
+	// Fetchers, the group and the embedded broker's connections remain (about
+	// 40 goroutines); the workers go.
+	eventually(t, 60*time.Second, func() bool { return runtime.NumGoroutine()-base < burst },
+		"idle consumer keeps %d goroutines more than before Start (MaxBuffered 1024)", runtime.NumGoroutine()-base)
 }
