@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -74,6 +75,18 @@ type partition struct {
 	mu        sync.Mutex
 	lanes     map[string]*lane
 	inflight  sync.WaitGroup
+
+	// stuck says why the partition cannot commit further, when kavari knows
+	// (a dead letter that cannot be written); Health shows it.
+	stuck atomic.Pointer[string]
+
+	// share bounds the partition's open records (fetched, not yet
+	// committable): at the bound its fetcher waits (waiting) until a record
+	// completes (room), so one stuck key or partition cannot take the whole
+	// of MaxBuffered from the others.
+	share   int
+	waiting atomic.Bool
+	room    chan struct{}
 }
 
 // lane holds the records waiting behind the one being handled for a key.
@@ -97,10 +110,59 @@ func newGeneration(k *Kavari, gen *kafka.Generation, table *routeTable) *generat
 			g.parts = append(g.parts, &partition{
 				topic: t, id: a.ID, start: a.Offset, tracker: newOffsetTracker(),
 				committed: max(a.Offset, -1), lanes: map[string]*lane{},
+				room: make(chan struct{}, 1),
 			})
 		}
 	}
+	share := partitionShare(k.cfg.MaxBuffered, k.cfg.MaxInFlight, len(g.parts))
+	for _, p := range g.parts {
+		p.share = share
+	}
 	return g
+}
+
+// partitionShare is how many open records one of n partitions may have: all
+// of maxBuffered when it is alone, else its even share, raised to
+// maxInFlight (a single busy partition can keep every handler busy) but never
+// more than half the buffer.
+func partitionShare(maxBuffered, maxInFlight, n int) int {
+	if n <= 1 {
+		return maxBuffered
+	}
+	return max(maxBuffered/n, min(maxInFlight, maxBuffered/2), 1)
+}
+
+// waitRoom waits while partition p has its share of open records; false when
+// ctx ended first.
+func (g *generation) waitRoom(ctx context.Context, p *partition) bool {
+	for {
+		if _, open, _ := p.tracker.committable(); open < p.share {
+			return true
+		}
+		p.waiting.Store(true)
+		if _, open, _ := p.tracker.committable(); open < p.share { // completed meanwhile
+			p.waiting.Store(false)
+			return true
+		}
+		select {
+		case <-p.room:
+			p.waiting.Store(false)
+		case <-ctx.Done():
+			p.waiting.Store(false)
+			return false
+		}
+	}
+}
+
+// done marks j complete and wakes p's fetcher if it waits for room.
+func (g *generation) done(p *partition, j *job) {
+	p.tracker.done(j.seq)
+	if p.waiting.Load() {
+		select {
+		case p.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (g *generation) assigned() map[string][]int {
@@ -157,9 +219,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			continue
 		}
 		// The slot is taken after the fetch, so idle partitions hold none;
-		// while all are taken this fetcher waits with one record in hand.
-		// A record not dispatched is not tracked, so not committed.
-		if !g.k.acquire(ctx) {
+		// while all are taken, or this partition has its share open, this
+		// fetcher waits with one record in hand. A record not dispatched is
+		// not tracked, so not committed.
+		if !g.waitRoom(ctx, p) || !g.k.acquire(ctx) {
 			break
 		}
 		g.dispatch(p, rec)
@@ -203,7 +266,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 // dispatch hands rec to its lane: behind an earlier record with the same key
 // (PerKey) or partition (PerPartition), or straight to a goroutine.
 func (g *generation) dispatch(p *partition, rec kafka.Message) {
-	j := &job{rec: rec, seq: p.tracker.add(rec.Offset, time.Now())}
+	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
 	p.inflight.Add(1)
 	var key string
 	switch g.k.cfg.Ordering {
@@ -344,19 +407,19 @@ func (g *generation) process(p *partition, j *job) {
 		errors.As(err, &de)
 		if de.Kind == KindUnknownType && g.k.cfg.Relaxed {
 			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", err)
-			p.tracker.done(j.seq)
+			g.done(p, j)
 			return
 		}
-		g.k.log.Warn("kavari: poison record, dead-lettering", "err", err)
-		if g.deadLetter(j, de.Kind, "", 1, err) {
-			p.tracker.done(j.seq)
+		g.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
+		if g.deadLetter(p, j, de.Kind, "", 1, err) {
+			g.done(p, j)
 		}
 		return
 	}
 	if len(rt.bindings) == 0 {
 		// A type declared without handlers: this service publishes it but
 		// does not consume it.
-		p.tracker.done(j.seq)
+		g.done(p, j)
 		return
 	}
 	for _, b := range rt.bindings {
@@ -381,7 +444,7 @@ func (g *generation) process(p *partition, j *job) {
 			return g.invoke(b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
-				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", err)
+				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
 			g.k.ran() // free while waiting; the lane keeps the key's order
 			held = false
 		})
@@ -392,12 +455,12 @@ func (g *generation) process(p *partition, j *job) {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", herr, "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
-		if !g.deadLetter(j, KindHandler, b.name, attempts, herr) {
+		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		if !g.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
 			return
 		}
 	}
-	p.tracker.done(j.seq)
+	g.done(p, j)
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
@@ -461,26 +524,56 @@ func retriableHandler(err error) bool {
 var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second, MaxAttempts: -1}
 
 // deadLetter writes j's dead letter, retrying until it is acknowledged (true)
-// or the drain budget ends (false).
-func (g *generation) deadLetter(j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	rec := deadLetter(&j.rec, j.rec.Topic+g.k.cfg.DeadLetterSuffix, kind, handler, attempts, cause)
+// or the drain budget ends (false). A dead letter the broker refuses as too
+// large is rebuilt in the next smaller form (dlForm), never resent unchanged;
+// when even the smallest is too large it returns false at once: the record
+// stays open, so partition p holds there (it is redelivered to the next
+// owner), and Health says why.
+func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
+	topic := j.rec.Topic + g.k.cfg.DeadLetterSuffix
+	form := dlFull
+	rec := deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+	// Known too large for the publisher: skip the forms it would refuse.
+	for limit := g.k.cfg.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+		form++
+		rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+	}
+	var last error
 	err := dlqRetry.retry(g.hard, g.k.cfg.Clock, func(int) error {
-		errs := g.k.pub.write(g.hard, []kafka.Message{rec})
-		if errs == nil {
-			return nil
+		for {
+			errs := g.k.pub.write(g.hard, []kafka.Message{rec})
+			if errs == nil {
+				return nil
+			}
+			last = errs[0]
+			if !tooLarge(last) {
+				g.stuck(p, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
+				return last
+			}
+			if form == dlSmallest {
+				return Permanent(last)
+			}
+			form++
+			g.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
+			rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
 		}
-		if errors.Is(errs[0], ErrTooLarge) && len(rec.Value) > 0 {
-			// The broker refuses the record at this size: keep the headers,
-			// drop the value, and say so.
-			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderTruncated, Value: fmt.Appendf(nil, "%d", len(rec.Value))})
-			rec.Value = nil
-		}
-		return errs[0]
-	}, func(error) bool { return true }, func(attempt int, err error, wait time.Duration) {
-		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", rec.Topic, "attempt", attempt, "wait", wait, "err", err)
+	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
 	})
-	return err == nil
+	if err == nil {
+		p.stuck.Store(nil)
+		return true
+	}
+	if !retriableHandler(err) {
+		g.stuck(p, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
+			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
+		g.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
+	}
+	return false
 }
+
+// stuck records why partition p cannot commit further, for Health.
+func (g *generation) stuck(p *partition, reason string) { p.stuck.Store(&reason) }
 
 // commitLoop commits the completed prefix of every partition every
 // CommitInterval, and once more after the partitions drained at the end of
@@ -554,3 +647,22 @@ func (g *generation) oldest() (open int, at time.Time) {
 // workerIdle is how long an idle worker waits for a lane before it exits
 // (Kavari.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
+
+// partitionHealth describes the partitions that have open records.
+func (g *generation) partitionHealth() []PartitionHealth {
+	var out []PartitionHealth
+	now := time.Now()
+	for _, p := range g.parts {
+		open, offset, key, at, ok := p.tracker.oldest()
+		if !ok {
+			continue
+		}
+		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load(),
+			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
+		if r := p.stuck.Load(); r != nil {
+			ph.Stuck = *r
+		}
+		out = append(out, ph)
+	}
+	return out
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -32,7 +31,7 @@ const (
 	HeaderAttempts      = "kavari_attempts"
 	HeaderErrorKind     = "kavari_error_kind"
 	HeaderHandler       = "kavari_handler"
-	HeaderTruncated     = "kavari_truncated"
+	HeaderTruncated     = "kavari_truncated" // a dead letter's value was left out; its size
 )
 
 // Header is a record header. User headers set with WithHeaders travel with the
@@ -244,37 +243,4 @@ func recordOf(rec *kafka.Message, attempt int) *Record {
 		}
 	}
 	return r
-}
-
-// deadLetter builds the dead-letter record for rec: same key, value and
-// headers, plus headers saying what went wrong. Headers kavari adds replace
-// any of the same name already on the record (a dead letter of a dead letter);
-// kavari_handler and kavari_truncated of an earlier failure are dropped.
-func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
-	add := []kafka.Header{
-		{Key: HeaderOriginalError, Value: []byte(cause.Error())},
-		{Key: HeaderOrigTopic, Value: []byte(rec.Topic)},
-		{Key: HeaderOrigPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
-		{Key: HeaderOrigOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
-		{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(attempts), 10)},
-		{Key: HeaderErrorKind, Value: []byte(kind)},
-	}
-	if handler != "" {
-		add = append(add, kafka.Header{Key: HeaderHandler, Value: []byte(handler)})
-	}
-	hs := make([]kafka.Header, 0, len(rec.Headers)+len(add))
-outer:
-	for _, h := range rec.Headers {
-		if h.Key == HeaderHandler || h.Key == HeaderTruncated {
-			continue // from an earlier dead letter; they describe that failure only
-		}
-		for _, a := range add {
-			if a.Key == h.Key {
-				continue outer
-			}
-		}
-		hs = append(hs, h)
-	}
-	hs = append(hs, add...)
-	return kafka.Message{Topic: topic, Key: rec.Key, Value: rec.Value, Headers: hs}
 }

@@ -91,3 +91,10 @@ func SetWorkerIdle(d time.Duration) (restore func()) {
 	workerIdle = d
 	return func() { workerIdle = prev }
 }
+
+// DeadLetterForm builds the dead letter of rec in form f: 0 full, 1 without
+// the value, 2 also without original headers over 1 KiB, 3 also without any
+// original header and with a shorter original_error.
+func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error, f int) kafka.Message {
+	return deadLetterForm(rec, topic, kind, handler, attempts, cause, dlForm(f))
+}
