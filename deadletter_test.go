@@ -75,7 +75,8 @@ func committedOffset(t *testing.T, brokers []string, group, topic string) int64 
 	return resp.Topics[topic][0].CommittedOffset
 }
 
-// writeRaw writes recs to topic as they are, in order.
+// writeRaw writes recs to topic as they are, in order. A topic just created
+// may be unknown to the broker for a moment: that is retried.
 func writeRaw(t *testing.T, brokers []string, topic string, recs ...kafka.Message) {
 	t.Helper()
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchBytes: 4 << 20}
@@ -83,7 +84,15 @@ func writeRaw(t *testing.T, brokers []string, topic string, recs ...kafka.Messag
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, r := range recs {
-		require.NoError(t, w.WriteMessages(ctx, r))
+		for {
+			err := w.WriteMessages(ctx, r)
+			if errors.Is(err, kafka.UnknownTopicOrPartition) && ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			require.NoError(t, err)
+			break
+		}
 	}
 }
 

@@ -102,18 +102,16 @@ func TestDuplicateMsgTypeRoutedAndReportedAlike(t *testing.T) {
 	k := newKavari(t, reg, brokers)
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "kavari-test-duptype", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
-	defer w.Close()
 	hs := func(a, b string) []kafka.Header {
 		return []kafka.Header{
 			{Key: kavari.HeaderMsgType, Value: []byte(a)}, {Key: kavari.HeaderID, Value: []byte("id-" + a)},
 			{Key: kavari.HeaderMsgType, Value: []byte(b)}, {Key: kavari.HeaderID, Value: []byte("id-" + b)},
 		}
 	}
-	require.NoError(t, w.WriteMessages(ctx,
+	writeRaw(t, brokers, "kavari-test-duptype",
 		kafka.Message{Key: []byte("ab"), Value: []byte(`{"run":"` + run + `","id":"ab"}`), Headers: hs("dup.a", "dup.b")},
 		kafka.Message{Key: []byte("ba"), Value: []byte(`{"run":"` + run + `","id":"ba"}`), Headers: hs("dup.b", "dup.a")},
-	))
+	)
 	eventually(t, 60*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 }, "records with two msg_type headers were not handled")
 	mu.Lock()
 	defer mu.Unlock()
