@@ -3,8 +3,10 @@ package kavari_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,7 +123,11 @@ func TestOversizedDeadLettersDegradeAndThePartitionKeepsCommitting(t *testing.T)
 		return nil
 	}))
 	group := testenv.ID("g")
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.GroupID = group })
+	logs := &longestLine{}
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
+		c.GroupID = group
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
 	require.NoError(t, k.Start(context.Background()))
 
 	typ := kafka.Header{Key: kavari.HeaderMsgType, Value: []byte("bigDLMsg")}
@@ -164,6 +170,27 @@ func TestOversizedDeadLettersDegradeAndThePartitionKeepsCommitting(t *testing.T)
 	eventually(t, 60*time.Second, func() bool { return handled.Load() == 2 }, "good records handled: %d", handled.Load())
 	eventually(t, 60*time.Second, func() bool { return committedOffset(t, brokers, group, topic) == 4 },
 		"the partition did not commit past the dead letters: committed %d", committedOffset(t, brokers, group, topic))
+	assert.Less(t, logs.max(), 4096, "log lines stay bounded")
+}
+
+// longestLine is an io.Writer for a slog handler that remembers the longest
+// line written.
+type longestLine struct {
+	mu      sync.Mutex
+	longest int
+}
+
+func (l *longestLine) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.longest = max(l.longest, len(p))
+	return len(p), nil
+}
+
+func (l *longestLine) max() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.longest
 }
 
 type tinyDLMsg struct {

@@ -406,7 +406,7 @@ func (g *generation) process(p *partition, j *job) {
 		var de *DecodeError
 		errors.As(err, &de)
 		if de.Kind == KindUnknownType && g.k.cfg.Relaxed {
-			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", err)
+			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", logErr(err))
 			g.done(p, j)
 			return
 		}
