@@ -76,9 +76,9 @@ type partition struct {
 	lanes     map[string]*lane
 	inflight  sync.WaitGroup
 
-	// stuck says why the partition cannot commit further, when kavari knows
-	// (a dead letter that cannot be written); Health shows it.
-	stuck atomic.Pointer[string]
+	// stuck says, by offset, why records cannot complete, when kavari knows
+	// (a dead letter that cannot be written); Health shows the first. Under mu.
+	stuck map[int64]string
 
 	// share bounds the partition's open records (fetched, not yet
 	// committable): at the bound its fetcher waits (waiting) until a record
@@ -547,7 +547,7 @@ func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler st
 			}
 			last = errs[0]
 			if !tooLarge(last) {
-				g.stuck(p, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
+				p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
 				return last
 			}
 			if form == dlSmallest {
@@ -561,19 +561,44 @@ func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler st
 		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
 	})
 	if err == nil {
-		p.stuck.Store(nil)
+		p.setStuck(j.rec.Offset, "")
 		return true
 	}
 	if !retriableHandler(err) {
-		g.stuck(p, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
+		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
 			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
 		g.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
 	}
 	return false
 }
 
-// stuck records why partition p cannot commit further, for Health.
-func (g *generation) stuck(p *partition, reason string) { p.stuck.Store(&reason) }
+// setStuck records why the record at offset cannot complete, for Health; an
+// empty reason clears it.
+func (p *partition) setStuck(offset int64, reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if reason == "" {
+		delete(p.stuck, offset)
+		return
+	}
+	if p.stuck == nil {
+		p.stuck = map[int64]string{}
+	}
+	p.stuck[offset] = reason
+}
+
+// stuckReason returns the reason recorded for the lowest offset, if any.
+func (p *partition) stuckReason() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first, reason := int64(-1), ""
+	for off, r := range p.stuck {
+		if first < 0 || off < first {
+			first, reason = off, r
+		}
+	}
+	return reason
+}
 
 // commitLoop commits the completed prefix of every partition every
 // CommitInterval, and once more after the partitions drained at the end of
@@ -659,9 +684,7 @@ func (g *generation) partitionHealth() []PartitionHealth {
 		}
 		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load(),
 			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
-		if r := p.stuck.Load(); r != nil {
-			ph.Stuck = *r
-		}
+		ph.Stuck = p.stuckReason()
 		out = append(out, ph)
 	}
 	return out
