@@ -101,7 +101,7 @@ type Config struct {
 	// committable); then only its own fetching waits.
 	MaxBuffered      int
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
-	HandlerTimeout   time.Duration // per attempt; 0 means none
+	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
 	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart
