@@ -98,3 +98,8 @@ func SetWorkerIdle(d time.Duration) (restore func()) {
 func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error, f int) kafka.Message {
 	return deadLetterForm(rec, topic, kind, handler, attempts, cause, dlForm(f))
 }
+
+// PartitionShare is how many open records one of n partitions may have.
+func PartitionShare(maxBuffered, maxInFlight, n int) int {
+	return partitionShare(maxBuffered, maxInFlight, n)
+}

@@ -89,3 +89,25 @@ func TestStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 	defer cancel()
 	_ = k.Stop(sctx)
 }
+
+// TestPartitionShare: with two or more partitions none may take more than
+// half the buffer; a partition gets at least its even share, and MaxInFlight
+// when the buffer allows, so one busy partition can keep every handler busy.
+func TestPartitionShare(t *testing.T) {
+	for _, c := range []struct{ buffered, inFlight, n, want int }{
+		{1024, 256, 1, 1024},
+		{1024, 256, 2, 512},
+		{1024, 256, 3, 341},
+		{1024, 256, 100, 256},
+		{256, 256, 100, 128}, // MaxBuffered = MaxInFlight: half the buffer at most
+		{16, 4, 4, 4},
+		{32, 8, 4, 8},
+		{3, 1, 10, 1},
+	} {
+		got := kavari.PartitionShare(c.buffered, c.inFlight, c.n)
+		assert.Equal(t, c.want, got, "MaxBuffered %d, MaxInFlight %d, %d partitions", c.buffered, c.inFlight, c.n)
+		if c.n > 1 {
+			assert.LessOrEqual(t, got, max(c.buffered/2, 1))
+		}
+	}
+}
