@@ -95,10 +95,13 @@ type Config struct {
 	MaxInFlight     int // records being handled at once, all partitions; default 256
 	// MaxBuffered bounds records fetched and not finished, all partitions
 	// (those handled plus those queued behind a busy key); when reached, the
-	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight.
+	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight. One of n
+	// assigned partitions may have at most max(MaxBuffered/n,
+	// min(MaxInFlight, MaxBuffered/2)) records open (fetched and not yet
+	// committable); then only its own fetching waits.
 	MaxBuffered      int
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
-	HandlerTimeout   time.Duration // per attempt; 0 means none
+	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
 	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart

@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -74,6 +75,18 @@ type partition struct {
 	mu        sync.Mutex
 	lanes     map[string]*lane
 	inflight  sync.WaitGroup
+
+	// stuck says, by offset, why records cannot complete, when kavari knows
+	// (a dead letter that cannot be written); Health shows the first. Under mu.
+	stuck map[int64]string
+
+	// share bounds the partition's open records (fetched, not yet
+	// committable): at the bound its fetcher waits (waiting) until a record
+	// completes (room), so one stuck key or partition cannot take the whole
+	// of MaxBuffered from the others.
+	share   int
+	waiting atomic.Bool
+	room    chan struct{}
 }
 
 // lane holds the records waiting behind the one being handled for a key.
@@ -97,10 +110,59 @@ func newGeneration(k *Kavari, gen *kafka.Generation, table *routeTable) *generat
 			g.parts = append(g.parts, &partition{
 				topic: t, id: a.ID, start: a.Offset, tracker: newOffsetTracker(),
 				committed: max(a.Offset, -1), lanes: map[string]*lane{},
+				room: make(chan struct{}, 1),
 			})
 		}
 	}
+	share := partitionShare(k.cfg.MaxBuffered, k.cfg.MaxInFlight, len(g.parts))
+	for _, p := range g.parts {
+		p.share = share
+	}
 	return g
+}
+
+// partitionShare is how many open records one of n partitions may have: all
+// of maxBuffered when it is alone, else its even share, raised to
+// maxInFlight (a single busy partition can keep every handler busy) but never
+// more than half the buffer.
+func partitionShare(maxBuffered, maxInFlight, n int) int {
+	if n <= 1 {
+		return maxBuffered
+	}
+	return max(maxBuffered/n, min(maxInFlight, maxBuffered/2), 1)
+}
+
+// waitRoom waits while partition p has its share of open records; false when
+// ctx ended first.
+func (g *generation) waitRoom(ctx context.Context, p *partition) bool {
+	for {
+		if _, open, _ := p.tracker.committable(); open < p.share {
+			return true
+		}
+		p.waiting.Store(true)
+		if _, open, _ := p.tracker.committable(); open < p.share { // completed meanwhile
+			p.waiting.Store(false)
+			return true
+		}
+		select {
+		case <-p.room:
+			p.waiting.Store(false)
+		case <-ctx.Done():
+			p.waiting.Store(false)
+			return false
+		}
+	}
+}
+
+// done marks j complete and wakes p's fetcher if it waits for room.
+func (g *generation) done(p *partition, j *job) {
+	p.tracker.done(j.seq)
+	if p.waiting.Load() {
+		select {
+		case p.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (g *generation) assigned() map[string][]int {
@@ -157,9 +219,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			continue
 		}
 		// The slot is taken after the fetch, so idle partitions hold none;
-		// while all are taken this fetcher waits with one record in hand.
-		// A record not dispatched is not tracked, so not committed.
-		if !g.k.acquire(ctx) {
+		// while all are taken, or this partition has its share open, this
+		// fetcher waits with one record in hand. A record not dispatched is
+		// not tracked, so not committed.
+		if !g.waitRoom(ctx, p) || !g.k.acquire(ctx) {
 			break
 		}
 		g.dispatch(p, rec)
@@ -203,16 +266,16 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 // dispatch hands rec to its lane: behind an earlier record with the same key
 // (PerKey) or partition (PerPartition), or straight to a goroutine.
 func (g *generation) dispatch(p *partition, rec kafka.Message) {
-	j := &job{rec: rec, seq: p.tracker.add(rec.Offset, time.Now())}
+	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
 	p.inflight.Add(1)
 	var key string
 	switch g.k.cfg.Ordering {
 	case Unordered:
-		g.k.tasks <- task{g: g, p: p, j: j}
+		g.k.submit(task{g: g, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			g.k.tasks <- task{g: g, p: p, j: j} // no key, no order to keep
+			g.k.submit(task{g: g, p: p, j: j}) // no key, no order to keep
 			return
 		}
 		key = string(rec.Key)
@@ -226,7 +289,7 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	l := &lane{}
 	p.lanes[key] = l
 	p.mu.Unlock()
-	g.k.tasks <- task{g: g, p: p, key: key, l: l, j: j}
+	g.k.submit(task{g: g, p: p, key: key, l: l, j: j})
 }
 
 // task is a lane to run: its first record j, then whatever queues behind it.
@@ -238,16 +301,62 @@ type task struct {
 	j   *job
 }
 
-// worker runs lanes until the task channel closes. Workers are started once
-// per consumer and reused: a fresh goroutine per record would spend much of
-// its time growing its stack for JSON decoding, again for every record.
-// There are MaxBuffered workers and at most MaxBuffered records open, so a
-// dispatched lane never waits for a worker; it may wait for one of the
+// submit hands t to an idle worker, or starts one. Workers are reused: a
+// fresh goroutine per record would spend much of its time growing its stack
+// for JSON decoding, again for every record. There are at most MaxBuffered
+// workers, and as a dispatched lane holds a buffer slot, at the bound one of
+// them is idle or about to be; the lane may then wait for one of the
 // MaxInFlight run slots.
-func (k *Kavari) worker() {
+func (k *Kavari) submit(t task) {
+	select {
+	case k.tasks <- t:
+		return
+	default:
+	}
+	if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+		k.workers.Add(1)
+		go k.worker(t)
+		return
+	}
+	k.nworkers.Add(-1)
+	// At the bound: wait for a worker, looking again now and then in case
+	// the idle ones exited meanwhile.
+	tick := time.NewTicker(k.workerIdle / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case k.tasks <- t:
+			return
+		case <-tick.C:
+			if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+				k.workers.Add(1)
+				go k.worker(t)
+				return
+			}
+			k.nworkers.Add(-1)
+		}
+	}
+}
+
+// worker runs t's lane, then others until the task channel closes or no lane
+// came for k.workerIdle.
+func (k *Kavari) worker(t task) {
 	defer k.workers.Done()
-	for t := range k.tasks {
+	defer k.nworkers.Add(-1)
+	idle := time.NewTimer(k.workerIdle)
+	defer idle.Stop()
+	for {
 		t.g.runLane(t.p, t.key, t.l, t.j)
+		idle.Reset(k.workerIdle)
+		var ok bool
+		select {
+		case t, ok = <-k.tasks:
+			if !ok {
+				return
+			}
+		case <-idle.C:
+			return
+		}
 	}
 }
 
@@ -281,32 +390,36 @@ func (g *generation) process(p *partition, j *job) {
 		return
 	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
-	// so other keys keep all MaxInFlight handlers busy.
-	select {
-	case g.k.running <- struct{}{}:
-	case <-g.hard.Done():
+	// so other keys keep all MaxInFlight handlers busy. A record waiting
+	// between retries gives its run slot back too (held says).
+	if !g.k.run(g.hard) {
 		return
 	}
-	defer func() { <-g.k.running }()
+	held := true
+	defer func() {
+		if held {
+			g.k.ran()
+		}
+	}()
 	rt, msg, err := g.table.decode(&j.rec)
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
 		if de.Kind == KindUnknownType && g.k.cfg.Relaxed {
-			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", err)
-			p.tracker.done(j.seq)
+			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", logErr(err))
+			g.done(p, j)
 			return
 		}
-		g.k.log.Warn("kavari: poison record, dead-lettering", "err", err)
-		if g.deadLetter(j, de.Kind, "", 1, err) {
-			p.tracker.done(j.seq)
+		g.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
+		if g.deadLetter(p, j, de.Kind, "", 1, err) {
+			g.done(p, j)
 		}
 		return
 	}
 	if len(rt.bindings) == 0 {
 		// A type declared without handlers: this service publishes it but
 		// does not consume it.
-		p.tracker.done(j.seq)
+		g.done(p, j)
 		return
 	}
 	for _, b := range rt.bindings {
@@ -322,10 +435,18 @@ func (g *generation) process(p *partition, j *job) {
 			if attempt == 1 {
 				return first
 			}
+			if !held {
+				if !g.k.run(g.hard) {
+					return context.Cause(g.hard)
+				}
+				held = true
+			}
 			return g.invoke(b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
-				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", err)
+				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
+			g.k.ran() // free while waiting; the lane keeps the key's order
+			held = false
 		})
 		if err == nil {
 			continue
@@ -334,12 +455,12 @@ func (g *generation) process(p *partition, j *job) {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", herr, "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
-		if !g.deadLetter(j, KindHandler, b.name, attempts, herr) {
+		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		if !g.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
 			return
 		}
 	}
-	p.tracker.done(j.seq)
+	g.done(p, j)
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
@@ -359,12 +480,9 @@ func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error
 	if err != nil {
 		return err
 	}
-	err = b.call(ctx, h, msg)
-	if err == nil && ctx.Err() != nil && g.hard.Err() == nil {
-		// The handler ignored its timeout; count the attempt as failed.
-		err = fmt.Errorf("kavari: handler exceeded HandlerTimeout %s: %w", g.k.cfg.HandlerTimeout, ctx.Err())
-	}
-	return err
+	// A handler that returned nil succeeded, even past HandlerTimeout: the
+	// timeout only cancels its context.
+	return b.call(ctx, h, msg)
 }
 
 // handlerCtx is a handler's context: it answers RecordFromContext, building
@@ -406,25 +524,80 @@ func retriableHandler(err error) bool {
 var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second, MaxAttempts: -1}
 
 // deadLetter writes j's dead letter, retrying until it is acknowledged (true)
-// or the drain budget ends (false).
-func (g *generation) deadLetter(j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	rec := deadLetter(&j.rec, j.rec.Topic+g.k.cfg.DeadLetterSuffix, kind, handler, attempts, cause)
+// or the drain budget ends (false). A dead letter the broker refuses as too
+// large is rebuilt in the next smaller form (dlForm), never resent unchanged;
+// when even the smallest is too large it returns false at once: the record
+// stays open, so partition p holds there (it is redelivered to the next
+// owner), and Health says why.
+func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
+	topic := j.rec.Topic + g.k.cfg.DeadLetterSuffix
+	form := dlFull
+	rec := deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+	// Known too large for the publisher: skip the forms it would refuse.
+	for limit := g.k.cfg.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+		form++
+		rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+	}
+	var last error
 	err := dlqRetry.retry(g.hard, g.k.cfg.Clock, func(int) error {
-		errs := g.k.pub.write(g.hard, []kafka.Message{rec})
-		if errs == nil {
-			return nil
+		for {
+			errs := g.k.pub.write(g.hard, []kafka.Message{rec})
+			if errs == nil {
+				return nil
+			}
+			last = errs[0]
+			if !tooLarge(last) {
+				p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
+				return last
+			}
+			if form == dlSmallest {
+				return Permanent(last)
+			}
+			form++
+			g.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
+			rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
 		}
-		if errors.Is(errs[0], ErrTooLarge) && len(rec.Value) > 0 {
-			// The broker refuses the record at this size: keep the headers,
-			// drop the value, and say so.
-			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderTruncated, Value: fmt.Appendf(nil, "%d", len(rec.Value))})
-			rec.Value = nil
-		}
-		return errs[0]
-	}, func(error) bool { return true }, func(attempt int, err error, wait time.Duration) {
-		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", rec.Topic, "attempt", attempt, "wait", wait, "err", err)
+	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
 	})
-	return err == nil
+	if err == nil {
+		p.setStuck(j.rec.Offset, "")
+		return true
+	}
+	if !retriableHandler(err) {
+		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
+			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
+		g.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
+	}
+	return false
+}
+
+// setStuck records why the record at offset cannot complete, for Health; an
+// empty reason clears it.
+func (p *partition) setStuck(offset int64, reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if reason == "" {
+		delete(p.stuck, offset)
+		return
+	}
+	if p.stuck == nil {
+		p.stuck = map[int64]string{}
+	}
+	p.stuck[offset] = reason
+}
+
+// stuckReason returns the reason recorded for the lowest offset, if any.
+func (p *partition) stuckReason() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first, reason := int64(-1), ""
+	for off, r := range p.stuck {
+		if first < 0 || off < first {
+			first, reason = off, r
+		}
+	}
+	return reason
 }
 
 // commitLoop commits the completed prefix of every partition every
@@ -494,4 +667,25 @@ func (g *generation) oldest() (open int, at time.Time) {
 		}
 	}
 	return open, at
+}
+
+// workerIdle is how long an idle worker waits for a lane before it exits
+// (Kavari.workerIdle, taken at New).
+var workerIdle = 10 * time.Second
+
+// partitionHealth describes the partitions that have open records.
+func (g *generation) partitionHealth() []PartitionHealth {
+	var out []PartitionHealth
+	now := time.Now()
+	for _, p := range g.parts {
+		open, offset, key, at, ok := p.tracker.oldest()
+		if !ok {
+			continue
+		}
+		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load(),
+			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
+		ph.Stuck = p.stuckReason()
+		out = append(out, ph)
+	}
+	return out
 }

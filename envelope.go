@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -32,7 +31,7 @@ const (
 	HeaderAttempts      = "kavari_attempts"
 	HeaderErrorKind     = "kavari_error_kind"
 	HeaderHandler       = "kavari_handler"
-	HeaderTruncated     = "kavari_truncated"
+	HeaderTruncated     = "kavari_truncated" // a dead letter's value was left out; its size
 )
 
 // Header is a record header. User headers set with WithHeaders travel with the
@@ -64,7 +63,7 @@ type Record struct {
 	Key       []byte
 	Headers   []Header
 	ID        string    // ce_id: unique per published message, the same on redelivery
-	Type      string    // msg_type
+	Type      string    // msg_type: the first one when a record has several, the one it was routed on
 	Time      time.Time // ce_time, or the record timestamp
 	Attempt   int       // 1 on first delivery to this handler, 2 on its first retry, ...
 }
@@ -189,7 +188,8 @@ func headerValue(hs []kafka.Header, key string) ([]byte, bool) {
 }
 
 // decode turns a record into a new message of its registered type, validated.
-// Every failure is a *DecodeError saying where the record is and what kind of
+// A record with several msg_type headers is routed on the first, and its
+// Record (RecordFromContext) reports that one. Every failure is a *DecodeError saying where the record is and what kind of
 // failure it was.
 func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
 	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
@@ -229,49 +229,18 @@ func recordOf(rec *kafka.Message, attempt int) *Record {
 	r.Headers = make([]Header, len(rec.Headers))
 	for i, h := range rec.Headers {
 		r.Headers[i] = Header{Key: h.Key, Value: h.Value}
-		switch h.Key {
-		case HeaderID:
-			r.ID = string(h.Value)
-		case HeaderMsgType:
-			r.Type = string(h.Value)
-		case HeaderTime:
-			if t, err := time.Parse(time.RFC3339Nano, string(h.Value)); err == nil {
-				r.Time = t
-			}
+	}
+	// The first header of a name wins, as in decode's routing (headerValue).
+	if v, ok := headerValue(rec.Headers, HeaderID); ok {
+		r.ID = string(v)
+	}
+	if v, ok := headerValue(rec.Headers, HeaderMsgType); ok {
+		r.Type = string(v)
+	}
+	if v, ok := headerValue(rec.Headers, HeaderTime); ok {
+		if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
+			r.Time = t
 		}
 	}
 	return r
-}
-
-// deadLetter builds the dead-letter record for rec: same key, value and
-// headers, plus headers saying what went wrong. Headers kavari adds replace
-// any of the same name already on the record (a dead letter of a dead letter);
-// kavari_handler and kavari_truncated of an earlier failure are dropped.
-func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
-	add := []kafka.Header{
-		{Key: HeaderOriginalError, Value: []byte(cause.Error())},
-		{Key: HeaderOrigTopic, Value: []byte(rec.Topic)},
-		{Key: HeaderOrigPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
-		{Key: HeaderOrigOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
-		{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(attempts), 10)},
-		{Key: HeaderErrorKind, Value: []byte(kind)},
-	}
-	if handler != "" {
-		add = append(add, kafka.Header{Key: HeaderHandler, Value: []byte(handler)})
-	}
-	hs := make([]kafka.Header, 0, len(rec.Headers)+len(add))
-outer:
-	for _, h := range rec.Headers {
-		if h.Key == HeaderHandler || h.Key == HeaderTruncated {
-			continue // from an earlier dead letter; they describe that failure only
-		}
-		for _, a := range add {
-			if a.Key == h.Key {
-				continue outer
-			}
-		}
-		hs = append(hs, h)
-	}
-	hs = append(hs, add...)
-	return kafka.Message{Topic: topic, Key: rec.Key, Value: rec.Value, Headers: hs}
 }

@@ -83,3 +83,23 @@ func FreezeRegistry(r *Registry) { r.freeze() }
 func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (kafka.Message, error) {
 	return newEncoder(source, maxBytes, time.Now).encode
 }
+
+// SetWorkerIdle sets how long an idle consumer worker waits for work before
+// it exits, and returns a function restoring the previous value.
+func SetWorkerIdle(d time.Duration) (restore func()) {
+	prev := workerIdle
+	workerIdle = d
+	return func() { workerIdle = prev }
+}
+
+// DeadLetterForm builds the dead letter of rec in form f: 0 full, 1 without
+// the value, 2 also without original headers over 1 KiB, 3 also without any
+// original header and with a shorter original_error.
+func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error, f int) kafka.Message {
+	return deadLetterForm(rec, topic, kind, handler, attempts, cause, dlForm(f))
+}
+
+// PartitionShare is how many open records one of n partitions may have.
+func PartitionShare(maxBuffered, maxInFlight, n int) int {
+	return partitionShare(maxBuffered, maxInFlight, n)
+}

@@ -27,6 +27,30 @@ type Health struct {
 	// handler.
 	OldestInFlight time.Duration `json:"oldest_in_flight_ns"`
 	Commits        int64         `json:"commits"` // successful offset commits
+	// Partitions describes each assigned partition that has open records.
+	Partitions []PartitionHealth `json:"partitions,omitempty"`
+}
+
+// PartitionHealth is the state of one assigned partition with open records:
+// records fetched whose offsets cannot be committed yet, because they or an
+// earlier record of the partition are not finished.
+type PartitionHealth struct {
+	Topic     string `json:"topic"`
+	Partition int    `json:"partition"`
+	// Open counts the partition's open records. At most its share of
+	// Config.MaxBuffered is open; then Paused is true: its fetching waits,
+	// the other partitions' does not.
+	Open   int  `json:"open"`
+	Paused bool `json:"paused,omitempty"`
+	// OldestOffset, OldestKey and OldestAge describe the first open record,
+	// the one commits wait for: an age growing past HandlerTimeout and the
+	// retries points at a stuck handler for that key.
+	OldestOffset int64         `json:"oldest_offset"`
+	OldestKey    string        `json:"oldest_key,omitempty"`
+	OldestAge    time.Duration `json:"oldest_age_ns"`
+	// Stuck says why the partition cannot move forward, when kavari knows:
+	// a dead letter that cannot be written.
+	Stuck string `json:"stuck,omitempty"`
 }
 
 type health struct {
@@ -91,6 +115,7 @@ func (k *Kavari) Health() Health {
 		if _, at := g.oldest(); !at.IsZero() {
 			out.OldestInFlight = time.Since(at)
 		}
+		out.Partitions = g.partitionHealth()
 	}
 	return out
 }

@@ -60,8 +60,11 @@ type Kavari struct {
 	stopDone   chan struct{}
 	stopErr    error
 
-	tasks   chan task      // lanes for the workers
+	tasks   chan task      // lanes handed to idle workers (submit)
 	workers sync.WaitGroup // the worker goroutines
+
+	nworkers   atomic.Int64  // workers running, at most MaxBuffered
+	workerIdle time.Duration // an idle worker exits after this long
 
 	group      *kafka.ConsumerGroup
 	runCtx     context.Context // ends when Stop begins
@@ -87,6 +90,7 @@ func New(cfg Config) (*Kavari, error) {
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
 	}
+	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, cfg.Clock.Now))
@@ -205,11 +209,7 @@ func (k *Kavari) start(ctx context.Context) error {
 	k.group = group
 	k.started.Store(true)
 	k.health.start(topics)
-	k.tasks = make(chan task, k.cfg.MaxBuffered)
-	k.workers.Add(k.cfg.MaxBuffered)
-	for range k.cfg.MaxBuffered {
-		go k.worker()
-	}
+	k.tasks = make(chan task) // workers start on demand (submit)
 	go k.consumeLoop(group, table)
 	return nil
 }
@@ -360,6 +360,19 @@ func (k *Kavari) acquire(ctx context.Context) bool {
 }
 
 func (k *Kavari) release() { <-k.sem }
+
+// run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
+// back.
+func (k *Kavari) run(ctx context.Context) bool {
+	select {
+	case k.running <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (k *Kavari) ran() { <-k.running }
 
 // resolve returns the handler instance for binding b: from the Provider when
 // one is set and b names a handler type, else from b's factory.

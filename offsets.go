@@ -21,6 +21,7 @@ type trackEntry struct {
 	offset int64
 	at     time.Time
 	done   bool
+	key    []byte // for Health: the key of the record the prefix waits for
 }
 
 func newOffsetTracker() *offsetTracker { return &offsetTracker{next: -1} }
@@ -28,6 +29,11 @@ func newOffsetTracker() *offsetTracker { return &offsetTracker{next: -1} }
 // add records a fetched record (offsets must increase) and returns its
 // sequence number for done.
 func (t *offsetTracker) add(offset int64, at time.Time) int64 {
+	return t.addKey(offset, nil, at)
+}
+
+// addKey is add for a record with key key.
+func (t *offsetTracker) addKey(offset int64, key []byte, at time.Time) int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.head > 256 && t.head*2 > len(t.entries) {
@@ -36,7 +42,7 @@ func (t *offsetTracker) add(offset int64, at time.Time) int64 {
 		t.first += int64(t.head)
 		t.head = 0
 	}
-	t.entries = append(t.entries, trackEntry{offset: offset, at: at})
+	t.entries = append(t.entries, trackEntry{offset: offset, at: at, key: key})
 	return t.first + int64(len(t.entries)-1)
 }
 
@@ -52,6 +58,7 @@ func (t *offsetTracker) done(seq int64) int64 {
 	t.entries[i].done = true
 	for t.head < len(t.entries) && t.entries[t.head].done {
 		t.next = t.entries[t.head].offset + 1
+		t.entries[t.head].key = nil
 		t.head++
 	}
 	return t.next
@@ -67,4 +74,17 @@ func (t *offsetTracker) committable() (next int64, open int, oldest time.Time) {
 		oldest = t.entries[t.head].at
 	}
 	return t.next, open, oldest
+}
+
+// oldest returns the number of records still open and the first of them: its
+// offset, key and fetch time (ok false when none is open).
+func (t *offsetTracker) oldest() (open int, offset int64, key []byte, at time.Time, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	open = len(t.entries) - t.head
+	if open == 0 {
+		return 0, 0, nil, time.Time{}, false
+	}
+	e := t.entries[t.head]
+	return open, e.offset, e.key, e.at, true
 }
