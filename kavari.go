@@ -306,7 +306,7 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.w.Transport, Timeout: 30 * time.Second}
+	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.tr, Timeout: 30 * time.Second}
 	req := &kafka.CreateTopicsRequest{}
 	for _, n := range names {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: n, NumPartitions: k.cfg.TopicPartitions, ReplicationFactor: k.cfg.ReplicationFactor})

@@ -15,11 +15,20 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
+// recordWriter is what the publisher needs of kafka-go's Writer; tests
+// inject faults through it.
+type recordWriter interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+	Close() error
+}
+
 // publisher owns the kafka-go Writer and the PublishAsync queue.
 type publisher struct {
 	cfg     *Config
 	enc     *encoder
-	w       *kafka.Writer
+	w       recordWriter
+	kw      *kafka.Writer    // the Writer behind w
+	tr      *kafka.Transport // kw's transport, shared with admin calls; closed by close
 	log     func(msg string, args ...any)
 	mu      sync.Mutex // guards closed and the closing of the queues
 	closed  bool
@@ -42,22 +51,26 @@ type asyncItem struct {
 }
 
 func newPublisher(cfg *Config, enc *encoder) *publisher {
+	tr := cfg.transport()
+	kw := &kafka.Writer{
+		Addr:                   kafka.TCP(cfg.Brokers...),
+		Balancer:               cfg.balancer(),
+		RequiredAcks:           kafka.RequireAll,
+		MaxAttempts:            1, // kavari retries, per message, with its own policy
+		BatchTimeout:           cfg.BatchTimeout,
+		BatchSize:              cfg.BatchSize,
+		BatchBytes:             cfg.BatchBytes,
+		WriteTimeout:           10 * time.Second,
+		ReadTimeout:            10 * time.Second,
+		AllowAutoTopicCreation: cfg.AllowAutoCreate,
+		Transport:              tr,
+	}
 	p := &publisher{
-		cfg: cfg,
-		enc: enc,
-		w: &kafka.Writer{
-			Addr:                   kafka.TCP(cfg.Brokers...),
-			Balancer:               cfg.balancer(),
-			RequiredAcks:           kafka.RequireAll,
-			MaxAttempts:            1, // kavari retries, per message, with its own policy
-			BatchTimeout:           cfg.BatchTimeout,
-			BatchSize:              cfg.BatchSize,
-			BatchBytes:             cfg.BatchBytes,
-			WriteTimeout:           10 * time.Second,
-			ReadTimeout:            10 * time.Second,
-			AllowAutoTopicCreation: cfg.AllowAutoCreate,
-			Transport:              cfg.transport(),
-		},
+		cfg:     cfg,
+		enc:     enc,
+		w:       kw,
+		kw:      kw,
+		tr:      tr,
 		log:     func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
 		closing: make(chan struct{}),
 	}
