@@ -255,11 +255,21 @@ func addSat(a, b time.Duration) time.Duration {
 // when ctx ends first, a *RetryError whose Err is the last error of op and
 // whose Cause is context.Cause(ctx).
 func (p RetryPolicy) retry(ctx context.Context, clk Clock, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
+	if clk == nil {
+		clk = SystemClock
+	}
+	return p.retrySince(ctx, clk, clk.Now(), op, retriable, onRetry)
+}
+
+// retrySince is retry for a caller that made the first attempt itself
+// before calling it (a fast path): start is when that attempt began, so
+// that Elapsed and MaxElapsed count it. op(1) is still called and is
+// expected to return that attempt's error.
+func (p RetryPolicy) retrySince(ctx context.Context, clk Clock, start time.Time, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
 	p = p.withDefaults()
 	if clk == nil {
 		clk = SystemClock
 	}
-	start := clk.Now()
 	var b backoff.BackOff // created on the first failure: success needs none
 	for attempt := 1; ; attempt++ {
 		err := op(attempt)

@@ -139,20 +139,22 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 // acknowledged, else one error (*PublishError or nil) per record.
 func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 	// Fast path: the first attempt needs none of the retry bookkeeping.
+	start := p.cfg.Clock.Now()
 	if ctx.Err() != nil {
-		return p.retryWrite(ctx, recs, nil)
+		return p.retryWrite(ctx, start, recs, nil)
 	}
 	werr := p.w.WriteMessages(ctx, recs...)
 	if werr == nil {
 		return nil
 	}
-	return p.retryWrite(ctx, recs, werr)
+	return p.retryWrite(ctx, start, recs, werr)
 }
 
 // retryWrite finishes a write whose first attempt failed with first (or, when
 // first is nil, that has not been tried because ctx had ended), retrying the
-// failed records with the publish retry policy.
-func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first error) []error {
+// failed records with the publish retry policy. start is when the first
+// attempt began.
+func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafka.Message, first error) []error {
 	errs := make([]error, len(recs))
 	pending := make([]int, len(recs))
 	for i := range pending {
@@ -160,7 +162,7 @@ func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first 
 	}
 	batch := make([]kafka.Message, 0, len(recs))
 	inFlight := first != nil
-	err := p.cfg.PublishRetry.retry(ctx, p.cfg.Clock, func(attempt int) error {
+	err := p.cfg.PublishRetry.retrySince(ctx, p.cfg.Clock, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])

@@ -1,0 +1,97 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeWriter is a recordWriter whose every WriteMessages call is answered by
+// write, so tests can fail attempts in chosen ways without a broker.
+type fakeWriter struct {
+	mu    sync.Mutex
+	calls int
+	write func(call int, msgs []kafka.Message) error
+}
+
+func (w *fakeWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	w.mu.Lock()
+	w.calls++
+	call := w.calls
+	w.mu.Unlock()
+	return w.write(call, msgs)
+}
+
+func (w *fakeWriter) Close() error { return nil }
+
+func (w *fakeWriter) Calls() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.calls
+}
+
+type internalMsg struct {
+	Message `kavari:"topic=internal-topic,key=ID"`
+	ID      string `json:"id"`
+}
+
+// newFakePublisher returns a publisher writing through w, with cfg's zero
+// fields defaulted and a quiet logger.
+func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
+	t.Helper()
+	cfg.Brokers = []string{"127.0.0.1:1"}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Registry = NewRegistry()
+	cfg.setDefaults()
+	require.NoError(t, cfg.validate())
+	c := cfg
+	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, c.Clock.Now))
+	p.w = w
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.close(ctx)
+	})
+	return p
+}
+
+// Elapsed and MaxElapsed count from the start of the first attempt, which
+// Publish makes before the retry loop (its fast path).
+func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
+	clk := newFakeClock()
+	w := &fakeWriter{write: func(int, []kafka.Message) error {
+		clk.Advance(5 * time.Second) // every attempt takes 5 s, then fails
+		return kafka.LeaderNotAvailable
+	}}
+	p := newFakePublisher(t, Config{Clock: clk, PublishRetry: ConstantRetry(time.Second, 2)}, w)
+	errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	require.Len(t, errs, 1)
+	var re *RetryError
+	require.ErrorAs(t, errs[0], &re)
+	assert.Equal(t, 2, re.Attempts)
+	assert.Equal(t, 11*time.Second, re.Elapsed, "5 s + 1 s wait + 5 s: the first attempt counts")
+
+	// MaxElapsed 11 s: after the second attempt (at 11 s) no wait fits. Were the
+	// first attempt left out, a third attempt would be made.
+	clk2 := newFakeClock()
+	w2 := &fakeWriter{write: func(int, []kafka.Message) error {
+		clk2.Advance(5 * time.Second)
+		return kafka.LeaderNotAvailable
+	}}
+	p2 := newFakePublisher(t, Config{Clock: clk2, PublishRetry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}, w2)
+	errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	require.ErrorAs(t, errs[0], &re)
+	assert.Equal(t, 2, w2.Calls(), "MaxElapsed counts the first attempt's 5 s")
+	assert.Equal(t, 2, re.Attempts)
+	assert.Equal(t, 11*time.Second, re.Elapsed)
+}
+
+var _ = errors.New
