@@ -46,14 +46,19 @@ const (
 	defaultBaseDelay   = 100 * time.Millisecond
 	defaultMaxDelay    = 30 * time.Second
 	defaultMaxAttempts = 10
+	// defaultConsumerAttempts is Config.ConsumerRetry's MaxAttempts when 0.
+	defaultConsumerAttempts = 5
 	defaultJitter      = 0.5
 )
 
 // RetryPolicy says how often and how long an operation is retried.
 //
 // The zero value is ready to use and means: Fibonacci, BaseDelay 100 ms,
-// MaxDelay 30 s, MaxAttempts 10, no MaxElapsed; each zero field takes its
-// default independently. A RetryPolicy is a plain comparable value: once
+// MaxDelay 30 s, MaxAttempts 10, no MaxElapsed. Each zero field takes its
+// default independently, whatever the other fields say: a policy that sets
+// only BaseDelay, or only MaxElapsed, still makes at most MaxAttempts'
+// default number of attempts (10; 5 for Config.ConsumerRetry). To bound
+// retries by time alone, set MaxAttempts to -1. A RetryPolicy is a plain comparable value: once
 // set, it is never modified by kavari and is safe for concurrent use.
 type RetryPolicy struct {
 	// Strategy selects how waits grow; the zero value is Fibonacci.

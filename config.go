@@ -79,7 +79,9 @@ type Config struct {
 	Registry *Registry // default DefaultRegistry
 
 	// Publishing.
-	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts
+	// PublishRetry retries failed writes. Each zero field takes its default
+	// on its own (see RetryPolicy): Fibonacci, 100 ms base, 10 attempts.
+	PublishRetry    RetryPolicy
 	Partitioner     Partitioner   // default Murmur2
 	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms
 	BatchSize       int           // messages per batch; default 1000
@@ -96,8 +98,11 @@ type Config struct {
 	// MaxBuffered bounds records fetched and not finished, all partitions
 	// (those handled plus those queued behind a busy key); when reached, the
 	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight.
-	MaxBuffered      int
-	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
+	MaxBuffered int
+	// ConsumerRetry retries failed handlers. Each zero field takes its
+	// default on its own, as in RetryPolicy, except that MaxAttempts 0
+	// means 5 here: RetryPolicy{BaseDelay: time.Second} makes 5 attempts.
+	ConsumerRetry    RetryPolicy
 	HandlerTimeout   time.Duration // per attempt; 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
@@ -162,8 +167,10 @@ func (c *Config) setDefaults() {
 	if c.MaxBuffered == 0 {
 		c.MaxBuffered = 4 * c.MaxInFlight
 	}
-	if c.ConsumerRetry == (RetryPolicy{}) {
-		c.ConsumerRetry = RetryPolicy{MaxAttempts: 5}
+	if c.ConsumerRetry.MaxAttempts == 0 {
+		// Per field, as for every zero field of a policy: setting BaseDelay
+		// alone must not change the attempt count.
+		c.ConsumerRetry.MaxAttempts = defaultConsumerAttempts
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second
