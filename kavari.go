@@ -106,27 +106,31 @@ func (k *Kavari) Publish(ctx context.Context, msg any) error {
 }
 
 // PublishBatch publishes msgs together. If any message is invalid, none is
-// sent. Otherwise each message is retried on its own; the result joins one
-// *PublishError per message that failed (its Index says which).
+// sent. Otherwise each message is retried on its own. The error is a
+// *BatchError listing one *PublishError per message that failed (its Index
+// says which) and whether the batch was refused whole.
 func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 	errs := k.pub.publish(ctx, msgs)
 	if errs == nil {
 		return nil
 	}
-	var joined []error
+	be := &BatchError{}
 	for i, e := range errs {
 		if e == nil {
 			continue
 		}
-		var pe *PublishError
-		if errors.As(e, &pe) {
+		pe, ok := e.(*PublishError)
+		if ok {
 			pe.Index = i
 		} else {
-			e = &PublishError{Index: i, Err: e}
+			pe = &PublishError{Index: i, Err: e}
+			if !errors.Is(e, ErrClosed) && !errors.Is(e, errBatchRefused) {
+				be.Refused = true // encoding failed: nothing was sent
+			}
 		}
-		joined = append(joined, e)
+		be.Failed = append(be.Failed, pe)
 	}
-	return errors.Join(joined...)
+	return be
 }
 
 // PublishAsync validates msg and queues it for publishing; callback (which may
@@ -160,17 +164,17 @@ func (k *Kavari) Start(ctx context.Context) error {
 	if k.stopping.Load() {
 		return ErrClosed
 	}
-	err := errors.New("kavari: Start called twice")
+	err := ErrStarted
 	k.startOnce.Do(func() { err = k.start(ctx) })
 	return err
 }
 
 func (k *Kavari) start(ctx context.Context) error {
 	if k.cfg.GroupID == "" {
-		return errors.New("kavari: Config.GroupID is required to consume")
+		return ErrNoGroupID
 	}
 	if len(k.reg.table().subscribed()) == 0 {
-		return errors.New("kavari: no handlers registered: nothing to consume")
+		return ErrNoHandlers
 	}
 	table := k.reg.freeze()
 	topics := table.subscribed()

@@ -122,7 +122,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	if failed {
 		// Nothing leaves the process when any message of a batch is invalid.
 		for _, i := range idx {
-			errs[i] = errors.New("kavari: not sent: another message of the batch is invalid")
+			errs[i] = errBatchRefused
 		}
 		return errs
 	}
@@ -134,6 +134,10 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	}
 	return nil
 }
+
+// errBatchRefused is the error of a valid message of a batch that was not
+// sent because another message is invalid.
+var errBatchRefused = errors.New("kavari: not sent: another message of the batch is invalid")
 
 // write sends recs and retries the failed ones. It returns nil when all were
 // acknowledged, else one error (*PublishError or nil) per record.
