@@ -115,9 +115,12 @@ type Config struct {
 	Relaxed bool
 
 	// Topics.
-	CreateTopics      bool // Start creates every registered topic and its dead-letter topic
-	TopicPartitions   int  // default 3
-	ReplicationFactor int  // default 1; -1 for the broker default
+	CreateTopics    bool // Start creates every registered topic and its dead-letter topic
+	TopicPartitions int  // partitions of created topics; default 3
+	// ReplicationFactor of created topics. 0 (the default) and -1 mean the
+	// broker's default.replication.factor, so a production cluster gets its
+	// usual redundancy rather than a single replica; set it to force one.
+	ReplicationFactor int
 
 	// Security.
 	TLS  *tls.Config
@@ -197,7 +200,7 @@ func (c *Config) setDefaults() {
 		c.TopicPartitions = 3
 	}
 	if c.ReplicationFactor == 0 {
-		c.ReplicationFactor = 1
+		c.ReplicationFactor = -1 // the broker's default.replication.factor
 	}
 	if c.Clock == nil {
 		c.Clock = SystemClock
