@@ -73,6 +73,9 @@ type Kavari struct {
 
 // New checks cfg and returns a Kavari ready to publish. It does not contact
 // the brokers: a Kafka that is down at boot does not stop the application.
+// Call Stop when done with it, whether or not Start was called: Stop
+// releases the publisher's goroutines and broker connections, which
+// otherwise live as long as the process.
 func New(cfg Config) (*Kavari, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {

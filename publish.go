@@ -392,6 +392,10 @@ func (p *publisher) close(ctx context.Context) error {
 		}
 		p.wg.Wait()
 		_ = p.w.Close()
+		// The Writer does not close a Transport it was given: its
+		// connection pools (a metadata poller and broker connections each)
+		// would outlive every Stop.
+		p.tr.CloseIdleConnections()
 		close(done)
 	}()
 	select {
