@@ -48,7 +48,7 @@ const (
 	defaultMaxAttempts = 10
 	// defaultConsumerAttempts is Config.ConsumerRetry's MaxAttempts when 0.
 	defaultConsumerAttempts = 5
-	defaultJitter      = 0.5
+	defaultJitter           = 0.5
 )
 
 // RetryPolicy says how often and how long an operation is retried.

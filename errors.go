@@ -101,9 +101,13 @@ type PublishError struct {
 	Topic string // destination topic
 	Key   string // partition key
 	ID    string // the ce_id the message was sent with
-	// MayHaveBeenWritten is true when the outcome is unknown: the context ended
-	// while a write was in flight. The broker may hold the message; a retry
-	// with the same ID lets idempotent consumers drop the duplicate.
+	// MayHaveBeenWritten is true when the outcome is unknown: some attempt
+	// failed after its request may have reached the broker (the context
+	// ended while a write was in flight, the connection broke or timed out
+	// mid-request, the broker's own request timed out), even when later
+	// attempts failed otherwise. The broker may hold the message; a retry
+	// with the same ID lets idempotent consumers drop the duplicate. False
+	// means no attempt can have stored it.
 	MayHaveBeenWritten bool
 	Err                error
 }

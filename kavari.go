@@ -99,7 +99,10 @@ func New(cfg Config) (*Kavari, error) {
 // Publish validates msg (a pointer to a kavari message struct), sends it and
 // returns once all in-sync replicas acknowledged it, retrying retriable
 // failures with Config.PublishRetry. An invalid message returns an error
-// matching ErrInvalid and is not sent. When ctx ends first the error is a
+// matching ErrInvalid and is not sent. A topic the brokers do not know
+// (with AllowAutoCreate off) fails after a few attempts with an error
+// matching ErrUnknownTopic. When ctx ends during a write, or an attempt
+// failed after its request may have reached the broker, the error is a
 // *PublishError whose MayHaveBeenWritten is true.
 func (k *Kavari) Publish(ctx context.Context, msg any) error {
 	if errs := k.pub.publish(ctx, []any{msg}); errs != nil {

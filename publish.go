@@ -3,7 +3,6 @@ package kavari
 import (
 	"context"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"io"
 	"net"
@@ -160,12 +159,16 @@ func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 // attempt began.
 func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafka.Message, first error) []error {
 	errs := make([]error, len(recs))
+	// unsure[i]: an attempt at recs[i] failed in a way that leaves its
+	// outcome unknown (it may have reached the broker). It is never reset:
+	// a later attempt failing otherwise does not undo an earlier write.
+	unsure := make([]bool, len(recs))
 	pending := make([]int, len(recs))
 	for i := range pending {
 		pending[i] = i
 	}
 	batch := make([]kafka.Message, 0, len(recs))
-	inFlight := first != nil
+	var we kafka.WriteErrors
 	err := p.cfg.PublishRetry.retrySince(ctx, p.cfg.Clock, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
@@ -180,32 +183,34 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 				// ended context sends nothing.
 				return err
 			}
-			inFlight = true
 			werr = p.w.WriteMessages(ctx, batch...)
 		}
 		if werr == nil {
 			pending = pending[:0]
 			return nil
 		}
-		var we kafka.WriteErrors
 		if !errors.As(werr, &we) || len(we) != len(batch) {
-			if !retriablePublish(werr) {
-				for _, i := range pending {
-					errs[i] = werr
-				}
-				pending = pending[:0]
-				return nil
+			// One error for the whole call (a metadata lookup, a closed
+			// writer, the context): it applies to every record.
+			we = we[:0]
+			for range batch {
+				we = append(we, werr)
 			}
-			return werr
 		}
 		var retry error
 		still := pending[:0]
 		for j, e := range we {
 			i := pending[j]
+			if e == nil {
+				continue
+			}
+			e = p.classify(ctx, e)
+			if mayHaveBeenWritten(e) {
+				unsure[i] = true
+			}
 			switch {
-			case e == nil:
 			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && errors.Is(e, kafka.UnknownTopicOrPartition):
-				errs[i] = fmt.Errorf("%w (create it with EnsureTopics or Config.CreateTopics)", e)
+				errs[i] = e // given up early; marked below
 			case retriablePublish(e):
 				still = append(still, i)
 				retry = e
@@ -229,13 +234,13 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 		any = true
 		r := &recs[i]
 		id, _ := headerValue(r.Headers, HeaderID)
-		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e}
-		if inFlight && (errors.Is(e, context.Canceled) || errors.Is(e, context.DeadlineExceeded)) {
-			pe.MayHaveBeenWritten = true
-		}
+		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e, MayHaveBeenWritten: unsure[i]}
 		var tooLarge kafka.MessageTooLargeError
-		if errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge) {
+		switch {
+		case errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge):
 			pe.Err = errors.Join(ErrTooLarge, e)
+		case errors.Is(e, kafka.UnknownTopicOrPartition):
+			pe.Err = &unknownTopicError{err: e}
 		}
 		errs[i] = pe
 	}
@@ -243,6 +248,67 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 		return nil
 	}
 	return errs
+}
+
+// unknownTopicError marks a publish error as ErrUnknownTopic and says how
+// to fix it, keeping the underlying error for errors.Is.
+type unknownTopicError struct{ err error }
+
+func (e *unknownTopicError) Error() string {
+	return e.err.Error() + " (create it with EnsureTopics or Config.CreateTopics)"
+}
+
+func (e *unknownTopicError) Unwrap() []error { return []error{ErrUnknownTopic, e.err} }
+
+// writeTimeout is a timeout of kafka-go's own request deadline (the Writer's
+// WriteTimeout), not of the caller's context: the broker did not answer in
+// time. It is retriable, and the write may have happened.
+type writeTimeout struct{ err error }
+
+func (e *writeTimeout) Error() string {
+	return "kavari: no answer from the broker in time: " + e.err.Error()
+}
+
+func (e *writeTimeout) Unwrap() error { return e.err }
+
+// classify tells kafka-go's request timeouts from the end of ctx: both
+// surface as context.DeadlineExceeded.
+func (p *publisher) classify(ctx context.Context, e error) error {
+	if ctx.Err() == nil && errors.Is(e, context.DeadlineExceeded) {
+		return &writeTimeout{err: e}
+	}
+	return e
+}
+
+// mayHaveBeenWritten reports whether a failed attempt may nonetheless have
+// stored the record: the request may have reached the broker before the
+// failure (a connection broken or timed out mid-request, the caller's
+// context ending while kafka-go held the batch, or the broker's own
+// request timeout or after-append replica error). A refused connection, a
+// failed metadata lookup or a broker error that rejects the request are
+// not.
+func mayHaveBeenWritten(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
+	}
+	if errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) {
+		return false
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return false // never connected
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // unknownTopicAttempts is how many attempts an unknown topic gets when the
@@ -253,14 +319,19 @@ const unknownTopicAttempts = 3
 
 // retriablePublish reports whether a write error may succeed if retried.
 // Leader, metadata, coordinator, network and timeout errors are retriable;
-// size, authorization and invalid-request errors are permanent. An unknown
-// topic is retriable here; write gives up on it after unknownTopicAttempts.
+// size, authorization and invalid-request errors are permanent, and so is
+// the end of the caller's context. An unknown topic is retriable here;
+// write gives up on it after unknownTopicAttempts.
 func retriablePublish(err error) bool {
 	if err == nil {
 		return false
 	}
+	var timeout *writeTimeout
+	if errors.As(err, &timeout) {
+		return true
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
+		return false // the caller's context ended
 	}
 	var tooLarge kafka.MessageTooLargeError
 	if errors.As(err, &tooLarge) {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,3 +98,85 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 }
 
 var _ = errors.New
+
+// kafka-go reports a topic missing from its metadata as a plain
+// UnknownTopicOrPartition from WriteMessages, not as a WriteErrors entry:
+// it must get the few attempts and the hint all the same.
+func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
+	w := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
+	p := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 10)}, w)
+	errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	require.Len(t, errs, 1)
+	err := errs[0]
+	assert.Equal(t, unknownTopicAttempts, w.Calls(), "attempts: %v", err)
+	assert.ErrorIs(t, err, ErrUnknownTopic)
+	assert.ErrorIs(t, err, kafka.UnknownTopicOrPartition)
+	assert.Contains(t, err.Error(), "EnsureTopics")
+	var pe *PublishError
+	require.ErrorAs(t, err, &pe)
+	assert.Equal(t, "internal-topic", pe.Topic)
+
+	// The same answer per message (WriteErrors) is classified the same way.
+	w2 := &fakeWriter{write: func(_ int, msgs []kafka.Message) error {
+		we := make(kafka.WriteErrors, len(msgs))
+		for i := range we {
+			we[i] = kafka.UnknownTopicOrPartition
+		}
+		return we
+	}}
+	p2 := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 10)}, w2)
+	errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}, &internalMsg{ID: "b"}})
+	require.Len(t, errs, 2)
+	assert.Equal(t, unknownTopicAttempts, w2.Calls())
+	for _, err := range errs {
+		assert.ErrorIs(t, err, ErrUnknownTopic)
+		assert.Contains(t, err.Error(), "EnsureTopics")
+	}
+
+	// With auto-creation allowed the topic may appear: the policy decides.
+	w3 := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
+	p3 := newFakePublisher(t, Config{Clock: newFakeClock(), AllowAutoCreate: true, PublishRetry: ConstantRetry(time.Millisecond, 5)}, w3)
+	p3.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	assert.Equal(t, 5, w3.Calls())
+}
+
+// dialRefused is what a write gets from a broker that is not listening.
+var dialRefused = &net.OpError{Op: "dial", Net: "tcp", Err: &os.SyscallError{Syscall: "connect", Err: syscall.ECONNREFUSED}}
+
+// When one attempt fails after the request may have reached the broker and
+// the later ones fail otherwise, the outcome is still unknown.
+func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
+	cases := []struct {
+		name  string
+		first error // the first attempt's error; the later attempts are refused
+		want  bool
+	}{
+		{"connection cut mid-request", io.ErrUnexpectedEOF, true},
+		{"connection reset", &net.OpError{Op: "read", Net: "tcp", Err: &os.SyscallError{Syscall: "read", Err: syscall.ECONNRESET}}, true},
+		{"broker request timeout", kafka.RequestTimedOut, true},
+		{"per-record EOF", kafka.WriteErrors{io.EOF}, true},
+		{"kafka-go's own deadline", context.DeadlineExceeded, true},
+		{"refused every time", dialRefused, false},
+		{"not the leader", kafka.NotLeaderForPartition, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &fakeWriter{write: func(call int, _ []kafka.Message) error {
+				if call == 1 {
+					return tc.first
+				}
+				return dialRefused
+			}}
+			p := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 3)}, w)
+			errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+			require.Len(t, errs, 1)
+			var pe *PublishError
+			require.ErrorAs(t, errs[0], &pe)
+			assert.Equal(t, 3, w.Calls(), "every attempt was made: %v", errs[0])
+			assert.Equal(t, tc.want, pe.MayHaveBeenWritten, "%v", errs[0])
+			if tc.want {
+				assert.Contains(t, pe.Error(), "may have been written")
+			}
+		})
+	}
+}
