@@ -144,11 +144,28 @@ func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 // Messages with the same key are written in call order (a retried write can
 // still land after later ones, as with concurrent Publish calls).
 // When the queue (Config.AsyncQueue) is full, PublishAsync blocks until there
-// is room. An invalid message, or one published after Stop, gets its callback
-// before PublishAsync returns. Callbacks run on kavari's goroutines and should
-// not block for long.
+// is room; TryPublishAsync returns ErrQueueFull instead. An invalid message,
+// or one published after Stop, gets its callback before PublishAsync returns.
+//
+// Callbacks run one at a time, in order, on the goroutine of the async writer
+// that wrote the message: while one runs, that writer writes nothing. A
+// callback may call Publish, PublishBatch, PublishAsync and TryPublishAsync:
+// a PublishAsync from a callback never waits for room (it is queued beyond
+// Config.AsyncQueue when the queue is full), so it cannot deadlock the
+// writer. A callback should not block for long (a Publish from it holds its
+// writer for a round trip), must not wait for other goroutines that publish
+// with PublishAsync, and must not call Stop.
 func (k *Kavari) PublishAsync(msg any, callback func(msg any, err error)) {
 	k.pub.enqueue(msg, callback)
+}
+
+// TryPublishAsync is PublishAsync without waiting: when msg's queue is full
+// it returns ErrQueueFull. It returns msg's validation or encoding error,
+// and ErrClosed after Stop. When it returns an error nothing was queued and
+// callback is never called; when it returns nil, callback (which may be nil)
+// runs exactly once, as for PublishAsync.
+func (k *Kavari) TryPublishAsync(msg any, callback func(msg any, err error)) error {
+	return k.pub.tryEnqueue(msg, callback)
 }
 
 // SetProvider sets the function that resolves handler instances, such as a DI

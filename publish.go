@@ -23,21 +23,20 @@ type recordWriter interface {
 
 // publisher owns the kafka-go Writer and the PublishAsync queue.
 type publisher struct {
-	cfg     *Config
-	enc     *encoder
-	w       recordWriter
-	kw      *kafka.Writer    // the Writer behind w
-	tr      *kafka.Transport // kw's transport, shared with admin calls; closed by close
-	log     func(msg string, args ...any)
-	mu      sync.Mutex // guards closed and the closing of the queues
-	closed  bool
-	closing chan struct{} // closed when close begins: blocked enqueuers give up
-	senders sync.WaitGroup
+	cfg    *Config
+	enc    *encoder
+	w      recordWriter
+	kw     *kafka.Writer    // the Writer behind w
+	tr     *kafka.Transport // kw's transport, shared with admin calls; closed by close
+	log    func(msg string, args ...any)
+	mu     sync.Mutex // guards closed
+	closed bool
 	// queues feed the async writers, one each; a key always goes to the
 	// same writer so that its messages stay in order.
-	queues []chan asyncItem
-	next   atomic.Uint64 // round robin for messages without a key
-	wg     sync.WaitGroup
+	queues  []*asyncQueue
+	writers writerIDs     // the writers' goroutine ids
+	next    atomic.Uint64 // round robin for messages without a key
+	wg      sync.WaitGroup
 	// bg is the context of async writes; abort ends it when close gives up.
 	bg    context.Context
 	abort context.CancelFunc
@@ -65,21 +64,21 @@ func newPublisher(cfg *Config, enc *encoder) *publisher {
 		Transport:              tr,
 	}
 	p := &publisher{
-		cfg:     cfg,
-		enc:     enc,
-		w:       kw,
-		kw:      kw,
-		tr:      tr,
-		log:     func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
-		closing: make(chan struct{}),
+		cfg: cfg,
+		enc: enc,
+		w:   kw,
+		kw:  kw,
+		tr:  tr,
+		log: func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
 	per := max(1, cfg.AsyncQueue/cfg.AsyncWorkers)
+	p.writers.ids = make([]atomic.Int64, cfg.AsyncWorkers)
 	for i := 0; i < cfg.AsyncWorkers; i++ {
-		q := make(chan asyncItem, per)
+		q := newAsyncQueue(per)
 		p.queues = append(p.queues, q)
 		p.wg.Add(1)
-		go p.asyncLoop(q)
+		go p.asyncLoop(q, &p.writers.ids[i])
 	}
 	return p
 }
@@ -361,35 +360,37 @@ func retriablePublish(err error) bool {
 	return true
 }
 
-// enqueue puts one message on the async queue, blocking while it is full.
+// enqueue puts one message on the async queue, blocking while it is full
+// (unless called from a callback), and reports failures to cb.
 func (p *publisher) enqueue(msg any, cb func(any, error)) {
 	if cb == nil {
 		cb = func(any, error) {}
 	}
+	if err := p.push(msg, cb, pushWait); err != nil {
+		cb(msg, err)
+	}
+}
+
+// tryEnqueue is enqueue without waiting: a full queue returns
+// ErrQueueFull. When it returns an error, cb is not called.
+func (p *publisher) tryEnqueue(msg any, cb func(any, error)) error {
+	if cb == nil {
+		cb = func(any, error) {}
+	}
+	return p.push(msg, cb, pushTry)
+}
+
+func (p *publisher) push(msg any, cb func(any, error), mode pushMode) error {
 	rec, err := p.enc.encode(context.Background(), msg)
 	if err != nil {
-		cb(msg, err)
-		return
+		return err
 	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		cb(msg, ErrClosed)
-		return
-	}
-	p.senders.Add(1) // close waits for senders before closing the queue
-	p.mu.Unlock()
-	defer p.senders.Done()
-	select {
-	case p.queueFor(rec.Key) <- asyncItem{msg: msg, rec: rec, cb: cb}:
-	case <-p.closing:
-		cb(msg, ErrClosed)
-	}
+	return p.queueFor(rec.Key).push(asyncItem{msg: msg, rec: rec, cb: cb}, mode, p.writers.has)
 }
 
 // queueFor picks the async writer of a key: always the same one, so one
 // key's messages are written in the order PublishAsync was called.
-func (p *publisher) queueFor(key []byte) chan asyncItem {
+func (p *publisher) queueFor(key []byte) *asyncQueue {
 	if len(p.queues) == 1 {
 		return p.queues[0]
 	}
@@ -401,24 +402,19 @@ func (p *publisher) queueFor(key []byte) chan asyncItem {
 	return p.queues[h.Sum32()%uint32(len(p.queues))]
 }
 
-// asyncLoop writes the messages of queue in batches until it is closed and empty.
-func (p *publisher) asyncLoop(queue chan asyncItem) {
+// asyncLoop writes the messages of queue in batches until it is closed and
+// empty, then runs their callbacks, in order, on this goroutine. id receives
+// the goroutine's id, so that a callback's publishes are recognised.
+func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 	defer p.wg.Done()
+	id.Store(goroutineID())
 	items := make([]asyncItem, 0, p.cfg.BatchSize)
 	recs := make([]kafka.Message, 0, p.cfg.BatchSize)
-	for first := range queue {
-		items = append(items[:0], first)
-	fill:
-		for len(items) < p.cfg.BatchSize {
-			select {
-			case it, ok := <-queue:
-				if !ok {
-					break fill
-				}
-				items = append(items, it)
-			default:
-				break fill
-			}
+	for {
+		var ok bool
+		items, ok = queue.take(items[:0], p.cfg.BatchSize)
+		if !ok {
+			return
 		}
 		recs = recs[:0]
 		for _, it := range items {
@@ -432,6 +428,7 @@ func (p *publisher) asyncLoop(queue chan asyncItem) {
 			}
 			p.callback(it, err)
 		}
+		clear(items) // release the messages
 	}
 }
 
@@ -453,14 +450,12 @@ func (p *publisher) close(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
-	close(p.closing)
 	p.mu.Unlock()
+	for _, q := range p.queues {
+		q.close() // blocked PublishAsync calls give up; the writers drain
+	}
 	done := make(chan struct{})
 	go func() {
-		p.senders.Wait() // no one can send on the queue any more
-		for _, q := range p.queues {
-			close(q)
-		}
 		p.wg.Wait()
 		_ = p.w.Close()
 		// The Writer does not close a Transport it was given: its

@@ -180,3 +180,58 @@ func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
 		})
 	}
 }
+
+// A PublishAsync callback runs on the async writer; when it publishes again
+// to the same writer with the queue full, it must not wait for room only
+// that writer could make.
+func TestPublishAsyncCallbackRepublishesWithQueueFull(t *testing.T) {
+	gate := make(chan struct{})
+	writing := make(chan struct{}, 100)
+	w := &fakeWriter{write: func(call int, _ []kafka.Message) error {
+		writing <- struct{}{}
+		if call == 1 {
+			<-gate
+		}
+		return nil
+	}}
+	p := newFakePublisher(t, Config{AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1}, w)
+	var mu sync.Mutex
+	done := map[string]error{}
+	finished := make(chan struct{})
+	var record func(msg any, err error)
+	record = func(msg any, err error) {
+		id := msg.(*internalMsg).ID
+		mu.Lock()
+		done[id] = err
+		n := len(done)
+		mu.Unlock()
+		switch id {
+		case "m0":
+			// The queue holds m1: full. A blocking enqueue, then more.
+			p.enqueue(&internalMsg{ID: "m2"}, record)
+			p.enqueue(&internalMsg{ID: "m3"}, record)
+		case "m1":
+			p.enqueue(&internalMsg{ID: "m4"}, record)
+		}
+		if n == 5 {
+			close(finished)
+		}
+	}
+	p.enqueue(&internalMsg{ID: "m0"}, record)
+	<-writing // m0 is being written
+	p.enqueue(&internalMsg{ID: "m1"}, record)
+	assert.ErrorIs(t, p.tryEnqueue(&internalMsg{ID: "x"}, record), ErrQueueFull, "the queue holds m1")
+	close(gate)
+	select {
+	case <-finished:
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("deadlock: a callback publishing to its own full queue never returned; callbacks run: %v", done)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, err := range done {
+		assert.NoError(t, err, id)
+	}
+}

@@ -1070,3 +1070,48 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 	unblock()
 	require.NoError(t, <-first)
 }
+
+// TryPublishAsync never waits: a full queue is ErrQueueFull; an invalid
+// message or a closed Kavari is an error too; an error means no callback.
+func TestTryPublishAsync(t *testing.T) {
+	k, err := kavari.New(kavari.Config{
+		Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(),
+		AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1,
+		PublishRetry: kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+	})
+	require.NoError(t, err)
+	var calls sync.Map // seq -> *atomic.Int32
+	cb := func(m any, err error) {
+		v, _ := calls.LoadOrStore(m.(*ktAsyncAbsent).Seq, new(atomic.Int32))
+		v.(*atomic.Int32).Add(1)
+	}
+	accepted := 0
+	deadline := time.Now().Add(ktHangGuard)
+	for {
+		err := k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: accepted}, cb)
+		if errors.Is(err, kavari.ErrQueueFull) {
+			break
+		}
+		require.NoError(t, err)
+		accepted++
+		require.LessOrEqual(t, accepted, 2, "one message being written and one queued fill the queue")
+		if time.Now().After(deadline) {
+			t.Fatal("the queue never filled (hang guard)")
+		}
+	}
+	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{Seq: 100}, cb), kavari.ErrEmptyKey)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	require.Error(t, k.Stop(ctx), "the queue could not be flushed")
+	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: 101}, cb), kavari.ErrClosed)
+	ktWait(t, func() bool {
+		n := 0
+		calls.Range(func(any, any) bool { n++; return true })
+		return n == accepted
+	}, "every accepted message gets its callback")
+	calls.Range(func(k, v any) bool {
+		assert.Less(t, k.(int), accepted, "callback for a refused message")
+		assert.Equal(t, int32(1), v.(*atomic.Int32).Load(), "message %d", k)
+		return true
+	})
+}
