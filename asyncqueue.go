@@ -48,11 +48,11 @@ func (q *asyncQueue) push(it asyncItem, mode pushMode, inCallback func() bool) e
 	defer q.mu.Unlock()
 	if q.len() >= q.size && !q.closing {
 		switch {
+		case mode == pushTry:
+			return ErrQueueFull
 		case inCallback():
 			// Never wait: the room would have to come from a writer, maybe
 			// the very one running this callback.
-		case mode == pushTry:
-			return ErrQueueFull
 		default:
 			for q.len() >= q.size && !q.closing {
 				q.notFull.Wait()

@@ -320,7 +320,8 @@ func (k *Kavari) stop(ctx context.Context) {
 
 // EnsureTopics creates every registered topic and its dead-letter topic with
 // Config.TopicPartitions and Config.ReplicationFactor, leaving existing
-// topics as they are, and waits until the brokers know them.
+// topics as they are, and waits until the brokers know them. After Stop it
+// returns ErrClosed.
 func (k *Kavari) EnsureTopics(ctx context.Context) error {
 	var names []string
 	for _, t := range k.reg.Topics() {
@@ -332,6 +333,9 @@ func (k *Kavari) EnsureTopics(ctx context.Context) error {
 func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 	if len(names) == 0 {
 		return nil
+	}
+	if k.pub.isClosed() {
+		return ErrClosed // its transport is closed: a new connection would outlive Stop
 	}
 	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.tr, Timeout: 30 * time.Second}
 	req := &kafka.CreateTopicsRequest{}

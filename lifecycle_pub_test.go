@@ -54,6 +54,8 @@ func TestStopClosesTheTransport(t *testing.T) {
 		require.NoError(t, k.EnsureTopics(ctx))
 		require.NoError(t, k.Publish(ctx, &ktCycleMsg{ID: "c"}))
 		require.NoError(t, k.Stop(ctx))
+		// A closed transport must not be reopened behind Stop's back.
+		require.ErrorIs(t, k.EnsureTopics(ctx), kavari.ErrClosed)
 	}
 	cycle() // warm-up: whatever is created once per process
 	base, _ := kafkaGoroutines()

@@ -283,19 +283,22 @@ func (p *publisher) classify(ctx context.Context, e error) error {
 // stored the record: the request may have reached the broker before the
 // failure (a connection broken or timed out mid-request, the caller's
 // context ending while kafka-go held the batch, or the broker's own
-// request timeout or after-append replica error). A refused connection, a
-// failed metadata lookup or a broker error that rejects the request are
-// not.
+// request timeout or after-append replica error), or when the failure is
+// one kavari cannot place. A refused or failed dial, a closed writer, a
+// message too large to send and a broker error that rejects the request
+// are not.
 func mayHaveBeenWritten(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
 	var ke kafka.Error
 	if errors.As(err, &ke) {
+		// The broker answered: only these answers leave the record stored.
 		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
 	}
-	if errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) {
-		return false
+	var tooLarge kafka.MessageTooLargeError
+	if errors.As(err, &tooLarge) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) {
+		return false // refused before sending
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
@@ -305,9 +308,9 @@ func mayHaveBeenWritten(err error) bool {
 	if errors.As(err, &dnsErr) {
 		return false
 	}
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	// Broken or timed-out connections, and failures kavari cannot place:
+	// the request may have been sent.
+	return true
 }
 
 // unknownTopicAttempts is how many attempts an unknown topic gets when the
@@ -439,6 +442,13 @@ func (p *publisher) callback(it asyncItem, err error) {
 		}
 	}()
 	it.cb(it.msg, err)
+}
+
+// isClosed reports whether close was called.
+func (p *publisher) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 // close stops accepting messages, flushes the async queue (each callback runs)

@@ -97,7 +97,6 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 	assert.Equal(t, 11*time.Second, re.Elapsed)
 }
 
-var _ = errors.New
 
 // kafka-go reports a topic missing from its metadata as a plain
 // UnknownTopicOrPartition from WriteMessages, not as a WriteErrors entry:
@@ -156,6 +155,7 @@ func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
 		{"broker request timeout", kafka.RequestTimedOut, true},
 		{"per-record EOF", kafka.WriteErrors{io.EOF}, true},
 		{"kafka-go's own deadline", context.DeadlineExceeded, true},
+		{"a failure kavari cannot place", errors.New("kafka: garbled response"), true},
 		{"refused every time", dialRefused, false},
 		{"not the leader", kafka.NotLeaderForPartition, false},
 	}
