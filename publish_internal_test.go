@@ -97,7 +97,6 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 	assert.Equal(t, 11*time.Second, re.Elapsed)
 }
 
-
 // kafka-go reports a topic missing from its metadata as a plain
 // UnknownTopicOrPartition from WriteMessages, not as a WriteErrors entry:
 // it must get the few attempts and the hint all the same.
