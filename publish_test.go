@@ -1115,3 +1115,51 @@ func TestTryPublishAsync(t *testing.T) {
 		return true
 	})
 }
+
+type ktAsyncReply struct {
+	kavari.Message `kavari:"topic=kt-publish-async-reply,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+	Reply          bool   `json:"reply"`
+}
+
+// Callbacks that publish again (here: each acknowledged message publishes a
+// reply with the same key) while the application keeps the one-slot queue
+// full must not deadlock the writer.
+func TestPublishAsyncCallbacksRepublish(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	require.NoError(t, reg.Declare(&ktAsyncReply{}))
+	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
+		c.AsyncQueue, c.AsyncWorkers, c.BatchSize = 1, 1, 1
+	})
+	const n = 200
+	var replies, failures atomic.Int32
+	var cb func(m any, err error)
+	cb = func(m any, err error) {
+		if err != nil {
+			failures.Add(1)
+		}
+		msg := m.(*ktAsyncReply)
+		if msg.Reply {
+			replies.Add(1)
+			return
+		}
+		k.PublishAsync(&ktAsyncReply{Run: run, ID: msg.ID, Reply: true}, cb)
+	}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 0; i < n; i++ {
+			k.PublishAsync(&ktAsyncReply{Run: run, ID: fmt.Sprintf("k-%d", i%7)}, cb)
+		}
+	}()
+	select {
+	case <-sent:
+	case <-time.After(ktHangGuard):
+		t.Fatal("PublishAsync blocked for good: a callback publishing again deadlocked the writer (hang guard)")
+	}
+	ktWait(t, func() bool { return replies.Load() == n }, "not every reply was published")
+	assert.Zero(t, failures.Load())
+}
