@@ -79,9 +79,7 @@ type Config struct {
 	Registry *Registry // default DefaultRegistry
 
 	// Publishing.
-	// PublishRetry retries failed writes. Each zero field takes its default
-	// on its own (see RetryPolicy): Fibonacci, 100 ms base, 10 attempts.
-	PublishRetry    RetryPolicy
+	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
 	Partitioner     Partitioner   // default Murmur2
 	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms
 	BatchSize       int           // messages per batch; default 1000
@@ -98,11 +96,8 @@ type Config struct {
 	// MaxBuffered bounds records fetched and not finished, all partitions
 	// (those handled plus those queued behind a busy key); when reached, the
 	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight.
-	MaxBuffered int
-	// ConsumerRetry retries failed handlers. Each zero field takes its
-	// default on its own, as in RetryPolicy, except that MaxAttempts 0
-	// means 5 here: RetryPolicy{BaseDelay: time.Second} makes 5 attempts.
-	ConsumerRetry    RetryPolicy
+	MaxBuffered      int
+	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
 	HandlerTimeout   time.Duration // per attempt; 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
@@ -115,12 +110,9 @@ type Config struct {
 	Relaxed bool
 
 	// Topics.
-	CreateTopics    bool // Start creates every registered topic and its dead-letter topic
-	TopicPartitions int  // partitions of created topics; default 3
-	// ReplicationFactor of created topics. 0 (the default) and -1 mean the
-	// broker's default.replication.factor, so a production cluster gets its
-	// usual redundancy rather than a single replica; set it to force one.
-	ReplicationFactor int
+	CreateTopics      bool // Start creates every registered topic and its dead-letter topic
+	TopicPartitions   int  // default 3
+	ReplicationFactor int  // default (0 or -1): the broker's default.replication.factor, not a single replica
 
 	// Security.
 	TLS  *tls.Config
