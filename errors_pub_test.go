@@ -6,7 +6,6 @@ import (
 	"io"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -111,5 +110,4 @@ func TestPublishBatchErrorIsTyped(t *testing.T) {
 	assert.False(t, be.Refused, "valid messages: each was tried")
 	assert.Len(t, be.Failed, 2)
 	assert.ErrorIs(t, err, context.Canceled)
-	_ = time.Second
 }
