@@ -46,14 +46,19 @@ const (
 	defaultBaseDelay   = 100 * time.Millisecond
 	defaultMaxDelay    = 30 * time.Second
 	defaultMaxAttempts = 10
-	defaultJitter      = 0.5
+	// defaultConsumerAttempts is Config.ConsumerRetry's MaxAttempts when 0.
+	defaultConsumerAttempts = 5
+	defaultJitter           = 0.5
 )
 
 // RetryPolicy says how often and how long an operation is retried.
 //
 // The zero value is ready to use and means: Fibonacci, BaseDelay 100 ms,
-// MaxDelay 30 s, MaxAttempts 10, no MaxElapsed; each zero field takes its
-// default independently. A RetryPolicy is a plain comparable value: once
+// MaxDelay 30 s, MaxAttempts 10, no MaxElapsed. Each zero field takes its
+// default independently, whatever the other fields say: a policy that sets
+// only BaseDelay, or only MaxElapsed, still makes at most MaxAttempts'
+// default number of attempts (10; 5 for Config.ConsumerRetry). To bound
+// retries by time alone, set MaxAttempts to -1. A RetryPolicy is a plain comparable value: once
 // set, it is never modified by kavari and is safe for concurrent use.
 type RetryPolicy struct {
 	// Strategy selects how waits grow; the zero value is Fibonacci.
@@ -255,11 +260,21 @@ func addSat(a, b time.Duration) time.Duration {
 // when ctx ends first, a *RetryError whose Err is the last error of op and
 // whose Cause is context.Cause(ctx).
 func (p RetryPolicy) retry(ctx context.Context, clk Clock, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
+	if clk == nil {
+		clk = SystemClock
+	}
+	return p.retrySince(ctx, clk, clk.Now(), op, retriable, onRetry)
+}
+
+// retrySince is retry for a caller that made the first attempt itself
+// before calling it (a fast path): start is when that attempt began, so
+// that Elapsed and MaxElapsed count it. op(1) is still called and is
+// expected to return that attempt's error.
+func (p RetryPolicy) retrySince(ctx context.Context, clk Clock, start time.Time, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
 	p = p.withDefaults()
 	if clk == nil {
 		clk = SystemClock
 	}
-	start := clk.Now()
 	var b backoff.BackOff // created on the first failure: success needs none
 	for attempt := 1; ; attempt++ {
 		err := op(attempt)

@@ -446,3 +446,21 @@ func TestSystemClock(t *testing.T) {
 	assert.False(t, tm.Stop())
 	assert.WithinDuration(t, time.Now(), SystemClock.Now(), time.Minute)
 }
+
+// A policy that sets some fields keeps the default attempt count of the
+// place it is used: setting only BaseDelay on ConsumerRetry must not turn
+// its 5 attempts into 10.
+func TestConsumerRetryPartialPolicyKeepsItsAttempts(t *testing.T) {
+	for _, p := range []RetryPolicy{{}, {BaseDelay: 200 * time.Millisecond}, {Strategy: Exponential}, {MaxElapsed: time.Minute}} {
+		c := Config{Brokers: []string{"b:9092"}, ConsumerRetry: p}
+		c.setDefaults()
+		assert.Equal(t, 5, c.ConsumerRetry.withDefaults().MaxAttempts, "ConsumerRetry %+v", p)
+		c = Config{Brokers: []string{"b:9092"}, PublishRetry: p}
+		c.setDefaults()
+		assert.Equal(t, 10, c.PublishRetry.withDefaults().MaxAttempts, "PublishRetry %+v", p)
+	}
+	c := Config{Brokers: []string{"b:9092"}, ConsumerRetry: RetryPolicy{BaseDelay: time.Second, MaxAttempts: 7}}
+	c.setDefaults()
+	assert.Equal(t, 7, c.ConsumerRetry.MaxAttempts)
+	assert.Equal(t, time.Second, c.ConsumerRetry.BaseDelay)
+}

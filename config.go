@@ -79,7 +79,7 @@ type Config struct {
 	Registry *Registry // default DefaultRegistry
 
 	// Publishing.
-	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts
+	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
 	Partitioner     Partitioner   // default Murmur2
 	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms
 	BatchSize       int           // messages per batch; default 1000
@@ -100,7 +100,7 @@ type Config struct {
 	// min(MaxInFlight, MaxBuffered/2)) records open (fetched and not yet
 	// committable); then only its own fetching waits.
 	MaxBuffered      int
-	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts
+	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
 	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
@@ -115,7 +115,7 @@ type Config struct {
 	// Topics.
 	CreateTopics      bool // Start creates every registered topic and its dead-letter topic
 	TopicPartitions   int  // default 3
-	ReplicationFactor int  // default 1; -1 for the broker default
+	ReplicationFactor int  // default (0 or -1): the broker's default.replication.factor, not a single replica
 
 	// Security.
 	TLS  *tls.Config
@@ -165,8 +165,10 @@ func (c *Config) setDefaults() {
 	if c.MaxBuffered == 0 {
 		c.MaxBuffered = 4 * c.MaxInFlight
 	}
-	if c.ConsumerRetry == (RetryPolicy{}) {
-		c.ConsumerRetry = RetryPolicy{MaxAttempts: 5}
+	if c.ConsumerRetry.MaxAttempts == 0 {
+		// Per field, as for every zero field of a policy: setting BaseDelay
+		// alone must not change the attempt count.
+		c.ConsumerRetry.MaxAttempts = defaultConsumerAttempts
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = time.Second
@@ -193,7 +195,7 @@ func (c *Config) setDefaults() {
 		c.TopicPartitions = 3
 	}
 	if c.ReplicationFactor == 0 {
-		c.ReplicationFactor = 1
+		c.ReplicationFactor = -1 // the broker's default.replication.factor
 	}
 	if c.Clock == nil {
 		c.Clock = SystemClock

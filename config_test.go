@@ -50,7 +50,7 @@ func TestConfigDefaults(t *testing.T) {
 	assert.False(t, c.Relaxed)
 	assert.False(t, c.CreateTopics)
 	assert.Equal(t, 3, c.TopicPartitions)
-	assert.Equal(t, 1, c.ReplicationFactor)
+	assert.Equal(t, -1, c.ReplicationFactor, "the broker's default.replication.factor, not a single replica")
 	assert.Equal(t, kavari.SystemClock, c.Clock)
 
 	ms := func(ns ...int) []time.Duration {

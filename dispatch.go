@@ -425,12 +425,13 @@ func (g *generation) process(p *partition, j *job) {
 	for _, b := range rt.bindings {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
+		start := g.k.cfg.Clock.Now()
 		first := g.invoke(b, msg, j, 1)
 		if first == nil {
 			continue
 		}
 		attempts := 0
-		err := g.k.cfg.ConsumerRetry.retry(g.hard, g.k.cfg.Clock, func(attempt int) error {
+		err := g.k.cfg.ConsumerRetry.retrySince(g.hard, g.k.cfg.Clock, start, func(attempt int) error {
 			attempts = attempt
 			if attempt == 1 {
 				return first

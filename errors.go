@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/kavari-go/kavari/validate"
 )
@@ -33,6 +34,20 @@ var (
 	// ErrInvalid is matched by every validation failure; errors.As with
 	// *validate.Error exposes the failing fields.
 	ErrInvalid = validate.ErrInvalid
+	// ErrQueueFull is returned by TryPublishAsync when the message's async
+	// queue has no room. Nothing was queued and the callback is not called.
+	ErrQueueFull = errors.New("kavari: PublishAsync queue is full")
+	// ErrUnknownTopic is matched by a publish error for a topic the brokers
+	// do not know (and do not auto-create): create it with EnsureTopics or
+	// Config.CreateTopics.
+	ErrUnknownTopic = errors.New("kavari: unknown topic")
+	// ErrNoGroupID is returned by Start when Config.GroupID is empty.
+	ErrNoGroupID = errors.New("kavari: Config.GroupID is required to consume")
+	// ErrNoHandlers is returned by Start when no handler is registered:
+	// there is nothing to consume.
+	ErrNoHandlers = errors.New("kavari: no handlers registered: nothing to consume")
+	// ErrStarted is returned by a second call to Start.
+	ErrStarted = errors.New("kavari: Start called twice")
 )
 
 // TagError reports a malformed `kavari:"..."` tag or message declaration.
@@ -86,9 +101,13 @@ type PublishError struct {
 	Topic string // destination topic
 	Key   string // partition key
 	ID    string // the ce_id the message was sent with
-	// MayHaveBeenWritten is true when the outcome is unknown: the context ended
-	// while a write was in flight. The broker may hold the message; a retry
-	// with the same ID lets idempotent consumers drop the duplicate.
+	// MayHaveBeenWritten is true when the outcome is unknown: some attempt
+	// failed after its request may have reached the broker (the context
+	// ended while a write was in flight, the connection broke or timed out
+	// mid-request, the broker's own request timed out), even when later
+	// attempts failed otherwise. The broker may hold the message; a retry
+	// with the same ID lets idempotent consumers drop the duplicate. False
+	// means no attempt can have stored it.
 	MayHaveBeenWritten bool
 	Err                error
 }
@@ -106,6 +125,40 @@ func (e *PublishError) Error() string {
 
 func (e *PublishError) Unwrap() error { return e.Err }
 
+// BatchError is PublishBatch's error: every message that was not published,
+// by index. errors.Is and errors.As see through it to each *PublishError.
+type BatchError struct {
+	// Failed lists the messages not published, in index order.
+	Failed []*PublishError
+	// Refused is true when the batch was refused whole because a message
+	// was invalid (or could not be encoded): nothing was sent, and the
+	// valid messages are in Failed too, with an error saying so.
+	Refused bool
+}
+
+func (e *BatchError) Error() string {
+	var b strings.Builder
+	if e.Refused {
+		fmt.Fprintf(&b, "kavari: batch refused, nothing sent: %d of its messages listed", len(e.Failed))
+	} else {
+		fmt.Fprintf(&b, "kavari: %d message(s) of the batch not published", len(e.Failed))
+	}
+	for _, pe := range e.Failed {
+		b.WriteString("\n")
+		b.WriteString(pe.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the *PublishError of each failed message.
+func (e *BatchError) Unwrap() []error {
+	errs := make([]error, len(e.Failed))
+	for i, pe := range e.Failed {
+		errs[i] = pe
+	}
+	return errs
+}
+
 // PanicError is a handler panic, recovered and reported as an error.
 type PanicError struct {
 	Value any
@@ -113,6 +166,13 @@ type PanicError struct {
 }
 
 func (e *PanicError) Error() string { return fmt.Sprintf("kavari: handler panicked: %v", e.Value) }
+
+// Unwrap returns Value when the handler panicked with an error, so that
+// errors.Is and errors.As see it; otherwise nil.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
 
 // HandlerError is a handler failure after its retries, as passed to the dead
 // letter and to the log.

@@ -73,7 +73,7 @@ func ConfigWithDefaults(c Config) (Config, error) {
 }
 
 // WriterOf returns the kafka-go Writer of k.
-func WriterOf(k *Kavari) *kafka.Writer { return k.pub.w }
+func WriterOf(k *Kavari) *kafka.Writer { return k.pub.kw }
 
 // FreezeRegistry freezes r as Start does, so lookups take the lock-free path.
 func FreezeRegistry(r *Registry) { r.freeze() }

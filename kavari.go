@@ -76,6 +76,9 @@ type Kavari struct {
 
 // New checks cfg and returns a Kavari ready to publish. It does not contact
 // the brokers: a Kafka that is down at boot does not stop the application.
+// Call Stop when done with it, whether or not Start was called: Stop
+// releases the publisher's goroutines and broker connections, which
+// otherwise live as long as the process.
 func New(cfg Config) (*Kavari, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -100,7 +103,10 @@ func New(cfg Config) (*Kavari, error) {
 // Publish validates msg (a pointer to a kavari message struct), sends it and
 // returns once all in-sync replicas acknowledged it, retrying retriable
 // failures with Config.PublishRetry. An invalid message returns an error
-// matching ErrInvalid and is not sent. When ctx ends first the error is a
+// matching ErrInvalid and is not sent. A topic the brokers do not know
+// (with AllowAutoCreate off) fails after a few attempts with an error
+// matching ErrUnknownTopic. When ctx ends during a write, or an attempt
+// failed after its request may have reached the broker, the error is a
 // *PublishError whose MayHaveBeenWritten is true.
 func (k *Kavari) Publish(ctx context.Context, msg any) error {
 	if errs := k.pub.publish(ctx, []any{msg}); errs != nil {
@@ -110,27 +116,31 @@ func (k *Kavari) Publish(ctx context.Context, msg any) error {
 }
 
 // PublishBatch publishes msgs together. If any message is invalid, none is
-// sent. Otherwise each message is retried on its own; the result joins one
-// *PublishError per message that failed (its Index says which).
+// sent. Otherwise each message is retried on its own. The error is a
+// *BatchError listing one *PublishError per message that failed (its Index
+// says which) and whether the batch was refused whole.
 func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 	errs := k.pub.publish(ctx, msgs)
 	if errs == nil {
 		return nil
 	}
-	var joined []error
+	be := &BatchError{}
 	for i, e := range errs {
 		if e == nil {
 			continue
 		}
-		var pe *PublishError
-		if errors.As(e, &pe) {
+		pe, ok := e.(*PublishError)
+		if ok {
 			pe.Index = i
 		} else {
-			e = &PublishError{Index: i, Err: e}
+			pe = &PublishError{Index: i, Err: e}
+			if !errors.Is(e, ErrClosed) && !errors.Is(e, errBatchRefused) {
+				be.Refused = true // encoding failed: nothing was sent
+			}
 		}
-		joined = append(joined, e)
+		be.Failed = append(be.Failed, pe)
 	}
-	return errors.Join(joined...)
+	return be
 }
 
 // PublishAsync validates msg and queues it for publishing; callback (which may
@@ -138,11 +148,28 @@ func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 // Messages with the same key are written in call order (a retried write can
 // still land after later ones, as with concurrent Publish calls).
 // When the queue (Config.AsyncQueue) is full, PublishAsync blocks until there
-// is room. An invalid message, or one published after Stop, gets its callback
-// before PublishAsync returns. Callbacks run on kavari's goroutines and should
-// not block for long.
+// is room; TryPublishAsync returns ErrQueueFull instead. An invalid message,
+// or one published after Stop, gets its callback before PublishAsync returns.
+//
+// Callbacks run one at a time, in order, on the goroutine of the async writer
+// that wrote the message: while one runs, that writer writes nothing. A
+// callback may call Publish, PublishBatch, PublishAsync and TryPublishAsync:
+// a PublishAsync from a callback never waits for room (it is queued beyond
+// Config.AsyncQueue when the queue is full), so it cannot deadlock the
+// writer. A callback should not block for long (a Publish from it holds its
+// writer for a round trip), must not wait for other goroutines that publish
+// with PublishAsync, and must not call Stop.
 func (k *Kavari) PublishAsync(msg any, callback func(msg any, err error)) {
 	k.pub.enqueue(msg, callback)
+}
+
+// TryPublishAsync is PublishAsync without waiting: when msg's queue is full
+// it returns ErrQueueFull. It returns msg's validation or encoding error,
+// and ErrClosed after Stop. When it returns an error nothing was queued and
+// callback is never called; when it returns nil, callback (which may be nil)
+// runs exactly once, as for PublishAsync.
+func (k *Kavari) TryPublishAsync(msg any, callback func(msg any, err error)) error {
+	return k.pub.tryEnqueue(msg, callback)
 }
 
 // SetProvider sets the function that resolves handler instances, such as a DI
@@ -164,17 +191,17 @@ func (k *Kavari) Start(ctx context.Context) error {
 	if k.stopping.Load() {
 		return ErrClosed
 	}
-	err := errors.New("kavari: Start called twice")
+	err := ErrStarted
 	k.startOnce.Do(func() { err = k.start(ctx) })
 	return err
 }
 
 func (k *Kavari) start(ctx context.Context) error {
 	if k.cfg.GroupID == "" {
-		return errors.New("kavari: Config.GroupID is required to consume")
+		return ErrNoGroupID
 	}
 	if len(k.reg.table().subscribed()) == 0 {
-		return errors.New("kavari: no handlers registered: nothing to consume")
+		return ErrNoHandlers
 	}
 	table := k.reg.freeze()
 	topics := table.subscribed()
@@ -293,7 +320,8 @@ func (k *Kavari) stop(ctx context.Context) {
 
 // EnsureTopics creates every registered topic and its dead-letter topic with
 // Config.TopicPartitions and Config.ReplicationFactor, leaving existing
-// topics as they are, and waits until the brokers know them.
+// topics as they are, and waits until the brokers know them. After Stop it
+// returns ErrClosed.
 func (k *Kavari) EnsureTopics(ctx context.Context) error {
 	var names []string
 	for _, t := range k.reg.Topics() {
@@ -306,7 +334,10 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.w.Transport, Timeout: 30 * time.Second}
+	if k.pub.isClosed() {
+		return ErrClosed // its transport is closed: a new connection would outlive Stop
+	}
+	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.tr, Timeout: 30 * time.Second}
 	req := &kafka.CreateTopicsRequest{}
 	for _, n := range names {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: n, NumPartitions: k.cfg.TopicPartitions, ReplicationFactor: k.cfg.ReplicationFactor})

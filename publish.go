@@ -3,7 +3,6 @@ package kavari
 import (
 	"context"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"io"
 	"net"
@@ -15,21 +14,29 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
+// recordWriter is what the publisher needs of kafka-go's Writer; tests
+// inject faults through it.
+type recordWriter interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+	Close() error
+}
+
 // publisher owns the kafka-go Writer and the PublishAsync queue.
 type publisher struct {
-	cfg     *Config
-	enc     *encoder
-	w       *kafka.Writer
-	log     func(msg string, args ...any)
-	mu      sync.Mutex // guards closed and the closing of the queues
-	closed  bool
-	closing chan struct{} // closed when close begins: blocked enqueuers give up
-	senders sync.WaitGroup
+	cfg    *Config
+	enc    *encoder
+	w      recordWriter
+	kw     *kafka.Writer    // the Writer behind w
+	tr     *kafka.Transport // kw's transport, shared with admin calls; closed by close
+	log    func(msg string, args ...any)
+	mu     sync.Mutex // guards closed
+	closed bool
 	// queues feed the async writers, one each; a key always goes to the
 	// same writer so that its messages stay in order.
-	queues []chan asyncItem
-	next   atomic.Uint64 // round robin for messages without a key
-	wg     sync.WaitGroup
+	queues  []*asyncQueue
+	writers writerIDs     // the writers' goroutine ids
+	next    atomic.Uint64 // round robin for messages without a key
+	wg      sync.WaitGroup
 	// bg is the context of async writes; abort ends it when close gives up.
 	bg    context.Context
 	abort context.CancelFunc
@@ -42,32 +49,36 @@ type asyncItem struct {
 }
 
 func newPublisher(cfg *Config, enc *encoder) *publisher {
+	tr := cfg.transport()
+	kw := &kafka.Writer{
+		Addr:                   kafka.TCP(cfg.Brokers...),
+		Balancer:               cfg.balancer(),
+		RequiredAcks:           kafka.RequireAll,
+		MaxAttempts:            1, // kavari retries, per message, with its own policy
+		BatchTimeout:           cfg.BatchTimeout,
+		BatchSize:              cfg.BatchSize,
+		BatchBytes:             cfg.BatchBytes,
+		WriteTimeout:           10 * time.Second,
+		ReadTimeout:            10 * time.Second,
+		AllowAutoTopicCreation: cfg.AllowAutoCreate,
+		Transport:              tr,
+	}
 	p := &publisher{
 		cfg: cfg,
 		enc: enc,
-		w: &kafka.Writer{
-			Addr:                   kafka.TCP(cfg.Brokers...),
-			Balancer:               cfg.balancer(),
-			RequiredAcks:           kafka.RequireAll,
-			MaxAttempts:            1, // kavari retries, per message, with its own policy
-			BatchTimeout:           cfg.BatchTimeout,
-			BatchSize:              cfg.BatchSize,
-			BatchBytes:             cfg.BatchBytes,
-			WriteTimeout:           10 * time.Second,
-			ReadTimeout:            10 * time.Second,
-			AllowAutoTopicCreation: cfg.AllowAutoCreate,
-			Transport:              cfg.transport(),
-		},
-		log:     func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
-		closing: make(chan struct{}),
+		w:   kw,
+		kw:  kw,
+		tr:  tr,
+		log: func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
 	per := max(1, cfg.AsyncQueue/cfg.AsyncWorkers)
+	p.writers.ids = make([]atomic.Int64, cfg.AsyncWorkers)
 	for i := 0; i < cfg.AsyncWorkers; i++ {
-		q := make(chan asyncItem, per)
+		q := newAsyncQueue(per)
 		p.queues = append(p.queues, q)
 		p.wg.Add(1)
-		go p.asyncLoop(q)
+		go p.asyncLoop(q, &p.writers.ids[i])
 	}
 	return p
 }
@@ -109,7 +120,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	if failed {
 		// Nothing leaves the process when any message of a batch is invalid.
 		for _, i := range idx {
-			errs[i] = errors.New("kavari: not sent: another message of the batch is invalid")
+			errs[i] = errBatchRefused
 		}
 		return errs
 	}
@@ -122,32 +133,42 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	return nil
 }
 
+// errBatchRefused is the error of a valid message of a batch that was not
+// sent because another message is invalid.
+var errBatchRefused = errors.New("kavari: not sent: another message of the batch is invalid")
+
 // write sends recs and retries the failed ones. It returns nil when all were
 // acknowledged, else one error (*PublishError or nil) per record.
 func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 	// Fast path: the first attempt needs none of the retry bookkeeping.
+	start := p.cfg.Clock.Now()
 	if ctx.Err() != nil {
-		return p.retryWrite(ctx, recs, nil)
+		return p.retryWrite(ctx, start, recs, nil)
 	}
 	werr := p.w.WriteMessages(ctx, recs...)
 	if werr == nil {
 		return nil
 	}
-	return p.retryWrite(ctx, recs, werr)
+	return p.retryWrite(ctx, start, recs, werr)
 }
 
 // retryWrite finishes a write whose first attempt failed with first (or, when
 // first is nil, that has not been tried because ctx had ended), retrying the
-// failed records with the publish retry policy.
-func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first error) []error {
+// failed records with the publish retry policy. start is when the first
+// attempt began.
+func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafka.Message, first error) []error {
 	errs := make([]error, len(recs))
+	// unsure[i]: an attempt at recs[i] failed in a way that leaves its
+	// outcome unknown (it may have reached the broker). It is never reset:
+	// a later attempt failing otherwise does not undo an earlier write.
+	unsure := make([]bool, len(recs))
 	pending := make([]int, len(recs))
 	for i := range pending {
 		pending[i] = i
 	}
 	batch := make([]kafka.Message, 0, len(recs))
-	inFlight := first != nil
-	err := p.cfg.PublishRetry.retry(ctx, p.cfg.Clock, func(attempt int) error {
+	var we kafka.WriteErrors
+	err := p.cfg.PublishRetry.retrySince(ctx, p.cfg.Clock, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])
@@ -161,32 +182,34 @@ func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first 
 				// ended context sends nothing.
 				return err
 			}
-			inFlight = true
 			werr = p.w.WriteMessages(ctx, batch...)
 		}
 		if werr == nil {
 			pending = pending[:0]
 			return nil
 		}
-		var we kafka.WriteErrors
 		if !errors.As(werr, &we) || len(we) != len(batch) {
-			if !retriablePublish(werr) {
-				for _, i := range pending {
-					errs[i] = werr
-				}
-				pending = pending[:0]
-				return nil
+			// One error for the whole call (a metadata lookup, a closed
+			// writer, the context): it applies to every record.
+			we = we[:0]
+			for range batch {
+				we = append(we, werr)
 			}
-			return werr
 		}
 		var retry error
 		still := pending[:0]
 		for j, e := range we {
 			i := pending[j]
+			if e == nil {
+				continue
+			}
+			e = p.classify(ctx, e)
+			if mayHaveBeenWritten(e) {
+				unsure[i] = true
+			}
 			switch {
-			case e == nil:
 			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && errors.Is(e, kafka.UnknownTopicOrPartition):
-				errs[i] = fmt.Errorf("%w (create it with EnsureTopics or Config.CreateTopics)", e)
+				errs[i] = e // given up early; marked below
 			case retriablePublish(e):
 				still = append(still, i)
 				retry = e
@@ -210,13 +233,13 @@ func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first 
 		any = true
 		r := &recs[i]
 		id, _ := headerValue(r.Headers, HeaderID)
-		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e}
-		if inFlight && (errors.Is(e, context.Canceled) || errors.Is(e, context.DeadlineExceeded)) {
-			pe.MayHaveBeenWritten = true
-		}
+		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e, MayHaveBeenWritten: unsure[i]}
 		var tooLarge kafka.MessageTooLargeError
-		if errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge) {
+		switch {
+		case errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge):
 			pe.Err = errors.Join(ErrTooLarge, e)
+		case errors.Is(e, kafka.UnknownTopicOrPartition):
+			pe.Err = &unknownTopicError{err: e}
 		}
 		errs[i] = pe
 	}
@@ -224,6 +247,70 @@ func (p *publisher) retryWrite(ctx context.Context, recs []kafka.Message, first 
 		return nil
 	}
 	return errs
+}
+
+// unknownTopicError marks a publish error as ErrUnknownTopic and says how
+// to fix it, keeping the underlying error for errors.Is.
+type unknownTopicError struct{ err error }
+
+func (e *unknownTopicError) Error() string {
+	return e.err.Error() + " (create it with EnsureTopics or Config.CreateTopics)"
+}
+
+func (e *unknownTopicError) Unwrap() []error { return []error{ErrUnknownTopic, e.err} }
+
+// writeTimeout is a timeout of kafka-go's own request deadline (the Writer's
+// WriteTimeout), not of the caller's context: the broker did not answer in
+// time. It is retriable, and the write may have happened.
+type writeTimeout struct{ err error }
+
+func (e *writeTimeout) Error() string {
+	return "kavari: no answer from the broker in time: " + e.err.Error()
+}
+
+func (e *writeTimeout) Unwrap() error { return e.err }
+
+// classify tells kafka-go's request timeouts from the end of ctx: both
+// surface as context.DeadlineExceeded.
+func (p *publisher) classify(ctx context.Context, e error) error {
+	if ctx.Err() == nil && errors.Is(e, context.DeadlineExceeded) {
+		return &writeTimeout{err: e}
+	}
+	return e
+}
+
+// mayHaveBeenWritten reports whether a failed attempt may nonetheless have
+// stored the record: the request may have reached the broker before the
+// failure (a connection broken or timed out mid-request, the caller's
+// context ending while kafka-go held the batch, or the broker's own
+// request timeout or after-append replica error), or when the failure is
+// one kavari cannot place. A refused or failed dial, a closed writer, a
+// message too large to send and a broker error that rejects the request
+// are not.
+func mayHaveBeenWritten(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		// The broker answered: only these answers leave the record stored.
+		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
+	}
+	var tooLarge kafka.MessageTooLargeError
+	if errors.As(err, &tooLarge) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) {
+		return false // refused before sending
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return false // never connected
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return false
+	}
+	// Broken or timed-out connections, and failures kavari cannot place:
+	// the request may have been sent.
+	return true
 }
 
 // unknownTopicAttempts is how many attempts an unknown topic gets when the
@@ -234,14 +321,19 @@ const unknownTopicAttempts = 3
 
 // retriablePublish reports whether a write error may succeed if retried.
 // Leader, metadata, coordinator, network and timeout errors are retriable;
-// size, authorization and invalid-request errors are permanent. An unknown
-// topic is retriable here; write gives up on it after unknownTopicAttempts.
+// size, authorization and invalid-request errors are permanent, and so is
+// the end of the caller's context. An unknown topic is retriable here;
+// write gives up on it after unknownTopicAttempts.
 func retriablePublish(err error) bool {
 	if err == nil {
 		return false
 	}
+	var timeout *writeTimeout
+	if errors.As(err, &timeout) {
+		return true
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
+		return false // the caller's context ended
 	}
 	var tooLarge kafka.MessageTooLargeError
 	if errors.As(err, &tooLarge) {
@@ -271,35 +363,37 @@ func retriablePublish(err error) bool {
 	return true
 }
 
-// enqueue puts one message on the async queue, blocking while it is full.
+// enqueue puts one message on the async queue, blocking while it is full
+// (unless called from a callback), and reports failures to cb.
 func (p *publisher) enqueue(msg any, cb func(any, error)) {
 	if cb == nil {
 		cb = func(any, error) {}
 	}
+	if err := p.push(msg, cb, pushWait); err != nil {
+		cb(msg, err)
+	}
+}
+
+// tryEnqueue is enqueue without waiting: a full queue returns
+// ErrQueueFull. When it returns an error, cb is not called.
+func (p *publisher) tryEnqueue(msg any, cb func(any, error)) error {
+	if cb == nil {
+		cb = func(any, error) {}
+	}
+	return p.push(msg, cb, pushTry)
+}
+
+func (p *publisher) push(msg any, cb func(any, error), mode pushMode) error {
 	rec, err := p.enc.encode(context.Background(), msg)
 	if err != nil {
-		cb(msg, err)
-		return
+		return err
 	}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		cb(msg, ErrClosed)
-		return
-	}
-	p.senders.Add(1) // close waits for senders before closing the queue
-	p.mu.Unlock()
-	defer p.senders.Done()
-	select {
-	case p.queueFor(rec.Key) <- asyncItem{msg: msg, rec: rec, cb: cb}:
-	case <-p.closing:
-		cb(msg, ErrClosed)
-	}
+	return p.queueFor(rec.Key).push(asyncItem{msg: msg, rec: rec, cb: cb}, mode, p.writers.has)
 }
 
 // queueFor picks the async writer of a key: always the same one, so one
 // key's messages are written in the order PublishAsync was called.
-func (p *publisher) queueFor(key []byte) chan asyncItem {
+func (p *publisher) queueFor(key []byte) *asyncQueue {
 	if len(p.queues) == 1 {
 		return p.queues[0]
 	}
@@ -311,24 +405,19 @@ func (p *publisher) queueFor(key []byte) chan asyncItem {
 	return p.queues[h.Sum32()%uint32(len(p.queues))]
 }
 
-// asyncLoop writes the messages of queue in batches until it is closed and empty.
-func (p *publisher) asyncLoop(queue chan asyncItem) {
+// asyncLoop writes the messages of queue in batches until it is closed and
+// empty, then runs their callbacks, in order, on this goroutine. id receives
+// the goroutine's id, so that a callback's publishes are recognised.
+func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 	defer p.wg.Done()
+	id.Store(goroutineID())
 	items := make([]asyncItem, 0, p.cfg.BatchSize)
 	recs := make([]kafka.Message, 0, p.cfg.BatchSize)
-	for first := range queue {
-		items = append(items[:0], first)
-	fill:
-		for len(items) < p.cfg.BatchSize {
-			select {
-			case it, ok := <-queue:
-				if !ok {
-					break fill
-				}
-				items = append(items, it)
-			default:
-				break fill
-			}
+	for {
+		var ok bool
+		items, ok = queue.take(items[:0], p.cfg.BatchSize)
+		if !ok {
+			return
 		}
 		recs = recs[:0]
 		for _, it := range items {
@@ -342,6 +431,7 @@ func (p *publisher) asyncLoop(queue chan asyncItem) {
 			}
 			p.callback(it, err)
 		}
+		clear(items) // release the messages
 	}
 }
 
@@ -354,6 +444,13 @@ func (p *publisher) callback(it asyncItem, err error) {
 	it.cb(it.msg, err)
 }
 
+// isClosed reports whether close was called.
+func (p *publisher) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
 // close stops accepting messages, flushes the async queue (each callback runs)
 // and closes the writer, or gives up when ctx ends.
 func (p *publisher) close(ctx context.Context) error {
@@ -363,16 +460,18 @@ func (p *publisher) close(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
-	close(p.closing)
 	p.mu.Unlock()
+	for _, q := range p.queues {
+		q.close() // blocked PublishAsync calls give up; the writers drain
+	}
 	done := make(chan struct{})
 	go func() {
-		p.senders.Wait() // no one can send on the queue any more
-		for _, q := range p.queues {
-			close(q)
-		}
 		p.wg.Wait()
 		_ = p.w.Close()
+		// The Writer does not close a Transport it was given: its
+		// connection pools (a metadata poller and broker connections each)
+		// would outlive every Stop.
+		p.tr.CloseIdleConnections()
 		close(done)
 	}()
 	select {

@@ -1070,3 +1070,96 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 	unblock()
 	require.NoError(t, <-first)
 }
+
+// TryPublishAsync never waits: a full queue is ErrQueueFull; an invalid
+// message or a closed Kavari is an error too; an error means no callback.
+func TestTryPublishAsync(t *testing.T) {
+	k, err := kavari.New(kavari.Config{
+		Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(),
+		AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1,
+		PublishRetry: kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+	})
+	require.NoError(t, err)
+	var calls sync.Map // seq -> *atomic.Int32
+	cb := func(m any, err error) {
+		v, _ := calls.LoadOrStore(m.(*ktAsyncAbsent).Seq, new(atomic.Int32))
+		v.(*atomic.Int32).Add(1)
+	}
+	accepted := 0
+	deadline := time.Now().Add(ktHangGuard)
+	for {
+		err := k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: accepted}, cb)
+		if errors.Is(err, kavari.ErrQueueFull) {
+			break
+		}
+		require.NoError(t, err)
+		accepted++
+		require.LessOrEqual(t, accepted, 2, "one message being written and one queued fill the queue")
+		if time.Now().After(deadline) {
+			t.Fatal("the queue never filled (hang guard)")
+		}
+	}
+	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{Seq: 100}, cb), kavari.ErrEmptyKey)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	require.Error(t, k.Stop(ctx), "the queue could not be flushed")
+	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: 101}, cb), kavari.ErrClosed)
+	ktWait(t, func() bool {
+		n := 0
+		calls.Range(func(any, any) bool { n++; return true })
+		return n == accepted
+	}, "every accepted message gets its callback")
+	calls.Range(func(k, v any) bool {
+		assert.Less(t, k.(int), accepted, "callback for a refused message")
+		assert.Equal(t, int32(1), v.(*atomic.Int32).Load(), "message %d", k)
+		return true
+	})
+}
+
+type ktAsyncReply struct {
+	kavari.Message `kavari:"topic=kt-publish-async-reply,key=ID"`
+	Run            string `json:"run"`
+	ID             string `json:"id"`
+	Reply          bool   `json:"reply"`
+}
+
+// Callbacks that publish again (here: each acknowledged message publishes a
+// reply with the same key) while the application keeps the one-slot queue
+// full must not deadlock the writer.
+func TestPublishAsyncCallbacksRepublish(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("run")
+	reg := kavari.NewRegistry()
+	require.NoError(t, reg.Declare(&ktAsyncReply{}))
+	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
+		c.AsyncQueue, c.AsyncWorkers, c.BatchSize = 1, 1, 1
+	})
+	const n = 200
+	var replies, failures atomic.Int32
+	var cb func(m any, err error)
+	cb = func(m any, err error) {
+		if err != nil {
+			failures.Add(1)
+		}
+		msg := m.(*ktAsyncReply)
+		if msg.Reply {
+			replies.Add(1)
+			return
+		}
+		k.PublishAsync(&ktAsyncReply{Run: run, ID: msg.ID, Reply: true}, cb)
+	}
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 0; i < n; i++ {
+			k.PublishAsync(&ktAsyncReply{Run: run, ID: fmt.Sprintf("k-%d", i%7)}, cb)
+		}
+	}()
+	select {
+	case <-sent:
+	case <-time.After(ktHangGuard):
+		t.Fatal("PublishAsync blocked for good: a callback publishing again deadlocked the writer (hang guard)")
+	}
+	ktWait(t, func() bool { return replies.Load() == n }, "not every reply was published")
+	assert.Zero(t, failures.Load())
+}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/kavari-go/kavari/validate"
 )
@@ -57,6 +59,7 @@ type route struct {
 type binding struct {
 	name        string       // for logs and dead letters
 	handlerType reflect.Type // key given to a Provider; nil for plain funcs
+	fn          uintptr      // identity of a RegisterFunc function value; 0 otherwise
 	// build returns a handler instance from the factory (nil when only a
 	// provider can build it).
 	build func() (any, error)
@@ -99,17 +102,35 @@ func RegisterFunc[T any](msg *T, fn func(ctx context.Context, msg *T) error) err
 }
 
 // RegisterFuncOn registers a handler function for message type T on r.
-// Functions are never resolved through a Provider.
+// Functions are never resolved through a Provider. Registering the same
+// function value twice for T fails with ErrDuplicate; two closures made by
+// one function literal are different values and both run. A function
+// handler's name (the kavari_handler header, logs) is its Go name, e.g.
+// "main.onOrder" or "main.main.func1" for a function literal, with a "#2",
+// "#3"… suffix when another handler of T has the same name.
 func RegisterFuncOn[T any](r *Registry, msg *T, fn func(ctx context.Context, msg *T) error) error {
 	if fn == nil {
 		return fmt.Errorf("kavari: RegisterFunc %T: nil function", msg)
 	}
 	h := HandlerFunc[T](fn)
+	name := fmt.Sprintf("func(%T)", msg)
+	if f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()); f != nil {
+		name = f.Name()
+	}
 	return r.add(msg, &binding{
-		name:  fmt.Sprintf("func(%T)", msg),
+		name:  name,
+		fn:    funcIdentity(fn),
 		build: func() (any, error) { return h, nil },
 		call:  callHandler[T],
 	})
+}
+
+// funcIdentity returns what tells two function values apart: the address
+// of the closure a func value points to (the code pointer alone would make
+// two closures of one literal, with different captured state, equal). A top-
+// level function used twice gives the same address.
+func funcIdentity[F any](fn F) uintptr {
+	return uintptr(*(*unsafe.Pointer)(unsafe.Pointer(&fn)))
 }
 
 // RegisterProvided registers handler type H for message type T on
@@ -176,6 +197,25 @@ func (r *Registry) add(msg any, b *binding) error {
 		for _, o := range rt.bindings {
 			if o.handlerType == b.handlerType {
 				return fmt.Errorf("%w: handler %s for %s registered twice", ErrDuplicate, b.handlerType, info.typ)
+			}
+		}
+	}
+	if b.fn != 0 {
+		for _, o := range rt.bindings {
+			if o.fn == b.fn {
+				return fmt.Errorf("%w: function %s for %s registered twice", ErrDuplicate, b.name, info.typ)
+			}
+		}
+		// Names tell handlers apart in dead letters and logs.
+		base, n := b.name, 1
+		for taken := true; taken; {
+			taken = false
+			for _, o := range rt.bindings {
+				if o.name == b.name {
+					n++
+					b.name, taken = fmt.Sprintf("%s#%d", base, n), true
+					break
+				}
 			}
 		}
 	}
