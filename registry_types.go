@@ -26,8 +26,8 @@ type MessageType struct {
 	// which wins over KeyField.
 	KeyMethod bool
 	// Handlers names the type's handlers, in registration order: the
-	// handler type for Register and RegisterProvided, "func(*T)" for
-	// RegisterFunc. It is empty for a type that is only declared
+	// handler type for Register and RegisterProvided, the function's name
+	// for RegisterFunc (as in the kavari_handler header). It is empty for a type that is only declared
 	// (Declare), that is, published but not handled by this service.
 	Handlers []string
 }

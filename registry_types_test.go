@@ -47,7 +47,7 @@ func TestRegistryTypes(t *testing.T) {
 		{
 			GoType: reflect.TypeFor[ktTypesShipped](), Topic: "kt-types-b", Name: "order.shipped", Version: "3",
 			KeyField: "Order.ID",
-			Handlers: []string{"*kavari_test.ktTypesHandler", "func(*kavari_test.ktTypesShipped)"},
+			Handlers: []string{"*kavari_test.ktTypesHandler", "github.com/kavari-go/kavari_test.TestRegistryTypes.func2"},
 		},
 	}
 	assert.Equal(t, want, got)
