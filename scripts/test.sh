@@ -45,7 +45,7 @@ fi
 
 # Every module of the workspace: "./..." would stop at the nested go.mod files.
 all=github.com/kavari-go/kavari/...
-step() { echo "test.sh: $*" >&2; }
+step() { echo "test.sh: $(date -u +%T) $*" >&2; }
 
 step "gofmt"
 unformatted="$(find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -print0 | xargs -0 gofmt -l)"
@@ -72,7 +72,8 @@ step "build, vet and go test -short of the library with ${gomin}"
 )
 
 # The whole suite against the real broker...
+step "go test -race of every module against Apache Kafka"
 go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$all"
 # ...then a short fuzzing run of record decoding (no broker needed).
-echo "test.sh: fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}" >&2
+step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .
