@@ -3,8 +3,9 @@
 # program that imports only github.com/kavari-go/kavari (through a replace to
 # this checkout, outside the workspace), prints its `go list -m all`, and fails
 # when that list holds
-#   - go.uber.org/dig (examples/di), or any module that the go.mod of
-#     examples/, bench/ or test/ requires and the library's go.mod does not;
+#   - go.uber.org/dig (examples/di), or any module that the go.mod of another
+#     module of the workspace (go.work: examples/, bench/, test/...) requires
+#     and the library's go.mod does not;
 #   - a module that only kavari's go.mod brings (no other module of the graph
 #     requires it, and the program does not build with it): what the library's
 #     own tests need must already come with its dependencies. The exceptions
@@ -55,12 +56,13 @@ paths() { awk '{print $1}' | sort -u; }
 words() { tr ' ' '\n' | grep . | sort -u; }
 paths <"$tmp/user.txt" >"$tmp/userpaths.txt"
 
-# Module paths that examples/, bench/ or test/ require and the library does
+# Module paths that the other modules of go.work require and the library does
 # not (read from the go.mod files: since Go 1.17 they list every module that
 # provides a package to the build).
 reqs() { go mod edit -json "$1" | awk '/^\t"Require"/ {r = 1; next} r && /^\t\]/ {r = 0} r && /"Path"/ {gsub(/[",]/, "", $2); print $2}'; }
 reqs "$root/go.mod" | sort -u >"$tmp/lib.txt"
-for m in examples bench test; do reqs "$root/$m/go.mod"; done | sort -u >"$tmp/tooling.txt"
+others="$(cd "$root" && GOWORK="$root/go.work" go work edit -json | sed -n 's/^\t*"DiskPath": "\(.*\)"$/\1/p' | grep -vx '\.')"
+for m in $others; do reqs "$root/$m/go.mod"; done | sort -u >"$tmp/tooling.txt"
 { comm -23 "$tmp/tooling.txt" "$tmp/lib.txt" | grep -v "^$lib" || true; echo "$deny" | words; } | sort -u >"$tmp/deny.txt"
 comm -12 "$tmp/userpaths.txt" "$tmp/deny.txt" >"$tmp/bad.txt"
 
@@ -85,7 +87,7 @@ echo "$kavaritest_deps" | words | comm -23 "$tmp/onlylib.txt" - >>"$tmp/bad.txt"
 
 if [ -s "$tmp/bad.txt" ]; then
   echo "modgraph: FAIL: the library's go.mod brings modules that its users should not get" >&2
-  echo "(from examples/, bench/ or test/, or needed only by the library's own tests):" >&2
+  echo "(required by other modules of go.work, or only by the library's own tests):" >&2
   sort -u "$tmp/bad.txt" | while read -r m; do grep -F " $m@" "$tmp/graph.txt" | sed 's/^/  /' >&2; done
   exit 1
 fi
