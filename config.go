@@ -1,5 +1,7 @@
 package kavari
 
+//lint:file-ignore ST1005 the error strings of Config.validate begin with the Config field they name
+
 import (
 	"crypto/tls"
 	"errors"

@@ -27,8 +27,6 @@ import (
 // Message has no fields and encodes to nothing.
 type Message struct{}
 
-func (Message) kavariMessage() {}
-
 // partitionKeyer is implemented by messages that compute their own key.
 type partitionKeyer interface{ PartitionKey() string }
 

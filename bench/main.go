@@ -57,7 +57,7 @@ type options struct {
 	pcInFlight  int
 
 	onlyRE *regexp.Regexp
-	root   string // repository root (holds go.mod)
+	root   string // repository root (holds go.work)
 }
 
 func main() {
@@ -201,18 +201,18 @@ func startBroker(ctx context.Context, o *options) (brokers []string, version str
 }
 
 // repoRoot is the nearest directory at or above the working directory
-// holding go.mod.
+// holding go.work (bench/ has a go.mod of its own).
 func repoRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for d := wd; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
 			return d, nil
 		}
 		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no go.mod above %s: run from the repository", wd)
+			return "", fmt.Errorf("no go.work above %s: run from the repository", wd)
 		}
 	}
 }

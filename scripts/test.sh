@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# The project's test command: starts a real single-node Apache Kafka (KRaft)
-# broker on 127.0.0.1 via kafkactl, runs the Go tests against it
-# (KAVARI_BROKERS, KAVARI_KAFKA_VERSION, KAVARI_KAFKA_LIB are exported), and
-# stops the broker afterwards.
+# The project's test command. Without arguments, for every module of the
+# workspace (go.work: the library, examples, bench, test): gofmt, go vet,
+# staticcheck, the module-graph check (scripts/modgraph.sh), a build, vet and
+# -short test of the library with the oldest Go it declares; then it starts a
+# real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl, runs
+# all the Go tests against it (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
+# KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
 #
-#   bash scripts/test.sh                       # go test -race -count=1 ./..., then 20 s of fuzzing
+#   bash scripts/test.sh                       # everything above
 #   bash scripts/test.sh ./internal/kafkaproc/...
 #   bash scripts/test.sh -run TestCluster ./internal/...
+#   bash scripts/test.sh -run TestGracefulStop ./test/fault/
 #
-# With arguments, they replace "./..." (so pass the packages too).
+# With arguments, only go test -race -count=1 runs, with them as its arguments
+# (so pass the packages too).
 # KAVARI_TEST_NODES=3 runs the shared cluster with 3 nodes instead of 1.
 # Needs Go, a JDK 17+ and Maven; the Kafka jars are fetched once into
 # .cache/kafka/ (see internal/kafkaproc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The workspace of this checkout, whatever GOWORK the caller has set.
+export GOWORK="$PWD/go.work"
+# staticcheck's release, pinned so CI does not change under us (v0.8.2
+# supports Go 1.26).
+STATICCHECK_VERSION=v0.8.2
 
 # A fresh Debian/Ubuntu machine may lack Java or Maven: install them when we
 # can (root + apt-get), otherwise say what is missing.
@@ -33,8 +43,37 @@ if [ "$#" -gt 0 ]; then
   exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$@"
 fi
 
+# Every module of the workspace: "./..." would stop at the nested go.mod files.
+all=github.com/kavari-go/kavari/...
+step() { echo "test.sh: $(date -u +%T) $*" >&2; }
+
+step "gofmt"
+unformatted="$(find . -name '*.go' -not -path './.cache/*' -not -path './.git/*' -print0 | xargs -0 gofmt -l)"
+if [ -n "$unformatted" ]; then
+  echo "test.sh: gofmt -l lists files to format:" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+step "go vet"
+go vet "$all"
+step "staticcheck ${STATICCHECK_VERSION}"
+go run "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}" "$all"
+step "module graph of a program that imports only kavari"
+bash scripts/modgraph.sh
+# The library on the oldest Go its go.mod allows (GOTOOLCHAIN fetches it
+# through the module proxy once). Embedded broker: -short, CI unset.
+gomin="go$(go mod edit -json go.mod | sed -n 's/^\t"Go": "\(.*\)",$/\1/p')"
+case "$gomin" in go*.*.*) ;; *) gomin="$gomin.0" ;; esac # "go 1.26" means go1.26.0
+step "build, vet and go test -short of the library with ${gomin}"
+(
+  export GOTOOLCHAIN="$gomin" GOWORK=off
+  unset CI
+  go build ./... && go vet ./... && go test -short -count=1 ./...
+)
+
 # The whole suite against the real broker...
-go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 ./...
+step "go test -race of every module against Apache Kafka"
+go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$all"
 # ...then a short fuzzing run of record decoding (no broker needed).
-echo "test.sh: fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}" >&2
+step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .

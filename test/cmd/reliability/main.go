@@ -127,18 +127,19 @@ func realMain() int {
 	return 0
 }
 
-// repoRoot is the nearest directory above the working directory with go.mod.
+// repoRoot is the nearest directory above the working directory with go.work
+// (test/ has a go.mod of its own).
 func repoRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for d := wd; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+		if _, err := os.Stat(filepath.Join(d, "go.work")); err == nil {
 			return d, nil
 		}
 		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no go.mod above %s", wd)
+			return "", fmt.Errorf("no go.work above %s", wd)
 		}
 	}
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Checks what a user's module graph gets from kavari: builds a one-file
+# program that imports only github.com/kavari-go/kavari (through a replace to
+# this checkout, outside the workspace), prints its `go list -m all`, and fails
+# when that list holds
+#   - go.uber.org/dig (examples/di), or any module that the go.mod of another
+#     module of the workspace (go.work: examples/, bench/, test/...) requires
+#     and the library's go.mod does not;
+#   - a module that only kavari's go.mod brings (no other module of the graph
+#     requires it, and the program does not build with it): what the library's
+#     own tests need must already come with its dependencies. The exceptions
+#     are kfake and the franz-go modules it needs, because the public package
+#     kavaritest imports kfake.
+#
+# testify and gopkg.in/yaml.v3 stay in the list whatever kavari does:
+# segmentio/kafka-go's and leodido/go-urn's (validator's) go.mod files require
+# them. kavari's go.mod requires no newer testify than those do, so the
+# library's tests add no module of their own.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+lib=github.com/kavari-go/kavari
+deny='go.uber.org/dig'
+kavaritest_deps='github.com/twmb/franz-go github.com/twmb/franz-go/pkg/kfake github.com/twmb/franz-go/pkg/kmsg'
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+export GOWORK=off GOFLAGS=-mod=mod
+
+cat >"$tmp/main.go" <<'EOF'
+package main
+
+import (
+	"fmt"
+
+	"github.com/kavari-go/kavari"
+)
+
+func main() { fmt.Println(kavari.DefaultRegistry != nil) }
+EOF
+cat >"$tmp/go.mod" <<EOF
+module example.com/kavariuser
+
+$(grep -m1 '^go ' "$root/go.mod")
+
+require $lib v0.0.0
+
+replace $lib => $root
+EOF
+
+(cd "$tmp" && go mod tidy && go build -o /dev/null . && go list -m all) >"$tmp/user.txt"
+(cd "$tmp" && go mod graph) >"$tmp/graph.txt"
+echo "modgraph: a program importing only kavari has $(($(wc -l <"$tmp/user.txt") - 1)) modules in go list -m all:" >&2
+sed 's/^/  /' "$tmp/user.txt" >&2
+
+paths() { awk '{print $1}' | sort -u; }
+words() { tr ' ' '\n' | grep . | sort -u; }
+paths <"$tmp/user.txt" >"$tmp/userpaths.txt"
+
+# Module paths that the other modules of go.work require and the library does
+# not (read from the go.mod files: since Go 1.17 they list every module that
+# provides a package to the build).
+reqs() { go mod edit -json "$1" | awk '/^\t"Require"/ {r = 1; next} r && /^\t\]/ {r = 0} r && /"Path"/ {gsub(/[",]/, "", $2); print $2}'; }
+reqs "$root/go.mod" | sort -u >"$tmp/lib.txt"
+others="$(cd "$root" && GOWORK="$root/go.work" go work edit -json | sed -n 's/^\t*"DiskPath": "\(.*\)"$/\1/p' | grep -vx '\.')"
+for m in $others; do reqs "$root/$m/go.mod"; done | sort -u >"$tmp/tooling.txt"
+{ comm -23 "$tmp/tooling.txt" "$tmp/lib.txt" | grep -v "^$lib" || true; echo "$deny" | words; } | sort -u >"$tmp/deny.txt"
+comm -12 "$tmp/userpaths.txt" "$tmp/deny.txt" >"$tmp/bad.txt"
+
+# Modules that only kavari's go.mod brings: those the program no longer reaches
+# once kavari's own requirements are cut from the graph.
+awk -v lib="$lib" '
+  { split($1, a, "@"); split($2, b, "@") }
+  index($1, "@") == 0 { main = $1 }
+  b[1] == "go" || b[1] == "toolchain" { next }
+  { all[b[1]] = 1 }
+  a[1] == lib { next }
+  { adj[a[1]] = adj[a[1]] " " b[1] }
+  END {
+    seen[main] = 1; seen[lib] = 1; queue[1] = main; n = 1
+    for (i = 1; i <= n; i++) {
+      k = split(adj[queue[i]], to, " ")
+      for (j = 1; j <= k; j++) if (!(to[j] in seen)) { seen[to[j]] = 1; queue[++n] = to[j] }
+    }
+    for (m in all) if (!(m in seen)) print m
+  }' "$tmp/graph.txt" | sort -u >"$tmp/onlylib.txt"
+echo "$kavaritest_deps" | words | comm -23 "$tmp/onlylib.txt" - >>"$tmp/bad.txt"
+
+if [ -s "$tmp/bad.txt" ]; then
+  echo "modgraph: FAIL: the library's go.mod brings modules that its users should not get" >&2
+  echo "(required by other modules of go.work, or only by the library's own tests):" >&2
+  sort -u "$tmp/bad.txt" | while read -r m; do grep -F " $m@" "$tmp/graph.txt" | sed 's/^/  /' >&2; done
+  exit 1
+fi
+echo "modgraph: ok: none of $(tr '\n' ' ' <"$tmp/deny.txt")and no module that only kavari's go.mod brings, but for kavaritest's $(echo "$kavaritest_deps" | words | comm -12 - "$tmp/onlylib.txt" | tr '\n' ' ')" >&2
