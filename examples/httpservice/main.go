@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/contract"
 	"github.com/kavari-go/kavari/kavaritest"
 	"github.com/kavari-go/kavari/validate"
 )
@@ -86,6 +87,8 @@ type service struct {
 	k     *kavari.Kavari
 	store *store
 	log   *slog.Logger
+	// contract is the service's AsyncAPI document, served at GET /asyncapi.
+	contract *contract.Document
 }
 
 func (s *service) routes() http.Handler {
@@ -93,6 +96,7 @@ func (s *service) routes() http.Handler {
 	mux.HandleFunc("POST /orders", s.postOrder)
 	mux.HandleFunc("GET /orders/{id}", s.getOrder)
 	mux.HandleFunc("GET /health", s.health)
+	mux.Handle("GET /asyncapi", s.contract) // ?format=yaml for YAML
 	return mux
 }
 
@@ -204,6 +208,11 @@ func run() int {
 		log.Error("register", "err", err)
 		return 1
 	}
+	doc, err := contract.Build(reg, contract.WithInfo("httpservice", "1.0.0", "examples/httpservice"))
+	if err != nil {
+		log.Error("contract", "err", err)
+		return 1
+	}
 	k, err := kavari.New(kavari.Config{
 		Brokers:      brokers,
 		GroupID:      "httpservice",
@@ -227,7 +236,7 @@ func run() int {
 		log.Error("listen", "err", err)
 		return 1
 	}
-	svc := &service{k: k, store: st, log: log}
+	svc := &service{k: k, store: st, log: log, contract: doc}
 	srv := &http.Server{Handler: svc.routes(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -348,6 +357,8 @@ func selfTest(ctx context.Context, base string, timeout time.Duration) bool {
 	check(code == http.StatusBadRequest && len(fields) == 3, "POST /orders (invalid) -> %d %v", code, fields)
 	code, _ = call("POST", "/orders", "not an order")
 	check(code == http.StatusBadRequest, "POST /orders (not JSON of an order) -> %d", code)
+	code, doc := call("GET", "/asyncapi", nil)
+	check(code == http.StatusOK && doc["asyncapi"] == "3.0.0", "GET /asyncapi -> %d (AsyncAPI %v)", code, doc["asyncapi"])
 
 	for _, id := range ids {
 		code, body := call("GET", "/orders/"+id, nil)
