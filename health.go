@@ -27,6 +27,11 @@ type Health struct {
 	// handler.
 	OldestInFlight time.Duration `json:"oldest_in_flight_ns"`
 	Commits        int64         `json:"commits"` // successful offset commits
+	// CommitError is the last final commit of a generation (on a revoke or at
+	// Stop) that failed: the records it covered are redelivered to the next
+	// owner. Empty when none failed.
+	CommitError   string    `json:"commit_error,omitempty"`
+	CommitErrorAt time.Time `json:"commit_error_at,omitzero"`
 }
 
 type health struct {
@@ -71,6 +76,13 @@ func (h *health) note(err error) {
 		return
 	}
 	h.h.LastError, h.h.ErrorAt = err.Error(), time.Now()
+}
+
+// commitFailed records a failed final commit of a generation.
+func (h *health) commitFailed(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.h.CommitError, h.h.CommitErrorAt = err.Error(), time.Now()
 }
 
 func (h *health) committed() {

@@ -51,14 +51,18 @@ type Kavari struct {
 	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
 
-	startOnce  sync.Once
-	started    atomic.Bool
-	stopping   atomic.Bool
+	lifeMu     sync.Mutex    // orders Start against Stop
+	starting   chan struct{} // closed when the Start under way returns; nil when none, under lifeMu
+	started    atomic.Bool   // the consumer runs: a Start succeeded
+	stopping   atomic.Bool   // Stop was called; set under lifeMu
 	stopOnce   sync.Once
 	stopGrace  atomic.Int64 // how long cancelled handlers get to return when stopping
 	drainTimer *time.Timer  // cancels handlers a reserve before Stop's deadline
 	stopDone   chan struct{}
 	stopErr    error
+	stopMu     sync.Mutex
+	stopErrs   []error // what the consumer left undone while stopping (final commit, abandoned handlers); under stopMu
+	abandoned  bool    // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
 
 	tasks   chan task      // lanes for the workers
 	workers sync.WaitGroup // the worker goroutines
@@ -152,33 +156,180 @@ func (k *Kavari) SetProvider(p Provider) {
 }
 
 // Start begins consuming every topic that has a registered handler, in the
-// background, and freezes the registry. ctx bounds only the start-up work
-// (creating topics when Config.CreateTopics is set); the consumer runs until
-// Stop. Start fails when there is no GroupID or no handler; a broker that is
-// down is not an error: the consumer keeps trying and Health shows it.
+// background, and freezes the registry. ctx bounds only the start-up work;
+// the consumer runs until Stop. Start fails when there is no GroupID or no
+// handler, when a handler type cannot be built through the Provider (a
+// *HandlerResolveError), and when a dead-letter topic is missing and may not
+// be created (a *MissingTopicsError); with Config.CreateTopics it creates the
+// topics first. A broker that is down is otherwise not an error: the consumer
+// keeps trying and Health shows it. A Start that failed leaves the Kavari
+// startable again and the registry writable.
+//
+// Start and Stop may be called in any order, from any goroutine: a Stop
+// called before or during Start wins, and Start then returns ErrClosed with
+// nothing left running. A second Start while one runs or succeeded is an
+// error.
 func (k *Kavari) Start(ctx context.Context) error {
+	k.lifeMu.Lock()
 	if k.stopping.Load() {
+		k.lifeMu.Unlock()
 		return ErrClosed
 	}
-	err := errors.New("kavari: Start called twice")
-	k.startOnce.Do(func() { err = k.start(ctx) })
+	if k.starting != nil || k.started.Load() {
+		k.lifeMu.Unlock()
+		return errors.New("kavari: Start called twice")
+	}
+	done := make(chan struct{})
+	k.starting = done
+	k.lifeMu.Unlock()
+
+	// Stop cancels the start-up work.
+	sctx, cancel := context.WithCancelCause(ctx)
+	unhook := context.AfterFunc(k.runCtx, func() { cancel(ErrClosed) })
+	table, err := k.prepare(sctx)
+	unhook()
+	cancel(nil)
+
+	k.lifeMu.Lock()
+	defer k.lifeMu.Unlock()
+	defer func() { k.starting = nil; close(done) }()
+	if k.stopping.Load() {
+		if err == nil {
+			k.reg.thaw()
+		}
+		return ErrClosed
+	}
+	if err != nil {
+		return err
+	}
+	if err := k.launch(table); err != nil {
+		k.reg.thaw()
+		return err
+	}
+	return nil
+}
+
+// prepare does Start's checks and start-up work and freezes the registry;
+// when it fails, the registry is as it was.
+func (k *Kavari) prepare(ctx context.Context) (*routeTable, error) {
+	if k.cfg.GroupID == "" {
+		return nil, errors.New("kavari: Config.GroupID is required to consume")
+	}
+	if len(k.reg.table().subscribed()) == 0 {
+		return nil, errors.New("kavari: no handlers registered: nothing to consume")
+	}
+	table := k.reg.freeze()
+	err := k.checkHandlers(table)
+	if err == nil && k.cfg.CreateTopics {
+		err = k.EnsureTopics(ctx)
+	} else if err == nil {
+		err = k.checkDeadLetterTopics(ctx, table.subscribed())
+	}
+	if err != nil {
+		k.reg.thaw()
+		return nil, err
+	}
+	return table, nil
+}
+
+// checkHandlers resolves every handler type of table once through the
+// Provider, so a container that cannot build one fails Start rather than
+// every message. Handlers with a factory are not built when no Provider is
+// set.
+func (k *Kavari) checkHandlers(table *routeTable) error {
+	seen := map[*binding]bool{}
+	var names []string
+	var errs []error
+	for _, topic := range table.topics {
+		for _, rt := range table.byTopic[topic] {
+			for _, b := range rt.bindings {
+				if seen[b] || b.handlerType == nil || (k.provider.Load() == nil && b.build != nil) {
+					continue
+				}
+				seen[b] = true
+				if err := k.tryResolve(b); err != nil {
+					names = append(names, b.handlerType.String())
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return &HandlerResolveError{HandlerTypes: names, Err: errors.Join(errs...)}
+}
+
+func (k *Kavari) tryResolve(b *binding) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("kavari: provider panicked for %s: %v", b.handlerType, r)
+		}
+	}()
+	_, err = k.resolve(b)
 	return err
 }
 
-func (k *Kavari) start(ctx context.Context) error {
-	if k.cfg.GroupID == "" {
-		return errors.New("kavari: Config.GroupID is required to consume")
+// checkDeadLetterTopics makes sure the dead-letter topic of every subscribed
+// topic exists: without it a poison record would hold its partition's
+// commits forever. Missing ones are created when Config.AllowAutoCreate is
+// set; otherwise Start fails naming them. Brokers that cannot be asked are
+// not an error (the consumer waits for them); that is logged.
+func (k *Kavari) checkDeadLetterTopics(ctx context.Context, subscribed []string) error {
+	names := make([]string, len(subscribed))
+	for i, t := range subscribed {
+		names[i] = t + k.cfg.DeadLetterSuffix
 	}
-	if len(k.reg.table().subscribed()) == 0 {
-		return errors.New("kavari: no handlers registered: nothing to consume")
+	missing, err := k.missingTopics(ctx, names)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("kavari: start: %w", context.Cause(ctx))
+		}
+		k.log.Warn("kavari: cannot check that the dead-letter topics exist; starting anyway", "topics", names, "err", err)
+		return nil
 	}
-	table := k.reg.freeze()
-	topics := table.subscribed()
-	if k.cfg.CreateTopics {
-		if err := k.EnsureTopics(ctx); err != nil {
-			return err
+	if len(missing) == 0 {
+		return nil
+	}
+	if k.cfg.AllowAutoCreate {
+		return k.ensureTopics(ctx, missing)
+	}
+	return &MissingTopicsError{Topics: missing}
+}
+
+// missingTopics returns the names the brokers do not know, asking with a
+// transport of its own so that no cached metadata answers.
+func (k *Kavari) missingTopics(ctx context.Context, names []string) ([]string, error) {
+	tr := k.cfg.transport()
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: tr}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, t := range md.Topics {
+		if t.Error == nil {
+			known[t.Name] = true
+		} else if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			return nil, fmt.Errorf("topic %s: %w", t.Name, t.Error)
 		}
 	}
+	var missing []string
+	for _, n := range names {
+		if !known[n] {
+			missing = append(missing, n)
+		}
+	}
+	return missing, nil
+}
+
+// launch creates the consumer group and starts the consumer's goroutines.
+// Called under lifeMu, after prepare.
+func (k *Kavari) launch(table *routeTable) error {
+	topics := table.subscribed()
 	start := kafka.FirstOffset
 	if k.cfg.AutoOffsetReset == Latest {
 		start = kafka.LastOffset
@@ -223,9 +374,13 @@ func (k *Kavari) start(ctx context.Context) error {
 // calls wait for the first and return its result.
 func (k *Kavari) Stop(ctx context.Context) error {
 	k.stopOnce.Do(func() {
+		k.lifeMu.Lock()
 		k.planStop(ctx)
 		k.stopping.Store(true)
-		go k.stop(ctx)
+		starting := k.starting
+		k.lifeMu.Unlock()
+		k.runCancel() // also cancels a Start under way
+		go k.stop(ctx, starting)
 	})
 	select {
 	case <-k.stopDone:
@@ -236,7 +391,10 @@ func (k *Kavari) Stop(ctx context.Context) error {
 			return k.stopErr
 		default:
 		}
-		return fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))
+		k.stopMu.Lock()
+		errs := append([]error{fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))}, k.stopErrs...)
+		k.stopMu.Unlock()
+		return errors.Join(errs...)
 	}
 }
 
@@ -257,7 +415,8 @@ func (k *Kavari) planStop(ctx context.Context) {
 }
 
 // stop does the shutdown for the first Stop call, whose ctx sets the deadline.
-func (k *Kavari) stop(ctx context.Context) {
+// starting, when not nil, is closed when a Start under way has returned.
+func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 	// Past the drain budget (planStop) or when ctx ends, handlers are cancelled.
 	stopAfter := context.AfterFunc(ctx, k.hardCancel)
 	defer stopAfter()
@@ -265,15 +424,26 @@ func (k *Kavari) stop(ctx context.Context) {
 		defer k.drainTimer.Stop()
 	}
 	var errs []error
+	if starting != nil {
+		// Start sees that Stop was called and launches nothing.
+		select {
+		case <-starting:
+		case <-ctx.Done():
+		}
+	}
 	if k.started.Load() {
-		k.runCancel()
 		closed := make(chan struct{})
 		go func() {
 			_ = k.group.Close()
 			<-k.loopDone
 			// Every fetcher has returned: nothing dispatches any more.
 			close(k.tasks)
-			k.workers.Wait() // handlers that ignore cancellation keep Stop waiting until ctx ends
+			k.stopMu.Lock()
+			abandoned := k.abandoned
+			k.stopMu.Unlock()
+			if !abandoned {
+				k.workers.Wait() // the workers are idle or finishing their last record
+			}
 			close(closed)
 		}()
 		select {
@@ -282,6 +452,9 @@ func (k *Kavari) stop(ctx context.Context) {
 			errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
 		}
 	}
+	k.stopMu.Lock()
+	errs = append(errs, k.stopErrs...)
+	k.stopMu.Unlock()
 	if err := k.pub.close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("kavari: stop: publisher did not flush in time: %w", err))
 	}
@@ -289,6 +462,15 @@ func (k *Kavari) stop(ctx context.Context) {
 	k.health.stop()
 	k.stopErr = errors.Join(errs...)
 	close(k.stopDone)
+}
+
+// stopFailed records something the consumer left undone while stopping; Stop
+// returns it.
+func (k *Kavari) stopFailed(err error) {
+	k.stopMu.Lock()
+	defer k.stopMu.Unlock()
+	k.stopErrs = append(k.stopErrs, err)
+	k.abandoned = k.abandoned || errors.Is(err, ErrHandlersAbandoned)
 }
 
 // EnsureTopics creates every registered topic and its dead-letter topic with
