@@ -128,7 +128,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		Brokers:        cfg.Brokers,
 		Topic:          p.topic,
 		Partition:      p.id,
-		Dialer:         cfg.dialer(),
+		Dialer:         g.k.dialer(),
 		MinBytes:       1,
 		MaxBytes:       10 << 20,
 		MaxWait:        500 * time.Millisecond,
