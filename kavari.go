@@ -68,7 +68,7 @@ type Kavari struct {
 	workers sync.WaitGroup // the worker goroutines
 
 	group      *kafka.ConsumerGroup
-	conns      *connSet // every broker connection; Stop closes them
+	conns      *connSet        // every broker connection; Stop closes them
 	runCtx     context.Context // ends when Stop begins
 	runCancel  context.CancelFunc
 	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
