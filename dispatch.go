@@ -40,6 +40,7 @@ func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
 			k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(failingSince).Round(time.Second))
 			failingSince = time.Time{}
 		}
+		k.inGen.Add(1) // until commitLoop's final commit
 		g := newGeneration(k, gen, table)
 		k.health.joined(g)
 		k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", g.assigned())
@@ -431,6 +432,7 @@ func (g *generation) deadLetter(j *job, kind ErrorKind, handler string, attempts
 // the drain is bounded by what the session timeout leaves
 // (Config.protocolDrain), and by DrainTimeout on a revoke.
 func (g *generation) commitLoop(ctx context.Context) {
+	defer g.k.inGen.Add(-1)
 	t := time.NewTicker(g.k.cfg.CommitInterval)
 	defer t.Stop()
 	drained := make(chan struct{})

@@ -68,7 +68,9 @@ type Kavari struct {
 	workers sync.WaitGroup // the worker goroutines
 
 	group      *kafka.ConsumerGroup
-	conns      *connSet        // every broker connection; Stop closes them
+	conns      *connSet        // the publisher's and admin connections; Stop closes them
+	groupConns *connSet        // the consumer group's and partition readers' connections
+	inGen      atomic.Int32    // generations not yet finished (their final commit done)
 	runCtx     context.Context // ends when Stop begins
 	runCancel  context.CancelFunc
 	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
@@ -93,6 +95,7 @@ func New(cfg Config) (*Kavari, error) {
 		loopDone: make(chan struct{}),
 		conns:    newConnSet(),
 	}
+	k.groupConns = newConnSet()
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, cfg.Clock.Now))
@@ -468,6 +471,12 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 			}
 			close(closed)
 		}()
+		if k.inGen.Load() == 0 {
+			// Not in a generation (joining the group, or waiting to try
+			// again): nothing to drain or commit, and a join kafka-go has
+			// sent may wait RebalanceTimeout + 10 s for its answer. Cut it.
+			k.groupConns.closeAll()
+		}
 		select {
 		case <-closed:
 		case <-ctx.Done():
@@ -494,6 +503,7 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 // and their requests: their blocked reads fail at once instead of waiting out
 // kafka-go's 10 s timeouts.
 func (k *Kavari) cutConnections() {
+	k.groupConns.closeAll()
 	k.conns.closeAll()
 	if tr, ok := k.pub.w.Transport.(*kafka.Transport); ok {
 		tr.CloseIdleConnections()
@@ -504,7 +514,7 @@ func (k *Kavari) cutConnections() {
 // readers: its connections are tracked, so Stop can cut them.
 func (k *Kavari) dialer() *kafka.Dialer {
 	d := k.cfg.dialer()
-	d.DialFunc = k.conns.dial
+	d.DialFunc = k.groupConns.dial
 	return d
 }
 

@@ -821,3 +821,51 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 	require.ErrorIs(t, err, kavari.ErrHandlersAbandoned)
 	assert.Contains(t, err.Error(), "kavari-test-life/")
 }
+
+// TestStopDuringGroupJoin stops a consumer whose JoinGroup the coordinator
+// holds: Stop returns well before kafka-go's join timeout, without an error
+// (there was no work), and nothing joins afterwards.
+func TestStopDuringGroupJoin(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	inJoin := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	b.Cluster().ControlKey(int16(kmsg.JoinGroup), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		once.Do(func() {
+			close(inJoin)
+			b.Cluster().SleepControl(func() { <-release })
+		})
+		return nil, nil, false
+	})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k.Start(context.Background()))
+	select {
+	case <-inJoin:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no JoinGroup")
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- k.Stop(stopCtx) }()
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-stopCtx.Done():
+		t.Fatal("Stop waited for the held JoinGroup until its deadline")
+	}
+	close(release)
+	h := k.Health()
+	assert.True(t, h.Stopped)
+	assert.False(t, h.Connected)
+	assert.Zero(t, h.Generation)
+}
