@@ -40,6 +40,10 @@ func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
 			k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(failingSince).Round(time.Second))
 			failingSince = time.Time{}
 		}
+		if names := k.dlqUnchecked; names != nil {
+			k.dlqUnchecked = nil
+			go k.recheckDeadLetterTopics(names) // ends with runCtx
+		}
 		k.inGen.Add(1) // until commitLoop's final commit
 		g := newGeneration(k, gen, table)
 		k.health.joined(g)

@@ -76,6 +76,8 @@ type Kavari struct {
 	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
 	hardCancel context.CancelFunc
 	loopDone   chan struct{}
+
+	dlqUnchecked []string // dead-letter topics Start could not check; consumeLoop checks them once joined
 }
 
 // New checks cfg and returns a Kavari ready to publish. It does not contact
@@ -288,12 +290,14 @@ func (k *Kavari) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 	for i, t := range subscribed {
 		names[i] = t + k.cfg.DeadLetterSuffix
 	}
+	k.dlqUnchecked = nil
 	missing, err := k.missingTopics(ctx, names)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("kavari: start: %w", context.Cause(ctx))
 		}
-		k.log.Warn("kavari: cannot check that the dead-letter topics exist; starting anyway", "topics", names, "err", err)
+		k.log.Warn("kavari: cannot check that the dead-letter topics exist; starting anyway, checking once the group is joined", "topics", names, "err", err)
+		k.dlqUnchecked = names
 		return nil
 	}
 	if len(missing) == 0 {
@@ -303,6 +307,23 @@ func (k *Kavari) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 		return k.ensureTopics(ctx, missing)
 	}
 	return &MissingTopicsError{Topics: missing}
+}
+
+// recheckDeadLetterTopics is checkDeadLetterTopics for a consumer whose
+// brokers could not be asked at Start, run once the group is joined. It can
+// no longer fail Start: a missing topic is created when allowed, otherwise
+// logged as an error and shown in Health.
+func (k *Kavari) recheckDeadLetterTopics(names []string) {
+	missing, err := k.missingTopics(k.runCtx, names)
+	if err == nil && len(missing) > 0 && k.cfg.AllowAutoCreate {
+		err = k.ensureTopics(k.runCtx, missing)
+	} else if err == nil && len(missing) > 0 {
+		err = &MissingTopicsError{Topics: missing}
+	}
+	if err != nil && k.runCtx.Err() == nil {
+		k.log.Error("kavari: dead-letter topics: a poison record will hold its partition's commits", "err", err)
+		k.health.note(err)
+	}
 }
 
 // missingTopics returns the names the brokers do not know, asking with a

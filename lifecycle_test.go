@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -868,4 +869,25 @@ func TestStopDuringGroupJoin(t *testing.T) {
 	assert.True(t, h.Stopped)
 	assert.False(t, h.Connected)
 	assert.Zero(t, h.Generation)
+}
+
+// TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck: when the brokers
+// do not answer Start's check, the consumer starts anyway and checks once it
+// has joined the group; a missing dead-letter topic is then shown in Health.
+func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life"))
+	var failed atomic.Bool
+	b.Cluster().ControlKey(int16(kmsg.Metadata), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if failed.CompareAndSwap(false, true) {
+			return nil, errFault, true // closes the connection: Start cannot check
+		}
+		return nil, nil, false
+	})
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k.Start(context.Background()))
+	require.True(t, failed.Load())
+	eventually(t, 30*time.Second, func() bool {
+		return strings.Contains(k.Health().LastError, "kavari-test-life.dlq")
+	}, "Health does not report the missing dead-letter topic: %+v", k.Health())
 }
