@@ -98,6 +98,10 @@ func New(cfg Config) (*Kavari, error) {
 		conns:    newConnSet(),
 	}
 	k.groupConns = newConnSet()
+	if d := cfg.protocolDrain(); cfg.DrainTimeout > d {
+		k.log.Warn("kavari: DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
+			"DrainTimeout", cfg.DrainTimeout, "cut", d, "SessionTimeout", cfg.SessionTimeout, "Heartbeat", cfg.Heartbeat)
+	}
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, cfg.Clock.Now))
