@@ -82,12 +82,19 @@ func TestStopLeavesNoGoroutines(t *testing.T) {
 	returned := time.Now()
 	t.Logf("Stop returned after %s: %v", returned.Sub(begin).Round(time.Millisecond), err)
 	led.Set("stop_returned_after", returned.Sub(begin).Round(time.Millisecond).String())
-	led.Set("goroutines_at_stop_return", len(kavariGoroutines(before)))
+	atReturn := kavariGoroutines(before)
+	led.Set("goroutines_at_stop_return", len(atReturn))
+	t.Logf("%d goroutine(s) started by kavari running when Stop returned (%d while consuming)", len(atReturn), running)
 
 	// Measure how long they take to go (hang guard 60 s), then judge.
 	var left []string
+	logged := false
 	for {
 		left = kavariGoroutines(before)
+		if !logged && time.Since(returned) > stopGoroutineBound {
+			logged = true
+			t.Logf("%d left %s after Stop returned:\n%s", len(left), stopGoroutineBound, summarize(left))
+		}
 		if len(left) == 0 || time.Since(returned) > 60*time.Second {
 			break
 		}
