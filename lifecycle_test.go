@@ -891,3 +891,40 @@ func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
 		return strings.Contains(k.Health().LastError, "kavari-test-life.dlq")
 	}, "Health does not report the missing dead-letter topic: %+v", k.Health())
 }
+
+// TestStartStopInterleavings races Start against Stop with varying delays:
+// Start either succeeds (and Stop then stops the consumer) or returns
+// ErrClosed; after Stop nothing is connected and Start stays refused.
+func TestStartStopInterleavings(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	for i := 0; i < 12; i++ {
+		// CreateTopics widens Start's window (a create and a metadata wait).
+		k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = i%2 == 1 })
+		require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+		delay := time.Duration(i) * 3 * time.Millisecond
+		started := make(chan error, 1)
+		go func() { started <- k.Start(context.Background()) }()
+		time.Sleep(delay)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		stopErr := k.Stop(ctx)
+		cancel()
+		var startErr error
+		select {
+		case startErr = <-started:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("delay %s: Start did not return after Stop", delay)
+		}
+		if startErr != nil {
+			require.ErrorIs(t, startErr, kavari.ErrClosed, "delay %s", delay)
+		}
+		assert.NoError(t, stopErr, "delay %s (Start: %v)", delay, startErr)
+		time.Sleep(300 * time.Millisecond) // a zombie consumer would join the group by now
+		h := k.Health()
+		assert.True(t, h.Stopped, "delay %s", delay)
+		assert.False(t, h.Connected, "delay %s", delay)
+		if startErr != nil {
+			assert.Zero(t, h.Generation, "delay %s: a consumer joined after Stop", delay)
+		}
+		require.ErrorIs(t, k.Start(context.Background()), kavari.ErrClosed)
+	}
+}
