@@ -49,7 +49,7 @@ func (h *health) start(topics []string) {
 func (h *health) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.h.Stopped, h.h.Connected, h.current = true, false, nil
+	h.h.Stopped, h.h.Connected, h.current, h.h.Assigned = true, false, nil, nil
 }
 
 func (h *health) joined(g *generation) {

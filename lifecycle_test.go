@@ -922,6 +922,7 @@ func TestStartStopInterleavings(t *testing.T) {
 		h := k.Health()
 		assert.True(t, h.Stopped, "delay %s", delay)
 		assert.False(t, h.Connected, "delay %s", delay)
+		assert.Empty(t, h.Assigned, "delay %s: a stopped consumer holds no partitions", delay)
 		if startErr != nil {
 			assert.Zero(t, h.Generation, "delay %s: a consumer joined after Stop", delay)
 		}
