@@ -105,7 +105,7 @@ type Config struct {
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
 	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
 	CommitInterval   time.Duration // default 1 s
-	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; default 10 s
+	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; must be < SessionTimeout; default min(10 s, RebalanceTimeout/3, drain bound) = 5 s. Every drain (revoke and Stop) is cut at the drain bound, SessionTimeout − Heartbeat − min(2 s, a third of that): kafka-go sends no heartbeats while draining
 	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart
 	RebalanceTimeout time.Duration // default 30 s
 	Heartbeat        time.Duration // default 3 s
@@ -184,11 +184,11 @@ func (c *Config) setDefaults() {
 	if c.RebalanceTimeout == 0 {
 		c.RebalanceTimeout = 30 * time.Second
 	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = min(10*time.Second, c.RebalanceTimeout/3)
-	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = min(3*time.Second, c.SessionTimeout/3)
+	}
+	if c.DrainTimeout == 0 && c.Heartbeat < c.SessionTimeout {
+		c.DrainTimeout = min(10*time.Second, c.RebalanceTimeout/3, c.protocolDrain())
 	}
 	if c.DeadLetterSuffix == "" {
 		c.DeadLetterSuffix = ".dlq"
@@ -253,6 +253,9 @@ func (c *Config) validate() error {
 	if c.DrainTimeout >= c.RebalanceTimeout {
 		errs = append(errs, errors.New("DrainTimeout must be shorter than RebalanceTimeout, or a slow drain costs the group its members"))
 	}
+	if c.DrainTimeout >= c.SessionTimeout {
+		errs = append(errs, errors.New("DrainTimeout must be shorter than SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
+	}
 	if c.SASL != nil {
 		if _, err := c.SASL.mechanism(); err != nil {
 			errs = append(errs, err)
@@ -274,6 +277,22 @@ func (s *SASL) mechanism() (sasl.Mechanism, error) {
 		return scram.Mechanism(scram.SHA512, s.Username, s.Password)
 	}
 	return nil, fmt.Errorf("SASL.Mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism)
+}
+
+// protocolDrain is the longest drain the group protocol allows. kafka-go
+// stops heartbeating when a generation ends (on a rebalance or at Stop), so
+// the drain, the final commit and leaving the group must all fit in the
+// session timeout counted from the last heartbeat, which may have been one
+// Heartbeat earlier; drainReserve of it is kept for the commit.
+func (c *Config) protocolDrain() time.Duration {
+	return c.SessionTimeout - c.Heartbeat - c.drainReserve()
+}
+
+// drainReserve is the part of the session budget kept after the drain for
+// handlers that were cancelled to return (half of it) and for the final
+// commit.
+func (c *Config) drainReserve() time.Duration {
+	return min(2*time.Second, (c.SessionTimeout-c.Heartbeat)/3)
 }
 
 // dialer returns the kafka-go dialer for readers and the group.

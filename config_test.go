@@ -42,7 +42,7 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, 1024, c.MaxBuffered)
 	assert.Equal(t, time.Duration(0), c.HandlerTimeout)
 	assert.Equal(t, time.Second, c.CommitInterval)
-	assert.Equal(t, 10*time.Second, c.DrainTimeout)
+	assert.Equal(t, 5*time.Second, c.DrainTimeout) // SessionTimeout − Heartbeat − 2 s: no heartbeats while draining
 	assert.Equal(t, 10*time.Second, c.SessionTimeout)
 	assert.Equal(t, 30*time.Second, c.RebalanceTimeout)
 	assert.Equal(t, 3*time.Second, c.Heartbeat)
@@ -116,6 +116,7 @@ func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 		"a timeout or interval is negative",
 		"Heartbeat must be shorter than SessionTimeout",
 		"DrainTimeout must be shorter than RebalanceTimeout",
+		"DrainTimeout must be shorter than SessionTimeout",
 		`SASL.Mechanism "GSSAPI"`,
 	} {
 		assert.Contains(t, msg, want)
@@ -123,7 +124,7 @@ func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 	// One joined error per problem.
 	var joined interface{ Unwrap() []error }
 	require.True(t, errors.As(errors.Unwrap(err), &joined), "errors.Join inside: %T", errors.Unwrap(err))
-	assert.Len(t, joined.Unwrap(), 12)
+	assert.Len(t, joined.Unwrap(), 13)
 }
 
 func TestConfigValidationSingleProblems(t *testing.T) {
@@ -146,6 +147,7 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 		{"negative BatchTimeout", func(c *kavari.Config) { c.BatchTimeout = -1 }, "negative"},
 		{"Heartbeat equal to SessionTimeout", func(c *kavari.Config) { c.Heartbeat, c.SessionTimeout = 10*time.Second, 10*time.Second }, "Heartbeat"},
 		{"DrainTimeout equal to RebalanceTimeout", func(c *kavari.Config) { c.DrainTimeout, c.RebalanceTimeout = 20*time.Second, 20*time.Second }, "DrainTimeout"},
+		{"DrainTimeout equal to SessionTimeout", func(c *kavari.Config) { c.DrainTimeout, c.SessionTimeout = 10*time.Second, 10*time.Second }, "DrainTimeout must be shorter than SessionTimeout"},
 		{"bad strategy", func(c *kavari.Config) { c.PublishRetry = kavari.RetryPolicy{Strategy: kavari.Strategy(9)} }, "unknown strategy"},
 		{"MaxDelay below BaseDelay", func(c *kavari.Config) {
 			c.ConsumerRetry = kavari.RetryPolicy{BaseDelay: time.Second, MaxDelay: time.Millisecond}

@@ -41,6 +41,11 @@ func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
 			k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(failingSince).Round(time.Second))
 			failingSince = time.Time{}
 		}
+		if names := k.dlqUnchecked; names != nil {
+			k.dlqUnchecked = nil
+			go k.recheckDeadLetterTopics(names) // ends with runCtx
+		}
+		k.inGen.Add(1) // until commitLoop's final commit
 		g := newGeneration(k, gen, table)
 		k.health.joined(g)
 		k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", g.assigned())
@@ -190,7 +195,7 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		Brokers:        cfg.Brokers,
 		Topic:          p.topic,
 		Partition:      p.id,
-		Dialer:         cfg.dialer(),
+		Dialer:         g.k.dialer(),
 		MinBytes:       1,
 		MaxBytes:       10 << 20,
 		MaxWait:        500 * time.Millisecond,
@@ -238,15 +243,10 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 			g.k.log.Warn("kavari: partition reader did not close in time", "topic", p.topic, "partition", p.id)
 		}
 	}()
+	// The drain budget (commitLoop's timer, or Stop's deadline) ends g.hard.
+	grace := cfg.drainReserve() / 2
 	if g.k.stopping.Load() {
-		// Stop's deadline ends k.hardCtx, and so g.hard.
-	} else {
-		t := time.AfterFunc(cfg.DrainTimeout, g.hardCancel)
-		defer t.Stop()
-	}
-	grace := time.Second
-	if g.k.stopping.Load() {
-		grace = time.Duration(g.k.stopGrace.Load())
+		grace = min(grace, time.Duration(g.k.stopGrace.Load()))
 	}
 	drained := make(chan struct{})
 	go func() { p.inflight.Wait(); close(drained) }()
@@ -259,6 +259,9 @@ func (g *generation) fetch(ctx context.Context, p *partition) {
 		case <-drained:
 		case <-time.After(grace):
 			g.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
+			if g.k.stopping.Load() {
+				g.k.stopFailed(fmt.Errorf("%w: %s/%d", ErrHandlersAbandoned, p.topic, p.id))
+			}
 		}
 	}
 }
@@ -603,23 +606,36 @@ func (p *partition) stuckReason() string {
 
 // commitLoop commits the completed prefix of every partition every
 // CommitInterval, and once more after the partitions drained at the end of
-// the generation.
+// the generation. The generation ends when kafka-go stops heartbeating, so
+// the drain is bounded by what the session timeout leaves
+// (Config.protocolDrain), and by DrainTimeout on a revoke.
 func (g *generation) commitLoop(ctx context.Context) {
+	defer g.k.inGen.Add(-1)
 	t := time.NewTicker(g.k.cfg.CommitInterval)
 	defer t.Stop()
 	drained := make(chan struct{})
 	go func() {
 		<-ctx.Done() // returning earlier would end the generation
+		budget := g.k.cfg.protocolDrain()
+		if !g.k.stopping.Load() {
+			budget = min(budget, g.k.cfg.DrainTimeout)
+		}
+		cut := time.AfterFunc(budget, g.hardCancel)
 		g.fetchers.Wait()
+		cut.Stop()
 		close(drained)
 	}()
 	for {
 		select {
 		case <-t.C:
-			g.commit()
+			_ = g.commit()
 		case <-drained:
 			if err := g.commit(); err != nil {
-				g.k.log.Warn("kavari: final commit failed; uncommitted records will be redelivered", "err", err)
+				g.k.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
+				g.k.health.commitFailed(err)
+				if g.k.stopping.Load() {
+					g.k.stopFailed(err)
+				}
 			}
 			g.hardCancel()
 			return
@@ -649,7 +665,7 @@ func (g *generation) commit() error {
 	if err := g.gen.CommitOffsets(offsets); err != nil {
 		g.k.health.note(err)
 		g.k.log.Warn("kavari: commit failed", "err", err)
-		return err
+		return &CommitError{Offsets: offsets, Err: err}
 	}
 	for _, p := range moved {
 		p.committed = offsets[p.topic][p.id]

@@ -322,7 +322,6 @@ func TestProviderResolvesHandlersAndItsErrorsAreHandlerFailures(t *testing.T) {
 	k := newKavari(t, reg, brokers)
 	var seen, calls atomic.Int64
 	var fail atomic.Bool
-	fail.Store(true)
 	k.SetProvider(func(typ reflect.Type) (any, error) {
 		calls.Add(1)
 		if typ != reflect.TypeFor[*provHandler]() {
@@ -334,7 +333,8 @@ func TestProviderResolvesHandlersAndItsErrorsAreHandlerFailures(t *testing.T) {
 		return &provHandler{seen: &seen, run: run}, nil
 	})
 	ctx := context.Background()
-	require.NoError(t, k.Start(ctx))
+	require.NoError(t, k.Start(ctx)) // Start resolves every handler type once
+	fail.Store(true)
 	require.NoError(t, k.Publish(ctx, &provMsg{Run: run, ID: "a"}))
 	dl := readTopic(t, brokers, "kavari-test-prov.dlq", 1, func(m kafka.Message) bool { return containsRun(m.Value, run) })
 	assert.Contains(t, header(dl[0], kavari.HeaderOriginalError), "container not ready")

@@ -3,6 +3,7 @@ package kavari
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -187,3 +188,71 @@ func (e *HandlerError) Error() string {
 }
 
 func (e *HandlerError) Unwrap() error { return e.Err }
+
+// Lifecycle errors: what Start refused and what Stop left undone.
+var (
+	// ErrCommitFailed is matched by the error of a Stop whose final offset
+	// commit failed: work that completed was not committed and will be
+	// redelivered. errors.As with *CommitError names the offsets.
+	ErrCommitFailed = errors.New("kavari: offset commit failed")
+	// ErrHandlersAbandoned is matched by the error of a Stop that left
+	// handlers running because they ignored the cancellation of their
+	// context; their records are redelivered.
+	ErrHandlersAbandoned = errors.New("kavari: handlers ignored cancellation and were left running")
+	// ErrMissingTopics is matched by the error of a Start that found topics
+	// missing (dead-letter topics when Config.CreateTopics and
+	// Config.AllowAutoCreate are off); errors.As with *MissingTopicsError
+	// names them.
+	ErrMissingTopics = errors.New("kavari: topics missing")
+)
+
+// CommitError is an offset commit the broker did not accept. The records it
+// covered completed, but the partitions' next owner will handle them again.
+// It matches ErrCommitFailed.
+type CommitError struct {
+	Offsets map[string]map[int]int64 // topic -> partition -> the offset that was to be committed
+	Err     error
+}
+
+func (e *CommitError) Error() string {
+	var parts []string
+	for t, ps := range e.Offsets {
+		for p, o := range ps {
+			parts = append(parts, fmt.Sprintf("%s/%d@%d", t, p, o))
+		}
+	}
+	sort.Strings(parts)
+	return fmt.Sprintf("kavari: commit of %s failed (the records are redelivered): %v", strings.Join(parts, ", "), e.Err)
+}
+
+func (e *CommitError) Unwrap() error { return e.Err }
+
+// Is makes a CommitError match ErrCommitFailed.
+func (e *CommitError) Is(target error) bool { return target == ErrCommitFailed }
+
+// MissingTopicsError names the topics Start needs and did not find. Create
+// them (EnsureTopics does), or set Config.CreateTopics. It matches
+// ErrMissingTopics.
+type MissingTopicsError struct {
+	Topics []string
+}
+
+func (e *MissingTopicsError) Error() string {
+	return fmt.Sprintf("kavari: topics do not exist: %s (create them, call EnsureTopics or set Config.CreateTopics)", strings.Join(e.Topics, ", "))
+}
+
+// Is makes a MissingTopicsError match ErrMissingTopics.
+func (e *MissingTopicsError) Is(target error) bool { return target == ErrMissingTopics }
+
+// HandlerResolveError names the handler types that Start could not build
+// through the Provider (or that need a Provider and none is set).
+type HandlerResolveError struct {
+	HandlerTypes []string
+	Err          error // the failures, joined, one per handler type
+}
+
+func (e *HandlerResolveError) Error() string {
+	return fmt.Sprintf("kavari: cannot build handlers %s: %v", strings.Join(e.HandlerTypes, ", "), e.Err)
+}
+
+func (e *HandlerResolveError) Unwrap() error { return e.Err }

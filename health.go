@@ -29,6 +29,11 @@ type Health struct {
 	Commits        int64         `json:"commits"` // successful offset commits
 	// Partitions describes each assigned partition that has open records.
 	Partitions []PartitionHealth `json:"partitions,omitempty"`
+	// CommitError is the last final commit of a generation (on a revoke or at
+	// Stop) that failed: the records it covered are redelivered to the next
+	// owner. Empty when none failed.
+	CommitError   string    `json:"commit_error,omitempty"`
+	CommitErrorAt time.Time `json:"commit_error_at,omitzero"`
 }
 
 // PartitionHealth is the state of one assigned partition with open records:
@@ -68,7 +73,7 @@ func (h *health) start(topics []string) {
 func (h *health) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.h.Stopped, h.h.Connected, h.current = true, false, nil
+	h.h.Stopped, h.h.Connected, h.current, h.h.Assigned = true, false, nil, nil
 }
 
 func (h *health) joined(g *generation) {
@@ -95,6 +100,13 @@ func (h *health) note(err error) {
 		return
 	}
 	h.h.LastError, h.h.ErrorAt = err.Error(), time.Now()
+}
+
+// commitFailed records a failed final commit of a generation.
+func (h *health) commitFailed(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.h.CommitError, h.h.CommitErrorAt = err.Error(), time.Now()
 }
 
 func (h *health) committed() {

@@ -2,7 +2,10 @@ package kavari_test
 
 import (
 	"context"
+	"errors"
+	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -596,4 +599,333 @@ func TestStopCommitsBeforeItsDeadlineEvenWithStuckHandlers(t *testing.T) {
 	// Read what is committed right away, as a process exiting now would leave it.
 	require.Equal(t, firstStuck.Load(), committed(t, brokers, group, "kavari-test-stuck", 1)[0],
 		"the completed prefix must be committed before Stop returns")
+}
+
+type lifeMsg struct {
+	kavari.Message `kavari:"topic=kavari-test-life,key=ID"`
+	ID             string `json:"id"`
+}
+
+type lifeHandler struct{}
+
+func (*lifeHandler) Handle(context.Context, *lifeMsg) error { return nil }
+
+// lifeKavari returns a Kavari on a fresh registry consuming lifeMsg from b,
+// without creating topics (the tests decide which exist).
+func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Config)) (*kavari.Kavari, *kavari.Registry) {
+	t.Helper()
+	reg := kavari.NewRegistry()
+	cfg := kavari.Config{
+		Brokers: b.Addrs(), GroupID: testenv.ID("g"), Registry: reg, Logger: testLogger(),
+		CommitInterval: 200 * time.Millisecond, Heartbeat: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
+	}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	k, err := kavari.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = k.Stop(ctx)
+	})
+	return k, reg
+}
+
+// TestStartFailsWhenADeadLetterTopicIsMissing: with CreateTopics and
+// AllowAutoCreate off, a missing dead-letter topic would hold a poison
+// record's partition forever; Start finds it and names it.
+func TestStartFailsWhenADeadLetterTopicIsMissing(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life"))
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	err := k.Start(context.Background())
+	require.ErrorIs(t, err, kavari.ErrMissingTopics)
+	var mt *kavari.MissingTopicsError
+	require.ErrorAs(t, err, &mt)
+	assert.Equal(t, []string{"kavari-test-life.dlq"}, mt.Topics)
+	assert.False(t, k.Health().Started)
+
+	// With AllowAutoCreate, Start creates it.
+	k2, reg2 := lifeKavari(t, b, func(c *kavari.Config) { c.AllowAutoCreate = true })
+	require.NoError(t, kavari.RegisterFuncOn(reg2, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k2.Start(context.Background()))
+	k3, reg3 := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg3, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k3.Start(context.Background()), "the dead-letter topic exists now")
+}
+
+// TestStartFailsWhenTheProviderCannotBuildAHandler: the provider is asked for
+// every handler type once at Start, and Start names the ones it cannot build.
+func TestStartFailsWhenTheProviderCannotBuildAHandler(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterProvidedOn(reg, &lifeMsg{}, (*lifeHandler)(nil)))
+	err := k.Start(context.Background())
+	var re *kavari.HandlerResolveError
+	require.ErrorAs(t, err, &re, "no provider set")
+	assert.Equal(t, []string{"*kavari_test.lifeHandler"}, re.HandlerTypes)
+
+	var asked atomic.Int64
+	k.SetProvider(func(reflect.Type) (any, error) { asked.Add(1); return nil, errors.New("container: not bound") })
+	err = k.Start(context.Background())
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, []string{"*kavari_test.lifeHandler"}, re.HandlerTypes)
+	assert.Contains(t, err.Error(), "container: not bound")
+	assert.Equal(t, int64(1), asked.Load())
+
+	k.SetProvider(kavari.MapProvider(&lifeHandler{}))
+	require.NoError(t, k.Start(context.Background()), "a failed Start can be retried")
+}
+
+// TestFailedStartCanBeRetriedAndFreesTheRegistry: a Start that failed (here
+// CreateTopics refused once) leaves the registry writable and the Kavari
+// startable; the second Start consumes.
+func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
+	b := kavaritest.NewBroker(t)
+	var refused atomic.Bool
+	b.Cluster().ControlKey(int16(kmsg.CreateTopics), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		if !refused.CompareAndSwap(false, true) {
+			return nil, nil, false
+		}
+		r := req.(*kmsg.CreateTopicsRequest)
+		resp := r.ResponseKind().(*kmsg.CreateTopicsResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewCreateTopicsResponseTopic()
+			st.Topic = rt.Topic
+			st.ErrorCode = 29 // TOPIC_AUTHORIZATION_FAILED
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = true })
+	var handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { handled.Add(1); return nil }))
+	require.Error(t, k.Start(context.Background()))
+	assert.False(t, k.Health().Started, "Health after a failed Start")
+	require.NoError(t, kavari.RegisterFuncOn(reg, &bpMsg{}, func(context.Context, *bpMsg) error { return nil }),
+		"the registry is writable after a failed Start")
+	require.NoError(t, k.Start(context.Background()), "a failed Start can be retried")
+	assert.True(t, k.Health().Started)
+	require.NoError(t, k.Publish(context.Background(), &lifeMsg{ID: "a"}))
+	eventually(t, 60*time.Second, func() bool { return handled.Load() == 1 }, "not consumed after the retried Start")
+	require.ErrorIs(t, kavari.RegisterFuncOn(reg, &stopMsg{}, func(context.Context, *stopMsg) error { return nil }), kavari.ErrFrozen)
+}
+
+// TestStopDuringStartWins: Stop called while Start is still creating topics
+// returns, and Start then returns ErrClosed with no consumer left behind.
+func TestStopDuringStartWins(t *testing.T) {
+	b := kavaritest.NewBroker(t)
+	inCreate := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	b.Cluster().ControlKey(int16(kmsg.CreateTopics), func(kmsg.Request) (kmsg.Response, error, bool) {
+		once.Do(func() {
+			close(inCreate)
+			b.Cluster().SleepControl(func() { <-release })
+		})
+		return nil, nil, false
+	})
+	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = true })
+	var handled atomic.Int64
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { handled.Add(1); return nil }))
+	started := make(chan error, 1)
+	go func() { started <- k.Start(context.Background()) }()
+	<-inCreate
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- k.Stop(stopCtx) }()
+	var startErr error
+	select {
+	case startErr = <-started:
+	case <-time.After(30 * time.Second):
+		close(release)
+		startErr = <-started
+	}
+	close(release)
+	require.ErrorIs(t, startErr, kavari.ErrClosed, "Stop came during Start: Start must not start a consumer")
+	require.NoError(t, <-stopped)
+	h := k.Health()
+	assert.False(t, h.Started)
+	assert.False(t, h.Connected)
+	require.ErrorIs(t, k.Start(context.Background()), kavari.ErrClosed)
+}
+
+// failCommits makes the broker refuse every offset commit.
+func failCommits(b *kavaritest.Broker) {
+	b.Cluster().ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		r := req.(*kmsg.OffsetCommitRequest)
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, p := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = p.Partition
+				sp.ErrorCode = 22 // ILLEGAL_GENERATION, as after an expelled member's drain
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+}
+
+// TestStopReportsAFailedFinalCommit: Stop tells the truth when completed work
+// could not be committed.
+func TestStopReportsAFailedFinalCommit(t *testing.T) {
+	b, k, seen, _ := faultBroker(t, 1, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	for i := 0; i < 10; i++ {
+		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+	}
+	eventually(t, 60*time.Second, func() bool { return count(seen) == 10 }, "handled %d", count(seen))
+	failCommits(b)
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := k.Stop(stopCtx)
+	require.ErrorIs(t, err, kavari.ErrCommitFailed, "Stop must say that completed work was not committed")
+	var ce *kavari.CommitError
+	require.ErrorAs(t, err, &ce)
+	assert.NotEmpty(t, ce.Offsets["kavari-test-fault"])
+	assert.ErrorIs(t, k.Stop(stopCtx), kavari.ErrCommitFailed, "a second Stop returns the first one's result")
+	assert.NotEmpty(t, k.Health().CommitError)
+}
+
+// TestStopReportsAbandonedHandlers: a handler that ignores cancellation is
+// left behind at Stop's deadline, and Stop says so.
+func TestStopReportsAbandonedHandlers(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	k, reg := lifeKavari(t, b)
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	defer close(release)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error {
+		entered <- struct{}{}
+		<-release // ignores its context
+		return nil
+	}))
+	ctx := context.Background()
+	require.NoError(t, k.Start(ctx))
+	require.NoError(t, k.Publish(ctx, &lifeMsg{ID: "stuck"}))
+	select {
+	case <-entered:
+	case <-time.After(60 * time.Second):
+		t.Fatal("handler not started")
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := k.Stop(stopCtx)
+	require.ErrorIs(t, err, kavari.ErrHandlersAbandoned)
+	assert.Contains(t, err.Error(), "kavari-test-life/")
+}
+
+// TestStopDuringGroupJoin stops a consumer whose JoinGroup the coordinator
+// holds: Stop returns well before kafka-go's join timeout, without an error
+// (there was no work), and nothing joins afterwards.
+func TestStopDuringGroupJoin(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	inJoin := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	b.Cluster().ControlKey(int16(kmsg.JoinGroup), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		once.Do(func() {
+			close(inJoin)
+			b.Cluster().SleepControl(func() { <-release })
+		})
+		return nil, nil, false
+	})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k.Start(context.Background()))
+	select {
+	case <-inJoin:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no JoinGroup")
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- k.Stop(stopCtx) }()
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-stopCtx.Done():
+		t.Fatal("Stop waited for the held JoinGroup until its deadline")
+	}
+	close(release)
+	h := k.Health()
+	assert.True(t, h.Stopped)
+	assert.False(t, h.Connected)
+	assert.Zero(t, h.Generation)
+}
+
+// TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck: when the brokers
+// do not answer Start's check, the consumer starts anyway and checks once it
+// has joined the group; a missing dead-letter topic is then shown in Health.
+func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life"))
+	var failed atomic.Bool
+	b.Cluster().ControlKey(int16(kmsg.Metadata), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if failed.CompareAndSwap(false, true) {
+			return nil, errFault, true // closes the connection: Start cannot check
+		}
+		return nil, nil, false
+	})
+	k, reg := lifeKavari(t, b)
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+	require.NoError(t, k.Start(context.Background()))
+	require.True(t, failed.Load())
+	eventually(t, 30*time.Second, func() bool {
+		return strings.Contains(k.Health().LastError, "kavari-test-life.dlq")
+	}, "Health does not report the missing dead-letter topic: %+v", k.Health())
+}
+
+// TestStartStopInterleavings races Start against Stop with varying delays:
+// Start either succeeds (and Stop then stops the consumer) or returns
+// ErrClosed; after Stop nothing is connected and Start stays refused.
+func TestStartStopInterleavings(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	for i := 0; i < 12; i++ {
+		// CreateTopics widens Start's window (a create and a metadata wait).
+		k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = i%2 == 1 })
+		require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
+		delay := time.Duration(i) * 3 * time.Millisecond
+		started := make(chan error, 1)
+		go func() { started <- k.Start(context.Background()) }()
+		time.Sleep(delay)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		stopErr := k.Stop(ctx)
+		cancel()
+		var startErr error
+		select {
+		case startErr = <-started:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("delay %s: Start did not return after Stop", delay)
+		}
+		if startErr != nil {
+			require.ErrorIs(t, startErr, kavari.ErrClosed, "delay %s", delay)
+		}
+		assert.NoError(t, stopErr, "delay %s (Start: %v)", delay, startErr)
+		time.Sleep(300 * time.Millisecond) // a zombie consumer would join the group by now
+		h := k.Health()
+		assert.True(t, h.Stopped, "delay %s", delay)
+		assert.False(t, h.Connected, "delay %s", delay)
+		assert.Empty(t, h.Assigned, "delay %s: a stopped consumer holds no partitions", delay)
+		if startErr != nil {
+			assert.Zero(t, h.Generation, "delay %s: a consumer joined after Stop", delay)
+		}
+		require.ErrorIs(t, k.Start(context.Background()), kavari.ErrClosed)
+	}
 }

@@ -11,10 +11,12 @@ import (
 //	k.SetProvider(func(t reflect.Type) (any, error) { return container.Resolve(t) })
 //
 // handlerType is the type the handler was registered with: H in Register or
-// RegisterProvided (for example *OrderPlacedHandler). The provider is called
-// once per message and handler, from several goroutines at once; it must be
-// safe for concurrent use. An error is a handler failure: the message is
-// retried and then dead-lettered, the consumer goes on.
+// RegisterProvided (for example *OrderPlacedHandler). Start calls it once per
+// handler type and fails, naming the types (*HandlerResolveError), when it
+// cannot build one. Then it is called once per message and handler, from
+// several goroutines at once; it must be safe for concurrent use. An error
+// then is a handler failure: the message is retried and then dead-lettered,
+// the consumer goes on.
 type Provider func(handlerType reflect.Type) (any, error)
 
 // MapProvider returns a Provider that serves fixed instances by type, for

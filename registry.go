@@ -38,6 +38,7 @@ type Registry struct {
 	mu     sync.Mutex
 	byType map[reflect.Type]*route
 	frozen atomic.Pointer[routeTable]
+	users  int // freeze calls not undone by thaw (consumers started or starting); under mu
 }
 
 // DefaultRegistry is the registry used by the package-level Register functions
@@ -223,20 +224,28 @@ func (r *Registry) add(msg any, b *binding) error {
 	return nil
 }
 
-// freeze makes the registry read-only and returns its route table. It is
-// idempotent.
+// freeze makes the registry read-only and returns its route table. Each call
+// counts as one user; thaw undoes one call, and the registry is writable
+// again when no user is left (a failed Start).
 func (r *Registry) freeze() *routeTable {
-	if t := r.frozen.Load(); t != nil {
-		return t
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.users++
 	if t := r.frozen.Load(); t != nil {
 		return t
 	}
 	t := r.buildTable()
 	r.frozen.Store(t)
 	return t
+}
+
+// thaw undoes one freeze: a Start that failed gives the registry back.
+func (r *Registry) thaw() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users--; r.users == 0 {
+		r.frozen.Store(nil)
+	}
 }
 
 // table returns the current routes: the frozen table, or a fresh snapshot.

@@ -314,7 +314,10 @@ func run() int {
 		fmt.Println(r)
 	}
 
-	stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// The drain is cut at SessionTimeout − Heartbeat − 2 s (5 s by default),
+	// as no heartbeats are sent while draining; 10 s leaves time to commit,
+	// leave the group and flush.
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
 	if err := k.Stop(stopCtx); err != nil {
 		return fail(err)

@@ -266,7 +266,10 @@ func run() int {
 		log.Error("http shutdown", "err", err)
 		ok = false
 	}
-	stopCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// No heartbeats are sent while Stop drains, so kavari cuts the drain at
+	// SessionTimeout − Heartbeat − 2 s (5 s with the defaults); the rest of
+	// the deadline is for the final commit, leaving the group and flushing.
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := k.Stop(stopCtx); err != nil {
 		log.Error("kavari stop", "err", err)

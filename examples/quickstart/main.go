@@ -175,8 +175,10 @@ func run() int {
 		published.Round(time.Millisecond), took.Round(time.Millisecond), float64(handled())/took.Seconds())
 
 	// 7. Stop: stop fetching, finish in-flight handlers, commit, leave the
-	// group, flush the publisher. Bounded by a deadline.
-	stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// group, flush the publisher. Bounded by a deadline; the drain itself is
+	// cut at SessionTimeout − Heartbeat − 2 s (5 s by default), because no
+	// heartbeats are sent while draining.
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
 	stopErr := k.Stop(stopCtx)
 	if stopErr != nil {
