@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -19,7 +20,12 @@ import (
 const notKavari = "(not kavari)"
 
 // maxErrorLine bounds the error text a group is keyed and shown by.
-const maxErrorLine = 120
+const maxErrorLine = 300
+
+// durations matches Go durations ("4µs", "1.5s", "1m30s") in error texts:
+// kavari's retry errors say how long they took, which would otherwise split
+// one cause into as many groups as there are timings.
+var durations = regexp.MustCompile(`\b\d+(\.\d+)?(ns|µs|us|ms|s|m|h)(\d+(\.\d+)?(ns|µs|us|ms|s|m|h))*\b`)
 
 // dlqKey is what dead letters are grouped by.
 type dlqKey struct {
@@ -41,7 +47,8 @@ type dlqGroup struct {
 	Replayed int `json:"replayed"`
 }
 
-// keyOf returns the group of a dead letter.
+// keyOf returns the group of a dead letter: its first error line has
+// durations replaced by "<duration>".
 func keyOf(r *record) dlqKey {
 	var k dlqKey
 	var ok bool
@@ -53,7 +60,7 @@ func keyOf(r *record) dlqKey {
 	k.Handler, _ = r.header(kavari.HeaderHandler)
 	k.Type, _ = r.header(kavari.HeaderMsgType)
 	k.Error, _ = r.header(kavari.HeaderOriginalError)
-	k.Error = firstLine(k.Error, maxErrorLine)
+	k.Error = firstLine(durations.ReplaceAllString(k.Error, "<duration>"), maxErrorLine)
 	return k
 }
 

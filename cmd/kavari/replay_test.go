@@ -191,6 +191,11 @@ func TestFirstLine(t *testing.T) {
 	if got := firstLine(strings.Repeat("é", 20), 5); got != "éééé…" {
 		t.Errorf("%q", got)
 	}
+	r := deadLetter()
+	r.Headers = append(r.Headers, hdrs(kavari.HeaderOriginalError, "kavari: gave up after 3 attempts in 1m2.5s (waits 4µs, 300ms): boom 10s2")...)
+	if got := keyOf(r).Error; got != "kavari: gave up after 3 attempts in <duration> (waits <duration>, <duration>): boom 10s2" {
+		t.Errorf("durations not normalised: %q", got)
+	}
 }
 
 func TestRecordFormats(t *testing.T) {
