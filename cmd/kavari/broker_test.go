@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -469,4 +472,54 @@ func TestReplayForeignRecords(t *testing.T) {
 		h[kavari.HeaderOriginalError] != nil || h[kavari.HeaderOrigTopic] != nil || h[kavari.HeaderErrorKind] != nil {
 		t.Errorf("replayed record: %v", got[0])
 	}
+}
+
+// TestTailPythonPublished: tail reads what the Python kavari 0.2.2.1
+// publishes (test/interop/py/publish.py in the venv scripts/pyenv.sh makes;
+// skipped without one, except under CI=true).
+func TestTailPythonPublished(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	py := pythonVenv(t)
+	const topic = "kavari-cli-py"
+	createTopics(t, brokers, topic)
+	run := testenv.ID("py")
+	since := time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := osexec.CommandContext(ctx, py, filepath.Join("..", "..", "test", "interop", "py", "publish.py"),
+		"--brokers", strings.Join(brokers, ","), "--topic", topic, "--count", "3", "--prefix", run, "--acks", "all", "--quiet")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("publish.py: %v\n%s", err, out)
+	}
+	code, out, _ := cli(t, brokers, "tail", topic, "--since", since, "--type", "InteropMessage", "-o", "json")
+	ids := map[string]bool{}
+	for _, l := range jsonLines(t, out) {
+		v, _ := l["value"].(map[string]any)
+		if id, _ := v["id"].(string); strings.HasPrefix(id, run+"-") {
+			ids[id] = true
+			if h := l["headers"].(map[string]any); h["msg_type"] != "InteropMessage" || l["key"] != id {
+				t.Errorf("Python record: %v", l)
+			}
+		}
+	}
+	if code != 0 || len(ids) != 3 {
+		t.Errorf("tail: exit %d, %d of the 3 Python records", code, len(ids))
+	}
+}
+
+// pythonVenv returns the interpreter of the Python kavari venv, creating it
+// with scripts/pyenv.sh on first use.
+func pythonVenv(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, err := osexec.CommandContext(ctx, "bash", filepath.Join("..", "..", "scripts", "pyenv.sh")).Output()
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err != nil || lines[len(lines)-1] == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but the Python kavari venv could not be made: %v", err)
+		}
+		t.Skipf("no Python kavari venv (scripts/pyenv.sh: %v)", err)
+	}
+	return lines[len(lines)-1]
 }

@@ -274,6 +274,9 @@ type topicPartition struct {
 	partition int
 }
 
+// progressEvery is how often --progress prints; tests shorten it.
+var progressEvery = time.Second
+
 const (
 	batchRecords = 500
 	batchBytes   = 512 << 10
@@ -500,7 +503,7 @@ func (rp *replayer) produce(ctx context.Context, tp topicPartition, msgs []messa
 }
 
 func (rp *replayer) showProgress(done <-chan struct{}, begin time.Time, total int64) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(progressEvery)
 	defer t.Stop()
 	for {
 		select {

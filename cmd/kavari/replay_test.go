@@ -2,6 +2,7 @@ package main
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -217,5 +218,42 @@ func TestRecordFormats(t *testing.T) {
 	r.Value, r.Key = nil, nil
 	if j := jsonRecord(r); string(j.Value) != "null" || j.Key != nil {
 		t.Errorf("null value/key as %s %v", j.Value, j.Key)
+	}
+}
+
+// lockedBuffer is a strings.Builder safe for the progress goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestReplayProgressLine(t *testing.T) {
+	defer func(d time.Duration) { progressEvery = d }(progressEvery)
+	progressEvery = 5 * time.Millisecond
+	var out lockedBuffer
+	rp := &replayer{errOut: &out, stats: replayStats{Read: 7, Replayed: 5, RefusedLoop: 1, RefusedOrigin: 1, Filtered: 1}}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() { defer close(finished); rp.showProgress(done, time.Now().Add(-time.Second), 10) }()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(out.String(), "replay: read 7/10, replayed 5 (") && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(done)
+	<-finished
+	if line := out.String(); !strings.Contains(line, "replay: read 7/10, replayed 5 (") || !strings.Contains(line, "/s), refused 2, skipped 1\n") {
+		t.Errorf("progress output %q", line)
 	}
 }
