@@ -161,6 +161,10 @@ func (c *conn) op(ctx context.Context, what string, f func(ctx context.Context) 
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return fmt.Errorf("kavari: %s: %w", what, err) // the broker answered
+	}
 	var ne net.Error
 	isNet := errors.As(err, &ne)
 	if errors.Is(err, context.DeadlineExceeded) || octx.Err() != nil || isNet && ne.Timeout() {

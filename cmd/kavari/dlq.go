@@ -27,6 +27,10 @@ const maxErrorLine = 300
 // one cause into as many groups as there are timings.
 var durations = regexp.MustCompile(`\b\d+(\.\d+)?(ns|µs|us|ms|s|m|h)(\d+(\.\d+)?(ns|µs|us|ms|s|m|h))*\b`)
 
+// positions matches the "topic/partition@offset" of a record in kavari's
+// poison-record errors.
+var positions = regexp.MustCompile(`/\d+@\d+\b`)
+
 // dlqKey is what dead letters are grouped by.
 type dlqKey struct {
 	OriginalTopic string `json:"original_topic"`
@@ -48,7 +52,7 @@ type dlqGroup struct {
 }
 
 // keyOf returns the group of a dead letter: its first error line has
-// durations replaced by "<duration>".
+// durations and record positions replaced by placeholders.
 func keyOf(r *record) dlqKey {
 	var k dlqKey
 	var ok bool
@@ -60,7 +64,9 @@ func keyOf(r *record) dlqKey {
 	k.Handler, _ = r.header(kavari.HeaderHandler)
 	k.Type, _ = r.header(kavari.HeaderMsgType)
 	k.Error, _ = r.header(kavari.HeaderOriginalError)
-	k.Error = firstLine(durations.ReplaceAllString(k.Error, "<duration>"), maxErrorLine)
+	k.Error = durations.ReplaceAllString(k.Error, "<duration>")
+	k.Error = positions.ReplaceAllString(k.Error, "/<partition>@<offset>")
+	k.Error = firstLine(k.Error, maxErrorLine)
 	return k
 }
 

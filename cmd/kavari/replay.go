@@ -133,6 +133,7 @@ type replayFlags struct {
 	dryRun     bool
 	maxReplays int
 	progress   bool
+	group      string
 }
 
 // replayFilter selects the dead letters to replay.
@@ -183,6 +184,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.StringVar(&f.until, "until", "", "replay only dead letters written at or before this time (RFC 3339 or a duration ago)")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print what would be replayed; publish nothing")
 	fs.IntVar(&f.maxReplays, "max-replays", 3, "loop guard: refuse dead letters already replayed this many times")
+	fs.StringVar(&f.group, "group", "", "checkpoint: start after the dead letters a replay under this consumer group name read, and commit this replay's progress to it")
 	fs.BoolVar(&f.progress, "progress", false, "print progress to stderr every second (default when stderr is a terminal)")
 	pos, err := parse(fs, args, 1, stdout, stderr)
 	if err != nil {
@@ -313,8 +315,31 @@ func runReplayFlags(ctx context.Context, topic string, f *replayFlags, stdout, s
 	if err != nil {
 		return err
 	}
+	if !flt.since.IsZero() {
+		// Skip what was written before --since without reading it.
+		at, err := c.offsets(ctx, topic, parts, flt.since.UnixMilli())
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			if at[p] < 0 {
+				at[p] = end[p]
+			}
+			first[p] = max(first[p], at[p])
+		}
+	}
+	if f.group != "" {
+		done, err := c.committed(ctx, f.group, topic, parts)
+		if err != nil {
+			return err
+		}
+		for _, p := range parts {
+			first[p] = max(first[p], done[p])
+		}
+	}
 	total := int64(0)
 	for _, p := range parts {
+		first[p] = min(first[p], end[p])
 		if flt.from > first[p] {
 			first[p] = min(flt.from, end[p])
 		}
@@ -340,7 +365,9 @@ func runReplayFlags(ctx context.Context, topic string, f *replayFlags, stdout, s
 		defer func() { close(done); wg.Wait() }()
 	}
 	for _, p := range parts {
+		next := first[p]
 		err := c.read(ctx, topic, p, first[p], end[p], func(r *record) error {
+			next = r.Offset + 1
 			return rp.handle(ctx, r, flt)
 		})
 		if err == nil {
@@ -349,12 +376,67 @@ func runReplayFlags(ctx context.Context, topic string, f *replayFlags, stdout, s
 		if err == nil {
 			err = ctx.Err()
 		}
+		if err == nil && f.group != "" && !f.dryRun && next > first[p] {
+			err = c.commit(ctx, f.group, topic, p, next)
+		}
 		if err != nil {
 			rp.summary(begin)
+			if errors.Is(err, context.Canceled) {
+				return errors.New("kavari: dlq replay: interrupted; the summary counts what the broker acknowledged, the batch in flight may have been written too")
+			}
 			return err
 		}
 	}
 	return rp.summary(begin)
+}
+
+// committed returns the offsets group committed for topic's partitions:
+// where the next replay under that group starts (0 when none).
+func (c *conn) committed(ctx context.Context, group, topic string, parts []int) (map[int]int64, error) {
+	out := make(map[int]int64, len(parts))
+	err := c.op(ctx, "offsets of group "+group, func(ctx context.Context) error {
+		resp, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+		if err != nil {
+			return err
+		}
+		if errors.Is(resp.Error, kafka.GroupIdNotFound) {
+			return nil // nothing committed yet
+		}
+		if resp.Error != nil {
+			return resp.Error
+		}
+		for _, p := range resp.Topics[topic] {
+			if errors.Is(p.Error, kafka.GroupIdNotFound) {
+				continue
+			}
+			if p.Error != nil {
+				return fmt.Errorf("partition %d: %w", p.Partition, p.Error)
+			}
+			out[p.Partition] = max(p.CommittedOffset, 0)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// commit records under group that the dead letters of topic/partition
+// before offset next were replayed.
+func (c *conn) commit(ctx context.Context, group, topic string, partition int, next int64) error {
+	return c.op(ctx, "commit to group "+group, func(ctx context.Context) error {
+		resp, err := c.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{
+			GroupID: group, GenerationID: -1,
+			Topics: map[string][]kafka.OffsetCommit{topic: {{Partition: partition, Offset: next, Metadata: "kavari dlq replay"}}},
+		})
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.Topics[topic] {
+			if p.Error != nil {
+				return p.Error
+			}
+		}
+		return nil
+	})
 }
 
 // handle decides about one dead letter and queues its replay.

@@ -197,6 +197,10 @@ func TestFirstLine(t *testing.T) {
 	if got := keyOf(r).Error; got != "kavari: gave up after 3 attempts in <duration> (waits <duration>, <duration>): boom 10s2" {
 		t.Errorf("durations not normalised: %q", got)
 	}
+	r.Headers = append(r.Headers, hdrs(kavari.HeaderOriginalError, `kavari: unknown_type record orders/1@2 (msg_type "X")`)...)
+	if got := keyOf(r).Error; got != `kavari: unknown_type record orders/<partition>@<offset> (msg_type "X")` {
+		t.Errorf("record position not normalised: %q", got)
+	}
 }
 
 func TestRecordFormats(t *testing.T) {
