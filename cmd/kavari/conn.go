@@ -56,6 +56,7 @@ func (c *connFlags) json() bool { return c.output == "json" }
 type conn struct {
 	addrs   []string
 	timeout time.Duration
+	sasl    bool // SASL is configured
 	client  *kafka.Client
 }
 
@@ -92,6 +93,7 @@ func (c *connFlags) connect() (*conn, error) {
 	return &conn{
 		addrs:   addrs,
 		timeout: c.timeout,
+		sasl:    tr.SASL != nil,
 		client:  &kafka.Client{Addr: kafka.TCP(addrs...), Timeout: c.timeout, Transport: tr},
 	}, nil
 }
@@ -169,6 +171,9 @@ func (c *conn) op(ctx context.Context, what string, f func(ctx context.Context) 
 	isNet := errors.As(err, &ne)
 	if errors.Is(err, context.DeadlineExceeded) || octx.Err() != nil || isNet && ne.Timeout() {
 		return fmt.Errorf("kavari: %s: no answer from brokers %s within %v (--timeout): %w", what, strings.Join(c.addrs, ","), c.timeout, err)
+	}
+	if c.sasl && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		return fmt.Errorf("kavari: %s: the broker closed the connection (check the SASL mechanism, user and password): %w", what, err)
 	}
 	if isNet {
 		return fmt.Errorf("kavari: %s: cannot reach brokers %s: %w", what, strings.Join(c.addrs, ","), err)
