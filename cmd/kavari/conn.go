@@ -172,8 +172,12 @@ func (c *conn) op(ctx context.Context, what string, f func(ctx context.Context) 
 	if errors.Is(err, context.DeadlineExceeded) || octx.Err() != nil || isNet && ne.Timeout() {
 		return fmt.Errorf("kavari: %s: no answer from brokers %s within %v (--timeout): %w", what, strings.Join(c.addrs, ","), c.timeout, err)
 	}
-	if c.sasl && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-		return fmt.Errorf("kavari: %s: the broker closed the connection (check the SASL mechanism, user and password): %w", what, err)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		hint := "does it need --tls or --sasl-mechanism?"
+		if c.sasl {
+			hint = "check the SASL mechanism, user and password"
+		}
+		return fmt.Errorf("kavari: %s: the broker closed the connection (%s): %w", what, hint, err)
 	}
 	if isNet {
 		return fmt.Errorf("kavari: %s: cannot reach brokers %s: %w", what, strings.Join(c.addrs, ","), err)

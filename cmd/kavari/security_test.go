@@ -45,8 +45,8 @@ func TestSASLFlags(t *testing.T) {
 	if code, _, errOut := exec(t, "tail", "sec", "--brokers", brokers, "--sasl-mechanism", "PLAIN", "--sasl-user", "admin"); code != 0 {
 		t.Errorf("password from KAVARI_SASL_PASSWORD: exit %d: %s", code, errOut)
 	}
-	if code, _, _ := exec(t, "tail", "sec", "--brokers", brokers, "--timeout", "5s"); code != 1 {
-		t.Errorf("no SASL against a SASL broker: exit %d, want 1", code)
+	if code, _, errOut := exec(t, "tail", "sec", "--brokers", brokers, "--timeout", "5s"); code != 1 || !strings.Contains(errOut, "does it need --tls or --sasl-mechanism?") {
+		t.Errorf("no SASL against a SASL broker: exit %d, %s", code, errOut)
 	}
 }
 
