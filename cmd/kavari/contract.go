@@ -17,7 +17,7 @@ func runContractDiff(args []string, stdout, stderr io.Writer) int {
 		"and producers. Exit status 0: nothing breaks; 1: a breaking change; 2: bad\n"+
 		"usage or a file that is not an AsyncAPI 3 document.")
 	fs.StringVar(&output, "o", "table", "output format: table or json")
-	pos, err := parse(fs, args, 2, stdout, stderr)
+	pos, err := fs.parse(args, 2, stdout)
 	if err != nil {
 		return exitCode(err, stderr)
 	}

@@ -132,8 +132,8 @@ func runDLQList(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		"topic, error kind, handler, message type and first line of the error, with\n"+
 		"the oldest and newest record of each group. Records without kavari's\n"+
 		"dead-letter headers are counted as "+notKavari+".")
-	f.register(fs)
-	pos, err := parse(fs, args, 1, stdout, stderr)
+	f.register(fs.FlagSet)
+	pos, err := fs.parse(args, 1, stdout)
 	if err != nil {
 		return exitCode(err, stderr)
 	}

@@ -157,41 +157,43 @@ func exitCode(err error, stderr io.Writer) int {
 	return exitFail
 }
 
+// command is a subcommand's flag set with its usage text.
+type command struct {
+	*flag.FlagSet
+	synopsis string // usage line, a blank line, a description
+}
+
 // newFlagSet returns a flag set that reports errors rather than exiting;
 // parse prints its usage.
-func newFlagSet(name, synopsis string) *flag.FlagSet {
+func newFlagSet(name, synopsis string) *command {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	synopses[fs] = synopsis
-	return fs
+	return &command{fs, synopsis}
 }
 
-// synopses holds each flag set's usage line (one command runs per process).
-var synopses = map[*flag.FlagSet]string{}
-
-func printUsage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: %s\n\nFlags:\n", synopses[fs])
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
+func (c *command) printUsage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: %s\n\nFlags:\n", c.synopsis)
+	c.SetOutput(w)
+	c.PrintDefaults()
+	c.SetOutput(io.Discard)
 }
 
 // parse parses args and checks that exactly n positional arguments remain.
 // -h/--help prints the usage to stdout and returns flag.ErrHelp (exit 0);
 // a bad flag or argument count is a usage error (exit 2).
-func parse(fs *flag.FlagSet, args []string, n int, stdout, stderr io.Writer) ([]string, error) {
-	pos, err := parseArgs(fs, args)
+func (c *command) parse(args []string, n int, stdout io.Writer) ([]string, error) {
+	pos, err := parseArgs(c.FlagSet, args)
 	if errors.Is(err, flag.ErrHelp) {
-		printUsage(fs, stdout)
+		c.printUsage(stdout)
 		return nil, err
 	}
 	if err != nil {
-		return nil, usagef("%s: %v (see kavari %s --help)", fs.Name(), err, fs.Name())
+		return nil, usagef("%s: %v (see kavari %s --help)", c.Name(), err, c.Name())
 	}
 	if len(pos) != n {
 		return nil, usagef("%s: want %d argument(s), got %d; usage: %s (see kavari %s --help)",
-			fs.Name(), n, len(pos), strings.SplitN(synopses[fs], "\n", 2)[0], fs.Name())
+			c.Name(), n, len(pos), strings.SplitN(c.synopsis, "\n", 2)[0], c.Name())
 	}
 	return pos, nil
 }

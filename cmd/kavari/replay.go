@@ -174,7 +174,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		"dead-letter headers are removed and kavari_replay_count is incremented. A dead\n"+
 		"letter replayed --max-replays times already is refused (loop guard), as is a\n"+
 		"record without kavari_original_topic. Refusals are reported, never guessed.")
-	f.register(fs)
+	f.register(fs.FlagSet)
 	fs.StringVar(&f.kinds, "kind", "", "replay only these error kinds (comma-separated: handler,validation,decode,unknown_type)")
 	fs.StringVar(&f.types, "type", "", "replay only these msg_type values (comma-separated)")
 	fs.IntVar(&f.partition, "partition", -1, "read only this partition of the dead-letter topic; -1 means all")
@@ -186,7 +186,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.IntVar(&f.maxReplays, "max-replays", 3, "loop guard: refuse dead letters already replayed this many times")
 	fs.StringVar(&f.group, "group", "", "checkpoint: start after the dead letters a replay under this consumer group name read, and commit this replay's progress to it")
 	fs.BoolVar(&f.progress, "progress", false, "print progress to stderr every second (default when stderr is a terminal)")
-	pos, err := parse(fs, args, 1, stdout, stderr)
+	pos, err := fs.parse(args, 1, stdout)
 	if err != nil {
 		return exitCode(err, stderr)
 	}

@@ -39,7 +39,7 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"Prints records of TOPIC with their headers and pretty-printed value. Without\n"+
 		"-f it reads a range and exits (default: the last 10 records of each\n"+
 		"partition); with -f it follows new records until interrupted.")
-	f.register(fs)
+	f.register(fs.FlagSet)
 	fs.BoolVar(&f.follow, "f", false, "follow: keep printing new records (default start: the end)")
 	fs.BoolVar(&f.beginning, "from-beginning", false, "start at the first record")
 	fs.Int64Var(&f.offset, "offset", -1, "start at this offset in each partition")
@@ -48,7 +48,7 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.partition, "partition", -1, "read only this partition; -1 means all")
 	fs.IntVar(&f.max, "max", 0, "stop after printing N records (default no limit)")
 	fs.StringVar(&f.types, "type", "", "print only records whose msg_type is one of these (comma-separated)")
-	pos, err := parse(fs, args, 1, stdout, stderr)
+	pos, err := fs.parse(args, 1, stdout)
 	if err != nil {
 		return exitCode(err, stderr)
 	}
