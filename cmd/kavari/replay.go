@@ -32,16 +32,17 @@ const (
 // deadLetterHeaders are what kavari adds to a dead letter; a replay removes
 // them (and the previous replay headers, replaced by new values).
 var deadLetterHeaders = map[string]bool{
-	kavari.HeaderOriginalError: true,
-	kavari.HeaderOrigTopic:     true,
-	kavari.HeaderOrigPartition: true,
-	kavari.HeaderOrigOffset:    true,
-	kavari.HeaderAttempts:      true,
-	kavari.HeaderErrorKind:     true,
-	kavari.HeaderHandler:       true,
-	kavari.HeaderTruncated:     true,
-	headerReplayCount:          true,
-	headerReplayedFrom:         true,
+	kavari.HeaderOriginalError:  true,
+	kavari.HeaderOrigTopic:      true,
+	kavari.HeaderOrigPartition:  true,
+	kavari.HeaderOrigOffset:     true,
+	kavari.HeaderAttempts:       true,
+	kavari.HeaderErrorKind:      true,
+	kavari.HeaderHandler:        true,
+	kavari.HeaderTruncated:      true,
+	kavari.HeaderDroppedHeaders: true,
+	headerReplayCount:           true,
+	headerReplayedFrom:          true,
 }
 
 // replayCount returns the kavari_replay_count of headers hs: 0 when absent.
@@ -85,7 +86,7 @@ func (r *refusal) Error() string { return r.reason }
 // planReplay returns the record that replays dead letter r: the original
 // topic, key and value, the user and CloudEvents headers (same ce_id), the
 // dead-letter headers removed and kavari_replay_count incremented. It
-// refuses a record that is not a kavari dead letter, whose value was dropped
+// refuses a record that is not a kavari dead letter, whose value or headers were dropped
 // or that was replayed maxReplays times already.
 func planReplay(r *record, maxReplays int) (*replay, *refusal) {
 	topic, ok := r.header(kavari.HeaderOrigTopic)
@@ -94,6 +95,11 @@ func planReplay(r *record, maxReplays int) (*replay, *refusal) {
 	}
 	if size, ok := r.header(kavari.HeaderTruncated); ok {
 		return nil, &refusal{reason: "its value (" + size + " bytes) was dropped when it was dead-lettered (" + kavari.HeaderTruncated + ")"}
+	}
+	if names, ok := r.header(kavari.HeaderDroppedHeaders); ok {
+		// Without them (msg_type among them when "*") the original cannot be
+		// rebuilt.
+		return nil, &refusal{reason: "its original headers " + names + " were dropped when it was dead-lettered (" + kavari.HeaderDroppedHeaders + ")"}
 	}
 	n, err := replayCount(r.Headers)
 	if err != nil {

@@ -98,6 +98,7 @@ func TestPlanReplayRefusals(t *testing.T) {
 		{"no origin", without(deadLetter(), kavari.HeaderOrigTopic), 3, false, "no kavari_original_topic header"},
 		{"not kavari at all", &record{Topic: "orders.dlq", Value: []byte("x")}, 3, false, "not a kavari dead letter"},
 		{"value dropped", deadLetter(kavari.HeaderTruncated, "2000000"), 3, false, "was dropped"},
+		{"headers dropped", deadLetter(kavari.HeaderDroppedHeaders, "traceparent,big"), 3, false, "original headers traceparent,big were dropped"},
 		{"bad count", deadLetter(headerReplayCount, "many"), 3, false, "malformed kavari_replay_count"},
 	} {
 		p, ref := planReplay(c.rec, c.max)
