@@ -4,7 +4,7 @@
 //
 //	doc, err := contract.Build(kavari.DefaultRegistry, contract.WithInfo("billing", "1.4.0", ""))
 //	err = doc.Write(os.Stdout, "yaml")
-//	changes := contract.Diff(oldDoc, doc) // or: kavari-contract diff OLD NEW
+//	changes := contract.Diff(oldDoc, doc) // or: kavari contract diff OLD NEW
 //
 // It is its own module (plugins are modules), so users of the core library do
 // not inherit the schema libraries. It reads the registry through
