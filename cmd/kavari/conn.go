@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -381,4 +382,27 @@ func splitList(s string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// span returns topic's partitions (only partition when it is not negative,
+// which must exist) with the first and end offset of each, for the command
+// named cmd.
+func (c *conn) span(ctx context.Context, cmd, topic string, partition int) (parts []int, first, end map[int]int64, err error) {
+	parts, err = c.partitions(ctx, topic)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if partition >= 0 {
+		if !slices.Contains(parts, partition) {
+			return nil, nil, nil, fmt.Errorf("kavari: %s: %s has no partition %d", cmd, topic, partition)
+		}
+		parts = []int{partition}
+	}
+	if first, err = c.offsets(ctx, topic, parts, kafka.FirstOffset); err != nil {
+		return nil, nil, nil, err
+	}
+	if end, err = c.offsets(ctx, topic, parts, kafka.LastOffset); err != nil {
+		return nil, nil, nil, err
+	}
+	return parts, first, end, nil
 }

@@ -299,25 +299,7 @@ func runReplayFlags(ctx context.Context, topic string, f *replayFlags, stdout, s
 	if err != nil {
 		return err
 	}
-	parts, err := c.partitions(ctx, topic)
-	if err != nil {
-		return err
-	}
-	if flt.partition >= 0 {
-		found := false
-		for _, p := range parts {
-			found = found || p == flt.partition
-		}
-		if !found {
-			return fmt.Errorf("kavari: dlq replay: %s has no partition %d", topic, flt.partition)
-		}
-		parts = []int{flt.partition}
-	}
-	first, err := c.offsets(ctx, topic, parts, kafka.FirstOffset)
-	if err != nil {
-		return err
-	}
-	end, err := c.offsets(ctx, topic, parts, kafka.LastOffset)
+	parts, first, end, err := c.span(ctx, "dlq replay", topic, flt.partition)
 	if err != nil {
 		return err
 	}

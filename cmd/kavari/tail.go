@@ -15,7 +15,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/kavari-go/kavari"
-	"github.com/segmentio/kafka-go"
 )
 
 type tailFlags struct {
@@ -82,25 +81,7 @@ func tail(ctx context.Context, topic string, f *tailFlags, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	parts, err := c.partitions(ctx, topic)
-	if err != nil {
-		return err
-	}
-	if f.partition >= 0 {
-		found := false
-		for _, p := range parts {
-			found = found || p == f.partition
-		}
-		if !found {
-			return fmt.Errorf("kavari: tail: %s has no partition %d", topic, f.partition)
-		}
-		parts = []int{f.partition}
-	}
-	first, err := c.offsets(ctx, topic, parts, kafka.FirstOffset)
-	if err != nil {
-		return err
-	}
-	end, err := c.offsets(ctx, topic, parts, kafka.LastOffset)
+	parts, first, end, err := c.span(ctx, "tail", topic, f.partition)
 	if err != nil {
 		return err
 	}
