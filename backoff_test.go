@@ -66,7 +66,7 @@ func TestRetryFibonacciWaits(t *testing.T) {
 		var a attempts
 		start := time.Now()
 
-		err := p.retry(context.Background(), nil, a.failing, nil, nil)
+		err := p.retry(context.Background(), a.failing, nil, nil)
 
 		assert.Equal(t, 8, a.calls())
 		assert.Equal(t, ms(10, 20, 30, 50, 60, 60, 60), a.waits())
@@ -91,7 +91,7 @@ func TestRetryFibonacciSaturates(t *testing.T) {
 	// Exponential with jitter on a huge cap: the jittered wait overflows
 	// and is read as the cap, never as a negative wait.
 	p = RetryPolicy{Strategy: Exponential, BaseDelay: time.Hour, MaxDelay: math.MaxInt64, MaxAttempts: -1}.withDefaults()
-	b := p.backOff(SystemClock, defaultJitter)
+	b := p.backOff(jitter)
 	for range 80 {
 		assert.GreaterOrEqual(t, p.nextWait(b), time.Duration(0))
 	}
@@ -105,7 +105,7 @@ func TestRetryExponentialWithinJitter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		for range 50 {
 			var a attempts
-			_ = p.retry(context.Background(), nil, a.failing, nil, nil)
+			_ = p.retry(context.Background(), a.failing, nil, nil)
 			require.Equal(t, 10, a.calls())
 			waits := a.waits()
 			require.Len(t, waits, 9)
@@ -122,7 +122,7 @@ func TestRetryExponentialWithinJitter(t *testing.T) {
 func TestRetryConstant(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var a attempts
-		err := ConstantRetry(250*time.Millisecond, 4).retry(context.Background(), nil, a.failing, nil, nil)
+		err := ConstantRetry(250*time.Millisecond, 4).retry(context.Background(), a.failing, nil, nil)
 		assert.Equal(t, 4, a.calls())
 		assert.Equal(t, ms(250, 250, 250), a.waits())
 		assert.ErrorIs(t, err, errBoom)
@@ -134,14 +134,14 @@ func TestRetryConstant(t *testing.T) {
 	p := ConstantRetry(time.Minute, 3)
 	p.MaxDelay = time.Second
 	assert.Equal(t, []time.Duration{time.Second, time.Second}, p.Delays(5))
-	assert.Error(t, p.Validate())
+	assert.Error(t, p.validate())
 }
 
 func TestRetryMaxAttempts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		for _, tc := range []struct{ maxAttempts, calls int }{{1, 1}, {2, 2}, {5, 5}, {0, 10}} {
 			var a attempts
-			err := FibonacciRetry(time.Millisecond, tc.maxAttempts).retry(context.Background(), nil, a.failing, nil, nil)
+			err := FibonacciRetry(time.Millisecond, tc.maxAttempts).retry(context.Background(), a.failing, nil, nil)
 			assert.Equal(t, tc.calls, a.calls(), "MaxAttempts %d", tc.maxAttempts)
 			var rerr *RetryError
 			require.ErrorAs(t, err, &rerr)
@@ -150,7 +150,7 @@ func TestRetryMaxAttempts(t *testing.T) {
 
 		var a attempts
 		start := time.Now()
-		err := NoRetry().retry(context.Background(), nil, a.failing, nil, nil)
+		err := NoRetry().retry(context.Background(), a.failing, nil, nil)
 		assert.Equal(t, 1, a.calls())
 		assert.Zero(t, time.Since(start), "no wait")
 		assert.Equal(t, "kavari: gave up after 1 attempt in 0s: boom", err.Error())
@@ -161,7 +161,7 @@ func TestRetryMaxAttempts(t *testing.T) {
 func TestRetrySucceeds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var a attempts
-		err := FibonacciRetry(time.Second, 5).retry(context.Background(), nil, func(attempt int) error {
+		err := FibonacciRetry(time.Second, 5).retry(context.Background(), func(attempt int) error {
 			_ = a.failing(attempt)
 			assert.Equal(t, a.calls(), attempt)
 			if attempt < 3 {
@@ -180,7 +180,7 @@ func TestRetryUnlimitedStoppedByMaxElapsed(t *testing.T) {
 		p := ConstantRetry(time.Second, -1)
 		p.MaxElapsed = 5 * time.Second
 		var a attempts
-		err := p.retry(context.Background(), nil, a.failing, nil, nil)
+		err := p.retry(context.Background(), a.failing, nil, nil)
 		assert.Equal(t, 6, a.calls(), "attempts at 0s, 1s, … 5s")
 		var rerr *RetryError
 		require.ErrorAs(t, err, &rerr)
@@ -190,7 +190,7 @@ func TestRetryUnlimitedStoppedByMaxElapsed(t *testing.T) {
 		// Attempts take time too; no wait may end past MaxElapsed.
 		p.MaxElapsed = 5500 * time.Millisecond
 		calls := 0
-		err = p.retry(context.Background(), nil, func(int) error {
+		err = p.retry(context.Background(), func(int) error {
 			calls++
 			time.Sleep(time.Second)
 			return errBoom
@@ -209,7 +209,7 @@ func TestRetrySinceCountsTheFirstAttempt(t *testing.T) {
 		start := time.Now()
 		time.Sleep(5 * time.Second) // the caller's own first attempt
 		calls := 0
-		err := p.retrySince(context.Background(), nil, start, func(attempt int) error {
+		err := p.retrySince(context.Background(), start, func(attempt int) error {
 			if calls++; attempt > 1 {
 				time.Sleep(5 * time.Second)
 			}
@@ -225,7 +225,7 @@ func TestRetrySinceCountsTheFirstAttempt(t *testing.T) {
 func TestRetryNonRetriable(t *testing.T) {
 	permanent := errors.New("permanent")
 	calls := 0
-	err := FibonacciRetry(time.Hour, -1).retry(context.Background(), nil, func(int) error {
+	err := FibonacciRetry(time.Hour, -1).retry(context.Background(), func(int) error {
 		calls++
 		return permanent
 	}, func(err error) bool { return !errors.Is(err, permanent) }, func(int, error, time.Duration) {
@@ -244,7 +244,7 @@ func TestRetryContextCancelledDuringWait(t *testing.T) {
 		done := make(chan error, 1)
 		start := time.Now()
 		go func() {
-			done <- FibonacciRetry(time.Hour, 3).retry(ctx, nil, a.failing, nil, func(_ int, _ error, wait time.Duration) { waiting = wait })
+			done <- FibonacciRetry(time.Hour, 3).retry(ctx, a.failing, nil, func(_ int, _ error, wait time.Duration) { waiting = wait })
 		}()
 		synctest.Wait() // retry is in its first wait
 		assert.Equal(t, time.Hour, waiting)
@@ -271,7 +271,7 @@ func TestRetryDeadlineDuringWait(t *testing.T) {
 		defer cancel()
 		var a attempts
 		start := time.Now()
-		err := ConstantRetry(time.Minute, 5).retry(ctx, nil, a.failing, nil, nil)
+		err := ConstantRetry(time.Minute, 5).retry(ctx, a.failing, nil, nil)
 		assert.Equal(t, 2, a.calls(), "attempts at 0 and 60 s")
 		assert.Equal(t, 90*time.Second, time.Since(start))
 		var rerr *RetryError
@@ -287,7 +287,7 @@ func TestRetryContextCause(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cancel(shutdown)
 	var a attempts
-	err := FibonacciRetry(time.Hour, 5).retry(ctx, nil, a.failing, nil, nil)
+	err := FibonacciRetry(time.Hour, 5).retry(ctx, a.failing, nil, nil)
 	assert.Equal(t, 1, a.calls(), "op runs once even with a done context; no wait starts")
 	var rerr *RetryError
 	require.ErrorAs(t, err, &rerr)
@@ -302,7 +302,7 @@ func TestRetryDeadline(t *testing.T) {
 	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
 	defer cancel()
 	var a attempts
-	err := FibonacciRetry(time.Hour, 5).retry(ctx, nil, a.failing, nil, nil)
+	err := FibonacciRetry(time.Hour, 5).retry(ctx, a.failing, nil, nil)
 	assert.Equal(t, 1, a.calls())
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.ErrorIs(t, err, errBoom)
@@ -318,7 +318,7 @@ func TestRetryOnRetry(t *testing.T) {
 		var got []call
 		var a attempts
 		errs := []error{errors.New("one"), errors.New("two"), errors.New("three"), errors.New("four")}
-		err := FibonacciRetry(time.Second, 4).retry(context.Background(), nil, func(attempt int) error {
+		err := FibonacciRetry(time.Second, 4).retry(context.Background(), func(attempt int) error {
 			_ = a.failing(attempt)
 			return errs[attempt-1]
 		}, nil, func(attempt int, err error, wait time.Duration) {
@@ -342,7 +342,7 @@ func TestRetryConcurrentUse(t *testing.T) {
 		for range 16 {
 			wg.Go(func() {
 				var a attempts
-				err := p.retry(context.Background(), nil, a.failing, nil, nil)
+				err := p.retry(context.Background(), a.failing, nil, nil)
 				assert.Equal(t, 6, a.calls())
 				assert.ErrorIs(t, err, errBoom)
 			})
@@ -354,35 +354,32 @@ func TestRetryConcurrentUse(t *testing.T) {
 func TestRetryPolicyValidate(t *testing.T) {
 	for _, p := range []RetryPolicy{
 		{}, NoRetry(), FibonacciRetry(time.Second, 3), ExponentialRetry(time.Second, -1), ConstantRetry(time.Minute, 2),
-		{Strategy: Exponential, Jitter: 1}, {BaseDelay: time.Second, MaxDelay: time.Second},
+		{Strategy: Exponential, MaxElapsed: time.Minute}, {BaseDelay: time.Second, MaxDelay: time.Second},
 	} {
-		assert.NoError(t, p.Validate(), "%+v", p)
+		assert.NoError(t, p.validate(), "%+v", p)
 	}
 
 	for _, tc := range []struct {
 		p    RetryPolicy
 		want string
 	}{
-		{RetryPolicy{Strategy: 7}, "unknown strategy Strategy(7)"},
-		{RetryPolicy{Strategy: -1}, "unknown strategy Strategy(-1)"},
+		{RetryPolicy{Strategy: 7}, "unknown strategy 7"},
+		{RetryPolicy{Strategy: -1}, "unknown strategy -1"},
 		{RetryPolicy{BaseDelay: -time.Second}, "negative BaseDelay -1s"},
 		{RetryPolicy{MaxDelay: -time.Second}, "negative MaxDelay -1s"},
 		{RetryPolicy{BaseDelay: time.Minute, MaxDelay: time.Second}, "MaxDelay 1s is shorter than BaseDelay 1m0s"},
 		{RetryPolicy{MaxElapsed: -time.Second}, "negative MaxElapsed -1s"},
-		{RetryPolicy{Jitter: 1.5}, "Jitter 1.5 is outside 0..1"},
-		{RetryPolicy{Jitter: -0.1}, "Jitter -0.1 is outside 0..1"},
-		{RetryPolicy{Jitter: math.NaN()}, "Jitter NaN is outside 0..1"},
 	} {
-		err := tc.p.Validate()
+		err := tc.p.validate()
 		require.Error(t, err, "%+v", tc.p)
 		assert.Equal(t, "kavari: retry policy: "+tc.want, err.Error())
 	}
 
-	err := RetryPolicy{BaseDelay: -1, MaxElapsed: -1, Jitter: 2}.Validate()
+	err := RetryPolicy{Strategy: 3, BaseDelay: -1, MaxElapsed: -1}.validate()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "BaseDelay")
 	assert.Contains(t, err.Error(), "MaxElapsed")
-	assert.Contains(t, err.Error(), "Jitter")
+	assert.Contains(t, err.Error(), "strategy 3")
 }
 
 func TestRetryPolicyZeroValueDefaults(t *testing.T) {
@@ -392,7 +389,7 @@ func TestRetryPolicyZeroValueDefaults(t *testing.T) {
 
 	synctest.Test(t, func(t *testing.T) {
 		var a attempts
-		err := p.retry(context.Background(), nil, a.failing, nil, nil)
+		err := p.retry(context.Background(), a.failing, nil, nil)
 		assert.Equal(t, 10, a.calls())
 		assert.Equal(t, p.Delays(9), a.waits())
 		assert.ErrorIs(t, err, errBoom)
@@ -416,7 +413,6 @@ func TestRetryErrorMessages(t *testing.T) {
 	assert.Equal(t, "kavari: stopped retrying after 2 attempts: context deadline exceeded: boom", e.Error())
 	assert.ErrorIs(t, e, context.DeadlineExceeded)
 	assert.ErrorIs(t, e, errBoom)
-	assert.Equal(t, "Exponential", Exponential.String())
 }
 
 // A policy that sets some fields keeps the default attempt count of the

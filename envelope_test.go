@@ -20,13 +20,7 @@ import (
 
 var ktUUIDv4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
-// ktFixedClock is a Clock whose Now never moves; timers are real.
-type ktFixedClock struct{ t time.Time }
-
-func (c ktFixedClock) Now() time.Time                        { return c.t }
-func (c ktFixedClock) NewTimer(d time.Duration) kavari.Timer { return kavari.SystemClock.NewTimer(d) }
-func (c ktFixedClock) nowFunc() func() time.Time             { return c.Now }
-func ktHeaderMap(rec kafka.Message) map[string][]string      { return ktHeadersOf(rec.Headers) }
+func ktHeaderMap(rec kafka.Message) map[string][]string { return ktHeadersOf(rec.Headers) }
 func ktHeadersOf(hs []kafka.Header) map[string][]string {
 	m := map[string][]string{}
 	for _, h := range hs {
@@ -139,10 +133,9 @@ func TestEnvelopeJSONRoundTrip(t *testing.T) {
 
 func TestEnvelopeHeaders(t *testing.T) {
 	at := time.Date(2025, 3, 4, 5, 6, 7, 890000000, time.FixedZone("X", -5*3600))
-	clock := ktFixedClock{at}
 	ctx := context.Background()
 
-	rec, err := kavari.EncodeRecord(ctx, "svc-billing", 0, clock.nowFunc(), ktFullMessage("r"))
+	rec, err := kavari.EncodeRecord(ctx, "svc-billing", 0, func() time.Time { return at }, ktFullMessage("r"))
 	require.NoError(t, err)
 	assert.Equal(t, "kt-envelope", rec.Topic)
 	assert.Equal(t, []byte("order-1"), rec.Key)

@@ -57,7 +57,7 @@ func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
 	cfg.setDefaults()
 	require.NoError(t, cfg.validate())
 	c := cfg
-	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, c.Clock.Now))
+	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, time.Now))
 	p.w = w
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
