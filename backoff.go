@@ -14,32 +14,16 @@ import (
 type Strategy int
 
 const (
-	// Fibonacci waits 1, 2, 3, 5, 8, 13, … × BaseDelay, each wait capped at
-	// MaxDelay: the Python kavari's policy, and the default.
+	// Fibonacci waits 1, 2, 3, 5, 8, 13, … × BaseDelay: the Python kavari's
+	// policy, and the default.
 	Fibonacci Strategy = iota
-	// Exponential waits BaseDelay × 2^n before the (n+2)th attempt,
-	// randomised by ±Jitter. With d(n) = min(BaseDelay × 2^n, MaxDelay), the
-	// wait is min(MaxDelay, d(n) × (1 + Jitter × r)), r uniform in [-1, 1]:
-	// so between d(n) × (1 − Jitter) and d(n) × (1 + Jitter), never more than
-	// MaxDelay. The randomness keeps many clients that failed together from
-	// retrying in lockstep.
+	// Exponential waits BaseDelay × 2^n before the (n+2)th attempt, each
+	// wait randomised by ±50% (never beyond MaxDelay), so that many clients
+	// that failed together do not retry in lockstep.
 	Exponential
 	// Constant waits BaseDelay every time.
 	Constant
 )
-
-// String returns the strategy's name, e.g. "Fibonacci".
-func (s Strategy) String() string {
-	switch s {
-	case Fibonacci:
-		return "Fibonacci"
-	case Exponential:
-		return "Exponential"
-	case Constant:
-		return "Constant"
-	}
-	return fmt.Sprintf("Strategy(%d)", int(s))
-}
 
 // Defaults applied to the zero fields of a RetryPolicy.
 const (
@@ -48,23 +32,24 @@ const (
 	defaultMaxAttempts = 10
 	// defaultConsumerAttempts is Config.ConsumerRetry's MaxAttempts when 0.
 	defaultConsumerAttempts = 5
-	defaultJitter           = 0.5
+	// jitter is Exponential's randomisation factor: ±50%.
+	jitter = 0.5
 )
 
-// RetryPolicy says how often and how long an operation is retried.
+// RetryPolicy says how often and how long an operation is retried: the
+// waits grow by Strategy from BaseDelay, each at most MaxDelay, for at most
+// MaxAttempts attempts and MaxElapsed in all.
 //
-// The zero value is ready to use and means: Fibonacci, BaseDelay 100 ms,
-// MaxDelay 30 s, MaxAttempts 10, no MaxElapsed. Each zero field takes its
-// default independently, whatever the other fields say: a policy that sets
-// only BaseDelay, or only MaxElapsed, still makes at most MaxAttempts'
-// default number of attempts (10; 5 for Config.ConsumerRetry). To bound
-// retries by time alone, set MaxAttempts to -1. A RetryPolicy is a plain comparable value: once
-// set, it is never modified by kavari and is safe for concurrent use.
+// The zero value means Fibonacci, BaseDelay 100 ms, MaxDelay 30 s,
+// MaxAttempts 10, no MaxElapsed. Each zero field takes its default on its
+// own: a policy that sets only BaseDelay or MaxElapsed still makes at most
+// the default number of attempts (10; 5 for Config.ConsumerRetry); set
+// MaxAttempts to -1 to bound retries by time alone. New reports invalid
+// fields. A RetryPolicy is a comparable value, never modified by kavari.
 type RetryPolicy struct {
 	// Strategy selects how waits grow; the zero value is Fibonacci.
 	Strategy Strategy
-	// BaseDelay is the unit of the waits: the first wait, for every
-	// strategy. 0 means 100 ms.
+	// BaseDelay is the first wait, for every strategy. 0 means 100 ms.
 	BaseDelay time.Duration
 	// MaxDelay caps one wait. 0 means 30 s, or BaseDelay when that is
 	// longer (so ConstantRetry(time.Minute, n) waits a minute).
@@ -77,9 +62,6 @@ type RetryPolicy struct {
 	// first attempt: no wait is started that would end past it. 0 means
 	// no limit.
 	MaxElapsed time.Duration
-	// Jitter is the randomisation factor of Exponential, between 0 and 1;
-	// 0 means 0.5. Other strategies ignore it.
-	Jitter float64
 }
 
 // FibonacciRetry returns a Fibonacci policy: waits of 1, 2, 3, 5, 8, … ×
@@ -108,17 +90,36 @@ func NoRetry() RetryPolicy {
 	return RetryPolicy{MaxAttempts: 1}
 }
 
-// Validate reports a misconfigured policy: an unknown Strategy, a negative
-// BaseDelay, MaxDelay or MaxElapsed, a MaxDelay shorter than BaseDelay, or
-// a Jitter outside 0..1. It joins one error per problem; the zero value is
-// valid.
-func (p RetryPolicy) Validate() error {
+// Delays returns the first n waits the policy would use, fewer when
+// MaxAttempts allows fewer retries (none for NoRetry). Exponential's are
+// shown before jitter. MaxElapsed is not applied: it depends on how long
+// the attempts take.
+func (p RetryPolicy) Delays(n int) []time.Duration {
+	p = p.withDefaults()
+	if p.MaxAttempts > 0 {
+		n = min(n, p.MaxAttempts-1)
+	}
+	if n <= 0 {
+		return nil
+	}
+	b := p.backOff(0)
+	out := make([]time.Duration, n)
+	for i := range out {
+		out[i] = p.nextWait(b)
+	}
+	return out
+}
+
+// validate reports a misconfigured policy: an unknown Strategy, a negative
+// BaseDelay, MaxDelay or MaxElapsed, or a MaxDelay shorter than BaseDelay.
+// It joins one error per problem; the zero value is valid.
+func (p RetryPolicy) validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("kavari: retry policy: "+format, args...))
 	}
 	if p.Strategy < Fibonacci || p.Strategy > Constant {
-		bad("unknown strategy %v", p.Strategy)
+		bad("unknown strategy %d", p.Strategy)
 	}
 	if p.BaseDelay < 0 {
 		bad("negative BaseDelay %v", p.BaseDelay)
@@ -132,34 +133,11 @@ func (p RetryPolicy) Validate() error {
 	if p.MaxElapsed < 0 {
 		bad("negative MaxElapsed %v", p.MaxElapsed)
 	}
-	if !(p.Jitter >= 0 && p.Jitter <= 1) { // NaN fails too
-		bad("Jitter %v is outside 0..1", p.Jitter)
-	}
 	return errors.Join(errs...)
 }
 
-// Delays returns the first n waits the policy would use, fewer when
-// MaxAttempts allows fewer retries (none for NoRetry). For Exponential they
-// are the waits before jitter, BaseDelay × 2^n capped at MaxDelay. MaxElapsed
-// is not applied: it depends on how long the attempts take.
-func (p RetryPolicy) Delays(n int) []time.Duration {
-	p = p.withDefaults()
-	if p.MaxAttempts > 0 {
-		n = min(n, p.MaxAttempts-1)
-	}
-	if n <= 0 {
-		return nil
-	}
-	b := p.backOff(SystemClock, 0)
-	out := make([]time.Duration, n)
-	for i := range out {
-		out[i] = p.nextWait(b)
-	}
-	return out
-}
-
 // withDefaults returns p with its zero fields set to their defaults. Fields
-// Validate rejects are replaced by defaults too, so a policy never makes
+// validate rejects are replaced by defaults too, so a policy never makes
 // retry misbehave; Config validation is where they are reported.
 func (p RetryPolicy) withDefaults() RetryPolicy {
 	if p.Strategy < Fibonacci || p.Strategy > Constant {
@@ -174,29 +152,24 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = defaultMaxAttempts
 	}
-	if p.MaxElapsed < 0 {
-		p.MaxElapsed = 0
-	}
-	if !(p.Jitter > 0 && p.Jitter <= 1) {
-		p.Jitter = defaultJitter
-	}
+	p.MaxElapsed = max(p.MaxElapsed, 0)
 	return p
 }
 
 // backOff returns a fresh wait sequence for p, which must have its defaults
-// set. jitter is Exponential's randomisation factor.
-func (p RetryPolicy) backOff(clk Clock, jitter float64) backoff.BackOff {
+// set; random is Exponential's randomisation factor.
+func (p RetryPolicy) backOff(random float64) backoff.BackOff {
 	var b backoff.BackOff
 	switch p.Strategy {
 	case Exponential:
 		b = &backoff.ExponentialBackOff{
 			InitialInterval:     p.BaseDelay,
-			RandomizationFactor: jitter,
+			RandomizationFactor: random,
 			Multiplier:          2,
 			MaxInterval:         p.MaxDelay,
 			MaxElapsedTime:      0, // retry enforces MaxElapsed itself
 			Stop:                backoff.Stop,
-			Clock:               clk,
+			Clock:               backoff.SystemClock,
 		}
 	case Constant:
 		b = &backoff.ConstantBackOff{Interval: p.BaseDelay}
@@ -246,35 +219,28 @@ func addSat(a, b time.Duration) time.Duration {
 	return a + b
 }
 
-// retry calls op(attempt), attempt counting from 1, until it returns nil,
-// or an error for which retriable is false (returned at once, exactly as op
-// returned it), or MaxAttempts or MaxElapsed are exhausted, or ctx ends. A
-// nil retriable retries every error. op is always called at least once,
-// whatever the state of ctx; op is expected to honour ctx itself.
+// retry is retrySince from now: op(1) is the first attempt.
+func (p RetryPolicy) retry(ctx context.Context, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
+	return p.retrySince(ctx, time.Now(), op, retriable, onRetry)
+}
+
+// retrySince calls op(attempt), attempt counting from 1, until it returns
+// nil, or an error for which retriable is false (returned at once, exactly
+// as op returned it), or MaxAttempts or MaxElapsed are exhausted, or ctx
+// ends. A nil retriable retries every error. op is always called at least
+// once, whatever the state of ctx; op is expected to honour ctx itself.
+// start is when the first attempt began: a caller that made it itself (a
+// fast path) passes its start, so that Elapsed and MaxElapsed count it, and
+// has op(1) return its error.
 //
 // onRetry, if non-nil, is called before each wait with the attempt that
-// failed, its error and the wait. Waits and elapsed time use clk (nil
-// means SystemClock).
+// failed, its error and the wait.
 //
 // When attempts or time run out it returns a *RetryError with a nil Cause;
 // when ctx ends first, a *RetryError whose Err is the last error of op and
 // whose Cause is context.Cause(ctx).
-func (p RetryPolicy) retry(ctx context.Context, clk Clock, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
-	if clk == nil {
-		clk = SystemClock
-	}
-	return p.retrySince(ctx, clk, clk.Now(), op, retriable, onRetry)
-}
-
-// retrySince is retry for a caller that made the first attempt itself
-// before calling it (a fast path): start is when that attempt began, so
-// that Elapsed and MaxElapsed count it. op(1) is still called and is
-// expected to return that attempt's error.
-func (p RetryPolicy) retrySince(ctx context.Context, clk Clock, start time.Time, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
+func (p RetryPolicy) retrySince(ctx context.Context, start time.Time, op func(attempt int) error, retriable func(error) bool, onRetry func(attempt int, err error, wait time.Duration)) error {
 	p = p.withDefaults()
-	if clk == nil {
-		clk = SystemClock
-	}
 	var b backoff.BackOff // created on the first failure: success needs none
 	for attempt := 1; ; attempt++ {
 		err := op(attempt)
@@ -284,35 +250,32 @@ func (p RetryPolicy) retrySince(ctx context.Context, clk Clock, start time.Time,
 		if retriable != nil && !retriable(err) {
 			return err
 		}
-		elapsed := clk.Now().Sub(start)
-		giveUp := &RetryError{Attempts: attempt, Elapsed: elapsed, Err: err}
+		giveUp := &RetryError{Attempts: attempt, Elapsed: time.Since(start), Err: err}
 		if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
 			return giveUp
 		}
 		if ctx.Err() != nil {
-			return giveUp.stopped(ctx)
+			return giveUp.stopped(ctx, start)
 		}
 		if b == nil {
-			b = p.backOff(clk, p.Jitter)
+			b = p.backOff(jitter)
 		}
 		wait := p.nextWait(b)
-		if p.MaxElapsed > 0 && wait > p.MaxElapsed-elapsed { // elapsed+wait, without overflow
+		if p.MaxElapsed > 0 && wait > p.MaxElapsed-giveUp.Elapsed { // elapsed+wait, without overflow
 			return giveUp
 		}
 		if onRetry != nil {
 			onRetry(attempt, err, wait)
 		}
-		t := clk.NewTimer(wait)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			giveUp.Elapsed = clk.Now().Sub(start)
-			return giveUp.stopped(ctx)
-		case <-t.C():
+			return giveUp.stopped(ctx, start)
+		case <-t.C:
 		}
 		if ctx.Err() != nil { // both were ready and select chose the timer
-			giveUp.Elapsed = clk.Now().Sub(start)
-			return giveUp.stopped(ctx)
+			return giveUp.stopped(ctx, start)
 		}
 	}
 }
@@ -338,8 +301,9 @@ type RetryError struct {
 	ctxErr error // the context's Err when it ended, for Unwrap
 }
 
-// stopped records that ctx ended and returns e.
-func (e *RetryError) stopped(ctx context.Context) *RetryError {
+// stopped records that ctx ended, and when, and returns e.
+func (e *RetryError) stopped(ctx context.Context, start time.Time) *RetryError {
+	e.Elapsed = time.Since(start)
 	e.Cause, e.ctxErr = context.Cause(ctx), ctx.Err()
 	return e
 }
@@ -388,39 +352,3 @@ func roundDuration(d time.Duration) time.Duration {
 	}
 	return d.Round(time.Microsecond)
 }
-
-// Clock is the time source retries use: real time by default, a fake one
-// in tests (Config.Clock). Its Now also satisfies backoff's clock, which
-// never appears in kavari's API.
-type Clock interface {
-	// Now returns the current time.
-	Now() time.Time
-	// NewTimer returns a timer that sends on its channel once d has
-	// passed.
-	NewTimer(d time.Duration) Timer
-}
-
-// Timer is a one-shot timer made by a Clock, like *time.Timer.
-type Timer interface {
-	// C returns the channel the time is sent on when the timer fires.
-	C() <-chan time.Time
-	// Stop prevents the timer from firing; it reports whether it stopped
-	// the timer before it fired.
-	Stop() bool
-}
-
-// SystemClock is the real clock, on package time. It is safe for
-// concurrent use.
-var SystemClock Clock = systemClock{}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
-func (systemClock) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer(d)} }
-
-type systemTimer struct{ t *time.Timer }
-
-func (t systemTimer) C() <-chan time.Time { return t.t.C }
-
-func (t systemTimer) Stop() bool { return t.t.Stop() }

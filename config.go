@@ -122,9 +122,6 @@ type Config struct {
 	// Security.
 	TLS  *tls.Config
 	SASL *SASL
-
-	// Clock drives retries; tests inject one. Default SystemClock.
-	Clock Clock
 }
 
 func (c *Config) setDefaults() {
@@ -199,9 +196,6 @@ func (c *Config) setDefaults() {
 	if c.ReplicationFactor == 0 {
 		c.ReplicationFactor = -1 // the broker's default.replication.factor
 	}
-	if c.Clock == nil {
-		c.Clock = SystemClock
-	}
 }
 
 func (c *Config) validate() error {
@@ -214,10 +208,10 @@ func (c *Config) validate() error {
 			errs = append(errs, errors.New("Brokers has an empty address"))
 		}
 	}
-	if err := c.PublishRetry.Validate(); err != nil {
+	if err := c.PublishRetry.validate(); err != nil {
 		errs = append(errs, fmt.Errorf("PublishRetry: %w", err))
 	}
-	if err := c.ConsumerRetry.Validate(); err != nil {
+	if err := c.ConsumerRetry.validate(); err != nil {
 		errs = append(errs, fmt.Errorf("ConsumerRetry: %w", err))
 	}
 	if c.Ordering < PerKey || c.Ordering > Unordered {

@@ -51,7 +51,6 @@ func TestConfigDefaults(t *testing.T) {
 	assert.False(t, c.CreateTopics)
 	assert.Equal(t, 3, c.TopicPartitions)
 	assert.Equal(t, -1, c.ReplicationFactor, "the broker's default.replication.factor, not a single replica")
-	assert.Equal(t, kavari.SystemClock, c.Clock)
 
 	ms := func(ns ...int) []time.Duration {
 		out := make([]time.Duration, len(ns))
@@ -77,7 +76,7 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 		ConsumerRetry: kavari.NoRetry(), HandlerTimeout: time.Minute, CommitInterval: 3 * time.Second,
 		DrainTimeout: 4 * time.Second, SessionTimeout: 45 * time.Second, RebalanceTimeout: 50 * time.Second,
 		Heartbeat: 5 * time.Second, DeadLetterSuffix: "-dead", Relaxed: true, CreateTopics: true,
-		TopicPartitions: 12, ReplicationFactor: -1, Clock: ktFixedClock{time.Unix(1, 0)},
+		TopicPartitions: 12, ReplicationFactor: -1,
 	}
 	out, err := kavari.ConfigWithDefaults(in)
 	require.NoError(t, err)
@@ -86,7 +85,7 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 
 func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 	_, err := kavari.New(kavari.Config{
-		PublishRetry:     kavari.RetryPolicy{Jitter: 2},
+		PublishRetry:     kavari.RetryPolicy{Strategy: 7},
 		ConsumerRetry:    kavari.RetryPolicy{BaseDelay: -time.Second},
 		Ordering:         kavari.Ordering(9),
 		Partitioner:      kavari.Partitioner(5),
@@ -105,7 +104,7 @@ func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 	for _, want := range []string{
 		"Brokers is empty",
 		"PublishRetry: ",
-		"Jitter 2 is outside 0..1",
+		"unknown strategy 7",
 		"ConsumerRetry: ",
 		"negative BaseDelay",
 		"unknown Ordering 9",

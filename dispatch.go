@@ -428,13 +428,13 @@ func (g *generation) process(p *partition, j *job) {
 	for _, b := range rt.bindings {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
-		start := g.k.cfg.Clock.Now()
+		start := time.Now()
 		first := g.invoke(b, msg, j, 1)
 		if first == nil {
 			continue
 		}
 		attempts := 0
-		err := g.k.cfg.ConsumerRetry.retrySince(g.hard, g.k.cfg.Clock, start, func(attempt int) error {
+		err := g.k.cfg.ConsumerRetry.retrySince(g.hard, start, func(attempt int) error {
 			attempts = attempt
 			if attempt == 1 {
 				return first
@@ -543,7 +543,7 @@ func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler st
 		rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
 	}
 	var last error
-	err := dlqRetry.retry(g.hard, g.k.cfg.Clock, func(int) error {
+	err := dlqRetry.retry(g.hard, func(int) error {
 		for {
 			errs := g.k.pub.write(g.hard, []kafka.Message{rec})
 			if errs == nil {

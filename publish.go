@@ -141,7 +141,7 @@ var errBatchRefused = errors.New("kavari: not sent: another message of the batch
 // acknowledged, else one error (*PublishError or nil) per record.
 func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
 	// Fast path: the first attempt needs none of the retry bookkeeping.
-	start := p.cfg.Clock.Now()
+	start := time.Now()
 	if ctx.Err() != nil {
 		return p.retryWrite(ctx, start, recs, nil)
 	}
@@ -168,7 +168,7 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 	}
 	batch := make([]kafka.Message, 0, len(recs))
 	var we kafka.WriteErrors
-	err := p.cfg.PublishRetry.retrySince(ctx, p.cfg.Clock, start, func(attempt int) error {
+	err := p.cfg.PublishRetry.retrySince(ctx, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])

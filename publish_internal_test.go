@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -56,7 +57,7 @@ func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
 	cfg.setDefaults()
 	require.NoError(t, cfg.validate())
 	c := cfg
-	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, c.Clock.Now))
+	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, time.Now))
 	p.w = w
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -69,32 +70,30 @@ func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
 // Elapsed and MaxElapsed count from the start of the first attempt, which
 // Publish makes before the retry loop (its fast path).
 func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
-	clk := newFakeClock()
-	w := &fakeWriter{write: func(int, []kafka.Message) error {
-		clk.Advance(5 * time.Second) // every attempt takes 5 s, then fails
-		return kafka.LeaderNotAvailable
-	}}
-	p := newFakePublisher(t, Config{Clock: clk, PublishRetry: ConstantRetry(time.Second, 2)}, w)
-	errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
-	require.Len(t, errs, 1)
-	var re *RetryError
-	require.ErrorAs(t, errs[0], &re)
-	assert.Equal(t, 2, re.Attempts)
-	assert.Equal(t, 11*time.Second, re.Elapsed, "5 s + 1 s wait + 5 s: the first attempt counts")
+	synctest.Test(t, func(t *testing.T) {
+		slow := func(int, []kafka.Message) error {
+			time.Sleep(5 * time.Second) // every attempt takes 5 s, then fails
+			return kafka.LeaderNotAvailable
+		}
+		w := &fakeWriter{write: slow}
+		p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Second, 2)}, w)
+		errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+		require.Len(t, errs, 1)
+		var re *RetryError
+		require.ErrorAs(t, errs[0], &re)
+		assert.Equal(t, 2, re.Attempts)
+		assert.Equal(t, 11*time.Second, re.Elapsed, "5 s + 1 s wait + 5 s: the first attempt counts")
 
-	// MaxElapsed 11 s: after the second attempt (at 11 s) no wait fits. Were the
-	// first attempt left out, a third attempt would be made.
-	clk2 := newFakeClock()
-	w2 := &fakeWriter{write: func(int, []kafka.Message) error {
-		clk2.Advance(5 * time.Second)
-		return kafka.LeaderNotAvailable
-	}}
-	p2 := newFakePublisher(t, Config{Clock: clk2, PublishRetry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}, w2)
-	errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}})
-	require.ErrorAs(t, errs[0], &re)
-	assert.Equal(t, 2, w2.Calls(), "MaxElapsed counts the first attempt's 5 s")
-	assert.Equal(t, 2, re.Attempts)
-	assert.Equal(t, 11*time.Second, re.Elapsed)
+		// MaxElapsed 11 s: after the second attempt (at 11 s) no wait fits. Were the
+		// first attempt left out, a third attempt would be made.
+		w2 := &fakeWriter{write: slow}
+		p2 := newFakePublisher(t, Config{PublishRetry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}, w2)
+		errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+		require.ErrorAs(t, errs[0], &re)
+		assert.Equal(t, 2, w2.Calls(), "MaxElapsed counts the first attempt's 5 s")
+		assert.Equal(t, 2, re.Attempts)
+		assert.Equal(t, 11*time.Second, re.Elapsed)
+	})
 }
 
 // kafka-go reports a topic missing from its metadata as a plain
@@ -102,7 +101,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 // it must get the few attempts and the hint all the same.
 func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 	w := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
-	p := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 10)}, w)
+	p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w)
 	errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
 	require.Len(t, errs, 1)
 	err := errs[0]
@@ -122,7 +121,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 		}
 		return we
 	}}
-	p2 := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 10)}, w2)
+	p2 := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w2)
 	errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}, &internalMsg{ID: "b"}})
 	require.Len(t, errs, 2)
 	assert.Equal(t, unknownTopicAttempts, w2.Calls())
@@ -133,7 +132,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 
 	// With auto-creation allowed the topic may appear: the policy decides.
 	w3 := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
-	p3 := newFakePublisher(t, Config{Clock: newFakeClock(), AllowAutoCreate: true, PublishRetry: ConstantRetry(time.Millisecond, 5)}, w3)
+	p3 := newFakePublisher(t, Config{AllowAutoCreate: true, PublishRetry: ConstantRetry(time.Millisecond, 5)}, w3)
 	p3.publish(context.Background(), []any{&internalMsg{ID: "a"}})
 	assert.Equal(t, 5, w3.Calls())
 }
@@ -166,7 +165,7 @@ func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
 				}
 				return dialRefused
 			}}
-			p := newFakePublisher(t, Config{Clock: newFakeClock(), PublishRetry: ConstantRetry(time.Millisecond, 3)}, w)
+			p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 3)}, w)
 			errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
 			require.Len(t, errs, 1)
 			var pe *PublishError

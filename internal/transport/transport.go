@@ -1,0 +1,229 @@
+// Package transport is the seam between kavari's engine (publisher retries
+// and async queue; consumer lanes, offset tracking, retries, dead letters,
+// commits, drains, Stop, Health) and a Kafka client. The engine sees only
+// this package's types; each client has one adapter (internal/transport/kafkago,
+// internal/transport/franz, and internal/transport/memory for the engine's own
+// tests), and records are converted to Record once, at the adapter.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"time"
+)
+
+// Header is one record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is a Kafka record as kavari sees it, produced or fetched.
+type Record struct {
+	Topic     string
+	Partition int32 // set by Produce on success; by the adapter on fetch
+	Offset    int64 // set by Produce on success; by the adapter on fetch
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	Time      time.Time // the record timestamp (fetch); zero lets the client set it (produce)
+}
+
+// TopicPartition names one partition.
+type TopicPartition struct {
+	Topic     string
+	Partition int32
+}
+
+// Partitioner chooses a keyed record's partition. Both adapters must pick the
+// same partition for the same key and partition count.
+type Partitioner int
+
+const (
+	Murmur2 Partitioner = iota // the Java client's default
+	CRC32                      // librdkafka's default
+)
+
+// StartOffset says where to begin on a partition with no committed offset.
+type StartOffset int
+
+const (
+	Earliest StartOffset = iota
+	Latest
+)
+
+// SASL is SASL authentication: Mechanism is "PLAIN", "SCRAM-SHA-256" or
+// "SCRAM-SHA-512".
+type SASL struct {
+	Mechanism, Username, Password string
+}
+
+// Config is what every adapter needs, already defaulted and validated by
+// kavari. A field an adapter cannot honour is reported by its Check, and New
+// rejects the Config.
+type Config struct {
+	Brokers  []string
+	ClientID string
+	TLS      *tls.Config
+	SASL     *SASL
+	Logger   *slog.Logger
+
+	// Producing.
+	Partitioner     Partitioner
+	BatchTimeout    time.Duration // how long a batch may wait to fill (linger); 0: none
+	BatchSize       int
+	BatchBytes      int64
+	AllowAutoCreate bool
+
+	// Consuming.
+	GroupID           string
+	InstanceID        string // static membership; "" for none
+	Topics            []string
+	StartOffset       StartOffset
+	SessionTimeout    time.Duration
+	RebalanceTimeout  time.Duration
+	HeartbeatInterval time.Duration
+}
+
+// Capabilities says what an adapter's client can do; the engine adapts to it
+// (for example it bounds drains by the session timeout when the client stops
+// heartbeating during them).
+type Capabilities struct {
+	Idempotent            bool // a retried produce stores no duplicate
+	Cooperative           bool // a rebalance revokes only the partitions that move
+	HeartbeatsDuringDrain bool // Revoked may block up to the rebalance timeout
+	StaticMembership      bool // Config.InstanceID is honoured
+	CommitMetadata        bool // Commit stores Offset.Metadata and Assigned returns it
+}
+
+// Producer writes records. It is safe for concurrent use.
+type Producer interface {
+	// Produce writes recs (acks from all in-sync replicas, partition from
+	// the key with the configured partitioner) and returns when each is
+	// acknowledged or has failed; it does not retry (kavari does, with its
+	// own policy). On success it sets each record's Partition and Offset.
+	// It returns nil when every record was acknowledged, else one error per
+	// record (nil for the acknowledged ones), each classified with a
+	// *ProduceError.
+	Produce(ctx context.Context, recs []*Record) []error
+	// Close releases every connection and goroutine the producer started.
+	Close() error
+}
+
+// ErrorKind classifies a produce failure for kavari's retry decision.
+type ErrorKind int
+
+const (
+	Retriable    ErrorKind = iota // leader/metadata/network/timeout: try again
+	TooLarge                      // the broker refuses the record at this size
+	UnknownTopic                  // the topic does not exist (and is not auto-created)
+	Permanent                     // authorization, invalid record, ... : do not retry
+	Closed                        // the producer was closed
+)
+
+// ProduceError is one record's produce failure.
+type ProduceError struct {
+	Kind ErrorKind
+	// MayHaveBeenWritten is true when the request may have reached the
+	// broker (timeout or connection lost mid-request): the outcome is
+	// unknown.
+	MayHaveBeenWritten bool
+	Err                error
+}
+
+func (e *ProduceError) Error() string { return e.Err.Error() }
+func (e *ProduceError) Unwrap() error { return e.Err }
+
+// KindOf returns err's ErrorKind (Retriable when err is not a *ProduceError).
+func KindOf(err error) ErrorKind {
+	var pe *ProduceError
+	if errors.As(err, &pe) {
+		return pe.Kind
+	}
+	return Retriable
+}
+
+// Generation identifies one membership of the group: commits are fenced to it.
+type Generation struct {
+	ID       int32
+	MemberID string
+}
+
+// Assignment is one partition given to this member, with where to start.
+type Assignment struct {
+	TopicPartition
+	// Offset is the committed offset to resume from, or -1 when none is
+	// committed (StartOffset applies).
+	Offset int64
+	// Metadata is the committed offset's metadata ("" when none or when the
+	// adapter cannot read it).
+	Metadata string
+}
+
+// Offset is one partition's commit.
+type Offset struct {
+	TopicPartition
+	Offset   int64 // the next record to read
+	Metadata string
+}
+
+// GroupHandler is the engine's side of a consumer group. The adapter calls
+// it from its own goroutines; Assigned, Revoked and Lost are never called
+// concurrently with each other.
+type GroupHandler interface {
+	// Assigned gives the member partitions, in the generation gen.
+	Assigned(gen Generation, parts []Assignment)
+	// Revoked takes partitions away. It blocks while the engine drains them
+	// and commits (Commit with gen); it returns when they are released. On
+	// an eager client every partition is revoked at each rebalance.
+	Revoked(gen Generation, parts []TopicPartition)
+	// Lost says partitions are gone without a chance to commit (session
+	// expired, fenced): the engine abandons their work.
+	Lost(gen Generation, parts []TopicPartition)
+	// Records delivers one partition's records, in offset order, with the
+	// partition's high watermark when the client knows it (else -1). It
+	// must not block for long: backpressure is Pause/Resume.
+	Records(tp TopicPartition, recs []*Record, highWatermark int64)
+	// Error reports a group or fetch error (for logs and Health); the
+	// adapter keeps trying.
+	Error(err error)
+}
+
+// Consumer is one member of a consumer group.
+type Consumer interface {
+	// Run joins the group and consumes until ctx ends or Close is called,
+	// calling h. Broker failures do not end it: it rejoins with backoff.
+	Run(ctx context.Context, h GroupHandler) error
+	// Commit commits offsets for partitions owned in gen. It fails when gen
+	// is no longer the member's generation (fenced) or the broker refuses.
+	Commit(ctx context.Context, gen Generation, offsets []Offset) error
+	// Pause stops fetching tps; Resume starts again. Records already
+	// fetched may still be delivered after Pause.
+	Pause(tps ...TopicPartition)
+	Resume(tps ...TopicPartition)
+	// Close leaves the group and releases every connection and goroutine,
+	// bounded by ctx.
+	Close(ctx context.Context) error
+}
+
+// Admin is what kavari needs besides producing and consuming.
+type Admin interface {
+	// CreateTopics creates topics that do not exist (replication -1: the
+	// broker default) and waits until every partition has a leader.
+	CreateTopics(ctx context.Context, partitions int, replication int, topics ...string) error
+	// MissingTopics returns those of topics the cluster does not have.
+	MissingTopics(ctx context.Context, topics ...string) ([]string, error)
+	// EndOffsets returns the high watermark of each partition (for lag).
+	EndOffsets(ctx context.Context, tps ...TopicPartition) (map[TopicPartition]int64, error)
+	Close() error
+}
+
+// Transport builds the three parts on one client configuration.
+type Transport interface {
+	Capabilities() Capabilities
+	NewProducer(cfg Config) (Producer, error)
+	NewConsumer(cfg Config) (Consumer, error)
+	NewAdmin(cfg Config) (Admin, error)
+}
