@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kavari-go/kavari"
@@ -32,6 +34,7 @@ var securityTransports = []struct {
 type secEvent struct {
 	kavari.Message `kavari:"topic=it-sec,key=Run"`
 	Run            string `json:"run"`
+	Fail           bool   `json:"fail,omitempty"`
 }
 
 // TestSecurity starts its own Kafka node with TLS and SASL listeners
@@ -98,7 +101,7 @@ func TestSecurity(t *testing.T) {
 		t.Run(tr.name, func(t *testing.T) {
 			for _, c := range good {
 				t.Run(c.name, func(t *testing.T) {
-					secureRoundTrip(t, c.brokers, func(cfg *kavari.Config) {
+					secureRoundTrip(t, c.brokers, cluster.Brokers(), func(cfg *kavari.Config) {
 						tr.set(cfg)
 						cfg.TLS, cfg.SASL = c.tls, c.sasl
 					})
@@ -116,43 +119,114 @@ func TestSecurity(t *testing.T) {
 	}
 }
 
-// secureRoundTrip creates the topics, starts a consumer, publishes one
-// message, waits for the handler to receive it and stops cleanly, all
-// through the connection settings mutate applies.
-func secureRoundTrip(t *testing.T, brokers []string, mutate func(*kavari.Config)) {
+// secureRoundTrip creates the topics, starts a consumer and publishes two
+// messages with the same key through the connection settings mutate
+// applies: the first fails in its handler and is dead-lettered, the second
+// is handled; then offsets are committed and Stop succeeds, with no warning
+// logged on the way. plain (the PLAINTEXT listener) is only for checking
+// the dead letter.
+func secureRoundTrip(t *testing.T, brokers, plain []string, mutate func(*kavari.Config)) {
 	run := testenv.ID("sec")
 	got := make(chan struct{}, 1)
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &secEvent{}, func(ctx context.Context, m *secEvent) error {
-		if m.Run == run {
-			select {
-			case got <- struct{}{}:
-			default:
-			}
+		if m.Run != run {
+			return nil
+		}
+		if m.Fail {
+			return errors.New("failed on purpose")
+		}
+		select {
+		case got <- struct{}{}:
+		default:
 		}
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, mutate) // EnsureTopics: the admin calls
+	logs := &warnings{}
+	k := newKavari(t, reg, brokers, func(cfg *kavari.Config) { // EnsureTopics: the admin calls
+		mutate(cfg)
+		cfg.Logger = slog.New(logs)
+		cfg.ConsumerRetry = kavari.ConstantRetry(10*time.Millisecond, 1)
+		cfg.TopicPartitions = 3
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	require.NoError(t, k.Start(ctx))
+	require.NoError(t, k.Publish(ctx, &secEvent{Run: run, Fail: true}))
 	require.NoError(t, k.Publish(ctx, &secEvent{Run: run}))
 	select {
-	case <-got:
+	case <-got: // after the first was dead-lettered: same key, in order
 	case <-ctx.Done():
 		t.Fatalf("the handler did not receive the message; health: %+v", k.Health())
 	}
+	waitUntil(t, time.Minute, func() bool { return k.Health().Commits > 0 }, "an offset commit")
 	require.Empty(t, k.Health().LastError)
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer stopCancel()
 	require.NoError(t, k.Stop(stopCtx))
+	require.Empty(t, logs.get(), "warnings logged")
+	require.Equal(t, 1, countRecords(t, plain, "it-sec.dlq", 3, run), "dead letters of this run")
+}
+
+// warnings is a slog.Handler keeping the messages of warnings and errors,
+// except the dead-lettering secureRoundTrip causes.
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "kavari: handler gave up, dead-lettering") {
+		return nil // the failure the test makes
+	}
+	msg := r.Message
+	r.Attrs(func(a slog.Attr) bool { msg += " " + a.String(); return true })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, msg)
+	return nil
+}
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnings) WithGroup(string) slog.Handler      { return w }
+func (w *warnings) get() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.msgs...)
+}
+
+// countRecords counts the records of topic's partitions (0 to
+// partitions-1) whose key is key.
+func countRecords(t *testing.T, brokers []string, topic string, partitions int, key string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := 0
+	for p := 0; p < partitions; p++ {
+		conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p)
+		require.NoError(t, err)
+		first, last, err := conn.ReadOffsets()
+		require.NoError(t, err)
+		_, err = conn.Seek(first, kafka.SeekAbsolute)
+		require.NoError(t, err)
+		for off := first; off < last; off++ {
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			m, err := conn.ReadMessage(10 << 20)
+			require.NoError(t, err)
+			if string(m.Key) == key {
+				n++
+			}
+		}
+		conn.Close()
+	}
+	return n
 }
 
 // refused checks that the settings mutate applies are refused clearly:
 // Publish fails at once with an error want accepts, although the retry
 // policy would wait an hour between unlimited attempts, saying that nothing
-// was written; and a started
-// consumer shows such an error in Health.LastError and still stops.
+// was written; and a started consumer shows such an error in
+// Health.LastError and still stops.
 func refused(t *testing.T, brokers []string, mutate func(*kavari.Config), want failure) {
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &secEvent{}, func(context.Context, *secEvent) error { return nil }))
