@@ -23,7 +23,8 @@ import (
 
 // securityTransports are the transports the security tests run on: each
 // entry sets Config.Transport (the zero value is the default, kafka-go).
-// Adding a transport is one line here.
+// Adding a transport is one line here; KAVARI_TRANSPORT=<name> runs only
+// that one.
 var securityTransports = []struct {
 	name string
 	set  func(*kavari.Config)
@@ -99,6 +100,9 @@ func TestSecurity(t *testing.T) {
 
 	for _, tr := range securityTransports {
 		t.Run(tr.name, func(t *testing.T) {
+			if only := os.Getenv("KAVARI_TRANSPORT"); only != "" && only != tr.name {
+				t.Skipf("KAVARI_TRANSPORT=%s", only)
+			}
 			for _, c := range good {
 				t.Run(c.name, func(t *testing.T) {
 					secureRoundTrip(t, c.brokers, cluster.Brokers(), func(cfg *kavari.Config) {
