@@ -2,6 +2,8 @@ package kavari
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"hash/fnv"
 	"io"
@@ -297,7 +299,7 @@ func mayHaveBeenWritten(err error) bool {
 		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
 	}
 	var tooLarge kafka.MessageTooLargeError
-	if errors.As(err, &tooLarge) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) {
+	if errors.As(err, &tooLarge) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) || handshakeFailed(err) {
 		return false // refused before sending
 	}
 	var oe *net.OpError
@@ -311,6 +313,21 @@ func mayHaveBeenWritten(err error) bool {
 	// Broken or timed-out connections, and failures kavari cannot place:
 	// the request may have been sent.
 	return true
+}
+
+// handshakeFailed reports whether err is a failed TLS handshake: the
+// broker's certificate was not verified (unknown CA, wrong host name,
+// expired) or the broker refused the client's with an alert. No request was
+// sent on that connection, and retrying with the same tls.Config fails the
+// same way.
+func handshakeFailed(err error) bool {
+	var verify *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &verify) || errors.As(err, &alert) ||
+		errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }
 
 // unknownTopicAttempts is how many attempts an unknown topic gets when the
@@ -352,6 +369,9 @@ func retriablePublish(err error) bool {
 	}
 	if errors.Is(err, io.ErrClosedPipe) {
 		return false // the writer was closed
+	}
+	if handshakeFailed(err) {
+		return false // the same certificates fail the same way again
 	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||

@@ -73,6 +73,11 @@ type Options struct {
 	// surfaces and then retries only after JoinGroupBackoff, 5s by default).
 	SkipWarmup bool
 
+	// Security, when set, adds TLS and SASL listeners to every node; see
+	// [Security] and [Cluster.Security]. Start then takes a few seconds
+	// longer (keytool makes a CA and the brokers' certificate).
+	Security *Security
+
 	// Logf, when set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -92,6 +97,7 @@ type Cluster struct {
 	stopOnce   sync.Once
 	stopErr    error
 	stoppedAll bool
+	sec        *secState // nil unless Options.Security is set
 }
 
 // node is one Kafka process (node.id = index+1).
@@ -101,6 +107,9 @@ type node struct {
 	brokerPort     int
 	controllerPort int
 	proc           *process // nil when not running
+
+	// The secured listeners' ports, 0 without Options.Security.
+	sslPort, saslPort, saslSSLPort int
 }
 
 func (n *node) brokerAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.brokerPort)) }
@@ -175,6 +184,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if c.clusterID, err = newClusterID(); err != nil {
 		return nil, err
 	}
+	if opts.Security != nil {
+		if err := c.setupSecurity(ctx); err != nil {
+			c.cleanupDir()
+			return nil, err
+		}
+	}
 	// The free ports are picked before Kafka binds them, so another process
 	// can take one in between; retry with new ports when that happens.
 	for attempt := 1; ; attempt++ {
@@ -194,7 +209,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 // On failure all started nodes are killed.
 func (c *Cluster) launch(ctx context.Context, storageTool string) error {
 	opts := c.opts
-	ports, err := pickPorts(2 * opts.Nodes)
+	per := 2 // broker and controller ports per node
+	if c.sec != nil {
+		per = 5
+	}
+	ports, err := pickPorts(per * opts.Nodes)
 	if err != nil {
 		return err
 	}
@@ -203,8 +222,11 @@ func (c *Cluster) launch(ctx context.Context, storageTool string) error {
 		n := &node{
 			id:             i + 1,
 			dir:            filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)),
-			brokerPort:     ports[2*i],
-			controllerPort: ports[2*i+1],
+			brokerPort:     ports[per*i],
+			controllerPort: ports[per*i+1],
+		}
+		if c.sec != nil {
+			n.sslPort, n.saslPort, n.saslSSLPort = ports[per*i+2], ports[per*i+3], ports[per*i+4]
 		}
 		c.nodes = append(c.nodes, n)
 	}
@@ -308,6 +330,9 @@ func (c *Cluster) format(ctx context.Context, n *node, storageTool string) error
 		"--cluster-id=" + c.clusterID,
 		"--config", filepath.Join(n.dir, "server.properties"),
 	}
+	if c.sec != nil {
+		args = append(args, c.sec.scramArgs()...)
+	}
 	cmd := exec.Command(c.java, args...)
 	cmd.Dir = n.dir
 	cmd.Stdout, cmd.Stderr = out, out
@@ -335,13 +360,19 @@ func (c *Cluster) serverProps(n *node, voters string) string {
 	if len(c.nodes) >= 3 {
 		rf, minISR = "3", "2"
 	}
+	listeners := fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", n.brokerPort)
+	protocols := "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+	if c.sec != nil {
+		listeners += fmt.Sprintf(",SSL://127.0.0.1:%d,SASL_PLAINTEXT://127.0.0.1:%d,SASL_SSL://127.0.0.1:%d", n.sslPort, n.saslPort, n.saslSSLPort)
+		protocols += ",SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL"
+	}
 	props := [][2]string{
 		{"process.roles", "broker,controller"},
 		{"node.id", strconv.Itoa(n.id)},
 		{"controller.quorum.voters", voters},
-		{"listeners", fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", n.brokerPort, n.controllerPort)},
-		{"advertised.listeners", fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", n.brokerPort)},
-		{"listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"},
+		{"listeners", fmt.Sprintf("%s,CONTROLLER://127.0.0.1:%d", listeners, n.controllerPort)},
+		{"advertised.listeners", listeners},
+		{"listener.security.protocol.map", protocols},
 		{"controller.listener.names", "CONTROLLER"},
 		{"inter.broker.listener.name", "PLAINTEXT"},
 		{"log.dirs", filepath.Join(n.dir, "data")},
@@ -365,6 +396,9 @@ func (c *Cluster) serverProps(n *node, voters string) string {
 		{"num.io.threads", "4"},
 		{"num.recovery.threads.per.data.dir", "1"},
 		{"log.retention.check.interval.ms", "60000"},
+	}
+	if c.sec != nil {
+		props = append(props, c.sec.securityProps()...)
 	}
 	extra := c.opts.ServerProps
 	var b strings.Builder

@@ -39,6 +39,17 @@ const (
 	// EnvLib holds the directory of Kafka jars returned by [Fetch]; it lets
 	// tests start further clusters with [Start].
 	EnvLib = "KAVARI_KAFKA_LIB"
+
+	// With kafkactl -secure (see [Security]): the PEM file of the CA that
+	// signed the brokers' certificate, the addresses of the SSL,
+	// SASL_PLAINTEXT and SASL_SSL listeners, and a SASL user (PLAIN,
+	// SCRAM-SHA-256 and SCRAM-SHA-512) with its password.
+	EnvTLSCA          = "KAVARI_TLS_CA"
+	EnvSSLBrokers     = "KAVARI_SSL_BROKERS"
+	EnvSASLBrokers    = "KAVARI_SASL_BROKERS"
+	EnvSASLSSLBrokers = "KAVARI_SASL_SSL_BROKERS"
+	EnvSASLUser       = "KAVARI_SASL_USER"
+	EnvSASLPassword   = "KAVARI_SASL_PASSWORD"
 )
 
 // BrokersFromEnv returns the brokers listed in KAVARI_BROKERS, or nil when

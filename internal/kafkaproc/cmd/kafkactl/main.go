@@ -11,7 +11,8 @@
 // working directory holding go.mod).
 //
 // "run" fetches, starts a cluster, runs the command with KAVARI_BROKERS,
-// KAVARI_KAFKA_VERSION and KAVARI_KAFKA_LIB exported, stops the cluster when
+// KAVARI_KAFKA_VERSION and KAVARI_KAFKA_LIB exported (with -secure also the
+// secured listeners' addresses, the CA file and a SASL user), stops the cluster when
 // the command ends (or when kafkactl gets SIGINT/SIGTERM, which is passed on
 // to the command) and exits with the command's exit code. Broker logs live
 // in DIR (default: a fresh directory under <cache>/runs) and are kept when
@@ -62,6 +63,7 @@ type common struct {
 	heap    string
 	jvmOpts string
 	fullJIT bool
+	secure  bool
 	timeout time.Duration
 	verbose bool
 }
@@ -77,6 +79,7 @@ func (c *common) register(fs *flag.FlagSet, cluster, bench bool) {
 		fs.DurationVar(&c.timeout, "timeout", 120*time.Second, "start-up timeout")
 		fs.BoolVar(&c.verbose, "v", false, "print progress messages")
 		fs.BoolVar(&c.fullJIT, "full-jit", bench, "run the JVMs with the C2 JIT (slower start, faster steady state)")
+		fs.BoolVar(&c.secure, "secure", false, "add SSL, SASL_PLAINTEXT and SASL_SSL listeners and export KAVARI_TLS_CA, KAVARI_SSL_BROKERS, KAVARI_SASL_BROKERS, KAVARI_SASL_SSL_BROKERS, KAVARI_SASL_USER and KAVARI_SASL_PASSWORD")
 	}
 }
 
@@ -209,6 +212,9 @@ func (c *common) start(ctx context.Context, lib, dir string) (*kafkaproc.Cluster
 		FullJIT:      c.fullJIT,
 		StartTimeout: c.timeout,
 	}
+	if c.secure {
+		opts.Security = &kafkaproc.Security{}
+	}
 	if c.verbose {
 		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	}
@@ -223,11 +229,23 @@ func (c *common) start(ctx context.Context, lib, dir string) (*kafkaproc.Cluster
 }
 
 func clusterEnv(cl *kafkaproc.Cluster, lib string) []string {
-	return []string{
+	env := []string{
 		kafkaproc.EnvBrokers + "=" + strings.Join(cl.Brokers(), ","),
 		kafkaproc.EnvVersion + "=" + cl.Version(),
 		kafkaproc.EnvLib + "=" + lib,
 	}
+	if sec := cl.Security(); sec != nil {
+		user, pass := sec.User()
+		env = append(env,
+			kafkaproc.EnvTLSCA+"="+sec.CAFile,
+			kafkaproc.EnvSSLBrokers+"="+strings.Join(sec.SSL, ","),
+			kafkaproc.EnvSASLBrokers+"="+strings.Join(sec.SASLPlaintext, ","),
+			kafkaproc.EnvSASLSSLBrokers+"="+strings.Join(sec.SASLSSL, ","),
+			kafkaproc.EnvSASLUser+"="+user,
+			kafkaproc.EnvSASLPassword+"="+pass,
+		)
+	}
+	return env
 }
 
 func cmdRun(args []string) int {
