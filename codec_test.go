@@ -91,6 +91,7 @@ func TestTextCodecEncodesAsPython(t *testing.T) {
 		{&ktTextBool{B: false}, "False"},
 		{&ktTextBytes{Raw: []byte("a\x00b'")}, "a\x00b'"},
 		{&ktTextBytes{}, ""},
+		{&ktTextBytes{Raw: []byte("x"), helper: 1, Ignored: 2}, "x"},
 		{&ktTextFloat32{F: 0.1}, "0.1"},
 		{&ktTextFloat32{F: 1e20}, "1e+20"},
 		{&ktTextFloat32{F: 3}, "3.0"},
@@ -343,6 +344,7 @@ func TestJSONNilSlicesAndMaps(t *testing.T) {
 		PtrSlice:  new([]int),
 		Tree:      ktNilNode{Name: "root", Children: []ktNilNode{{Name: "leaf"}}},
 		Stamp:     time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
+		unexp:     nil, // not seen by encoding/json: not filled either
 	}
 	before := *m
 	rec, err := kavari.EncodeRecord(context.Background(), "s", 0, nil, m)
