@@ -108,7 +108,11 @@ func buildFillPlan(t reflect.Type, building map[reflect.Type]*fillPlan) *fillPla
 		p.kind = fillStruct
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
-			if !f.IsExported() && !(f.Anonymous && f.Type.Kind() == reflect.Struct) {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if !f.IsExported() && !(f.Anonymous && ft.Kind() == reflect.Struct) {
 				continue // encoding/json does not see it
 			}
 			tag := f.Tag.Get("json")

@@ -366,6 +366,40 @@ func TestJSONNilSlicesAndMaps(t *testing.T) {
 	assert.Nil(t, m.Any)
 }
 
+type ktHiddenPtr struct {
+	Deep []int `json:"deep"`
+}
+
+type ktUpperList []string
+
+func (l ktUpperList) MarshalJSON() ([]byte, error) { return []byte(`"custom"`), nil }
+
+type ktNilMore struct {
+	kavari.Message `kavari:"topic=kt-nil"`
+	*ktHiddenPtr
+	Dyn    map[string]any `json:"dyn"`
+	Custom ktUpperList    `json:"custom"`
+	Lists  [][]string     `json:"lists"`
+}
+
+// TestJSONNilSlicesMore: through an embedded pointer to an unexported
+// struct, inside map[string]any and slices of slices; a json.Marshaler is
+// asked, not filled.
+func TestJSONNilSlicesMore(t *testing.T) {
+	m := &ktNilMore{
+		ktHiddenPtr: &ktHiddenPtr{},
+		Dyn:         map[string]any{"list": []int(nil), "obj": map[string]any{"inner": []string(nil)}, "n": 1},
+		Lists:       [][]string{nil, {"a"}},
+	}
+	rec, err := kavari.EncodeRecord(context.Background(), "s", 0, nil, m)
+	require.NoError(t, err)
+	assert.Equal(t, `{"deep":[],"dyn":{"list":[],"n":1,"obj":{"inner":[]}},"custom":"custom","lists":[[],["a"]]}`, string(rec.Value))
+	assert.Nil(t, m.Deep)
+	assert.Nil(t, m.Dyn["list"])
+	assert.Nil(t, m.Dyn["obj"].(map[string]any)["inner"])
+	assert.Nil(t, m.Lists[0])
+}
+
 type ktNoSlices struct {
 	kavari.Message `kavari:"topic=kt-nil"`
 	ID             string    `json:"id"`
