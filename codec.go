@@ -110,7 +110,18 @@ func bindCodec(t reflect.Type, c Codec) (*codecUse, error) {
 		}
 	}
 	ct := c.ContentType()
-	return &codecUse{c: c, contentType: []byte(ct), what: fmt.Sprintf("a %s encoding", ct), marshal: c.Marshal, unmarshal: c.Unmarshal}, nil
+	return &codecUse{c: c, contentType: []byte(ct), what: "the " + ct + " encoding", marshal: c.Marshal, unmarshal: c.Unmarshal}, nil
+}
+
+// codecName names c in errors: json, text, or its Go type.
+func codecName(c Codec) string {
+	switch c.(type) {
+	case jsonCodec:
+		return "json"
+	case textCodec:
+		return "text"
+	}
+	return fmt.Sprintf("%T", c)
 }
 
 // sameCodec reports whether a and b are the same codec value.
@@ -150,10 +161,10 @@ func (r *Registry) SetCodec(msg any, c Codec) error {
 	}
 	use, err := bindCodec(info.typ, c)
 	if err != nil {
-		return &TagError{Type: info.typ.String(), Tag: info.tag, Reason: fmt.Sprintf("codec %T: %v", c, err)}
+		return &TagError{Type: info.typ.String(), Tag: info.tag, Reason: fmt.Sprintf("codec %s: %v", codecName(c), err)}
 	}
 	if info.codecTagged && !sameCodec(info.codec.c, c) {
-		return fmt.Errorf("%w: %s: SetCodec(%T) but its tag says codec=%s", ErrDuplicate, info.typ, c, info.codecName)
+		return fmt.Errorf("%w: %s: SetCodec(%s) but its tag says codec=%s", ErrDuplicate, info.typ, codecName(c), info.codecName)
 	}
 	if err := r.add(msg, nil); err != nil {
 		return err
@@ -168,7 +179,7 @@ func (r *Registry) SetCodec(msg any, c Codec) error {
 		if sameCodec(rt.codec.c, c) {
 			return nil
 		}
-		return fmt.Errorf("%w: %s: codec set twice (%T, then %T)", ErrDuplicate, info.typ, rt.codec.c, c)
+		return fmt.Errorf("%w: %s: codec set twice (%s, then %s)", ErrDuplicate, info.typ, codecName(rt.codec.c), codecName(c))
 	}
 	rt.codec, rt.codecSet = use, true
 	m := map[reflect.Type]*codecUse{}

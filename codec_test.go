@@ -449,6 +449,12 @@ func (ktUpper) Unmarshal(data []byte, msg any) error {
 	return json.Unmarshal([]byte(strings.ToLower(string(data))), msg)
 }
 
+// ktPicky is a codec that carries no type (a Protobuf codec refusing a
+// struct that is not a proto.Message would look like this).
+type ktPicky struct{ ktUpper }
+
+func (ktPicky) CheckType(t reflect.Type) error { return errors.New("not a picky type") }
+
 type ktByReg struct {
 	kavari.Message `kavari:"topic=kt-codec-reg,name=ByReg"`
 	Payload        string
@@ -496,6 +502,16 @@ func TestCodecByRegistration(t *testing.T) {
 	var te *kavari.TagError
 	assert.ErrorAs(t, kavari.NewRegistry().SetCodec(&ktTextTwoFields{}, kavari.Text), &te, "checked like a tag")
 	assert.Error(t, kavari.NewRegistry().SetCodec(&ktByReg{}, nil))
+	err = kavari.NewRegistry().SetCodec(&ktByReg{}, ktPicky{})
+	require.ErrorAs(t, err, &te, "a CodecChecker's refusal")
+	assert.Contains(t, te.Reason, "not a picky type")
+	bad := rec
+	bad.Value = []byte("{")
+	_, err = kavari.DecodeRecord(custom, &bad)
+	var de *kavari.DecodeError
+	require.ErrorAs(t, err, &de)
+	assert.Equal(t, kavari.KindDecode, de.Kind)
+	assert.Contains(t, err.Error(), "value is not the application/x-upper encoding of ktByReg")
 
 	frozen := kavari.NewRegistry()
 	require.NoError(t, frozen.Declare(&ktByReg{}))
