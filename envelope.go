@@ -2,8 +2,6 @@ package kavari
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -100,7 +98,6 @@ func appendID(dst []byte) []byte {
 // reads them).
 var (
 	specVersion1 = []byte("1.0")
-	contentJSON  = []byte("application/json")
 )
 
 // encoder turns messages into records.
@@ -108,6 +105,7 @@ type encoder struct {
 	source   []byte
 	maxBytes int
 	now      func() time.Time
+	reg      *Registry // codecs set with SetCodec; nil: the tags' codecs
 }
 
 func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
@@ -133,7 +131,8 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	if len(buf) > 0 {
 		key = buf[:len(buf):len(buf)]
 	}
-	value, err := json.Marshal(msg)
+	codec := e.codecOf(info)
+	value, err := codec.marshal(msg)
 	if err != nil {
 		return kafka.Message{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
 	}
@@ -154,7 +153,7 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	hs[3] = kafka.Header{Key: HeaderType, Value: info.nameBytes}
 	hs[4] = kafka.Header{Key: HeaderSource, Value: e.source}
 	hs[5] = kafka.Header{Key: HeaderTime, Value: at}
-	hs[6] = kafka.Header{Key: HeaderContentType, Value: contentJSON}
+	hs[6] = kafka.Header{Key: HeaderContentType, Value: codec.contentType}
 	if info.version != "" {
 		hs = append(hs, kafka.Header{Key: HeaderVersion, Value: info.versionBytes})
 	}
@@ -206,12 +205,9 @@ func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
 	if rt == nil {
 		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, rec.Topic))
 	}
-	if len(rec.Value) == 0 {
-		return fail(KindDecode, string(name), errors.New("empty value"))
-	}
 	ptr := reflect.New(rt.info.typ)
-	if err := json.Unmarshal(rec.Value, ptr.Interface()); err != nil {
-		return fail(KindDecode, string(name), fmt.Errorf("value is not the JSON of %s: %w", rt.info.goName, err))
+	if err := rt.codec.unmarshal(rec.Value, ptr.Interface()); err != nil {
+		return fail(KindDecode, string(name), fmt.Errorf("value is not %s of %s: %w", rt.codec.what, rt.info.goName, err))
 	}
 	msg := ptr.Interface()
 	if err := validate.Struct(msg); err != nil {

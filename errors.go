@@ -69,7 +69,7 @@ type ErrorKind string
 
 // The kinds of dead letter.
 const (
-	KindDecode      ErrorKind = "decode"       // value is not the JSON of the registered type
+	KindDecode      ErrorKind = "decode"       // the registered type's codec cannot decode the value
 	KindValidation  ErrorKind = "validation"   // decoded but failed the type's validate rules
 	KindUnknownType ErrorKind = "unknown_type" // no msg_type header, or a type not registered on the topic
 	KindHandler     ErrorKind = "handler"      // a handler kept failing (error, panic or timeout)

@@ -111,7 +111,7 @@ func New(cfg Config) (*Kavari, error) {
 	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
-	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now))
+	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now).withRegistry(cfg.Registry))
 	if tr, ok := k.pub.kw.Transport.(*kafka.Transport); ok && tr.Dial == nil {
 		tr.Dial = k.conns.dial // Stop cuts the publisher's connections too
 	}

@@ -21,8 +21,9 @@ import (
 // key (a dotted path such as Customer.ID reaches into nested structs; the field
 // is a string, an integer, a fmt.Stringer or a []byte); name, the logical type
 // name written in the msg_type header (default: the Go type name without its
-// package); version, written in the kavari_version header. A method
-// PartitionKey() string on the message wins over key=.
+// package); version, written in the kavari_version header; codec, json
+// (the default) or text (the Python kavari's primitive payloads, see Text).
+// A method PartitionKey() string on the message wins over key=.
 //
 // Message has no fields and encodes to nothing.
 type Message struct{}
@@ -56,6 +57,9 @@ type typeInfo struct {
 	keyKind                 keyKind
 	keyPath                 [][]int // field index per path element; pointers are followed between them
 	keyName                 string
+	codec                   *codecUse // the tag's codec, JSON by default
+	codecName               string    // the tag's codec=, "" when not given
+	codecTagged             bool
 }
 
 var (
@@ -118,7 +122,7 @@ func parseType(t reflect.Type) (*typeInfo, error) {
 		return nil, fmt.Errorf("%w: %s does not embed kavari.Message", ErrNotMessage, t)
 	}
 	tag, _ := marker.Tag.Lookup("kavari")
-	info := &typeInfo{typ: t, goName: t.Name(), name: t.Name(), tag: tag}
+	info := &typeInfo{typ: t, goName: t.Name(), name: t.Name(), tag: tag, codec: jsonUse}
 	bad := func(format string, args ...any) error {
 		return &TagError{Type: t.String(), Tag: tag, Reason: fmt.Sprintf(format, args...)}
 	}
@@ -149,8 +153,18 @@ func parseType(t reflect.Type) (*typeInfo, error) {
 			info.name = v
 		case "version":
 			info.version = v
+		case "codec":
+			c, ok := codecByName[v]
+			if !ok {
+				return nil, bad("unknown codec %q (want json or text)", v)
+			}
+			use, err := bindCodec(t, c)
+			if err != nil {
+				return nil, bad("codec %s: %v", v, err)
+			}
+			info.codec, info.codecName, info.codecTagged = use, v, true
 		default:
-			return nil, bad("unknown key %q (want topic, key, name, version)", k)
+			return nil, bad("unknown key %q (want topic, key, name, version, codec)", k)
 		}
 	}
 	if info.topic == "" {

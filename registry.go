@@ -39,6 +39,9 @@ type Registry struct {
 	byType map[reflect.Type]*route
 	frozen atomic.Pointer[routeTable]
 	users  int // freeze calls not undone by thaw (consumers started or starting); under mu
+	// codecs are the codecs set with SetCodec, copied on write, for
+	// publishing without a lock; nil when none was set.
+	codecs atomic.Pointer[map[reflect.Type]*codecUse]
 }
 
 // DefaultRegistry is the registry used by the package-level Register functions
@@ -54,6 +57,8 @@ func NewRegistry() *Registry {
 type route struct {
 	info     *typeInfo
 	bindings []*binding
+	codec    *codecUse // the tag's codec, or the one set with SetCodec
+	codecSet bool      // set with SetCodec
 }
 
 // binding is one handler of a route, in the non-generic shape the dispatcher uses.
@@ -188,7 +193,7 @@ func (r *Registry) add(msg any, b *binding) error {
 				return fmt.Errorf("%w: %s and %s both use name %q on topic %q", ErrDuplicate, other.info.typ, info.typ, info.name, info.topic)
 			}
 		}
-		rt = &route{info: info}
+		rt = &route{info: info, codec: info.codec}
 		r.byType[info.typ] = rt
 	}
 	if b == nil {

@@ -1,7 +1,8 @@
 // Package interop checks, on a real Apache Kafka broker, that kavari for Go
 // and the Python kavari 0.2.2.1 (the scripts in py/, run in the venv that
 // scripts/pyenv.sh creates) read each other's messages: same topic, msg_type
-// header, JSON value, CRC32 partitioning.
+// header, JSON value (plain text for primitive payloads: primitives_test.go),
+// CRC32 partitioning.
 //
 //	bash scripts/test.sh ./test/interop/...
 //

@@ -1,0 +1,14 @@
+package kavari
+
+import (
+	"context"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// EncodeRecordOn runs the publish path without I/O for a Kavari whose
+// Config.Registry is r (codecs chosen with SetCodec apply).
+func EncodeRecordOn(r *Registry, msg any) (kafka.Message, error) {
+	return newEncoder("s", 0, time.Now).withRegistry(r).encode(context.Background(), msg)
+}
