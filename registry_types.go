@@ -30,6 +30,9 @@ type MessageType struct {
 	// for RegisterFunc (as in the kavari_handler header). It is empty for a type that is only declared
 	// (Declare), that is, published but not handled by this service.
 	Handlers []string
+	// Codec is the codec the type is written and read with: the tag's
+	// codec=, the one set with SetCodec, or JSON.
+	Codec Codec
 }
 
 // Types describes every message type registered on r, sorted by topic, then
@@ -46,6 +49,7 @@ func (r *Registry) Types() []MessageType {
 			Name:      ti.name,
 			Version:   ti.version,
 			KeyMethod: ti.keyKind == keyMethod,
+			Codec:     rt.codec.c,
 		}
 		if !mt.KeyMethod {
 			mt.KeyField = ti.keyName

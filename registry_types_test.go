@@ -29,6 +29,11 @@ type ktTypesAudit struct {
 	kavari.Message `kavari:"topic=kt-types-b"`
 }
 
+type ktTypesText struct {
+	kavari.Message `kavari:"topic=kt-types-c,codec=text"`
+	Payload        string `json:"payload"`
+}
+
 type ktTypesHandler struct{}
 
 func (*ktTypesHandler) Handle(context.Context, *ktTypesShipped) error { return nil }
@@ -39,16 +44,19 @@ func TestRegistryTypes(t *testing.T) {
 	require.NoError(t, kavari.RegisterFuncOn(r, &ktTypesShipped{}, func(context.Context, *ktTypesShipped) error { return nil }))
 	require.NoError(t, r.Declare(&ktTypesAudit{}))
 	require.NoError(t, r.Declare(&ktTypesKeyed{}))
+	require.NoError(t, r.Declare(&ktTypesText{}))
 
 	got := r.Types()
 	want := []kavari.MessageType{
-		{GoType: reflect.TypeFor[ktTypesKeyed](), Topic: "kt-types-a", Name: "ktTypesKeyed", KeyMethod: true},
-		{GoType: reflect.TypeFor[ktTypesAudit](), Topic: "kt-types-b", Name: "ktTypesAudit"},
+		{GoType: reflect.TypeFor[ktTypesKeyed](), Topic: "kt-types-a", Name: "ktTypesKeyed", KeyMethod: true, Codec: kavari.JSON},
+		{GoType: reflect.TypeFor[ktTypesAudit](), Topic: "kt-types-b", Name: "ktTypesAudit", Codec: kavari.JSON},
 		{
 			GoType: reflect.TypeFor[ktTypesShipped](), Topic: "kt-types-b", Name: "order.shipped", Version: "3",
 			KeyField: "Order.ID",
 			Handlers: []string{"*kavari_test.ktTypesHandler", "github.com/kavari-go/kavari_test.TestRegistryTypes.func2"},
+			Codec:    kavari.JSON,
 		},
+		{GoType: reflect.TypeFor[ktTypesText](), Topic: "kt-types-c", Name: "ktTypesText", Codec: kavari.Text},
 	}
 	assert.Equal(t, want, got)
 

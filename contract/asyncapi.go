@@ -256,9 +256,9 @@ func message(mt kavari.MessageType) *Message {
 	m := &Message{
 		Name:        mt.Name,
 		Title:       mt.GoType.Name(),
-		ContentType: "application/json",
+		ContentType: contentType(mt),
 		Headers:     headers(mt, false),
-		Payload:     &MultiFormatSchema{SchemaFormat: PayloadFormat, Schema: TypeSchema(mt.GoType)},
+		Payload:     &MultiFormatSchema{SchemaFormat: PayloadFormat, Schema: payloadSchema(mt)},
 		GoType:      mt.GoType.PkgPath() + "." + mt.GoType.Name(),
 		Version:     mt.Version,
 	}
@@ -325,7 +325,7 @@ func headers(mt kavari.MessageType, deadLetter bool) *Schema {
 		kavari.HeaderType:        cnst(mt.Name, "CloudEvents type: the logical type name."),
 		kavari.HeaderSource:      str("CloudEvents source: Config.Source, default the host name."),
 		kavari.HeaderTime:        {Type: "string", Format: "date-time", Description: "CloudEvents time (RFC 3339)."},
-		kavari.HeaderContentType: cnst("application/json", "Content type of the value."),
+		kavari.HeaderContentType: cnst(contentType(mt), "Content type of the value."),
 	}
 	order := []string{kavari.HeaderMsgType, kavari.HeaderSpecVersion, kavari.HeaderID, kavari.HeaderType,
 		kavari.HeaderSource, kavari.HeaderTime, kavari.HeaderContentType}
@@ -364,4 +364,41 @@ func headers(mt kavari.MessageType, deadLetter bool) *Schema {
 		Type: "object", Properties: p, PropertyOrder: order, Required: required,
 		Description: "Kafka record headers (UTF-8 values); user headers pass through.",
 	}
+}
+
+// contentType is the content type of mt's values: its codec's.
+func contentType(mt kavari.MessageType) string {
+	if mt.Codec == nil {
+		return "application/json"
+	}
+	return mt.Codec.ContentType()
+}
+
+// payloadSchema describes mt's value: the JSON Schema of its struct, or for
+// the text codec (the Python kavari's primitive payloads) the plain text of
+// its one field.
+func payloadSchema(mt kavari.MessageType) *Schema {
+	if mt.Codec != kavari.Text {
+		return TypeSchema(mt.GoType)
+	}
+	for i := range mt.GoType.NumField() {
+		f := mt.GoType.Field(i)
+		if !f.IsExported() || f.Anonymous || f.Tag.Get("json") == "-" {
+			continue
+		}
+		s := &Schema{Schema: Draft, Type: "string", Description: "The plain text of field " + f.Name + " (codec text), as the Python kavari writes a " + f.Type.Kind().String() + " payload."}
+		switch k := f.Type.Kind(); {
+		case k == reflect.Bool:
+			s.Enum = []any{"True", "False"}
+		case k >= reflect.Int && k <= reflect.Int64:
+			s.Pattern = `^-?[0-9]+$`
+		case k >= reflect.Uint && k <= reflect.Uint64:
+			s.Pattern = `^[0-9]+$`
+		case k == reflect.Slice:
+			s.Description = "The raw bytes of field " + f.Name + " (codec text)."
+			s.Type = ""
+		}
+		return s
+	}
+	return TypeSchema(mt.GoType)
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/contract"
 )
 
@@ -68,4 +69,44 @@ func TestWriteFormats(t *testing.T) {
 	require.NoError(t, d.Write(&y, "yaml"))
 	require.Error(t, d.Write(&y, "xml"))
 	require.Contains(t, y.String(), "asyncapi: 3.0.0")
+}
+
+type ctFlag struct {
+	kavari.Message `kavari:"topic=ct.flags,codec=text"`
+	On             bool `json:"on"`
+}
+
+type ctCount struct {
+	kavari.Message `kavari:"topic=ct.counts,codec=text"`
+	N              int64 `json:"n"`
+}
+
+// TestTextCodecContract: a type written with the text codec (the Python
+// kavari's primitive payloads) is described as plain text, not as a JSON
+// object, and its schema accepts what the codec writes and nothing else.
+func TestTextCodecContract(t *testing.T) {
+	reg := kavari.NewRegistry()
+	require.NoError(t, reg.Declare(&ctFlag{}))
+	require.NoError(t, reg.Declare(&ctCount{}))
+	d, err := contract.Build(reg)
+	require.NoError(t, err)
+	for _, c := range []struct {
+		topic, name string
+		good, bad   []string
+	}{
+		{"ct.flags", "ctFlag", []string{"True", "False"}, []string{"true", "1", ""}},
+		{"ct.counts", "ctCount", []string{"0", "-42", "9007199254740993"}, []string{"1.5", "x", ""}},
+	} {
+		m := d.Channels[c.topic].Messages[c.name]
+		require.NotNil(t, m, c.name)
+		require.Equal(t, "text/plain; charset=utf-8", m.ContentType)
+		require.Equal(t, "string", m.Payload.Schema.Type)
+		s := compile(t, mustJSON(t, m.Payload.Schema), "mem://"+c.name)
+		for _, v := range c.good {
+			require.NoError(t, s.Validate(instance(t, mustJSON(t, v))), "%s %q", c.name, v)
+		}
+		for _, v := range c.bad {
+			require.Error(t, s.Validate(instance(t, mustJSON(t, v))), "%s %q", c.name, v)
+		}
+	}
 }
