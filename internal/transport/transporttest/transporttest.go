@@ -503,7 +503,9 @@ func (s *suite) testStaticRejoin(t *testing.T) {
 	a := s.join(t, ca)
 	waitFor(t, "A owns every partition", func() bool { return len(a.h.owned()) == n })
 	b := s.join(t, cb)
-	waitFor(t, "A and B share the partitions", func() bool { return len(a.h.owned()) > 0 && len(b.h.owned()) > 0 && len(a.h.owned())+len(b.h.owned()) == n })
+	waitFor(t, "A and B share the partitions", func() bool {
+		return len(a.h.owned()) > 0 && len(b.h.owned()) > 0 && len(a.h.owned())+len(b.h.owned()) == n
+	})
 	before := a.h.owned()
 	genB := b.h.gen()
 	bEvents := b.h.events()
