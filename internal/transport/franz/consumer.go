@@ -36,6 +36,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 	}
 	c := &consumer{
 		cfg:         cfg,
+		kip848:      t.kip848,
 		paused:      map[transport.TopicPartition]bool{},
 		owned:       map[transport.TopicPartition]int32{},
 		committed:   map[transport.TopicPartition]commitPoint{},
@@ -51,6 +52,9 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		kgo.ConsumeTopics(cfg.Topics...),
 		kgo.ConsumeResetOffset(reset),
 		kgo.DisableAutoCommit(),
+		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly
+		// assigned partition joins the next fetch sooner.
+		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.OnPartitionsAssigned(c.onAssigned),
 		kgo.OnPartitionsRevoked(c.onRevoked),
@@ -83,8 +87,9 @@ type commitPoint struct {
 }
 
 type consumer struct {
-	cfg  transport.Config
-	opts []kgo.Opt
+	cfg    transport.Config
+	opts   []kgo.Opt
+	kip848 bool
 
 	// commitMu serializes commits, so that offsets reach the broker in the
 	// order they were checked, and lets a revoke wait for a commit in
@@ -477,9 +482,16 @@ func (c *consumer) Close(ctx context.Context) error {
 		return nil
 	}
 	done := make(chan struct{})
+	var leaveErr error
 	go func() {
 		defer close(done)
-		cl.Close() // leaves the group (revoking everything first), then closes
+		// Revoke everything (Revoked blocks while the engine drains and
+		// commits), leave, then close the connections.
+		leaveErr = cl.LeaveGroupContext(ctx)
+		if leaveErr != nil && c.kip848 && c.cfg.InstanceID != "" && errors.Is(leaveErr, kerr.InvalidRequest) {
+			leaveErr = c.leaveStatic848(ctx, cl)
+		}
+		cl.Close()
 	}()
 	select {
 	case <-done:
@@ -490,6 +502,31 @@ func (c *consumer) Close(ctx context.Context) error {
 	case <-runDone:
 	case <-ctx.Done():
 		return fmt.Errorf("kavari: franz consumer: %w", ctx.Err())
+	}
+	if leaveErr != nil {
+		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", leaveErr)
+	}
+	return nil
+}
+
+// leaveStatic848 sends a static member's temporary leave (member epoch -2)
+// in the KIP-848 protocol. kgo v1.22.3 sends it without the instance id,
+// which the broker refuses (INVALID_REQUEST: InstanceId can't be null), so
+// the instance stayed owned by the closed member until the session timeout
+// and its restart could not join before that.
+func (c *consumer) leaveStatic848(ctx context.Context, cl *kgo.Client) error {
+	member, _ := cl.GroupMetadata()
+	req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+	req.Group = c.cfg.GroupID
+	req.MemberID = member
+	req.MemberEpoch = -2
+	req.InstanceID = kmsg.StringPtr(c.cfg.InstanceID)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return err
+	}
+	if err := kerr.ErrorForCode(resp.ErrorCode); err != nil && !errors.Is(err, kerr.UnknownMemberID) {
+		return err
 	}
 	return nil
 }
