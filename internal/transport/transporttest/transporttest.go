@@ -538,7 +538,9 @@ func (s *suite) testDrainBeyondSession(t *testing.T) {
 	cfg.RebalanceTimeout = 40 * time.Second
 	a := s.join(t, cfg)
 	waitFor(t, "A owns every partition", func() bool { return len(a.h.owned()) == n })
+	p := s.producer(t, s.cfg())
 	drained := make(chan error, 1)
+	flowed := make(chan error, 1)
 	a.h.mu.Lock()
 	var once sync.Once
 	a.h.OnRevoked = func(gen transport.Generation, parts []transport.TopicPartition) {
@@ -547,7 +549,37 @@ func (s *suite) testDrainBeyondSession(t *testing.T) {
 		if !first {
 			return
 		}
-		time.Sleep(2 * cfg.SessionTimeout) // a slow handler finishing
+		start := time.Now()
+		if s.caps.Cooperative {
+			// The partition A keeps is still delivered while the
+			// revoked one drains.
+			flowed <- func() error {
+				var kept *transport.TopicPartition
+				for tp := range a.h.owned() {
+					if !slices.Contains(parts, tp) {
+						kept = &tp
+					}
+				}
+				if kept == nil {
+					return fmt.Errorf("A keeps no partition (revoked %v)", parts)
+				}
+				before := len(a.h.records(*kept))
+				rec := &transport.Record{Topic: topic, Key: KeyFor(transport.Murmur2, int(kept.Partition), n), Value: []byte("during drain")}
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				if errs := p.Produce(ctx, []*transport.Record{rec}); errs != nil {
+					return fmt.Errorf("produce: %v", errs)
+				}
+				for len(a.h.records(*kept)) == before {
+					if ctx.Err() != nil {
+						return fmt.Errorf("%v delivered nothing while %v drained", *kept, parts)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				return nil
+			}()
+		}
+		time.Sleep(2*cfg.SessionTimeout - time.Since(start)) // a slow handler finishing
 		offs := make([]transport.Offset, len(parts))
 		for i, tp := range parts {
 			offs[i] = transport.Offset{TopicPartition: tp, Offset: 0, Metadata: "drained"}
@@ -570,6 +602,11 @@ func (s *suite) testDrainBeyondSession(t *testing.T) {
 	waitFor(t, "A and B each own a partition", func() bool { return len(a.h.owned()) == 1 && len(b.h.owned()) == 1 })
 	if lost := a.h.lostSet(); len(lost) > 0 {
 		t.Fatalf("A lost %v while draining: heartbeats stopped", keysOf(lost))
+	}
+	if s.caps.Cooperative {
+		if err := <-flowed; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
