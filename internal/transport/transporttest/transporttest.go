@@ -561,7 +561,7 @@ func (s *suite) testDrainBeyondSession(t *testing.T) {
 					}
 				}
 				if kept == nil {
-					return fmt.Errorf("A keeps no partition (revoked %v)", parts)
+					return fmt.Errorf("member A keeps no partition (revoked %v)", parts)
 				}
 				before := len(a.h.records(*kept))
 				rec := &transport.Record{Topic: topic, Key: KeyFor(transport.Murmur2, int(kept.Partition), n), Value: []byte("during drain")}
