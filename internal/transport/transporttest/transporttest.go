@@ -55,6 +55,7 @@ func RunWith(t *testing.T, tr transport.Transport, brokers []string, o Options) 
 	t.Run("UnknownTopic", s.testUnknownTopic)
 	t.Run("Admin", s.testAdmin)
 	t.Run("CommitResume", s.testCommitResume)
+	t.Run("StartLatest", s.testStartLatest)
 	t.Run("Rebalance", s.testRebalance)
 	t.Run("PauseResume", s.testPauseResume)
 	t.Run("CloseLeavesPromptly", s.testCloseLeaves)
@@ -375,6 +376,32 @@ func (s *suite) testCommitResume(t *testing.T) {
 	}
 	if n := len(b.h.records(tp1)); n != 0 {
 		t.Fatalf("B received %d records of the fully committed partition 1", n)
+	}
+}
+
+// testStartLatest: with StartOffset Latest and nothing committed, a new
+// group skips what the partition held before it joined.
+func (s *suite) testStartLatest(t *testing.T) {
+	topic := s.topic(t, 1)
+	tp := transport.TopicPartition{Topic: topic, Partition: 0}
+	p := s.producer(t, s.cfg())
+	produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("before")})
+	cfg := s.cfg()
+	cfg.GroupID, cfg.Topics, cfg.StartOffset = testenv.ID("conf-g"), []string{topic}, transport.Latest
+	m := s.join(t, cfg)
+	waitFor(t, "the member owns the partition", func() bool { return len(m.h.owned()) == 1 })
+	// The member may resolve "latest" a moment after Assigned: write until
+	// something arrives.
+	waitFor(t, "a record written after the join arrives", func() bool {
+		if len(m.h.records(tp)) > 0 {
+			return true
+		}
+		produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("after")})
+		time.Sleep(100 * time.Millisecond)
+		return len(m.h.records(tp)) > 0
+	})
+	if first := m.h.records(tp)[0]; first.Offset == 0 || string(first.Value) != "after" {
+		t.Fatalf("first record delivered: offset %d %q; want one written after the join", first.Offset, first.Value)
 	}
 }
 
