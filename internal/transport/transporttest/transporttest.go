@@ -557,6 +557,9 @@ func (s *suite) testStaticRejoin(t *testing.T) {
 // session timeout; heartbeats go on, so the member is not expelled: it loses
 // nothing and commits its drained partition in the generation Revoked gave.
 func (s *suite) testDrainBeyondSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sleeps twice the session timeout")
+	}
 	const n = 2
 	topic := s.topic(t, n)
 	cfg := s.cfg()
