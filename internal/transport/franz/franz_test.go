@@ -15,8 +15,12 @@ func TestConformance(t *testing.T) {
 }
 
 // TestConformanceKIP848 runs the suite with the KIP-848 consumer group
-// protocol; it needs Apache Kafka 4.0 or later (scripts/test.sh runs
-// KAVARI_KAFKA_FETCH_VERSION, 4.1.1 by default).
+// protocol; it needs Apache Kafka 4.0 or later. scripts/test.sh runs 4.1.1
+// unless KAVARI_KAFKA_FETCH_VERSION says otherwise; it passes on 4.1.1,
+// 4.3.0 and 4.4.0 (the newest release; kgo recommends 4.3 or later for
+// KIP-848):
+//
+//	KAVARI_KAFKA_FETCH_VERSION=4.4.0 bash scripts/test.sh -run TestConformance ./internal/transport/franz/
 func TestConformanceKIP848(t *testing.T) {
 	brokers := testenv.RequireReal(t)
 	if v := os.Getenv("KAVARI_KAFKA_VERSION"); v != "" && v < "4" {
