@@ -173,7 +173,10 @@ type Offset struct {
 // it from its own goroutines; Assigned, Revoked and Lost are never called
 // concurrently with each other.
 type GroupHandler interface {
-	// Assigned gives the member partitions, in the generation gen.
+	// Assigned gives the member partitions, in the generation gen. On a
+	// cooperative client it names only the partitions added: those kept
+	// through a rebalance stay owned, and the generation they were
+	// assigned in still commits them.
 	Assigned(gen Generation, parts []Assignment)
 	// Revoked takes partitions away. It blocks while the engine drains them
 	// and commits (Commit with gen); it returns when they are released. On
@@ -196,8 +199,10 @@ type Consumer interface {
 	// Run joins the group and consumes until ctx ends or Close is called,
 	// calling h. Broker failures do not end it: it rejoins with backoff.
 	Run(ctx context.Context, h GroupHandler) error
-	// Commit commits offsets for partitions owned in gen. It fails when gen
-	// is no longer the member's generation (fenced) or the broker refuses.
+	// Commit commits offsets for partitions owned in gen: the generation
+	// they were assigned in, or a later one of this member. It fails when
+	// gen is not this member's, when a partition was revoked or lost
+	// since gen (fenced), or when the broker refuses.
 	Commit(ctx context.Context, gen Generation, offsets []Offset) error
 	// Pause stops fetching tps; Resume starts again. Records already
 	// fetched may still be delivered after Pause.

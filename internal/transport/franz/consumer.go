@@ -1,0 +1,564 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// NewConsumer returns a group member; it joins when Run starts.
+//
+// Config mapping: GroupID, Topics; InstanceID (static membership);
+// StartOffset (kgo's ConsumeResetOffset); SessionTimeout, RebalanceTimeout
+// and HeartbeatInterval (kgo's options of the same names; zero keeps kgo's
+// defaults, 45 s, 60 s and 3 s). With the KIP-848 protocol the session
+// timeout and heartbeat interval are the broker's (group.consumer.*) and
+// the client's values are not sent.
+func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
+	if cfg.GroupID == "" {
+		return nil, errors.New("kavari: franz consumer: no group id")
+	}
+	if len(cfg.Topics) == 0 {
+		return nil, errors.New("kavari: franz consumer: no topics")
+	}
+	opts, err := clientOpts(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &consumer{
+		cfg:         cfg,
+		kip848:      t.kip848,
+		paused:      map[transport.TopicPartition]bool{},
+		owned:       map[transport.TopicPartition]int32{},
+		committed:   map[transport.TopicPartition]commitPoint{},
+		deliverable: map[transport.TopicPartition]bool{},
+		closing:     make(chan struct{}),
+	}
+	reset := kgo.NewOffset().AtStart()
+	if cfg.StartOffset == transport.Latest {
+		reset = kgo.NewOffset().AtEnd()
+	}
+	opts = append(opts,
+		kgo.ConsumerGroup(cfg.GroupID),
+		kgo.ConsumeTopics(cfg.Topics...),
+		kgo.ConsumeResetOffset(reset),
+		kgo.DisableAutoCommit(),
+		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly
+		// assigned partition joins the next fetch sooner.
+		kgo.FetchMaxWait(500*time.Millisecond),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.OnPartitionsAssigned(c.onAssigned),
+		kgo.OnPartitionsRevoked(c.onRevoked),
+		kgo.OnPartitionsLost(c.onLost),
+	)
+	if t.kip848 {
+		opts = append(opts, kgo.ServerSideBalancer())
+	}
+	if cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
+	}
+	if cfg.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout))
+	}
+	if cfg.RebalanceTimeout > 0 {
+		opts = append(opts, kgo.RebalanceTimeout(cfg.RebalanceTimeout))
+	}
+	if cfg.HeartbeatInterval > 0 {
+		opts = append(opts, kgo.HeartbeatInterval(cfg.HeartbeatInterval))
+	}
+	c.opts = opts
+	return c, nil
+}
+
+// commitPoint is the last offset (and its metadata) committed for a
+// partition, by this client or found at assignment.
+type commitPoint struct {
+	offset   int64
+	metadata string
+}
+
+type consumer struct {
+	cfg    transport.Config
+	opts   []kgo.Opt
+	kip848 bool
+
+	// commitMu serializes commits, so that offsets reach the broker in the
+	// order they were checked, and lets a revoke wait for a commit in
+	// flight before it releases the partitions.
+	commitMu sync.Mutex
+
+	mu        sync.Mutex
+	cl        *kgo.Client // set by Run
+	h         transport.GroupHandler
+	runDone   chan struct{}
+	closed    bool
+	paused    map[transport.TopicPartition]bool
+	owned     map[transport.TopicPartition]int32 // generation in which the partition was assigned
+	committed map[transport.TopicPartition]commitPoint
+
+	// deliverMu is held while records are handed to the engine, and by a
+	// revoke while it takes partitions out of deliverable: once Revoked or
+	// Lost is called, no record of those partitions is delivered.
+	deliverMu   sync.Mutex
+	deliverable map[transport.TopicPartition]bool
+
+	closing chan struct{}
+}
+
+var errNotRunning = errors.New("kavari: franz consumer: not running")
+
+// Run joins the group and delivers records until ctx ends or Close is
+// called. When ctx ends, the member stays in the group (kgo heartbeats and
+// Commit works) until Close leaves it.
+func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errors.New("kavari: franz consumer: closed")
+	}
+	if c.cl != nil {
+		c.mu.Unlock()
+		return errors.New("kavari: franz consumer: Run called twice")
+	}
+	c.h = h
+	cl, err := kgo.NewClient(c.opts...)
+	if err != nil {
+		c.mu.Unlock()
+		return fmt.Errorf("kavari: franz consumer: %w", err)
+	}
+	c.cl = cl
+	c.runDone = make(chan struct{})
+	if len(c.paused) > 0 {
+		cl.PauseFetchPartitions(byTopic(keys(c.paused)))
+	}
+	c.mu.Unlock()
+	defer close(c.runDone)
+
+	pollCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-pollCtx.Done():
+		}
+	}()
+	for {
+		fetches := cl.PollFetches(pollCtx)
+		if pollCtx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(topic string, partition int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, kgo.ErrClientClosed) {
+				return
+			}
+			h.Error(fmt.Errorf("kavari: fetch %s/%d: %w", topic, partition, err))
+		})
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			c.deliver(transport.TopicPartition{Topic: p.Topic, Partition: p.Partition}, p.Records, p.HighWatermark)
+		})
+	}
+}
+
+func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw int64) {
+	recs := make([]*transport.Record, len(krs))
+	for i, kr := range krs {
+		r := &transport.Record{
+			Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset,
+			Key: kr.Key, Value: kr.Value, Time: kr.Timestamp,
+		}
+		if len(kr.Headers) > 0 {
+			r.Headers = make([]transport.Header, len(kr.Headers))
+			for j, h := range kr.Headers {
+				r.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+			}
+		}
+		recs[i] = r
+	}
+	c.deliverMu.Lock()
+	defer c.deliverMu.Unlock()
+	if c.deliverable[tp] {
+		c.h.Records(tp, recs, hw)
+	}
+}
+
+// generation returns the member's current generation (the member epoch with
+// KIP-848).
+func generation(cl *kgo.Client) transport.Generation {
+	member, gen := cl.GroupMetadata()
+	return transport.Generation{ID: gen, MemberID: member}
+}
+
+// onAssigned fetches the committed offsets and metadata of the added
+// partitions and hands them to the engine. kgo starts fetching them only
+// after this returns, so Assigned always comes before their records.
+func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	tps := flatten(assigned)
+	if len(tps) == 0 {
+		return
+	}
+	gen := generation(cl)
+	parts, err := c.fetchCommitted(ctx, cl, tps)
+	if err != nil {
+		c.h.Error(err)
+	}
+	c.mu.Lock()
+	for _, a := range parts {
+		c.owned[a.TopicPartition] = gen.ID
+		if a.Offset >= 0 {
+			c.committed[a.TopicPartition] = commitPoint{a.Offset, a.Metadata}
+		} else {
+			delete(c.committed, a.TopicPartition)
+		}
+	}
+	c.mu.Unlock()
+	c.h.Assigned(gen, parts)
+	c.deliverMu.Lock()
+	for _, tp := range tps {
+		c.deliverable[tp] = true
+	}
+	c.deliverMu.Unlock()
+}
+
+// fetchCommitted asks the group coordinator for tps' committed offsets and
+// metadata (OffsetFetch, requiring stable offsets), retrying while the
+// coordinator answers with a retriable error, for up to the rebalance
+// timeout. On failure the partitions are returned with Offset -1 (kgo still
+// resumes from the committed offset; only the metadata is missing).
+func (c *consumer) fetchCommitted(ctx context.Context, cl *kgo.Client, tps []transport.TopicPartition) ([]transport.Assignment, error) {
+	out := make([]transport.Assignment, len(tps))
+	for i, tp := range tps {
+		out[i] = transport.Assignment{TopicPartition: tp, Offset: -1}
+	}
+	budget := c.cfg.RebalanceTimeout
+	if budget <= 0 {
+		budget = 60 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	req := kmsg.NewPtrOffsetFetchRequest()
+	req.Group = c.cfg.GroupID
+	req.RequireStable = true
+	for topic, parts := range byTopic(tps) {
+		rt := kmsg.NewOffsetFetchRequestTopic()
+		rt.Topic = topic
+		rt.Partitions = parts
+		req.Topics = append(req.Topics, rt)
+	}
+	delay := 50 * time.Millisecond
+	for {
+		err := func() error {
+			resp, err := req.RequestWith(ctx, cl)
+			if err != nil {
+				return err
+			}
+			if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+				return err
+			}
+			got := map[transport.TopicPartition]kmsg.OffsetFetchResponseTopicPartition{}
+			for _, rt := range resp.Topics {
+				for _, rp := range rt.Partitions {
+					if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+						return err
+					}
+					got[transport.TopicPartition{Topic: rt.Topic, Partition: rp.Partition}] = rp
+				}
+			}
+			for i := range out {
+				if rp, ok := got[out[i].TopicPartition]; ok && rp.Offset >= 0 {
+					out[i].Offset = rp.Offset
+					if rp.Metadata != nil {
+						out[i].Metadata = *rp.Metadata
+					}
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			return out, nil
+		}
+		// A kerr error that is not retriable, or a closed client, ends
+		// it; retriable kerr errors and network errors (kgo retried those
+		// already) are tried again until the budget ends.
+		var ke *kerr.Error
+		if errors.As(err, &ke) && !ke.Retriable || errors.Is(err, kgo.ErrClientClosed) {
+			return out, fmt.Errorf("kavari: fetching committed offsets of group %q: %w", c.cfg.GroupID, err)
+		}
+		select {
+		case <-ctx.Done():
+			return out, fmt.Errorf("kavari: fetching committed offsets of group %q: %w", c.cfg.GroupID, err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// onRevoked lets the engine drain and commit the revoked partitions (kgo
+// keeps heartbeating meanwhile), then releases them.
+func (c *consumer) onRevoked(_ context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	c.release(cl, flatten(revoked), false)
+}
+
+// onLost abandons partitions that are gone without a chance to commit.
+func (c *consumer) onLost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
+	c.release(cl, flatten(lost), true)
+}
+
+func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost bool) {
+	if len(tps) == 0 {
+		return
+	}
+	gen := generation(cl)
+	c.deliverMu.Lock()
+	for _, tp := range tps {
+		delete(c.deliverable, tp)
+	}
+	c.deliverMu.Unlock()
+	if lost {
+		c.h.Lost(gen, tps)
+	} else {
+		c.h.Revoked(gen, tps)
+	}
+	c.commitMu.Lock() // a commit in flight for these partitions finishes first
+	c.mu.Lock()
+	var unpause []transport.TopicPartition
+	for _, tp := range tps {
+		delete(c.owned, tp)
+		delete(c.committed, tp)
+		if c.paused[tp] {
+			delete(c.paused, tp)
+			unpause = append(unpause, tp)
+		}
+	}
+	c.mu.Unlock()
+	c.commitMu.Unlock()
+	if len(unpause) > 0 {
+		// A pause belongs to the engine's handling of the partition; a
+		// later owner (maybe this member again) starts unpaused.
+		cl.ResumeFetchPartitions(byTopic(unpause))
+	}
+}
+
+// Commit commits offsets with their metadata. It refuses (an error, nothing
+// sent) when gen is not this member's, or when a partition has not been
+// owned continuously since gen; an offset lower than the last one committed
+// for its partition is not sent (nor is one equal to it with the same
+// metadata), so commits never move backwards.
+func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets []transport.Offset) error {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	cl := c.cl
+	if cl == nil {
+		c.mu.Unlock()
+		return errNotRunning
+	}
+	cur := generation(cl)
+	if gen.MemberID != cur.MemberID || gen.ID > cur.ID || gen.ID < 0 {
+		c.mu.Unlock()
+		return fmt.Errorf("kavari: commit fenced: generation %d of member %q is not the member's current generation %d of %q", gen.ID, gen.MemberID, cur.ID, cur.MemberID)
+	}
+	send := map[string]map[int32]kgo.EpochOffset{}
+	meta := map[transport.TopicPartition]string{}
+	for _, o := range offsets {
+		since, ok := c.owned[o.TopicPartition]
+		if !ok || since > gen.ID {
+			c.mu.Unlock()
+			return fmt.Errorf("kavari: commit fenced: %s/%d is not owned since generation %d", o.Topic, o.Partition, gen.ID)
+		}
+		if last, ok := c.committed[o.TopicPartition]; ok && (o.Offset < last.offset || o.Offset == last.offset && o.Metadata == last.metadata) {
+			continue
+		}
+		if send[o.Topic] == nil {
+			send[o.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		send[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: o.Offset}
+		meta[o.TopicPartition] = o.Metadata
+	}
+	c.mu.Unlock()
+	if len(send) == 0 {
+		return nil
+	}
+
+	setMeta := func(req *kmsg.OffsetCommitRequest) error {
+		for i := range req.Topics {
+			rt := &req.Topics[i]
+			for j := range rt.Partitions {
+				rp := &rt.Partitions[j]
+				if m, ok := meta[transport.TopicPartition{Topic: rt.Topic, Partition: rp.Partition}]; ok {
+					rp.Metadata = kmsg.StringPtr(m)
+				}
+			}
+		}
+		return nil
+	}
+	var (
+		resp   *kmsg.OffsetCommitResponse
+		reqErr error
+	)
+	cl.CommitOffsetsSync(kgo.PreCommitFnContext(ctx, setMeta), send, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, r *kmsg.OffsetCommitResponse, err error) {
+		resp, reqErr = r, err
+	})
+	if reqErr != nil {
+		return fmt.Errorf("kavari: commit: %w", reqErr)
+	}
+	var errs []error
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rt := range resp.Topics {
+		for _, rp := range rt.Partitions {
+			tp := transport.TopicPartition{Topic: rt.Topic, Partition: rp.Partition}
+			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+				errs = append(errs, fmt.Errorf("%s/%d: %w", rt.Topic, rp.Partition, err))
+				continue
+			}
+			if _, ok := c.owned[tp]; ok {
+				if last, ok := c.committed[tp]; !ok || send[tp.Topic][tp.Partition].Offset >= last.offset {
+					c.committed[tp] = commitPoint{send[tp.Topic][tp.Partition].Offset, meta[tp]}
+				}
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kavari: commit: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Pause stops fetching tps (kgo drops what it buffered for them).
+func (c *consumer) Pause(tps ...transport.TopicPartition) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, tp := range tps {
+		c.paused[tp] = true
+	}
+	if c.cl != nil && len(tps) > 0 {
+		c.cl.PauseFetchPartitions(byTopic(tps))
+	}
+}
+
+// Resume starts fetching tps again.
+func (c *consumer) Resume(tps ...transport.TopicPartition) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, tp := range tps {
+		delete(c.paused, tp)
+	}
+	if c.cl != nil && len(tps) > 0 {
+		c.cl.ResumeFetchPartitions(byTopic(tps))
+	}
+}
+
+// Close stops Run, revokes every partition (Revoked blocks while the engine
+// drains and commits), leaves the group and closes the client, within ctx.
+// A static member (InstanceID) does not send a leave: its partitions stay
+// reserved for it until the session timeout, so a restart with the same
+// instance id within it gets them back without a rebalance (kgo leaves
+// anyway when it is closed between the two phases of a cooperative
+// rebalance, so that what it revoked is reassigned).
+func (c *consumer) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.closing)
+	cl, runDone := c.cl, c.runDone
+	c.mu.Unlock()
+	if cl == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	var leaveErr error
+	go func() {
+		defer close(done)
+		// Revoke everything (Revoked blocks while the engine drains and
+		// commits), leave, then close the connections.
+		leaveErr = cl.LeaveGroupContext(ctx)
+		if leaveErr != nil && c.kip848 && c.cfg.InstanceID != "" && errors.Is(leaveErr, kerr.InvalidRequest) {
+			leaveErr = c.leaveStatic848(ctx, cl)
+		}
+		cl.Close()
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", ctx.Err())
+	}
+	select {
+	case <-runDone:
+	case <-ctx.Done():
+		return fmt.Errorf("kavari: franz consumer: %w", ctx.Err())
+	}
+	if leaveErr != nil {
+		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", leaveErr)
+	}
+	return nil
+}
+
+// leaveStatic848 sends a static member's temporary leave (member epoch -2)
+// in the KIP-848 protocol. kgo v1.22.3 sends it without the instance id,
+// which the broker refuses (INVALID_REQUEST: InstanceId can't be null), so
+// the instance stayed owned by the closed member until the session timeout
+// and its restart could not join before that.
+func (c *consumer) leaveStatic848(ctx context.Context, cl *kgo.Client) error {
+	member, _ := cl.GroupMetadata()
+	req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+	req.Group = c.cfg.GroupID
+	req.MemberID = member
+	req.MemberEpoch = -2
+	req.InstanceID = kmsg.StringPtr(c.cfg.InstanceID)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return err
+	}
+	if err := kerr.ErrorForCode(resp.ErrorCode); err != nil && !errors.Is(err, kerr.UnknownMemberID) {
+		return err
+	}
+	return nil
+}
+
+func flatten(m map[string][]int32) []transport.TopicPartition {
+	var tps []transport.TopicPartition
+	for topic, parts := range m {
+		for _, p := range parts {
+			tps = append(tps, transport.TopicPartition{Topic: topic, Partition: p})
+		}
+	}
+	sort.Slice(tps, func(i, j int) bool {
+		if tps[i].Topic != tps[j].Topic {
+			return tps[i].Topic < tps[j].Topic
+		}
+		return tps[i].Partition < tps[j].Partition
+	})
+	return tps
+}
+
+func byTopic(tps []transport.TopicPartition) map[string][]int32 {
+	m := map[string][]int32{}
+	for _, tp := range tps {
+		m[tp.Topic] = append(m[tp.Topic], tp.Partition)
+	}
+	return m
+}
+
+func keys(m map[transport.TopicPartition]bool) []transport.TopicPartition {
+	out := make([]transport.TopicPartition, 0, len(m))
+	for tp := range m {
+		out = append(out, tp)
+	}
+	return out
+}

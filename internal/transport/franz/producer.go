@@ -1,0 +1,186 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// recordTries is kgo's RecordRetries: a record is tried this many times more
+// after its first failure before kgo fails it back to kavari, whose retry
+// policy then decides. kgo enforces the limit only when it is safe for
+// idempotence (the record was never sent, or its response arrived), so an
+// in-flight record whose fate is unknown keeps being retried by kgo with the
+// same sequence number: no duplicate and no reordering. Produce itself
+// returns at ctx's end with MayHaveBeenWritten in that case.
+const recordTries = 2
+
+// unknownTopicTries is kgo's UnknownTopicRetries: how many metadata loads may
+// say a topic does not exist before its records fail (kgo's default is 4).
+// Topics are created before they are used (CreateTopics waits for leaders),
+// so one confirmation is enough and the error comes fast.
+const unknownTopicTries = 1
+
+// NewProducer returns an idempotent producer: acks from all in-sync replicas,
+// no linger, the configured partitioner.
+//
+// Config.BatchTimeout is not used as a linger: a synchronous Produce would
+// wait for it. kgo batches on its own whatever is buffered while a request to
+// the partition's leader is in flight (up to 5 per broker with idempotence),
+// so concurrent publishers still share requests. Config.BatchBytes bounds a
+// batch (kgo's ProducerBatchMaxBytes); Config.BatchSize has no kgo
+// equivalent and is ignored.
+func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, error) {
+	opts, err := clientOpts(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(partitioner(cfg.Partitioner)),
+		kgo.RecordRetries(recordTries),
+		kgo.UnknownTopicRetries(unknownTopicTries),
+	)
+	if cfg.BatchBytes > 0 {
+		b := cfg.BatchBytes
+		if b > 1<<30 {
+			b = 1 << 30
+		}
+		opts = append(opts, kgo.ProducerBatchMaxBytes(int32(b)))
+	}
+	if cfg.AllowAutoCreate {
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kavari: franz producer: %w", err)
+	}
+	return &producer{cl: cl, autoCreate: cfg.AllowAutoCreate}, nil
+}
+
+type producer struct {
+	cl         *kgo.Client
+	autoCreate bool
+	closed     atomic.Bool
+}
+
+// Produce writes recs and waits for each one's acknowledgement or failure,
+// or for ctx's end: a record still in flight then fails with
+// MayHaveBeenWritten (kgo keeps it until its outcome is known, so its
+// idempotent sequence stays valid).
+func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if p.closed.Load() {
+		errs := make([]error, len(recs))
+		for i := range errs {
+			errs[i] = &transport.ProduceError{Kind: transport.Closed, Err: errors.New("kavari: franz producer: closed")}
+		}
+		return errs
+	}
+	var (
+		mu      sync.Mutex
+		results = make([]error, len(recs))
+		settled = make([]bool, len(recs))
+		left    = len(recs)
+		done    = make(chan struct{})
+	)
+	krs := make([]*kgo.Record, len(recs))
+	for i, r := range recs {
+		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
+		if len(r.Headers) > 0 {
+			kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
+			for j, h := range r.Headers {
+				kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+			}
+		}
+		krs[i] = kr
+	}
+	for i, kr := range krs {
+		p.cl.Produce(ctx, kr, func(kr *kgo.Record, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if settled[i] {
+				return // Produce already returned for this record (ctx ended)
+			}
+			settled[i] = true
+			if err != nil {
+				results[i] = p.classify(err)
+			} else {
+				recs[i].Partition, recs[i].Offset = kr.Partition, kr.Offset
+				if recs[i].Time.IsZero() {
+					recs[i].Time = kr.Timestamp
+				}
+			}
+			if left--; left == 0 {
+				close(done)
+			}
+		})
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		mu.Lock()
+		for i := range settled {
+			if !settled[i] {
+				settled[i] = true
+				results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
+					Err: fmt.Errorf("kavari: franz producer: %w", ctx.Err())}
+			}
+		}
+		mu.Unlock()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, err := range results {
+		if err != nil {
+			return append([]error(nil), results...)
+		}
+	}
+	return nil
+}
+
+// classify turns a failure kgo reports for one record into a ProduceError.
+// kgo fails an idempotent record only when it knows the record was not
+// written (never sent, or answered), so MayHaveBeenWritten is false except
+// when the client was closed under it.
+func (p *producer) classify(err error) error {
+	pe := &transport.ProduceError{Kind: transport.Retriable, Err: fmt.Errorf("kavari: franz producer: %w", err)}
+	var ke *kerr.Error
+	switch {
+	case errors.Is(err, kgo.ErrClientClosed):
+		pe.Kind, pe.MayHaveBeenWritten = transport.Closed, true
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+		pe.Kind = transport.TooLarge
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+		if !p.autoCreate {
+			pe.Kind = transport.UnknownTopic
+		}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, kgo.ErrRecordRetries):
+		// Retriable; kgo gave up on a record it had not written.
+	case errors.As(err, &ke):
+		if !ke.Retriable {
+			pe.Kind = transport.Permanent
+		}
+	}
+	return pe
+}
+
+// Close fails what is still buffered and releases every connection.
+func (p *producer) Close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	p.cl.Close()
+	return nil
+}

@@ -1,0 +1,114 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/kavaritest"
+)
+
+func TestClassify(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("partition 0: %w", err) }
+	for _, c := range []struct {
+		err        error
+		autoCreate bool
+		kind       transport.ErrorKind
+		maybe      bool
+	}{
+		{kerr.NotLeaderForPartition, false, transport.Retriable, false},
+		{kerr.RequestTimedOut, false, transport.Retriable, false},
+		{kerr.MessageTooLarge, false, transport.TooLarge, false},
+		{wrap(kerr.MessageTooLarge), false, transport.TooLarge, false},
+		{kerr.RecordListTooLarge, false, transport.TooLarge, false},
+		{kerr.UnknownTopicOrPartition, false, transport.UnknownTopic, false},
+		{kerr.UnknownTopicOrPartition, true, transport.Retriable, false},
+		{kerr.UnknownTopicID, false, transport.UnknownTopic, false},
+		{kerr.TopicAuthorizationFailed, false, transport.Permanent, false},
+		{kerr.ClusterAuthorizationFailed, false, transport.Permanent, false},
+		{kerr.InvalidRecord, false, transport.Permanent, false},
+		{kgo.ErrClientClosed, false, transport.Closed, true},
+		{kgo.ErrRecordRetries, false, transport.Retriable, false},
+		{kgo.ErrRecordTimeout, false, transport.Retriable, false},
+		{context.DeadlineExceeded, false, transport.Retriable, false},
+		{errors.New("dial tcp: connection refused"), false, transport.Retriable, false},
+	} {
+		p := &producer{autoCreate: c.autoCreate}
+		err := p.classify(c.err)
+		var pe *transport.ProduceError
+		if !errors.As(err, &pe) {
+			t.Fatalf("classify(%v) = %T", c.err, err)
+		}
+		if pe.Kind != c.kind || pe.MayHaveBeenWritten != c.maybe || !errors.Is(err, c.err) {
+			t.Errorf("classify(%v, autoCreate=%v) = kind %d maybe %v, want %d %v", c.err, c.autoCreate, pe.Kind, pe.MayHaveBeenWritten, c.kind, c.maybe)
+		}
+	}
+}
+
+// TestProduceContextEndsInFlight: when ctx ends while the produce request is
+// at the broker, Produce returns at once with MayHaveBeenWritten, and kgo
+// still settles the record: it is written exactly once.
+func TestProduceContextEndsInFlight(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("inflight"), kavaritest.Partitions(1))
+	release := make(chan struct{})
+	arrived := make(chan struct{})
+	var once sync.Once
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().DropControl()
+		once.Do(func() { close(arrived) })
+		b.Cluster().SleepControl(func() { <-release })
+		return nil, nil, false // then the broker handles it
+	})
+	tr := New()
+	cfg := transport.Config{Brokers: b.Addrs()}
+	p, err := tr.NewProducer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan []error, 1)
+	go func() {
+		done <- p.Produce(ctx, []*transport.Record{{Topic: "inflight", Key: []byte("k"), Value: []byte("v")}})
+	}()
+	<-arrived
+	cancel()
+	errs := <-done
+	var pe *transport.ProduceError
+	if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable || !errors.Is(errs[0], context.Canceled) {
+		t.Fatalf("Produce with ctx cancelled in flight = %v, want a retriable error that may have been written", errs)
+	}
+	close(release)
+
+	adm, err := tr.NewAdmin(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	tp := transport.TopicPartition{Topic: "inflight", Partition: 0}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ends, err := adm.EndOffsets(context.Background(), tp)
+		if err == nil && ends[tp] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("end offset %v, %v: want the record written once", ends, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A later produce on the same producer still works (the idempotent
+	// sequence was kept).
+	if errs := p.Produce(context.Background(), []*transport.Record{{Topic: "inflight", Key: []byte("k"), Value: []byte("w")}}); errs != nil {
+		t.Fatalf("Produce after: %v", errs)
+	}
+}
