@@ -347,6 +347,7 @@ func TestEngineStopReportsFencedCommit(t *testing.T) {
 func TestEngineStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := engBroker(2)
+		b.Batch = 4
 		for n := 0; n < 40; n++ {
 			b.Append(engRecord(0, "stuck", n))
 		}
@@ -372,6 +373,9 @@ func TestEngineStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 		require.Len(t, h.Partitions, 1)
 		assert.Equal(t, 8, h.Partitions[0].Open, "partition 0 holds its share (16/2) of the buffer")
 		assert.True(t, h.Partitions[0].Paused)
+		// Its share open, one in hand, at most a share pending and a batch
+		// in flight: the transport was paused, not left to fill memory.
+		assert.LessOrEqual(t, b.Delivered(transport.TopicPartition{Topic: engTopic, Partition: 0}), int64(8+1+8+4))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = k.Stop(ctx)

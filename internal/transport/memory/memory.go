@@ -41,10 +41,11 @@ type Broker struct {
 	// refuses it.
 	FailCommit func(gen transport.Generation, offsets []transport.Offset) error
 
-	mu      sync.Mutex
-	topics  map[string][][]transport.Record
-	groups  map[string]*group
-	changed chan struct{} // closed and replaced at every append
+	mu        sync.Mutex
+	delivered map[transport.TopicPartition]int64
+	topics    map[string][][]transport.Record
+	groups    map[string]*group
+	changed   chan struct{} // closed and replaced at every append
 }
 
 type group struct {
@@ -56,7 +57,8 @@ type group struct {
 
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
-	return &Broker{topics: map[string][][]transport.Record{}, groups: map[string]*group{}, changed: make(chan struct{})}
+	return &Broker{topics: map[string][][]transport.Record{}, groups: map[string]*group{}, changed: make(chan struct{}),
+		delivered: map[transport.TopicPartition]int64{}}
 }
 
 // CreateTopic creates topic with n partitions, if it does not exist.
@@ -97,6 +99,14 @@ func (b *Broker) Records(topic string, p int32) []transport.Record {
 		return nil
 	}
 	return slices.Clone(ps[p])
+}
+
+// Delivered returns how many records of tp consumers were given (Records),
+// counting redeliveries: a paused partition stops growing it.
+func (b *Broker) Delivered(tp transport.TopicPartition) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.delivered[tp]
 }
 
 // Committed returns group's committed offset of tp (ok false when none).
@@ -369,6 +379,7 @@ func (c *Consumer) deliverOnce() bool {
 			r := log[i]
 			recs = append(recs, &r)
 		}
+		c.b.delivered[tp] += int64(len(recs))
 		c.b.mu.Unlock()
 		if len(recs) == 0 {
 			continue
