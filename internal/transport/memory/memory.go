@@ -374,10 +374,15 @@ func (c *Consumer) deliverOnce() bool {
 		c.b.mu.Lock()
 		log := c.b.topics[tp.Topic][tp.Partition]
 		hw := int64(len(log))
-		var recs []*transport.Record
-		for i := pos; i < hw && len(recs) < batch; i++ {
-			r := log[i]
-			recs = append(recs, &r)
+		n := min(hw-pos, int64(batch))
+		if n <= 0 {
+			c.b.mu.Unlock()
+			continue
+		}
+		copies := slices.Clone(log[pos : pos+n])
+		recs := make([]*transport.Record, n)
+		for i := range copies {
+			recs[i] = &copies[i]
 		}
 		c.b.delivered[tp] += int64(len(recs))
 		c.b.mu.Unlock()
