@@ -47,7 +47,7 @@ type dispatchBenchMsg struct {
 }
 
 func BenchmarkDispatch(b *testing.B) {
-	broker := kavaritest.NewBroker(b, kavaritest.Partitions(dispatchBenchPartitions), kavaritest.Topics(dispatchBenchTopic))
+	broker := kavaritest.NewBroker(b, kavaritest.Partitions(dispatchBenchPartitions), kavaritest.Topics(dispatchBenchTopic, dispatchBenchTopic+".dlq"))
 	brokers := broker.Addrs()
 	dispatchBenchFill(b, brokers)
 

@@ -215,13 +215,21 @@ func (c *Consumer) read(ctx context.Context, h transport.GroupHandler, tp transp
 			}
 			continue
 		}
-		rec := &transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
-			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time}
-		h.Records(tp, []*transport.Record{rec}, m.HighWaterMark)
+		// One allocation for the record and the slice that delivers it.
+		f := &fetched{rec: transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
+			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time}}
+		f.one[0] = &f.rec
+		h.Records(tp, f.one[:], m.HighWaterMark)
 	}
 	closed := make(chan struct{})
 	go func() { _ = r.Close(); close(closed) }()
 	return closed
+}
+
+// fetched is a fetched record and the one-element slice Records gets it in.
+type fetched struct {
+	rec transport.Record
+	one [1]*transport.Record
 }
 
 // wait waits while tp is paused; false when ctx ended.

@@ -12,6 +12,7 @@ package kafkago
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
@@ -77,24 +78,21 @@ func balancer(p transport.Partitioner) kafka.Balancer {
 	return &kafka.Murmur2Balancer{}
 }
 
+// kafka.Header and transport.Header have identical underlying types (the
+// conversion below does not compile otherwise), so a slice of one is a
+// slice of the other: headers cross the seam without a copy.
+var _ = transport.Header(kafka.Header{})
+
 func toHeaders(hs []transport.Header) []kafka.Header {
 	if len(hs) == 0 {
 		return nil
 	}
-	out := make([]kafka.Header, len(hs))
-	for i, h := range hs {
-		out[i] = kafka.Header(h)
-	}
-	return out
+	return unsafe.Slice((*kafka.Header)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
 }
 
 func fromHeaders(hs []kafka.Header) []transport.Header {
 	if len(hs) == 0 {
 		return nil
 	}
-	out := make([]transport.Header, len(hs))
-	for i, h := range hs {
-		out[i] = transport.Header(h)
-	}
-	return out
+	return unsafe.Slice((*transport.Header)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
 }
