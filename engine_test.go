@@ -381,3 +381,98 @@ func TestEngineStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 		_ = k.Stop(ctx)
 	})
 }
+
+// On a cooperative transport a joining member takes only the partitions that
+// move: the first member's handler on the partition it keeps is neither
+// cancelled nor drained, and nothing is handled twice.
+func TestEngineCooperativeRevokesOnlyMovedPartitions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(2)
+		b.Append(engRecord(0, "k0", 0))
+		b.Append(engRecord(1, "k1", 0))
+		release := make(chan struct{})
+		var mu sync.Mutex
+		count := map[string]int{}
+		var cancelled atomic.Bool
+		h := func(ctx context.Context, m *engMsg) error {
+			if m.Key == "k0" && m.N == 0 {
+				select {
+				case <-release:
+				case <-ctx.Done():
+					cancelled.Store(true)
+					return ctx.Err()
+				}
+			}
+			mu.Lock()
+			count[fmt.Sprintf("%s/%d", m.Key, m.N)]++
+			mu.Unlock()
+			return nil
+		}
+		coop := transport.Capabilities{Cooperative: true, HeartbeatsDuringDrain: true}
+		k1 := memKavari(t, b, coop, "g", h)
+		require.NoError(t, k1.Start(context.Background()))
+		synctest.Wait()
+		k2 := memKavari(t, b, coop, "g", h)
+		require.NoError(t, k2.Start(context.Background()))
+		synctest.Wait() // partition 1 moved to k2; k1 keeps partition 0, its handler still waiting
+		assert.False(t, cancelled.Load(), "the kept partition's handler was not cancelled")
+		assert.Equal(t, map[string][]int{"eng": {0}}, k1.Health().Assigned)
+		assert.Equal(t, map[string][]int{"eng": {1}}, k2.Health().Assigned)
+		b.Append(engRecord(1, "k1", 1))
+		close(release)
+		time.Sleep(time.Second)
+		assert.Equal(t, int64(1), memCommitted(b, "g", 0), "k1 commits its kept partition in the new generation")
+		assert.Equal(t, int64(2), memCommitted(b, "g", 1))
+		require.NoError(t, stopNow(t, k2))
+		require.NoError(t, stopNow(t, k1))
+		mu.Lock()
+		defer mu.Unlock()
+		assert.Equal(t, map[string]int{"k0/0": 1, "k1/0": 1, "k1/1": 1}, count)
+	})
+}
+
+// The revoke drain budget follows the transport: without heartbeats during
+// the drain it is cut where the session timeout requires (here 10 s − 3 s
+// − 2 s = 5 s), with them it runs to DrainTimeout (9 s). A 7 s handler is
+// cancelled in the first case and completes and is committed in the second.
+func TestEngineRevokeDrainBudgetFollowsTransport(t *testing.T) {
+	for _, hb := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heartbeats=%v", hb), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(1)
+				b.Append(engRecord(0, "k", 0))
+				var finished, cancelled atomic.Bool
+				started := make(chan struct{})
+				h := func(ctx context.Context, m *engMsg) error {
+					close(started)
+					select {
+					case <-time.After(7 * time.Second):
+						finished.Store(true)
+						return nil
+					case <-ctx.Done():
+						cancelled.Store(true)
+						return ctx.Err()
+					}
+				}
+				caps := transport.Capabilities{HeartbeatsDuringDrain: hb}
+				long := func(c *kavari.Config) {
+					c.SessionTimeout, c.Heartbeat, c.DrainTimeout, c.CommitInterval = 10*time.Second, 3*time.Second, 9*time.Second, time.Hour
+				}
+				k1 := memKavari(t, b, caps, "g", h, long)
+				require.NoError(t, k1.Start(context.Background()))
+				<-started
+				k2 := memKavari(t, b, caps, "g", func(context.Context, *engMsg) error { return nil }, long)
+				require.NoError(t, k2.Start(context.Background())) // eager: k1 revokes partition 0
+				time.Sleep(20 * time.Second)
+				synctest.Wait()
+				assert.Equal(t, hb, finished.Load(), "handler finished")
+				assert.Equal(t, !hb, cancelled.Load(), "handler cancelled")
+				require.NoError(t, stopNow(t, k2))
+				require.NoError(t, stopNow(t, k1))
+				// Committed by k1's revoke when it finished, else by k2 which
+				// handled it again after the cut.
+				assert.Equal(t, int64(1), memCommitted(b, "g", 0))
+			})
+		})
+	}
+}
