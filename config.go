@@ -93,11 +93,11 @@ type Config struct {
 	Ordering        Ordering
 	MaxInFlight     int // records being handled at once, all partitions; default 256
 	// MaxBuffered bounds records fetched and not finished, all partitions
-	// (those handled plus those queued behind a busy key); when reached, the
-	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight. One of n
-	// assigned partitions may have at most max(MaxBuffered/n,
+	// (those handled plus those queued behind a busy key); when reached,
+	// fetching pauses. Default 4 × MaxInFlight; at least MaxInFlight. One of
+	// n assigned partitions may have at most max(MaxBuffered/n,
 	// min(MaxInFlight, MaxBuffered/2)) records open (fetched and not yet
-	// committable); then only its own fetching waits.
+	// committable); then only its own fetching pauses.
 	MaxBuffered      int
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
 	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none

@@ -412,7 +412,7 @@ func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
 	}
 }
 
-// done marks j complete and wakes p's fetcher if it waits for room.
+// done marks j complete and wakes p's feeder if it waits for room.
 func (e *engine) done(p *partition, j *job) {
 	p.tracker.done(j.seq)
 	if p.waiting.Load() {

@@ -489,7 +489,7 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 			// commit), leaves the group and returns from Run.
 			_ = k.cons.Close(ctx)
 			<-k.loopDone
-			// Every fetcher has returned: nothing dispatches any more.
+			// The transport returned from Run: every feeder has ended, nothing dispatches any more.
 			close(k.tasks)
 			k.stopMu.Lock()
 			abandoned := k.abandoned
