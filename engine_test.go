@@ -476,3 +476,48 @@ func TestEngineRevokeDrainBudgetFollowsTransport(t *testing.T) {
 		})
 	}
 }
+
+// When the partitions are lost (the session expired), the engine cancels
+// their handlers and commits nothing; the records are handled again once
+// the partition is assigned anew.
+func TestEngineLostAbandonsWithoutCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		b.Append(engRecord(0, "a", 0))
+		b.Append(engRecord(0, "b", 1))
+		var mu sync.Mutex
+		count := map[string]int{}
+		var cancelled atomic.Bool
+		k := memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
+			mu.Lock()
+			count[m.Key]++
+			first := count[m.Key] == 1
+			mu.Unlock()
+			if m.Key == "b" && first {
+				<-ctx.Done() // hangs until the partition is lost
+				cancelled.Store(true)
+				return ctx.Err()
+			}
+			return nil
+		}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		var oldGenCommits atomic.Int64
+		b.FailCommit = func(gen transport.Generation, _ []transport.Offset) error {
+			if gen.ID == 1 {
+				oldGenCommits.Add(1)
+			}
+			return nil
+		}
+		require.NoError(t, k.Start(context.Background()))
+		synctest.Wait()
+		require.Equal(t, int32(1), b.Generation("g"))
+		b.Expire("g")
+		synctest.Wait()
+		assert.True(t, cancelled.Load(), "the lost partition's handler was cancelled")
+		assert.Zero(t, oldGenCommits.Load(), "no commit was tried for the lost generation")
+		require.NoError(t, stopNow(t, k)) // commits what the new generation handled
+		assert.Equal(t, int64(2), memCommitted(b, "g", 0))
+		mu.Lock()
+		defer mu.Unlock()
+		assert.Equal(t, map[string]int{"a": 2, "b": 2}, count, "nothing was committed before the loss: both redelivered")
+	})
+}

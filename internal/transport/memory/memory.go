@@ -551,6 +551,42 @@ func maps(m map[transport.TopicPartition]transport.Offset) map[transport.TopicPa
 	return out
 }
 
+// Expire ends groupID's generation as a session timeout would: every member
+// loses its partitions (Lost: no chance to commit, and commits of the old
+// generation are fenced), then the members get them again in a new
+// generation.
+func (b *Broker) Expire(groupID string) {
+	g := b.group(groupID)
+	g.rebalance.Lock()
+	defer g.rebalance.Unlock()
+	b.mu.Lock()
+	g.gen++ // the old generation's commits are refused from now on
+	members := slices.Clone(g.members)
+	b.mu.Unlock()
+	for _, m := range members {
+		m.lose()
+	}
+	b.rebalance(g, members)
+}
+
+// lose takes every partition from the member without a revoke.
+func (c *Consumer) lose() {
+	c.deliver.Lock()
+	c.mu.Lock()
+	gone := c.assigned
+	c.assigned = nil
+	for _, tp := range gone {
+		delete(c.pos, tp)
+		delete(c.paused, tp)
+	}
+	gen, h := c.gen, c.h
+	c.mu.Unlock()
+	c.deliver.Unlock()
+	if len(gone) > 0 && h != nil {
+		h.Lost(gen, gone)
+	}
+}
+
 // revoke revokes the member's partitions that are not in keep, waiting for
 // its Revoked.
 func (c *Consumer) revoke(keep []transport.TopicPartition) {
