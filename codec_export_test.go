@@ -10,5 +10,6 @@ import (
 // EncodeRecordOn runs the publish path without I/O for a Kavari whose
 // Config.Registry is r (codecs chosen with SetCodec apply).
 func EncodeRecordOn(r *Registry, msg any) (kafka.Message, error) {
-	return newEncoder("s", 0, time.Now).withRegistry(r).encode(context.Background(), msg)
+	rec, err := newEncoder("s", 0, time.Now).withRegistry(r).encode(context.Background(), msg)
+	return fromRecord(rec), err
 }

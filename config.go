@@ -9,11 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"time"
-
-	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
 )
 
 // Ordering says which messages a consumer may handle at the same time.
@@ -79,6 +74,8 @@ type Config struct {
 	Source   string   // ce_source header; default the host name
 	Logger   *slog.Logger
 	Registry *Registry // default DefaultRegistry
+	// Transport is the Kafka client kavari runs on; default (zero) KafkaGo.
+	Transport Transport
 
 	// Publishing.
 	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
@@ -96,11 +93,11 @@ type Config struct {
 	Ordering        Ordering
 	MaxInFlight     int // records being handled at once, all partitions; default 256
 	// MaxBuffered bounds records fetched and not finished, all partitions
-	// (those handled plus those queued behind a busy key); when reached, the
-	// fetchers wait. Default 4 × MaxInFlight; at least MaxInFlight. One of n
-	// assigned partitions may have at most max(MaxBuffered/n,
+	// (those handled plus those queued behind a busy key); when reached,
+	// fetching pauses. Default 4 × MaxInFlight; at least MaxInFlight. One of
+	// n assigned partitions may have at most max(MaxBuffered/n,
 	// min(MaxInFlight, MaxBuffered/2)) records open (fetched and not yet
-	// committable); then only its own fetching waits.
+	// committable); then only its own fetching pauses.
 	MaxBuffered      int
 	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
 	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
@@ -250,27 +247,20 @@ func (c *Config) validate() error {
 	if c.DrainTimeout >= c.SessionTimeout {
 		errs = append(errs, errors.New("DrainTimeout must be shorter than SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
 	}
+	if _, ok := transports[c.Transport]; !ok {
+		errs = append(errs, fmt.Errorf("unknown Transport %d", int(c.Transport)))
+	}
 	if c.SASL != nil {
-		if _, err := c.SASL.mechanism(); err != nil {
-			errs = append(errs, err)
+		switch c.SASL.Mechanism {
+		case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		default:
+			errs = append(errs, fmt.Errorf("SASL.Mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism))
 		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("kavari: invalid Config: %w", errors.Join(errs...))
 	}
 	return nil
-}
-
-func (s *SASL) mechanism() (sasl.Mechanism, error) {
-	switch s.Mechanism {
-	case "PLAIN":
-		return plain.Mechanism{Username: s.Username, Password: s.Password}, nil
-	case "SCRAM-SHA-256":
-		return scram.Mechanism(scram.SHA256, s.Username, s.Password)
-	case "SCRAM-SHA-512":
-		return scram.Mechanism(scram.SHA512, s.Username, s.Password)
-	}
-	return nil, fmt.Errorf("SASL.Mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism)
 }
 
 // protocolDrain is the longest drain the group protocol allows. kafka-go
@@ -287,29 +277,4 @@ func (c *Config) protocolDrain() time.Duration {
 // commit.
 func (c *Config) drainReserve() time.Duration {
 	return min(2*time.Second, (c.SessionTimeout-c.Heartbeat)/3)
-}
-
-// dialer returns the kafka-go dialer for readers and the group.
-func (c *Config) dialer() *kafka.Dialer {
-	d := &kafka.Dialer{ClientID: c.ClientID, Timeout: 10 * time.Second, DualStack: true, TLS: c.TLS}
-	if c.SASL != nil {
-		d.SASLMechanism, _ = c.SASL.mechanism()
-	}
-	return d
-}
-
-// transport returns the kafka-go transport for the writer and admin calls.
-func (c *Config) transport() *kafka.Transport {
-	t := &kafka.Transport{ClientID: c.ClientID, TLS: c.TLS, DialTimeout: 10 * time.Second, MetadataTTL: 5 * time.Second}
-	if c.SASL != nil {
-		t.SASL, _ = c.SASL.mechanism()
-	}
-	return t
-}
-
-func (c *Config) balancer() kafka.Balancer {
-	if c.Partitioner == CRC32 {
-		return &kafka.CRC32Balancer{}
-	}
-	return &kafka.Murmur2Balancer{}
 }

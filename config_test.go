@@ -140,6 +140,7 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 		{"negative AsyncWorkers", func(c *kavari.Config) { c.AsyncWorkers = -1 }, "AsyncWorkers is negative"},
 		{"MaxBuffered below MaxInFlight", func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 10, 5 }, "MaxBuffered must be at least MaxInFlight"},
 		{"negative MaxInFlight", func(c *kavari.Config) { c.MaxInFlight = -1 }, "MaxInFlight is negative"},
+		{"unknown Transport", func(c *kavari.Config) { c.Transport = 7 }, "unknown Transport 7"},
 		{"negative TopicPartitions", func(c *kavari.Config) { c.TopicPartitions = -1 }, "TopicPartitions is negative"},
 		{"negative CommitInterval", func(c *kavari.Config) { c.CommitInterval = -1 }, "negative"},
 		{"negative DrainTimeout", func(c *kavari.Config) { c.DrainTimeout = -1 }, "negative"},

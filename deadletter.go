@@ -6,7 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
 // HeaderDroppedHeaders names, comma-separated, the original headers left out
@@ -39,7 +39,7 @@ const (
 
 // deadLetter builds the dead-letter record for rec in its full form: same
 // key, value and headers, plus headers saying what went wrong.
-func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
+func deadLetter(rec *transport.Record, topic string, kind ErrorKind, handler string, attempts int, cause error) transport.Record {
 	return deadLetterForm(rec, topic, kind, handler, attempts, cause, dlFull)
 }
 
@@ -48,12 +48,12 @@ func deadLetter(rec *kafka.Message, topic string, kind ErrorKind, handler string
 // letter); kavari_handler, kavari_truncated and kavari_dropped_headers of an
 // earlier failure are dropped. What kavari adds is bounded: original_error is
 // clipped to MaxErrorText bytes, the list of dropped headers likewise.
-func deadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error, f dlForm) kafka.Message {
+func deadLetterForm(rec *transport.Record, topic string, kind ErrorKind, handler string, attempts int, cause error, f dlForm) transport.Record {
 	limit := MaxErrorText
 	if f >= dlSmallest {
 		limit = dlSmallestError
 	}
-	add := []kafka.Header{
+	add := []transport.Header{
 		{Key: HeaderOriginalError, Value: []byte(clipText(cause.Error(), limit))},
 		{Key: HeaderOrigTopic, Value: []byte(rec.Topic)},
 		{Key: HeaderOrigPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
@@ -62,14 +62,14 @@ func deadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler st
 		{Key: HeaderErrorKind, Value: []byte(kind)},
 	}
 	if handler != "" {
-		add = append(add, kafka.Header{Key: HeaderHandler, Value: []byte(handler)})
+		add = append(add, transport.Header{Key: HeaderHandler, Value: []byte(handler)})
 	}
 	value := rec.Value
 	if f >= dlNoValue && len(rec.Value) > 0 {
 		value = nil
-		add = append(add, kafka.Header{Key: HeaderTruncated, Value: strconv.AppendInt(nil, int64(len(rec.Value)), 10)})
+		add = append(add, transport.Header{Key: HeaderTruncated, Value: strconv.AppendInt(nil, int64(len(rec.Value)), 10)})
 	}
-	hs := make([]kafka.Header, 0, len(rec.Headers)+len(add)+1)
+	hs := make([]transport.Header, 0, len(rec.Headers)+len(add)+1)
 	var dropped []string
 outer:
 	for _, h := range rec.Headers {
@@ -94,13 +94,13 @@ outer:
 		if f < dlSmallest {
 			list = clipText(strings.Join(dropped, ","), dlLargeHeader)
 		}
-		hs = append(hs, kafka.Header{Key: HeaderDroppedHeaders, Value: []byte(list)})
+		hs = append(hs, transport.Header{Key: HeaderDroppedHeaders, Value: []byte(list)})
 	}
-	return kafka.Message{Topic: topic, Key: rec.Key, Value: value, Headers: hs}
+	return transport.Record{Topic: topic, Key: rec.Key, Value: value, Headers: hs}
 }
 
 // recordSize is about what rec weighs against a broker's size limit.
-func recordSize(rec *kafka.Message) int {
+func recordSize(rec *transport.Record) int {
 	n := len(rec.Key) + len(rec.Value) + 70 // the batch and record framing
 	for _, h := range rec.Headers {
 		n += len(h.Key) + len(h.Value) + 4
@@ -110,7 +110,7 @@ func recordSize(rec *kafka.Message) int {
 
 // tooLarge reports whether a write failed because of the record's size.
 func tooLarge(err error) bool {
-	return errors.Is(err, ErrTooLarge) || errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge)
+	return errors.Is(err, ErrTooLarge) || transport.KindOf(err) == transport.TooLarge
 }
 
 // clipText returns s when it has at most limit bytes, else its start (cut on

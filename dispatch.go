@@ -10,73 +10,52 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// consumeLoop joins the group and runs one generation after another until
-// Stop. It never returns because of a broker failure: errors are logged, shown
-// in Health, and the group is joined again (kafka-go backs off between tries).
-func (k *Kavari) consumeLoop(group *kafka.ConsumerGroup, table *routeTable) {
-	defer close(k.loopDone)
-	var failingSince, lastLog time.Time
-	for {
-		gen, err := group.Next(k.runCtx)
-		if err != nil {
-			if k.runCtx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
-				return
-			}
-			k.health.fail(err)
-			// Log the first failure and then one line a minute, not one per try.
-			if now := time.Now(); failingSince.IsZero() || now.Sub(lastLog) >= time.Minute {
-				if failingSince.IsZero() {
-					failingSince = now
-				}
-				lastLog = now
-				k.log.Warn("kavari: consumer group unavailable, retrying", "group", k.cfg.GroupID,
-					"for", now.Sub(failingSince).Round(time.Second), "err", err)
-			}
-			continue
-		}
-		if !failingSince.IsZero() {
-			k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(failingSince).Round(time.Second))
-			failingSince = time.Time{}
-		}
-		if names := k.dlqUnchecked; names != nil {
-			k.dlqUnchecked = nil
-			go k.recheckDeadLetterTopics(names) // ends with runCtx
-		}
-		k.inGen.Add(1) // until commitLoop's final commit
-		g := newGeneration(k, gen, table)
-		k.health.joined(g)
-		k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", g.assigned())
-		g.start()
-	}
-}
-
-// generation is the work of one consumer group generation: a fetcher per
-// assigned partition, their handler goroutines, and the committer.
-type generation struct {
+// engine is the consumer: the transport's consumer calls it as its
+// transport.GroupHandler. Per assigned partition it runs a feeder that takes
+// the records the transport delivered, in offset order, and hands them to
+// lanes; it tracks offsets, commits the completed prefix fenced by the
+// generation, drains revoked partitions and abandons lost ones. It knows
+// nothing of the client it runs on beyond transport.Capabilities.
+type engine struct {
 	k     *Kavari
-	gen   *kafka.Generation
 	table *routeTable
-	parts []*partition
+	cons  transport.Consumer
+	caps  transport.Capabilities
 
-	// hard is the context of handlers and dead-letter writes. It ends when the
-	// drain budget is spent: DrainTimeout after a revoke, or Stop's deadline.
-	hard       context.Context
-	hardCancel context.CancelFunc
+	mu    sync.Mutex
+	gen   transport.Generation // the member's current generation
+	parts map[transport.TopicPartition]*partition
+	// failingSince and lastLog rate-limit the log of group failures.
+	failingSince, lastLog time.Time
 
-	fetchers sync.WaitGroup // one per partition, done when drained
-	commitMu sync.Mutex     // serialises commits so offsets never go backwards
+	commitMu sync.Mutex    // serialises commits so offsets never go backwards
+	runDone  chan struct{} // closed when the transport's Run returned
 }
 
-// partition is one assigned partition of a generation.
+func newEngine(k *Kavari, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
+	return &engine{k: k, table: table, cons: cons, caps: caps, parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{})}
+}
+
+// run consumes until Stop: the transport joins the group and calls e. It
+// never returns because of a broker failure: the transport rejoins with
+// backoff, and errors are logged and shown in Health.
+func (e *engine) run() {
+	defer close(e.k.loopDone)
+	go e.commitLoop()
+	_ = e.cons.Run(e.k.runCtx, e)
+	close(e.runDone)
+}
+
+// partition is one assigned partition.
 type partition struct {
+	tp        transport.TopicPartition
 	topic     string
 	id        int
-	start     int64 // assigned offset (or FirstOffset/LastOffset)
 	tracker   *offsetTracker
-	committed int64 // last committed offset, under generation.commitMu
+	committed int64 // last committed offset, under engine.commitMu
 	mu        sync.Mutex
 	lanes     map[string]*lane
 	inflight  sync.WaitGroup
@@ -86,44 +65,318 @@ type partition struct {
 	stuck map[int64]string
 
 	// share bounds the partition's open records (fetched, not yet
-	// committable): at the bound its fetcher waits (waiting) until a record
-	// completes (room), so one stuck key or partition cannot take the whole
-	// of MaxBuffered from the others.
-	share   int
+	// committable): at the bound its feeder waits (waiting) until a record
+	// completes (room), and the transport stops fetching the partition
+	// (paused), so one stuck key or partition cannot take the whole of
+	// MaxBuffered from the others.
+	share   atomic.Int64
 	waiting atomic.Bool
 	room    chan struct{}
+
+	// pending holds the records the transport delivered that the feeder has
+	// not dispatched yet; paused says the transport was asked to stop
+	// fetching the partition. Under mu.
+	pending []*transport.Record
+	paused  bool
+	wake    chan struct{} // records were added to pending
+
+	// fetch ends the feeder (revoke, loss); hard is the context of handlers
+	// and dead-letter writes, ended when the drain budget is spent.
+	fetch      context.Context
+	stopFetch  context.CancelFunc
+	hard       context.Context
+	hardCancel context.CancelFunc
+	feederDone chan struct{}
 }
 
 // lane holds the records waiting behind the one being handled for a key.
 type lane struct{ queue []*job }
 
 type job struct {
-	rec kafka.Message
+	rec *transport.Record
 	seq int64
 }
 
-func newGeneration(k *Kavari, gen *kafka.Generation, table *routeTable) *generation {
-	g := &generation{k: k, gen: gen, table: table}
-	g.hard, g.hardCancel = context.WithCancel(k.hardCtx)
-	topics := make([]string, 0, len(gen.Assignments))
-	for t := range gen.Assignments {
-		topics = append(topics, t)
+// Assigned starts the partitions parts in generation gen: their state,
+// their feeders, their lanes.
+func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment) {
+	k := e.k
+	e.mu.Lock()
+	e.gen = gen
+	var started []*partition
+	for _, a := range parts {
+		if e.parts[a.TopicPartition] != nil {
+			continue // kept across a cooperative rebalance
+		}
+		p := &partition{
+			tp: a.TopicPartition, topic: a.Topic, id: int(a.Partition), tracker: newOffsetTracker(),
+			committed: max(a.Offset, -1), lanes: map[string]*lane{},
+			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
+		}
+		p.fetch, p.stopFetch = context.WithCancel(context.Background())
+		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
+		e.parts[a.TopicPartition] = p
+		started = append(started, p)
 	}
-	sort.Strings(topics)
-	for _, t := range topics {
-		for _, a := range gen.Assignments[t] {
-			g.parts = append(g.parts, &partition{
-				topic: t, id: a.ID, start: a.Offset, tracker: newOffsetTracker(),
-				committed: max(a.Offset, -1), lanes: map[string]*lane{},
-				room: make(chan struct{}, 1),
-			})
+	share := partitionShare(k.cfg.MaxBuffered, k.cfg.MaxInFlight, len(e.parts))
+	for _, p := range e.parts {
+		p.share.Store(int64(share))
+	}
+	assigned := e.assignedLocked()
+	since := e.failingSince
+	e.failingSince = time.Time{}
+	e.mu.Unlock()
+
+	if !since.IsZero() {
+		k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(since).Round(time.Second))
+	}
+	if names := k.dlqUnchecked; names != nil {
+		k.dlqUnchecked = nil
+		go k.recheckDeadLetterTopics(names) // ends with runCtx
+	}
+	k.health.joined(e, gen, assigned)
+	k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", assigned)
+	for _, p := range started {
+		go e.feed(p)
+	}
+}
+
+// Revoked drains partitions tps and commits them in gen: their feeders
+// stop, in-flight handlers finish within the drain budget (then their
+// contexts are cancelled), the completed prefix is committed, and the
+// partitions are released.
+func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartition) {
+	ps := e.take(tps)
+	if len(ps) == 0 {
+		return
+	}
+	for _, p := range ps {
+		p.stopFetch()
+	}
+	cut := time.AfterFunc(e.drainBudget(), func() {
+		for _, p := range ps {
+			p.hardCancel()
+		}
+	})
+	for _, p := range ps {
+		<-p.feederDone
+	}
+	cut.Stop()
+	if err := e.commit(gen, ps); err != nil {
+		e.k.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
+		e.k.health.commitFailed(err)
+		if e.k.stopping.Load() {
+			e.k.stopFailed(err)
 		}
 	}
-	share := partitionShare(k.cfg.MaxBuffered, k.cfg.MaxInFlight, len(g.parts))
-	for _, p := range g.parts {
-		p.share = share
+	e.release(ps)
+}
+
+// Lost abandons partitions tps: their handlers are cancelled and nothing is
+// committed; another member owns them already.
+func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) {
+	ps := e.take(tps)
+	for _, p := range ps {
+		p.stopFetch()
+		p.hardCancel()
 	}
-	return g
+	for _, p := range ps {
+		<-p.feederDone
+	}
+	e.release(ps)
+}
+
+// take returns the partitions of tps that are assigned.
+func (e *engine) take(tps []transport.TopicPartition) []*partition {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ps []*partition
+	for _, tp := range tps {
+		if p := e.parts[tp]; p != nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// release forgets partitions ps, after their drain.
+func (e *engine) release(ps []*partition) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range ps {
+		p.hardCancel()
+		if e.parts[p.tp] == p {
+			delete(e.parts, p.tp)
+		}
+	}
+}
+
+// drainBudget is how long a revoke (or Stop) lets in-flight handlers run:
+// what the group protocol allows (without heartbeats during the drain, what
+// the session timeout leaves, Config.protocolDrain; with them, the rebalance
+// timeout), and DrainTimeout on a revoke.
+func (e *engine) drainBudget() time.Duration {
+	cfg := &e.k.cfg
+	budget := cfg.protocolDrain()
+	if e.caps.HeartbeatsDuringDrain {
+		budget = cfg.RebalanceTimeout - cfg.drainReserve()
+	}
+	if !e.k.stopping.Load() {
+		budget = min(budget, cfg.DrainTimeout)
+	}
+	return budget
+}
+
+// Records queues recs for partition tp's feeder. It never blocks: when the
+// partition has its share of records waiting, the transport is asked to
+// pause it.
+func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, _ int64) {
+	e.mu.Lock()
+	p := e.parts[tp]
+	e.mu.Unlock()
+	if p == nil || len(recs) == 0 {
+		return // revoked meanwhile: the next owner reads them
+	}
+	p.mu.Lock()
+	p.pending = append(p.pending, recs...)
+	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
+		p.paused = true
+		e.cons.Pause(tp)
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Error reports a group or fetch error: in a generation it is noted for
+// Health; between generations the member is not in the group, which Health
+// shows and the log says once a minute.
+func (e *engine) Error(err error) {
+	e.mu.Lock()
+	if len(e.parts) > 0 {
+		e.mu.Unlock()
+		e.k.health.note(err)
+		return
+	}
+	now := time.Now()
+	log := e.failingSince.IsZero() || now.Sub(e.lastLog) >= time.Minute
+	if e.failingSince.IsZero() {
+		e.failingSince = now
+	}
+	since := e.failingSince
+	if log {
+		e.lastLog = now
+	}
+	e.mu.Unlock()
+	if e.k.runCtx.Err() != nil {
+		return
+	}
+	e.k.health.fail(err)
+	if log {
+		e.k.log.Warn("kavari: consumer group unavailable, retrying", "group", e.k.cfg.GroupID,
+			"for", now.Sub(since).Round(time.Second), "err", err)
+	}
+}
+
+// next returns p's next record, waiting for one; false when p's fetching
+// ended. While none is waiting and the partition is paused, it resumes the
+// partition as soon as the partition has room.
+func (e *engine) next(p *partition) (*transport.Record, bool) {
+	for {
+		p.mu.Lock()
+		if len(p.pending) > 0 {
+			rec := p.pending[0]
+			p.pending[0] = nil
+			p.pending = p.pending[1:]
+			p.mu.Unlock()
+			return rec, true
+		}
+		p.pending = nil
+		paused := p.paused
+		p.mu.Unlock()
+		if paused {
+			if !e.waitRoom(p.fetch, p) {
+				return nil, false
+			}
+			p.mu.Lock()
+			if p.paused && len(p.pending) == 0 {
+				p.paused = false
+				e.cons.Resume(p.tp)
+			}
+			p.mu.Unlock()
+			continue
+		}
+		select {
+		case <-p.wake:
+		case <-p.fetch.Done():
+			return nil, false
+		}
+	}
+}
+
+// pause asks the transport to stop fetching p.
+func (e *engine) pause(p *partition) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.paused {
+		p.paused = true
+		e.cons.Pause(p.tp)
+	}
+}
+
+// hasRoom reports whether p may open a record now without waiting.
+func (e *engine) hasRoom(p *partition) bool {
+	_, open, _ := p.tracker.committable()
+	return int64(open) < p.share.Load() && len(e.k.sem) < cap(e.k.sem)
+}
+
+// feed dispatches partition p's records until its fetching ends, then waits
+// for its in-flight records within the drain budget.
+func (e *engine) feed(p *partition) {
+	defer close(p.feederDone)
+	ctx := p.fetch
+	for {
+		rec, ok := e.next(p)
+		if !ok {
+			break
+		}
+		// A buffer slot is taken once a record is in hand, so idle
+		// partitions hold none; while all are taken, or this partition has
+		// its share open, the partition is paused and its feeder waits with
+		// one record in hand. A record not dispatched is not tracked, so
+		// not committed.
+		if !e.hasRoom(p) {
+			e.pause(p)
+		}
+		if !e.waitRoom(ctx, p) || !e.k.acquire(ctx) {
+			break
+		}
+		e.dispatch(p, rec)
+	}
+	// Revoked or stopping: let in-flight work finish within the drain
+	// budget, which ends p.hard (Revoked's timer, or Stop's deadline).
+	grace := e.k.cfg.drainReserve() / 2
+	if e.k.stopping.Load() {
+		grace = min(grace, time.Duration(e.k.stopGrace.Load()))
+	}
+	drained := make(chan struct{})
+	go func() { p.inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-p.hard.Done():
+		// Handlers were cancelled; give them a moment to return, then leave
+		// any that ignore their context behind. Their records stay uncommitted.
+		select {
+		case <-drained:
+		case <-time.After(grace):
+			e.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
+			if e.k.stopping.Load() {
+				e.k.stopFailed(fmt.Errorf("%w: %s/%d", ErrHandlersAbandoned, p.topic, p.id))
+			}
+		}
+	}
 }
 
 // partitionShare is how many open records one of n partitions may have: all
@@ -139,13 +392,13 @@ func partitionShare(maxBuffered, maxInFlight, n int) int {
 
 // waitRoom waits while partition p has its share of open records; false when
 // ctx ended first.
-func (g *generation) waitRoom(ctx context.Context, p *partition) bool {
+func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
 	for {
-		if _, open, _ := p.tracker.committable(); open < p.share {
+		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
 			return true
 		}
 		p.waiting.Store(true)
-		if _, open, _ := p.tracker.committable(); open < p.share { // completed meanwhile
+		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() { // completed meanwhile
 			p.waiting.Store(false)
 			return true
 		}
@@ -159,8 +412,8 @@ func (g *generation) waitRoom(ctx context.Context, p *partition) bool {
 	}
 }
 
-// done marks j complete and wakes p's fetcher if it waits for room.
-func (g *generation) done(p *partition, j *job) {
+// done marks j complete and wakes p's feeder if it waits for room.
+func (e *engine) done(p *partition, j *job) {
 	p.tracker.done(j.seq)
 	if p.waiting.Load() {
 		select {
@@ -170,115 +423,19 @@ func (g *generation) done(p *partition, j *job) {
 	}
 }
 
-func (g *generation) assigned() map[string][]int {
-	m := map[string][]int{}
-	for _, p := range g.parts {
-		m[p.topic] = append(m[p.topic], p.id)
-	}
-	return m
-}
-
-func (g *generation) start() {
-	g.fetchers.Add(len(g.parts))
-	for _, p := range g.parts {
-		g.gen.Start(func(ctx context.Context) { g.fetch(ctx, p) })
-	}
-	g.gen.Start(g.commitLoop)
-}
-
-// fetch reads partition p from its assigned offset and dispatches each record
-// until the generation ends, then waits for its in-flight records.
-func (g *generation) fetch(ctx context.Context, p *partition) {
-	defer g.fetchers.Done()
-	cfg := g.k.cfg
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:        cfg.Brokers,
-		Topic:          p.topic,
-		Partition:      p.id,
-		Dialer:         g.k.dialer(),
-		MinBytes:       1,
-		MaxBytes:       10 << 20,
-		MaxWait:        500 * time.Millisecond,
-		ReadBackoffMin: 100 * time.Millisecond,
-		ReadBackoffMax: 2 * time.Second,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			g.k.health.note(fmt.Errorf(msg, args...))
-			g.k.log.Debug("kavari: fetch: "+fmt.Sprintf(msg, args...), "topic", p.topic, "partition", p.id)
-		}),
-	})
-	if err := r.SetOffset(p.start); err != nil {
-		g.k.log.Error("kavari: cannot position reader", "topic", p.topic, "partition", p.id, "offset", p.start, "err", err)
-	}
-	for {
-		rec, err := r.FetchMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			g.k.health.note(err)
-			g.k.log.Warn("kavari: fetch failed", "topic", p.topic, "partition", p.id, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		// The slot is taken after the fetch, so idle partitions hold none;
-		// while all are taken, or this partition has its share open, this
-		// fetcher waits with one record in hand. A record not dispatched is
-		// not tracked, so not committed.
-		if !g.waitRoom(ctx, p) || !g.k.acquire(ctx) {
-			break
-		}
-		g.dispatch(p, rec)
-	}
-	// Revoked or stopping: close the reader, let in-flight work finish within
-	// the drain budget.
-	readerClosed := make(chan struct{})
-	go func() { _ = r.Close(); close(readerClosed) }()
-	defer func() {
-		select {
-		case <-readerClosed:
-		case <-time.After(5 * time.Second):
-			g.k.log.Warn("kavari: partition reader did not close in time", "topic", p.topic, "partition", p.id)
-		}
-	}()
-	// The drain budget (commitLoop's timer, or Stop's deadline) ends g.hard.
-	grace := cfg.drainReserve() / 2
-	if g.k.stopping.Load() {
-		grace = min(grace, time.Duration(g.k.stopGrace.Load()))
-	}
-	drained := make(chan struct{})
-	go func() { p.inflight.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-g.hard.Done():
-		// Handlers were cancelled; give them a moment to return, then leave
-		// any that ignore their context behind. Their records stay uncommitted.
-		select {
-		case <-drained:
-		case <-time.After(grace):
-			g.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
-			if g.k.stopping.Load() {
-				g.k.stopFailed(fmt.Errorf("%w: %s/%d", ErrHandlersAbandoned, p.topic, p.id))
-			}
-		}
-	}
-}
-
 // dispatch hands rec to its lane: behind an earlier record with the same key
 // (PerKey) or partition (PerPartition), or straight to a goroutine.
-func (g *generation) dispatch(p *partition, rec kafka.Message) {
+func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
 	p.inflight.Add(1)
 	var key string
-	switch g.k.cfg.Ordering {
+	switch e.k.cfg.Ordering {
 	case Unordered:
-		g.k.submit(task{g: g, p: p, j: j})
+		e.k.submit(task{e: e, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			g.k.submit(task{g: g, p: p, j: j}) // no key, no order to keep
+			e.k.submit(task{e: e, p: p, j: j}) // no key, no order to keep
 			return
 		}
 		key = string(rec.Key)
@@ -292,12 +449,12 @@ func (g *generation) dispatch(p *partition, rec kafka.Message) {
 	l := &lane{}
 	p.lanes[key] = l
 	p.mu.Unlock()
-	g.k.submit(task{g: g, p: p, key: key, l: l, j: j})
+	e.k.submit(task{e: e, p: p, key: key, l: l, j: j})
 }
 
 // task is a lane to run: its first record j, then whatever queues behind it.
 type task struct {
-	g   *generation
+	e   *engine
 	p   *partition
 	key string
 	l   *lane // nil: j alone, no order to keep
@@ -349,7 +506,7 @@ func (k *Kavari) worker(t task) {
 	idle := time.NewTimer(k.workerIdle)
 	defer idle.Stop()
 	for {
-		t.g.runLane(t.p, t.key, t.l, t.j)
+		t.e.runLane(t.p, t.key, t.l, t.j)
 		idle.Reset(k.workerIdle)
 		var ok bool
 		select {
@@ -364,9 +521,9 @@ func (k *Kavari) worker(t task) {
 }
 
 // runLane handles j, then every record queued behind it on lane l.
-func (g *generation) runLane(p *partition, key string, l *lane, j *job) {
+func (e *engine) runLane(p *partition, key string, l *lane, j *job) {
 	for {
-		g.process(p, j)
+		e.process(p, j)
 		if l == nil {
 			return
 		}
@@ -386,91 +543,91 @@ func (g *generation) runLane(p *partition, key string, l *lane, j *job) {
 // process decodes and handles one record, retrying and dead-lettering as
 // needed. The record is marked done only when it was handled, dead-lettered or
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
-func (g *generation) process(p *partition, j *job) {
+func (e *engine) process(p *partition, j *job) {
 	defer p.inflight.Done()
-	defer g.k.release()
-	if g.hard.Err() != nil {
+	defer e.k.release()
+	if p.hard.Err() != nil {
 		return
 	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
 	// between retries gives its run slot back too (held says).
-	if !g.k.run(g.hard) {
+	if !e.k.run(p.hard) {
 		return
 	}
 	held := true
 	defer func() {
 		if held {
-			g.k.ran()
+			e.k.ran()
 		}
 	}()
-	rt, msg, err := g.table.decode(&j.rec)
+	rt, msg, err := e.table.decode(j.rec)
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
-		if de.Kind == KindUnknownType && g.k.cfg.Relaxed {
-			g.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", logErr(err))
-			g.done(p, j)
+		if de.Kind == KindUnknownType && e.k.cfg.Relaxed {
+			e.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", logErr(err))
+			e.done(p, j)
 			return
 		}
-		g.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
-		if g.deadLetter(p, j, de.Kind, "", 1, err) {
-			g.done(p, j)
+		e.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
+		if e.deadLetter(p, j, de.Kind, "", 1, err) {
+			e.done(p, j)
 		}
 		return
 	}
 	if len(rt.bindings) == 0 {
 		// A type declared without handlers: this service publishes it but
 		// does not consume it.
-		g.done(p, j)
+		e.done(p, j)
 		return
 	}
 	for _, b := range rt.bindings {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
 		start := time.Now()
-		first := g.invoke(b, msg, j, 1)
+		first := e.invoke(p, b, msg, j, 1)
 		if first == nil {
 			continue
 		}
 		attempts := 0
-		err := g.k.cfg.ConsumerRetry.retrySince(g.hard, start, func(attempt int) error {
+		err := e.k.cfg.ConsumerRetry.retrySince(p.hard, start, func(attempt int) error {
 			attempts = attempt
 			if attempt == 1 {
 				return first
 			}
 			if !held {
-				if !g.k.run(g.hard) {
-					return context.Cause(g.hard)
+				if !e.k.run(p.hard) {
+					return context.Cause(p.hard)
 				}
 				held = true
 			}
-			return g.invoke(b, msg, j, attempt)
+			return e.invoke(p, b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-			g.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
+			e.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
-			g.k.ran() // free while waiting; the lane keeps the key's order
+			e.k.ran() // free while waiting; the lane keeps the key's order
 			held = false
 		})
 		if err == nil {
 			continue
 		}
-		if g.hard.Err() != nil {
+		if p.hard.Err() != nil {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		g.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
-		if !g.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
+		e.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		if !e.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
 			return
 		}
 	}
-	g.done(p, j)
+	e.done(p, j)
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
-func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error) {
-	var ctx context.Context = &handlerCtx{Context: g.hard, rec: &j.rec, attempt: attempt}
-	if t := g.k.cfg.HandlerTimeout; t > 0 {
+func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
+	var ctx context.Context = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+	if t := e.k.cfg.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
@@ -480,7 +637,7 @@ func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
-	h, err := g.k.resolve(b)
+	h, err := e.k.resolve(b)
 	if err != nil {
 		return err
 	}
@@ -493,7 +650,7 @@ func (g *generation) invoke(b *binding, msg any, j *job, attempt int) (err error
 // the Record only when a handler asks for it.
 type handlerCtx struct {
 	context.Context
-	rec     *kafka.Message
+	rec     *transport.Record
 	attempt int
 }
 
@@ -533,19 +690,19 @@ var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisec
 // when even the smallest is too large it returns false at once: the record
 // stays open, so partition p holds there (it is redelivered to the next
 // owner), and Health says why.
-func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	topic := j.rec.Topic + g.k.cfg.DeadLetterSuffix
+func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
+	topic := j.rec.Topic + e.k.cfg.DeadLetterSuffix
 	form := dlFull
-	rec := deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	// Known too large for the publisher: skip the forms it would refuse.
-	for limit := g.k.cfg.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+	for limit := e.k.cfg.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
 		form++
-		rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	}
 	var last error
-	err := dlqRetry.retry(g.hard, func(int) error {
+	err := dlqRetry.retry(p.hard, func(int) error {
 		for {
-			errs := g.k.pub.write(g.hard, []kafka.Message{rec})
+			errs := e.k.pub.write(p.hard, []*transport.Record{&rec})
 			if errs == nil {
 				return nil
 			}
@@ -558,11 +715,11 @@ func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler st
 				return Permanent(last)
 			}
 			form++
-			g.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
-			rec = deadLetterForm(&j.rec, topic, kind, handler, attempts, cause, form)
+			e.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
+			rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 		}
 	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-		g.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
+		e.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
 	})
 	if err == nil {
 		p.setStuck(j.rec.Offset, "")
@@ -571,7 +728,7 @@ func (g *generation) deadLetter(p *partition, j *job, kind ErrorKind, handler st
 	if !retriableHandler(err) {
 		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
 			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
-		g.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
+		e.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
 	}
 	return false
 }
@@ -604,79 +761,99 @@ func (p *partition) stuckReason() string {
 	return reason
 }
 
-// commitLoop commits the completed prefix of every partition every
-// CommitInterval, and once more after the partitions drained at the end of
-// the generation. The generation ends when kafka-go stops heartbeating, so
-// the drain is bounded by what the session timeout leaves
-// (Config.protocolDrain), and by DrainTimeout on a revoke.
-func (g *generation) commitLoop(ctx context.Context) {
-	defer g.k.inGen.Add(-1)
-	t := time.NewTicker(g.k.cfg.CommitInterval)
+// commitLoop commits the completed prefix of every assigned partition every
+// CommitInterval, until the transport's Run returned. A revoke or Stop
+// commits its partitions once more after their drain (Revoked).
+func (e *engine) commitLoop() {
+	t := time.NewTicker(e.k.cfg.CommitInterval)
 	defer t.Stop()
-	drained := make(chan struct{})
-	go func() {
-		<-ctx.Done() // returning earlier would end the generation
-		budget := g.k.cfg.protocolDrain()
-		if !g.k.stopping.Load() {
-			budget = min(budget, g.k.cfg.DrainTimeout)
-		}
-		cut := time.AfterFunc(budget, g.hardCancel)
-		g.fetchers.Wait()
-		cut.Stop()
-		close(drained)
-	}()
 	for {
 		select {
 		case <-t.C:
-			_ = g.commit()
-		case <-drained:
-			if err := g.commit(); err != nil {
-				g.k.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
-				g.k.health.commitFailed(err)
-				if g.k.stopping.Load() {
-					g.k.stopFailed(err)
-				}
+			e.mu.Lock()
+			gen := e.gen
+			ps := make([]*partition, 0, len(e.parts))
+			for _, p := range e.parts {
+				ps = append(ps, p)
 			}
-			g.hardCancel()
+			e.mu.Unlock()
+			_ = e.commit(gen, ps)
+		case <-e.runDone:
 			return
 		}
 	}
 }
 
-// commit commits every partition whose completed prefix moved forward.
-func (g *generation) commit() error {
-	g.commitMu.Lock()
-	defer g.commitMu.Unlock()
-	offsets := map[string]map[int]int64{}
+// commit commits, fenced by gen, every partition of ps whose completed
+// prefix moved forward.
+func (e *engine) commit(gen transport.Generation, ps []*partition) error {
+	e.commitMu.Lock()
+	defer e.commitMu.Unlock()
+	var offsets []transport.Offset
 	var moved []*partition
-	for _, p := range g.parts {
+	for _, p := range ps {
 		next, _, _ := p.tracker.committable()
 		if next > p.committed {
-			if offsets[p.topic] == nil {
-				offsets[p.topic] = map[int]int64{}
-			}
-			offsets[p.topic][p.id] = next
+			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
 			moved = append(moved, p)
 		}
 	}
 	if len(moved) == 0 {
 		return nil
 	}
-	if err := g.gen.CommitOffsets(offsets); err != nil {
-		g.k.health.note(err)
-		g.k.log.Warn("kavari: commit failed", "err", err)
-		return &CommitError{Offsets: offsets, Err: err}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.cons.Commit(ctx, gen, offsets); err != nil {
+		e.k.health.note(err)
+		e.k.log.Warn("kavari: commit failed", "err", err)
+		m := map[string]map[int]int64{}
+		for _, o := range offsets {
+			if m[o.Topic] == nil {
+				m[o.Topic] = map[int]int64{}
+			}
+			m[o.Topic][int(o.Partition)] = o.Offset
+		}
+		return &CommitError{Offsets: m, Err: err}
 	}
-	for _, p := range moved {
-		p.committed = offsets[p.topic][p.id]
+	for i, p := range moved {
+		p.committed = offsets[i].Offset
 	}
-	g.k.health.committed()
+	e.k.health.committed()
 	return nil
 }
 
+// parts returns the assigned partitions, ordered by topic and partition.
+func (e *engine) partitions() []*partition {
+	e.mu.Lock()
+	ps := make([]*partition, 0, len(e.parts))
+	for _, p := range e.parts {
+		ps = append(ps, p)
+	}
+	e.mu.Unlock()
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].topic != ps[j].topic {
+			return ps[i].topic < ps[j].topic
+		}
+		return ps[i].id < ps[j].id
+	})
+	return ps
+}
+
+// assignedLocked lists the assigned partitions by topic; under e.mu.
+func (e *engine) assignedLocked() map[string][]int {
+	m := map[string][]int{}
+	for _, p := range e.parts {
+		m[p.topic] = append(m[p.topic], p.id)
+	}
+	for _, ids := range m {
+		sort.Ints(ids)
+	}
+	return m
+}
+
 // oldest returns the number of open records and the fetch time of the oldest.
-func (g *generation) oldest() (open int, at time.Time) {
-	for _, p := range g.parts {
+func (e *engine) oldest() (open int, at time.Time) {
+	for _, p := range e.partitions() {
 		_, n, t := p.tracker.committable()
 		open += n
 		if n > 0 && (at.IsZero() || t.Before(at)) {
@@ -691,10 +868,10 @@ func (g *generation) oldest() (open int, at time.Time) {
 var workerIdle = 10 * time.Second
 
 // partitionHealth describes the partitions that have open records.
-func (g *generation) partitionHealth() []PartitionHealth {
+func (e *engine) partitionHealth() []PartitionHealth {
 	var out []PartitionHealth
 	now := time.Now()
-	for _, p := range g.parts {
+	for _, p := range e.partitions() {
 		open, offset, key, at, ok := p.tracker.oldest()
 		if !ok {
 			continue

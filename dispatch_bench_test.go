@@ -27,6 +27,8 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/memory"
 	"github.com/kavari-go/kavari/kavaritest"
 )
 
@@ -45,7 +47,7 @@ type dispatchBenchMsg struct {
 }
 
 func BenchmarkDispatch(b *testing.B) {
-	broker := kavaritest.NewBroker(b, kavaritest.Partitions(dispatchBenchPartitions), kavaritest.Topics(dispatchBenchTopic))
+	broker := kavaritest.NewBroker(b, kavaritest.Partitions(dispatchBenchPartitions), kavaritest.Topics(dispatchBenchTopic, dispatchBenchTopic+".dlq"))
 	brokers := broker.Addrs()
 	dispatchBenchFill(b, brokers)
 
@@ -166,4 +168,56 @@ func dispatchBenchFill(b *testing.B, brokers []string) {
 			batch = batch[:0]
 		}
 	}
+}
+
+// memBenchMsg has no fields and no validation: with the value {} decoding
+// and validating it cost next to nothing, so BenchmarkDispatchMemory
+// measures the engine (feeder, lanes, workers, offset tracking, commits)
+// and the in-memory transport's delivery.
+type memBenchMsg struct {
+	kavari.Message `kavari:"topic=kt-mem-bench,name=mem.bench"`
+}
+
+// BenchmarkDispatchMemory is BenchmarkDispatch's kavari line on the
+// in-memory transport with a no-op handler and a near-free decode:
+//
+//	go test -run '^$' -bench BenchmarkDispatchMemory -benchmem .
+func BenchmarkDispatchMemory(b *testing.B) {
+	const topic = "kt-mem-bench"
+	broker := memory.NewBroker()
+	broker.CreateTopic(topic, dispatchBenchPartitions)
+	broker.CreateTopic(topic+".dlq", 1)
+	for i := 0; i < dispatchBenchN; i++ {
+		broker.Append(transport.Record{Topic: topic, Partition: int32(i % dispatchBenchPartitions),
+			Key: []byte("k" + strconv.Itoa(i%64)), Value: []byte(`{}`),
+			Headers: []transport.Header{{Key: kavari.HeaderMsgType, Value: []byte("mem.bench")}}})
+	}
+	dispatchBenchLoop(b, func(hit func()) (stop func()) {
+		reg := kavari.NewRegistry()
+		if err := kavari.RegisterFuncOn(reg, &memBenchMsg{}, func(context.Context, *memBenchMsg) error {
+			hit()
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		k, err := kavari.NewOnTransport(kavari.Config{
+			Brokers:  []string{"memory"},
+			GroupID:  testenv.ID("mem-bench"),
+			Registry: reg,
+			Logger:   testLogger(),
+		}, broker.Transport(transport.Capabilities{}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := k.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		return func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := k.Stop(ctx); err != nil {
+				b.Error(err)
+			}
+		}
+	})
 }

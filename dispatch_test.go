@@ -274,8 +274,8 @@ func TestPoisonRecordsAreDeadLetteredAndGoodOnesHandled(t *testing.T) {
 		require.NoError(t, k.Publish(ctx, &poisonMsg{Run: run, ID: "good-" + strconv.Itoa(i)}))
 		m := b.msg
 		m.Key = []byte(b.name)
-		// writeRaw waits out the metadata of a topic just created: kafka-go's
-		// shared transport may not know it yet (a fresh real broker).
+		// writeRaw waits out a metadata cache (kafka-go's DefaultTransport,
+		// shared by the tests of the process) that does not list the topic yet.
 		writeRaw(t, brokers, "kavari-test-poison", m)
 	}
 	require.NoError(t, k.Publish(ctx, &poisonMsg{Run: run, ID: "good-last"}))

@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 
 	"github.com/kavari-go/kavari/validate"
 )
@@ -94,8 +94,8 @@ func appendID(dst []byte) []byte {
 	return dst
 }
 
-// Header values that never change, shared by every record (kafka-go only
-// reads them).
+// Header values that never change, shared by every record (the transports
+// only read them).
 var (
 	specVersion1 = []byte("1.0")
 )
@@ -113,19 +113,19 @@ func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
 }
 
 // encode validates msg and returns its record.
-func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
+func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error) {
 	info, v, err := messageValue(msg)
 	if err != nil {
-		return kafka.Message{}, err
+		return transport.Record{}, err
 	}
 	if err := validate.Struct(msg); err != nil {
-		return kafka.Message{}, err
+		return transport.Record{}, err
 	}
 	// One buffer holds the key, ce_id and ce_time; the headers point into it.
 	buf := make([]byte, 0, 80)
 	buf, err = info.appendKey(buf, v)
 	if err != nil {
-		return kafka.Message{}, err
+		return transport.Record{}, err
 	}
 	var key []byte
 	if len(buf) > 0 {
@@ -134,10 +134,10 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	codec := e.codecOf(info)
 	value, err := codec.marshal(msg)
 	if err != nil {
-		return kafka.Message{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
+		return transport.Record{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
 	}
 	if e.maxBytes > 0 && len(value)+len(key) > e.maxBytes {
-		return kafka.Message{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
+		return transport.Record{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
 	}
 	n := len(buf)
 	buf = appendID(buf)
@@ -146,24 +146,24 @@ func (e *encoder) encode(ctx context.Context, msg any) (kafka.Message, error) {
 	buf = e.now().UTC().AppendFormat(buf, time.RFC3339Nano)
 	at := buf[n:len(buf):len(buf)]
 
-	hs := make([]kafka.Header, 7, 8)
-	hs[0] = kafka.Header{Key: HeaderMsgType, Value: info.nameBytes}
-	hs[1] = kafka.Header{Key: HeaderSpecVersion, Value: specVersion1}
-	hs[2] = kafka.Header{Key: HeaderID, Value: id}
-	hs[3] = kafka.Header{Key: HeaderType, Value: info.nameBytes}
-	hs[4] = kafka.Header{Key: HeaderSource, Value: e.source}
-	hs[5] = kafka.Header{Key: HeaderTime, Value: at}
-	hs[6] = kafka.Header{Key: HeaderContentType, Value: codec.contentType}
+	hs := make([]transport.Header, 7, 8)
+	hs[0] = transport.Header{Key: HeaderMsgType, Value: info.nameBytes}
+	hs[1] = transport.Header{Key: HeaderSpecVersion, Value: specVersion1}
+	hs[2] = transport.Header{Key: HeaderID, Value: id}
+	hs[3] = transport.Header{Key: HeaderType, Value: info.nameBytes}
+	hs[4] = transport.Header{Key: HeaderSource, Value: e.source}
+	hs[5] = transport.Header{Key: HeaderTime, Value: at}
+	hs[6] = transport.Header{Key: HeaderContentType, Value: codec.contentType}
 	if info.version != "" {
-		hs = append(hs, kafka.Header{Key: HeaderVersion, Value: info.versionBytes})
+		hs = append(hs, transport.Header{Key: HeaderVersion, Value: info.versionBytes})
 	}
 	if user, _ := ctx.Value(headersKey{}).([]Header); len(user) > 0 {
 		hs = mergeHeaders(hs, user)
 	}
-	return kafka.Message{Topic: info.topic, Key: key, Value: value, Headers: hs}, nil
+	return transport.Record{Topic: info.topic, Key: key, Value: value, Headers: hs}, nil
 }
 
-func mergeHeaders(hs []kafka.Header, user []Header) []kafka.Header {
+func mergeHeaders(hs []transport.Header, user []Header) []transport.Header {
 next:
 	for _, u := range user {
 		for i := range hs {
@@ -172,12 +172,12 @@ next:
 				continue next
 			}
 		}
-		hs = append(hs, kafka.Header{Key: u.Key, Value: u.Value})
+		hs = append(hs, transport.Header{Key: u.Key, Value: u.Value})
 	}
 	return hs
 }
 
-func headerValue(hs []kafka.Header, key string) ([]byte, bool) {
+func headerValue(hs []transport.Header, key string) ([]byte, bool) {
 	for _, h := range hs {
 		if h.Key == key {
 			return h.Value, true
@@ -190,9 +190,9 @@ func headerValue(hs []kafka.Header, key string) ([]byte, bool) {
 // A record with several msg_type headers is routed on the first, and its
 // Record (RecordFromContext) reports that one. Every failure is a *DecodeError saying where the record is and what kind of
 // failure it was.
-func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
+func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
 	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
-		return nil, nil, &DecodeError{Kind: kind, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, MsgType: msgType, Err: err}
+		return nil, nil, &DecodeError{Kind: kind, Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, MsgType: msgType, Err: err}
 	}
 	name, ok := headerValue(rec.Headers, HeaderMsgType)
 	if !ok {
@@ -217,9 +217,9 @@ func (t *routeTable) decode(rec *kafka.Message) (*route, any, error) {
 }
 
 // recordOf describes rec for a handler's context.
-func recordOf(rec *kafka.Message, attempt int) *Record {
+func recordOf(rec *transport.Record, attempt int) *Record {
 	r := &Record{
-		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
+		Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, Key: rec.Key,
 		Time: rec.Time, Attempt: attempt,
 	}
 	r.Headers = make([]Header, len(rec.Headers))

@@ -9,7 +9,34 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/kafkago"
 )
+
+// toRecord and fromRecord convert between the kafka-go messages the tests
+// build and kavari's own records.
+func toRecord(m *kafka.Message) *transport.Record {
+	r := &transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time}
+	for _, h := range m.Headers {
+		r.Headers = append(r.Headers, transport.Header(h))
+	}
+	return r
+}
+
+func fromRecord(r transport.Record) kafka.Message {
+	m := kafka.Message{Topic: r.Topic, Partition: int(r.Partition), Offset: r.Offset, Key: r.Key, Value: r.Value, Time: r.Time}
+	for _, h := range r.Headers {
+		m.Headers = append(m.Headers, kafka.Header(h))
+	}
+	return m
+}
+
+// NewOnTransport is New on the adapter tr instead of Config.Transport's
+// (the in-memory transport, for the engine's own tests).
+func NewOnTransport(cfg Config, tr transport.Transport) (*Kavari, error) {
+	return newWith(cfg, tr)
+}
 
 // MessageInfo is what kavari derives from a message for publishing.
 type MessageInfo struct {
@@ -50,19 +77,20 @@ func EncodeRecord(ctx context.Context, source string, maxBytes int, now func() t
 		now = time.Now
 	}
 	e := newEncoder(source, maxBytes, now)
-	return e.encode(ctx, msg)
+	rec, err := e.encode(ctx, msg)
+	return fromRecord(rec), err
 }
 
 // DecodeRecord turns rec into a message of the type registered on r for its
 // topic and msg_type, as the consumer does.
 func DecodeRecord(r *Registry, rec *kafka.Message) (any, error) {
-	_, msg, err := r.table().decode(rec)
+	_, msg, err := r.table().decode(toRecord(rec))
 	return msg, err
 }
 
 // DeadLetterRecord builds the dead letter of rec as the consumer does.
 func DeadLetterRecord(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error) kafka.Message {
-	return deadLetter(rec, topic, kind, handler, attempts, cause)
+	return fromRecord(deadLetter(toRecord(rec), topic, kind, handler, attempts, cause))
 }
 
 // ConfigWithDefaults returns c with its defaults applied and the result of
@@ -73,14 +101,14 @@ func ConfigWithDefaults(c Config) (Config, error) {
 }
 
 // WriterOf returns the kafka-go Writer of k.
-func WriterOf(k *Kavari) *kafka.Writer { return k.pub.kw }
+func WriterOf(k *Kavari) *kafka.Writer { return k.pub.prod.(*kafkago.Producer).Writer() }
 
 // FreezeRegistry freezes r as Start does, so lookups take the lock-free path.
 func FreezeRegistry(r *Registry) { r.freeze() }
 
 // Encoder returns the publish path without I/O bound to one encoder, as a
 // Kavari holds it (for benchmarks).
-func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (kafka.Message, error) {
+func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (transport.Record, error) {
 	return newEncoder(source, maxBytes, time.Now).encode
 }
 
@@ -96,7 +124,7 @@ func SetWorkerIdle(d time.Duration) (restore func()) {
 // the value, 2 also without original headers over 1 KiB, 3 also without any
 // original header and with a shorter original_error.
 func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler string, attempts int, cause error, f int) kafka.Message {
-	return deadLetterForm(rec, topic, kind, handler, attempts, cause, dlForm(f))
+	return fromRecord(deadLetterForm(toRecord(rec), topic, kind, handler, attempts, cause, dlForm(f)))
 }
 
 // PartitionShare is how many open records one of n partitions may have.

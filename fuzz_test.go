@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 
 	"github.com/kavari-go/kavari/validate"
 )
@@ -108,14 +108,14 @@ func FuzzDecodeRecord(f *testing.F) {
 	kinds := map[ErrorKind]bool{KindDecode: true, KindValidation: true, KindUnknownType: true}
 
 	f.Fuzz(func(t *testing.T, value []byte, msgType string, hasMsgType bool, headers []byte, topic uint8) {
-		rec := kafka.Message{Topic: topics[int(topic)%len(topics)], Partition: 1, Offset: 42, Key: []byte("k"), Value: value}
+		rec := transport.Record{Topic: topics[int(topic)%len(topics)], Partition: 1, Offset: 42, Key: []byte("k"), Value: value}
 		if hasMsgType {
-			rec.Headers = append(rec.Headers, kafka.Header{Key: HeaderMsgType, Value: []byte(msgType)})
+			rec.Headers = append(rec.Headers, transport.Header{Key: HeaderMsgType, Value: []byte(msgType)})
 		}
 		if len(headers) > 0 {
 			parts := bytes.Split(headers, []byte{0})
 			for i := 0; i+1 < len(parts); i += 2 {
-				rec.Headers = append(rec.Headers, kafka.Header{Key: string(parts[i]), Value: parts[i+1]})
+				rec.Headers = append(rec.Headers, transport.Header{Key: string(parts[i]), Value: parts[i+1]})
 			}
 		}
 
@@ -148,7 +148,7 @@ func FuzzDecodeRecord(f *testing.F) {
 		if !kinds[de.Kind] {
 			t.Fatalf("DecodeError kind %q is not a decode-side kind", de.Kind)
 		}
-		if de.Topic != rec.Topic || de.Partition != rec.Partition || de.Offset != rec.Offset {
+		if de.Topic != rec.Topic || de.Partition != int(rec.Partition) || de.Offset != rec.Offset {
 			t.Fatalf("DecodeError locates %s/%d@%d, record is %s/%d@%d", de.Topic, de.Partition, de.Offset, rec.Topic, rec.Partition, rec.Offset)
 		}
 		if err.Error() == "" {

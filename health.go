@@ -3,6 +3,8 @@ package kavari
 import (
 	"sync"
 	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
 // Health is a snapshot of the consumer's state, for readiness probes and
@@ -61,7 +63,7 @@ type PartitionHealth struct {
 type health struct {
 	mu      sync.Mutex
 	h       Health
-	current *generation
+	current *engine
 }
 
 func (h *health) start(topics []string) {
@@ -76,12 +78,12 @@ func (h *health) stop() {
 	h.h.Stopped, h.h.Connected, h.current, h.h.Assigned = true, false, nil, nil
 }
 
-func (h *health) joined(g *generation) {
+func (h *health) joined(e *engine, gen transport.Generation, assigned map[string][]int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.current = g
+	h.current = e
 	h.h.Connected, h.h.LastError = true, ""
-	h.h.Generation, h.h.MemberID, h.h.Assigned = int(g.gen.ID), g.gen.MemberID, g.assigned()
+	h.h.Generation, h.h.MemberID, h.h.Assigned = int(gen.ID), gen.MemberID, assigned
 }
 
 // fail records a group-level failure: the member is not in a generation.

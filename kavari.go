@@ -35,7 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
 // Kavari publishes and consumes typed messages. Create it with New; it is safe
@@ -70,11 +70,10 @@ type Kavari struct {
 	nworkers   atomic.Int64  // workers running, at most MaxBuffered
 	workerIdle time.Duration // an idle worker exits after this long
 
-	group      *kafka.ConsumerGroup
-	conns      *connSet        // the publisher's and admin connections; Stop closes them
-	groupConns *connSet        // the consumer group's and partition readers' connections
-	inGen      atomic.Int32    // generations not yet finished (their final commit done)
-	runCtx     context.Context // ends when Stop begins
+	tr         transport.Transport
+	admin      transport.Admin
+	cons       transport.Consumer // set by Start
+	runCtx     context.Context    // ends when Stop begins
 	runCancel  context.CancelFunc
 	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
 	hardCancel context.CancelFunc
@@ -89,11 +88,34 @@ type Kavari struct {
 // releases the publisher's goroutines and broker connections, which
 // otherwise live as long as the process.
 func New(cfg Config) (*Kavari, error) {
+	return newWith(cfg, nil)
+}
+
+// newWith is New on transport tr, or on Config.Transport's when tr is nil.
+func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if tr == nil {
+		var err error
+		if tr, err = cfg.adapter(); err != nil {
+			return nil, err
+		}
+	}
+	tcfg := cfg.transportConfig(nil)
+	prod, err := tr.NewProducer(tcfg)
+	if err != nil {
+		return nil, fmt.Errorf("kavari: producer: %w", err)
+	}
+	admin, err := tr.NewAdmin(tcfg)
+	if err != nil {
+		_ = prod.Close()
+		return nil, fmt.Errorf("kavari: admin: %w", err)
+	}
 	k := &Kavari{
+		tr:       tr,
+		admin:    admin,
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
@@ -101,9 +123,7 @@ func New(cfg Config) (*Kavari, error) {
 		running:  make(chan struct{}, cfg.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
-		conns:    newConnSet(),
 	}
-	k.groupConns = newConnSet()
 	if d := cfg.protocolDrain(); cfg.DrainTimeout > d {
 		k.log.Warn("kavari: DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
 			"DrainTimeout", cfg.DrainTimeout, "cut", d, "SessionTimeout", cfg.SessionTimeout, "Heartbeat", cfg.Heartbeat)
@@ -111,10 +131,7 @@ func New(cfg Config) (*Kavari, error) {
 	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
-	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now).withRegistry(cfg.Registry))
-	if tr, ok := k.pub.kw.Transport.(*kafka.Transport); ok && tr.Dial == nil {
-		tr.Dial = k.conns.dial // Stop cuts the publisher's connections too
-	}
+	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now).withRegistry(cfg.Registry), prod)
 	return k, nil
 }
 
@@ -361,68 +378,24 @@ func (k *Kavari) recheckDeadLetterTopics(names []string) {
 	}
 }
 
-// missingTopics returns the names the brokers do not know, asking with a
-// transport of its own so that no cached metadata answers.
+// missingTopics returns the names the brokers do not know.
 func (k *Kavari) missingTopics(ctx context.Context, names []string) ([]string, error) {
-	tr := k.cfg.transport()
-	tr.Dial = k.conns.dial
-	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: tr}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
-	if err != nil {
-		return nil, err
-	}
-	known := map[string]bool{}
-	for _, t := range md.Topics {
-		if t.Error == nil {
-			known[t.Name] = true
-		} else if !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
-			return nil, fmt.Errorf("topic %s: %w", t.Name, t.Error)
-		}
-	}
-	var missing []string
-	for _, n := range names {
-		if !known[n] {
-			missing = append(missing, n)
-		}
-	}
-	return missing, nil
+	return k.admin.MissingTopics(ctx, names...)
 }
 
-// launch creates the consumer group and starts the consumer's goroutines.
-// Called under lifeMu, after prepare.
+// launch creates the consumer and starts its goroutines. Called under
+// lifeMu, after prepare.
 func (k *Kavari) launch(table *routeTable) error {
 	topics := table.subscribed()
-	start := kafka.FirstOffset
-	if k.cfg.AutoOffsetReset == Latest {
-		start = kafka.LastOffset
-	}
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                    k.cfg.GroupID,
-		Brokers:               k.cfg.Brokers,
-		Dialer:                k.dialer(),
-		Topics:                topics,
-		HeartbeatInterval:     k.cfg.Heartbeat,
-		SessionTimeout:        k.cfg.SessionTimeout,
-		RebalanceTimeout:      k.cfg.RebalanceTimeout,
-		JoinGroupBackoff:      time.Second,
-		WatchPartitionChanges: true,
-		StartOffset:           start,
-		Timeout:               10 * time.Second,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			k.log.Debug("kavari: group: " + fmt.Sprintf(msg, args...))
-		}),
-	})
+	cons, err := k.tr.NewConsumer(k.cfg.transportConfig(topics))
 	if err != nil {
-		return fmt.Errorf("kavari: consumer group: %w", err)
+		return fmt.Errorf("kavari: consumer: %w", err)
 	}
-	k.group = group
+	k.cons = cons
 	k.started.Store(true)
 	k.health.start(topics)
 	k.tasks = make(chan task) // workers start on demand (submit)
-	go k.consumeLoop(group, table)
+	go newEngine(k, table, cons, k.tr.Capabilities()).run()
 	return nil
 }
 
@@ -433,9 +406,10 @@ func (k *Kavari) launch(table *routeTable) error {
 // its partition. It is idempotent: later calls wait for the first and return
 // its result.
 //
-// The drain is also cut at SessionTimeout − Heartbeat − a reserve (see
-// Config.DrainTimeout): kafka-go sends no heartbeats while Stop drains, and a
-// longer drain would get the member expelled and its final commit refused.
+// On KafkaGo the drain is also cut at SessionTimeout − Heartbeat − a reserve
+// (see Config.DrainTimeout): kafka-go sends no heartbeats while Stop drains,
+// and a longer drain would get the member expelled and its final commit
+// refused.
 // A deadline much longer than that only helps flushing PublishAsync.
 //
 // Stop returns by ctx's deadline even when the brokers are gone, and returns
@@ -511,9 +485,11 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 	if k.started.Load() {
 		closed := make(chan struct{})
 		go func() {
-			_ = k.group.Close()
+			// The transport revokes every partition (drain, final
+			// commit), leaves the group and returns from Run.
+			_ = k.cons.Close(ctx)
 			<-k.loopDone
-			// Every fetcher has returned: nothing dispatches any more.
+			// The transport returned from Run: every feeder has ended, nothing dispatches any more.
 			close(k.tasks)
 			k.stopMu.Lock()
 			abandoned := k.abandoned
@@ -523,12 +499,6 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 			}
 			close(closed)
 		}()
-		if k.inGen.Load() == 0 {
-			// Not in a generation (joining the group, or waiting to try
-			// again): nothing to drain or commit, and a join kafka-go has
-			// sent may wait RebalanceTimeout + 10 s for its answer. Cut it.
-			k.groupConns.closeAll()
-		}
 		select {
 		case <-closed:
 		case <-ctx.Done():
@@ -548,26 +518,19 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 	close(k.stopDone)
 }
 
-// cutConnections closes every broker connection kavari opened and ends the
-// publisher transport's background metadata refresh. After a clean Stop only
-// idle connections are left; after a Stop that hit its deadline (brokers that
-// do not answer) this is what ends the group's close, the partition readers
-// and their requests: their blocked reads fail at once instead of waiting out
-// kafka-go's 10 s timeouts.
+// cutConnections closes every broker connection kavari opened, through
+// the transport. After a clean Stop only idle connections are left; after a
+// Stop that hit its deadline (brokers that do not answer) this is what ends
+// the group's close, the fetches and their requests at once, instead of
+// waiting out the client's own timeouts.
 func (k *Kavari) cutConnections() {
-	k.groupConns.closeAll()
-	k.conns.closeAll()
-	if tr, ok := k.pub.kw.Transport.(*kafka.Transport); ok {
-		tr.CloseIdleConnections()
+	if k.started.Load() {
+		done, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = k.cons.Close(done)
 	}
-}
-
-// dialer returns the kafka-go dialer of the consumer group and the partition
-// readers: its connections are tracked, so Stop can cut them.
-func (k *Kavari) dialer() *kafka.Dialer {
-	d := k.cfg.dialer()
-	d.DialFunc = k.groupConns.dial
-	return d
+	_ = k.pub.prod.Close()
+	_ = k.admin.Close()
 }
 
 // stopFailed records something the consumer left undone while stopping; Stop
@@ -598,47 +561,7 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 	if k.pub.isClosed() {
 		return ErrClosed // its transport is closed: a new connection would outlive Stop
 	}
-	client := &kafka.Client{Addr: kafka.TCP(k.cfg.Brokers...), Transport: k.pub.tr, Timeout: 30 * time.Second}
-	req := &kafka.CreateTopicsRequest{}
-	for _, n := range names {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: n, NumPartitions: k.cfg.TopicPartitions, ReplicationFactor: k.cfg.ReplicationFactor})
-	}
-	resp, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return fmt.Errorf("kavari: create topics: %w", err)
-	}
-	for name, e := range resp.Errors {
-		if e != nil && !errors.Is(e, kafka.TopicAlreadyExists) {
-			return fmt.Errorf("kavari: create topic %s: %w", name, e)
-		}
-	}
-	// Wait until metadata lists every topic with leaders.
-	for {
-		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
-		if err == nil {
-			ready := 0
-		topics:
-			for _, t := range md.Topics {
-				if t.Error != nil || len(t.Partitions) == 0 {
-					continue
-				}
-				for _, p := range t.Partitions {
-					if p.Error != nil || p.Leader.Host == "" {
-						continue topics
-					}
-				}
-				ready++
-			}
-			if ready == len(names) {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("kavari: topics not ready: %w", context.Cause(ctx))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return k.admin.CreateTopics(ctx, k.cfg.TopicPartitions, k.cfg.ReplicationFactor, names...)
 }
 
 // acquire takes a buffer slot, waiting while MaxBuffered records are open.

@@ -2,34 +2,21 @@ package kavari
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"hash/fnv"
-	"io"
-	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// recordWriter is what the publisher needs of kafka-go's Writer; tests
-// inject faults through it.
-type recordWriter interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
-	Close() error
-}
-
-// publisher owns the kafka-go Writer and the PublishAsync queue.
+// publisher writes through the transport's Producer and owns the
+// PublishAsync queue.
 type publisher struct {
 	cfg    *Config
 	enc    *encoder
-	w      recordWriter
-	kw     *kafka.Writer    // the Writer behind w
-	tr     *kafka.Transport // kw's transport, shared with admin calls; closed by close
+	prod   transport.Producer
 	log    func(msg string, args ...any)
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -46,32 +33,16 @@ type publisher struct {
 
 type asyncItem struct {
 	msg any
-	rec kafka.Message
+	rec transport.Record
 	cb  func(msg any, err error)
 }
 
-func newPublisher(cfg *Config, enc *encoder) *publisher {
-	tr := cfg.transport()
-	kw := &kafka.Writer{
-		Addr:                   kafka.TCP(cfg.Brokers...),
-		Balancer:               cfg.balancer(),
-		RequiredAcks:           kafka.RequireAll,
-		MaxAttempts:            1, // kavari retries, per message, with its own policy
-		BatchTimeout:           cfg.BatchTimeout,
-		BatchSize:              cfg.BatchSize,
-		BatchBytes:             cfg.BatchBytes,
-		WriteTimeout:           10 * time.Second,
-		ReadTimeout:            10 * time.Second,
-		AllowAutoTopicCreation: cfg.AllowAutoCreate,
-		Transport:              tr,
-	}
+func newPublisher(cfg *Config, enc *encoder, prod transport.Producer) *publisher {
 	p := &publisher{
-		cfg: cfg,
-		enc: enc,
-		w:   kw,
-		kw:  kw,
-		tr:  tr,
-		log: func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
+		cfg:  cfg,
+		enc:  enc,
+		prod: prod,
+		log:  func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
 	per := max(1, cfg.AsyncQueue/cfg.AsyncWorkers)
@@ -98,7 +69,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 		if err != nil {
 			return []error{err}
 		}
-		return p.write(ctx, []kafka.Message{rec})
+		return p.write(ctx, []*transport.Record{&rec})
 	}
 	errs := make([]error, len(msgs))
 	if closed {
@@ -107,7 +78,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 		}
 		return errs
 	}
-	recs := make([]kafka.Message, 0, len(msgs))
+	recs := make([]*transport.Record, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
@@ -116,7 +87,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 			errs[i], failed = err, true
 			continue
 		}
-		recs = append(recs, rec)
+		recs = append(recs, &rec)
 		idx = append(idx, i)
 	}
 	if failed {
@@ -141,24 +112,24 @@ var errBatchRefused = errors.New("kavari: not sent: another message of the batch
 
 // write sends recs and retries the failed ones. It returns nil when all were
 // acknowledged, else one error (*PublishError or nil) per record.
-func (p *publisher) write(ctx context.Context, recs []kafka.Message) []error {
+func (p *publisher) write(ctx context.Context, recs []*transport.Record) []error {
 	// Fast path: the first attempt needs none of the retry bookkeeping.
 	start := time.Now()
 	if ctx.Err() != nil {
 		return p.retryWrite(ctx, start, recs, nil)
 	}
-	werr := p.w.WriteMessages(ctx, recs...)
-	if werr == nil {
+	errs := p.prod.Produce(ctx, recs)
+	if errs == nil {
 		return nil
 	}
-	return p.retryWrite(ctx, start, recs, werr)
+	return p.retryWrite(ctx, start, recs, errs)
 }
 
-// retryWrite finishes a write whose first attempt failed with first (or, when
-// first is nil, that has not been tried because ctx had ended), retrying the
-// failed records with the publish retry policy. start is when the first
-// attempt began.
-func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafka.Message, first error) []error {
+// retryWrite finishes a write whose first attempt failed with first (one
+// error per record) or, when first is nil, that has not been tried because
+// ctx had ended, retrying the failed records with the publish retry policy.
+// start is when the first attempt began.
+func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*transport.Record, first []error) []error {
 	errs := make([]error, len(recs))
 	// unsure[i]: an attempt at recs[i] failed in a way that leaves its
 	// outcome unknown (it may have reached the broker). It is never reset:
@@ -168,35 +139,24 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 	for i := range pending {
 		pending[i] = i
 	}
-	batch := make([]kafka.Message, 0, len(recs))
-	var we kafka.WriteErrors
+	batch := make([]*transport.Record, 0, len(recs))
 	err := p.cfg.PublishRetry.retrySince(ctx, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])
 		}
-		var werr error
+		var we []error
 		if attempt == 1 && first != nil {
-			werr = first // the fast path's attempt
+			we = first // the fast path's attempt
 		} else {
 			if err := ctx.Err(); err != nil {
-				// kafka-go would queue the batch before looking at ctx: an
-				// ended context sends nothing.
-				return err
+				return err // an ended context sends nothing
 			}
-			werr = p.w.WriteMessages(ctx, batch...)
+			we = p.prod.Produce(ctx, batch)
 		}
-		if werr == nil {
+		if we == nil {
 			pending = pending[:0]
 			return nil
-		}
-		if !errors.As(werr, &we) || len(we) != len(batch) {
-			// One error for the whole call (a metadata lookup, a closed
-			// writer, the context): it applies to every record.
-			we = we[:0]
-			for range batch {
-				we = append(we, werr)
-			}
 		}
 		var retry error
 		still := pending[:0]
@@ -205,12 +165,12 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 			if e == nil {
 				continue
 			}
-			e = p.classify(ctx, e)
-			if mayHaveBeenWritten(e) {
+			var pe *transport.ProduceError
+			if errors.As(e, &pe) && pe.MayHaveBeenWritten {
 				unsure[i] = true
 			}
 			switch {
-			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && errors.Is(e, kafka.UnknownTopicOrPartition):
+			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && transport.KindOf(e) == transport.UnknownTopic:
 				errs[i] = e // given up early; marked below
 			case retriablePublish(e):
 				still = append(still, i)
@@ -233,15 +193,17 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []kafk
 			continue
 		}
 		any = true
-		r := &recs[i]
+		r := recs[i]
 		id, _ := headerValue(r.Headers, HeaderID)
 		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e, MayHaveBeenWritten: unsure[i]}
-		var tooLarge kafka.MessageTooLargeError
-		switch {
-		case errors.As(e, &tooLarge) || errors.Is(e, kafka.MessageSizeTooLarge):
-			pe.Err = errors.Join(ErrTooLarge, e)
-		case errors.Is(e, kafka.UnknownTopicOrPartition):
-			pe.Err = &unknownTopicError{err: e}
+		var tpe *transport.ProduceError
+		if errors.As(e, &tpe) {
+			switch tpe.Kind {
+			case transport.TooLarge:
+				pe.Err = errors.Join(ErrTooLarge, e)
+			case transport.UnknownTopic:
+				pe.Err = &unknownTopicError{err: e}
+			}
 		}
 		errs[i] = pe
 	}
@@ -261,126 +223,24 @@ func (e *unknownTopicError) Error() string {
 
 func (e *unknownTopicError) Unwrap() []error { return []error{ErrUnknownTopic, e.err} }
 
-// writeTimeout is a timeout of kafka-go's own request deadline (the Writer's
-// WriteTimeout), not of the caller's context: the broker did not answer in
-// time. It is retriable, and the write may have happened.
-type writeTimeout struct{ err error }
-
-func (e *writeTimeout) Error() string {
-	return "kavari: no answer from the broker in time: " + e.err.Error()
-}
-
-func (e *writeTimeout) Unwrap() error { return e.err }
-
-// classify tells kafka-go's request timeouts from the end of ctx: both
-// surface as context.DeadlineExceeded.
-func (p *publisher) classify(ctx context.Context, e error) error {
-	if ctx.Err() == nil && errors.Is(e, context.DeadlineExceeded) {
-		return &writeTimeout{err: e}
-	}
-	return e
-}
-
-// mayHaveBeenWritten reports whether a failed attempt may nonetheless have
-// stored the record: the request may have reached the broker before the
-// failure (a connection broken or timed out mid-request, the caller's
-// context ending while kafka-go held the batch, or the broker's own
-// request timeout or after-append replica error), or when the failure is
-// one kavari cannot place. A refused or failed dial, a closed writer, a
-// message too large to send and a broker error that rejects the request
-// are not.
-func mayHaveBeenWritten(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ke kafka.Error
-	if errors.As(err, &ke) {
-		// The broker answered: only these answers leave the record stored.
-		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
-	}
-	var tooLarge kafka.MessageTooLargeError
-	if errors.As(err, &tooLarge) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, syscall.ECONNREFUSED) || handshakeFailed(err) {
-		return false // refused before sending
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "dial" {
-		return false // never connected
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return false
-	}
-	// Broken or timed-out connections, and failures kavari cannot place:
-	// the request may have been sent.
-	return true
-}
-
-// handshakeFailed reports whether err is a failed TLS handshake: the
-// broker's certificate was not verified (unknown CA, wrong host name,
-// expired) or the broker refused the client's with an alert. No request was
-// sent on that connection, and retrying with the same tls.Config fails the
-// same way.
-func handshakeFailed(err error) bool {
-	var verify *tls.CertificateVerificationError
-	var alert tls.AlertError
-	var unknownCA x509.UnknownAuthorityError
-	var hostname x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	return errors.As(err, &verify) || errors.As(err, &alert) ||
-		errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid)
-}
-
 // unknownTopicAttempts is how many attempts an unknown topic gets when the
 // broker does not auto-create topics. A few, not one: kafka-go's metadata
 // cache learns of a topic created elsewhere only on refresh, and a restarting
 // broker briefly answers "unknown" for topics it has not loaded yet.
 const unknownTopicAttempts = 3
 
-// retriablePublish reports whether a write error may succeed if retried.
-// Leader, metadata, coordinator, network and timeout errors are retriable;
-// size, authorization and invalid-request errors are permanent, and so is
-// the end of the caller's context. An unknown topic is retriable here;
-// write gives up on it after unknownTopicAttempts.
+// retriablePublish reports whether a write error may succeed if retried:
+// the transport classified it Retriable, or UnknownTopic (write gives up on
+// it after unknownTopicAttempts). The end of the caller's context is not.
 func retriablePublish(err error) bool {
 	if err == nil {
 		return false
 	}
-	var timeout *writeTimeout
-	if errors.As(err, &timeout) {
-		return true
+	var pe *transport.ProduceError
+	if !errors.As(err, &pe) {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false // the caller's context ended
-	}
-	var tooLarge kafka.MessageTooLargeError
-	if errors.As(err, &tooLarge) {
-		return false
-	}
-	var ke kafka.Error
-	if errors.As(err, &ke) {
-		switch ke {
-		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge, kafka.InvalidRecord, kafka.InvalidTopic,
-			kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed, kafka.GroupAuthorizationFailed,
-			kafka.SASLAuthenticationFailed, kafka.UnsupportedSASLMechanism, kafka.UnsupportedVersion,
-			kafka.InvalidRequiredAcks, kafka.InvalidMessageSize:
-			return false
-		}
-		return ke.Temporary() || ke.Timeout() || ke == kafka.BrokerNotAvailable || ke == kafka.ReplicaNotAvailable
-	}
-	if errors.Is(err, io.ErrClosedPipe) {
-		return false // the writer was closed
-	}
-	if handshakeFailed(err) {
-		return false // the same certificates fail the same way again
-	}
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
-		return true
-	}
-	// Unknown failures (a broker restarting mid-request, a metadata gap) are
-	// retried: the policy's attempts and elapsed time bound them.
-	return true
+	return pe.Kind == transport.Retriable || pe.Kind == transport.UnknownTopic
 }
 
 // enqueue puts one message on the async queue, blocking while it is full
@@ -432,7 +292,7 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 	defer p.wg.Done()
 	id.Store(goroutineID())
 	items := make([]asyncItem, 0, p.cfg.BatchSize)
-	recs := make([]kafka.Message, 0, p.cfg.BatchSize)
+	recs := make([]*transport.Record, 0, p.cfg.BatchSize)
 	for {
 		var ok bool
 		items, ok = queue.take(items[:0], p.cfg.BatchSize)
@@ -440,8 +300,8 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 			return
 		}
 		recs = recs[:0]
-		for _, it := range items {
-			recs = append(recs, it.rec)
+		for i := range items {
+			recs = append(recs, &items[i].rec)
 		}
 		errs := p.write(p.bg, recs)
 		for i, it := range items {
@@ -452,6 +312,7 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 			p.callback(it, err)
 		}
 		clear(items) // release the messages
+		clear(recs)
 	}
 }
 
@@ -487,11 +348,7 @@ func (p *publisher) close(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		p.wg.Wait()
-		_ = p.w.Close()
-		// The Writer does not close a Transport it was given: its
-		// connection pools (a metadata poller and broker connections each)
-		// would outlive every Stop.
-		p.tr.CloseIdleConnections()
+		_ = p.prod.Close()
 		close(done)
 	}()
 	select {

@@ -16,9 +16,11 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari/internal/transport/kafkago"
 )
 
-// fakeWriter is a recordWriter whose every WriteMessages call is answered by
+// fakeWriter is a kafkago.MessageWriter whose every WriteMessages call is answered by
 // write, so tests can fail attempts in chosen ways without a broker.
 type fakeWriter struct {
 	mu    sync.Mutex
@@ -49,7 +51,7 @@ type internalMsg struct {
 
 // newFakePublisher returns a publisher writing through w, with cfg's zero
 // fields defaulted and a quiet logger.
-func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
+func newFakePublisher(t *testing.T, cfg Config, w kafkago.MessageWriter) *publisher {
 	t.Helper()
 	cfg.Brokers = []string{"127.0.0.1:1"}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -57,8 +59,7 @@ func newFakePublisher(t *testing.T, cfg Config, w recordWriter) *publisher {
 	cfg.setDefaults()
 	require.NoError(t, cfg.validate())
 	c := cfg
-	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, time.Now))
-	p.w = w
+	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, time.Now), kafkago.NewProducerWith(w))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -109,6 +109,9 @@ type Producer interface {
 	// *ProduceError.
 	Produce(ctx context.Context, recs []*Record) []error
 	// Close releases every connection and goroutine the producer started.
+	// It may be called more than once, also while Produce calls are under
+	// way (at Stop's deadline kavari cuts the connections that way): they
+	// then fail.
 	Close() error
 }
 
@@ -198,6 +201,9 @@ type GroupHandler interface {
 type Consumer interface {
 	// Run joins the group and consumes until ctx ends or Close is called,
 	// calling h. Broker failures do not end it: it rejoins with backoff.
+	// When ctx ends or Close is called it revokes every partition (Revoked,
+	// which drains and commits) and leaves; it returns after that Revoked
+	// returned.
 	Run(ctx context.Context, h GroupHandler) error
 	// Commit commits offsets for partitions owned in gen: the generation
 	// they were assigned in, or a later one of this member. It fails when
@@ -209,7 +215,10 @@ type Consumer interface {
 	Pause(tps ...TopicPartition)
 	Resume(tps ...TopicPartition)
 	// Close leaves the group and releases every connection and goroutine,
-	// bounded by ctx.
+	// bounded by ctx: it waits for Run to return, and when ctx ends first
+	// it cuts the connections so that Run returns soon after. It may be
+	// called more than once and concurrently; with ctx already done it cuts
+	// at once (kavari does that at Stop's deadline).
 	Close(ctx context.Context) error
 }
 

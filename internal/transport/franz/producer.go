@@ -159,6 +159,8 @@ func (p *producer) classify(err error) error {
 	switch {
 	case errors.Is(err, kgo.ErrClientClosed):
 		pe.Kind, pe.MayHaveBeenWritten = transport.Closed, true
+	case transport.HandshakeFailed(err):
+		pe.Kind = transport.Permanent // the same certificates fail the same way again
 	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
 		pe.Kind = transport.TooLarge
 	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):

@@ -2,6 +2,8 @@ package franz
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -40,6 +42,8 @@ func TestClassify(t *testing.T) {
 		{kgo.ErrRecordTimeout, false, transport.Retriable, false},
 		{context.DeadlineExceeded, false, transport.Retriable, false},
 		{errors.New("dial tcp: connection refused"), false, transport.Retriable, false},
+		{&tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, false, transport.Permanent, false},
+		{tls.AlertError(42), false, transport.Permanent, false},
 	} {
 		p := &producer{autoCreate: c.autoCreate}
 		err := p.classify(c.err)

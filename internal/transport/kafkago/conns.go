@@ -1,12 +1,16 @@
-package kavari
+package kafkago
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 )
 
-// connSet tracks every network connection kavari opens to the brokers (the
+// errClosed is what a dial returns once the adapter cut its connections.
+var errClosed = errors.New("kavari: closed")
+
+// connSet tracks every network connection the adapter opens to the brokers (the
 // consumer group, the partition readers, the publisher's transport), so
 // that Stop can cut them. kafka-go bounds each request by a timeout of its
 // own, not by a context, so against a broker that accepts connections and
@@ -21,14 +25,14 @@ type connSet struct {
 
 func newConnSet() *connSet { return &connSet{conns: map[*trackedConn]struct{}{}} }
 
-// dial opens a tracked connection; it fails with ErrClosed once the set is
+// dial opens a tracked connection; it fails with errClosed once the set is
 // closed.
 func (s *connSet) dial(ctx context.Context, network, address string) (net.Conn, error) {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, address)
@@ -40,7 +44,7 @@ func (s *connSet) dial(ctx context.Context, network, address string) (net.Conn, 
 	defer s.mu.Unlock()
 	if s.closed {
 		_ = c.Close()
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	s.conns[tc] = struct{}{}
 	return tc, nil
