@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/franz"
 	"github.com/kavari-go/kavari/internal/transport/kafkago"
 )
 
@@ -16,17 +17,25 @@ const (
 	// idempotent producing, no heartbeats while a revoke or Stop drains
 	// (drains are cut at the session timeout's bound, see DrainTimeout).
 	KafkaGo Transport = iota
+	// FranzGo is twmb/franz-go: idempotent producing (a retried write is
+	// stored once), cooperative-sticky rebalancing (only partitions that
+	// move are revoked and drained), heartbeats during drains, commits
+	// carrying metadata.
+	FranzGo
 )
 
 // transports builds each Transport's adapter. Adding a client is one entry.
 var transports = map[Transport]func() transport.Transport{
 	KafkaGo: kafkago.New,
+	FranzGo: func() transport.Transport { return franz.New() },
 }
 
 func (t Transport) String() string {
 	switch t {
 	case KafkaGo:
 		return "KafkaGo"
+	case FranzGo:
+		return "FranzGo"
 	}
 	return fmt.Sprintf("Transport(%d)", int(t))
 }

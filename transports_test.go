@@ -1,0 +1,72 @@
+package kavari_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testenv"
+)
+
+type ktTransportMsg struct {
+	kavari.Message `kavari:"topic=kt-transports,key=Key"`
+	Key            string `json:"key" validate:"required"`
+	Run            string `json:"run"`
+	N              int    `json:"n"`
+}
+
+// TestEveryTransportRoundTrips: on each transport a Client publishes keyed
+// messages, handles every one in per-key order, and stops cleanly.
+func TestEveryTransportRoundTrips(t *testing.T) {
+	for _, tr := range []kavari.Transport{kavari.KafkaGo, kavari.FranzGo} {
+		t.Run(tr.String(), func(t *testing.T) {
+			brokers, _ := testenv.Brokers(t)
+			run := testenv.ID("run")
+			reg := kavari.NewRegistry()
+			var mu sync.Mutex
+			last := map[string]int{}
+			got := 0
+			done := make(chan struct{})
+			const keys, per = 4, 25
+			require.NoError(t, kavari.RegisterFuncOn(reg, &ktTransportMsg{}, func(_ context.Context, m *ktTransportMsg) error {
+				if m.Run != run {
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if prev, ok := last[m.Key]; ok && m.N <= prev {
+					t.Errorf("key %s: %d after %d", m.Key, m.N, prev)
+				}
+				last[m.Key] = m.N
+				if got++; got == keys*per {
+					close(done)
+				}
+				return nil
+			}))
+			k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: testenv.ID("kt-transports"), Registry: reg,
+				Logger: ktLogger(), CreateTopics: true, Transport: tr})
+			require.NoError(t, err)
+			ctx := context.Background()
+			require.NoError(t, k.Start(ctx))
+			for n := range per {
+				for key := range keys {
+					require.NoError(t, k.Publish(ctx, &ktTransportMsg{Key: "k" + strconv.Itoa(key), Run: run, N: n}))
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(60 * time.Second):
+				mu.Lock()
+				t.Fatalf("handled %d of %d", got, keys*per)
+			}
+			stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			require.NoError(t, k.Stop(stopCtx))
+		})
+	}
+}
