@@ -70,3 +70,15 @@ func TestEveryTransportRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// TestInstanceIDNeedsStaticMembership: New accepts an InstanceID on FranzGo
+// and rejects it on KafkaGo, which has no static membership.
+func TestInstanceIDNeedsStaticMembership(t *testing.T) {
+	cfg := kavari.Config{Brokers: []string{"localhost:9092"}, GroupID: "g", InstanceID: "a", Registry: kavari.NewRegistry()}
+	_, err := kavari.New(cfg)
+	require.ErrorContains(t, err, "InstanceID")
+	cfg.Transport = kavari.FranzGo
+	k, err := kavari.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, k.Stop(context.Background()))
+}
