@@ -104,8 +104,8 @@ func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 	if h := k.Health(); !h.Connected {
 		t.Errorf("consumer not connected at the end: %+v", h)
 	}
-	led.Note("node %d (leader of partition 0) SIGKILLed after %d acks and left down; new leader node %d; the app was not restarted",
-		leader, ackedAtKill, after)
+	led.Note("%s: node %d (leader of partition 0) SIGKILLed after %d acks and left down; new leader node %d; the app was not restarted; %d ids stored at more than one offset (producer duplicates)",
+		cfg.Transport, leader, ackedAtKill, after, row.ProducerDuplicates)
 	return row
 }
 
