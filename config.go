@@ -76,6 +76,12 @@ type Config struct {
 	Registry *Registry // default DefaultRegistry
 	// Transport is the Kafka client kavari runs on; default (zero) KafkaGo.
 	Transport Transport
+	// InstanceID makes the consumer a static group member (KIP-345): a
+	// process restarted with the same InstanceID within SessionTimeout gets
+	// its partitions back without a rebalance, and Stop does not leave the
+	// group. Unique per process of a group; "" (the default) for none.
+	// FranzGo only: New rejects it on a transport without static membership.
+	InstanceID string
 
 	// Publishing.
 	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
@@ -247,8 +253,10 @@ func (c *Config) validate() error {
 	if c.DrainTimeout >= c.SessionTimeout {
 		errs = append(errs, errors.New("DrainTimeout must be shorter than SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
 	}
-	if _, ok := transports[c.Transport]; !ok {
+	if mk, ok := transports[c.Transport]; !ok {
 		errs = append(errs, fmt.Errorf("unknown Transport %d", int(c.Transport)))
+	} else if c.InstanceID != "" && !mk().Capabilities().StaticMembership {
+		errs = append(errs, fmt.Errorf("InstanceID: the %s transport has no static membership", c.Transport))
 	}
 	if c.SASL != nil {
 		switch c.SASL.Mechanism {

@@ -62,6 +62,7 @@ func (c *Config) transportConfig(topics []string) transport.Config {
 		BatchBytes:        c.BatchBytes,
 		AllowAutoCreate:   c.AllowAutoCreate,
 		GroupID:           c.GroupID,
+		InstanceID:        c.InstanceID,
 		Topics:            topics,
 		StartOffset:       transport.StartOffset(c.AutoOffsetReset),
 		SessionTimeout:    c.SessionTimeout,

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kavari-go/kavari"
@@ -68,5 +69,52 @@ func TestEveryTransportRoundTrips(t *testing.T) {
 			defer cancel()
 			require.NoError(t, k.Stop(stopCtx))
 		})
+	}
+}
+
+// TestInstanceIDNeedsStaticMembership: New accepts an InstanceID on FranzGo
+// and rejects it on KafkaGo, which has no static membership.
+func TestInstanceIDNeedsStaticMembership(t *testing.T) {
+	cfg := kavari.Config{Brokers: []string{"localhost:9092"}, GroupID: "g", InstanceID: "a", Registry: kavari.NewRegistry()}
+	_, err := kavari.New(cfg)
+	require.ErrorContains(t, err, "InstanceID")
+	cfg.Transport = kavari.FranzGo
+	k, err := kavari.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, k.Stop(context.Background()))
+}
+
+// TestHealthFollowsCooperativeRebalance: on FranzGo (cooperative) a member
+// that only loses partitions when another joins reports the partitions it
+// kept and the group's new generation, as the joiner does.
+func TestHealthFollowsCooperativeRebalance(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	group := testenv.ID("kt-coop")
+	member := func() *kavari.Kavari {
+		reg := kavari.NewRegistry()
+		require.NoError(t, kavari.RegisterFuncOn(reg, &ktTransportMsg{}, func(context.Context, *ktTransportMsg) error { return nil }))
+		k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: group, Registry: reg, Logger: ktLogger(),
+			CreateTopics: true, Transport: kavari.FranzGo, SessionTimeout: 6 * time.Second, Heartbeat: 500 * time.Millisecond})
+		require.NoError(t, err)
+		require.NoError(t, k.Start(context.Background()))
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = k.Stop(ctx)
+		})
+		return k
+	}
+	count := func(h kavari.Health) int { return len(h.Assigned["kt-transports"]) }
+	k1 := member()
+	require.Eventually(t, func() bool { return count(k1.Health()) == 3 }, 60*time.Second, 20*time.Millisecond, "k1 holds the 3 partitions")
+	k2 := member()
+	require.Eventually(t, func() bool { return count(k2.Health()) > 0 }, 60*time.Second, 20*time.Millisecond, "k2 gets partitions")
+	var h1, h2 kavari.Health
+	ok := assert.Eventually(t, func() bool {
+		h1, h2 = k1.Health(), k2.Health()
+		return count(h1)+count(h2) == 3 && h1.Generation == h2.Generation
+	}, 60*time.Second, 20*time.Millisecond)
+	if !ok {
+		t.Errorf("k1 reports %v in generation %d, k2 %v in generation %d", h1.Assigned, h1.Generation, h2.Assigned, h2.Generation)
 	}
 }

@@ -179,7 +179,9 @@ type GroupHandler interface {
 	// Assigned gives the member partitions, in the generation gen. On a
 	// cooperative client it names only the partitions added: those kept
 	// through a rebalance stay owned, and the generation they were
-	// assigned in still commits them.
+	// assigned in still commits them. It is called at every generation
+	// the member joins, with no parts when nothing was added, so the
+	// engine always knows the current generation.
 	Assigned(gen Generation, parts []Assignment)
 	// Revoked takes partitions away. It blocks while the engine drains them
 	// and commits (Commit with gen); it returns when they are released. On

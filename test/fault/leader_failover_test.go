@@ -21,7 +21,11 @@ import (
 // message may be lost (acks=all with min ISR 2). Time to recover: from the
 // kill to the first handled record of partition 0 that was published after
 // the kill (so written to the new leader and fetched from it).
-func TestLeaderKilledInThreeNodeCluster(t *testing.T) {
+func TestLeaderKilledInThreeNodeCluster(t *testing.T) { leaderKilled(t, nil) }
+
+// leaderKilled is TestLeaderKilledInThreeNodeCluster with the Kavari's
+// configuration changed by mutate (nil: none); it returns the ledger's row.
+func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 	c := ownCluster(t, 3)
 	brokers := c.Brokers()
 	led := ledger.ForTest(t, "3-node cluster (RF 3, min ISR 2): partition leader SIGKILLed mid-stream")
@@ -47,6 +51,10 @@ func TestLeaderKilledInThreeNodeCluster(t *testing.T) {
 	cfg.TopicPartitions = partitions
 	cfg.ReplicationFactor = 3
 	cfg.PublishRetry = outagePolicy
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	led.Set("transport", cfg.Transport.String())
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {
@@ -96,8 +104,9 @@ func TestLeaderKilledInThreeNodeCluster(t *testing.T) {
 	if h := k.Health(); !h.Connected {
 		t.Errorf("consumer not connected at the end: %+v", h)
 	}
-	led.Note("node %d (leader of partition 0) SIGKILLed after %d acks and left down; new leader node %d; the app was not restarted",
-		leader, ackedAtKill, after)
+	led.Note("%s: node %d (leader of partition 0) SIGKILLed after %d acks and left down; new leader node %d; the app was not restarted; %d ids stored at more than one offset (producer duplicates)",
+		cfg.Transport, leader, ackedAtKill, after, row.ProducerDuplicates)
+	return row
 }
 
 // leaderOf returns the node id leading partition of topic, asking brokers.

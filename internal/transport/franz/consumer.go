@@ -206,10 +206,14 @@ func generation(cl *kgo.Client) transport.Generation {
 // after this returns, so Assigned always comes before their records.
 func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	tps := flatten(assigned)
+	gen := generation(cl)
 	if len(tps) == 0 {
+		// kgo calls this at every generation, even when nothing is added
+		// (a cooperative rebalance that only took partitions away): the
+		// engine learns the generation, and what it still holds.
+		c.h.Assigned(gen, nil)
 		return
 	}
-	gen := generation(cl)
 	parts, err := c.fetchCommitted(ctx, cl, tps)
 	if err != nil {
 		c.h.Error(err)

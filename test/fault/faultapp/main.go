@@ -123,7 +123,7 @@ func realMain() int {
 		brokers    = flag.String("brokers", os.Getenv("KAVARI_BROKERS"), "comma-separated brokers")
 		group      = flag.String("group", "", "consumer group")
 		run        = flag.String("run", "", "run id: records of other runs are ignored")
-		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, stop or storm")
+		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, stop, storm or static")
 		topics     = flag.Int("topics", 1, "storm: how many storm topics to consume (1 or 2)")
 		sleep      = flag.Duration("sleep", 0, "handler sleep per message (a message's sleep_ms wins)")
 		inflight   = flag.Int("max-inflight", 64, "Config.MaxInFlight")
@@ -135,6 +135,8 @@ func realMain() int {
 		stopAfter  = flag.Duration("stop-timeout", 10*time.Second, "deadline of k.Stop on SIGTERM")
 		traceStart = flag.Bool("trace-start", false, "also print a line when a handler starts")
 		logLevel   = flag.String("log", "warn", "log level on stderr: debug, info, warn, error")
+		trName     = flag.String("transport", "kafka-go", "Config.Transport: kafka-go or franz-go")
+		instance   = flag.String("instance-id", "", "Config.InstanceID (static membership; franz-go)")
 	)
 	flag.Parse()
 	if *brokers == "" || *group == "" || *run == "" {
@@ -156,6 +158,8 @@ func realMain() int {
 		err = register(reg, &faultmsg.Crash{}, func(m *faultmsg.Crash) *faultmsg.Body { return &m.Body }, a)
 	case "stop":
 		err = register(reg, &faultmsg.Stop{}, func(m *faultmsg.Stop) *faultmsg.Body { return &m.Body }, a)
+	case "static":
+		err = register(reg, &faultmsg.Static{}, func(m *faultmsg.Static) *faultmsg.Body { return &m.Body }, a)
 	case "storm":
 		err = register(reg, &faultmsg.Storm0{}, func(m *faultmsg.Storm0) *faultmsg.Body { return &m.Body }, a)
 		if err == nil && *topics > 1 {
@@ -169,9 +173,25 @@ func realMain() int {
 		return 2
 	}
 
+	var tr kavari.Transport
+	switch *trName {
+	case "kafka-go":
+		tr = kavari.KafkaGo
+	case "franz-go":
+		tr = kavari.FranzGo
+	default:
+		err = fmt.Errorf("unknown transport %q", *trName)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faultapp:", err)
+		return 2
+	}
+
 	k, err := kavari.New(kavari.Config{
 		Brokers:          strings.Split(*brokers, ","),
 		GroupID:          *group,
+		Transport:        tr,
+		InstanceID:       *instance,
 		ClientID:         fmt.Sprintf("faultapp-%d", pid),
 		Registry:         reg,
 		Logger:           logger,

@@ -45,6 +45,13 @@ type Storm1 struct {
 	Body
 }
 
+// Static is consumed by static group members (InstanceID) that are
+// restarted.
+type Static struct {
+	kavari.Message `kavari:"topic=kavari-fault-static,key=Key"`
+	Body
+}
+
 // Restart is published and consumed in-process around a broker restart.
 type Restart struct {
 	kavari.Message `kavari:"topic=kavari-fault-restart,key=Key"`
