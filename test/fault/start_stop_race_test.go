@@ -28,10 +28,18 @@ type StartStop struct {
 // each: Start returned nil or ErrClosed, Stop returned, no goroutine of the
 // consumer is left, and the group has no member (a zombie would keep
 // heartbeating and hold partitions). Finally a fresh consumer of the group
-// gets every partition and handles every record published meanwhile.
+// gets every partition and handles every record published meanwhile. On
+// each transport: a Stop during kafka-go's JoinGroup left the member in the
+// group until its session timed out.
 func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
+	for _, tr := range []kavari.Transport{kavari.KafkaGo, kavari.FranzGo} {
+		t.Run(tr.String(), func(t *testing.T) { startStopInterleavings(t, tr) })
+	}
+}
+
+func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 	brokers := testenv.RequireReal(t)
-	led := ledger.ForTest(t, "Start and Stop interleaved with delays from 0 to past the group join; zombie members and records left")
+	led := ledger.ForTest(t, "Start and Stop interleaved with delays from 0 to past the group join ("+tr.String()+"); zombie members and records left")
 	run := testenv.ID("run")
 	const topic, parts, perRound = "kavari-fault-start-stop", 3, 4
 	rounds := 24
@@ -57,6 +65,7 @@ func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
 		}
 		cfg := baseConfig(brokers, reg)
 		cfg.GroupID = group
+		cfg.Transport = tr
 		cfg.CreateTopics = createTopics // widens Start's window: a create and a metadata wait
 		k, err := kavari.New(cfg)
 		if err != nil {
@@ -203,7 +212,7 @@ func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
 }
 
 // consumerGoroutines returns the stacks of goroutines not in before that run
-// kavari's code or kafka-go's consumer group and readers. Unlike
+// kavari's code, kafka-go's consumer group and readers or franz-go's client. Unlike
 // kavariGoroutines it leaves out kafka-go's transport connections, which the
 // test's own publisher may open at any time.
 func consumerGoroutines(before map[string]bool) []string {
@@ -213,7 +222,8 @@ func consumerGoroutines(before map[string]bool) []string {
 			continue
 		}
 		if strings.Contains(s, "github.com/kavari-go/kavari.") || strings.Contains(s, "kafka-go.(*ConsumerGroup)") ||
-			strings.Contains(s, "kafka-go.(*Generation)") || strings.Contains(s, "kafka-go.(*Reader)") {
+			strings.Contains(s, "kafka-go.(*Generation)") || strings.Contains(s, "kafka-go.(*Reader)") ||
+			strings.Contains(s, "github.com/twmb/franz-go/pkg/kgo.") {
 			out = append(out, s)
 		}
 	}
