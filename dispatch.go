@@ -33,6 +33,8 @@ type engine struct {
 
 	commitMu sync.Mutex    // serialises commits so offsets never go backwards
 	runDone  chan struct{} // closed when the transport's Run returned
+	// sending holds the offsets of the commit under way, until it is accepted.
+	sending atomic.Pointer[[]transport.Offset]
 }
 
 func newEngine(k *Kavari, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
@@ -126,6 +128,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	since := e.failingSince
 	e.failingSince = time.Time{}
 	e.mu.Unlock()
+	k.commitLost(nil) // what an earlier revoke left uncommitted is the new owners' now
 
 	if !since.IsZero() {
 		k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(since).Round(time.Second))
@@ -165,9 +168,9 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 	if err := e.commit(gen, ps); err != nil {
 		e.k.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
 		e.k.health.commitFailed(err)
-		if e.k.stopping.Load() {
-			e.k.stopFailed(err)
-		}
+		// Stop reports it, also when the generation ended before Stop (the
+		// brokers went away), unless partitions are assigned again first.
+		e.k.commitLost(err)
 	}
 	e.release(ps)
 }
@@ -803,6 +806,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	e.sending.Store(&offsets)
 	if err := e.cons.Commit(ctx, gen, offsets); err != nil {
 		e.k.health.note(err)
 		e.k.log.Warn("kavari: commit failed", "err", err)
@@ -815,11 +819,48 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		}
 		return &CommitError{Offsets: m, Err: err}
 	}
+	e.sending.Store(nil)
 	for i, p := range moved {
 		p.committed = offsets[i].Offset
 	}
 	e.k.health.committed()
 	return nil
+}
+
+// uncommitted returns the completed offsets not committed yet, by topic and
+// partition: for a Stop that gives up at its deadline before the final
+// commit was answered. Called after Stop cut the connections, so a commit
+// under way fails at once; should one hold commitMu longer than a second,
+// the offsets it is sending are returned.
+func (e *engine) uncommitted() map[string]map[int]int64 {
+	for give := time.Now().Add(time.Second); !e.commitMu.TryLock(); time.Sleep(time.Millisecond) {
+		if time.Now().After(give) {
+			if o := e.sending.Load(); o != nil {
+				return offsetMap(*o)
+			}
+			return nil
+		}
+	}
+	defer e.commitMu.Unlock()
+	var offsets []transport.Offset
+	for _, p := range e.partitions() {
+		if next, _, _ := p.tracker.committable(); next > p.committed {
+			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
+		}
+	}
+	return offsetMap(offsets)
+}
+
+// offsetMap returns offsets by topic and partition (CommitError.Offsets).
+func offsetMap(offsets []transport.Offset) map[string]map[int]int64 {
+	m := map[string]map[int]int64{}
+	for _, o := range offsets {
+		if m[o.Topic] == nil {
+			m[o.Topic] = map[int]int64{}
+		}
+		m[o.Topic][int(o.Partition)] = o.Offset
+	}
+	return m
 }
 
 // parts returns the assigned partitions, ordered by topic and partition.

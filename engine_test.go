@@ -521,3 +521,92 @@ func TestEngineLostAbandonsWithoutCommit(t *testing.T) {
 		assert.Equal(t, map[string]int{"a": 2, "b": 2}, count, "nothing was committed before the loss: both redelivered")
 	})
 }
+
+// The generation ends before Stop (the coordinator went away) and its final
+// commit is refused: Stop, called afterwards, reports ErrCommitFailed with a
+// *CommitError naming the partition. When the member is assigned the
+// partition again first, the records are redelivered and Stop returns nil.
+func TestEngineStopReportsCommitLostBeforeStop(t *testing.T) {
+	for _, reassign := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reassign=%v", reassign), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(1)
+				for n := 0; n < 3; n++ {
+					b.Append(engRecord(0, "k", n))
+				}
+				var down atomic.Bool
+				b.FailCommit = func(transport.Generation, []transport.Offset) error {
+					if down.Load() {
+						return errors.New("memory: coordinator gone")
+					}
+					return nil
+				}
+				var handled atomic.Int64
+				k := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error {
+					handled.Add(1)
+					return nil
+				}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+				require.NoError(t, k.Start(context.Background()))
+				synctest.Wait()
+				require.Equal(t, int64(3), handled.Load())
+				down.Store(true)
+				b.Disconnect("g")
+				synctest.Wait()
+				if !reassign {
+					err := stopNow(t, k)
+					require.ErrorIs(t, err, kavari.ErrCommitFailed)
+					var ce *kavari.CommitError
+					require.ErrorAs(t, err, &ce)
+					assert.Equal(t, map[string]map[int]int64{engTopic: {0: 3}}, ce.Offsets)
+					return
+				}
+				// A member joins: k, the first member, gets the partition
+				// again, handles the records again and commits at Stop.
+				down.Store(false)
+				k2 := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error { return nil })
+				require.NoError(t, k2.Start(context.Background()))
+				synctest.Wait()
+				assert.Equal(t, int64(6), handled.Load(), "the uncommitted records were redelivered")
+				require.NoError(t, stopNow(t, k2))
+				require.NoError(t, stopNow(t, k))
+				assert.Equal(t, int64(3), memCommitted(b, "g", 0))
+			})
+		})
+	}
+}
+
+// Stop's deadline passes while its final commit is not answered (a frozen
+// broker): Stop reports ErrCommitFailed with a *CommitError naming what
+// completed and is not known to be committed.
+func TestEngineStopReportsUnansweredCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(2)
+		for n := 0; n < 4; n++ {
+			b.Append(engRecord(int32(n%2), "k"+strconv.Itoa(n%2), n))
+		}
+		frozen := make(chan struct{})
+		var freeze atomic.Bool
+		b.FailCommit = func(transport.Generation, []transport.Offset) error {
+			if freeze.Load() {
+				<-frozen
+				return errors.New("memory: connection cut")
+			}
+			return nil
+		}
+		k := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error { return nil },
+			func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		require.NoError(t, k.Start(context.Background()))
+		synctest.Wait()
+		freeze.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		err := k.Stop(ctx)
+		close(frozen)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorIs(t, err, kavari.ErrCommitFailed)
+		var ce *kavari.CommitError
+		require.ErrorAs(t, err, &ce)
+		assert.Equal(t, map[string]map[int]int64{engTopic: {0: 2, 1: 2}}, ce.Offsets)
+		synctest.Wait()
+	})
+}

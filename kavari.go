@@ -61,8 +61,9 @@ type Kavari struct {
 	stopDone   chan struct{}
 	stopErr    error
 	stopMu     sync.Mutex
-	stopErrs   []error // what the consumer left undone while stopping (final commit, abandoned handlers); under stopMu
+	stopErrs   []error // what the consumer left undone while stopping (abandoned handlers); under stopMu
 	abandoned  bool    // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
+	lostCommit error   // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
 
 	tasks   chan task      // lanes handed to idle workers (submit)
 	workers sync.WaitGroup // the worker goroutines
@@ -78,6 +79,7 @@ type Kavari struct {
 	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
 	hardCancel context.CancelFunc
 	loopDone   chan struct{}
+	eng        atomic.Pointer[engine] // set by Start
 
 	dlqUnchecked []string // dead-letter topics Start could not check; consumeLoop checks them once joined
 }
@@ -395,7 +397,9 @@ func (k *Kavari) launch(table *routeTable) error {
 	k.started.Store(true)
 	k.health.start(topics)
 	k.tasks = make(chan task) // workers start on demand (submit)
-	go newEngine(k, table, cons, k.tr.Capabilities()).run()
+	e := newEngine(k, table, cons, k.tr.Capabilities())
+	k.eng.Store(e)
+	go e.run()
 	return nil
 }
 
@@ -414,9 +418,12 @@ func (k *Kavari) launch(table *routeTable) error {
 //
 // Stop returns by ctx's deadline even when the brokers are gone, and returns
 // an error whenever it left work undone: errors.Is(err, ErrCommitFailed) when
-// completed work could not be committed (it will be redelivered),
-// ErrHandlersAbandoned when handlers ignored the cancellation of their
-// context, and a deadline error when it ran out of time. When Stop returns,
+// completed work could not be committed (it will be redelivered), also when
+// the last revoke's final commit failed before Stop (the brokers went away)
+// or was not answered by the deadline (a frozen broker may still apply it
+// when it resumes); ErrHandlersAbandoned when handlers ignored the
+// cancellation of their context; and a deadline error when it ran out of
+// time. When Stop returns,
 // every broker connection kavari opened is closed, so the goroutines it
 // started (consumer group, partition readers, workers, publisher) end within
 // moments (measured: under 100 ms with the broker frozen; the fault suite
@@ -445,6 +452,9 @@ func (k *Kavari) Stop(ctx context.Context) error {
 		k.stopMu.Lock()
 		errs := append([]error{fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))}, k.stopErrs...)
 		k.stopMu.Unlock()
+		if err := k.uncommitted(ctx, true); err != nil {
+			errs = append(errs, err)
+		}
 		return errors.Join(errs...)
 	}
 }
@@ -475,6 +485,7 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 		defer k.drainTimer.Stop()
 	}
 	var errs []error
+	late := false // the consumer did not finish by the deadline
 	if starting != nil {
 		// Start sees that Stop was called and launches nothing.
 		select {
@@ -502,6 +513,7 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 		select {
 		case <-closed:
 		case <-ctx.Done():
+			late = true
 			errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
 		}
 	}
@@ -513,6 +525,9 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 	}
 	k.hardCancel()
 	k.cutConnections()
+	if err := k.uncommitted(ctx, late); err != nil {
+		errs = append(errs, err)
+	}
 	k.health.stop()
 	k.stopErr = errors.Join(errs...)
 	close(k.stopDone)
@@ -540,6 +555,37 @@ func (k *Kavari) stopFailed(err error) {
 	defer k.stopMu.Unlock()
 	k.stopErrs = append(k.stopErrs, err)
 	k.abandoned = k.abandoned || errors.Is(err, ErrHandlersAbandoned)
+}
+
+// uncommitted returns the *CommitError Stop reports, if any: the last
+// revoke's failed final commit (lostCommit) or, when Stop ran out of time
+// (late), what completed and is not known to be committed, as the final
+// commit was not answered (or not sent) by the deadline. Called after the
+// connections were cut.
+func (k *Kavari) uncommitted(ctx context.Context, late bool) error {
+	var unanswered error
+	if e := k.eng.Load(); late && e != nil {
+		// Looked at before lostCommit: a revoke records its failed commit
+		// there before it releases its partitions.
+		if offsets := e.uncommitted(); len(offsets) > 0 {
+			unanswered = &CommitError{Offsets: offsets, Err: fmt.Errorf("kavari: final commit not answered by Stop's deadline (the broker may still apply it): %w", context.Cause(ctx))}
+		}
+	}
+	k.stopMu.Lock()
+	defer k.stopMu.Unlock()
+	if k.lostCommit != nil {
+		return k.lostCommit
+	}
+	return unanswered
+}
+
+// commitLost records the failed final commit of a revoke (nil: partitions
+// were assigned again, whose owners get those records again). Stop returns
+// it: the completed records it covered are redelivered.
+func (k *Kavari) commitLost(err error) {
+	k.stopMu.Lock()
+	defer k.stopMu.Unlock()
+	k.lostCommit = err
 }
 
 // EnsureTopics creates every registered topic and its dead-letter topic with

@@ -31,6 +31,7 @@ type Consumer struct {
 
 	inGen     atomic.Int32 // generations whose Revoked has not returned
 	closeOnce sync.Once
+	groupDone chan struct{} // closed when the group's Close returned: it left the group
 	runDone   chan struct{} // closed when Run returns
 	running   atomic.Bool
 }
@@ -76,7 +77,7 @@ func (Transport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
 		return nil, fmt.Errorf("kavari: consumer group: %w", err)
 	}
 	return &Consumer{cfg: cfg, group: group, dialer: d, conns: conns, gates: map[transport.TopicPartition]*gate{},
-		runDone: make(chan struct{})}, nil
+		runDone: make(chan struct{}), groupDone: make(chan struct{})}, nil
 }
 
 // Run consumes generation after generation until ctx ends or Close is
@@ -299,15 +300,44 @@ func (c *Consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 	return kg.CommitOffsets(m)
 }
 
+// joinGrace is how long Close lets a JoinGroup under way be answered: two
+// heartbeat intervals (the other members rejoin at their next heartbeat),
+// at most half of what is left of ctx; nothing once ctx ended.
+func (c *Consumer) joinGrace(ctx context.Context) time.Duration {
+	if ctx.Err() != nil {
+		return 0
+	}
+	grace := 2 * c.cfg.HeartbeatInterval
+	if deadline, ok := ctx.Deadline(); ok {
+		grace = min(grace, time.Until(deadline)/2)
+	}
+	return max(grace, 0)
+}
+
 // Close leaves the group: the current generation ends (its Revoked runs),
-// then every connection is cut. When ctx ends first, or when the member is
-// not in a generation (a join kafka-go has sent may wait RebalanceTimeout +
-// 10 s for its answer), the connections are cut at once, which ends the
-// group's and the readers' requests. It may be called more than once.
+// then every connection is cut. When ctx ends first the connections are cut
+// at once, which ends the group's and the readers' requests. When the member
+// is not in a generation, a JoinGroup under way is given a moment to be
+// answered (joinGrace): kafka-go then learns its member id and leaves the
+// group, where a cut join leaves the member the coordinator registered
+// until its session times out (found by the fault test
+// TestStartStopInterleavingsLeaveNoZombie); a join held longer (it may wait
+// RebalanceTimeout + 10 s) is cut. It may be called more than once.
 func (c *Consumer) Close(ctx context.Context) error {
-	c.closeOnce.Do(func() { go func() { _ = c.group.Close() }() })
+	c.closeOnce.Do(func() {
+		go func() { _ = c.group.Close(); close(c.groupDone) }()
+	})
 	if c.inGen.Load() == 0 {
-		c.conns.closeAll()
+		t := time.NewTimer(c.joinGrace(ctx))
+		select {
+		case <-c.groupDone:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if c.inGen.Load() == 0 { // else a generation started: Run's revoke drains it
+			c.conns.closeAll()
+		}
 	}
 	if !c.running.Load() {
 		c.conns.closeAll()

@@ -569,6 +569,22 @@ func (b *Broker) Expire(groupID string) {
 	b.rebalance(g, members)
 }
 
+// Disconnect ends groupID's generation as a coordinator that went away
+// would: every member revokes all its partitions (Revoked, whose commits
+// FailCommit may refuse) and gets none until the group rebalances again (a
+// member joins or leaves).
+func (b *Broker) Disconnect(groupID string) {
+	g := b.group(groupID)
+	g.rebalance.Lock()
+	defer g.rebalance.Unlock()
+	b.mu.Lock()
+	members := slices.Clone(g.members)
+	b.mu.Unlock()
+	for _, m := range members {
+		m.revoke(nil)
+	}
+}
+
 // lose takes every partition from the member without a revoke.
 func (c *Consumer) lose() {
 	c.deliver.Lock()
