@@ -87,6 +87,8 @@ type partition struct {
 	hard       context.Context
 	hardCancel context.CancelFunc
 	feederDone chan struct{}
+
+	lag lagState // for Health
 }
 
 // lane holds the records waiting behind the one being handled for a key.
@@ -113,6 +115,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			committed: max(a.Offset, -1), lanes: map[string]*lane{},
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
+		p.lag.init(a.Offset)
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
 		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
 		e.parts[a.TopicPartition] = p
@@ -136,6 +139,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	}
 	k.health.joined(e, gen, assigned)
 	k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", assigned)
+	k.hooks.onAssigned(assigned)
 	for _, p := range started {
 		go e.feed(p)
 	}
@@ -170,6 +174,7 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 		}
 	}
 	e.release(ps)
+	e.k.hooks.onRevoked(ps, false)
 }
 
 // Lost abandons partitions tps: their handlers are cancelled and nothing is
@@ -184,6 +189,7 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 		<-p.feederDone
 	}
 	e.release(ps)
+	e.k.hooks.onRevoked(ps, true)
 }
 
 // take returns the partitions of tps that are assigned.
@@ -230,13 +236,15 @@ func (e *engine) drainBudget() time.Duration {
 // Records queues recs for partition tp's feeder. It never blocks: when the
 // partition has its share of records waiting, the transport is asked to
 // pause it.
-func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, _ int64) {
+func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, hw int64) {
 	e.mu.Lock()
 	p := e.parts[tp]
 	e.mu.Unlock()
 	if p == nil || len(recs) == 0 {
 		return // revoked meanwhile: the next owner reads them
 	}
+	p.noteFetched(recs, hw)
+	e.k.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
 	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
@@ -608,6 +616,8 @@ func (e *engine) process(p *partition, j *job) {
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
 			e.k.ran() // free while waiting; the lane keeps the key's order
 			held = false
+			e.k.health.retried.Add(1)
+			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)
 		})
 		if err == nil {
 			continue
@@ -621,12 +631,14 @@ func (e *engine) process(p *partition, j *job) {
 			return
 		}
 	}
+	e.k.health.handled.Add(1)
 	e.done(p, j)
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
 func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
-	var ctx context.Context = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+	hc := &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}
+	var ctx context.Context = hc
 	if t := e.k.cfg.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
@@ -643,6 +655,10 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	}
 	// A handler that returned nil succeeded, even past HandlerTimeout: the
 	// timeout only cancels its context.
+	if e.k.middleware != nil {
+		hc.h = h
+		return e.k.middleware(ctx, msg)
+	}
 	return b.call(ctx, h, msg)
 }
 
@@ -652,11 +668,18 @@ type handlerCtx struct {
 	context.Context
 	rec     *transport.Record
 	attempt int
+	b       *binding
+	h       any // the handler instance, for Config.Middleware's innermost call
 }
 
 func (c *handlerCtx) Value(key any) any {
-	if _, ok := key.(recordKey); ok {
+	switch key.(type) {
+	case recordKey:
 		return recordOf(c.rec, c.attempt)
+	case handlerNameKey:
+		return c.b.name
+	case attemptKey:
+		return c
 	}
 	return c.Context.Value(key)
 }
@@ -723,6 +746,8 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 	})
 	if err == nil {
 		p.setStuck(j.rec.Offset, "")
+		e.k.health.deadLettered.Add(1)
+		e.k.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
 		return true
 	}
 	if !retriableHandler(err) {
@@ -803,7 +828,10 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := e.cons.Commit(ctx, gen, offsets); err != nil {
+	start := time.Now()
+	err := e.cons.Commit(ctx, gen, offsets)
+	e.k.hooks.onCommitted(offsets, time.Since(start), err)
+	if err != nil {
 		e.k.health.note(err)
 		e.k.log.Warn("kavari: commit failed", "err", err)
 		m := map[string]map[int]int64{}
@@ -817,6 +845,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	}
 	for i, p := range moved {
 		p.committed = offsets[i].Offset
+		p.lag.committed.Store(p.committed)
 	}
 	e.k.health.committed()
 	return nil
