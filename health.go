@@ -49,6 +49,8 @@ type Health struct {
 	// offset, the high watermark last reported by the broker, and the lag
 	// between them.
 	Positions []PartitionPosition `json:"positions,omitempty"`
+	// AsyncQueued counts messages waiting in the PublishAsync queues.
+	AsyncQueued int `json:"async_queued"`
 	// StuckAfter is the age past which an open record makes Ready false.
 	StuckAfter time.Duration `json:"stuck_after_ns"`
 }
@@ -182,6 +184,7 @@ func (k *Kavari) Health() Health {
 	k.health.mu.Unlock()
 	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
 	out.StuckAfter = k.cfg.stuckAfter()
+	out.AsyncQueued = k.pub.queued()
 	out.InFlight = len(k.sem)
 	out.Running = len(k.running)
 	if g != nil {

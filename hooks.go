@@ -22,9 +22,11 @@ import (
 type Hook any
 
 // HookPublishBefore is called by Publish, PublishBatch, PublishAsync and
-// TryPublishAsync before each message is encoded. The headers it returns
-// are added to the message's, as WithHeaders would (nil adds none). ctx is
-// the Publish call's, context.Background for PublishAsync.
+// TryPublishAsync for each message once it is encoded and valid, before it
+// is sent; a message refused as invalid is not reported, so every call is
+// followed by one HookPublishAfter call. The headers it returns are appended
+// to the record's (nil adds none); kavari's own headers are not replaced.
+// ctx is the Publish call's, context.Background for PublishAsync.
 type HookPublishBefore interface {
 	OnPublishBefore(ctx context.Context, msg any) []Header
 }
@@ -130,19 +132,14 @@ func newHooks(hs []Hook) (*hooks, error) {
 	return h, nil
 }
 
-// publishBefore returns ctx with the headers the hooks add to msg.
-func (h *hooks) publishBefore(ctx context.Context, msg any) context.Context {
-	if h == nil || len(h.pubBefore) == 0 {
-		return ctx
-	}
-	var add []Header
+// publishBefore appends to hs the headers the hooks add to msg.
+func (h *hooks) publishBefore(ctx context.Context, msg any, hs []transport.Header) []transport.Header {
 	for _, x := range h.pubBefore {
-		add = append(add, x.OnPublishBefore(ctx, msg)...)
+		for _, a := range x.OnPublishBefore(ctx, msg) {
+			hs = append(hs, transport.Header{Key: a.Key, Value: a.Value})
+		}
 	}
-	if len(add) == 0 {
-		return ctx
-	}
-	return WithHeaders(ctx, add...)
+	return hs
 }
 
 // publishAfter reports the outcome of recs (errs nil: all acknowledged).

@@ -66,7 +66,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	p.mu.Unlock()
 	if len(msgs) == 1 && !closed {
 		// Publish: no batch bookkeeping.
-		rec, err := p.enc.encode(p.hooks.publishBefore(ctx, msgs[0]), msgs[0])
+		rec, err := p.encode(ctx, msgs[0])
 		if err != nil {
 			return []error{err}
 		}
@@ -83,7 +83,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
-		rec, err := p.enc.encode(p.hooks.publishBefore(ctx, m), m)
+		rec, err := p.encode(ctx, m)
 		if err != nil {
 			errs[i], failed = err, true
 			continue
@@ -110,6 +110,16 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 // errBatchRefused is the error of a valid message of a batch that was not
 // sent because another message is invalid.
 var errBatchRefused = errors.New("kavari: not sent: another message of the batch is invalid")
+
+// encode encodes and validates msg, then adds the headers of the
+// HookPublishBefore hooks.
+func (p *publisher) encode(ctx context.Context, msg any) (transport.Record, error) {
+	rec, err := p.enc.encode(ctx, msg)
+	if err == nil && p.hooks != nil {
+		rec.Headers = p.hooks.publishBefore(ctx, msg, rec.Headers)
+	}
+	return rec, err
+}
 
 // writeObserved is write, reporting each record's outcome to the
 // HookPublishAfter hooks.
@@ -277,7 +287,7 @@ func (p *publisher) tryEnqueue(msg any, cb func(any, error)) error {
 }
 
 func (p *publisher) push(msg any, cb func(any, error), mode pushMode) error {
-	rec, err := p.enc.encode(p.hooks.publishBefore(context.Background(), msg), msg)
+	rec, err := p.encode(context.Background(), msg)
 	if err != nil {
 		return err
 	}
