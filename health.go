@@ -60,7 +60,8 @@ type PartitionPosition struct {
 	Topic     string `json:"topic"`
 	Partition int    `json:"partition"`
 	// Committed is the next offset committed (the first not yet
-	// handled), -1 when the group has none.
+	// handled); before the group's first commit on the partition, the
+	// offset the consumer started from; -1 until that is known.
 	Committed int64 `json:"committed"`
 	// HighWatermark is the offset after the partition's last record, as the
 	// broker reported it with the last fetch; -1 before the first fetch.

@@ -25,6 +25,9 @@ func (l *lagState) init(committed int64) {
 // noteFetched records the high watermark hw reported with recs (-1: unknown).
 func (p *partition) noteFetched(recs []*transport.Record, hw int64) {
 	last := recs[len(recs)-1].Offset + 1
+	// Without a committed offset, the group's position is where the
+	// consumer started: the first record it was given.
+	p.lag.committed.CompareAndSwap(-1, recs[0].Offset)
 	p.lag.fetched.Store(last)
 	if hw < last {
 		hw = last // at least what was fetched
