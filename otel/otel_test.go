@@ -3,8 +3,10 @@ package kavariotel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +33,21 @@ type order struct {
 	ID             string `json:"id"`
 }
 
+type dlqOrder struct {
+	kavari.Message `kavari:"topic=kavari-otel-dlq,key=ID"`
+	ID             string `json:"id"`
+}
+
+type badOrder struct {
+	kavari.Message `kavari:"topic=kavari-otel-bad,key=ID"`
+	ID             string `json:"id"`
+}
+
+type lagOrder struct {
+	kavari.Message `kavari:"topic=kavari-otel-lag,key=ID"`
+	ID             string `json:"id"`
+}
+
 type audit struct {
 	kavari.Message `kavari:"topic=kavari-otel-audit,key=ID"`
 	ID             string `json:"id"`
@@ -54,7 +71,12 @@ func newSetup(t *testing.T, group string) *setup {
 	return s
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger {
+	if os.Getenv("KAVARI_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // kavariFor returns a started-to-be Kavari instrumented by s (nil: not
 // instrumented), with reg's handlers.
@@ -82,12 +104,14 @@ func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrum
 	return k
 }
 
-func eventually(t *testing.T, cond func() bool, format string, args ...any) {
+// eventually waits for cond; on time-out it fails with what says (called
+// then, so it shows the state at the end).
+func eventually(t *testing.T, cond func() bool, says func() string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf(format, args...)
+			t.Fatal(says())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -188,7 +212,7 @@ func TestTraceFollowsMessage(t *testing.T) {
 		t.Fatal("the handler never ran")
 	}
 	assert.Equal(t, parent.SpanContext().TraceID(), sc.TraceID(), "the handler runs in the publisher's trace")
-	eventually(t, func() bool { return len(s.spansNamed("send kavari-otel-audit")) == 1 }, "the handler's publish has no span")
+	eventually(t, func() bool { return len(s.spansNamed("send kavari-otel-audit")) == 1 }, func() string { return "the handler's publish has no span" })
 
 	send := s.spansNamed("send kavari-otel-order")
 	require.Len(t, send, 1)
@@ -227,17 +251,17 @@ func TestTraceRetriedThenDeadLettered(t *testing.T) {
 	group := testenv.ID("otel-dlq")
 	s := newSetup(t, group)
 	reg := kavari.NewRegistry()
-	require.NoError(t, kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error {
+	require.NoError(t, kavari.RegisterFuncOn(reg, &dlqOrder{}, func(ctx context.Context, m *dlqOrder) error {
 		return errors.New("boom")
 	}))
 	k := s.kavari(t, group, reg, true)
 	require.NoError(t, k.Start(context.Background()))
-	require.NoError(t, k.Publish(context.Background(), &order{ID: "o-2"}))
-	eventually(t, func() bool { return k.Health().DeadLettered == 1 }, "not dead-lettered: %+v", k.Health())
-	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-order")) == 3 }, "process spans: %d", len(s.spansNamed("process kavari-otel-order")))
+	require.NoError(t, k.Publish(context.Background(), &dlqOrder{ID: "o-2"}))
+	eventually(t, func() bool { return k.Health().DeadLettered == 1 }, func() string { return fmt.Sprintf("not dead-lettered: %+v", k.Health()) })
+	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-dlq")) == 3 }, func() string { return fmt.Sprintf("process spans: %d", len(s.spansNamed("process kavari-otel-dlq"))) })
 
-	proc := s.spansNamed("process kavari-otel-order")
-	send := s.spansNamed("send kavari-otel-order")
+	proc := s.spansNamed("process kavari-otel-dlq")
+	send := s.spansNamed("send kavari-otel-dlq")
 	require.Len(t, send, 1)
 	for i, p := range proc {
 		assert.Equal(t, int64(i+1), attr(p, "kavari.attempt").AsInt64())
@@ -254,7 +278,7 @@ func TestTraceRetriedThenDeadLettered(t *testing.T) {
 		}
 		assert.Equal(t, want, names, "attempt %d", i+1)
 	}
-	topic := attribute.String("messaging.destination.name", "kavari-otel-order")
+	topic := attribute.String("messaging.destination.name", "kavari-otel-dlq")
 	assert.Equal(t, int64(1), s.sum(t, kavariotel.MetricSent, topic))
 	assert.Equal(t, int64(3), s.sum(t, kavariotel.MetricProcessDuration, topic, attribute.String("error.type", "_OTHER")))
 	assert.Equal(t, int64(2), s.sum(t, kavariotel.MetricRetries, topic))
@@ -271,7 +295,7 @@ func TestTraceMissingOrMalformedContext(t *testing.T) {
 	reg := kavari.NewRegistry()
 	var mu sync.Mutex
 	handled := map[string]trace.SpanContext{}
-	require.NoError(t, kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error {
+	require.NoError(t, kavari.RegisterFuncOn(reg, &badOrder{}, func(ctx context.Context, m *badOrder) error {
 		mu.Lock()
 		defer mu.Unlock()
 		handled[m.ID] = trace.SpanContextFromContext(ctx)
@@ -281,11 +305,11 @@ func TestTraceMissingOrMalformedContext(t *testing.T) {
 	require.NoError(t, k.Start(context.Background()))
 	plain := s.kavari(t, "", kavari.NewRegistry(), false)
 	ctx := context.Background()
-	require.NoError(t, plain.Publish(ctx, &order{ID: "none"}))
-	require.NoError(t, plain.Publish(kavari.WithHeaders(ctx, kavari.Header{Key: "traceparent", Value: []byte("00-zzzz-not-a-trace-01")}), &order{ID: "bad"}))
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) == 2 }, "not handled")
-	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-order")) == 2 }, "process spans")
-	for _, p := range s.spansNamed("process kavari-otel-order") {
+	require.NoError(t, plain.Publish(ctx, &badOrder{ID: "none"}))
+	require.NoError(t, plain.Publish(kavari.WithHeaders(ctx, kavari.Header{Key: "traceparent", Value: []byte("00-zzzz-not-a-trace-01")}), &badOrder{ID: "bad"}))
+	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) == 2 }, func() string { return "not handled" })
+	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-bad")) == 2 }, func() string { return "process spans" })
+	for _, p := range s.spansNamed("process kavari-otel-bad") {
 		assert.False(t, p.Parent.IsValid(), "a new trace")
 		assert.Empty(t, p.Links)
 		assert.Equal(t, codes.Unset, p.Status.Code)
@@ -305,7 +329,7 @@ func TestLagGauge(t *testing.T) {
 	s := newSetup(t, group)
 	reg := kavari.NewRegistry()
 	release := make(chan struct{})
-	require.NoError(t, kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error {
+	require.NoError(t, kavari.RegisterFuncOn(reg, &lagOrder{}, func(ctx context.Context, m *lagOrder) error {
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -313,18 +337,18 @@ func TestLagGauge(t *testing.T) {
 		}
 		return nil
 	}))
-	k := s.kavari(t, group, reg, true, func(c *kavari.Config) { c.AutoOffsetReset = kavari.Latest })
+	k := s.kavari(t, group, reg, true)
 	_, err := s.inst.Observe(k)
 	require.NoError(t, err)
 	require.NoError(t, k.Start(context.Background()))
-	eventually(t, func() bool { return len(k.Health().Assigned["kavari-otel-order"]) == 1 }, "not assigned")
+	eventually(t, func() bool { return len(k.Health().Assigned["kavari-otel-lag"]) == 1 }, func() string { return "not assigned" })
 	lag := func() int64 {
-		return s.sum(t, kavariotel.MetricLag, attribute.String("messaging.destination.name", "kavari-otel-order"), attribute.String("messaging.destination.partition.id", "0"))
+		return s.sum(t, kavariotel.MetricLag, attribute.String("messaging.destination.name", "kavari-otel-lag"), attribute.String("messaging.destination.partition.id", "0"))
 	}
 	for i := range 5 {
-		require.NoError(t, k.Publish(context.Background(), &order{ID: string(rune('a' + i))}))
+		require.NoError(t, k.Publish(context.Background(), &lagOrder{ID: string(rune('a' + i))}))
 	}
-	eventually(t, func() bool { return lag() == 5 }, "lag never reached 5: %d, %+v", lag(), k.Health().Positions)
+	eventually(t, func() bool { return lag() == 5 }, func() string { return fmt.Sprintf("lag never reached 5: %d, %+v", lag(), k.Health().Positions) })
 	close(release)
-	eventually(t, func() bool { return lag() == 0 }, "lag never fell to 0: %d, %+v", lag(), k.Health().Positions)
+	eventually(t, func() bool { return lag() == 0 }, func() string { return fmt.Sprintf("lag never fell to 0: %d, %+v", lag(), k.Health().Positions) })
 }
