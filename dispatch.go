@@ -637,8 +637,14 @@ func (e *engine) process(p *partition, j *job) {
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
 func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
-	hc := &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}
-	var ctx context.Context = hc
+	var ctx context.Context
+	var mc *middlewareCtx
+	if e.k.middleware == nil {
+		ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+	} else {
+		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
+		ctx = mc
+	}
 	if t := e.k.cfg.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
@@ -655,8 +661,8 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	}
 	// A handler that returned nil succeeded, even past HandlerTimeout: the
 	// timeout only cancels its context.
-	if e.k.middleware != nil {
-		hc.h = h
+	if mc != nil {
+		mc.h = h
 		return e.k.middleware(ctx, msg)
 	}
 	return b.call(ctx, h, msg)
@@ -668,18 +674,11 @@ type handlerCtx struct {
 	context.Context
 	rec     *transport.Record
 	attempt int
-	b       *binding
-	h       any // the handler instance, for Config.Middleware's innermost call
 }
 
 func (c *handlerCtx) Value(key any) any {
-	switch key.(type) {
-	case recordKey:
+	if _, ok := key.(recordKey); ok {
 		return recordOf(c.rec, c.attempt)
-	case handlerNameKey:
-		return c.b.name
-	case attemptKey:
-		return c
 	}
 	return c.Context.Value(key)
 }

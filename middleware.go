@@ -22,13 +22,33 @@ type Middleware func(next AttemptFunc) AttemptFunc
 type handlerNameKey struct{}
 
 // HandlerName returns the name of the handler ctx belongs to (as in logs
-// and dead letters), or "" when ctx is not a handler's.
+// and dead letters) when Config.Middleware is not empty, or "" when ctx is
+// not a handler's or no middleware is installed.
 func HandlerName(ctx context.Context) string {
 	s, _ := ctx.Value(handlerNameKey{}).(string)
 	return s
 }
 
 type attemptKey struct{}
+
+// middlewareCtx is a handler's context when middleware is installed: it
+// also names the handler and carries what the innermost call needs. (A
+// separate type keeps handlerCtx small when there is no middleware.)
+type middlewareCtx struct {
+	handlerCtx
+	b *binding
+	h any // the handler instance
+}
+
+func (c *middlewareCtx) Value(key any) any {
+	switch key.(type) {
+	case handlerNameKey:
+		return c.b.name
+	case attemptKey:
+		return c
+	}
+	return c.handlerCtx.Value(key)
+}
 
 // chain composes mws around the innermost call: the handler of the attempt
 // ctx belongs to. nil when mws is empty.
@@ -37,7 +57,7 @@ func chain(mws []Middleware) AttemptFunc {
 		return nil
 	}
 	h := AttemptFunc(func(ctx context.Context, msg any) error {
-		c := ctx.Value(attemptKey{}).(*handlerCtx)
+		c := ctx.Value(attemptKey{}).(*middlewareCtx)
 		return c.b.call(ctx, c.h, msg)
 	})
 	for i := len(mws) - 1; i >= 0; i-- {
