@@ -80,6 +80,7 @@ type Instrumentation struct {
 	// failed holds the process spans of attempts that failed until the
 	// retry or dead-letter hook adds its event and ends them.
 	failed sync.Map // attemptKey → trace.Span
+	sets   sync.Map // setKey → metric.MeasurementOption
 }
 
 // New returns an Instrumentation for cfg.

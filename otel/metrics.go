@@ -67,6 +67,29 @@ func newInstruments(m metric.Meter) *instruments {
 
 func metricSet(s attribute.Set) metric.MeasurementOption { return metric.WithAttributeSet(s) }
 
+// setKey names a cached attribute set: the consumer's of a topic (partition
+// -1) or of one of its partitions (for consumed records).
+type setKey struct {
+	topic     string
+	partition int
+}
+
+// consumerSet returns the cached measurement option of the consumer's
+// attributes for topic (and partition, unless -1): building an attribute
+// set per record would cost more than the measurement.
+func (i *Instrumentation) consumerSet(topic string, partition int) metric.MeasurementOption {
+	k := setKey{topic, partition}
+	if v, ok := i.sets.Load(k); ok {
+		return v.(metric.MeasurementOption)
+	}
+	attrs := i.consumerAttrs(topic)
+	if partition >= 0 {
+		attrs = append(attrs, semconv.MessagingOperationName("receive"), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)))
+	}
+	v, _ := i.sets.LoadOrStore(k, metricSet(attribute.NewSet(attrs...)))
+	return v.(metric.MeasurementOption)
+}
+
 func (i *Instrumentation) consumerAttrs(topic string) []attribute.KeyValue {
 	attrs := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingDestinationName(topic)}
 	if i.cfg.ConsumerGroup != "" {
@@ -77,8 +100,7 @@ func (i *Instrumentation) consumerAttrs(topic string) []attribute.KeyValue {
 
 // OnFetched counts consumed records. It implements kavari.HookFetched.
 func (i *Instrumentation) OnFetched(topic string, partition, count int, _, _ int64) {
-	attrs := append(i.consumerAttrs(topic), semconv.MessagingOperationName("receive"), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)))
-	i.m.consumed.Add(context.Background(), int64(count), metricSet(attribute.NewSet(attrs...)))
+	i.m.consumed.Add(context.Background(), int64(count), i.consumerSet(topic, partition))
 }
 
 // OnAssigned counts a rebalance. It implements kavari.HookAssigned.

@@ -181,11 +181,13 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 			ctx, span := i.startProcess(ctx, r, handler)
 			start := time.Now()
 			err := next(ctx, msg)
-			attrs := i.consumerAttrs(r.Topic)
-			if err != nil {
-				attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(err)))
+			took := time.Since(start).Seconds()
+			if err == nil {
+				i.m.processDuration.Record(ctx, took, i.consumerSet(r.Topic, -1))
+			} else {
+				attrs := append(i.consumerAttrs(r.Topic), semconv.ErrorTypeKey.String(errorType(err)))
+				i.m.processDuration.Record(ctx, took, metricSet(attribute.NewSet(attrs...)))
 			}
-			i.m.processDuration.Record(ctx, time.Since(start).Seconds(), metricSet(attribute.NewSet(attrs...)))
 			if err == nil {
 				span.End()
 				return nil
@@ -246,7 +248,7 @@ func (i *Instrumentation) processAttrs(r *kavari.Record, handler string) []attri
 // OnRetryScheduled adds a retry event to the failed attempt's span and ends
 // it, and counts the retry. It implements kavari.HookRetryScheduled.
 func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, handler string, wait time.Duration, err error) {
-	i.m.retries.Add(context.Background(), 1, metricSet(attribute.NewSet(i.consumerAttrs(r.Topic)...)))
+	i.m.retries.Add(context.Background(), 1, i.consumerSet(r.Topic, -1))
 	if v, ok := i.failed.LoadAndDelete(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
 		span := v.(trace.Span)
 		span.AddEvent(EventRetryScheduled, trace.WithAttributes(AttrAttempt.Int(r.Attempt), AttrRetryWait.Int64(wait.Milliseconds())))
