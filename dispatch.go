@@ -45,6 +45,7 @@ func newEngine(k *Kavari, table *routeTable, cons transport.Consumer, caps trans
 func (e *engine) run() {
 	defer close(e.k.loopDone)
 	go e.commitLoop()
+	go e.lagLoop()
 	_ = e.cons.Run(e.k.runCtx, e)
 	close(e.runDone)
 }

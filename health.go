@@ -64,12 +64,12 @@ type PartitionPosition struct {
 	// offset the consumer started from; -1 until that is known.
 	Committed int64 `json:"committed"`
 	// HighWatermark is the offset after the partition's last record, as the
-	// broker reported it with the last fetch; -1 before the first fetch.
+	// broker reported it with the last fetch or, when the partition fetched
+	// nothing for 10 s (idle, or paused behind busy handlers), as kavari
+	// asked for it since; -1 until known.
 	HighWatermark int64 `json:"high_watermark"`
 	// Lag is HighWatermark − Committed: records written that the group has
-	// not committed; -1 when either is unknown. It is as fresh as the last
-	// fetch, which a consumer makes continuously while the partition is not
-	// paused.
+	// not committed; -1 when either is unknown.
 	Lag int64 `json:"lag"`
 	// Open counts records fetched and not yet committable; OldestAge is how
 	// long the first of them has been open (0 when none is).

@@ -264,3 +264,40 @@ func TestHooksInvalid(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "kavari: Config.Hooks[0] (int) implements no HookXxx interface")
 }
+
+// Lag is measured also when no record flows: a partition paused behind a
+// stuck handler fetches nothing, yet records written meanwhile show in its
+// lag (the engine asks the broker for end offsets).
+func TestHealthLagWhilePaused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for n := range 4 {
+			b.Append(engRecord(0, "k", n))
+		}
+		release := make(chan struct{})
+		k := memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		}, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 1, 1 })
+		require.NoError(t, k.Start(context.Background()))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		for n := 4; n < 10; n++ {
+			b.Append(engRecord(0, "k", n))
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		pos := k.Health().Positions
+		require.Len(t, pos, 1)
+		assert.Equal(t, int64(10), pos[0].HighWatermark, "%+v", pos)
+		assert.Equal(t, int64(10), pos[0].Lag, "%+v", pos)
+		close(release)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		assert.Equal(t, int64(0), k.Health().Positions[0].Lag)
+		require.NoError(t, stopNow(t, k))
+	})
+}

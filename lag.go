@@ -1,6 +1,7 @@
 package kavari
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
@@ -32,8 +33,69 @@ func (p *partition) noteFetched(recs []*transport.Record, hw int64) {
 	if hw < last {
 		hw = last // at least what was fetched
 	}
-	p.lag.highWater.Store(hw)
+	p.lag.raise(hw)
 	p.lag.at.Store(time.Now().UnixNano())
+}
+
+// raise moves the high watermark up to hw; it never goes back (a fetch
+// response older than an end-offsets answer).
+func (l *lagState) raise(hw int64) {
+	for {
+		old := l.highWater.Load()
+		if hw <= old || l.highWater.CompareAndSwap(old, hw) {
+			return
+		}
+	}
+}
+
+// lagRefresh is how often the engine asks the broker for the end offsets of
+// the partitions that delivered nothing meanwhile (idle, or paused behind
+// busy handlers), so that their lag shows records they have not fetched.
+var lagRefresh = 10 * time.Second
+
+// lagLoop refreshes stale high watermarks every lagRefresh until the
+// transport's Run returned.
+func (e *engine) lagLoop() {
+	t := time.NewTicker(lagRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			e.refreshLag()
+		case <-e.runDone:
+			return
+		}
+	}
+}
+
+// refreshLag asks the broker for the end offsets of the partitions whose
+// high watermark is older than lagRefresh. On failure Health keeps the last
+// known ones.
+func (e *engine) refreshLag() {
+	stale := time.Now().Add(-lagRefresh).UnixNano()
+	var ps []*partition
+	var tps []transport.TopicPartition
+	for _, p := range e.partitions() {
+		if p.lag.at.Load() < stale {
+			ps, tps = append(ps, p), append(tps, p.tp)
+		}
+	}
+	if len(tps) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.k.runCtx, lagRefresh)
+	defer cancel()
+	ends, err := e.k.admin.EndOffsets(ctx, tps...)
+	if err != nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	for _, p := range ps {
+		if hw, ok := ends[p.tp]; ok {
+			p.lag.raise(hw)
+			p.lag.at.Store(now)
+		}
+	}
 }
 
 // lagOf returns p's committed offset, high watermark and lag (high
