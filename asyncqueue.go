@@ -97,6 +97,17 @@ func (q *asyncQueue) take(batch []asyncItem, max int) ([]asyncItem, bool) {
 
 func (q *asyncQueue) len() int { return len(q.items) - q.head }
 
+// queued counts the messages waiting in p's async queues.
+func (p *publisher) queued() int {
+	n := 0
+	for _, q := range p.queues {
+		q.mu.Lock()
+		n += q.len()
+		q.mu.Unlock()
+	}
+	return n
+}
+
 // close stops accepting items: waiting pushes return ErrClosed, and take
 // returns what is left, then false.
 func (q *asyncQueue) close() {

@@ -125,6 +125,14 @@ type Config struct {
 	// Security.
 	TLS  *tls.Config
 	SASL *SASL
+
+	// Observability.
+	// Hooks observe publishing and consuming; each implements one or more
+	// HookXxx interfaces (see Hook). Default none, which costs nothing.
+	Hooks []Hook
+	// Middleware wraps every handler attempt, the first outermost (see
+	// Middleware). Default none: handlers are called directly.
+	Middleware []Middleware
 }
 
 func (c *Config) setDefaults() {

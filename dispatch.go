@@ -47,6 +47,7 @@ func newEngine(k *Kavari, table *routeTable, cons transport.Consumer, caps trans
 func (e *engine) run() {
 	defer close(e.k.loopDone)
 	go e.commitLoop()
+	go e.lagLoop()
 	_ = e.cons.Run(e.k.runCtx, e)
 	close(e.runDone)
 }
@@ -89,6 +90,8 @@ type partition struct {
 	hard       context.Context
 	hardCancel context.CancelFunc
 	feederDone chan struct{}
+
+	lag lagState // for Health
 }
 
 // lane holds the records waiting behind the one being handled for a key.
@@ -115,6 +118,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			committed: max(a.Offset, -1), lanes: map[string]*lane{},
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
+		p.lag.init(a.Offset)
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
 		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
 		e.parts[a.TopicPartition] = p
@@ -139,6 +143,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	}
 	k.health.joined(e, gen, assigned)
 	k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", assigned)
+	k.hooks.onAssigned(assigned)
 	for _, p := range started {
 		go e.feed(p)
 	}
@@ -173,6 +178,7 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 		e.k.commitLost(err)
 	}
 	e.release(ps)
+	e.k.hooks.onRevoked(ps, false)
 }
 
 // Lost abandons partitions tps: their handlers are cancelled and nothing is
@@ -187,6 +193,7 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 		<-p.feederDone
 	}
 	e.release(ps)
+	e.k.hooks.onRevoked(ps, true)
 }
 
 // take returns the partitions of tps that are assigned.
@@ -233,13 +240,15 @@ func (e *engine) drainBudget() time.Duration {
 // Records queues recs for partition tp's feeder. It never blocks: when the
 // partition has its share of records waiting, the transport is asked to
 // pause it.
-func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, _ int64) {
+func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, hw int64) {
 	e.mu.Lock()
 	p := e.parts[tp]
 	e.mu.Unlock()
 	if p == nil || len(recs) == 0 {
 		return // revoked meanwhile: the next owner reads them
 	}
+	p.noteFetched(recs, hw)
+	e.k.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
 	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
@@ -611,6 +620,8 @@ func (e *engine) process(p *partition, j *job) {
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
 			e.k.ran() // free while waiting; the lane keeps the key's order
 			held = false
+			e.k.health.retried.Add(1)
+			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)
 		})
 		if err == nil {
 			continue
@@ -624,12 +635,20 @@ func (e *engine) process(p *partition, j *job) {
 			return
 		}
 	}
+	e.k.health.handled.Add(1)
 	e.done(p, j)
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
 func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
-	var ctx context.Context = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+	var ctx context.Context
+	var mc *middlewareCtx
+	if e.k.middleware == nil {
+		ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+	} else {
+		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
+		ctx = mc
+	}
 	if t := e.k.cfg.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
@@ -646,6 +665,10 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	}
 	// A handler that returned nil succeeded, even past HandlerTimeout: the
 	// timeout only cancels its context.
+	if mc != nil {
+		mc.h = h
+		return e.k.middleware(ctx, msg)
+	}
 	return b.call(ctx, h, msg)
 }
 
@@ -726,6 +749,8 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 	})
 	if err == nil {
 		p.setStuck(j.rec.Offset, "")
+		e.k.health.deadLettered.Add(1)
+		e.k.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
 		return true
 	}
 	if !retriableHandler(err) {
@@ -807,7 +832,10 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e.sending.Store(&offsets)
-	if err := e.cons.Commit(ctx, gen, offsets); err != nil {
+	start := time.Now()
+	err := e.cons.Commit(ctx, gen, offsets)
+	e.k.hooks.onCommitted(offsets, time.Since(start), err)
+	if err != nil {
 		e.k.health.note(err)
 		e.k.log.Warn("kavari: commit failed", "err", err)
 		m := map[string]map[int]int64{}
@@ -822,6 +850,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	e.sending.Store(nil)
 	for i, p := range moved {
 		p.committed = offsets[i].Offset
+		p.lag.committed.Store(p.committed)
 	}
 	e.k.health.committed()
 	return nil

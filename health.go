@@ -2,6 +2,7 @@ package kavari
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -36,6 +37,62 @@ type Health struct {
 	// owner. Empty when none failed.
 	CommitError   string    `json:"commit_error,omitempty"`
 	CommitErrorAt time.Time `json:"commit_error_at,omitzero"`
+	// LastCommit is when offsets were last committed; zero before the first.
+	LastCommit time.Time `json:"last_commit,omitzero"`
+	// Counters since New: records every handler finished with (succeeded,
+	// or gave up on and dead-lettered), handler retries scheduled, and dead
+	// letters written (poison records included).
+	Handled      int64 `json:"handled"`
+	Retried      int64 `json:"retried"`
+	DeadLettered int64 `json:"dead_lettered"`
+	// Positions lists every assigned partition, idle or not: its committed
+	// offset, the high watermark last reported by the broker, and the lag
+	// between them.
+	Positions []PartitionPosition `json:"positions,omitempty"`
+	// AsyncQueued counts messages waiting in the PublishAsync queues.
+	AsyncQueued int `json:"async_queued"`
+	// StuckAfter is the age past which an open record makes Ready false.
+	StuckAfter time.Duration `json:"stuck_after_ns"`
+}
+
+// PartitionPosition is where the group stands on one assigned partition.
+type PartitionPosition struct {
+	Topic     string `json:"topic"`
+	Partition int    `json:"partition"`
+	// Committed is the next offset committed (the first not yet
+	// handled); before the group's first commit on the partition, the
+	// offset the consumer started from; -1 until that is known.
+	Committed int64 `json:"committed"`
+	// HighWatermark is the offset after the partition's last record, as the
+	// broker reported it with the last fetch or, when the partition fetched
+	// nothing for 10 s (idle, or paused behind busy handlers), as kavari
+	// asked for it since; -1 until known.
+	HighWatermark int64 `json:"high_watermark"`
+	// Lag is HighWatermark − Committed: records written that the group has
+	// not committed; -1 when either is unknown.
+	Lag int64 `json:"lag"`
+	// Open counts records fetched and not yet committable; OldestAge is how
+	// long the first of them has been open (0 when none is).
+	Open      int           `json:"open"`
+	OldestAge time.Duration `json:"oldest_age_ns"`
+	Stuck     string        `json:"stuck,omitempty"`
+}
+
+// Ready reports whether the consumer is doing its job: started and not
+// stopped, in a generation with partitions assigned, and no partition stuck
+// (a dead letter that cannot be written, or an open record older than
+// StuckAfter). Use it as a readiness probe; a member idle because the group
+// has more members than partitions is not ready either.
+func (h Health) Ready() bool {
+	if !h.Started || h.Stopped || !h.Connected || len(h.Assigned) == 0 {
+		return false
+	}
+	for _, p := range h.Partitions {
+		if p.Stuck != "" || (h.StuckAfter > 0 && p.OldestAge > h.StuckAfter) {
+			return false
+		}
+	}
+	return true
 }
 
 // PartitionHealth is the state of one assigned partition with open records:
@@ -64,6 +121,8 @@ type health struct {
 	mu      sync.Mutex
 	h       Health
 	current *engine
+
+	handled, retried, deadLettered atomic.Int64
 }
 
 func (h *health) start(topics []string) {
@@ -115,6 +174,7 @@ func (h *health) committed() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.h.Commits++
+	h.h.LastCommit = time.Now()
 }
 
 // Health returns the consumer's current state. Safe for concurrent use.
@@ -123,6 +183,9 @@ func (k *Kavari) Health() Health {
 	out := k.health.h
 	g := k.health.current
 	k.health.mu.Unlock()
+	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
+	out.StuckAfter = k.cfg.stuckAfter()
+	out.AsyncQueued = k.pub.queued()
 	out.InFlight = len(k.sem)
 	out.Running = len(k.running)
 	if g != nil {
@@ -130,6 +193,40 @@ func (k *Kavari) Health() Health {
 			out.OldestInFlight = time.Since(at)
 		}
 		out.Partitions = g.partitionHealth()
+		out.Positions = g.positions()
+	}
+	return out
+}
+
+// stuckAfter is how long a record may stay open before Health.Ready calls
+// its partition stuck: every attempt running into HandlerTimeout with the
+// longest wait between them, plus a minute; 15 minutes without a
+// HandlerTimeout or with unlimited attempts.
+func (c *Config) stuckAfter() time.Duration {
+	r := c.ConsumerRetry
+	if c.HandlerTimeout <= 0 || r.MaxAttempts <= 0 {
+		return 15 * time.Minute
+	}
+	wait := r.MaxDelay
+	if wait == 0 {
+		wait = max(30*time.Second, r.BaseDelay)
+	}
+	return time.Duration(r.MaxAttempts)*(c.HandlerTimeout+wait) + time.Minute
+}
+
+// positions describes every assigned partition.
+func (e *engine) positions() []PartitionPosition {
+	ps := e.partitions()
+	out := make([]PartitionPosition, 0, len(ps))
+	now := time.Now()
+	for _, p := range ps {
+		committed, hw, lag := p.lagOf()
+		pp := PartitionPosition{Topic: p.topic, Partition: p.id, Committed: committed, HighWatermark: hw, Lag: lag}
+		if open, _, _, at, ok := p.tracker.oldest(); ok {
+			pp.Open, pp.OldestAge = open, now.Sub(at)
+		}
+		pp.Stuck = p.stuckReason()
+		out = append(out, pp)
 	}
 	return out
 }

@@ -82,6 +82,9 @@ type Kavari struct {
 	eng        atomic.Pointer[engine] // set by Start
 
 	dlqUnchecked []string // dead-letter topics Start could not check; consumeLoop checks them once joined
+
+	hooks      *hooks      // Config.Hooks by capability; nil when none
+	middleware AttemptFunc // Config.Middleware composed; nil when none
 }
 
 // New checks cfg and returns a Kavari ready to publish. It does not contact
@@ -105,6 +108,10 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 			return nil, err
 		}
 	}
+	hs, err := newHooks(cfg.Hooks)
+	if err != nil {
+		return nil, err
+	}
 	tcfg := cfg.transportConfig(nil)
 	prod, err := tr.NewProducer(tcfg)
 	if err != nil {
@@ -125,7 +132,9 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 		running:  make(chan struct{}, cfg.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
+		hooks:    hs,
 	}
+	k.middleware = chain(cfg.Middleware)
 	if d := cfg.protocolDrain(); cfg.DrainTimeout > d {
 		k.log.Warn("kavari: DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
 			"DrainTimeout", cfg.DrainTimeout, "cut", d, "SessionTimeout", cfg.SessionTimeout, "Heartbeat", cfg.Heartbeat)
@@ -134,6 +143,7 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now).withRegistry(cfg.Registry), prod)
+	k.pub.hooks = hs
 	return k, nil
 }
 

@@ -29,6 +29,7 @@ type publisher struct {
 	// bg is the context of async writes; abort ends it when close gives up.
 	bg    context.Context
 	abort context.CancelFunc
+	hooks *hooks // nil when none is installed
 }
 
 type asyncItem struct {
@@ -65,11 +66,11 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	p.mu.Unlock()
 	if len(msgs) == 1 && !closed {
 		// Publish: no batch bookkeeping.
-		rec, err := p.enc.encode(ctx, msgs[0])
+		rec, err := p.encode(ctx, msgs[0])
 		if err != nil {
 			return []error{err}
 		}
-		return p.write(ctx, []*transport.Record{&rec})
+		return p.writeObserved(ctx, []*transport.Record{&rec})
 	}
 	errs := make([]error, len(msgs))
 	if closed {
@@ -82,7 +83,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
-		rec, err := p.enc.encode(ctx, m)
+		rec, err := p.encode(ctx, m)
 		if err != nil {
 			errs[i], failed = err, true
 			continue
@@ -97,7 +98,7 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 		}
 		return errs
 	}
-	if werrs := p.write(ctx, recs); werrs != nil {
+	if werrs := p.writeObserved(ctx, recs); werrs != nil {
 		for j, e := range werrs {
 			errs[idx[j]] = e
 		}
@@ -109,6 +110,28 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 // errBatchRefused is the error of a valid message of a batch that was not
 // sent because another message is invalid.
 var errBatchRefused = errors.New("kavari: not sent: another message of the batch is invalid")
+
+// encode encodes and validates msg, then adds the headers of the
+// HookPublishBefore hooks.
+func (p *publisher) encode(ctx context.Context, msg any) (transport.Record, error) {
+	rec, err := p.enc.encode(ctx, msg)
+	if err == nil && p.hooks != nil {
+		rec.Headers = p.hooks.publishBefore(ctx, msg, rec.Headers)
+	}
+	return rec, err
+}
+
+// writeObserved is write, reporting each record's outcome to the
+// HookPublishAfter hooks.
+func (p *publisher) writeObserved(ctx context.Context, recs []*transport.Record) []error {
+	if p.hooks == nil || len(p.hooks.pubAfter) == 0 {
+		return p.write(ctx, recs)
+	}
+	start := time.Now()
+	errs := p.write(ctx, recs)
+	p.hooks.publishAfter(ctx, recs, start, errs)
+	return errs
+}
 
 // write sends recs and retries the failed ones. It returns nil when all were
 // acknowledged, else one error (*PublishError or nil) per record.
@@ -264,7 +287,7 @@ func (p *publisher) tryEnqueue(msg any, cb func(any, error)) error {
 }
 
 func (p *publisher) push(msg any, cb func(any, error), mode pushMode) error {
-	rec, err := p.enc.encode(context.Background(), msg)
+	rec, err := p.encode(context.Background(), msg)
 	if err != nil {
 		return err
 	}
@@ -303,7 +326,7 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 		for i := range items {
 			recs = append(recs, &items[i].rec)
 		}
-		errs := p.write(p.bg, recs)
+		errs := p.writeObserved(p.bg, recs)
 		for i, it := range items {
 			var err error
 			if errs != nil {

@@ -64,11 +64,13 @@ reqs "$root/go.mod" | sort -u >"$tmp/lib.txt"
 others="$(cd "$root" && GOWORK="$root/go.work" go work edit -json | sed -n 's/^\t*"DiskPath": "\(.*\)"$/\1/p' | grep -vx '\.')"
 for m in $others; do reqs "$root/$m/go.mod"; done | sort -u >"$tmp/tooling.txt"
 { comm -23 "$tmp/tooling.txt" "$tmp/lib.txt" | grep -v "^$lib" || true; echo "$deny" | words; } | sort -u >"$tmp/deny.txt"
-comm -12 "$tmp/userpaths.txt" "$tmp/deny.txt" >"$tmp/bad.txt"
 
 # Modules that only kavari's go.mod brings: those the program no longer reaches
-# once kavari's own requirements are cut from the graph.
-awk -v lib="$lib" '
+# once kavari's own requirements are cut from the graph. The others (reached
+# through the requirements of kavari's dependencies, such as golang.org/x/net
+# through kafka-go's) are not kavari's go.mod's doing, even when another module
+# of go.work requires them too; they are kept in reached.txt.
+awk -v lib="$lib" -v reached="$tmp/reached.txt" '
   { split($1, a, "@"); split($2, b, "@") }
   index($1, "@") == 0 { main = $1 }
   b[1] == "go" || b[1] == "toolchain" { next }
@@ -82,7 +84,10 @@ awk -v lib="$lib" '
       for (j = 1; j <= k; j++) if (!(to[j] in seen)) { seen[to[j]] = 1; queue[++n] = to[j] }
     }
     for (m in all) if (!(m in seen)) print m
+    for (m in seen) print m > reached
   }' "$tmp/graph.txt" | sort -u >"$tmp/onlylib.txt"
+sort -u -o "$tmp/reached.txt" "$tmp/reached.txt"
+{ comm -12 "$tmp/userpaths.txt" "$tmp/deny.txt" | comm -23 - "$tmp/reached.txt"; echo "$deny" | words | comm -12 - "$tmp/userpaths.txt"; } | sort -u >"$tmp/bad.txt"
 echo "$kavaritest_deps" | words | comm -23 "$tmp/onlylib.txt" - >>"$tmp/bad.txt"
 
 if [ -s "$tmp/bad.txt" ]; then

@@ -4,7 +4,8 @@
 //	POST /orders       JSON order -> OrderPlaced; 202 when published, 400 with
 //	                   the failing fields when invalid, 503 when Kafka fails
 //	GET  /orders/{id}  202 while the order waits for its handler, 200 once handled
-//	GET  /health       kavari's Health as JSON; 503 until the consumer is in its group
+//	GET  /health       kavari's Health as JSON; 503 until the consumer is ready (Health.Ready)
+//	GET  /metrics      Prometheus metrics (kavariotel's, through the OTel Prometheus exporter)
 //
 // Lifespan: kavari starts consuming before the server accepts requests; on
 // SIGINT or SIGTERM the server stops taking requests and finishes those in
@@ -15,6 +16,10 @@
 //	curl -i -d '{"order_id":"o-1","customer":"ann@example.com","amount_cents":1250}' localhost:8080/orders
 //	curl -i localhost:8080/orders/o-1
 //	curl -s localhost:8080/health
+//	curl -s localhost:8080/metrics | grep -E '^(messaging|kavari)_'
+//
+// -trace stdout prints every span (publish, process) on stdout; -trace otlp
+// sends them to OTEL_EXPORTER_OTLP_ENDPOINT (default localhost:4318).
 //
 // With -selftest it serves on a free port, sends itself a few orders (one
 // invalid), waits until they are handled, shuts down as on SIGTERM and exits
@@ -89,6 +94,7 @@ type service struct {
 	log   *slog.Logger
 	// contract is the service's AsyncAPI document, served at GET /asyncapi.
 	contract *contract.Document
+	metrics  http.Handler // GET /metrics
 }
 
 func (s *service) routes() http.Handler {
@@ -97,6 +103,7 @@ func (s *service) routes() http.Handler {
 	mux.HandleFunc("GET /orders/{id}", s.getOrder)
 	mux.HandleFunc("GET /health", s.health)
 	mux.Handle("GET /asyncapi", s.contract) // ?format=yaml for YAML
+	mux.Handle("GET /metrics", s.metrics)
 	return mux
 }
 
@@ -157,7 +164,7 @@ func (s *service) getOrder(w http.ResponseWriter, r *http.Request) {
 func (s *service) health(w http.ResponseWriter, r *http.Request) {
 	h := s.k.Health()
 	code := http.StatusOK
-	if !h.Connected {
+	if !h.Ready() {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, h)
@@ -178,6 +185,7 @@ func run() int {
 	selftest := flag.Bool("selftest", false, "serve on a free loopback port, send a few orders to itself, shut down, exit 0 on success")
 	timeout := flag.Duration("timeout", time.Minute, "with -selftest: how long to wait for the orders to be handled")
 	verbose := flag.Bool("v", false, "log kavari's info messages")
+	traceTo := flag.String("trace", "none", "where spans go: none, stdout or otlp (OTEL_EXPORTER_OTLP_ENDPOINT)")
 	flag.Parse()
 	if *selftest {
 		*addr = "127.0.0.1:0"
@@ -213,15 +221,27 @@ func run() int {
 		log.Error("contract", "err", err)
 		return 1
 	}
+	tel, err := newTelemetry(context.Background(), *traceTo, "httpservice")
+	if err != nil {
+		log.Error("telemetry", "err", err)
+		return 1
+	}
+	defer func() { _ = tel.shutdown(context.Background()) }()
 	k, err := kavari.New(kavari.Config{
 		Brokers:      brokers,
 		GroupID:      "httpservice",
 		Registry:     reg,
 		Logger:       log,
 		CreateTopics: true, // Start creates the topics
+		Hooks:        []kavari.Hook{tel.inst},
+		Middleware:   []kavari.Middleware{tel.inst.Middleware()},
 	})
 	if err != nil {
 		log.Error("kavari", "err", err)
+		return 1
+	}
+	if _, err := tel.inst.Observe(k); err != nil {
+		log.Error("metrics", "err", err)
 		return 1
 	}
 	startCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -236,7 +256,7 @@ func run() int {
 		log.Error("listen", "err", err)
 		return 1
 	}
-	svc := &service{k: k, store: st, log: log, contract: doc}
+	svc := &service{k: k, store: st, log: log, contract: doc, metrics: tel.metrics}
 	srv := &http.Server{Handler: svc.routes(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -371,6 +391,17 @@ func selfTest(ctx context.Context, base string, timeout time.Duration) bool {
 		}
 		check(code == http.StatusOK, "GET /orders/%s -> %d %v", id, code, body["status"])
 	}
+	// The handled orders show in the metrics.
+	var metrics string
+	if req, err := http.NewRequestWithContext(ctx, "GET", base+"/metrics", nil); err == nil {
+		if resp, err := client.Do(req); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			metrics = string(b)
+		}
+	}
+	check(strings.Contains(metrics, "messaging_process_duration_seconds_count") && strings.Contains(metrics, "messaging_client_sent_messages_total") &&
+		strings.Contains(metrics, "kavari_consumer_lag"), "GET /metrics -> process duration, sent messages and lag")
 	if ok {
 		fmt.Println("selftest passed: 3 orders published and handled, invalid ones refused with 400")
 	}

@@ -1,0 +1,227 @@
+package kavari
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// Hook is a value installed with Config.Hooks to observe kavari: it
+// implements one or more of the HookXxx interfaces below, which kavari finds
+// by type assertion when New runs. A value that implements none of them is
+// an error. Hooks cost nothing when none is installed.
+//
+// Hooks run synchronously on kavari's goroutines (a publisher's, a
+// handler's worker, the consumer's), so they must be fast, must not block
+// and must not call Stop; a hook that panics crashes the process like any
+// other goroutine. Several hooks of a kind run in the order installed. They
+// must be safe for concurrent use: hooks of one kind run concurrently for
+// different records.
+type Hook any
+
+// HookPublishBefore is called by Publish, PublishBatch, PublishAsync and
+// TryPublishAsync for each message once it is encoded and valid, before it
+// is sent; a message refused as invalid is not reported, so every call is
+// followed by one HookPublishAfter call. The headers it returns are appended
+// to the record's (nil adds none); kavari's own headers are not replaced.
+// ctx is the Publish call's, context.Background for PublishAsync.
+type HookPublishBefore interface {
+	OnPublishBefore(ctx context.Context, msg any) []Header
+}
+
+// HookPublishAfter is called once per message a publish wrote or gave up
+// on, after its retries, for sync, batch and async publishes alike: with the
+// record as acknowledged (its partition and offset set) and a nil err, or
+// with the error the caller gets. start is when the first attempt began.
+// Messages refused before sending (invalid, too large) are not reported.
+// For PublishAsync it runs on the async writer, before the callback.
+type HookPublishAfter interface {
+	OnPublishAfter(ctx context.Context, r *Record, start time.Time, err error)
+}
+
+// HookAssigned is called when the consumer was assigned partitions
+// (topic → partitions), before their records are handled.
+type HookAssigned interface {
+	OnAssigned(partitions map[string][]int)
+}
+
+// HookRevoked is called after partitions were revoked (drained and
+// committed) or, when lost is true, lost (abandoned without a commit).
+type HookRevoked interface {
+	OnRevoked(partitions map[string][]int, lost bool)
+}
+
+// HookCommitted is called after each offset commit: offsets are the next
+// offsets committed, topic → partition → offset; took is how long the commit
+// took; err is nil when it succeeded.
+type HookCommitted interface {
+	OnCommitted(offsets map[string]map[int]int64, took time.Duration, err error)
+}
+
+// HookRetryScheduled is called when a handler attempt failed and will be
+// retried after wait. r.Attempt is the attempt that failed.
+type HookRetryScheduled interface {
+	OnRetryScheduled(r *Record, handler string, wait time.Duration, err error)
+}
+
+// HookDeadLettered is called once a record's dead letter was written: kind
+// says why, handler names the handler that gave up (empty for poison
+// records), err is the cause written into the dead letter.
+type HookDeadLettered interface {
+	OnDeadLettered(r *Record, kind ErrorKind, handler string, err error)
+}
+
+// HookFetched is called when the consumer received records of a partition:
+// count records, the last of them at offset last, and the partition's high
+// watermark (the offset after its last record) as the broker reported it,
+// or -1 when unknown. Lag is highWatermark − the committed offset.
+type HookFetched interface {
+	OnFetched(topic string, partition int, count int, last, highWatermark int64)
+}
+
+// hooks holds the installed hooks by capability; a nil *hooks means none.
+type hooks struct {
+	pubBefore []HookPublishBefore
+	pubAfter  []HookPublishAfter
+	assigned  []HookAssigned
+	revoked   []HookRevoked
+	committed []HookCommitted
+	retry     []HookRetryScheduled
+	dead      []HookDeadLettered
+	fetched   []HookFetched
+}
+
+// newHooks sorts hs by capability; nil when hs is empty.
+func newHooks(hs []Hook) (*hooks, error) {
+	if len(hs) == 0 {
+		return nil, nil
+	}
+	h := &hooks{}
+	for i, x := range hs {
+		any := false
+		if v, ok := x.(HookPublishBefore); ok {
+			h.pubBefore, any = append(h.pubBefore, v), true
+		}
+		if v, ok := x.(HookPublishAfter); ok {
+			h.pubAfter, any = append(h.pubAfter, v), true
+		}
+		if v, ok := x.(HookAssigned); ok {
+			h.assigned, any = append(h.assigned, v), true
+		}
+		if v, ok := x.(HookRevoked); ok {
+			h.revoked, any = append(h.revoked, v), true
+		}
+		if v, ok := x.(HookCommitted); ok {
+			h.committed, any = append(h.committed, v), true
+		}
+		if v, ok := x.(HookRetryScheduled); ok {
+			h.retry, any = append(h.retry, v), true
+		}
+		if v, ok := x.(HookDeadLettered); ok {
+			h.dead, any = append(h.dead, v), true
+		}
+		if v, ok := x.(HookFetched); ok {
+			h.fetched, any = append(h.fetched, v), true
+		}
+		if !any {
+			return nil, fmt.Errorf("kavari: Config.Hooks[%d] (%T) implements no HookXxx interface", i, x)
+		}
+	}
+	return h, nil
+}
+
+// publishBefore appends to hs the headers the hooks add to msg.
+func (h *hooks) publishBefore(ctx context.Context, msg any, hs []transport.Header) []transport.Header {
+	for _, x := range h.pubBefore {
+		for _, a := range x.OnPublishBefore(ctx, msg) {
+			hs = append(hs, transport.Header{Key: a.Key, Value: a.Value})
+		}
+	}
+	return hs
+}
+
+// publishAfter reports the outcome of recs (errs nil: all acknowledged).
+func (h *hooks) publishAfter(ctx context.Context, recs []*transport.Record, start time.Time, errs []error) {
+	if h == nil || len(h.pubAfter) == 0 {
+		return
+	}
+	for i, rec := range recs {
+		var err error
+		if errs != nil {
+			err = errs[i]
+		}
+		r := recordOf(rec, 0)
+		for _, x := range h.pubAfter {
+			x.OnPublishAfter(ctx, r, start, err)
+		}
+	}
+}
+
+func (h *hooks) onAssigned(m map[string][]int) {
+	if h == nil {
+		return
+	}
+	for _, x := range h.assigned {
+		x.OnAssigned(m)
+	}
+}
+
+func (h *hooks) onRevoked(ps []*partition, lost bool) {
+	if h == nil || len(h.revoked) == 0 || len(ps) == 0 {
+		return
+	}
+	m := map[string][]int{}
+	for _, p := range ps {
+		m[p.topic] = append(m[p.topic], p.id)
+	}
+	for _, x := range h.revoked {
+		x.OnRevoked(m, lost)
+	}
+}
+
+func (h *hooks) onCommitted(offsets []transport.Offset, took time.Duration, err error) {
+	if h == nil || len(h.committed) == 0 {
+		return
+	}
+	m := map[string]map[int]int64{}
+	for _, o := range offsets {
+		if m[o.Topic] == nil {
+			m[o.Topic] = map[int]int64{}
+		}
+		m[o.Topic][int(o.Partition)] = o.Offset
+	}
+	for _, x := range h.committed {
+		x.OnCommitted(m, took, err)
+	}
+}
+
+func (h *hooks) onRetry(rec *transport.Record, attempt int, handler string, wait time.Duration, err error) {
+	if h == nil || len(h.retry) == 0 {
+		return
+	}
+	r := recordOf(rec, attempt)
+	for _, x := range h.retry {
+		x.OnRetryScheduled(r, handler, wait, err)
+	}
+}
+
+func (h *hooks) onDeadLettered(rec *transport.Record, attempts int, kind ErrorKind, handler string, err error) {
+	if h == nil || len(h.dead) == 0 {
+		return
+	}
+	r := recordOf(rec, attempts)
+	for _, x := range h.dead {
+		x.OnDeadLettered(r, kind, handler, err)
+	}
+}
+
+func (h *hooks) onFetched(tp transport.TopicPartition, recs []*transport.Record, hw int64) {
+	if h == nil || len(h.fetched) == 0 || len(recs) == 0 {
+		return
+	}
+	for _, x := range h.fetched {
+		x.OnFetched(tp.Topic, int(tp.Partition), len(recs), recs[len(recs)-1].Offset, hw)
+	}
+}

@@ -1,0 +1,160 @@
+package kavariotel_test
+
+// A/B of the instrumentation's cost, on the embedded broker, in one run:
+//
+//	go test -run '^$' -bench . -benchmem ./otel
+//
+// BenchmarkConsume handles the same pre-published records with a no-op
+// handler, "plain" without instrumentation, "otel" with tracing (always
+// sampling, spans to a no-op exporter) and metrics (SDK meter, manual
+// reader) on. BenchmarkPublish publishes batches of 100 the same two ways.
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/kavaritest"
+	kavariotel "github.com/kavari-go/kavari/otel"
+)
+
+const benchN = 20_000
+
+type benchMsg struct {
+	kavari.Message `kavari:"topic=kavari-otel-bench,key=ID,name=otel.bench"`
+	ID             string `json:"id" validate:"required"`
+	Seq            int    `json:"seq" validate:"gte=0"`
+	Payload        string `json:"payload"`
+}
+
+// benchInst returns an Instrumentation that samples every span and exports
+// them nowhere.
+func benchInst() *kavariotel.Instrumentation {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	return kavariotel.New(kavariotel.Config{TracerProvider: tp, MeterProvider: mp, ConsumerGroup: "bench"})
+}
+
+func instrument(cfg *kavari.Config, on bool) {
+	if !on {
+		return
+	}
+	inst := benchInst()
+	cfg.Hooks = []kavari.Hook{inst}
+	cfg.Middleware = []kavari.Middleware{inst.Middleware()}
+}
+
+func BenchmarkConsume(b *testing.B) {
+	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench", "kavari-otel-bench.dlq"))
+	brokers := broker.Addrs()
+	fill(b, brokers)
+	for _, on := range []bool{false, true, false, true} {
+		name := "plain"
+		if on {
+			name = "otel"
+		}
+		b.Run(name, func(b *testing.B) {
+			var busy time.Duration
+			iterations := 0
+			for b.Loop() {
+				iterations++
+				var n, first, last atomic.Int64
+				done := make(chan struct{})
+				reg := kavari.NewRegistry()
+				if err := kavari.RegisterFuncOn(reg, &benchMsg{}, func(context.Context, *benchMsg) error {
+					now := time.Now().UnixNano()
+					first.CompareAndSwap(0, now)
+					if n.Add(1) == benchN {
+						last.Store(now)
+						close(done)
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+				cfg := kavari.Config{Brokers: brokers, GroupID: testenv.ID("bench"), Registry: reg, Logger: quiet()}
+				instrument(&cfg, on)
+				k, err := kavari.New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := k.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case <-done:
+				case <-time.After(2 * time.Minute):
+					b.Fatalf("%d of %d records handled", n.Load(), benchN)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_ = k.Stop(ctx)
+				cancel()
+				busy += time.Duration(last.Load() - first.Load())
+			}
+			b.ReportMetric(float64(busy.Nanoseconds())/float64(iterations*benchN), "ns/msg")
+		})
+	}
+}
+
+func fill(b *testing.B, brokers []string) {
+	b.Helper()
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	defer func() { _ = k.Stop(ctx) }()
+	payload := strings.Repeat("x", 60)
+	batch := make([]any, 0, 1000)
+	for i := 0; i < benchN; i++ {
+		batch = append(batch, &benchMsg{ID: "m-" + strconv.Itoa(i), Seq: i, Payload: payload})
+		if len(batch) == cap(batch) || i == benchN-1 {
+			if err := k.PublishBatch(ctx, batch...); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+}
+
+func BenchmarkPublish(b *testing.B) {
+	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench"))
+	payload := strings.Repeat("x", 60)
+	for _, on := range []bool{false, true, false, true} {
+		name := "plain"
+		if on {
+			name = "otel"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := kavari.Config{Brokers: broker.Addrs(), Registry: kavari.NewRegistry(), Logger: quiet()}
+			instrument(&cfg, on)
+			k, err := kavari.New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = k.Stop(context.Background()) }()
+			batch := make([]any, 100)
+			i := 0
+			for b.Loop() {
+				for j := range batch {
+					batch[j] = &benchMsg{ID: "m-" + strconv.Itoa(i), Seq: i, Payload: payload}
+					i++
+				}
+				if err := k.PublishBatch(context.Background(), batch...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(i), "ns/msg")
+		})
+	}
+}
