@@ -413,7 +413,9 @@ func (r *report) markdown() string {
 	w("async: one caller; `PublishAsync` (bounded queue) / kafka-go `Writer{Async: true}` with `Completion` / franz-go `Produce` with a promise.\n")
 	w("The raw clients build the same record (JSON value, key, and the same 7 headers kavari writes) but skip validation and reflection.\n")
 	w("Raw franz-go runs with linger %s and without idempotence (as raw kafka-go); kavari on franz-go is idempotent and does not\n", r.o.linger)
-	w("linger (its transport's fixed settings: acks all either way), so its ratio includes that difference.\n\n")
+	w("linger (its transport's fixed settings: acks all either way), so its ratio includes that difference; kgo allows one\n")
+	w("produce request in flight per broker without idempotence, five with it. kavari's `PublishAsync` runs 4 writers (the default), each\n")
+	w("writing a batch and waiting for its acknowledgements before the next (callbacks run in order on the writer).\n\n")
 
 	r.writeSync1(w)
 
@@ -694,7 +696,7 @@ func (r *report) writeSync1(w func(string, ...any)) {
 	}
 	w("\nOne goroutine calling `Publish` / `WriteMessages` / `ProduceSync` with one message at a time for %s; latency is\n", r.o.pubDuration/2)
 	w("each call's duration (acks all). kafka-go's Writer waits up to its batch timeout (%s) before sending a lone\n", r.o.linger)
-	w("message, and so does raw franz-go with the same linger; kavari's franz-go transport does not linger.\n\n")
+	w("message; raw franz-go's `ProduceSync` is not held for its linger (see its p50), and kavari's franz-go transport does not linger.\n\n")
 }
 
 func (r *report) writeRSS(w func(string, ...any)) {
