@@ -164,7 +164,7 @@ func (b *bench) publish() {
 	for rep := 0; rep < max(b.o.reps, 1); rep++ {
 		for _, size := range sizes {
 			for _, mode := range []string{"sync", "batch", "async"} {
-				for _, impl := range []string{"kafka-go", "franz-go", "kavari"} {
+				for _, impl := range publishImpls {
 					id := fmt.Sprintf("publish/%s/%s/%s", sizeName(size), mode, impl)
 					if !b.want(id) {
 						continue
@@ -177,17 +177,29 @@ func (b *bench) publish() {
 		}
 	}
 	for _, size := range sizes {
-		// One synchronous caller, as the Python kavari publishes.
-		id := fmt.Sprintf("publish/%s/sync1/kavari", sizeName(size))
-		if b.want(id) {
-			s := b.base(id, "publish", "kavari")
-			s.Mode, s.Size, s.Duration, s.Callers = "sync", size, b.o.pubDuration/2, 1
-			b.runSpec(s, true)
+		// One synchronous caller, as the Python kavari publishes: the rate
+		// and the latency of each call.
+		for _, impl := range publishImpls {
+			id := fmt.Sprintf("publish/%s/sync1/%s", sizeName(size), impl)
+			if b.want(id) {
+				s := b.base(id, "publish", impl)
+				s.Mode, s.Size, s.Duration, s.Callers = "sync", size, b.o.pubDuration/2, 1
+				b.runSpec(s, true)
+			}
 		}
 	}
 }
 
-var consumeImpls = []string{"kafka-go", "kafka-go+json", "franz-go", "kavari"}
+// publishImpls are the publishing clients: raw kafka-go, raw franz-go, and
+// kavari on each of them.
+var publishImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}
+
+// consumeImpls are the consuming clients; "+json" decodes each value with
+// json.Unmarshal, as kavari does.
+var consumeImpls = []string{"kafka-go", "kafka-go+json", "franz-go", "franz-go+json", "kavari", implKavariFranz}
+
+// e2eImpls are the clients of the end-to-end latency workload.
+var e2eImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}
 
 func (b *bench) consume() {
 	for _, size := range sizes {
@@ -222,7 +234,7 @@ func (b *bench) consume() {
 
 func (b *bench) latency() {
 	for _, rate := range []int{1000, 10_000} {
-		for _, impl := range []string{"kafka-go", "kavari"} {
+		for _, impl := range e2eImpls {
 			id := fmt.Sprintf("e2e/%d/%s", rate, impl)
 			if !b.want(id) {
 				continue
@@ -343,6 +355,17 @@ func (a *admin) fresh(ctx context.Context, topic string, partitions int) error {
 		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
 			return fmt.Errorf("create topic %s: still exists: %w", topic, err)
 		}
+	}
+	// A kavari consumer needs the dead-letter topic to exist; it stays
+	// (nothing is dead-lettered) and is created once.
+	resp, err := a.c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic + ".dlq", NumPartitions: 1, ReplicationFactor: 1,
+	}}})
+	if err == nil {
+		err = resp.Errors[topic+".dlq"]
+	}
+	if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s.dlq: %w", topic, err)
 	}
 	for {
 		md, err := a.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})

@@ -61,7 +61,7 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 	var stop func()
 	var err error
 	switch s.Impl {
-	case "kavari":
+	case "kavari", implKavariFranz:
 		stop, err = kavariConsume(ctx, s, func(context.Context, *BenchMessage) error { c.hit(); return nil }, nil)
 	case "kafka-go":
 		stop, err = kafkaGoConsume(ctx, s, func(kafka.Message) { c.hit() })
@@ -76,6 +76,14 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 		})
 	case "franz-go":
 		stop, err = franzConsume(ctx, s, func(*kgo.Record) { c.hit() })
+	case "franz-go+json":
+		// Raw franz-go decoding each value, as kafka-go+json.
+		stop, err = franzConsume(ctx, s, func(r *kgo.Record) {
+			var v benchValue
+			if json.Unmarshal(r.Value, &v) == nil {
+				c.hit()
+			}
+		})
 	default:
 		err = fmt.Errorf("unknown impl %q", s.Impl)
 	}

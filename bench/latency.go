@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kavari-go/kavari"
 )
@@ -44,7 +45,7 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 	var assigned func() bool
 	var err error
 	switch s.Impl {
-	case "kavari":
+	case "kavari", implKavariFranz:
 		var k *kavari.Kavari
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &BenchMessage{}, func(_ context.Context, m *BenchMessage) error {
@@ -81,6 +82,25 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 		publish = func(ctx context.Context, v *benchValue) error { return w.WriteMessages(ctx, kafkaGoRecord(v)) }
 		assigned = func() bool { return true } // the warm-up below proves it
 		stop = func() { stopConsumer(); _ = w.Close() }
+	case "franz-go":
+		p, err := newFranzPublisher(s)
+		if err != nil {
+			return nil, err
+		}
+		stopConsumer, err := franzConsume(ctx, s, func(r *kgo.Record) {
+			start := time.Now()
+			var v benchValue
+			if json.Unmarshal(r.Value, &v) == nil {
+				seen(start, v.Seq, v.SentNs)
+			}
+		})
+		if err != nil {
+			p.close()
+			return nil, err
+		}
+		publish = p.sync
+		assigned = func() bool { return true } // the warm-up below proves it
+		stop = func() { stopConsumer(); p.close() }
 	default:
 		return nil, fmt.Errorf("unknown impl %q", s.Impl)
 	}

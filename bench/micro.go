@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,9 +19,17 @@ type microResults struct {
 	Command string
 	Err     string
 	// Metrics by benchmark name (without the -GOMAXPROCS suffix), then unit
-	// ("ns/op", "allocs/op", "ns/msg", ...).
+	// ("ns/op", "allocs/op", "ns/msg", ...): the median of the -count runs.
 	Metrics map[string]map[string]float64
+	// Count is the runs of each benchmark (go test -count).
+	Count int
+	// Output is go test's benchmark lines, every run, as printed.
+	Output []string
 }
+
+// microCount is go test's -count for the microbenchmarks: the report shows
+// the median of the runs, and every run's line.
+const microCount = 5
 
 func (m *microResults) get(name, unit string) (float64, bool) {
 	if m == nil {
@@ -34,8 +43,9 @@ func (b *bench) microbench() {
 	if !b.want("micro") || b.o.skipMicro {
 		return
 	}
-	args := []string{"test", "-run", "^$", "-bench", "^(BenchmarkEncodeValidate|BenchmarkDecode|BenchmarkDispatch)$", "-benchmem", "-count", "1", "."}
-	b.micro = &microResults{Command: "go " + strings.Join(args, " "), Metrics: map[string]map[string]float64{}}
+	args := []string{"test", "-run", "^$", "-bench", "^(BenchmarkEncodeValidate|BenchmarkDecode|BenchmarkDispatch|BenchmarkDispatchMemory)$",
+		"-benchmem", "-count", strconv.Itoa(microCount), "."}
+	b.micro = &microResults{Command: "go " + strings.Join(args, " "), Metrics: map[string]map[string]float64{}, Count: microCount}
 	logf("micro: %s", b.micro.Command)
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
 	defer cancel()
@@ -44,6 +54,7 @@ func (b *bench) microbench() {
 	// The embedded broker of the dispatch benchmark, not KAVARI_BROKERS.
 	cmd.Env = append(os.Environ(), "KAVARI_BROKERS=")
 	out, err := cmd.CombinedOutput()
+	runs := map[string]map[string][]float64{}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
@@ -55,11 +66,20 @@ func (b *bench) microbench() {
 				name = name[:i]
 			}
 		}
-		ms := map[string]float64{}
+		b.micro.Output = append(b.micro.Output, strings.TrimSpace(line))
+		if runs[name] == nil {
+			runs[name] = map[string][]float64{}
+		}
 		for i := 2; i+1 < len(f); i += 2 {
 			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
-				ms[f[i+1]] = v
+				runs[name][f[i+1]] = append(runs[name][f[i+1]], v)
 			}
+		}
+	}
+	for name, units := range runs {
+		ms := map[string]float64{}
+		for u, vs := range units {
+			ms[u] = median(vs)
 		}
 		b.micro.Metrics[name] = ms
 	}
@@ -84,6 +104,18 @@ func (m *microResults) names(base string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// median returns the median of vs (the mean of the middle two for an even
+// count).
+func median(vs []float64) float64 {
+	vs = slices.Clone(vs)
+	slices.Sort(vs)
+	n := len(vs)
+	if n%2 == 1 {
+		return vs[n/2]
+	}
+	return (vs[n/2-1] + vs[n/2]) / 2
 }
 
 func lastLines(s string, n int) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +25,7 @@ func runPublish(ctx context.Context, s *spec) (*result, error) {
 	var p publisher
 	var err error
 	switch s.Impl {
-	case "kavari":
+	case "kavari", implKavariFranz:
 		p, err = newKavariPublisher(s)
 	case "kafka-go":
 		p = newKafkaGoPublisher(s)
@@ -54,10 +55,14 @@ func runPublish(ctx context.Context, s *spec) (*result, error) {
 	more := func(i int) bool {
 		return (s.Count <= 0 || i < s.Count) && (s.Duration <= 0 || time.Now().Before(deadline))
 	}
+	// lat collects the duration of every call of a single synchronous
+	// caller (the per-call latency of Publish / WriteMessages / ProduceSync).
+	var lat []int64
 	switch s.Mode {
 	case "sync":
 		var next atomic.Int64
 		var wg sync.WaitGroup
+		single := max(s.Callers, 1) == 1
 		for range max(s.Callers, 1) {
 			wg.Add(1)
 			go func() {
@@ -67,7 +72,12 @@ func runPublish(ctx context.Context, s *spec) (*result, error) {
 					if !more(i) {
 						return
 					}
-					if err := p.sync(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload}); err != nil {
+					t0 := time.Now()
+					err := p.sync(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload})
+					if single {
+						lat = append(lat, max(int64(time.Since(t0)), 1))
+					}
+					if err != nil {
 						fail(err, 1)
 						continue
 					}
@@ -109,6 +119,13 @@ func runPublish(ctx context.Context, s *spec) (*result, error) {
 	}
 	elapsed := time.Since(begin)
 	res := &result{Count: int(acked.Load()), Errors: int(failed.Load()), Seconds: elapsed.Seconds()}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		res.Latency = &latencyStats{
+			Sent: len(lat), Received: res.Count,
+			P50: pct(lat, 0.50), P99: pct(lat, 0.99), P999: pct(lat, 0.999), Max: float64(lat[len(lat)-1]) / 1e6,
+		}
+	}
 	if e, ok := firstErr.Load().(string); ok {
 		res.Note = "first error: " + e
 	}
@@ -132,9 +149,10 @@ func benchLogger() *slog.Logger {
 }
 
 // kavariConfig is the configuration every kavari side uses: kavari's
-// defaults, with the batch settings of the run.
+// defaults, with the batch settings of the run, on kafka-go (impl "kavari")
+// or franz-go (impl "kavari-franz").
 func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
-	return kavari.Config{
+	cfg := kavari.Config{
 		Brokers:      s.Brokers,
 		GroupID:      s.Group,
 		Registry:     reg,
@@ -143,7 +161,15 @@ func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
 		BatchSize:    s.Batch,
 		BatchBytes:   1 << 20,
 	}
+	if s.Impl == implKavariFranz {
+		cfg.Transport = kavari.FranzGo
+	}
+	return cfg
 }
+
+// implKavariFranz is the impl name of kavari on its franz-go transport; impl
+// "kavari" is kavari on kafka-go, its default.
+const implKavariFranz = "kavari-franz"
 
 type kavariPublisher struct{ k *kavari.Kavari }
 

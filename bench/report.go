@@ -145,23 +145,46 @@ func (r *report) evaluate() {
 	add := func(name, measured, st string) { r.targets = append(r.targets, target{name, measured, st}) }
 	for _, size := range sizes {
 		for _, mode := range []string{"sync", "batch", "async"} {
-			name := fmt.Sprintf("publish ≥ 0.95× raw kafka-go (%s, %s)", sizeName(size), modeName(mode, r.o))
-			q, ok := r.ratio(pubID(size, mode, "kavari"), pubID(size, mode, "kafka-go"))
+			for _, t := range transportPairs {
+				name := fmt.Sprintf("%s publish ≥ 0.95× raw %s (%s, %s)", implName(t.kavari), t.raw, sizeName(size), modeName(mode, r.o))
+				q, ok := r.ratio(pubID(size, mode, t.kavari), pubID(size, mode, t.raw))
+				if !ok {
+					add(name, "", notMeasured)
+					continue
+				}
+				add(name, fmt.Sprintf("%.2f×", q), status(q >= pubTarget))
+			}
+		}
+	}
+	for _, size := range sizes {
+		for _, t := range transportPairs {
+			name := fmt.Sprintf("%s consume ≥ 0.9× raw %s doing the same JSON decode (%s)", implName(t.kavari), t.raw, sizeName(size))
+			q, ok := r.ratio(conID(size, t.kavari), conID(size, t.raw+"+json"))
 			if !ok {
 				add(name, "", notMeasured)
 				continue
 			}
-			add(name, fmt.Sprintf("%.2f×", q), status(q >= 0.95))
+			add(name, fmt.Sprintf("%.2f×", q), status(q >= conTarget))
 		}
 	}
 	for _, size := range sizes {
-		name := fmt.Sprintf("consume ≥ 0.9× raw kafka-go (%s)", sizeName(size))
-		q, ok := r.ratio(conID(size, "kavari"), conID(size, "kafka-go"))
-		if !ok {
+		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
+		x := r.res[pubID(size, "sync1", implKavariFranz)]
+		if x == nil || x.Latency == nil {
 			add(name, "", notMeasured)
 			continue
 		}
-		add(name, fmt.Sprintf("%.2f×", q), status(q >= 0.9))
+		add(name, fmt.Sprintf("p50 %.2f ms, p99 %.2f ms (%s calls)", x.Latency.P50, x.Latency.P99, thousands(x.Latency.Sent)), status(x.Latency.P50 < 1))
+	}
+	{
+		name := "engine cost per record on the in-memory transport ≤ 1.5 µs and ≤ 10 allocs (BenchmarkDispatchMemory)"
+		ns, ok1 := r.micro.get("BenchmarkDispatchMemory", "ns/msg")
+		allocs, ok2 := r.micro.get("BenchmarkDispatchMemory", "allocs/msg")
+		if ok1 && ok2 {
+			add(name, fmt.Sprintf("%.2f µs, %.1f allocs (median of %d)", ns/1000, allocs, r.micro.Count), status(ns <= 1500 && allocs <= 10))
+		} else {
+			add(name, "", notMeasured)
+		}
 	}
 	for _, keys := range []int{1, 10, 100, 10_000} {
 		name := fmt.Sprintf("parallel consumer within 1.3× floor (%s)", keysName(keys))
@@ -179,12 +202,15 @@ func (r *report) evaluate() {
 		}
 		add(name, m, status(ok))
 	}
-	if x := r.res["e2e/1000/kavari"]; x != nil && x.Latency != nil && x.Latency.Received > 0 {
-		ok := x.Latency.P99 <= 10 && x.Latency.Received == x.Latency.Sent
-		m := fmt.Sprintf("p99 %.2f ms (%d/%d received)", x.Latency.P99, x.Latency.Received, x.Latency.Sent)
-		add("end-to-end p99 ≤ 10 ms at 1,000 msg/s", m, status(ok))
-	} else {
-		add("end-to-end p99 ≤ 10 ms at 1,000 msg/s", "", notMeasured)
+	for _, impl := range []string{"kavari", implKavariFranz} {
+		name := fmt.Sprintf("%s end-to-end p99 ≤ 10 ms at 1,000 msg/s", implName(impl))
+		if x := r.res["e2e/1000/"+impl]; x != nil && x.Latency != nil && x.Latency.Received > 0 {
+			ok := x.Latency.P99 <= 10 && x.Latency.Received == x.Latency.Sent
+			m := fmt.Sprintf("p99 %.2f ms (%d/%d received)", x.Latency.P99, x.Latency.Received, x.Latency.Sent)
+			add(name, m, status(ok))
+		} else {
+			add(name, "", notMeasured)
+		}
 	}
 	// BenchmarkEncodeValidate (bench_test.go) may have sub-benchmarks, one
 	// per message shape; each is judged.
@@ -214,6 +240,45 @@ func (r *report) evaluate() {
 	} else {
 		add("RSS flat over a million messages", "", notMeasured)
 	}
+}
+
+// pubTarget and conTarget are the publish and consume targets: kavari ÷ the
+// raw client it runs on (consume: the raw client doing the same JSON decode).
+const (
+	pubTarget = 0.95
+	conTarget = 0.9
+)
+
+// transportPairs pair kavari on each transport with the raw client under it.
+var transportPairs = []struct{ kavari, raw string }{
+	{"kavari", "kafka-go"},
+	{implKavariFranz, "franz-go"},
+}
+
+// implName is how the report names a client.
+func implName(impl string) string {
+	switch impl {
+	case "kavari":
+		return "kavari on kafka-go"
+	case implKavariFranz:
+		return "kavari on franz-go"
+	case "kafka-go+json":
+		return "raw kafka-go + JSON decode"
+	case "franz-go+json":
+		return "raw franz-go + JSON decode"
+	}
+	return "raw " + impl
+}
+
+// fastest returns the id, among impls, with the highest rate.
+func (r *report) fastest(id func(impl string) string, impls ...string) (string, string, bool) {
+	best, name, found := 0.0, "", false
+	for _, impl := range impls {
+		if v, ok := r.rate(id(impl)); ok && v > best {
+			best, name, found = v, impl, true
+		}
+	}
+	return id(name), name, found
 }
 
 func pubID(size int, mode, impl string) string {
@@ -314,78 +379,118 @@ func (r *report) markdown() string {
 	w("\n")
 
 	w("## Publish throughput (msg/s)\n\n")
-	w("| size | mode | kavari | raw kafka-go | franz-go | kavari ÷ kafka-go | kavari ÷ franz-go |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+	w("| size | mode | kavari on kafka-go | kavari on franz-go | raw kafka-go | raw franz-go | kavari ÷ raw kafka-go | kavari-franz ÷ raw franz-go | kavari ÷ fastest raw | kavari-franz ÷ fastest raw | target ≥ %.2f× met? (kafka-go / franz-go) |\n", pubTarget)
+	w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, size := range sizes {
 		for _, mode := range []string{"sync", "batch", "async"} {
-			kv, okK := r.rate(pubID(size, mode, "kavari"))
-			kg, okG := r.rate(pubID(size, mode, "kafka-go"))
-			fr, okF := r.rate(pubID(size, mode, "franz-go"))
-			if !okK && !okG && !okF {
+			id := func(impl string) string { return pubID(size, mode, impl) }
+			var cells []string
+			seen := false
+			for _, impl := range []string{"kavari", implKavariFranz, "kafka-go", "franz-go"} {
+				v, ok := r.rate(id(impl))
+				seen = seen || ok
+				cells = append(cells, fmtRate(v, ok))
+			}
+			if !seen {
 				continue
 			}
-			q1, ok1 := r.ratio(pubID(size, mode, "kavari"), pubID(size, mode, "kafka-go"))
-			q2, ok2 := r.ratio(pubID(size, mode, "kavari"), pubID(size, mode, "franz-go"))
-			w("| %s | %s | %s | %s | %s | %s | %s |\n", sizeName(size), modeName(mode, r.o),
-				fmtRate(kv, okK), fmtRate(kg, okG), fmtRate(fr, okF), fmtRatio(q1, ok1), fmtRatio(q2, ok2))
+			fast, _, _ := r.fastest(id, "kafka-go", "franz-go")
+			var met []string
+			for _, t := range transportPairs {
+				cells = append(cells, fmtRatio(r.ratio(id(t.kavari), id(t.raw))))
+			}
+			for _, t := range transportPairs {
+				cells = append(cells, fmtRatio(r.ratio(id(t.kavari), fast)))
+				q, ok := r.ratio(id(t.kavari), id(t.raw))
+				met = append(met, metCell(q, ok, pubTarget))
+			}
+			cells = append(cells, strings.Join(met, " / "))
+			w("| %s | %s | %s |\n", sizeName(size), modeName(mode, r.o), strings.Join(cells, " | "))
 		}
 	}
 	w("\nsync: `Publish` / `WriteMessages` / `ProduceSync` with one message per call from %d goroutines.\n", r.o.callers)
 	w("batch: one caller, %d messages per `PublishBatch` / `WriteMessages` / `ProduceSync` call.\n", r.o.batch)
-	w("async: one caller; `PublishAsync` (bounded queue, 4 writers) / kafka-go `Writer{Async: true}` with `Completion` / franz-go `Produce` with a promise.\n")
-	w("The raw clients build the same record (JSON value, key, and the same 7 headers kavari writes) but skip validation and reflection.\n\n")
+	w("async: one caller; `PublishAsync` (bounded queue) / kafka-go `Writer{Async: true}` with `Completion` / franz-go `Produce` with a promise.\n")
+	w("The raw clients build the same record (JSON value, key, and the same 7 headers kavari writes) but skip validation and reflection.\n")
+	w("Raw franz-go runs with linger %s and without idempotence (as raw kafka-go); kavari on franz-go is idempotent and does not\n", r.o.linger)
+	w("linger (its transport's fixed settings: acks all either way), so its ratio includes that difference; kgo allows one\n")
+	w("produce request in flight per broker without idempotence, five with it. kavari's `PublishAsync` runs 4 writers (the default), each\n")
+	w("writing a batch and waiting for its acknowledgements before the next (callbacks run in order on the writer).\n\n")
+
+	r.writeSync1(w)
 
 	w("## Consume throughput (msg/s, no-op handler)\n\n")
-	w("| size | kavari | raw kafka-go | franz-go | kavari ÷ kafka-go | kavari ÷ franz-go | raw kafka-go + JSON decode | kavari ÷ (kafka-go + JSON) | first record after (kavari / kafka-go / franz-go) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	conImpls := []string{"kavari", implKavariFranz, "kafka-go", "kafka-go+json", "franz-go", "franz-go+json"}
+	w("| size |")
+	for _, impl := range conImpls {
+		w(" %s |", implName(impl))
+	}
+	w(" first record after (same order) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, size := range sizes {
-		kv, okK := r.rate(conID(size, "kavari"))
-		kg, okG := r.rate(conID(size, "kafka-go"))
-		fr, okF := r.rate(conID(size, "franz-go"))
-		if !okK && !okG && !okF {
-			continue
-		}
-		q1, ok1 := r.ratio(conID(size, "kavari"), conID(size, "kafka-go"))
-		q2, ok2 := r.ratio(conID(size, "kavari"), conID(size, "franz-go"))
-		kj, okJ := r.rate(conID(size, "kafka-go+json"))
-		q3, ok3 := r.ratio(conID(size, "kavari"), conID(size, "kafka-go+json"))
-		var firsts []string
-		for _, impl := range []string{"kavari", "kafka-go", "franz-go"} {
+		var cells, firsts []string
+		seen := false
+		for _, impl := range conImpls {
+			v, ok := r.rate(conID(size, impl))
+			seen = seen || ok
+			cells = append(cells, fmtRate(v, ok))
 			if x := r.res[conID(size, impl)]; x != nil {
-				firsts = append(firsts, fmt.Sprintf("%.2f s", x.FirstSeconds))
+				firsts = append(firsts, fmt.Sprintf("%.2f", x.FirstSeconds))
 			} else {
 				firsts = append(firsts, "–")
 			}
 		}
-		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", sizeName(size), fmtRate(kv, okK), fmtRate(kg, okG), fmtRate(fr, okF),
-			fmtRatio(q1, ok1), fmtRatio(q2, ok2), fmtRate(kj, okJ), fmtRatio(q3, ok3), strings.Join(firsts, " / "))
+		if !seen {
+			continue
+		}
+		w("| %s | %s | %s s |\n", sizeName(size), strings.Join(cells, " | "), strings.Join(firsts, " / "))
+	}
+	w("\n| size | kavari ÷ (kafka-go + JSON) | kavari-franz ÷ (franz-go + JSON) | kavari ÷ fastest raw + JSON | kavari-franz ÷ fastest raw + JSON | kavari ÷ kafka-go (no decode) | kavari-franz ÷ franz-go (no decode) | target ≥ %.1f× same decode met? (kafka-go / franz-go) |\n", conTarget)
+	w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, size := range sizes {
+		id := func(impl string) string { return conID(size, impl) }
+		fastJ, _, okJ := r.fastest(id, "kafka-go+json", "franz-go+json")
+		if !okJ {
+			continue
+		}
+		var cells, met []string
+		for _, t := range transportPairs {
+			cells = append(cells, fmtRatio(r.ratio(id(t.kavari), id(t.raw+"+json"))))
+		}
+		for _, t := range transportPairs {
+			cells = append(cells, fmtRatio(r.ratio(id(t.kavari), fastJ)))
+		}
+		for _, t := range transportPairs {
+			cells = append(cells, fmtRatio(r.ratio(id(t.kavari), id(t.raw))))
+			q, ok := r.ratio(id(t.kavari), id(t.raw+"+json"))
+			met = append(met, metCell(q, ok, conTarget))
+		}
+		w("| %s | %s | %s |\n", sizeName(size), strings.Join(cells, " | "), strings.Join(met, " / "))
 	}
 	w("\n%s records per run, pre-filled once per size; each consumer joins with a new group and reads from the earliest offset.\n", thousands(r.o.consumeN))
 	w("Rate = records ÷ (last handled − first handled); the join and the first fetch are in the last column.\n")
-	w("kavari: defaults (PerKey, MaxInFlight 256, decode + validate every record, commit every 1 s).\n")
-	w("raw kafka-go: ConsumerGroup + one partition Reader per partition (configured as kavari's), handler inline, CommitOffsets every 1 s; no decoding.\n")
-	w("raw kafka-go + JSON decode: the same, with `json.Unmarshal` of each value in the handler (kavari's decoding without validation and dispatch).\n")
-	w("franz-go: consumer group, autocommit (its default, every 5 s), FetchMaxWait 500 ms as the others; no decoding.\n\n")
+	w("kavari: defaults (PerKey, MaxInFlight 256, decode + validate every record, commit every 1 s), on each transport.\n")
+	w("raw kafka-go: ConsumerGroup + one partition Reader per partition (configured as kavari's), handler inline, CommitOffsets every 1 s.\n")
+	w("raw franz-go: consumer group, autocommit (its default, every 5 s), FetchMaxWait 500 ms as the others.\n")
+	w("+ JSON decode: the same, with `json.Unmarshal` of each value in the handler (kavari's decoding without validation and dispatch).\n\n")
 
 	r.writePython(w)
 
 	w("## End-to-end latency (publish call → handler start)\n\n")
 	w("| rate | client | p50 | p99 | p99.9 | max | received / sent | achieved rate |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, rate := range []int{1000, 10_000} {
-		for _, impl := range []string{"kavari", "kafka-go"} {
+		for _, impl := range []string{"kavari", implKavariFranz, "kafka-go", "franz-go"} {
 			x := r.res[fmt.Sprintf("e2e/%d/%s", rate, impl)]
 			if x == nil || x.Latency == nil {
 				continue
 			}
 			l := x.Latency
-			name := impl
-			if impl == "kafka-go" {
-				name = "raw kafka-go (reference)"
-			}
+			name := implName(impl)
 			w("| %s msg/s | %s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s / %s | %s msg/s |\n", thousands(rate), name,
 				l.P50, l.P99, l.P999, l.Max, thousands(l.Received), thousands(l.Sent), thousands(int(l.AchievedRate)))
 		}
 	}
 	w("\nOpen loop: message i is due at start + i/rate and published from its own goroutine (synchronous `Publish` /\n")
-	w("`WriteMessages`), so a slow publish never delays the next; latency runs from the due time to the first line of the\n")
+	w("`WriteMessages` / `ProduceSync`; the raw clients decode the value in the handler), so a slow publish never delays the next; latency runs from the due time to the first line of the\n")
 	w("handler in the same process (same clock). %s per rate, 100 B messages, after 30 warm-up round trips.\n\n", r.o.e2eDuration)
 
 	w("## Parallel consumer (Confluent parallel-consumer's workload)\n\n")
@@ -470,7 +575,9 @@ func (r *report) sleepTotal(keys int) float64 {
 
 // order sorts result ids in report order.
 func order(id string) string {
-	for i, p := range []string{"publish/100B", "publish/1KiB", "consume/100B", "consume/1KiB", "e2e/1000/", "e2e/10000/"} {
+	for i, p := range []string{"publish/100B/sync/", "publish/100B/batch", "publish/100B/async", "publish/100B/sync1",
+		"publish/1KiB/sync/", "publish/1KiB/batch", "publish/1KiB/async", "publish/1KiB/sync1",
+		"consume/100B", "consume/1KiB", "e2e/1000/", "e2e/10000/"} {
 		if strings.HasPrefix(id, p) {
 			return fmt.Sprintf("%02d %s", i, id)
 		}
@@ -546,6 +653,52 @@ func (r *report) writePython(w func(string, ...any)) {
 	w("\n")
 }
 
+// metCell says whether ratio q meets target, or "–" when not measured.
+func metCell(q float64, ok bool, target float64) string {
+	if !ok {
+		return "–"
+	}
+	if q >= target {
+		return "met"
+	}
+	return "**missed**"
+}
+
+// writeSync1 writes the single-caller synchronous publish: rate and the
+// latency of each call.
+func (r *report) writeSync1(w func(string, ...any)) {
+	type row struct {
+		size int
+		impl string
+		x    *result
+	}
+	var rows []row
+	for _, size := range sizes {
+		for _, impl := range []string{"kavari", implKavariFranz, "kafka-go", "franz-go"} {
+			if x := r.res[pubID(size, "sync1", impl)]; x != nil && x.Latency != nil {
+				rows = append(rows, row{size, impl, x})
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	w("## Single-caller synchronous publish (latency of each call)\n\n")
+	w("| size | client | msg/s | p50 | p99 | p99.9 | max | calls | target |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, x := range rows {
+		l := x.x.Latency
+		t := ""
+		if x.impl == implKavariFranz {
+			t = "p50 < 1 ms: " + strings.Trim(status(l.P50 < 1), "*")
+		}
+		w("| %s | %s | %s | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n", sizeName(x.size), implName(x.impl),
+			fmtRate(x.x.MsgsPerSec, x.x.Seconds > 0), l.P50, l.P99, l.P999, l.Max, thousands(l.Sent), t)
+	}
+	w("\nOne goroutine calling `Publish` / `WriteMessages` / `ProduceSync` with one message at a time for %s; latency is\n", r.o.pubDuration/2)
+	w("each call's duration (acks all). kafka-go's Writer waits up to its batch timeout (%s) before sending a lone\n", r.o.linger)
+	w("message; raw franz-go's `ProduceSync` is not held for its linger (see its p50), and kavari's franz-go transport does not linger.\n\n")
+}
+
 func (r *report) writeRSS(w func(string, ...any)) {
 	x := r.res["rss"]
 	if x == nil || x.RSS == nil {
@@ -575,7 +728,8 @@ func (r *report) writeMicro(w func(string, ...any)) {
 		return
 	}
 	w("## Microbenchmarks (go test, no network)\n\n")
-	w("`%s` (the dispatch benchmark uses the embedded kfake broker).\n\n", r.micro.Command)
+	w("`%s`: the median of the %d runs (the dispatch benchmark uses the embedded kfake broker,\n", r.micro.Command, r.micro.Count)
+	w("BenchmarkDispatchMemory the in-memory transport with an empty message, so decode and validation cost next to nothing).\n\n")
 	if len(r.micro.Metrics) > 0 {
 		w("| benchmark | ns/op | allocs/op | B/op | ns/msg | allocs/msg |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 		names := make([]string, 0, len(r.micro.Metrics))
@@ -604,6 +758,9 @@ func (r *report) writeMicro(w func(string, ...any)) {
 			w("\nDispatch overhead of kavari over a raw partition Reader on the same records: %.0f ns and %.1f allocations per message\n", kv-kg, ka-ga)
 			w("(both include the in-process broker's own work, which cancels out in the difference).\n")
 		}
+	}
+	if len(r.micro.Output) > 0 {
+		w("\nEvery run, as go test printed it:\n\n```\n%s\n```\n", strings.Join(r.micro.Output, "\n"))
 	}
 	if r.micro.Err != "" {
 		w("\ngo test failed: %s\n", strings.ReplaceAll(r.micro.Err, "\n", " "))

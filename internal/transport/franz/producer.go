@@ -29,7 +29,8 @@ const recordTries = 2
 const unknownTopicTries = 1
 
 // NewProducer returns an idempotent producer: acks from all in-sync replicas,
-// no linger, the configured partitioner.
+// no linger, no compression (as the kafka-go transport; kgo's default is
+// snappy), the configured partitioner.
 //
 // Config.BatchTimeout is not used as a linger: a synchronous Produce would
 // wait for it. kgo batches on its own whatever is buffered while a request to
@@ -45,6 +46,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 	opts = append(opts,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.RecordPartitioner(partitioner(cfg.Partitioner)),
 		kgo.RecordRetries(recordTries),
 		kgo.UnknownTopicRetries(unknownTopicTries),

@@ -116,3 +116,47 @@ func TestProduceContextEndsInFlight(t *testing.T) {
 		t.Fatalf("Produce after: %v", errs)
 	}
 }
+
+// TestProduceUncompressed: the franz-go producer sends record batches
+// uncompressed, as the kafka-go transport does (kavari has no compression
+// setting; kgo's own default would be snappy).
+func TestProduceUncompressed(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("plain"), kavaritest.Partitions(1))
+	codecs := make(chan int16, 16)
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			for _, pp := range tp.Partitions {
+				// A record batch: base offset (8), length (4), leader epoch
+				// (4), magic (1), CRC (4), then attributes, whose low 3 bits
+				// are the compression codec.
+				if len(pp.Records) >= 23 {
+					select {
+					case codecs <- (int16(pp.Records[21])<<8 | int16(pp.Records[22])) & 0x07:
+					default:
+					}
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	p, err := New().NewProducer(transport.Config{Brokers: b.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	value := make([]byte, 4096) // zeros: snappy would shrink them a lot
+	if errs := p.Produce(ctx, []*transport.Record{{Topic: "plain", Key: []byte("k"), Value: value}}); errs != nil {
+		t.Fatal(errs)
+	}
+	select {
+	case codec := <-codecs:
+		if codec != 0 {
+			t.Fatalf("record batch compression codec %d, want 0 (none)", codec)
+		}
+	default:
+		t.Fatal("the broker saw no produce request")
+	}
+}
