@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 )
 
@@ -173,6 +174,7 @@ func realMain() int {
 		Brokers:          strings.Split(*brokers, ","),
 		GroupID:          *group,
 		ClientID:         fmt.Sprintf("faultapp-%d", pid),
+		Transport:        testtransport.Get(), // KAVARI_TRANSPORT, inherited from the test
 		Registry:         reg,
 		Logger:           logger,
 		MaxInFlight:      *inflight,
