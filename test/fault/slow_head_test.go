@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 	"github.com/kavari-go/kavari/test/fault/ledger"
@@ -59,6 +61,11 @@ func TestSlowHeadThenCrash(t *testing.T) {
 	second.mu.Lock()
 	led.Recovered(second.firstDone.Sub(restart), "new process started → its first handled message")
 	second.mu.Unlock()
+	// Every record was handled or skipped by the new process once its
+	// committed offset reaches the end of the partition.
+	end := endOffset(t, brokers, "kavari-fault-head")
+	waitFor(t, 3*time.Minute, func() bool { return committedNow(t, brokers, group, "kavari-fault-head", 1)[0] >= end },
+		"consumer-2 did not commit up to the end of the partition (%d)", end)
 	row := s.finish(t, 2*time.Minute)
 
 	again := 0
@@ -78,4 +85,24 @@ func TestSlowHeadThenCrash(t *testing.T) {
 		t.Errorf("consumer-2 did not stop cleanly on SIGTERM: %v (stopped event %+v)", err, stopped)
 	}
 	_ = row
+}
+
+// endOffset returns the high watermark of partition 0 of topic.
+func endOffset(t *testing.T, brokers []string, topic string) int64 {
+	t.Helper()
+	client, closeClient := newClient(brokers, 10*time.Second)
+	defer closeClient()
+	resp, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{
+		Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(0)}}})
+	if err != nil {
+		t.Fatalf("ListOffsets %s: %v", topic, err)
+	}
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			t.Fatalf("ListOffsets %s: %v", topic, p.Error)
+		}
+		return p.LastOffset
+	}
+	t.Fatalf("ListOffsets %s: no partition in the answer", topic)
+	return 0
 }
