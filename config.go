@@ -89,7 +89,7 @@ type Config struct {
 	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
 	Partitioner     Partitioner   // default Murmur2
 	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms; KafkaGo only (FranzGo publishes without linger)
-	BatchSize       int           // messages per batch; default 1000; KafkaGo only (FranzGo bounds batches by BatchBytes)
+	BatchSize       int           // messages a PublishAsync writer hands to the client at once (on KafkaGo also the Writer's batch bound); default 1000
 	BatchBytes      int64         // bytes per batch request; default 1 MiB
 	MaxMessageBytes int           // encoded size limit checked before sending; default 1,000,000
 	AsyncQueue      int           // PublishAsync queue length; default 10,000

@@ -75,9 +75,6 @@ func (c *Config) checkTransport(caps transport.Capabilities) error {
 		if c.BatchTimeout != 0 {
 			errs = append(errs, errors.New("BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
 		}
-		if c.BatchSize != 0 {
-			errs = append(errs, errors.New("BatchSize: FranzGo has no record-count bound on a batch; BatchBytes bounds it"))
-		}
 		if c.GroupProtocol == ConsumerProtocol {
 			if c.SessionTimeout != 0 {
 				errs = append(errs, errors.New("SessionTimeout: under ConsumerProtocol the broker sets it (group.consumer.session.timeout.ms)"))
