@@ -77,10 +77,10 @@ func (c *Config) checkTransport(caps transport.Capabilities) error {
 		}
 		if c.GroupProtocol == ConsumerProtocol {
 			if c.SessionTimeout != 0 {
-				errs = append(errs, errors.New("SessionTimeout: under ConsumerProtocol the broker sets it (group.consumer.session.timeout.ms)"))
+				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets SessionTimeout (group.consumer.session.timeout.ms); leave it zero"))
 			}
 			if c.Heartbeat != 0 {
-				errs = append(errs, errors.New("Heartbeat: under ConsumerProtocol the broker sets it (group.consumer.heartbeat.interval.ms)"))
+				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets the Heartbeat interval (group.consumer.heartbeat.interval.ms); leave it zero"))
 			}
 		}
 	}

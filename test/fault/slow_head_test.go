@@ -97,12 +97,12 @@ func endOffset(t *testing.T, brokers []string, topic string) int64 {
 	if err != nil {
 		t.Fatalf("ListOffsets %s: %v", topic, err)
 	}
-	for _, p := range resp.Topics[topic] {
-		if p.Error != nil {
-			t.Fatalf("ListOffsets %s: %v", topic, p.Error)
-		}
-		return p.LastOffset
+	ps := resp.Topics[topic]
+	if len(ps) == 0 {
+		t.Fatalf("ListOffsets %s: no partition in the answer", topic)
 	}
-	t.Fatalf("ListOffsets %s: no partition in the answer", topic)
-	return 0
+	if ps[0].Error != nil {
+		t.Fatalf("ListOffsets %s: %v", topic, ps[0].Error)
+	}
+	return ps[0].LastOffset
 }
