@@ -76,18 +76,20 @@ type Config struct {
 	Registry *Registry // default DefaultRegistry
 	// Transport is the Kafka client kavari runs on; default (zero) KafkaGo.
 	Transport Transport
-	// InstanceID makes the consumer a static group member (KIP-345): a
-	// process restarted with the same InstanceID within SessionTimeout gets
-	// its partitions back without a rebalance, and Stop does not leave the
-	// group. Unique per process of a group; "" (the default) for none.
-	// FranzGo only: New rejects it on a transport without static membership.
+	// InstanceID makes the member static (KIP-345): restarted with the same
+	// id within SessionTimeout it gets its partitions back without a
+	// rebalance. Each member of the group needs its own. Default "" (a
+	// dynamic member). FranzGo only: New rejects it on KafkaGo.
 	InstanceID string
+	// GroupProtocol is the consumer group protocol; default ClassicProtocol.
+	// ConsumerProtocol (KIP-848) is FranzGo only.
+	GroupProtocol GroupProtocol
 
 	// Publishing.
 	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
 	Partitioner     Partitioner   // default Murmur2
-	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms
-	BatchSize       int           // messages per batch; default 1000
+	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms; KafkaGo only (FranzGo publishes without linger)
+	BatchSize       int           // messages a PublishAsync writer hands to the client at once (on KafkaGo also the Writer's batch bound); default 1000
 	BatchBytes      int64         // bytes per batch request; default 1 MiB
 	MaxMessageBytes int           // encoded size limit checked before sending; default 1,000,000
 	AsyncQueue      int           // PublishAsync queue length; default 10,000
@@ -109,9 +111,9 @@ type Config struct {
 	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
 	CommitInterval   time.Duration // default 1 s
 	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; must be < SessionTimeout; default min(10 s, RebalanceTimeout/3, drain bound) = 5 s. Every drain (revoke and Stop) is cut at the drain bound, SessionTimeout − Heartbeat − min(2 s, a third of that): kafka-go sends no heartbeats while draining
-	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart
+	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart; under ConsumerProtocol the broker's (New rejects a value)
 	RebalanceTimeout time.Duration // default 30 s
-	Heartbeat        time.Duration // default 3 s
+	Heartbeat        time.Duration // default 3 s; under ConsumerProtocol the broker's (New rejects a value)
 	DeadLetterSuffix string        // default ".dlq"
 	// Relaxed skips (and commits) records of unknown type instead of
 	// dead-lettering them, as the Python kavari does.
@@ -261,10 +263,11 @@ func (c *Config) validate() error {
 	if c.DrainTimeout >= c.SessionTimeout {
 		errs = append(errs, errors.New("DrainTimeout must be shorter than SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
 	}
-	if mk, ok := transports[c.Transport]; !ok {
+	if c.GroupProtocol < ClassicProtocol || c.GroupProtocol > ConsumerProtocol {
+		errs = append(errs, fmt.Errorf("unknown GroupProtocol %d", int(c.GroupProtocol)))
+	}
+	if _, ok := transports[c.Transport]; !ok {
 		errs = append(errs, fmt.Errorf("unknown Transport %d", int(c.Transport)))
-	} else if c.InstanceID != "" && !mk().Capabilities().StaticMembership {
-		errs = append(errs, fmt.Errorf("InstanceID: the %s transport has no static membership", c.Transport))
 	}
 	if c.SASL != nil {
 		switch c.SASL.Mechanism {

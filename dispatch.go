@@ -59,9 +59,16 @@ type partition struct {
 	id        int
 	tracker   *offsetTracker
 	committed int64 // last committed offset, under engine.commitMu
-	mu        sync.Mutex
-	lanes     map[string]*lane
-	inflight  sync.WaitGroup
+	// committedMeta is the metadata committed with it (completed offsets
+	// beyond it), under engine.commitMu.
+	committedMeta string
+	// skip are the offsets the previous owner completed beyond the
+	// committed one (from the commit's metadata): the feeder marks them
+	// done without handling them. Only the feeder touches it.
+	skip     []offsetRun
+	mu       sync.Mutex
+	lanes    map[string]*lane
+	inflight sync.WaitGroup
 
 	// stuck says, by offset, why records cannot complete, when kavari knows
 	// (a dead letter that cannot be written); Health shows the first. Under mu.
@@ -119,6 +126,10 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
 		p.lag.init(a.Offset)
+		if e.caps.CommitMetadata {
+			p.committedMeta = a.Metadata
+			p.skip = decodeDoneOffsets(a.Offset, a.Metadata)
+		}
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
 		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
 		e.parts[a.TopicPartition] = p
@@ -354,6 +365,10 @@ func (e *engine) feed(p *partition) {
 		if !ok {
 			break
 		}
+		if p.skipped(rec.Offset) {
+			p.tracker.done(p.tracker.add(rec.Offset, time.Now()))
+			continue
+		}
 		// A buffer slot is taken once a record is in hand, so idle
 		// partitions hold none; while all are taken, or this partition has
 		// its share open, the partition is paused and its feeder waits with
@@ -389,6 +404,16 @@ func (e *engine) feed(p *partition) {
 			}
 		}
 	}
+}
+
+// skipped reports whether the previous owner of p completed the record at
+// offset (it is listed in the metadata of the commit p was assigned with).
+// Offsets arrive in increasing order, so runs behind offset are dropped.
+func (p *partition) skipped(offset int64) bool {
+	for len(p.skip) > 0 && p.skip[0].from+p.skip[0].n <= offset {
+		p.skip = p.skip[1:]
+	}
+	return len(p.skip) > 0 && p.skip[0].from <= offset
 }
 
 // partitionShare is how many open records one of n partitions may have: all
@@ -820,9 +845,21 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	var offsets []transport.Offset
 	var moved []*partition
 	for _, p := range ps {
-		next, _, _ := p.tracker.committable()
-		if next > p.committed {
-			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
+		if !e.caps.CommitMetadata {
+			next, _, _ := p.tracker.committable()
+			if next > p.committed {
+				offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
+				moved = append(moved, p)
+			}
+			continue
+		}
+		// With metadata, the completed offsets beyond the prefix are
+		// committed too, so a partition whose head is slow still records
+		// the work done behind it.
+		base, runs := p.tracker.progress()
+		meta := encodeDoneOffsets(base, runs, metaMaxBytes)
+		if base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta {
+			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta})
 			moved = append(moved, p)
 		}
 	}
@@ -851,6 +888,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	for i, p := range moved {
 		p.committed = offsets[i].Offset
 		p.lag.committed.Store(p.committed)
+		p.committedMeta = offsets[i].Metadata
 	}
 	e.k.health.committed()
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 )
 
 // testLogger is quiet unless KAVARI_TEST_LOG is set.
@@ -38,6 +39,7 @@ func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate ...f
 		ConsumerRetry:  kavari.FibonacciRetry(5*time.Millisecond, 3),
 		PublishRetry:   kavari.FibonacciRetry(50*time.Millisecond, 10),
 	}
+	testtransport.Use(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}

@@ -98,6 +98,7 @@ func New(cfg Config) (*Kavari, error) {
 
 // newWith is New on transport tr, or on Config.Transport's when tr is nil.
 func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
+	given := cfg // before defaults: what the user set
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -107,6 +108,9 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 		if tr, err = cfg.adapter(); err != nil {
 			return nil, err
 		}
+	}
+	if err := given.checkTransport(tr.Capabilities()); err != nil {
+		return nil, err
 	}
 	hs, err := newHooks(cfg.Hooks)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/kavari-go/kavari/kavaritest"
 )
 
@@ -619,6 +620,7 @@ func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Confi
 		Brokers: b.Addrs(), GroupID: testenv.ID("g"), Registry: reg, Logger: testLogger(),
 		CommitInterval: 200 * time.Millisecond, Heartbeat: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
 	}
+	testtransport.Use(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}

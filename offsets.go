@@ -88,3 +88,29 @@ func (t *offsetTracker) oldest() (open int, offset int64, key []byte, at time.Ti
 	e := t.entries[t.head]
 	return open, e.offset, e.key, e.at, true
 }
+
+// progress returns where a commit may point and the completed records beyond
+// it: base is the committable offset, or, when the prefix is empty but later
+// records completed, the offset of the first open record (else -1); runs are the
+// completed offsets after base, as runs of consecutive offsets.
+func (t *offsetTracker) progress() (base int64, runs []offsetRun) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.entries[t.head:] {
+		if !e.done {
+			continue
+		}
+		if n := len(runs); n > 0 && runs[n-1].from+runs[n-1].n == e.offset {
+			runs[n-1].n++
+			continue
+		}
+		runs = append(runs, offsetRun{from: e.offset, n: 1})
+	}
+	switch {
+	case t.next >= 0:
+		return t.next, runs
+	case len(runs) > 0:
+		return t.entries[t.head].offset, runs
+	}
+	return -1, nil
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/kavari-go/kavari/validate"
 )
 
@@ -58,6 +59,7 @@ func ktNew(t *testing.T, brokers []string, reg *kavari.Registry, mutate ...func(
 		SessionTimeout: 10 * time.Second,
 		DrainTimeout:   5 * time.Second,
 	}
+	testtransport.Use(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}

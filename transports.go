@@ -1,6 +1,7 @@
 package kavari
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -24,10 +25,69 @@ const (
 	FranzGo
 )
 
-// transports builds each Transport's adapter. Adding a client is one entry.
-var transports = map[Transport]func() transport.Transport{
-	KafkaGo: kafkago.New,
-	FranzGo: func() transport.Transport { return franz.New() },
+// GroupProtocol is the consumer group protocol.
+type GroupProtocol int
+
+const (
+	// ClassicProtocol is the JoinGroup/SyncGroup protocol: the members
+	// assign partitions (eager on KafkaGo, cooperative-sticky on FranzGo).
+	ClassicProtocol GroupProtocol = iota
+	// ConsumerProtocol is KIP-848's: the broker assigns partitions and sets
+	// the session timeout and heartbeat interval (group.consumer.*), so
+	// Config.SessionTimeout and Config.Heartbeat must be left zero. It
+	// needs Kafka 4.0 or later and Transport FranzGo.
+	ConsumerProtocol
+)
+
+func (p GroupProtocol) String() string {
+	switch p {
+	case ClassicProtocol:
+		return "ClassicProtocol"
+	case ConsumerProtocol:
+		return "ConsumerProtocol"
+	}
+	return fmt.Sprintf("GroupProtocol(%d)", int(p))
+}
+
+// transports builds each Transport's adapter for a Config. Adding a client
+// is one entry.
+var transports = map[Transport]func(*Config) transport.Transport{
+	KafkaGo: func(*Config) transport.Transport { return kafkago.New() },
+	FranzGo: func(c *Config) transport.Transport {
+		if c.GroupProtocol == ConsumerProtocol {
+			return franz.New(franz.ConsumerGroupProtocol())
+		}
+		return franz.New()
+	},
+}
+
+// checkTransport rejects what the user set in c (before defaults) that the
+// transport cannot honour, rather than ignoring it.
+func (c *Config) checkTransport(caps transport.Capabilities) error {
+	var errs []error
+	if c.InstanceID != "" && !caps.StaticMembership {
+		errs = append(errs, fmt.Errorf("InstanceID: %v has no static membership (use FranzGo)", c.Transport))
+	}
+	if c.GroupProtocol == ConsumerProtocol && c.Transport != FranzGo {
+		errs = append(errs, fmt.Errorf("GroupProtocol ConsumerProtocol (KIP-848): %v speaks only the classic protocol (use FranzGo)", c.Transport))
+	}
+	if c.Transport == FranzGo {
+		if c.BatchTimeout != 0 {
+			errs = append(errs, errors.New("BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
+		}
+		if c.GroupProtocol == ConsumerProtocol {
+			if c.SessionTimeout != 0 {
+				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets SessionTimeout (group.consumer.session.timeout.ms); leave it zero"))
+			}
+			if c.Heartbeat != 0 {
+				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets the Heartbeat interval (group.consumer.heartbeat.interval.ms); leave it zero"))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kavari: invalid Config for Transport %v: %w", c.Transport, errors.Join(errs...))
+	}
+	return nil
 }
 
 func (t Transport) String() string {
@@ -46,7 +106,7 @@ func (c *Config) adapter() (transport.Transport, error) {
 	if !ok {
 		return nil, fmt.Errorf("kavari: invalid Config: unknown Transport %d", int(c.Transport))
 	}
-	return mk(), nil
+	return mk(c), nil
 }
 
 // transportConfig is c as the adapters see it, consuming topics.

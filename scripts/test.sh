@@ -4,7 +4,7 @@
 # staticcheck, the module-graph check (scripts/modgraph.sh), a build, vet and
 # -short test of the library with the oldest Go it declares; then it starts a
 # real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl, runs
-# all the Go tests against it (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
+# all the Go tests against it, then the broker tests again on franz-go (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
 # KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
 #
 #   bash scripts/test.sh                       # everything above
@@ -15,6 +15,8 @@
 # With arguments, only go test -race -count=1 runs, with them as its arguments
 # (so pass the packages too).
 # KAVARI_TEST_NODES=3 runs the shared cluster with 3 nodes instead of 1.
+# KAVARI_TRANSPORT=kafka-go|franz-go picks the transport of the broker tests
+# (default kafka-go); without arguments both run.
 # Needs Go, a JDK 17+ and Maven; the Kafka jars are fetched once into
 # .cache/kafka/ (see internal/kafkaproc).
 set -euo pipefail
@@ -71,9 +73,26 @@ step "build, vet and go test -short of the library with ${gomin}"
   go build ./... && go vet ./... && go test -short -count=1 ./...
 )
 
-# The whole suite against the real broker...
-step "go test -race of every module against Apache Kafka"
-go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$all"
+# The whole suite against the real broker on kafka-go (the default
+# transport)...
+step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka-go)"
+KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$all"
+# ...the broker tests once more on franz-go (every test that builds a Config
+# reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
+broker_pkgs=(. github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
+  github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/...)
+# OPEN franz-go DEFECTS found by this matrix (issue 10), skipped here until
+# fixed so that the rest of the matrix guards against regressions; each fails
+# on franz-go only (run it with KAVARI_TRANSPORT=franz-go bash scripts/test.sh
+# -run NAME PKG): dead letters do not degrade (too large not classified),
+# a dead-letter write failure, a revoke on kfake, Stop during a held JoinGroup,
+# the final commit after a drain longer than the session (UNKNOWN_MEMBER_ID),
+# goroutines left after Stop, an unknown topic not ErrUnknownTopic, a frozen
+# broker (or an absent one: TestPublishAsyncBackpressure hangs) not failing
+# publishes, SASL/TLS failures not permanent.
+franz_known='^(TestPublishAsyncBackpressure|TestOversizedDeadLettersDegradeAndThePartitionKeepsCommitting|TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds|TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat|TestStopDuringGroupJoin|TestStopDrainLongerThanSession|TestOversizedDeadLetters|TestStopLeavesNoGoroutines)$|^TestPublisherFaults$/^(unknown_topic|frozen_broker)$|^TestSecurity$/^franz-go$/^(WrongPassword|UntrustedCA)'
+step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
+KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -skip "$franz_known" "${broker_pkgs[@]}"
 # ...then a short fuzzing run of record decoding (no broker needed).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .

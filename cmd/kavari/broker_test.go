@@ -16,6 +16,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -139,7 +140,7 @@ func TestTailGoAndPythonRecords(t *testing.T) {
 	if err := reg.Declare(&tailMsg{}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: reg})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +270,7 @@ func TestReplayRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	k, err := kavari.New(kavari.Config{
-		Brokers: brokers, GroupID: testenv.ID("cli-replay"), Registry: reg, CreateTopics: true,
+		Brokers: brokers, Transport: testtransport.Get(), GroupID: testenv.ID("cli-replay"), Registry: reg, CreateTopics: true,
 		ConsumerRetry: kavari.NoRetry(), CommitInterval: 100 * time.Millisecond,
 	})
 	if err != nil {

@@ -61,3 +61,17 @@ func ID(prefix string) string {
 	_, _ = rand.Read(b[:])
 	return prefix + "-" + hex.EncodeToString(b[:])
 }
+
+// Transport names the transport broker tests run on: KAVARI_TRANSPORT,
+// "kafka-go" (the default, also when unset) or "franz-go". scripts/test.sh
+// runs the broker tests once per transport. Another value panics.
+func Transport() string {
+	switch v := os.Getenv("KAVARI_TRANSPORT"); v {
+	case "", "kafka-go":
+		return "kafka-go"
+	case "franz-go":
+		return "franz-go"
+	default:
+		panic("testenv: KAVARI_TRANSPORT=" + v + ": want kafka-go or franz-go")
+	}
+}

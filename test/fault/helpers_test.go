@@ -22,6 +22,7 @@ import (
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/kafkaproc"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 	"github.com/kavari-go/kavari/test/fault/ledger"
 )
@@ -79,6 +80,7 @@ func baseConfig(brokers []string, reg *kavari.Registry) kavari.Config {
 	return kavari.Config{
 		Brokers:          brokers,
 		GroupID:          testenv.ID("fault"),
+		Transport:        testtransport.Get(),
 		Registry:         reg,
 		Logger:           testLogger(),
 		CommitInterval:   200 * time.Millisecond,

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 )
 
 func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func(*kavari.Config)) *kavari.Kavari {
@@ -33,6 +34,7 @@ func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func
 		SessionTimeout: 10 * time.Second,
 		DrainTimeout:   5 * time.Second,
 	}
+	testtransport.Use(&cfg)
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -30,6 +30,7 @@ var securityTransports = []struct {
 	set  func(*kavari.Config)
 }{
 	{"kafka-go", func(*kavari.Config) {}},
+	{"franz-go", func(c *kavari.Config) { c.Transport = kavari.FranzGo }},
 }
 
 type secEvent struct {

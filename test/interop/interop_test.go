@@ -29,6 +29,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 )
 
 const interopTopic = "kavari.interop"
@@ -57,7 +58,7 @@ func ensureTopic(t *testing.T, brokers []string) int {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: reg, Logger: quiet(), TopicPartitions: 3})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), TopicPartitions: 3})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -121,7 +122,7 @@ func TestPythonPublishesGoConsumes(t *testing.T) {
 		seen[m.ID] = got{*m, *rec}
 		return nil
 	}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: testenv.ID("interop-go"), Registry: reg, Logger: quiet(),
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), GroupID: testenv.ID("interop-go"), Registry: reg, Logger: quiet(),
 		ConsumerRetry: kavari.NoRetry()})
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -179,7 +180,7 @@ func TestGoPublishesPythonConsumes(t *testing.T) {
 
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: reg, Logger: quiet(), Partitioner: kavari.CRC32})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Partitioner: kavari.CRC32})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -37,7 +37,8 @@ const unknownTopicTries = 1
 // the partition's leader is in flight (up to 5 per broker with idempotence),
 // so concurrent publishers still share requests. Config.BatchBytes bounds a
 // batch (kgo's ProducerBatchMaxBytes); Config.BatchSize has no kgo
-// equivalent and is ignored.
+// equivalent (kavari bounds what its async writers hand to Produce by it;
+// New rejects a BatchTimeout set on FranzGo).
 func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, error) {
 	opts, err := clientOpts(cfg)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,9 @@ func (Transport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
 	start := kafka.FirstOffset
 	if cfg.StartOffset == transport.Latest {
 		start = kafka.LastOffset
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := cfg.Logger
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
@@ -216,6 +220,11 @@ func (c *Consumer) read(ctx context.Context, h transport.GroupHandler, tp transp
 			}
 			continue
 		}
+		// A fetch under way when the partition was paused may return a
+		// record fetched after the pause: hold it until Resume.
+		if !c.wait(ctx, tp) {
+			break
+		}
 		// One allocation for the record and the slice that delivers it.
 		f := &fetched{rec: transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
 			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time}}
@@ -253,7 +262,8 @@ func (c *Consumer) wait(ctx context.Context, tp transport.TopicPartition) bool {
 	}
 }
 
-// Pause stops fetching tps after the record being fetched.
+// Pause stops fetching tps; a record a fetch under way returns is held
+// until Resume.
 func (c *Consumer) Pause(tps ...transport.TopicPartition) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -289,6 +299,9 @@ func (c *Consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 	c.mu.Unlock()
 	if kg == nil || kg.ID != gen.ID {
 		return fmt.Errorf("kavari: commit fenced: generation %d is over", gen.ID)
+	}
+	if kg.MemberID != gen.MemberID {
+		return fmt.Errorf("kavari: commit fenced: member %q is not this member (%q)", gen.MemberID, kg.MemberID)
 	}
 	m := map[string]map[int]int64{}
 	for _, o := range offsets {

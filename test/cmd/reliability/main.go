@@ -4,8 +4,10 @@
 //	go run ./test/cmd/reliability                 # normal run, ~6-8 min on 2 cores
 //	go run ./test/cmd/reliability -long           # KAVARI_LONG=1: bigger variants
 //	go run ./test/cmd/reliability -fuzztime 0     # skip the decode fuzzing
+//	go run ./test/cmd/reliability -transports franz-go
 //
-// It runs
+// It runs, once per transport (-transports, default kafka-go,franz-go, each
+// as KAVARI_TRANSPORT),
 //
 //	go run ./internal/kafkaproc/cmd/kafkactl run -- go test ./test/fault/ -count=1 -v -timeout 30m
 //
@@ -14,8 +16,8 @@
 // that kill brokers start their own), streams the output, reads the JSON row
 // every test wrote (package test/fault/ledger), optionally runs the
 // FuzzDecodeRecord target for -fuzztime, and renders the report: date,
-// broker version, machine, the exact commands, one row per fault test and a
-// note per row. It exits non-zero when the suite failed, after writing the
+// broker version, machine, the exact commands, one row per fault test and
+// transport, and a note per row. It exits non-zero when the suite failed, after writing the
 // report.
 package main
 
@@ -52,6 +54,7 @@ func realMain() int {
 		run      = flag.String("run", "", "only tests matching this regexp (go test -run)")
 		fuzztime = flag.Duration("fuzztime", 20*time.Second, "how long to fuzz FuzzDecodeRecord (0: skip)")
 		timeout  = flag.Duration("timeout", 30*time.Minute, "go test -timeout")
+		trs      = flag.String("transports", "kafka-go,franz-go", "comma-separated transports to run the suite on (KAVARI_TRANSPORT)")
 	)
 	flag.Parse()
 	root, err := repoRoot()
@@ -62,13 +65,6 @@ func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	rowsDir, err := os.MkdirTemp("", "kavari-reliability-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "reliability:", err)
-		return 1
-	}
-	defer os.RemoveAll(rowsDir)
-
 	testArgs := []string{"go", "test", "./test/fault/", "-count=1", "-v", "-timeout", timeout.String()}
 	if *race {
 		testArgs = append(testArgs, "-race")
@@ -77,21 +73,54 @@ func realMain() int {
 		testArgs = append(testArgs, "-run", *run)
 	}
 	suite := append([]string{"go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
-	env := append(os.Environ(), ledger.EnvDir+"="+rowsDir)
-	envShown := []string{ledger.EnvDir + "=<tmp>"}
-	if *longRun {
-		env = append(env, "KAVARI_LONG=1")
-		envShown = append(envShown, "KAVARI_LONG=1")
+	rep := report{began: time.Now(), long: *longRun, results: map[string]string{}}
+	var allRows []ledger.Row
+	for _, tr := range strings.Split(*trs, ",") {
+		if ctx.Err() != nil {
+			break
+		}
+		rowsDir, err := os.MkdirTemp("", "kavari-reliability-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "reliability:", err)
+			return 1
+		}
+		defer os.RemoveAll(rowsDir)
+		env := append(os.Environ(), ledger.EnvDir+"="+rowsDir, "KAVARI_TRANSPORT="+tr)
+		envShown := []string{"KAVARI_TRANSPORT=" + tr, ledger.EnvDir + "=<tmp>"}
+		if *longRun {
+			env = append(env, "KAVARI_LONG=1")
+			envShown = append(envShown, "KAVARI_LONG=1")
+		}
+		command := strings.Join(envShown, " ") + " " + shellJoin(suite)
+		rep.commands = append(rep.commands, command)
+		fmt.Fprintf(os.Stderr, "reliability: %s\n", command)
+		output, suiteErr := runTee(ctx, root, env, suite)
+		if suiteErr != nil {
+			rep.suiteErr = errors.Join(rep.suiteErr, fmt.Errorf("%s: %w", tr, suiteErr))
+		}
+		rep.pkgTimes = append(rep.pkgTimes, tr+": "+orDash(packageTime(output)))
+		if l := kafkaLine(output); l != "" {
+			rep.kafkaLine = l
+		}
+		for test, res := range testResults(output) {
+			rep.results[tr+"/"+test] = res
+		}
+		rows, err := ledger.ReadDir(rowsDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "reliability:", err)
+			return 1
+		}
+		for i := range rows {
+			if rows[i].Transport == "" {
+				rows[i].Transport = tr
+			}
+		}
+		allRows = append(allRows, rows...)
 	}
-
-	rep := report{began: time.Now(), long: *longRun, command: strings.Join(envShown, " ") + " " + shellJoin(suite)}
-	fmt.Fprintf(os.Stderr, "reliability: %s\n", rep.command)
-	output, suiteErr := runTee(ctx, root, env, suite)
 	rep.took = time.Since(rep.began)
-	rep.suiteErr = suiteErr
-	rep.pkgTime = packageTime(output)
-	rep.kafkaLine = kafkaLine(output)
-	rep.results = testResults(output)
+	// One row per test and transport, a test's transports together.
+	sort.SliceStable(allRows, func(i, j int) bool { return allRows[i].Test < allRows[j].Test })
+	rep.rows = allRows
 
 	if *fuzztime > 0 && ctx.Err() == nil {
 		fuzz := []string{"go", "test", "-run", "^$", "-fuzz", "FuzzDecodeRecord", "-fuzztime", fuzztime.String(), "."}
@@ -103,12 +132,6 @@ func realMain() int {
 		rep.fuzzInteresting = lastMatch(fout, `\(total: (\d+)\)`)
 	}
 
-	rows, err := ledger.ReadDir(rowsDir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "reliability:", err)
-		return 1
-	}
-	rep.rows = rows
 	md := rep.render()
 	path := filepath.Join(root, *out)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -119,9 +142,9 @@ func realMain() int {
 		fmt.Fprintln(os.Stderr, "reliability:", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "reliability: %d rows written to %s\n", len(rows), path)
-	if suiteErr != nil || rep.fuzzErr != nil {
-		fmt.Fprintf(os.Stderr, "reliability: suite: %v, fuzz: %v\n", suiteErr, rep.fuzzErr)
+	fmt.Fprintf(os.Stderr, "reliability: %d rows written to %s\n", len(rep.rows), path)
+	if rep.suiteErr != nil || rep.fuzzErr != nil {
+		fmt.Fprintf(os.Stderr, "reliability: suite: %v, fuzz: %v\n", rep.suiteErr, rep.fuzzErr)
 		return 1
 	}
 	return 0
@@ -216,11 +239,11 @@ type report struct {
 	began     time.Time
 	took      time.Duration
 	long      bool
-	command   string
+	commands  []string // one per transport
 	suiteErr  error
-	pkgTime   string
+	pkgTimes  []string // "transport: 312.5s"
 	kafkaLine string
-	results   map[string]string
+	results   map[string]string // "transport/TestX" -> "PASS 12.3s"
 	rows      []ledger.Row
 
 	fuzzCommand     string
@@ -264,9 +287,11 @@ func (r *report) render() string {
 	}
 	p("| machine | %s |\n", machine())
 	p("| Go | %s %s/%s |\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	p("| command | `%s` |\n", r.command)
+	for _, c := range r.commands {
+		p("| command | `%s` |\n", c)
+	}
 	p("| mode | %s |\n", mode)
-	p("| package runtime | %s (whole command, broker start included: %s) |\n", orDash(r.pkgTime), r.took.Round(time.Second))
+	p("| package runtime | %s (whole command, broker starts included: %s) |\n", strings.Join(r.pkgTimes, ", "), r.took.Round(time.Second))
 	p("| result | %s |\n\n", result)
 
 	p("## Results\n\n")
@@ -275,9 +300,10 @@ func (r *report) render() string {
 	p("than once (in brackets: extra deliveries in all) — allowed, delivery is at-least-once. **lost**: acknowledged but never\n")
 	p("handled — must be 0. **order**: per key, first deliveries out of publish order (n/a: not checked); redeliveries after a\n")
 	p("crash or rebalance may repeat a suffix of a key's sequence and are not violations. **time to recover**: what it measures is\n")
-	p("given in brackets. **status**: a test that finds a library bug fails, and its note says what it found.\n\n")
-	p("| test | fault | sent | acknowledged | handled | duplicates | lost | order violations | time to recover | status |\n")
-	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	p("given in brackets. **status**: a test that finds a library bug fails, and its note says what it found. **transport**: the\n")
+	p("suite runs once per transport (`KAVARI_TRANSPORT`); a test's rows are together.\n\n")
+	p("| test | fault | transport | sent | acknowledged | handled | duplicates | lost | order violations | time to recover | status |\n")
+	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, row := range r.rows {
 		order := "n/a"
 		if row.OrderChecked {
@@ -291,18 +317,18 @@ func (r *report) render() string {
 			}
 		}
 		status := row.Status
-		if res := r.results[row.Test]; res != "" {
+		if res := r.results[row.Transport+"/"+row.Test]; res != "" {
 			status = res
 		}
 		if len(row.Bugs) > 0 {
 			status += " — library bug, see notes"
 		}
-		p("| `%s` | %s | %d | %d | %d | %d (%d) | **%d** | %s | %s | %s |\n", row.Test, row.Title, row.Sent, row.Acked, row.Handled,
+		p("| `%s` | %s | %s | %d | %d | %d | %d (%d) | **%d** | %s | %s | %s |\n", row.Test, row.Title, row.Transport, row.Sent, row.Acked, row.Handled,
 			row.Duplicates, row.ExtraDeliveries, row.Lost, order, rec, status)
 	}
 	p("\n## Notes per test\n\n")
 	for _, row := range r.rows {
-		p("### `%s`\n\n", row.Test)
+		p("### `%s` (%s)\n\n", row.Test, row.Transport)
 		p("%s (mode: %s, %s).\n\n", capitalize(row.Title), row.Mode, fmtMs(row.DurationMs))
 		if row.Setup != "" {
 			p("- setup: %s\n", row.Setup)

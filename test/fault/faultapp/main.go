@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 )
 
@@ -76,9 +77,10 @@ func emit(ev event) {
 }
 
 type app struct {
-	run        string
-	sleep      time.Duration
-	traceStart bool
+	run         string
+	sleep       time.Duration
+	traceStart  bool
+	ignoreSleep bool // a message's sleep_ms does not apply
 }
 
 func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
@@ -95,7 +97,7 @@ func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
 		ev.TS = 0
 	}
 	d := a.sleep
-	if b.SleepMs > 0 {
+	if b.SleepMs > 0 && !a.ignoreSleep {
 		d = time.Duration(b.SleepMs) * time.Millisecond
 	}
 	if d > 0 {
@@ -123,10 +125,12 @@ func realMain() int {
 		brokers    = flag.String("brokers", os.Getenv("KAVARI_BROKERS"), "comma-separated brokers")
 		group      = flag.String("group", "", "consumer group")
 		run        = flag.String("run", "", "run id: records of other runs are ignored")
-		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, stop, storm or static")
+		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, head, stop, storm or static")
 		topics     = flag.Int("topics", 1, "storm: how many storm topics to consume (1 or 2)")
 		sleep      = flag.Duration("sleep", 0, "handler sleep per message (a message's sleep_ms wins)")
 		inflight   = flag.Int("max-inflight", 64, "Config.MaxInFlight")
+		buffered   = flag.Int("max-buffered", 0, "Config.MaxBuffered (0: its default)")
+		noSleepMs  = flag.Bool("ignore-sleep-ms", false, "ignore the messages' sleep_ms")
 		commit     = flag.Duration("commit-interval", time.Second, "Config.CommitInterval")
 		drain      = flag.Duration("drain", 5*time.Second, "Config.DrainTimeout")
 		session    = flag.Duration("session", 6*time.Second, "Config.SessionTimeout")
@@ -135,7 +139,7 @@ func realMain() int {
 		stopAfter  = flag.Duration("stop-timeout", 10*time.Second, "deadline of k.Stop on SIGTERM")
 		traceStart = flag.Bool("trace-start", false, "also print a line when a handler starts")
 		logLevel   = flag.String("log", "warn", "log level on stderr: debug, info, warn, error")
-		trName     = flag.String("transport", "kafka-go", "Config.Transport: kafka-go or franz-go")
+		trName     = flag.String("transport", "", "Config.Transport: kafka-go or franz-go (default: KAVARI_TRANSPORT, inherited from the test)")
 		instance   = flag.String("instance-id", "", "Config.InstanceID (static membership; franz-go)")
 	)
 	flag.Parse()
@@ -150,12 +154,14 @@ func realMain() int {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("pid", pid)
 
-	a := &app{run: *run, sleep: *sleep, traceStart: *traceStart}
+	a := &app{run: *run, sleep: *sleep, traceStart: *traceStart, ignoreSleep: *noSleepMs}
 	reg := kavari.NewRegistry()
 	var err error
 	switch *scenario {
 	case "crash":
 		err = register(reg, &faultmsg.Crash{}, func(m *faultmsg.Crash) *faultmsg.Body { return &m.Body }, a)
+	case "head":
+		err = register(reg, &faultmsg.Head{}, func(m *faultmsg.Head) *faultmsg.Body { return &m.Body }, a)
 	case "stop":
 		err = register(reg, &faultmsg.Stop{}, func(m *faultmsg.Stop) *faultmsg.Body { return &m.Body }, a)
 	case "static":
@@ -173,8 +179,9 @@ func realMain() int {
 		return 2
 	}
 
-	var tr kavari.Transport
+	tr := testtransport.Get() // KAVARI_TRANSPORT, inherited from the test
 	switch *trName {
+	case "":
 	case "kafka-go":
 		tr = kavari.KafkaGo
 	case "franz-go":
@@ -196,6 +203,7 @@ func realMain() int {
 		Registry:         reg,
 		Logger:           logger,
 		MaxInFlight:      *inflight,
+		MaxBuffered:      *buffered,
 		CommitInterval:   *commit,
 		DrainTimeout:     *drain,
 		SessionTimeout:   *session,

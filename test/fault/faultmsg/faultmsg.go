@@ -52,6 +52,13 @@ type Static struct {
 	Body
 }
 
+// Head is consumed by a process whose first record is slow while the ones
+// after it complete, then gets SIGKILLed (commit metadata test).
+type Head struct {
+	kavari.Message `kavari:"topic=kavari-fault-head,key=Key"`
+	Body
+}
+
 // Restart is published and consumed in-process around a broker restart.
 type Restart struct {
 	kavari.Message `kavari:"topic=kavari-fault-restart,key=Key"`

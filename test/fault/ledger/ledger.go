@@ -83,6 +83,7 @@ type Row struct {
 
 	DurationMs   int64          `json:"duration_ms"`
 	KafkaVersion string         `json:"kafka_version,omitempty"`
+	Transport    string         `json:"transport,omitempty"` // KAVARI_TRANSPORT: kafka-go or franz-go
 	Passed       bool           `json:"passed"`
 	Status       string         `json:"status"`         // PASS, FAIL, or SKIP (a known library bug, see Bugs)
 	Bugs         []string       `json:"bugs,omitempty"` // library bugs this test found
@@ -106,6 +107,7 @@ type Ledger struct {
 	setup        string
 	mode         string
 	kafkaVersion string
+	transport    string
 	notes        []string
 	bugs         []string
 	extra        map[string]any
@@ -121,6 +123,15 @@ type entry struct {
 	offsets map[[2]int64]bool // distinct (partition, offset) it was handled at
 }
 
+// transportName is the transport the fault suite runs on (KAVARI_TRANSPORT,
+// as internal/testenv reads it).
+func transportName() string {
+	if v := os.Getenv("KAVARI_TRANSPORT"); v != "" {
+		return v
+	}
+	return "kafka-go"
+}
+
 // New returns the ledger of test (a name such as t.Name()) about the fault
 // described by title.
 func New(test, title string) *Ledger {
@@ -131,6 +142,7 @@ func New(test, title string) *Ledger {
 	return &Ledger{
 		test: test, title: title, begin: time.Now(), mode: mode,
 		kafkaVersion: os.Getenv("KAVARI_KAFKA_VERSION"),
+		transport:    transportName(),
 		sent:         map[string]*entry{}, extra: map[string]any{},
 	}
 }
@@ -384,7 +396,7 @@ func (l *Ledger) Row() Row {
 	defer l.mu.Unlock()
 	r := Row{
 		Test: l.test, Title: l.title, Mode: l.mode, Setup: l.setup,
-		KafkaVersion: l.kafkaVersion, OrderChecked: l.checkOrder,
+		KafkaVersion: l.kafkaVersion, Transport: l.transport, OrderChecked: l.checkOrder,
 		DurationMs:  time.Since(l.begin).Milliseconds(),
 		Notes:       append([]string(nil), l.notes...),
 		Bugs:        append([]string(nil), l.bugs...),

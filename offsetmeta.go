@@ -1,0 +1,103 @@
+package kavari
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"strings"
+)
+
+// Completed offsets beyond the committed one travel in the commit's metadata,
+// so that a member taking a partition over (after a rebalance or a crash)
+// skips the records its previous owner already handled. The metadata is
+//
+//	kv1:<base64url, unpadded, of: uvarint(base) then, per run, uvarint(gap) uvarint(length-1)>
+//
+// where base is the committed offset the metadata belongs to and each run is
+// a range of consecutive completed offsets: the first starts gap offsets after
+// base, each next one gap offsets after the end of the previous run (a gap is
+// at least 1: base itself is never complete, and two runs are never adjacent).
+// It is bounded by metaMaxBytes: when the runs do not fit, the longest prefix
+// of them that does is written (skipping is an optimisation; correctness
+// never depends on it). Metadata that does not parse, or names another base,
+// is ignored: nothing is skipped.
+
+// metaPrefix versions the encoding.
+const metaPrefix = "kv1:"
+
+// metaMaxBytes bounds the metadata, under Kafka's offset.metadata.max.bytes
+// default of 4096.
+const metaMaxBytes = 4000
+
+// offsetRun is the completed offsets [from, from+n).
+type offsetRun struct {
+	from, n int64
+}
+
+// encodeDoneOffsets returns the metadata for base and runs (sorted, disjoint,
+// non-adjacent, all beyond base), at most limit bytes; "" when there are no
+// runs or not even one fits.
+func encodeDoneOffsets(base int64, runs []offsetRun, limit int) string {
+	if len(runs) == 0 || base < 0 {
+		return ""
+	}
+	// raw bytes that fit in limit once base64-encoded behind the prefix.
+	rawMax := (limit - len(metaPrefix)) * 3 / 4
+	buf := binary.AppendUvarint(make([]byte, 0, 64), uint64(base))
+	prev, kept := base, 0
+	for _, r := range runs {
+		if r.from <= prev || r.n <= 0 {
+			break // not beyond the previous one: never encode a wrong set
+		}
+		n := len(buf)
+		buf = binary.AppendUvarint(buf, uint64(r.from-prev))
+		buf = binary.AppendUvarint(buf, uint64(r.n-1))
+		if len(buf) > rawMax {
+			buf = buf[:n]
+			break
+		}
+		prev = r.from + r.n
+		kept++
+	}
+	if kept == 0 {
+		return ""
+	}
+	return metaPrefix + base64.RawURLEncoding.EncodeToString(buf)
+}
+
+// decodeDoneOffsets returns the runs meta lists for base; nil when meta is
+// not kavari's, does not parse, or was written for another base.
+func decodeDoneOffsets(base int64, meta string) []offsetRun {
+	if base < 0 || !strings.HasPrefix(meta, metaPrefix) || len(meta) > 2*metaMaxBytes {
+		return nil
+	}
+	buf, err := base64.RawURLEncoding.DecodeString(meta[len(metaPrefix):])
+	if err != nil {
+		return nil
+	}
+	b, k := binary.Uvarint(buf)
+	if k <= 0 || b != uint64(base) {
+		return nil
+	}
+	buf = buf[k:]
+	var runs []offsetRun
+	prev := base
+	for len(buf) > 0 {
+		gap, k := binary.Uvarint(buf)
+		if k <= 0 || gap == 0 || gap > 1<<62 {
+			return nil
+		}
+		buf = buf[k:]
+		n, k := binary.Uvarint(buf)
+		if k <= 0 || n > 1<<62 {
+			return nil
+		}
+		buf = buf[k:]
+		from := prev + int64(gap)
+		if from < prev || from+int64(n)+1 < from {
+			return nil // overflow
+		}
+		runs = append(runs, offsetRun{from: from, n: int64(n) + 1})
+		prev = from + int64(n) + 1
+	}
+	return runs
+}

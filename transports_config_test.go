@@ -1,0 +1,65 @@
+package kavari_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari"
+)
+
+// A field a transport cannot honour is rejected by New, naming the field,
+// never silently ignored; the same field is accepted where it is honoured.
+func TestNewRejectsWhatTheTransportCannotHonour(t *testing.T) {
+	base := func(tr kavari.Transport) kavari.Config {
+		return kavari.Config{Brokers: []string{"127.0.0.1:1"}, GroupID: "g", Transport: tr, Registry: kavari.NewRegistry()}
+	}
+	for _, c := range []struct {
+		name   string
+		tr     kavari.Transport
+		mutate func(*kavari.Config)
+		want   string // "" accepted
+	}{
+		{"KafkaGo InstanceID", kavari.KafkaGo, func(c *kavari.Config) { c.InstanceID = "a" }, "InstanceID"},
+		{"KafkaGo ConsumerProtocol", kavari.KafkaGo, func(c *kavari.Config) { c.GroupProtocol = kavari.ConsumerProtocol }, "GroupProtocol"},
+		{"KafkaGo BatchTimeout", kavari.KafkaGo, func(c *kavari.Config) { c.BatchTimeout = time.Millisecond }, ""},
+		{"KafkaGo BatchSize", kavari.KafkaGo, func(c *kavari.Config) { c.BatchSize = 10 }, ""},
+		{"FranzGo InstanceID", kavari.FranzGo, func(c *kavari.Config) { c.InstanceID = "a" }, ""},
+		{"FranzGo ConsumerProtocol", kavari.FranzGo, func(c *kavari.Config) { c.GroupProtocol = kavari.ConsumerProtocol }, ""},
+		{"FranzGo BatchTimeout", kavari.FranzGo, func(c *kavari.Config) { c.BatchTimeout = time.Millisecond }, "BatchTimeout"},
+		// BatchSize bounds what a PublishAsync writer hands over at once, on both.
+		{"FranzGo BatchSize", kavari.FranzGo, func(c *kavari.Config) { c.BatchSize = 10 }, ""},
+		{"FranzGo classic SessionTimeout", kavari.FranzGo, func(c *kavari.Config) { c.SessionTimeout = 20 * time.Second }, ""},
+		{"FranzGo ConsumerProtocol SessionTimeout", kavari.FranzGo, func(c *kavari.Config) {
+			c.GroupProtocol, c.SessionTimeout = kavari.ConsumerProtocol, 20*time.Second
+		}, "SessionTimeout"},
+		{"FranzGo ConsumerProtocol Heartbeat", kavari.FranzGo, func(c *kavari.Config) {
+			c.GroupProtocol, c.Heartbeat = kavari.ConsumerProtocol, time.Second
+		}, "Heartbeat"},
+		{"unknown GroupProtocol", kavari.FranzGo, func(c *kavari.Config) { c.GroupProtocol = 7 }, "unknown GroupProtocol"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := base(c.tr)
+			c.mutate(&cfg)
+			k, err := kavari.New(cfg)
+			if c.want == "" {
+				require.NoError(t, err)
+				require.NoError(t, k.Stop(context.Background()))
+				return
+			}
+			require.Error(t, err)
+			assert.Nil(t, k)
+			assert.Contains(t, err.Error(), c.want)
+			assert.Contains(t, err.Error(), "kavari: invalid Config")
+		})
+	}
+}
+
+func TestGroupProtocolString(t *testing.T) {
+	assert.Equal(t, "ClassicProtocol", kavari.ClassicProtocol.String())
+	assert.Equal(t, "ConsumerProtocol", kavari.ConsumerProtocol.String())
+	assert.Equal(t, "GroupProtocol(9)", kavari.GroupProtocol(9).String())
+}
