@@ -442,17 +442,20 @@ func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
 	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-dlqfail", "kavari-test-dlqfail.dlq"), kavaritest.Partitions(1))
 	var rejected atomic.Int64
 	var release atomic.Bool
+	// Produce v13 (franz-go) names a topic by its ID, older versions by name.
+	dlqID := b.Cluster().TopicInfo("kavari-test-dlqfail.dlq").TopicID
 	b.Cluster().ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().KeepControl()
 		r := req.(*kmsg.ProduceRequest)
-		if release.Load() || len(r.Topics) != 1 || r.Topics[0].Topic != "kavari-test-dlqfail.dlq" {
+		if release.Load() || len(r.Topics) != 1 ||
+			(r.Topics[0].Topic != "kavari-test-dlqfail.dlq" && r.Topics[0].TopicID != dlqID) {
 			return nil, nil, false
 		}
 		rejected.Add(1)
 		resp := r.ResponseKind().(*kmsg.ProduceResponse)
 		for _, rt := range r.Topics {
 			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
 			for _, p := range rt.Partitions {
 				sp := kmsg.NewProduceResponseTopicPartition()
 				sp.Partition = p.Partition
