@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -27,6 +28,23 @@ const recordTries = 2
 // Topics are created before they are used (CreateTopics waits for leaders),
 // so one confirmation is enough and the error comes fast.
 const unknownTopicTries = 1
+
+// maxRetryBackoff bounds kgo's wait between two tries of a request or of a
+// metadata load (kgo's default grows to 5 s). kgo counts a record's metadata
+// tries (RecordRetries) only at the end of each wait, so with the default a
+// publish to an unreachable cluster took 15 s per attempt once the waits had
+// grown, and kavari's own retry policy could not keep its schedule.
+const maxRetryBackoff = time.Second
+
+// retryBackoff is kgo's RetryBackoffFn: 100 ms doubling per try, at most
+// maxRetryBackoff.
+func retryBackoff(tries int) time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < tries && d < maxRetryBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxRetryBackoff)
+}
 
 // NewProducer returns an idempotent producer: acks from all in-sync replicas,
 // no linger, no compression (as the kafka-go transport; kgo's default is
@@ -51,6 +69,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 		kgo.RecordPartitioner(partitioner(cfg.Partitioner)),
 		kgo.RecordRetries(recordTries),
 		kgo.UnknownTopicRetries(unknownTopicTries),
+		kgo.RetryBackoffFn(retryBackoff),
 	)
 	if cfg.BatchBytes > 0 {
 		b := cfg.BatchBytes
