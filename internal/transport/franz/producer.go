@@ -46,6 +46,14 @@ func retryBackoff(tries int) time.Duration {
 	return min(d, maxRetryBackoff)
 }
 
+// writeTimeout bounds one Produce call when ctx has no earlier deadline, as
+// the kafka-go transport's WriteTimeout does: records still in flight then
+// fail as retriable with MayHaveBeenWritten (kgo keeps them and settles them
+// later; with idempotence it would otherwise wait for their outcome without
+// bound, and a publish to a frozen broker would never return). A variable
+// for tests.
+var writeTimeout = 10 * time.Second
+
 // NewProducer returns an idempotent producer: acks from all in-sync replicas,
 // no linger, no compression (as the kafka-go transport; kgo's default is
 // snappy), the configured partitioner.
@@ -95,7 +103,7 @@ type producer struct {
 }
 
 // Produce writes recs and waits for each one's acknowledgement or failure,
-// or for ctx's end: a record still in flight then fails with
+// or for ctx's end (at most writeTimeout): a record still in flight then fails with
 // MayHaveBeenWritten (kgo keeps it until its outcome is known, so its
 // idempotent sequence stays valid).
 func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []error {
@@ -108,6 +116,11 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 			errs[i] = &transport.ProduceError{Kind: transport.Closed, Err: errors.New("kavari: franz producer: closed")}
 		}
 		return errs
+	}
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > writeTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, writeTimeout)
+		defer cancel()
 	}
 	var (
 		mu      sync.Mutex

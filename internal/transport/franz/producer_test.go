@@ -160,3 +160,41 @@ func TestProduceUncompressed(t *testing.T) {
 		t.Fatal("the broker saw no produce request")
 	}
 }
+
+// TestProduceWithoutDeadlineFailsWhenTheBrokerDoesNotAnswer: a Produce whose
+// ctx has no deadline still returns, after writeTimeout, while the broker
+// holds the request (a frozen broker): retriable, MayHaveBeenWritten, as the
+// kafka-go transport's WriteTimeout does. kgo alone would wait for the
+// in-flight request's outcome without bound (idempotence).
+func TestProduceWithoutDeadlineFailsWhenTheBrokerDoesNotAnswer(t *testing.T) {
+	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
+	writeTimeout = 300 * time.Millisecond
+	b := kavaritest.NewBroker(t, kavaritest.Topics("frozen"), kavaritest.Partitions(1))
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().DropControl()
+		b.Cluster().SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	p, err := New().NewProducer(transport.Config{Brokers: b.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	done := make(chan []error, 1)
+	go func() {
+		done <- p.Produce(context.Background(), []*transport.Record{{Topic: "frozen", Value: []byte("v")}})
+	}()
+	select {
+	case errs := <-done:
+		var pe *transport.ProduceError
+		if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable || !errors.Is(errs[0], context.DeadlineExceeded) {
+			t.Fatalf("Produce while the broker holds the request = %v, want a retriable error that may have been written", errs)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Produce without a deadline never returned while the broker held the request (hang guard)")
+	}
+	once.Do(func() { close(release) })
+}
