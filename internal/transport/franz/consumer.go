@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -112,6 +113,8 @@ type consumer struct {
 	deliverable map[transport.TopicPartition]bool
 
 	closing chan struct{}
+
+	joined atomic.Bool // the member joined the group once (probeUntilJoined stops)
 }
 
 var errNotRunning = errors.New("kavari: franz consumer: not running")
@@ -145,6 +148,13 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 
 	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var probing sync.WaitGroup
+	defer probing.Wait() // after cancel (defers run last first)
+	probing.Add(1)
+	go func() {
+		defer probing.Done()
+		c.probeUntilJoined(pollCtx, cl, h)
+	}()
 	go func() {
 		select {
 		case <-c.closing:
@@ -169,6 +179,35 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			}
 			c.deliver(transport.TopicPartition{Topic: p.Topic, Partition: p.Partition}, p.Records, p.HighWatermark)
 		})
+	}
+}
+
+// probeInterval is how often probeUntilJoined pings the brokers.
+const probeInterval = time.Second
+
+// probeUntilJoined reports to h.Error, every probeInterval until the member
+// first joins, why no broker can be reached (refused connection, TLS or SASL
+// failure). kgo joins the group only once it has loaded the topics' metadata,
+// and a failed metadata load is only logged: without this, a consumer that
+// cannot connect would never say why (Health.LastError would stay empty).
+func (c *consumer) probeUntilJoined(ctx context.Context, cl *kgo.Client, h transport.GroupHandler) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for !c.joined.Load() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := cl.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil && !c.joined.Load() {
+			h.Error(fmt.Errorf("kavari: franz consumer: no broker reachable: %w", err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 
@@ -205,6 +244,7 @@ func generation(cl *kgo.Client) transport.Generation {
 // partitions and hands them to the engine. kgo starts fetching them only
 // after this returns, so Assigned always comes before their records.
 func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	c.joined.Store(true)
 	tps := flatten(assigned)
 	gen := generation(cl)
 	if len(tps) == 0 {

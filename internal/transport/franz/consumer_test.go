@@ -2,7 +2,10 @@ package franz_test
 
 import (
 	"context"
+	"net"
 	"sort"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -167,4 +170,64 @@ func TestProduceLatency(t *testing.T) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	t.Logf("%s broker: sync produce of one record, one caller, %d produces: p50 %v, p90 %v, p99 %v, max %v",
 		kind, n, lat[n/2], lat[n*9/10], lat[n*99/100], lat[n-1])
+}
+
+// errHandler records what a consumer reports to Error.
+type errHandler struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *errHandler) Assigned(transport.Generation, []transport.Assignment)        {}
+func (r *errHandler) Revoked(transport.Generation, []transport.TopicPartition)     {}
+func (r *errHandler) Lost(transport.Generation, []transport.TopicPartition)        {}
+func (r *errHandler) Records(transport.TopicPartition, []*transport.Record, int64) {}
+func (r *errHandler) Error(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, err)
+}
+
+func (r *errHandler) first() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.errs) == 0 {
+		return nil
+	}
+	return r.errs[0]
+}
+
+// TestConsumerReportsAnUnreachableBroker: a consumer that cannot reach any
+// broker says why through Error (for Health.LastError). kgo only logs a
+// failed metadata load and joins the group only after one succeeded, so
+// nothing reached Error before.
+func TestConsumerReportsAnUnreachableBroker(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c, err := franz.New().NewConsumer(transport.Config{Brokers: []string{addr}, GroupID: "g", Topics: []string{"t"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &errHandler{}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx, h) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for h.first() == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-ran; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := h.first(); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Error reported %v, want the refused connection (hang guard 60 s)", err)
+	}
 }
