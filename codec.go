@@ -143,7 +143,7 @@ func sameCodec(a, b Codec) (same bool) {
 func SetCodec(msg any, c Codec) error { return DefaultRegistry.SetCodec(msg, c) }
 
 // SetCodec makes message type msg (a pointer to a kavari message struct) use
-// codec c for publishing and consuming through r (a Kavari whose
+// codec c for publishing and consuming through r (a Client whose
 // Config.Registry is r); it also declares the type, as Declare does. Call it
 // at start-up: after a consumer on r started it fails with ErrFrozen.
 //

@@ -65,7 +65,7 @@ type SASL struct {
 	Password  string
 }
 
-// Config configures a Kavari. The zero value of every field means its default;
+// Config configures a Client. The zero value of every field means its default;
 // only Brokers is required (and GroupID to consume). New validates it.
 type Config struct {
 	Brokers  []string // bootstrap brokers, host:port

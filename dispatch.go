@@ -20,7 +20,7 @@ import (
 // generation, drains revoked partitions and abandons lost ones. It knows
 // nothing of the client it runs on beyond transport.Capabilities.
 type engine struct {
-	k     *Kavari
+	k     *Client
 	table *routeTable
 	cons  transport.Consumer
 	caps  transport.Capabilities
@@ -37,7 +37,7 @@ type engine struct {
 	sending atomic.Pointer[[]transport.Offset]
 }
 
-func newEngine(k *Kavari, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
+func newEngine(k *Client, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
 	return &engine{k: k, table: table, cons: cons, caps: caps, parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{})}
 }
 
@@ -504,7 +504,7 @@ type task struct {
 // workers, and as a dispatched lane holds a buffer slot, at the bound one of
 // them is idle or about to be; the lane may then wait for one of the
 // MaxInFlight run slots.
-func (k *Kavari) submit(t task) {
+func (k *Client) submit(t task) {
 	select {
 	case k.tasks <- t:
 		return
@@ -537,7 +537,7 @@ func (k *Kavari) submit(t task) {
 
 // worker runs t's lane, then others until the task channel closes or no lane
 // came for k.workerIdle.
-func (k *Kavari) worker(t task) {
+func (k *Client) worker(t task) {
 	defer k.workers.Done()
 	defer k.nworkers.Add(-1)
 	idle := time.NewTimer(k.workerIdle)
@@ -972,7 +972,7 @@ func (e *engine) oldest() (open int, at time.Time) {
 }
 
 // workerIdle is how long an idle worker waits for a lane before it exits
-// (Kavari.workerIdle, taken at New).
+// (Client.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
 
 // partitionHealth describes the partitions that have open records.

@@ -6,7 +6,7 @@ package kavari_test
 //	go test -run '^$' -bench BenchmarkDispatch -benchmem .
 //
 // Each iteration consumes the same pre-produced records with a no-op handler:
-// "kavari" through a Kavari (group join, fetch, decode, validate, lanes,
+// "kavari" through a Client (group join, fetch, decode, validate, lanes,
 // offset tracking, commits), "kafka-go" through one raw partition Reader per
 // partition (fetch only). ns/msg is first to last handled record; allocs/msg
 // and B/msg count every allocation of the iteration, including the embedded

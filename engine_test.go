@@ -39,9 +39,9 @@ func engRecord(p int32, key string, n int) transport.Record {
 		Headers: []transport.Header{{Key: kavari.HeaderMsgType, Value: []byte("engMsg")}}}
 }
 
-// memKavari returns a Kavari on broker b's in-memory transport, consuming
+// memKavari returns a Client on broker b's in-memory transport, consuming
 // with handler h; Stop is left to the test.
-func memKavari(t *testing.T, b *memory.Broker, caps transport.Capabilities, group string, h func(context.Context, *engMsg) error, mutate ...func(*kavari.Config)) *kavari.Kavari {
+func memKavari(t *testing.T, b *memory.Broker, caps transport.Capabilities, group string, h func(context.Context, *engMsg) error, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, h))
@@ -64,7 +64,7 @@ func engBroker(partitions int) *memory.Broker {
 	return b
 }
 
-func stopNow(t *testing.T, k *kavari.Kavari) error {
+func stopNow(t *testing.T, k *kavari.Client) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

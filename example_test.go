@@ -36,10 +36,10 @@ func (h *exOrderHandler) Handle(ctx context.Context, m *exOrderPlaced) error {
 	return nil
 }
 
-// exStart starts an embedded broker and a Kavari consuming reg, and returns
-// the Kavari and a function that stops both. Examples have no *testing.T, so
+// exStart starts an embedded broker and a Client consuming reg, and returns
+// the Client and a function that stops both. Examples have no *testing.T, so
 // it panics on failure.
-func exStart(reg *kavari.Registry, provider kavari.Provider) (*kavari.Kavari, func()) {
+func exStart(reg *kavari.Registry, provider kavari.Provider) (*kavari.Client, func()) {
 	broker, err := kavaritest.Start()
 	if err != nil {
 		panic(err)
@@ -91,7 +91,7 @@ func exReceive(out <-chan string, n int) {
 // A round trip on the embedded broker: register a handler function, start
 // consuming, publish. Messages with the same key are handled one at a time,
 // in the order they were published.
-func ExampleKavari_Publish() {
+func ExampleClient_Publish() {
 	reg := kavari.NewRegistry()
 	handled := make(chan string, 10)
 	err := kavari.RegisterFuncOn(reg, &exOrderPlaced{}, func(ctx context.Context, m *exOrderPlaced) error {
@@ -142,7 +142,7 @@ func ExampleKavari_Publish() {
 
 // An invalid message is refused before anything is sent; errors.As with
 // *validate.Error gives the failing fields.
-func ExampleKavari_Publish_invalid() {
+func ExampleClient_Publish_invalid() {
 	// New does not contact the brokers, and validation happens before any
 	// network call.
 	k, err := kavari.New(kavari.Config{Brokers: []string{"localhost:9092"}, Logger: slog.New(slog.DiscardHandler)})
@@ -172,7 +172,7 @@ func ExampleKavari_Publish_invalid() {
 
 // PublishAsync queues the message and returns; the callback runs exactly once
 // with the outcome.
-func ExampleKavari_PublishAsync() {
+func ExampleClient_PublishAsync() {
 	broker, err := kavaritest.Start()
 	if err != nil {
 		panic(err)

@@ -34,7 +34,7 @@ func fromRecord(r transport.Record) kafka.Message {
 
 // NewOnTransport is New on the adapter tr instead of Config.Transport's
 // (the in-memory transport, for the engine's own tests).
-func NewOnTransport(cfg Config, tr transport.Transport) (*Kavari, error) {
+func NewOnTransport(cfg Config, tr transport.Transport) (*Client, error) {
 	return newWith(cfg, tr)
 }
 
@@ -71,7 +71,7 @@ func CachedTypeInfo(msg any) (any, error) {
 }
 
 // EncodeRecord runs the publish path without I/O: validation, key, JSON and
-// headers, as a Kavari with this Source, MaxMessageBytes and clock would.
+// headers, as a Client with this Source, MaxMessageBytes and clock would.
 func EncodeRecord(ctx context.Context, source string, maxBytes int, now func() time.Time, msg any) (kafka.Message, error) {
 	if now == nil {
 		now = time.Now
@@ -101,13 +101,13 @@ func ConfigWithDefaults(c Config) (Config, error) {
 }
 
 // WriterOf returns the kafka-go Writer of k.
-func WriterOf(k *Kavari) *kafka.Writer { return k.pub.prod.(*kafkago.Producer).Writer() }
+func WriterOf(k *Client) *kafka.Writer { return k.pub.prod.(*kafkago.Producer).Writer() }
 
 // FreezeRegistry freezes r as Start does, so lookups take the lock-free path.
 func FreezeRegistry(r *Registry) { r.freeze() }
 
 // Encoder returns the publish path without I/O bound to one encoder, as a
-// Kavari holds it (for benchmarks).
+// Client holds it (for benchmarks).
 func Encoder(source string, maxBytes int) func(ctx context.Context, msg any) (transport.Record, error) {
 	return newEncoder(source, maxBytes, time.Now).encode
 }

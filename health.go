@@ -178,7 +178,7 @@ func (h *health) committed() {
 }
 
 // Health returns the consumer's current state. Safe for concurrent use.
-func (k *Kavari) Health() Health {
+func (k *Client) Health() Health {
 	k.health.mu.Lock()
 	out := k.health.h
 	g := k.health.current

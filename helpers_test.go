@@ -23,9 +23,9 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// newKavari builds a Kavari on reg against the test broker, creates its topics
+// newKavari builds a Client on reg against the test broker, creates its topics
 // and stops it when the test ends.
-func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate ...func(*kavari.Config)) *kavari.Kavari {
+func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
 		Brokers:        brokers,

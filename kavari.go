@@ -10,7 +10,7 @@
 //		Amount  int64  `json:"amount"   validate:"gt=0"`
 //	}
 //
-// Handlers are registered per message type, and a Kavari publishes and
+// Handlers are registered per message type, and a Client publishes and
 // consumes:
 //
 //	kavari.RegisterFunc(&OrderPlaced{}, func(ctx context.Context, m *OrderPlaced) error { ... })
@@ -38,9 +38,9 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// Kavari publishes and consumes typed messages. Create it with New; it is safe
+// Client publishes and consumes typed messages. Create it with New; it is safe
 // for concurrent use.
-type Kavari struct {
+type Client struct {
 	cfg Config
 	log *slog.Logger
 	reg *Registry
@@ -87,17 +87,17 @@ type Kavari struct {
 	middleware AttemptFunc // Config.Middleware composed; nil when none
 }
 
-// New checks cfg and returns a Kavari ready to publish. It does not contact
+// New checks cfg and returns a Client ready to publish. It does not contact
 // the brokers: a Kafka that is down at boot does not stop the application.
 // Call Stop when done with it, whether or not Start was called: Stop
 // releases the publisher's goroutines and broker connections, which
 // otherwise live as long as the process.
-func New(cfg Config) (*Kavari, error) {
+func New(cfg Config) (*Client, error) {
 	return newWith(cfg, nil)
 }
 
 // newWith is New on transport tr, or on Config.Transport's when tr is nil.
-func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
+func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 	given := cfg // before defaults: what the user set
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -126,7 +126,7 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 		_ = prod.Close()
 		return nil, fmt.Errorf("kavari: admin: %w", err)
 	}
-	k := &Kavari{
+	k := &Client{
 		tr:       tr,
 		admin:    admin,
 		cfg:      cfg,
@@ -159,7 +159,7 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 // matching ErrUnknownTopic. When ctx ends during a write, or an attempt
 // failed after its request may have reached the broker, the error is a
 // *PublishError whose MayHaveBeenWritten is true.
-func (k *Kavari) Publish(ctx context.Context, msg any) error {
+func (k *Client) Publish(ctx context.Context, msg any) error {
 	if errs := k.pub.publish(ctx, []any{msg}); errs != nil {
 		return errs[0]
 	}
@@ -170,7 +170,7 @@ func (k *Kavari) Publish(ctx context.Context, msg any) error {
 // sent. Otherwise each message is retried on its own. The error is a
 // *BatchError listing one *PublishError per message that failed (its Index
 // says which) and whether the batch was refused whole.
-func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
+func (k *Client) PublishBatch(ctx context.Context, msgs ...any) error {
 	errs := k.pub.publish(ctx, msgs)
 	if errs == nil {
 		return nil
@@ -210,7 +210,7 @@ func (k *Kavari) PublishBatch(ctx context.Context, msgs ...any) error {
 // writer. A callback should not block for long (a Publish from it holds its
 // writer for a round trip), must not wait for other goroutines that publish
 // with PublishAsync, and must not call Stop.
-func (k *Kavari) PublishAsync(msg any, callback func(msg any, err error)) {
+func (k *Client) PublishAsync(msg any, callback func(msg any, err error)) {
 	k.pub.enqueue(msg, callback)
 }
 
@@ -219,13 +219,13 @@ func (k *Kavari) PublishAsync(msg any, callback func(msg any, err error)) {
 // and ErrClosed after Stop. When it returns an error nothing was queued and
 // callback is never called; when it returns nil, callback (which may be nil)
 // runs exactly once, as for PublishAsync.
-func (k *Kavari) TryPublishAsync(msg any, callback func(msg any, err error)) error {
+func (k *Client) TryPublishAsync(msg any, callback func(msg any, err error)) error {
 	return k.pub.tryEnqueue(msg, callback)
 }
 
 // SetProvider sets the function that resolves handler instances, such as a DI
 // container's resolve method; see Provider. It may be called at any time.
-func (k *Kavari) SetProvider(p Provider) {
+func (k *Client) SetProvider(p Provider) {
 	if p == nil {
 		k.provider.Store(nil)
 		return
@@ -240,14 +240,14 @@ func (k *Kavari) SetProvider(p Provider) {
 // *HandlerResolveError), and when a dead-letter topic is missing and may not
 // be created (a *MissingTopicsError); with Config.CreateTopics it creates the
 // topics first. A broker that is down is otherwise not an error: the consumer
-// keeps trying and Health shows it. A Start that failed leaves the Kavari
+// keeps trying and Health shows it. A Start that failed leaves the Client
 // startable again and the registry writable.
 //
 // Start and Stop may be called in any order, from any goroutine: a Stop
 // called before or during Start wins, and Start then returns ErrClosed with
 // nothing left running. A second Start while one runs or succeeded is an
 // error.
-func (k *Kavari) Start(ctx context.Context) error {
+func (k *Client) Start(ctx context.Context) error {
 	k.lifeMu.Lock()
 	if k.stopping.Load() {
 		k.lifeMu.Unlock()
@@ -289,7 +289,7 @@ func (k *Kavari) Start(ctx context.Context) error {
 
 // prepare does Start's checks and start-up work and freezes the registry;
 // when it fails, the registry is as it was.
-func (k *Kavari) prepare(ctx context.Context) (*routeTable, error) {
+func (k *Client) prepare(ctx context.Context) (*routeTable, error) {
 	if k.cfg.GroupID == "" {
 		return nil, ErrNoGroupID
 	}
@@ -314,7 +314,7 @@ func (k *Kavari) prepare(ctx context.Context) (*routeTable, error) {
 // Provider, so a container that cannot build one fails Start rather than
 // every message. Handlers with a factory are not built when no Provider is
 // set.
-func (k *Kavari) checkHandlers(table *routeTable) error {
+func (k *Client) checkHandlers(table *routeTable) error {
 	seen := map[*binding]bool{}
 	var names []string
 	var errs []error
@@ -338,7 +338,7 @@ func (k *Kavari) checkHandlers(table *routeTable) error {
 	return &HandlerResolveError{HandlerTypes: names, Err: errors.Join(errs...)}
 }
 
-func (k *Kavari) tryResolve(b *binding) (err error) {
+func (k *Client) tryResolve(b *binding) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("kavari: provider panicked for %s: %v", b.handlerType, r)
@@ -353,7 +353,7 @@ func (k *Kavari) tryResolve(b *binding) (err error) {
 // commits forever. Missing ones are created when Config.AllowAutoCreate is
 // set; otherwise Start fails naming them. Brokers that cannot be asked are
 // not an error (the consumer waits for them); that is logged.
-func (k *Kavari) checkDeadLetterTopics(ctx context.Context, subscribed []string) error {
+func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string) error {
 	names := make([]string, len(subscribed))
 	for i, t := range subscribed {
 		names[i] = t + k.cfg.DeadLetterSuffix
@@ -381,7 +381,7 @@ func (k *Kavari) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 // brokers could not be asked at Start, run once the group is joined. It can
 // no longer fail Start: a missing topic is created when allowed, otherwise
 // logged as an error and shown in Health.
-func (k *Kavari) recheckDeadLetterTopics(names []string) {
+func (k *Client) recheckDeadLetterTopics(names []string) {
 	missing, err := k.missingTopics(k.runCtx, names)
 	if err == nil && len(missing) > 0 && k.cfg.AllowAutoCreate {
 		err = k.ensureTopics(k.runCtx, missing)
@@ -395,13 +395,13 @@ func (k *Kavari) recheckDeadLetterTopics(names []string) {
 }
 
 // missingTopics returns the names the brokers do not know.
-func (k *Kavari) missingTopics(ctx context.Context, names []string) ([]string, error) {
+func (k *Client) missingTopics(ctx context.Context, names []string) ([]string, error) {
 	return k.admin.MissingTopics(ctx, names...)
 }
 
 // launch creates the consumer and starts its goroutines. Called under
 // lifeMu, after prepare.
-func (k *Kavari) launch(table *routeTable) error {
+func (k *Client) launch(table *routeTable) error {
 	topics := table.subscribed()
 	cons, err := k.tr.NewConsumer(k.cfg.transportConfig(topics))
 	if err != nil {
@@ -443,7 +443,7 @@ func (k *Kavari) launch(table *routeTable) error {
 // moments (measured: under 100 ms with the broker frozen; the fault suite
 // allows 2 s); only handlers that ignore their context outlive it, until
 // they return.
-func (k *Kavari) Stop(ctx context.Context) error {
+func (k *Client) Stop(ctx context.Context) error {
 	k.stopOnce.Do(func() {
 		k.lifeMu.Lock()
 		k.planStop(ctx)
@@ -478,7 +478,7 @@ func (k *Kavari) Stop(ctx context.Context) error {
 // return, the final commit, leaving the group and flushing. Without the
 // reserve the commit would come after Stop returned, and a process that exits
 // then would lose it (found by the graceful-stop fault test).
-func (k *Kavari) planStop(ctx context.Context) {
+func (k *Client) planStop(ctx context.Context) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		k.stopGrace.Store(int64(time.Second))
@@ -491,7 +491,7 @@ func (k *Kavari) planStop(ctx context.Context) {
 
 // stop does the shutdown for the first Stop call, whose ctx sets the deadline.
 // starting, when not nil, is closed when a Start under way has returned.
-func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
+func (k *Client) stop(ctx context.Context, starting <-chan struct{}) {
 	// Past the drain budget (planStop) or when ctx ends, handlers are cancelled.
 	stopAfter := context.AfterFunc(ctx, k.hardCancel)
 	defer stopAfter()
@@ -552,7 +552,7 @@ func (k *Kavari) stop(ctx context.Context, starting <-chan struct{}) {
 // Stop that hit its deadline (brokers that do not answer) this is what ends
 // the group's close, the fetches and their requests at once, instead of
 // waiting out the client's own timeouts.
-func (k *Kavari) cutConnections() {
+func (k *Client) cutConnections() {
 	if k.started.Load() {
 		done, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -564,7 +564,7 @@ func (k *Kavari) cutConnections() {
 
 // stopFailed records something the consumer left undone while stopping; Stop
 // returns it.
-func (k *Kavari) stopFailed(err error) {
+func (k *Client) stopFailed(err error) {
 	k.stopMu.Lock()
 	defer k.stopMu.Unlock()
 	k.stopErrs = append(k.stopErrs, err)
@@ -576,7 +576,7 @@ func (k *Kavari) stopFailed(err error) {
 // (late), what completed and is not known to be committed, as the final
 // commit was not answered (or not sent) by the deadline. Called after the
 // connections were cut.
-func (k *Kavari) uncommitted(ctx context.Context, late bool) error {
+func (k *Client) uncommitted(ctx context.Context, late bool) error {
 	var unanswered error
 	if e := k.eng.Load(); late && e != nil {
 		// Looked at before lostCommit: a revoke records its failed commit
@@ -596,7 +596,7 @@ func (k *Kavari) uncommitted(ctx context.Context, late bool) error {
 // commitLost records the failed final commit of a revoke (nil: partitions
 // were assigned again, whose owners get those records again). Stop returns
 // it: the completed records it covered are redelivered.
-func (k *Kavari) commitLost(err error) {
+func (k *Client) commitLost(err error) {
 	k.stopMu.Lock()
 	defer k.stopMu.Unlock()
 	k.lostCommit = err
@@ -606,7 +606,7 @@ func (k *Kavari) commitLost(err error) {
 // Config.TopicPartitions and Config.ReplicationFactor, leaving existing
 // topics as they are, and waits until the brokers know them. After Stop it
 // returns ErrClosed.
-func (k *Kavari) EnsureTopics(ctx context.Context) error {
+func (k *Client) EnsureTopics(ctx context.Context) error {
 	var names []string
 	for _, t := range k.reg.Topics() {
 		names = append(names, t, t+k.cfg.DeadLetterSuffix)
@@ -614,7 +614,7 @@ func (k *Kavari) EnsureTopics(ctx context.Context) error {
 	return k.ensureTopics(ctx, names)
 }
 
-func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
+func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
@@ -625,7 +625,7 @@ func (k *Kavari) ensureTopics(ctx context.Context, names []string) error {
 }
 
 // acquire takes a buffer slot, waiting while MaxBuffered records are open.
-func (k *Kavari) acquire(ctx context.Context) bool {
+func (k *Client) acquire(ctx context.Context) bool {
 	select {
 	case k.sem <- struct{}{}:
 		return true
@@ -634,11 +634,11 @@ func (k *Kavari) acquire(ctx context.Context) bool {
 	}
 }
 
-func (k *Kavari) release() { <-k.sem }
+func (k *Client) release() { <-k.sem }
 
 // run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
 // back.
-func (k *Kavari) run(ctx context.Context) bool {
+func (k *Client) run(ctx context.Context) bool {
 	select {
 	case k.running <- struct{}{}:
 		return true
@@ -647,11 +647,11 @@ func (k *Kavari) run(ctx context.Context) bool {
 	}
 }
 
-func (k *Kavari) ran() { <-k.running }
+func (k *Client) ran() { <-k.running }
 
 // resolve returns the handler instance for binding b: from the Provider when
 // one is set and b names a handler type, else from b's factory.
-func (k *Kavari) resolve(b *binding) (any, error) {
+func (k *Client) resolve(b *binding) (any, error) {
 	if p := k.provider.Load(); p != nil && b.handlerType != nil {
 		h, err := (*p)(b.handlerType)
 		if err != nil {

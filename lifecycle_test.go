@@ -138,7 +138,7 @@ func TestTwoConsumersSharePartitionsAndTakeOverOnLeave(t *testing.T) {
 	group := testenv.ID("g")
 	var mu sync.Mutex
 	seen := map[string]int{}
-	mk := func() *kavari.Kavari {
+	mk := func() *kavari.Client {
 		reg := kavari.NewRegistry()
 		require.NoError(t, kavari.RegisterFuncOn(reg, &shareMsg{}, func(ctx context.Context, m *shareMsg) error {
 			if m.Run == run {
@@ -181,8 +181,8 @@ type faultMsg struct {
 	ID             string `json:"id"`
 }
 
-// faultBroker starts a kfake cluster and a Kavari consuming faultMsg from it.
-func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*kavaritest.Broker, *kavari.Kavari, *sync.Map, string) {
+// faultBroker starts a kfake cluster and a Client consuming faultMsg from it.
+func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*kavaritest.Broker, *kavari.Client, *sync.Map, string) {
 	t.Helper()
 	b := kavaritest.NewBroker(t, kavaritest.Brokers(brokers), kavaritest.Topics("kavari-test-fault", "kavari-test-fault.dlq"), kavaritest.Partitions(2))
 	reg := kavari.NewRegistry()
@@ -511,7 +511,7 @@ func TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat(t *testing.T) {
 	group := testenv.ID("g")
 	var mu sync.Mutex
 	seen := map[string]int{}
-	mk := func() *kavari.Kavari {
+	mk := func() *kavari.Client {
 		reg := kavari.NewRegistry()
 		require.NoError(t, kavari.RegisterFuncOn(reg, &revokeMsg{}, func(ctx context.Context, m *revokeMsg) error {
 			if m.Run != run {
@@ -614,9 +614,9 @@ type lifeHandler struct{}
 
 func (*lifeHandler) Handle(context.Context, *lifeMsg) error { return nil }
 
-// lifeKavari returns a Kavari on a fresh registry consuming lifeMsg from b,
+// lifeKavari returns a Client on a fresh registry consuming lifeMsg from b,
 // without creating topics (the tests decide which exist).
-func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Config)) (*kavari.Kavari, *kavari.Registry) {
+func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Config)) (*kavari.Client, *kavari.Registry) {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	cfg := kavari.Config{
@@ -684,7 +684,7 @@ func TestStartFailsWhenTheProviderCannotBuildAHandler(t *testing.T) {
 }
 
 // TestFailedStartCanBeRetriedAndFreesTheRegistry: a Start that failed (here
-// CreateTopics refused once) leaves the registry writable and the Kavari
+// CreateTopics refused once) leaves the registry writable and the Client
 // startable; the second Start consumes.
 func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
 	b := kavaritest.NewBroker(t)

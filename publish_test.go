@@ -39,9 +39,9 @@ func ktLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// ktNew builds a Kavari on reg, creates the registry's topics (and dead-letter
+// ktNew builds a Client on reg, creates the registry's topics (and dead-letter
 // topics) and stops it when the test ends.
-func ktNew(t *testing.T, brokers []string, reg *kavari.Registry, mutate ...func(*kavari.Config)) *kavari.Kavari {
+func ktNew(t *testing.T, brokers []string, reg *kavari.Registry, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	if reg == nil {
 		reg = kavari.NewRegistry()
@@ -1074,7 +1074,7 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 }
 
 // TryPublishAsync never waits: a full queue is ErrQueueFull; an invalid
-// message or a closed Kavari is an error too; an error means no callback.
+// message or a closed Client is an error too; an error means no callback.
 func TestTryPublishAsync(t *testing.T) {
 	k, err := kavari.New(kavari.Config{
 		Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(),

@@ -141,7 +141,7 @@ func funcIdentity[F any](fn F) uintptr {
 
 // RegisterProvided registers handler type H for message type T on
 // DefaultRegistry, leaving its construction to the Provider (see
-// Kavari.SetProvider). Pass a typed nil to name the type:
+// Client.SetProvider). Pass a typed nil to name the type:
 //
 //	kavari.RegisterProvided(&OrderPlaced{}, (*OrderPlacedHandler)(nil))
 func RegisterProvided[T any, H Handler[T]](msg *T, handlerType H) error {

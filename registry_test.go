@@ -273,7 +273,7 @@ func TestRegistryFrozenAfterStart(t *testing.T) {
 	require.ErrorIs(t, reg.Declare(&ktFrozenMsg{}), kavari.ErrFrozen)
 	assert.Equal(t, []string{"kt-reg-frozen"}, reg.Topics(), "a frozen registry still answers")
 
-	// A second Kavari on the same registry sees it frozen as well.
+	// A second Client on the same registry sees it frozen as well.
 	k2, err := kavari.New(kavari.Config{Brokers: brokers, Registry: reg, Logger: ktLogger()})
 	require.NoError(t, err)
 	defer func() { _ = k2.Stop(context.Background()) }()
@@ -296,7 +296,7 @@ func (*ktRegHandlerFrozen) Handle(context.Context, *ktFrozenMsg) error { return 
 
 // ---- package-level functions on DefaultRegistry ----
 // DefaultRegistry is global: these types are used nowhere else, and no test
-// starts a Kavari on it.
+// starts a Client on it.
 
 type ktDefaultMsg struct {
 	kavari.Message `kavari:"topic=kt-default-registry,key=ID"`
@@ -322,7 +322,7 @@ var ktDefaultRegistered atomic.Bool
 func TestPackageLevelRegisterUsesDefaultRegistry(t *testing.T) {
 	err := kavari.Register(&ktDefaultMsg{}, func() *ktDefaultHandler { return &ktDefaultHandler{} })
 	if errors.Is(err, kavari.ErrFrozen) {
-		t.Skip("DefaultRegistry was frozen by another test that started a Kavari without Config.Registry")
+		t.Skip("DefaultRegistry was frozen by another test that started a Client without Config.Registry")
 	}
 	if ktDefaultRegistered.Load() {
 		require.ErrorIs(t, err, kavari.ErrDuplicate, "registered by an earlier run of this test")

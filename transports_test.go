@@ -90,7 +90,7 @@ func TestInstanceIDNeedsStaticMembership(t *testing.T) {
 func TestHealthFollowsCooperativeRebalance(t *testing.T) {
 	brokers, _ := testenv.Brokers(t)
 	group := testenv.ID("kt-coop")
-	member := func() *kavari.Kavari {
+	member := func() *kavari.Client {
 		reg := kavari.NewRegistry()
 		require.NoError(t, kavari.RegisterFuncOn(reg, &ktTransportMsg{}, func(context.Context, *ktTransportMsg) error { return nil }))
 		k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: group, Registry: reg, Logger: ktLogger(),

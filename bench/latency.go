@@ -46,7 +46,7 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 	var err error
 	switch s.Impl {
 	case "kavari", implKavariFranz:
-		var k *kavari.Kavari
+		var k *kavari.Client
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &BenchMessage{}, func(_ context.Context, m *BenchMessage) error {
 			seen(time.Now(), m.Seq, m.SentNs)

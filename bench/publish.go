@@ -171,7 +171,7 @@ func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
 // "kavari" is kavari on kafka-go, its default.
 const implKavariFranz = "kavari-franz"
 
-type kavariPublisher struct{ k *kavari.Kavari }
+type kavariPublisher struct{ k *kavari.Client }
 
 func newKavariPublisher(s *spec) (*kavariPublisher, error) {
 	k, err := kavari.New(kavariConfig(s, kavari.NewRegistry()))

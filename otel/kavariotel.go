@@ -67,7 +67,7 @@ type Config struct {
 
 // Instrumentation is a kavari hook (install it in Config.Hooks) whose
 // Middleware is installed in Config.Middleware. Safe for concurrent use; one
-// Instrumentation serves one Kavari.
+// Instrumentation serves one Client.
 type Instrumentation struct {
 	cfg    Config
 	tracer trace.Tracer

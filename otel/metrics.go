@@ -131,7 +131,7 @@ func (i *Instrumentation) OnCommitted(_ map[string]map[int]int64, took time.Dura
 // Observe registers the gauges read from k.Health() at each collection:
 // consumer lag per partition, records in flight and running, and the async
 // queue depth. Unregister the returned registration to stop.
-func (i *Instrumentation) Observe(k *kavari.Kavari) (metric.Registration, error) {
+func (i *Instrumentation) Observe(k *kavari.Client) (metric.Registration, error) {
 	m := i.m.meter
 	lag, err := m.Int64ObservableGauge(MetricLag, metric.WithUnit("{message}"), metric.WithDescription("High watermark minus committed offset, per assigned partition."))
 	if err != nil {

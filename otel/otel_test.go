@@ -78,9 +78,9 @@ func quiet() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// kavariFor returns a started-to-be Kavari instrumented by s (nil: not
+// kavariFor returns a started-to-be Client instrumented by s (nil: not
 // instrumented), with reg's handlers.
-func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrumented bool, mutate ...func(*kavari.Config)) *kavari.Kavari {
+func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrumented bool, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
 		Brokers: s.brokers, GroupID: group, Registry: reg, Logger: quiet(), CreateTopics: true, TopicPartitions: 1,
@@ -190,7 +190,7 @@ func TestTraceFollowsMessage(t *testing.T) {
 	s := newSetup(t, group)
 	reg := kavari.NewRegistry()
 	got := make(chan trace.SpanContext, 1)
-	var k *kavari.Kavari
+	var k *kavari.Client
 	require.NoError(t, kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error {
 		if m.ID != "o-1" {
 			return nil

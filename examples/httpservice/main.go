@@ -10,7 +10,7 @@
 // Lifespan: kavari starts consuming before the server accepts requests; on
 // SIGINT or SIGTERM the server stops taking requests and finishes those in
 // progress (http.Server.Shutdown), then kavari drains its handlers, commits
-// and flushes (Kavari.Stop), each within a deadline.
+// and flushes (Client.Stop), each within a deadline.
 //
 //	go run ./examples/httpservice -addr :8080
 //	curl -i -d '{"order_id":"o-1","customer":"ann@example.com","amount_cents":1250}' localhost:8080/orders
@@ -89,7 +89,7 @@ func (s *store) state(id string) (known, handled bool) {
 
 // service holds what the HTTP handlers need.
 type service struct {
-	k     *kavari.Kavari
+	k     *kavari.Client
 	store *store
 	log   *slog.Logger
 	// contract is the service's AsyncAPI document, served at GET /asyncapi.

@@ -106,7 +106,7 @@ func run() int {
 		return fail(err)
 	}
 
-	// 3. A Kavari: one publisher and one consumer group member.
+	// 3. A Client: one publisher and one consumer group member.
 	k, err := kavari.New(kavari.Config{
 		Brokers: brokers,
 		GroupID: "kavari-quickstart-" + runTag,
@@ -212,7 +212,7 @@ func kafka() (brokers []string, where string, closeFn func(), err error) {
 
 // publishOrders publishes n orders: the first few with Publish, the rest with
 // PublishBatch in chunks. It returns how many went through Publish.
-func publishOrders(ctx context.Context, k *kavari.Kavari, run string, n int) (int, error) {
+func publishOrders(ctx context.Context, k *kavari.Client, run string, n int) (int, error) {
 	order := func(i int) *OrderPlaced {
 		return &OrderPlaced{
 			OrderID:     fmt.Sprintf("%s-%06d", run, i),
@@ -245,7 +245,7 @@ func publishOrders(ctx context.Context, k *kavari.Kavari, run string, n int) (in
 
 // publishPayments queues n payments with PublishAsync and waits for their
 // callbacks. It returns how many were acknowledged and how many failed.
-func publishPayments(k *kavari.Kavari, run string, n int) (acked, failed int64) {
+func publishPayments(k *kavari.Client, run string, n int) (acked, failed int64) {
 	var wg sync.WaitGroup
 	var ok, bad atomic.Int64
 	wg.Add(n)

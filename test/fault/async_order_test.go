@@ -44,7 +44,7 @@ func TestPublishAsyncKeyOrder(t *testing.T) {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	led.Setup("shared broker; %d messages over %d keys published with PublishAsync from one goroutine (AsyncWorkers default 4); one in-process Kavari consuming, Ordering PerKey", n, keys)
+	led.Setup("shared broker; %d messages over %d keys published with PublishAsync from one goroutine (AsyncWorkers default 4); one in-process Client consuming, Ordering PerKey", n, keys)
 
 	var wg sync.WaitGroup
 	wg.Add(n)

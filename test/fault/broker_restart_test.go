@@ -48,7 +48,7 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	led.Setup("own 1-node cluster; one in-process Kavari publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions, handler %s)",
+	led.Setup("own 1-node cluster; one in-process Client publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions, handler %s)",
 		workers, keys, partitions, handlerSleep)
 
 	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Restart{Body: b} }}

@@ -109,7 +109,7 @@ func TestStopDrainLongerThanSession(t *testing.T) {
 	mk := func(b faultmsg.Body) any { return &DrainStop{Body: b} }
 	drainSetup(t, brokers, led, run, &DrainStop{}, mk, n, fast, slowMs)
 	group := testenv.ID("drain-stop")
-	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Kavari {
+	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Client {
 		reg := kavari.NewRegistry()
 		h := drainHandler(led, run, proc, slow, started)
 		if err := kavari.RegisterFuncOn(reg, &DrainStop{}, func(ctx context.Context, m *DrainStop) error { return h(ctx, &m.Body) }); err != nil {
@@ -175,7 +175,7 @@ func TestRevokeDrainLongerThanSession(t *testing.T) {
 	mk := func(b faultmsg.Body) any { return &DrainRevoke{Body: b} }
 	drainSetup(t, brokers, led, run, &DrainRevoke{}, mk, n, fast, slowMs)
 	group := testenv.ID("drain-revoke")
-	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Kavari {
+	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Client {
 		reg := kavari.NewRegistry()
 		h := drainHandler(led, run, proc, slow, started)
 		if err := kavari.RegisterFuncOn(reg, &DrainRevoke{}, func(ctx context.Context, m *DrainRevoke) error { return h(ctx, &m.Body) }); err != nil {

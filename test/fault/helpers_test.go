@@ -93,9 +93,9 @@ func baseConfig(brokers []string, reg *kavari.Registry) kavari.Config {
 	}
 }
 
-// newKavari builds a Kavari from cfg, creates its topics and stops it (with a
+// newKavari builds a Client from cfg, creates its topics and stops it (with a
 // generous deadline) when t ends.
-func newKavari(t *testing.T, cfg kavari.Config) *kavari.Kavari {
+func newKavari(t *testing.T, cfg kavari.Config) *kavari.Client {
 	t.Helper()
 	k, err := kavari.New(cfg)
 	if err != nil {
@@ -114,9 +114,9 @@ func newKavari(t *testing.T, cfg kavari.Config) *kavari.Kavari {
 	return k
 }
 
-// publisher returns a Kavari that only publishes msgs' types (declared, no
+// publisher returns a Client that only publishes msgs' types (declared, no
 // handler) after creating their topics with the given partitions.
-func publisher(t *testing.T, brokers []string, partitions int, msgs ...any) *kavari.Kavari {
+func publisher(t *testing.T, brokers []string, partitions int, msgs ...any) *kavari.Client {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	for _, m := range msgs {
@@ -161,7 +161,7 @@ type plan struct {
 // led. Messages of one key are published one after another, so their Seq
 // order is their order in the log. It returns when every call returned or ctx
 // ended; onAck runs after each acknowledged message (may be nil).
-func publishAll(ctx context.Context, k *kavari.Kavari, led *ledger.Ledger, run string, mk func(faultmsg.Body) any, p plan, onAck func()) {
+func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run string, mk func(faultmsg.Body) any, p plan, onAck func()) {
 	if p.workers <= 0 {
 		p.workers = 1
 	}

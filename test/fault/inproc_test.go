@@ -11,10 +11,10 @@ import (
 	"github.com/kavari-go/kavari/test/fault/ledger"
 )
 
-// stream is an in-process Kavari that publishes and consumes one message type
+// stream is an in-process Client that publishes and consumes one message type
 // while a test breaks its brokers.
 type stream struct {
-	k   *kavari.Kavari
+	k   *kavari.Client
 	led *ledger.Ledger
 	run string
 	mk  func(faultmsg.Body) any

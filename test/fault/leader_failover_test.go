@@ -13,7 +13,7 @@ import (
 	"github.com/kavari-go/kavari/test/fault/ledger"
 )
 
-// TestLeaderKilledInThreeNodeCluster runs an in-process Kavari (Brokers = all
+// TestLeaderKilledInThreeNodeCluster runs an in-process Client (Brokers = all
 // three nodes) against its own 3-node cluster (replication factor 3,
 // min.insync.replicas 2), publishing and consuming, and SIGKILLs the node
 // leading partition 0 mid-stream. The node stays down: the application is
@@ -23,7 +23,7 @@ import (
 // the kill (so written to the new leader and fetched from it).
 func TestLeaderKilledInThreeNodeCluster(t *testing.T) { leaderKilled(t, nil) }
 
-// leaderKilled is TestLeaderKilledInThreeNodeCluster with the Kavari's
+// leaderKilled is TestLeaderKilledInThreeNodeCluster with the Client's
 // configuration changed by mutate (nil: none); it returns the ledger's row.
 func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 	c := ownCluster(t, 3)
@@ -60,7 +60,7 @@ func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	led.Setup("own 3-node cluster, topic RF 3, min.insync.replicas 2; one in-process Kavari (Brokers = the 3 nodes) publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions)",
+	led.Setup("own 3-node cluster, topic RF 3, min.insync.replicas 2; one in-process Client (Brokers = the 3 nodes) publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions)",
 		workers, keys, partitions)
 
 	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Failover{Body: b} }}

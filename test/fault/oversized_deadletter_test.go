@@ -53,7 +53,7 @@ func TestOversizedDeadLetters(t *testing.T) {
 	const topic, good, every = "kavari-fault-bigdlq", 200, 50
 	createTopicWith(t, brokers, topic, 1, nil)
 	createTopicWith(t, brokers, topic+".dlq", 1, map[string]string{"max.message.bytes": "262144"})
-	led.Setup("shared broker; topic with 1 partition, its .dlq with max.message.bytes 262144; %d valid records and 2 oversized-dead-letter ones written raw; one in-process Kavari", good)
+	led.Setup("shared broker; topic with 1 partition, its .dlq with max.message.bytes 262144; %d valid records and 2 oversized-dead-letter ones written raw; one in-process Client", good)
 
 	reg := kavari.NewRegistry()
 	if err := kavari.RegisterFuncOn(reg, &faultmsg.BigDeadLetter{}, func(ctx context.Context, m *faultmsg.BigDeadLetter) error {

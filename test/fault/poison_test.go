@@ -73,7 +73,7 @@ func TestPoisonRecords(t *testing.T) {
 		{"huge-900KB", huge, typed, kavari.KindValidation},
 		{"handler-panics", valid("panic", "panic", 0, 1, "panic"), typed, kavari.KindHandler},
 	}
-	led.Setup("shared broker; topic with 1 partition; %d valid records and %d malformed ones (one every %d) written raw with a kafka-go Writer; one in-process Kavari consuming", good, len(cases), every)
+	led.Setup("shared broker; topic with 1 partition; %d valid records and %d malformed ones (one every %d) written raw with a kafka-go Writer; one in-process Client consuming", good, len(cases), every)
 
 	reg := kavari.NewRegistry()
 	if err := kavari.RegisterFuncOn(reg, &faultmsg.Poison{}, func(ctx context.Context, m *faultmsg.Poison) error {

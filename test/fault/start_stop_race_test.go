@@ -55,7 +55,7 @@ func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 			plan{from: next, to: next + perRound, keys: 8}, nil)
 		next += perRound
 	}
-	newConsumer := func(proc string, createTopics bool) *kavari.Kavari {
+	newConsumer := func(proc string, createTopics bool) *kavari.Client {
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &StartStop{}, func(ctx context.Context, m *StartStop) error {
 			recordHandled(ctx, led, run, proc, &m.Body)

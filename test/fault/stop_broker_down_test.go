@@ -20,7 +20,7 @@ import (
 	"github.com/kavari-go/kavari/test/fault/ledger"
 )
 
-// TestStopWhileBrokerDown stops a consuming and publishing Kavari whose only
+// TestStopWhileBrokerDown stops a consuming and publishing Client whose only
 // broker is gone — SIGKILLed ("killed": connections refused) or SIGSTOPped
 // ("frozen": connections accepted by the kernel, never answered, the nastier
 // case) — with PublishAsync messages still queued. Stop(ctx) with a 3 s
@@ -57,7 +57,7 @@ func stopWhileBrokerDown(t *testing.T, mode string) {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	led.Setup("own 1-node cluster; one in-process Kavari consuming and publishing; %d messages published and handled, then the broker %s, then %d PublishAsync queued and Stop(ctx 3 s)", n, mode, async)
+	led.Setup("own 1-node cluster; one in-process Client consuming and publishing; %d messages published and handled, then the broker %s, then %d PublishAsync queued and Stop(ctx 3 s)", n, mode, async)
 	mk := func(b faultmsg.Body) any { return &faultmsg.Down{Body: b} }
 	publishAll(ctx, k, led, run, mk, plan{to: n, keys: 10, workers: 4}, nil)
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)

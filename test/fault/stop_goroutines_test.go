@@ -18,11 +18,11 @@ import (
 )
 
 // stopGoroutineBound is how soon after Stop returns the goroutines kavari
-// started are gone, as documented on Kavari.Stop.
+// started are gone, as documented on Client.Stop.
 const stopGoroutineBound = 2 * time.Second
 
 // TestStopLeavesNoGoroutines freezes (SIGSTOP) the only broker under a
-// consuming Kavari and stops it with a 3 s deadline. Stop returns by its
+// consuming Client and stops it with a 3 s deadline. Stop returns by its
 // deadline; then every goroutine kavari started (consumer group, partition
 // readers and their connections, workers, timers) must be gone within
 // stopGoroutineBound, compared with a goroutine profile taken before New.
@@ -34,7 +34,7 @@ func TestStopLeavesNoGoroutines(t *testing.T) {
 	led.KafkaVersion(c.Version())
 	run := testenv.ID("run")
 	const n = 100
-	led.Setup("own 1-node cluster; one in-process Kavari consuming and publishing; %d messages handled, broker SIGSTOPped, Stop(ctx 3 s); goroutines with kavari or kafka-go frames compared with a profile taken before New", n)
+	led.Setup("own 1-node cluster; one in-process Client consuming and publishing; %d messages handled, broker SIGSTOPped, Stop(ctx 3 s); goroutines with kavari or kafka-go frames compared with a profile taken before New", n)
 
 	before := goroutineIDs()
 	reg := kavari.NewRegistry()

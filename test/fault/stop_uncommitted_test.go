@@ -61,7 +61,7 @@ func stopReportsUncommittedWork(t *testing.T, mode string) {
 	publishAll(ctx, pub, led, run, mk, plan{to: n, keys: 10, workers: 2}, nil)
 
 	group := testenv.ID("stop-frozen")
-	newConsumer := func(proc string) *kavari.Kavari {
+	newConsumer := func(proc string) *kavari.Client {
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &StopFrozen{}, func(ctx context.Context, m *StopFrozen) error {
 			recordHandled(ctx, led, run, proc, &m.Body)
@@ -200,7 +200,7 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	var blocked sync.Map
-	newConsumer := func(proc string, stubborn bool) *kavari.Kavari {
+	newConsumer := func(proc string, stubborn bool) *kavari.Client {
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &StopAbandon{}, func(ctx context.Context, m *StopAbandon) error {
 			if m.Run == run && stubborn && m.SleepMs > 0 {

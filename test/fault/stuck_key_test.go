@@ -32,10 +32,10 @@ func TestStuckKey(t *testing.T) {
 	const topic, partitions, stuckN, p0Others, others = "kavari-fault-hotkey", 4, 100, 30, 300
 	createTopicWith(t, brokers, topic, partitions, nil)
 	createTopicWith(t, brokers, topic+".dlq", 1, nil)
-	led.Setup("shared broker; topic with %d partitions; %d records of one key and %d of other keys on partition 0, then %d on partitions 1-3; in-process Kavari, MaxInFlight 8, MaxBuffered 32, the key's handler hangs; then a second Kavari in the group",
+	led.Setup("shared broker; topic with %d partitions; %d records of one key and %d of other keys on partition 0, then %d on partitions 1-3; in-process Client, MaxInFlight 8, MaxBuffered 32, the key's handler hangs; then a second Client in the group",
 		partitions, stuckN, p0Others, others)
 
-	consumer := func(hang bool) *kavari.Kavari {
+	consumer := func(hang bool) *kavari.Client {
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &faultmsg.HotKey{}, func(ctx context.Context, m *faultmsg.HotKey) error {
 			if hang && m.Key == "p0-stuck" {

@@ -22,7 +22,7 @@ import (
 	"github.com/kavari-go/kavari/internal/testtransport"
 )
 
-func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func(*kavari.Config)) *kavari.Kavari {
+func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
 		Brokers:        brokers,
@@ -257,7 +257,7 @@ func TestManyPartitions(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	parts := map[int]bool{}
-	mk := func() *kavari.Kavari {
+	mk := func() *kavari.Client {
 		reg := kavari.NewRegistry()
 		require.NoError(t, kavari.RegisterFuncOn(reg, &wideMsg{}, func(ctx context.Context, m *wideMsg) error {
 			if m.Run == run {

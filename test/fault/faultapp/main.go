@@ -244,7 +244,7 @@ func realMain() int {
 }
 
 // watchHealth prints a health line whenever membership changes.
-func watchHealth(k *kavari.Kavari, quit <-chan struct{}) {
+func watchHealth(k *kavari.Client, quit <-chan struct{}) {
 	var last event
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()

@@ -72,7 +72,7 @@ type Failover struct {
 	Body
 }
 
-// Down is consumed in-process by a Kavari stopped while its broker is down.
+// Down is consumed in-process by a Client stopped while its broker is down.
 type Down struct {
 	kavari.Message `kavari:"topic=kavari-fault-down,key=Key"`
 	Body
