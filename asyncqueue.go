@@ -2,6 +2,7 @@ package kavari
 
 import (
 	"bytes"
+	"context"
 	"runtime"
 	"strconv"
 	"sync"
@@ -40,10 +41,11 @@ const (
 )
 
 // push appends it, or returns ErrClosed once the queue is closing, or
-// ErrQueueFull in pushTry mode when it is full. inCallback reports whether
+// ErrQueueFull in pushTry mode when it is full, or ctx's error when ctx
+// ended while push waited for room. inCallback reports whether
 // the caller runs on an async writer; it is asked only when the queue is
 // full.
-func (q *asyncQueue) push(it asyncItem, mode pushMode, inCallback func() bool) error {
+func (q *asyncQueue) push(ctx context.Context, it asyncItem, mode pushMode, inCallback func() bool) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.len() >= q.size && !q.closing {
@@ -54,7 +56,19 @@ func (q *asyncQueue) push(it asyncItem, mode pushMode, inCallback func() bool) e
 			// Never wait: the room would have to come from a writer, maybe
 			// the very one running this callback.
 		default:
+			if ctx.Done() != nil {
+				// Wake the wait below when ctx ends.
+				stop := context.AfterFunc(ctx, func() {
+					q.mu.Lock()
+					q.notFull.Broadcast()
+					q.mu.Unlock()
+				})
+				defer stop()
+			}
 			for q.len() >= q.size && !q.closing {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
 				q.notFull.Wait()
 			}
 		}

@@ -175,7 +175,7 @@ func BenchmarkDecode(b *testing.B) {
 	for _, c := range ktBenchCases() {
 		b.Run(c.name, func(b *testing.B) {
 			reg := kavari.NewRegistry()
-			if err := reg.Declare(c.msg); err != nil {
+			if err := kavari.DeclareAny(reg, c.msg); err != nil {
 				b.Fatal(err)
 			}
 			kavari.FreezeRegistry(reg) // as after Start: the lock-free route table

@@ -59,9 +59,9 @@ func TestCodecMismatchDeadLetters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	require.NoError(t, consumer.Start(ctx))
-	err := publisher.Publish(ctx, &ktMixTextOut{Payload: run + "-text"})
+	_, err := publisher.Publish(ctx, &ktMixTextOut{Payload: run + "-text"})
 	require.NoError(t, err)
-	err = publisher.Publish(ctx, &ktMixJSONOut{ID: run + "-json", N: 5})
+	_, err = publisher.Publish(ctx, &ktMixJSONOut{ID: run + "-json", N: 5})
 	require.NoError(t, err)
 
 	dls := readTopic(t, brokers, topic+".dlq", 2, func(m kafka.Message) bool { return strings.HasPrefix(string(m.Key), run) })

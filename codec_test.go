@@ -66,7 +66,7 @@ func ktTextRegistry(t *testing.T) *kavari.Registry {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	for _, m := range []any{&ktTextStr{}, &ktTextInt{}, &ktTextInt8{}, &ktTextUint{}, &ktTextFloat{}, &ktTextFloat32{}, &ktTextBool{}, &ktTextBytes{}} {
-		require.NoError(t, reg.Declare(m))
+		require.NoError(t, kavari.DeclareAny(reg, m))
 	}
 	return reg
 }
@@ -278,7 +278,7 @@ func TestTextCodecTagErrors(t *testing.T) {
 		{&ktTextSlice{}, "unsupported"},
 		{&ktTextUnknown{}, `unknown codec "xml"`},
 	} {
-		err := kavari.NewRegistry().Declare(tc.msg)
+		err := kavari.DeclareAny(kavari.NewRegistry(), tc.msg)
 		var te *kavari.TagError
 		if assert.ErrorAs(t, err, &te, "%T", tc.msg) {
 			assert.Contains(t, te.Reason, tc.reason, "%T", tc.msg)

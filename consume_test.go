@@ -63,8 +63,10 @@ func TestRoundTripTwoTypesOneTopic(t *testing.T) {
 	require.NoError(t, k.Start(ctx))
 	const n = 50
 	for i := 0; i < n; i++ {
-		require.NoError(t, k.Publish(ctx, &rtOrder{Run: run, OrderID: fmt.Sprintf("o-%d", i%7), Seq: i, Amount: 10}))
-		require.NoError(t, k.Publish(ctx, &rtRefund{Run: run, OrderID: fmt.Sprintf("o-%d", i%7), Seq: i}))
+		_, err := k.Publish(ctx, &rtOrder{Run: run, OrderID: fmt.Sprintf("o-%d", i%7), Seq: i, Amount: 10})
+		require.NoError(t, err)
+		_, err = k.Publish(ctx, &rtRefund{Run: run, OrderID: fmt.Sprintf("o-%d", i%7), Seq: i})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool {
 		mu.Lock()

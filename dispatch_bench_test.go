@@ -158,11 +158,11 @@ func dispatchBenchFill(b *testing.B, brokers []string) {
 	defer cancel()
 	defer func() { _ = k.Stop(ctx) }()
 	payload := strings.Repeat("x", 60)
-	batch := make([]any, 0, 1000)
+	batch := make([]kavari.Msg, 0, 1000)
 	for i := 0; i < dispatchBenchN; i++ {
 		batch = append(batch, &dispatchBenchMsg{ID: "m-" + strconv.Itoa(i), Seq: i, Payload: payload})
 		if len(batch) == cap(batch) || i == dispatchBenchN-1 {
-			if err := k.PublishBatch(ctx, batch...); err != nil {
+			if _, err := k.PublishBatch(ctx, batch...); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]

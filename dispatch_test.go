@@ -123,13 +123,14 @@ func TestPerKeyOrderUnderConcurrency(t *testing.T) {
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 32; c.TopicPartitions = 4 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	var batch []any
+	var batch []kavari.Msg
 	for s := 0; s < per; s++ {
 		for i := 0; i < keys; i++ {
 			batch = append(batch, &ordMsg{Run: run, Key: "k" + strconv.Itoa(i), Seq: s})
 		}
 	}
-	require.NoError(t, k.PublishBatch(ctx, batch...))
+	_, err := k.PublishBatch(ctx, batch...)
+	require.NoError(t, err)
 	eventually(t, 90*time.Second, func() bool { return handled.Load() == keys*per }, "handled %d of %d", handled.Load(), keys*per)
 	assert.Zero(t, violations.Load(), "per-key order violations")
 	assert.Greater(t, maxParallel.Load(), int64(1), "different keys ran in parallel")
@@ -185,7 +186,8 @@ func TestHandlerFailuresRetryThenDeadLetter(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for _, mode := range []string{"error", "panic", "permanent", "flaky", "ok"} {
-		require.NoError(t, k.Publish(ctx, &failMsg{Run: run, ID: mode, Mode: mode}))
+		_, err := k.Publish(ctx, &failMsg{Run: run, ID: mode, Mode: mode})
+		require.NoError(t, err)
 	}
 	dl := readTopic(t, brokers, "kavari-test-fail.dlq", 3, func(m kafka.Message) bool {
 		return header(m, kavari.HeaderErrorKind) != "" && string(m.Value) != "" && containsRun(m.Value, run)
@@ -271,14 +273,16 @@ func TestPoisonRecordsAreDeadLetteredAndGoodOnesHandled(t *testing.T) {
 		{"garbage", "decode", kafka.Message{Value: append([]byte{0xff, 0x00, 0x13}, []byte(run)...), Headers: typ}},
 	}
 	for i, b := range bad {
-		require.NoError(t, k.Publish(ctx, &poisonMsg{Run: run, ID: "good-" + strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &poisonMsg{Run: run, ID: "good-" + strconv.Itoa(i)})
+		require.NoError(t, err)
 		m := b.msg
 		m.Key = []byte(b.name)
 		// writeRaw waits out a metadata cache (kafka-go's DefaultTransport,
 		// shared by the tests of the process) that does not list the topic yet.
 		writeRaw(t, brokers, "kavari-test-poison", m)
 	}
-	require.NoError(t, k.Publish(ctx, &poisonMsg{Run: run, ID: "good-last"}))
+	_, err := k.Publish(ctx, &poisonMsg{Run: run, ID: "good-last"})
+	require.NoError(t, err)
 	dl := readTopic(t, brokers, "kavari-test-poison.dlq", len(bad), func(m kafka.Message) bool {
 		return containsRun(m.Value, run) || header(m, "run") == run
 	})
@@ -335,13 +339,15 @@ func TestProviderResolvesHandlersAndItsErrorsAreHandlerFailures(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx)) // Start resolves every handler type once
 	fail.Store(true)
-	require.NoError(t, k.Publish(ctx, &provMsg{Run: run, ID: "a"}))
+	_, err := k.Publish(ctx, &provMsg{Run: run, ID: "a"})
+	require.NoError(t, err)
 	dl := readTopic(t, brokers, "kavari-test-prov.dlq", 1, func(m kafka.Message) bool { return containsRun(m.Value, run) })
 	assert.Contains(t, header(dl[0], kavari.HeaderOriginalError), "container not ready")
 	assert.Equal(t, "*kavari_test.provHandler", header(dl[0], kavari.HeaderHandler))
 	fail.Store(false)
 	for i := 0; i < 5; i++ {
-		require.NoError(t, k.Publish(ctx, &provMsg{Run: run, ID: "b" + strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &provMsg{Run: run, ID: "b" + strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 30*time.Second, func() bool { return seen.Load() == 5 }, "provider-built handler saw %d", seen.Load())
 }
@@ -374,7 +380,8 @@ func TestHandlerTimeoutCancelsContext(t *testing.T) {
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &slowMsg{Run: run, ID: "x"}))
+	_, err := k.Publish(ctx, &slowMsg{Run: run, ID: "x"})
+	require.NoError(t, err)
 	dl := readTopic(t, brokers, "kavari-test-slow.dlq", 1, func(m kafka.Message) bool { return containsRun(m.Value, run) })
 	assert.Contains(t, header(dl[0], kavari.HeaderOriginalError), "deadline exceeded")
 	assert.Equal(t, int64(2), cancelled.Load())

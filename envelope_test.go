@@ -218,9 +218,12 @@ func TestEnvelopeOnTheWire(t *testing.T) {
 	)
 	full := ktFullMessage(run)
 	before := time.Now().Round(0) // wall clock: ce_time is the publishing host's time
-	require.NoError(t, k.Publish(ctx, full))
-	require.NoError(t, k.Publish(context.Background(), &ktEnvPlain{Run: run, ID: "plain-1", N: 1}))
-	require.NoError(t, k.Publish(context.Background(), &ktEnvPlain{Run: run, ID: "plain-2", N: 2}))
+	_, err := k.Publish(ctx, full)
+	require.NoError(t, err)
+	_, err = k.Publish(context.Background(), &ktEnvPlain{Run: run, ID: "plain-1", N: 1})
+	require.NoError(t, err)
+	_, err = k.Publish(context.Background(), &ktEnvPlain{Run: run, ID: "plain-2", N: 2})
+	require.NoError(t, err)
 	after := time.Now().Round(0)
 
 	recs := ktOfRun(ktRead(t, brokers, "kt-envelope"), run)

@@ -105,7 +105,7 @@ func TestPublishBatchErrorIsTyped(t *testing.T) {
 	require.NoError(t, reg.Declare(&ktBatchErrMsg{}))
 	k := ktNew(t, brokers, reg)
 
-	err := k.PublishBatch(context.Background(), &ktBatchErrMsg{ID: "a"}, &ktBatchErrMsg{}, &ktBatchErrMsg{ID: "c"})
+	_, err := k.PublishBatch(context.Background(), &ktBatchErrMsg{ID: "a"}, &ktBatchErrMsg{}, &ktBatchErrMsg{ID: "c"})
 	var be *kavari.BatchError
 	require.ErrorAs(t, err, &be)
 	assert.True(t, be.Refused, "an invalid message refuses the whole batch")
@@ -120,7 +120,7 @@ func TestPublishBatchErrorIsTyped(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err = k.PublishBatch(ctx, &ktBatchErrMsg{ID: "a"}, &ktBatchErrMsg{ID: "b"})
+	_, err = k.PublishBatch(ctx, &ktBatchErrMsg{ID: "a"}, &ktBatchErrMsg{ID: "b"})
 	require.ErrorAs(t, err, &be)
 	assert.False(t, be.Refused, "valid messages: each was tried")
 	assert.Len(t, be.Failed, 2)

@@ -128,7 +128,7 @@ func ExampleClient_Publish() {
 
 	for i := 1; i <= 3; i++ {
 		// All three share the key "o-1": same partition, handled in order.
-		err := k.Publish(ctx, &exOrderPlaced{OrderID: "o-1", Customer: "ann@example.com", Amount: int64(100 * i)})
+		_, err := k.Publish(ctx, &exOrderPlaced{OrderID: "o-1", Customer: "ann@example.com", Amount: int64(100 * i)})
 		if err != nil {
 			panic(err)
 		}
@@ -153,7 +153,7 @@ func ExampleClient_Publish_invalid() {
 	defer cancel()
 	defer k.Stop(ctx)
 
-	err = k.Publish(ctx, &exOrderPlaced{Customer: "ann-at-example", Amount: -5})
+	_, err = k.Publish(ctx, &exOrderPlaced{Customer: "ann-at-example", Amount: -5})
 	fmt.Println(errors.Is(err, kavari.ErrInvalid))
 	fmt.Println(err)
 	var verr *validate.Error
@@ -202,9 +202,9 @@ func ExampleClient_PublishAsync() {
 		if i == 2 {
 			m.Amount = 0 // invalid: its callback runs before PublishAsync returns
 		}
-		k.PublishAsync(m, func(msg any, err error) {
+		k.PublishAsync(context.Background(), m, func(r kavari.Receipt, err error) {
 			defer wg.Done()
-			results[i] = fmt.Sprintf("%s: acknowledged=%t invalid=%t", msg.(*exOrderPlaced).OrderID, err == nil, errors.Is(err, kavari.ErrInvalid))
+			results[i] = fmt.Sprintf("%s: acknowledged=%t invalid=%t", r.Message.(*exOrderPlaced).OrderID, err == nil, errors.Is(err, kavari.ErrInvalid))
 		})
 	}
 	wg.Wait()
@@ -236,7 +236,7 @@ func ExampleRegisterOn() {
 	k, stop := exStart(reg, nil)
 	defer stop()
 
-	if err := k.Publish(context.Background(), &exOrderPlaced{OrderID: "o-7", Customer: "bob@example.com", Amount: 700}); err != nil {
+	if _, err := k.Publish(context.Background(), &exOrderPlaced{OrderID: "o-7", Customer: "bob@example.com", Amount: 700}); err != nil {
 		panic(err)
 	}
 	exReceive(handled, 1)
@@ -263,7 +263,7 @@ func ExampleMapProvider() {
 	}
 	k, stop := exStart(reg, provider)
 	defer stop()
-	if err := k.Publish(context.Background(), &exOrderPlaced{OrderID: "o-9", Customer: "cy@example.com", Amount: 900}); err != nil {
+	if _, err := k.Publish(context.Background(), &exOrderPlaced{OrderID: "o-9", Customer: "cy@example.com", Amount: 900}); err != nil {
 		panic(err)
 	}
 	exReceive(handled, 1)

@@ -131,3 +131,7 @@ func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler st
 func PartitionShare(maxBuffered, maxInFlight, n int) int {
 	return partitionShare(maxBuffered, maxInFlight, n)
 }
+
+// DeclareAny is Registry.Declare without the compile-time Msg check, for
+// tests of what the run-time checks say about values that are not messages.
+func DeclareAny(r *Registry, msg any) error { return r.add(msg, nil) }

@@ -26,9 +26,9 @@ type Hook any
 // is sent; a message refused as invalid is not reported, so every call is
 // followed by one HookPublishAfter call. The headers it returns are appended
 // to the record's (nil adds none); kavari's own headers are not replaced.
-// ctx is the Publish call's, context.Background for PublishAsync.
+// ctx is the one given to Publish, PublishBatch or PublishAsync.
 type HookPublishBefore interface {
-	OnPublishBefore(ctx context.Context, msg any) []Header
+	OnPublishBefore(ctx context.Context, msg Msg) []Header
 }
 
 // HookPublishAfter is called once per message a publish wrote or gave up
@@ -36,7 +36,8 @@ type HookPublishBefore interface {
 // record as acknowledged (its partition and offset set) and a nil err, or
 // with the error the caller gets. start is when the first attempt began.
 // Messages refused before sending (invalid, too large) are not reported.
-// For PublishAsync it runs on the async writer, before the callback.
+// For PublishAsync it runs on the async writer, before the callback, with
+// the PublishAsync call's ctx.
 type HookPublishAfter interface {
 	OnPublishAfter(ctx context.Context, r *Record, start time.Time, err error)
 }
@@ -133,7 +134,7 @@ func newHooks(hs []Hook) (*hooks, error) {
 }
 
 // publishBefore appends to hs the headers the hooks add to msg.
-func (h *hooks) publishBefore(ctx context.Context, msg any, hs []transport.Header) []transport.Header {
+func (h *hooks) publishBefore(ctx context.Context, msg Msg, hs []transport.Header) []transport.Header {
 	for _, x := range h.pubBefore {
 		for _, a := range x.OnPublishBefore(ctx, msg) {
 			hs = append(hs, transport.Header{Key: a.Key, Value: a.Value})
@@ -142,8 +143,9 @@ func (h *hooks) publishBefore(ctx context.Context, msg any, hs []transport.Heade
 	return hs
 }
 
-// publishAfter reports the outcome of recs (errs nil: all acknowledged).
-func (h *hooks) publishAfter(ctx context.Context, recs []*transport.Record, start time.Time, errs []error) {
+// publishAfter reports the outcome of recs (errs nil: all acknowledged),
+// each with its context, ctxs[i], or ctx when ctxs is nil.
+func (h *hooks) publishAfter(ctx context.Context, ctxs []context.Context, recs []*transport.Record, start time.Time, errs []error) {
 	if h == nil || len(h.pubAfter) == 0 {
 		return
 	}
@@ -153,8 +155,12 @@ func (h *hooks) publishAfter(ctx context.Context, recs []*transport.Record, star
 			err = errs[i]
 		}
 		r := recordOf(rec, 0)
+		c := ctx
+		if ctxs != nil {
+			c = ctxs[i]
+		}
 		for _, x := range h.pubAfter {
-			x.OnPublishAfter(ctx, r, start, err)
+			x.OnPublishAfter(c, r, start, err)
 		}
 	}
 }

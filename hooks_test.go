@@ -37,7 +37,7 @@ func (r *recorder) got() []string {
 	return append([]string(nil), r.lines...)
 }
 
-func (r *recorder) OnPublishBefore(_ context.Context, msg any) []Header {
+func (r *recorder) OnPublishBefore(_ context.Context, msg kavari.Msg) []Header {
 	r.add("before %T", msg)
 	return []Header{{Key: "x-hook", Value: []byte("1")}}
 }
@@ -228,10 +228,12 @@ func TestHooksPublish(t *testing.T) {
 			c.Hooks = []kavari.Hook{rec}
 		})
 		ctx := context.Background()
-		require.NoError(t, k.Publish(ctx, &engMsg{Key: "a"}))
-		require.NoError(t, k.PublishBatch(ctx, &engMsg{Key: "b"}, &engMsg{Key: "c"}))
+		_, err := k.Publish(ctx, &engMsg{Key: "a"})
+		require.NoError(t, err)
+		_, err = k.PublishBatch(ctx, &engMsg{Key: "b"}, &engMsg{Key: "c"})
+		require.NoError(t, err)
 		done := make(chan error, 1)
-		k.PublishAsync(&engMsg{Key: "d"}, func(_ any, err error) { done <- err })
+		k.PublishAsync(context.Background(), &engMsg{Key: "d"}, func(_ kavari.Receipt, err error) { done <- err })
 		require.NoError(t, <-done)
 		lines := rec.got()
 		assert.Equal(t, []string{"before *kavari_test.engMsg", "before *kavari_test.engMsg", "before *kavari_test.engMsg", "before *kavari_test.engMsg"}, only(lines, "before"))

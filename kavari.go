@@ -151,29 +151,27 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 	return k, nil
 }
 
-// Publish validates msg (a pointer to a kavari message struct), sends it and
-// returns once all in-sync replicas acknowledged it, retrying retriable
-// failures with Config.PublishRetry. An invalid message returns an error
-// matching ErrInvalid and is not sent. A topic the brokers do not know
-// (with AllowAutoCreate off) fails after a few attempts with an error
+// Publish validates msg, sends it and returns once all in-sync replicas
+// acknowledged it, retrying retriable failures with Config.PublishRetry. The
+// receipt says where it was stored (see Receipt). An invalid message returns
+// an error matching ErrInvalid and is not sent. A topic the brokers do not
+// know (with AllowAutoCreate off) fails after a few attempts with an error
 // matching ErrUnknownTopic. When ctx ends during a write, or an attempt
 // failed after its request may have reached the broker, the error is a
 // *PublishError whose MayHaveBeenWritten is true.
-func (k *Client) Publish(ctx context.Context, msg any) error {
-	if errs := k.pub.publish(ctx, []any{msg}); errs != nil {
-		return errs[0]
-	}
-	return nil
+func (k *Client) Publish(ctx context.Context, msg Msg) (Receipt, error) {
+	return k.pub.publishOne(ctx, msg)
 }
 
-// PublishBatch publishes msgs together. If any message is invalid, none is
-// sent. Otherwise each message is retried on its own. The error is a
-// *BatchError listing one *PublishError per message that failed (its Index
-// says which) and whether the batch was refused whole.
-func (k *Client) PublishBatch(ctx context.Context, msgs ...any) error {
-	errs := k.pub.publish(ctx, msgs)
+// PublishBatch publishes msgs together and returns one receipt per message,
+// in order. If any message is invalid, none is sent. Otherwise each message
+// is retried on its own. The error is a *BatchError listing one
+// *PublishError per message that failed (its Index says which) and whether
+// the batch was refused whole.
+func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, error) {
+	receipts, errs := k.pub.publish(ctx, msgs)
 	if errs == nil {
-		return nil
+		return receipts, nil
 	}
 	be := &BatchError{}
 	for i, e := range errs {
@@ -191,16 +189,23 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...any) error {
 		}
 		be.Failed = append(be.Failed, pe)
 	}
-	return be
+	return receipts, be
 }
 
-// PublishAsync validates msg and queues it for publishing; callback (which may
-// be nil) runs exactly once with msg and the outcome, nil when acknowledged.
+// PublishAsync validates msg and queues it for publishing; callback (which
+// may be nil) runs exactly once with msg's receipt and the outcome, nil when
+// acknowledged. ctx is the message's as Publish's would be: its headers
+// (WithHeaders) and trace context go with the message, hooks see it, and
+// when it ends before the message was written the message is not sent and
+// the callback gets a *PublishError wrapping ctx's error. Once a write has
+// begun, ctx no longer stops it (messages are written in batches).
+//
 // Messages with the same key are written in call order (a retried write can
-// still land after later ones, as with concurrent Publish calls).
-// When the queue (Config.AsyncQueue) is full, PublishAsync blocks until there
-// is room; TryPublishAsync returns ErrQueueFull instead. An invalid message,
-// or one published after Stop, gets its callback before PublishAsync returns.
+// still land after later ones, as with concurrent Publish calls). When the
+// queue (Config.AsyncQueue) is full, PublishAsync blocks until there is room
+// or ctx ends; TryPublishAsync returns ErrQueueFull instead. An invalid
+// message, or one published after Stop, gets its callback before
+// PublishAsync returns.
 //
 // Callbacks run one at a time, in order, on the goroutine of the async writer
 // that wrote the message: while one runs, that writer writes nothing. A
@@ -209,9 +214,10 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...any) error {
 // Config.AsyncQueue when the queue is full), so it cannot deadlock the
 // writer. A callback should not block for long (a Publish from it holds its
 // writer for a round trip), must not wait for other goroutines that publish
-// with PublishAsync, and must not call Stop.
-func (k *Client) PublishAsync(msg any, callback func(msg any, err error)) {
-	k.pub.enqueue(msg, callback)
+// with PublishAsync, and must not call Stop. A callback that panics is
+// recovered and logged.
+func (k *Client) PublishAsync(ctx context.Context, msg Msg, callback func(Receipt, error)) {
+	k.pub.enqueue(ctx, msg, callback)
 }
 
 // TryPublishAsync is PublishAsync without waiting: when msg's queue is full
@@ -219,8 +225,8 @@ func (k *Client) PublishAsync(msg any, callback func(msg any, err error)) {
 // and ErrClosed after Stop. When it returns an error nothing was queued and
 // callback is never called; when it returns nil, callback (which may be nil)
 // runs exactly once, as for PublishAsync.
-func (k *Client) TryPublishAsync(msg any, callback func(msg any, err error)) error {
-	return k.pub.tryEnqueue(msg, callback)
+func (k *Client) TryPublishAsync(ctx context.Context, msg Msg, callback func(Receipt, error)) error {
+	return k.pub.tryEnqueue(ctx, msg, callback)
 }
 
 // SetProvider sets the function that resolves handler instances, such as a DI

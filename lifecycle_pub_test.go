@@ -52,7 +52,8 @@ func TestStopClosesTheTransport(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), ktHangGuard)
 		defer cancel()
 		require.NoError(t, k.EnsureTopics(ctx))
-		require.NoError(t, k.Publish(ctx, &ktCycleMsg{ID: "c"}))
+		_, err = k.Publish(ctx, &ktCycleMsg{ID: "c"})
+		require.NoError(t, err)
 		require.NoError(t, k.Stop(ctx))
 		// A closed transport must not be reopened behind Stop's back.
 		require.ErrorIs(t, k.EnsureTopics(ctx), kavari.ErrClosed)

@@ -76,7 +76,8 @@ func TestStopMidProcessingCommitsCompletedAndRedeliversTheRest(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k1.Start(ctx))
 	for i := 0; i < n; i++ {
-		require.NoError(t, k1.Publish(ctx, &stopMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i}))
+		_, err := k1.Publish(ctx, &stopMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i})
+		require.NoError(t, err)
 	}
 	waitGroup(t, &entered, 60*time.Second)
 	require.Equal(t, int64(blockFrom), done1.Load())
@@ -162,7 +163,8 @@ func TestTwoConsumersSharePartitionsAndTakeOverOnLeave(t *testing.T) {
 	}, "both members should hold partitions: %+v / %+v", a.Health(), b.Health())
 	publish := func(from, to int) {
 		for i := from; i < to; i++ {
-			require.NoError(t, a.Publish(ctx, &shareMsg{Run: run, ID: strconv.Itoa(i)}))
+			_, err := a.Publish(ctx, &shareMsg{Run: run, ID: strconv.Itoa(i)})
+			require.NoError(t, err)
 		}
 	}
 	handled := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
@@ -232,7 +234,8 @@ func TestEmbeddedFaultFailedCommits(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 50; i++ {
-		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { return count(seen) == 50 }, "handled %d", count(seen))
 	eventually(t, 60*time.Second, func() bool {
@@ -258,7 +261,8 @@ func TestEmbeddedFaultFailedFetches(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 50; i++ {
-		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { return count(seen) == 50 }, "handled %d", count(seen))
 	assert.Greater(t, dropped.Load(), int64(6))
@@ -277,7 +281,8 @@ func TestEmbeddedFaultCoordinatorMoves(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 20; i++ {
-		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { return count(seen) == 20 }, "handled %d", count(seen))
 	before := b.Cluster().CoordinatorFor(group)
@@ -286,7 +291,8 @@ func TestEmbeddedFaultCoordinatorMoves(t *testing.T) {
 	}
 	require.NotEqual(t, before, b.Cluster().CoordinatorFor(group), "coordinator should have moved")
 	for i := 20; i < 60; i++ {
-		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 90*time.Second, func() bool { return count(seen) == 60 }, "handled %d after the coordinator moved", count(seen))
 	eventually(t, 60*time.Second, func() bool {
@@ -301,7 +307,8 @@ func TestStopReturnsByDeadlineWhenBrokerIsGone(t *testing.T) {
 	b, k, seen, _ := faultBroker(t, 1)
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &faultMsg{ID: "x"}))
+	_, err := k.Publish(ctx, &faultMsg{ID: "x"})
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return count(seen) == 1 }, "handled")
 	b.Close()
 	stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -349,7 +356,8 @@ func TestMaxInFlightBoundsWorkAndHealthShowsIt(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 100; i++ {
-		require.NoError(t, k.Publish(ctx, &bpMsg{Run: run, ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &bpMsg{Run: run, ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { h := k.Health(); return h.InFlight == 20 && h.Running == 8 },
 		"buffer and run slots should fill: %+v", k.Health())
@@ -387,7 +395,8 @@ func TestRelaxedSkipsUnknownTypes(t *testing.T) {
 	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-relaxed", BatchTimeout: time.Millisecond}
 	defer w.Close()
 	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte(`{}`), Headers: []kafka.Header{{Key: "msg_type", Value: []byte("SomethingElse")}}}))
-	require.NoError(t, k.Publish(ctx, &relaxedMsg{ID: "a"}))
+	_, err := k.Publish(ctx, &relaxedMsg{ID: "a"})
+	require.NoError(t, err)
 	require.NoError(t, k.Start(ctx))
 	eventually(t, 30*time.Second, func() bool { return handled.Load() == 1 }, "handled")
 	eventually(t, 30*time.Second, func() bool { return committed(t, b.Addrs(), group, "kavari-test-relaxed", 1)[0] == 2 }, "committed past the unknown record")
@@ -424,7 +433,8 @@ func TestMaxInFlightBelowPartitionCountStillProgresses(t *testing.T) {
 	eventually(t, 60*time.Second, func() bool { return len(k.Health().Assigned["kavari-test-fewslots"]) == 3 }, "assigned")
 	assert.Equal(t, 0, k.Health().InFlight, "idle fetchers hold no slot")
 	for i := 0; i < 30; i++ {
-		require.NoError(t, k.Publish(ctx, &fewSlotsMsg{Run: run, ID: "same-key"}))
+		_, err := k.Publish(ctx, &fewSlotsMsg{Run: run, ID: "same-key"})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { return handled.Load() == 30 }, "handled %d of 30", handled.Load())
 }
@@ -482,7 +492,8 @@ func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
 	defer w.Close()
 	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte("poison: no headers")}))
 	for i := 0; i < 5; i++ {
-		require.NoError(t, k.Publish(ctx, &dlqFailMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &dlqFailMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	require.NoError(t, k.Start(ctx))
 	eventually(t, 30*time.Second, func() bool { return handled.Load() == 5 && rejected.Load() >= 4 }, "good records handled while the dead letter keeps failing")
@@ -535,7 +546,8 @@ func TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat(t *testing.T) {
 	require.NoError(t, a.Start(ctx))
 	const n = 300
 	for i := 0; i < n; i++ {
-		require.NoError(t, a.Publish(ctx, &revokeMsg{Run: run, ID: strconv.Itoa(i)}))
+		_, err := a.Publish(ctx, &revokeMsg{Run: run, ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	handled := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
 	eventually(t, 60*time.Second, func() bool { return handled() >= 20 }, "first member under way")
@@ -594,7 +606,8 @@ func TestStopCommitsBeforeItsDeadlineEvenWithStuckHandlers(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k1.Start(ctx))
 	for i := 0; i < n; i++ {
-		require.NoError(t, k1.Publish(ctx, &stuckMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i}))
+		_, err := k1.Publish(ctx, &stuckMsg{Run: run, ID: "id-" + strconv.Itoa(i), Seq: i})
+		require.NoError(t, err)
 	}
 	waitGroup(t, &entered, 60*time.Second)
 	stopCtx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
@@ -712,7 +725,8 @@ func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
 		"the registry is writable after a failed Start")
 	require.NoError(t, k.Start(context.Background()), "a failed Start can be retried")
 	assert.True(t, k.Health().Started)
-	require.NoError(t, k.Publish(context.Background(), &lifeMsg{ID: "a"}))
+	_, err := k.Publish(context.Background(), &lifeMsg{ID: "a"})
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return handled.Load() == 1 }, "not consumed after the retried Start")
 	require.ErrorIs(t, kavari.RegisterFuncOn(reg, &stopMsg{}, func(context.Context, *stopMsg) error { return nil }), kavari.ErrFrozen)
 }
@@ -785,7 +799,8 @@ func TestStopReportsAFailedFinalCommit(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 10; i++ {
-		require.NoError(t, k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)}))
+		_, err := k.Publish(ctx, &faultMsg{ID: strconv.Itoa(i)})
+		require.NoError(t, err)
 	}
 	eventually(t, 60*time.Second, func() bool { return count(seen) == 10 }, "handled %d", count(seen))
 	failCommits(b)
@@ -815,7 +830,8 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 	}))
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &lifeMsg{ID: "stuck"}))
+	_, err := k.Publish(ctx, &lifeMsg{ID: "stuck"})
+	require.NoError(t, err)
 	select {
 	case <-entered:
 	case <-time.After(60 * time.Second):
@@ -823,7 +839,7 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 	}
 	stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	err := k.Stop(stopCtx)
+	err = k.Stop(stopCtx)
 	require.ErrorIs(t, err, kavari.ErrHandlersAbandoned)
 	assert.Contains(t, err.Error(), "kavari-test-life/")
 }

@@ -28,6 +28,20 @@ import (
 // Message has no fields and encodes to nothing.
 type Message struct{}
 
+// Msg is what Publish, PublishBatch, PublishAsync, the Register functions
+// and Declare accept: a pointer to a struct that embeds Message. Only such a
+// pointer has Msg's method, so passing a struct value, or a type that does
+// not embed Message, does not compile:
+//
+//	c.Publish(ctx, &OrderPlaced{OrderID: "o-1"}) // compiles
+//	c.Publish(ctx, OrderPlaced{OrderID: "o-1"})  // does not: OrderPlaced is not a Msg
+//
+// What the compiler cannot see (a nil pointer, a bad tag) is reported at run
+// time: ErrNilMessage, ErrBadTag.
+type Msg interface{ kavariMessage() }
+
+func (*Message) kavariMessage() {}
+
 // partitionKeyer is implemented by messages that compute their own key.
 type partitionKeyer interface{ PartitionKey() string }
 

@@ -53,8 +53,10 @@ func TestHandlerTimeoutDoesNotFailAHandlerThatReturnedNil(t *testing.T) {
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &lateMsg{Run: run, ID: "x", Seq: 0}))
-	require.NoError(t, k.Publish(ctx, &lateMsg{Run: run, ID: "x", Seq: 1}))
+	_, err := k.Publish(ctx, &lateMsg{Run: run, ID: "x", Seq: 0})
+	require.NoError(t, err)
+	_, err = k.Publish(ctx, &lateMsg{Run: run, ID: "x", Seq: 1})
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return second.Load() == 1 }, "the second record was not handled")
 	assert.Equal(t, int64(1), first.Load(), "a handler that returned nil was run again")
 }
@@ -150,9 +152,11 @@ func TestRetryBackoffReleasesTheRunSlot(t *testing.T) {
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &backoffMsg{Run: run, ID: "failing"}))
+	_, err := k.Publish(ctx, &backoffMsg{Run: run, ID: "failing"})
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return failing.Load() == 1 }, "the failing record was not handled")
-	require.NoError(t, k.Publish(ctx, &backoffMsg{Run: run, ID: "other"}))
+	_, err = k.Publish(ctx, &backoffMsg{Run: run, ID: "other"})
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return other.Load() == 1 }, "another key's record waited for the retry backoff")
 	assert.Equal(t, int64(1), failing.Load())
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second) // ends the hour-long wait
@@ -189,11 +193,12 @@ func TestIdleConsumerKeepsFewGoroutines(t *testing.T) {
 	base := runtime.NumGoroutine()
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	msgs := make([]any, burst)
+	msgs := make([]kavari.Msg, burst)
 	for i := range msgs {
 		msgs[i] = &burstMsg{Run: run, ID: strconv.Itoa(i)}
 	}
-	require.NoError(t, k.PublishBatch(ctx, msgs...))
+	_, err := k.PublishBatch(ctx, msgs...)
+	require.NoError(t, err)
 	eventually(t, 60*time.Second, func() bool { return arrived.Load() == burst }, "only %d of %d handlers running at once", arrived.Load(), burst)
 	busy := runtime.NumGoroutine()
 	assert.GreaterOrEqual(t, busy-base, burst, "a worker per running handler")

@@ -33,9 +33,10 @@ type publisher struct {
 }
 
 type asyncItem struct {
-	msg any
+	ctx context.Context
+	msg Msg
 	rec transport.Record
-	cb  func(msg any, err error)
+	cb  func(Receipt, error)
 }
 
 func newPublisher(cfg *Config, enc *encoder, prod transport.Producer) *publisher {
@@ -57,27 +58,36 @@ func newPublisher(cfg *Config, enc *encoder, prod transport.Producer) *publisher
 	return p
 }
 
+// publishOne encodes, validates and writes msg, retrying with the publish
+// retry policy.
+func (p *publisher) publishOne(ctx context.Context, msg Msg) (Receipt, error) {
+	if p.isClosed() {
+		return receiptOf(msg, nil, false), ErrClosed
+	}
+	rec, err := p.encode(ctx, msg)
+	if err != nil {
+		return receiptOf(msg, nil, false), err
+	}
+	if errs := p.writeObserved(ctx, nil, []*transport.Record{&rec}); errs != nil {
+		return receiptOf(msg, &rec, false), errs[0]
+	}
+	return receiptOf(msg, &rec, true), nil
+}
+
 // publish encodes, validates and writes msgs, retrying each failed one with
-// the publish retry policy. It returns one error per message (nil when
-// acknowledged) or nil when all were.
-func (p *publisher) publish(ctx context.Context, msgs []any) []error {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if len(msgs) == 1 && !closed {
-		// Publish: no batch bookkeeping.
-		rec, err := p.encode(ctx, msgs[0])
-		if err != nil {
-			return []error{err}
-		}
-		return p.writeObserved(ctx, []*transport.Record{&rec})
+// the publish retry policy. It returns one receipt per message, and one
+// error per message (nil when acknowledged) or nil when all were.
+func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error) {
+	receipts := make([]Receipt, len(msgs))
+	for i, m := range msgs {
+		receipts[i] = receiptOf(m, nil, false)
 	}
 	errs := make([]error, len(msgs))
-	if closed {
+	if p.isClosed() {
 		for i := range errs {
 			errs[i] = ErrClosed
 		}
-		return errs
+		return receipts, errs
 	}
 	recs := make([]*transport.Record, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
@@ -96,15 +106,20 @@ func (p *publisher) publish(ctx context.Context, msgs []any) []error {
 		for _, i := range idx {
 			errs[i] = errBatchRefused
 		}
-		return errs
+		return receipts, errs
 	}
-	if werrs := p.writeObserved(ctx, recs); werrs != nil {
-		for j, e := range werrs {
-			errs[idx[j]] = e
+	werrs := p.writeObserved(ctx, nil, recs)
+	for j, rec := range recs {
+		ok := werrs == nil || werrs[j] == nil
+		receipts[idx[j]] = receiptOf(msgs[idx[j]], rec, ok)
+		if !ok {
+			errs[idx[j]] = werrs[j]
 		}
-		return errs
 	}
-	return nil
+	if werrs != nil {
+		return receipts, errs
+	}
+	return receipts, nil
 }
 
 // errBatchRefused is the error of a valid message of a batch that was not
@@ -113,7 +128,7 @@ var errBatchRefused = errors.New("kavari: not sent: another message of the batch
 
 // encode encodes and validates msg, then adds the headers of the
 // HookPublishBefore hooks.
-func (p *publisher) encode(ctx context.Context, msg any) (transport.Record, error) {
+func (p *publisher) encode(ctx context.Context, msg Msg) (transport.Record, error) {
 	rec, err := p.enc.encode(ctx, msg)
 	if err == nil && p.hooks != nil {
 		rec.Headers = p.hooks.publishBefore(ctx, msg, rec.Headers)
@@ -122,14 +137,15 @@ func (p *publisher) encode(ctx context.Context, msg any) (transport.Record, erro
 }
 
 // writeObserved is write, reporting each record's outcome to the
-// HookPublishAfter hooks.
-func (p *publisher) writeObserved(ctx context.Context, recs []*transport.Record) []error {
+// HookPublishAfter hooks with its own context (ctxs[i]; ctx when ctxs is
+// nil).
+func (p *publisher) writeObserved(ctx context.Context, ctxs []context.Context, recs []*transport.Record) []error {
 	if p.hooks == nil || len(p.hooks.pubAfter) == 0 {
 		return p.write(ctx, recs)
 	}
 	start := time.Now()
 	errs := p.write(ctx, recs)
-	p.hooks.publishAfter(ctx, recs, start, errs)
+	p.hooks.publishAfter(ctx, ctxs, recs, start, errs)
 	return errs
 }
 
@@ -267,31 +283,37 @@ func retriablePublish(err error) bool {
 }
 
 // enqueue puts one message on the async queue, blocking while it is full
-// (unless called from a callback), and reports failures to cb.
-func (p *publisher) enqueue(msg any, cb func(any, error)) {
+// (unless called from a callback) and ctx lasts, and reports failures to cb.
+func (p *publisher) enqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) {
 	if cb == nil {
-		cb = func(any, error) {}
+		cb = func(Receipt, error) {}
 	}
-	if err := p.push(msg, cb, pushWait); err != nil {
-		cb(msg, err)
+	if rec, err := p.push(ctx, msg, cb, pushWait); err != nil {
+		cb(receiptOf(msg, rec, false), err)
 	}
 }
 
 // tryEnqueue is enqueue without waiting: a full queue returns
 // ErrQueueFull. When it returns an error, cb is not called.
-func (p *publisher) tryEnqueue(msg any, cb func(any, error)) error {
+func (p *publisher) tryEnqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) error {
 	if cb == nil {
-		cb = func(any, error) {}
+		cb = func(Receipt, error) {}
 	}
-	return p.push(msg, cb, pushTry)
+	_, err := p.push(ctx, msg, cb, pushTry)
+	return err
 }
 
-func (p *publisher) push(msg any, cb func(any, error), mode pushMode) error {
-	rec, err := p.encode(context.Background(), msg)
+// push encodes msg and queues it. On failure it returns the encoded record,
+// or nil when msg could not be encoded.
+func (p *publisher) push(ctx context.Context, msg Msg, cb func(Receipt, error), mode pushMode) (*transport.Record, error) {
+	rec, err := p.encode(ctx, msg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return p.queueFor(rec.Key).push(asyncItem{msg: msg, rec: rec, cb: cb}, mode, p.writers.has)
+	if err := p.queueFor(rec.Key).push(ctx, asyncItem{ctx: ctx, msg: msg, rec: rec, cb: cb}, mode, p.writers.has); err != nil {
+		return &rec, err
+	}
+	return nil, nil
 }
 
 // queueFor picks the async writer of a key: always the same one, so one
@@ -316,36 +338,61 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 	id.Store(goroutineID())
 	items := make([]asyncItem, 0, p.cfg.BatchSize)
 	recs := make([]*transport.Record, 0, p.cfg.BatchSize)
+	ctxs := make([]context.Context, 0, p.cfg.BatchSize)
 	for {
 		var ok bool
 		items, ok = queue.take(items[:0], p.cfg.BatchSize)
 		if !ok {
 			return
 		}
-		recs = recs[:0]
+		// A message whose context ended while it was queued is not sent.
+		live := items[:0]
+		for _, it := range items {
+			if it.ctx.Err() != nil {
+				p.callback(it, p.expired(it), false)
+				continue
+			}
+			live = append(live, it)
+		}
+		clear(items[len(live):])
+		items = live
+		recs, ctxs = recs[:0], ctxs[:0]
 		for i := range items {
 			recs = append(recs, &items[i].rec)
+			ctxs = append(ctxs, items[i].ctx)
 		}
-		errs := p.writeObserved(p.bg, recs)
+		var errs []error
+		if len(recs) > 0 {
+			errs = p.writeObserved(p.bg, ctxs, recs)
+		}
 		for i, it := range items {
 			var err error
 			if errs != nil {
 				err = errs[i]
 			}
-			p.callback(it, err)
+			p.callback(it, err, err == nil)
 		}
 		clear(items) // release the messages
 		clear(recs)
+		clear(ctxs)
 	}
 }
 
-func (p *publisher) callback(it asyncItem, err error) {
+// callback runs it's callback with its receipt (stored when ok) and err.
+func (p *publisher) callback(it asyncItem, err error, ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			p.cfg.Logger.Error("kavari: PublishAsync callback panicked", "panic", r)
 		}
 	}()
-	it.cb(it.msg, err)
+	it.cb(receiptOf(it.msg, &it.rec, ok), err)
+}
+
+// expired is the error of a queued message whose context ended before it
+// was written: nothing was sent.
+func (p *publisher) expired(it asyncItem) error {
+	id, _ := headerValue(it.rec.Headers, HeaderID)
+	return &PublishError{Topic: it.rec.Topic, Key: string(it.rec.Key), ID: string(id), Err: context.Cause(it.ctx)}
 }
 
 // isClosed reports whether close was called.

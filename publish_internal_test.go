@@ -78,7 +78,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 		}
 		w := &fakeWriter{write: slow}
 		p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Second, 2)}, w)
-		errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+		_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 		require.Len(t, errs, 1)
 		var re *RetryError
 		require.ErrorAs(t, errs[0], &re)
@@ -89,7 +89,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 		// first attempt left out, a third attempt would be made.
 		w2 := &fakeWriter{write: slow}
 		p2 := newFakePublisher(t, Config{PublishRetry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}, w2)
-		errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+		_, errs = p2.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 		require.ErrorAs(t, errs[0], &re)
 		assert.Equal(t, 2, w2.Calls(), "MaxElapsed counts the first attempt's 5 s")
 		assert.Equal(t, 2, re.Attempts)
@@ -103,7 +103,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 	w := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
 	p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w)
-	errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 	require.Len(t, errs, 1)
 	err := errs[0]
 	assert.Equal(t, unknownTopicAttempts, w.Calls(), "attempts: %v", err)
@@ -123,7 +123,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 		return we
 	}}
 	p2 := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w2)
-	errs = p2.publish(context.Background(), []any{&internalMsg{ID: "a"}, &internalMsg{ID: "b"}})
+	_, errs = p2.publish(context.Background(), []Msg{&internalMsg{ID: "a"}, &internalMsg{ID: "b"}})
 	require.Len(t, errs, 2)
 	assert.Equal(t, unknownTopicAttempts, w2.Calls())
 	for _, err := range errs {
@@ -134,7 +134,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 	// With auto-creation allowed the topic may appear: the policy decides.
 	w3 := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
 	p3 := newFakePublisher(t, Config{AllowAutoCreate: true, PublishRetry: ConstantRetry(time.Millisecond, 5)}, w3)
-	p3.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+	p3.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 	assert.Equal(t, 5, w3.Calls())
 }
 
@@ -167,7 +167,7 @@ func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
 				return dialRefused
 			}}
 			p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 3)}, w)
-			errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+			_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 			require.Len(t, errs, 1)
 			var pe *PublishError
 			require.ErrorAs(t, errs[0], &pe)
@@ -197,9 +197,9 @@ func TestPublishAsyncCallbackRepublishesWithQueueFull(t *testing.T) {
 	var mu sync.Mutex
 	done := map[string]error{}
 	finished := make(chan struct{})
-	var record func(msg any, err error)
-	record = func(msg any, err error) {
-		id := msg.(*internalMsg).ID
+	var record func(r Receipt, err error)
+	record = func(r Receipt, err error) {
+		id := r.Message.(*internalMsg).ID
 		mu.Lock()
 		done[id] = err
 		n := len(done)
@@ -207,19 +207,19 @@ func TestPublishAsyncCallbackRepublishesWithQueueFull(t *testing.T) {
 		switch id {
 		case "m0":
 			// The queue holds m1: full. A blocking enqueue, then more.
-			p.enqueue(&internalMsg{ID: "m2"}, record)
-			p.enqueue(&internalMsg{ID: "m3"}, record)
+			p.enqueue(context.Background(), &internalMsg{ID: "m2"}, record)
+			p.enqueue(context.Background(), &internalMsg{ID: "m3"}, record)
 		case "m1":
-			p.enqueue(&internalMsg{ID: "m4"}, record)
+			p.enqueue(context.Background(), &internalMsg{ID: "m4"}, record)
 		}
 		if n == 5 {
 			close(finished)
 		}
 	}
-	p.enqueue(&internalMsg{ID: "m0"}, record)
+	p.enqueue(context.Background(), &internalMsg{ID: "m0"}, record)
 	<-writing // m0 is being written
-	p.enqueue(&internalMsg{ID: "m1"}, record)
-	assert.ErrorIs(t, p.tryEnqueue(&internalMsg{ID: "x"}, record), ErrQueueFull, "the queue holds m1")
+	p.enqueue(context.Background(), &internalMsg{ID: "m1"}, record)
+	assert.ErrorIs(t, p.tryEnqueue(context.Background(), &internalMsg{ID: "x"}, record), ErrQueueFull, "the queue holds m1")
 	close(gate)
 	select {
 	case <-finished:

@@ -246,11 +246,6 @@ type ktPubFloatKey struct {
 	F              float64 `json:"f"`
 }
 
-type ktPubNotMessage struct {
-	Run     string `json:"run"`
-	OrderID string `json:"order_id"`
-}
-
 func TestPublishBadInput(t *testing.T) {
 	brokers, _ := testenv.Brokers(t)
 	run := testenv.ID("run")
@@ -260,33 +255,25 @@ func TestPublishBadInput(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("nil message", func(t *testing.T) {
-		require.ErrorIs(t, k.Publish(ctx, nil), kavari.ErrNilMessage)
+		_, err := k.Publish(ctx, nil)
+		require.ErrorIs(t, err, kavari.ErrNilMessage)
 	})
 	t.Run("nil pointer", func(t *testing.T) {
-		require.ErrorIs(t, k.Publish(ctx, (*ktPubOrder)(nil)), kavari.ErrNilMessage)
-	})
-	t.Run("not a pointer", func(t *testing.T) {
-		err := k.Publish(ctx, ktPubOrder{Run: run, OrderID: "o", Amount: 1})
-		require.ErrorIs(t, err, kavari.ErrNotMessage)
-		assert.Contains(t, err.Error(), "pass &msg")
-	})
-	t.Run("no kavari.Message", func(t *testing.T) {
-		err := k.Publish(ctx, &ktPubNotMessage{Run: run, OrderID: "o"})
-		require.ErrorIs(t, err, kavari.ErrNotMessage)
-		assert.Contains(t, err.Error(), "ktPubNotMessage")
+		_, err := k.Publish(ctx, (*ktPubOrder)(nil))
+		require.ErrorIs(t, err, kavari.ErrNilMessage)
 	})
 	t.Run("empty key", func(t *testing.T) {
-		err := k.Publish(ctx, &ktPubNoKey{Run: run})
+		_, err := k.Publish(ctx, &ktPubNoKey{Run: run})
 		require.ErrorIs(t, err, kavari.ErrEmptyKey)
 	})
 	t.Run("key of unsupported type", func(t *testing.T) {
-		err := k.Publish(ctx, &ktPubFloatKey{Run: run, F: 1.5})
+		_, err := k.Publish(ctx, &ktPubFloatKey{Run: run, F: 1.5})
 		var te *kavari.TagError
 		require.ErrorAs(t, err, &te)
 		assert.Contains(t, te.Reason, "unsupported key type float64")
 	})
 	t.Run("several rules fail at once", func(t *testing.T) {
-		err := k.Publish(ctx, &ktPubOrder{
+		_, err := k.Publish(ctx, &ktPubOrder{
 			Run: run, Amount: -5, Email: "nope",
 			Lines: []ktPubLine{{SKU: "a", Qty: 1}, {Qty: 0}},
 		})
@@ -313,14 +300,15 @@ func TestPublishBadInput(t *testing.T) {
 		assert.False(t, errors.As(err, &pe), "an invalid message is not a publish failure: nothing was tried")
 	})
 	t.Run("over MaxMessageBytes", func(t *testing.T) {
-		err := k.Publish(ctx, &ktPubOrder{Run: run, OrderID: "big", Amount: 1, Payload: strings.Repeat("x", 2000)})
+		_, err := k.Publish(ctx, &ktPubOrder{Run: run, OrderID: "big", Amount: 1, Payload: strings.Repeat("x", 2000)})
 		require.ErrorIs(t, err, kavari.ErrTooLarge)
 		assert.Contains(t, err.Error(), "MaxMessageBytes")
 	})
 
 	// Nothing of the above reached the topic: a valid message with the same
 	// run, acknowledged afterwards, is the only one there.
-	require.NoError(t, k.Publish(ctx, &ktPubOrder{Run: run, OrderID: "sentinel", Amount: 1}))
+	_, err := k.Publish(ctx, &ktPubOrder{Run: run, OrderID: "sentinel", Amount: 1})
+	require.NoError(t, err)
 	recs := ktOfRun(ktRead(t, brokers, "kt-publish"), run)
 	require.Len(t, recs, 1)
 	assert.Equal(t, "sentinel", string(recs[0].Key))
@@ -343,7 +331,8 @@ func TestPublishUnregisteredType(t *testing.T) {
 
 	reg := kavari.NewRegistry()
 	k := ktNew(t, brokers, reg)
-	require.NoError(t, k.Publish(context.Background(), &ktPubUnregistered{Run: run, ID: "u-1"}))
+	_, err := k.Publish(context.Background(), &ktPubUnregistered{Run: run, ID: "u-1"})
+	require.NoError(t, err)
 	assert.Empty(t, reg.Topics(), "publishing does not register the type")
 
 	recs := ktOfRun(ktRead(t, brokers, "kt-publish-unreg"), run)
@@ -364,16 +353,19 @@ func TestPublishAfterStop(t *testing.T) {
 	require.NoError(t, reg.Declare(&ktPubClosed{}))
 	k := ktNew(t, brokers, reg)
 	ctx := context.Background()
-	require.NoError(t, k.Publish(ctx, &ktPubClosed{Run: run, ID: "before"}))
+	_, err := k.Publish(ctx, &ktPubClosed{Run: run, ID: "before"})
+	require.NoError(t, err)
 
 	stopCtx, cancel := context.WithTimeout(ctx, ktHangGuard)
 	defer cancel()
 	require.NoError(t, k.Stop(stopCtx))
 	require.NoError(t, k.Stop(stopCtx), "Stop is idempotent")
 
-	require.ErrorIs(t, k.Publish(ctx, &ktPubClosed{Run: run, ID: "after"}), kavari.ErrClosed)
+	_, err = k.Publish(ctx, &ktPubClosed{Run: run, ID: "after"})
 
-	err := k.PublishBatch(ctx, &ktPubClosed{Run: run, ID: "after-1"}, &ktPubClosed{Run: run, ID: "after-2"})
+	require.ErrorIs(t, err, kavari.ErrClosed)
+
+	_, err = k.PublishBatch(ctx, &ktPubClosed{Run: run, ID: "after-1"}, &ktPubClosed{Run: run, ID: "after-2"})
 	require.ErrorIs(t, err, kavari.ErrClosed)
 	errs := ktJoined(err)
 	require.Len(t, errs, 2)
@@ -386,7 +378,7 @@ func TestPublishAfterStop(t *testing.T) {
 
 	var calls atomic.Int32
 	var got error
-	k.PublishAsync(&ktPubClosed{Run: run, ID: "after-async"}, func(m any, err error) {
+	k.PublishAsync(context.Background(), &ktPubClosed{Run: run, ID: "after-async"}, func(r kavari.Receipt, err error) {
 		calls.Add(1)
 		got = err
 	})
@@ -414,11 +406,12 @@ func TestPublishCancelledContext(t *testing.T) {
 	require.NoError(t, reg.Declare(&ktPubCancel{}))
 	k := ktNew(t, brokers, reg)
 	// Warm up: the writer knows the topic's partitions from now on.
-	require.NoError(t, k.Publish(context.Background(), &ktPubCancel{Run: run, ID: "k", Seq: 0}))
+	_, err := k.Publish(context.Background(), &ktPubCancel{Run: run, ID: "k", Seq: 0})
+	require.NoError(t, err)
 
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := k.Publish(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 1})
+	_, err = k.Publish(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 1})
 	require.ErrorIs(t, err, context.Canceled)
 	var pe *kavari.PublishError
 	require.ErrorAs(t, err, &pe)
@@ -428,21 +421,22 @@ func TestPublishCancelledContext(t *testing.T) {
 
 	expired, cancel2 := context.WithDeadline(context.Background(), time.Unix(0, 0))
 	defer cancel2()
-	err = k.Publish(expired, &ktPubCancel{Run: run, ID: "k", Seq: 2})
+	_, err = k.Publish(expired, &ktPubCancel{Run: run, ID: "k", Seq: 2})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.ErrorAs(t, err, &pe)
 
-	err = k.PublishBatch(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 3}, &ktPubCancel{Run: run, ID: "k", Seq: 4})
+	_, err = k.PublishBatch(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 3}, &ktPubCancel{Run: run, ID: "k", Seq: 4})
 	require.ErrorIs(t, err, context.Canceled)
 
 	for i := 0; i < 20; i++ { // the outcome is a race inside the writer: try it often
-		err := k.Publish(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 10 + i})
+		_, err := k.Publish(cancelled, &ktPubCancel{Run: run, ID: "k", Seq: 10 + i})
 		require.ErrorIs(t, err, context.Canceled)
 	}
 
 	// Same key, so the same partition: anything the cancelled calls handed to
 	// the writer is written before this acknowledged message.
-	require.NoError(t, k.Publish(context.Background(), &ktPubCancel{Run: run, ID: "k", Seq: 100}))
+	_, err = k.Publish(context.Background(), &ktPubCancel{Run: run, ID: "k", Seq: 100})
+	require.NoError(t, err)
 	var seqs []int
 	for _, r := range ktOfRun(ktRead(t, brokers, "kt-publish-cancel"), run) {
 		var v ktPubCancel
@@ -465,7 +459,10 @@ func TestPublishBrokerAbsent(t *testing.T) {
 		c.PublishRetry = kavari.FibonacciRetry(10*time.Millisecond, 4)
 	})
 	done := make(chan error, 1)
-	go func() { done <- k.Publish(context.Background(), &ktPubAbsent{ID: "a-1"}) }()
+	go func() {
+		_, err := k.Publish(context.Background(), &ktPubAbsent{ID: "a-1"})
+		done <- err
+	}()
 	var err error
 	select {
 	case err = <-done:
@@ -505,10 +502,11 @@ func TestPublishBatch(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("empty", func(t *testing.T) {
-		require.NoError(t, k.PublishBatch(ctx))
+		_, err := k.PublishBatch(ctx)
+		require.NoError(t, err)
 	})
 	t.Run("invalid messages: none is sent, each error has its index", func(t *testing.T) {
-		err := k.PublishBatch(ctx,
+		_, err := k.PublishBatch(ctx,
 			&ktBatchMsg{Run: run, ID: "bad-0", Seq: 0},
 			&ktBatchMsg{Run: run, Seq: 1}, // no ID
 			&ktBatchMsg{Run: run, ID: "bad-2", Seq: 2},
@@ -539,11 +537,12 @@ func TestPublishBatch(t *testing.T) {
 		}
 	})
 	t.Run("valid messages", func(t *testing.T) {
-		var msgs []any
+		var msgs []kavari.Msg
 		for i := 0; i < 20; i++ {
 			msgs = append(msgs, &ktBatchMsg{Run: run, ID: fmt.Sprintf("ok-%d", i%5), Seq: 100 + i})
 		}
-		require.NoError(t, k.PublishBatch(ctx, msgs...))
+		_, err := k.PublishBatch(ctx, msgs...)
+		require.NoError(t, err)
 	})
 
 	recs := ktOfRun(ktRead(t, brokers, "kt-publish-batch"), run)
@@ -580,8 +579,8 @@ func TestPublishAsyncCallbackOncePerMessage(t *testing.T) {
 	var total, failed atomic.Int32
 	var firstErr atomic.Value
 	for i := 0; i < n; i++ {
-		k.PublishAsync(&ktAsyncMsg{Run: run, ID: fmt.Sprintf("k-%d", i%37), Seq: i}, func(m any, err error) {
-			seq := m.(*ktAsyncMsg).Seq
+		k.PublishAsync(context.Background(), &ktAsyncMsg{Run: run, ID: fmt.Sprintf("k-%d", i%37), Seq: i}, func(r kavari.Receipt, err error) {
+			seq := r.Message.(*ktAsyncMsg).Seq
 			calls[seq].Add(1)
 			total.Add(1)
 			if err != nil {
@@ -620,24 +619,20 @@ func TestPublishAsyncInvalidAndPanickingCallbacks(t *testing.T) {
 
 	var calls atomic.Int32
 	var got error
-	k.PublishAsync(&ktAsyncMsg{Run: run}, func(m any, err error) { calls.Add(1); got = err })
+	k.PublishAsync(context.Background(), &ktAsyncMsg{Run: run}, func(r kavari.Receipt, err error) { calls.Add(1); got = err })
 	require.Equal(t, int32(1), calls.Load(), "an invalid message gets its callback before PublishAsync returns")
 	require.ErrorIs(t, got, kavari.ErrInvalid)
 
-	k.PublishAsync(nil, func(m any, err error) { calls.Add(1); got = err })
+	k.PublishAsync(context.Background(), nil, func(r kavari.Receipt, err error) { calls.Add(1); got = err })
 	require.Equal(t, int32(2), calls.Load())
 	require.ErrorIs(t, got, kavari.ErrNilMessage)
 
-	k.PublishAsync(ktAsyncMsg{Run: run, ID: "v"}, func(m any, err error) { calls.Add(1); got = err })
-	require.Equal(t, int32(3), calls.Load())
-	require.ErrorIs(t, got, kavari.ErrNotMessage)
-
 	// A nil callback and a panicking callback break nothing.
-	k.PublishAsync(&ktAsyncMsg{Run: run, ID: "nil-cb", Seq: 1}, nil)
-	k.PublishAsync(&ktAsyncMsg{Run: run, ID: "panic-cb", Seq: 2}, func(any, error) { panic("kt: callback panics") })
-	k.PublishAsync(nil, nil)
+	k.PublishAsync(context.Background(), &ktAsyncMsg{Run: run, ID: "nil-cb", Seq: 1}, nil)
+	k.PublishAsync(context.Background(), &ktAsyncMsg{Run: run, ID: "panic-cb", Seq: 2}, func(kavari.Receipt, error) { panic("kt: callback panics") })
+	k.PublishAsync(context.Background(), nil, nil)
 	done := make(chan error, 1)
-	k.PublishAsync(&ktAsyncMsg{Run: run, ID: "after", Seq: 3}, func(m any, err error) { done <- err })
+	k.PublishAsync(context.Background(), &ktAsyncMsg{Run: run, ID: "after", Seq: 3}, func(r kavari.Receipt, err error) { done <- err })
 	select {
 	case err := <-done:
 		require.NoError(t, err)
@@ -675,8 +670,8 @@ func TestPublishAsyncBackpressure(t *testing.T) {
 	go func() {
 		defer close(finished)
 		for i := 0; i < n; i++ {
-			k.PublishAsync(&ktAsyncAbsent{ID: "k", Seq: i}, func(m any, err error) {
-				seq := m.(*ktAsyncAbsent).Seq
+			k.PublishAsync(context.Background(), &ktAsyncAbsent{ID: "k", Seq: i}, func(r kavari.Receipt, err error) {
+				seq := r.Message.(*ktAsyncAbsent).Seq
 				errs[seq].Store(err)
 				assert.False(t, done[seq].Swap(true), "callback %d ran twice", seq)
 			})
@@ -724,8 +719,8 @@ func TestPublishAsyncStopWhileBlocked(t *testing.T) {
 	go func() {
 		defer close(blocked)
 		for i := 0; i < n; i++ {
-			k.PublishAsync(&ktAsyncAbsent{ID: "k", Seq: i}, func(m any, err error) {
-				calls[m.(*ktAsyncAbsent).Seq].Add(1)
+			k.PublishAsync(context.Background(), &ktAsyncAbsent{ID: "k", Seq: i}, func(r kavari.Receipt, err error) {
+				calls[r.Message.(*ktAsyncAbsent).Seq].Add(1)
 			})
 		}
 		// Message 0 is retried forever and message 1 fills the queue, so the
@@ -910,18 +905,18 @@ func ktPartitionKeys() []string {
 }
 
 func TestPartitionMurmur2MatchesJava(t *testing.T) {
-	testPartitioning(t, "kt-part-murmur", nil, func(run, key string, seq int) any {
+	testPartitioning(t, "kt-part-murmur", nil, func(run, key string, seq int) kavari.Msg {
 		return &ktPartMurmur{Run: run, Key: key, Seq: seq}
 	}, javaPartition)
 }
 
 func TestPartitionCRC32MatchesLibrdkafka(t *testing.T) {
 	testPartitioning(t, "kt-part-crc32", func(c *kavari.Config) { c.Partitioner = kavari.CRC32 },
-		func(run, key string, seq int) any { return &ktPartCRC{Run: run, Key: key, Seq: seq} },
+		func(run, key string, seq int) kavari.Msg { return &ktPartCRC{Run: run, Key: key, Seq: seq} },
 		func(key []byte, n int) int { return int(crc32.ChecksumIEEE(key) % uint32(n)) })
 }
 
-func testPartitioning(t *testing.T, topic string, mutate func(*kavari.Config), newMsg func(run, key string, seq int) any, want func([]byte, int) int) {
+func testPartitioning(t *testing.T, topic string, mutate func(*kavari.Config), newMsg func(run, key string, seq int) kavari.Msg, want func([]byte, int) int) {
 	brokers, _ := testenv.Brokers(t)
 	run := testenv.ID("run")
 	reg := kavari.NewRegistry()
@@ -936,7 +931,7 @@ func testPartitioning(t *testing.T, topic string, mutate func(*kavari.Config), n
 	require.Equal(t, 12, n, "topic %s has 12 partitions", topic)
 
 	keys := ktPartitionKeys()
-	var msgs []any
+	var msgs []kavari.Msg
 	for rep := 0; rep < 3; rep++ { // each key three times: same key, same partition
 		for i, key := range keys {
 			msgs = append(msgs, newMsg(run, key, rep*len(keys)+i))
@@ -944,9 +939,11 @@ func testPartitioning(t *testing.T, topic string, mutate func(*kavari.Config), n
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ktHangGuard)
 	defer cancel()
-	require.NoError(t, k.PublishBatch(ctx, msgs[:len(keys)]...))
+	_, err := k.PublishBatch(ctx, msgs[:len(keys)]...)
+	require.NoError(t, err)
 	for _, m := range msgs[len(keys):] {
-		require.NoError(t, k.Publish(ctx, m))
+		_, err := k.Publish(ctx, m)
+		require.NoError(t, err)
 	}
 
 	recs := ktOfRun(ktRead(t, brokers, topic), run)
@@ -980,11 +977,12 @@ func TestPublishNoKey(t *testing.T) {
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&ktPartNoKey{}))
 	k := ktNew(t, brokers, reg)
-	var msgs []any
+	var msgs []kavari.Msg
 	for i := 0; i < 30; i++ {
 		msgs = append(msgs, &ktPartNoKey{Run: run, Seq: i})
 	}
-	require.NoError(t, k.PublishBatch(context.Background(), msgs...))
+	_, err := k.PublishBatch(context.Background(), msgs...)
+	require.NoError(t, err)
 	recs := ktOfRun(ktRead(t, brokers, "kt-part-nokey"), run)
 	require.Len(t, recs, 30)
 	for _, r := range recs {
@@ -1007,7 +1005,8 @@ func TestPublishConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
-				errs <- k.Publish(context.Background(), &ktBatchMsg{Run: run, ID: fmt.Sprintf("g%d", g), Seq: g*each + i})
+				_, err := k.Publish(context.Background(), &ktBatchMsg{Run: run, ID: fmt.Sprintf("g%d", g), Seq: g*each + i})
+				errs <- err
 			}
 		}()
 	}
@@ -1039,7 +1038,7 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 	unblock := func() { once.Do(func() { close(release) }) }
 	defer unblock()
 	entered := make(chan struct{})
-	k.PublishAsync(&ktStopMsg{Run: run, ID: "held"}, func(any, error) {
+	k.PublishAsync(context.Background(), &ktStopMsg{Run: run, ID: "held"}, func(kavari.Receipt, error) {
 		close(entered)
 		<-release // holds the flush, so the first Stop cannot finish
 	})
@@ -1053,7 +1052,8 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 	}()
 	// The first Stop has begun once the publisher refuses new messages.
 	ktWait(t, func() bool {
-		return errors.Is(k.Publish(context.Background(), &ktStopMsg{Run: run, ID: "probe"}), kavari.ErrClosed)
+		_, err := k.Publish(context.Background(), &ktStopMsg{Run: run, ID: "probe"})
+		return errors.Is(err, kavari.ErrClosed)
 	}, "Stop never closed the publisher")
 
 	second := make(chan error, 1)
@@ -1083,14 +1083,14 @@ func TestTryPublishAsync(t *testing.T) {
 	})
 	require.NoError(t, err)
 	var calls sync.Map // seq -> *atomic.Int32
-	cb := func(m any, err error) {
-		v, _ := calls.LoadOrStore(m.(*ktAsyncAbsent).Seq, new(atomic.Int32))
+	cb := func(r kavari.Receipt, err error) {
+		v, _ := calls.LoadOrStore(r.Message.(*ktAsyncAbsent).Seq, new(atomic.Int32))
 		v.(*atomic.Int32).Add(1)
 	}
 	accepted := 0
 	deadline := time.Now().Add(ktHangGuard)
 	for {
-		err := k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: accepted}, cb)
+		err := k.TryPublishAsync(context.Background(), &ktAsyncAbsent{ID: "k", Seq: accepted}, cb)
 		if errors.Is(err, kavari.ErrQueueFull) {
 			break
 		}
@@ -1101,11 +1101,11 @@ func TestTryPublishAsync(t *testing.T) {
 			t.Fatal("the queue never filled (hang guard)")
 		}
 	}
-	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{Seq: 100}, cb), kavari.ErrEmptyKey)
+	require.ErrorIs(t, k.TryPublishAsync(context.Background(), &ktAsyncAbsent{Seq: 100}, cb), kavari.ErrEmptyKey)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	require.Error(t, k.Stop(ctx), "the queue could not be flushed")
-	require.ErrorIs(t, k.TryPublishAsync(&ktAsyncAbsent{ID: "k", Seq: 101}, cb), kavari.ErrClosed)
+	require.ErrorIs(t, k.TryPublishAsync(context.Background(), &ktAsyncAbsent{ID: "k", Seq: 101}, cb), kavari.ErrClosed)
 	ktWait(t, func() bool {
 		n := 0
 		calls.Range(func(any, any) bool { n++; return true })
@@ -1138,23 +1138,23 @@ func TestPublishAsyncCallbacksRepublish(t *testing.T) {
 	})
 	const n = 200
 	var replies, failures atomic.Int32
-	var cb func(m any, err error)
-	cb = func(m any, err error) {
+	var cb func(r kavari.Receipt, err error)
+	cb = func(r kavari.Receipt, err error) {
 		if err != nil {
 			failures.Add(1)
 		}
-		msg := m.(*ktAsyncReply)
+		msg := r.Message.(*ktAsyncReply)
 		if msg.Reply {
 			replies.Add(1)
 			return
 		}
-		k.PublishAsync(&ktAsyncReply{Run: run, ID: msg.ID, Reply: true}, cb)
+		k.PublishAsync(context.Background(), &ktAsyncReply{Run: run, ID: msg.ID, Reply: true}, cb)
 	}
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
 		for i := 0; i < n; i++ {
-			k.PublishAsync(&ktAsyncReply{Run: run, ID: fmt.Sprintf("k-%d", i%7)}, cb)
+			k.PublishAsync(context.Background(), &ktAsyncReply{Run: run, ID: fmt.Sprintf("k-%d", i%7)}, cb)
 		}
 	}()
 	select {

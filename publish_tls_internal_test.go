@@ -32,7 +32,7 @@ func TestPublishSecurityFailureIsPermanent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &fakeWriter{write: func(int, []kafka.Message) error { return tc.err }}
 			p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 5)}, w)
-			errs := p.publish(context.Background(), []any{&internalMsg{ID: "a"}})
+			_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 			require.Len(t, errs, 1)
 			var pe *PublishError
 			require.ErrorAs(t, errs[0], &pe)

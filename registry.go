@@ -82,14 +82,14 @@ type routeTable struct {
 // Register registers a handler factory for message type T on DefaultRegistry.
 // The factory is called for each message unless a Provider is set, which is
 // then asked for a handler of type H. See RegisterOn.
-func Register[T any, H Handler[T]](msg *T, factory func() H) error {
+func Register[T any, PT MsgPtr[T], H Handler[T]](msg PT, factory func() H) error {
 	return RegisterOn(DefaultRegistry, msg, factory)
 }
 
 // RegisterOn registers a handler factory for message type T on r.
 // Registering the same handler type twice for T fails with ErrDuplicate;
 // several different handlers per type are allowed and all run for each message.
-func RegisterOn[T any, H Handler[T]](r *Registry, msg *T, factory func() H) error {
+func RegisterOn[T any, PT MsgPtr[T], H Handler[T]](r *Registry, msg PT, factory func() H) error {
 	if factory == nil {
 		return fmt.Errorf("kavari: Register %T: nil factory", msg)
 	}
@@ -103,7 +103,7 @@ func RegisterOn[T any, H Handler[T]](r *Registry, msg *T, factory func() H) erro
 }
 
 // RegisterFunc registers a handler function for message type T on DefaultRegistry.
-func RegisterFunc[T any](msg *T, fn func(ctx context.Context, msg *T) error) error {
+func RegisterFunc[T any, PT MsgPtr[T]](msg PT, fn func(ctx context.Context, msg *T) error) error {
 	return RegisterFuncOn(DefaultRegistry, msg, fn)
 }
 
@@ -114,7 +114,7 @@ func RegisterFunc[T any](msg *T, fn func(ctx context.Context, msg *T) error) err
 // handler's name (the kavari_handler header, logs) is its Go name, e.g.
 // "main.onOrder" or "main.main.func1" for a function literal, with a "#2",
 // "#3"… suffix when another handler of T has the same name.
-func RegisterFuncOn[T any](r *Registry, msg *T, fn func(ctx context.Context, msg *T) error) error {
+func RegisterFuncOn[T any, PT MsgPtr[T]](r *Registry, msg PT, fn func(ctx context.Context, msg *T) error) error {
 	if fn == nil {
 		return fmt.Errorf("kavari: RegisterFunc %T: nil function", msg)
 	}
@@ -144,24 +144,32 @@ func funcIdentity[F any](fn F) uintptr {
 // Client.SetProvider). Pass a typed nil to name the type:
 //
 //	kavari.RegisterProvided(&OrderPlaced{}, (*OrderPlacedHandler)(nil))
-func RegisterProvided[T any, H Handler[T]](msg *T, handlerType H) error {
+func RegisterProvided[T any, PT MsgPtr[T], H Handler[T]](msg PT, handlerType H) error {
 	return RegisterProvidedOn(DefaultRegistry, msg, handlerType)
 }
 
 // RegisterProvidedOn is RegisterProvided on registry r.
-func RegisterProvidedOn[T any, H Handler[T]](r *Registry, msg *T, _ H) error {
+func RegisterProvidedOn[T any, PT MsgPtr[T], H Handler[T]](r *Registry, msg PT, _ H) error {
 	ht := reflect.TypeFor[H]()
 	return r.add(msg, &binding{name: ht.String(), handlerType: ht, call: callHandler[T]})
 }
 
 // Declare registers message type msg with no handler on DefaultRegistry, so
 // its topic is known to EnsureTopics and its tag is checked at start-up.
-func Declare(msg any) error { return DefaultRegistry.Declare(msg) }
+func Declare(msg Msg) error { return DefaultRegistry.Declare(msg) }
 
 // Declare registers message type msg (a pointer to a kavari message struct)
 // with no handler. Publishing does not require it; it makes the tag fail at
 // start-up rather than at first publish and adds the topic to EnsureTopics.
-func (r *Registry) Declare(msg any) error { return r.add(msg, nil) }
+func (r *Registry) Declare(msg Msg) error { return r.add(msg, nil) }
+
+// MsgPtr is the constraint of the Register functions' message argument:
+// *T where T embeds Message, so that they take &OrderPlaced{} and infer T
+// from it.
+type MsgPtr[T any] interface {
+	*T
+	Msg
+}
 
 func callHandler[T any](ctx context.Context, h any, msg any) error {
 	hh, ok := h.(Handler[T])

@@ -73,10 +73,10 @@ func TestRegisterVariants(t *testing.T) {
 
 func TestRegisterNilFactoryOrFunc(t *testing.T) {
 	r := kavari.NewRegistry()
-	err := kavari.RegisterOn[ktRegOrder, *ktRegHandlerA](r, &ktRegOrder{}, nil)
+	err := kavari.RegisterOn[ktRegOrder, *ktRegOrder, *ktRegHandlerA](r, &ktRegOrder{}, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "nil factory")
-	err = kavari.RegisterFuncOn[ktRegOrder](r, &ktRegOrder{}, nil)
+	err = kavari.RegisterFuncOn(r, &ktRegOrder{}, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "nil function")
 	assert.Empty(t, r.Topics(), "a failed registration leaves nothing behind")
@@ -84,14 +84,13 @@ func TestRegisterNilFactoryOrFunc(t *testing.T) {
 
 func TestRegisterBadMessages(t *testing.T) {
 	r := kavari.NewRegistry()
-	fn := func(context.Context, *ktNoMarker) error { return nil }
-	require.ErrorIs(t, kavari.RegisterFuncOn(r, &ktNoMarker{}, fn), kavari.ErrNotMessage)
-	require.ErrorIs(t, kavari.RegisterFuncOn(r, (*ktNoMarker)(nil), fn), kavari.ErrNilMessage)
+	fn := func(context.Context, *ktRegOrder) error { return nil }
+	require.ErrorIs(t, kavari.RegisterFuncOn(r, (*ktRegOrder)(nil), fn), kavari.ErrNilMessage)
 	var te *kavari.TagError
 	require.ErrorAs(t, kavari.RegisterFuncOn(r, &ktTagMissingTopic{}, func(context.Context, *ktTagMissingTopic) error { return nil }), &te)
 	require.ErrorAs(t, kavari.RegisterOn(r, &ktKeyFloat{}, func() kavari.HandlerFunc[ktKeyFloat] { return nil }), &te)
 	require.ErrorIs(t, r.Declare(nil), kavari.ErrNilMessage)
-	require.ErrorIs(t, r.Declare(ktRegAudit{}), kavari.ErrNotMessage)
+	require.ErrorIs(t, r.Declare((*ktRegAudit)(nil)), kavari.ErrNilMessage)
 	assert.Empty(t, r.Topics())
 }
 
@@ -166,7 +165,7 @@ type ktRegRequiredFields struct {
 
 func TestRegisterFindsMalformedValidateTag(t *testing.T) {
 	r := kavari.NewRegistry()
-	for _, msg := range []any{&ktRegBadRule{}, &ktRegBadRuleNested{}} {
+	for _, msg := range []kavari.Msg{&ktRegBadRule{}, &ktRegBadRuleNested{}} {
 		err := r.Declare(msg)
 		require.Error(t, err, "%T", msg)
 		assert.NotErrorIs(t, err, kavari.ErrInvalid, "a bad rule is a programming error, not an invalid message")
@@ -281,7 +280,8 @@ func TestRegistryFrozenAfterStart(t *testing.T) {
 
 	const n = 5
 	for i := 0; i < n; i++ {
-		require.NoError(t, k.Publish(context.Background(), &ktFrozenMsg{Run: run, ID: "k"}))
+		_, err := k.Publish(context.Background(), &ktFrozenMsg{Run: run, ID: "k"})
+		require.NoError(t, err)
 	}
 	ktWait(t, func() bool {
 		mu.Lock()
@@ -336,7 +336,7 @@ func TestPackageLevelRegisterUsesDefaultRegistry(t *testing.T) {
 
 	require.ErrorIs(t, kavari.Register(&ktDefaultMsg{}, func() *ktDefaultHandler { return nil }), kavari.ErrDuplicate)
 	require.ErrorIs(t, kavari.RegisterProvided(&ktDefaultMsg{}, (*ktDefaultProvided)(nil)), kavari.ErrDuplicate)
-	require.ErrorIs(t, kavari.Declare(&ktNoMarker{}), kavari.ErrNotMessage)
+	require.ErrorIs(t, kavari.DeclareAny(kavari.DefaultRegistry, &ktNoMarker{}), kavari.ErrNotMessage)
 
 	topics := kavari.DefaultRegistry.Topics()
 	assert.Contains(t, topics, "kt-default-registry")

@@ -39,7 +39,8 @@ func roundTripOn(t *testing.T, brokers []string, mutate func(*kavari.Config)) {
 	k := newKavari(t, reg, brokers, mutate)
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &secMsg{ID: "a"}))
+	_, err := k.Publish(ctx, &secMsg{ID: "a"})
+	require.NoError(t, err)
 	eventually(t, 30*time.Second, func() bool { return handled.Load() == 1 }, "handled over the secured connection")
 }
 
@@ -67,7 +68,8 @@ func TestSASLWrongPasswordIsAnError(t *testing.T) {
 	defer k.Stop(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.Error(t, k.Publish(ctx, &secMsg{ID: "a"}))
+	_, err = k.Publish(ctx, &secMsg{ID: "a"})
+	require.Error(t, err)
 }
 
 func TestTLS(t *testing.T) {

@@ -56,7 +56,8 @@ func TestEveryTransportRoundTrips(t *testing.T) {
 			require.NoError(t, k.Start(ctx))
 			for n := range per {
 				for key := range keys {
-					require.NoError(t, k.Publish(ctx, &ktTransportMsg{Key: "k" + strconv.Itoa(key), Run: run, N: n}))
+					_, err := k.Publish(ctx, &ktTransportMsg{Key: "k" + strconv.Itoa(key), Run: run, N: n})
+					require.NoError(t, err)
 				}
 			}
 			select {

@@ -60,7 +60,10 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 		if err := k.Start(ctx); err != nil {
 			return nil, err
 		}
-		publish = func(ctx context.Context, v *benchValue) error { return k.Publish(ctx, toMessage(v)) }
+		publish = func(ctx context.Context, v *benchValue) error {
+			_, err := k.Publish(ctx, toMessage(v))
+			return err
+		}
 		assigned = func() bool { return len(k.Health().Assigned[s.Topic]) == s.Partitions }
 		stop = func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -186,19 +186,21 @@ func toMessage(v *benchValue) *BenchMessage {
 }
 
 func (p *kavariPublisher) sync(ctx context.Context, v *benchValue) error {
-	return p.k.Publish(ctx, toMessage(v))
+	_, err := p.k.Publish(ctx, toMessage(v))
+	return err
 }
 
 func (p *kavariPublisher) batch(ctx context.Context, vs []*benchValue) error {
-	msgs := make([]any, len(vs))
+	msgs := make([]kavari.Msg, len(vs))
 	for i, v := range vs {
 		msgs[i] = toMessage(v)
 	}
-	return p.k.PublishBatch(ctx, msgs...)
+	_, err := p.k.PublishBatch(ctx, msgs...)
+	return err
 }
 
 func (p *kavariPublisher) async(_ context.Context, v *benchValue, cb func(error)) {
-	p.k.PublishAsync(toMessage(v), func(_ any, err error) { cb(err) })
+	p.k.PublishAsync(context.Background(), toMessage(v), func(_ kavari.Receipt, err error) { cb(err) })
 }
 
 func (p *kavariPublisher) close() {

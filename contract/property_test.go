@@ -29,7 +29,7 @@ import (
 // rejects for a rule with a JSON Schema equivalent must fail the schema.
 func TestContractAgreesWithEncoder(t *testing.T) {
 	const perType = 1000
-	msgs := []any{&OrderPlaced{}, &PaymentReceived{}, &httpOrderPlaced{}, &diPaymentReceived{}, &ctOrder{}, &ctTree{}}
+	msgs := []kavari.Msg{&OrderPlaced{}, &PaymentReceived{}, &httpOrderPlaced{}, &diPaymentReceived{}, &ctOrder{}, &ctTree{}}
 	mapped := map[string]bool{}
 	for _, r := range contract.MappedRules() {
 		mapped[r] = true
@@ -45,7 +45,7 @@ func TestContractAgreesWithEncoder(t *testing.T) {
 	}
 
 	rng := rand.New(rand.NewPCG(12, uint64(time.Now().UnixNano())))
-	var valid []any
+	var valid []kavari.Msg
 	stats := map[string][3]int{} // type -> valid, invalid checked, invalid skipped (unmapped rule)
 	for _, m := range msgs {
 		gt := reflect.TypeOf(m).Elem()
@@ -57,7 +57,7 @@ func TestContractAgreesWithEncoder(t *testing.T) {
 			g.fill(v.Elem(), "", 0)
 			err := validate.Struct(v.Interface())
 			if err == nil {
-				valid = append(valid, v.Interface())
+				valid = append(valid, v.Interface().(kavari.Msg))
 				st[0]++
 				continue
 			}
@@ -83,7 +83,8 @@ func TestContractAgreesWithEncoder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := 0; i < len(valid); i += 200 {
-		require.NoError(t, k.PublishBatch(ctx, valid[i:min(i+200, len(valid))]...))
+		_, err := k.PublishBatch(ctx, valid[i:min(i+200, len(valid))]...)
+		require.NoError(t, err)
 	}
 	require.NoError(t, k.Stop(ctx))
 
@@ -116,7 +117,7 @@ func TestContractAgreesWithEncoder(t *testing.T) {
 	t.Logf("%d values generated, %d encoded by kavari and validated, %d schema failures", len(msgs)*perType, read, failures)
 }
 
-func messageType(t *testing.T, m any) kavari.MessageType {
+func messageType(t *testing.T, m kavari.Msg) kavari.MessageType {
 	r := kavari.NewRegistry()
 	require.NoError(t, r.Declare(m))
 	return r.Types()[0]

@@ -115,11 +115,11 @@ func fill(b *testing.B, brokers []string) {
 	defer cancel()
 	defer func() { _ = k.Stop(ctx) }()
 	payload := strings.Repeat("x", 60)
-	batch := make([]any, 0, 1000)
+	batch := make([]kavari.Msg, 0, 1000)
 	for i := 0; i < benchN; i++ {
 		batch = append(batch, &benchMsg{ID: "m-" + strconv.Itoa(i), Seq: i, Payload: payload})
 		if len(batch) == cap(batch) || i == benchN-1 {
-			if err := k.PublishBatch(ctx, batch...); err != nil {
+			if _, err := k.PublishBatch(ctx, batch...); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]
@@ -143,14 +143,14 @@ func BenchmarkPublish(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer func() { _ = k.Stop(context.Background()) }()
-			batch := make([]any, 100)
+			batch := make([]kavari.Msg, 100)
 			i := 0
 			for b.Loop() {
 				for j := range batch {
 					batch[j] = &benchMsg{ID: "m-" + strconv.Itoa(i), Seq: i, Payload: payload}
 					i++
 				}
-				if err := k.PublishBatch(context.Background(), batch...); err != nil {
+				if _, err := k.PublishBatch(context.Background(), batch...); err != nil {
 					b.Fatal(err)
 				}
 			}

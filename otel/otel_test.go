@@ -196,14 +196,16 @@ func TestTraceFollowsMessage(t *testing.T) {
 			return nil
 		}
 		got <- trace.SpanContextFromContext(ctx)
-		return k.Publish(ctx, &audit{ID: m.ID})
+		_, err := k.Publish(ctx, &audit{ID: m.ID})
+		return err
 	}))
 	require.NoError(t, reg.Declare(&audit{}))
 	k = s.kavari(t, group, reg, true)
 	require.NoError(t, k.Start(context.Background()))
 
 	ctx, parent := s.tp.Tracer("test").Start(context.Background(), "request")
-	require.NoError(t, k.Publish(ctx, &order{ID: "o-1"}))
+	_, err := k.Publish(ctx, &order{ID: "o-1"})
+	require.NoError(t, err)
 	parent.End()
 	var sc trace.SpanContext
 	select {
@@ -256,7 +258,8 @@ func TestTraceRetriedThenDeadLettered(t *testing.T) {
 	}))
 	k := s.kavari(t, group, reg, true)
 	require.NoError(t, k.Start(context.Background()))
-	require.NoError(t, k.Publish(context.Background(), &dlqOrder{ID: "o-2"}))
+	_, err := k.Publish(context.Background(), &dlqOrder{ID: "o-2"})
+	require.NoError(t, err)
 	eventually(t, func() bool { return k.Health().DeadLettered == 1 }, func() string { return fmt.Sprintf("not dead-lettered: %+v", k.Health()) })
 	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-dlq")) == 3 }, func() string { return fmt.Sprintf("process spans: %d", len(s.spansNamed("process kavari-otel-dlq"))) })
 
@@ -305,8 +308,10 @@ func TestTraceMissingOrMalformedContext(t *testing.T) {
 	require.NoError(t, k.Start(context.Background()))
 	plain := s.kavari(t, "", kavari.NewRegistry(), false)
 	ctx := context.Background()
-	require.NoError(t, plain.Publish(ctx, &badOrder{ID: "none"}))
-	require.NoError(t, plain.Publish(kavari.WithHeaders(ctx, kavari.Header{Key: "traceparent", Value: []byte("00-zzzz-not-a-trace-01")}), &badOrder{ID: "bad"}))
+	_, err := plain.Publish(ctx, &badOrder{ID: "none"})
+	require.NoError(t, err)
+	_, err = plain.Publish(kavari.WithHeaders(ctx, kavari.Header{Key: "traceparent", Value: []byte("00-zzzz-not-a-trace-01")}), &badOrder{ID: "bad"})
+	require.NoError(t, err)
 	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) == 2 }, func() string { return "not handled" })
 	eventually(t, func() bool { return len(s.spansNamed("process kavari-otel-bad")) == 2 }, func() string { return "process spans" })
 	for _, p := range s.spansNamed("process kavari-otel-bad") {
@@ -346,7 +351,8 @@ func TestLagGauge(t *testing.T) {
 		return s.sum(t, kavariotel.MetricLag, attribute.String("messaging.destination.name", "kavari-otel-lag"), attribute.String("messaging.destination.partition.id", "0"))
 	}
 	for i := range 5 {
-		require.NoError(t, k.Publish(context.Background(), &lagOrder{ID: string(rune('a' + i))}))
+		_, err := k.Publish(context.Background(), &lagOrder{ID: string(rune('a' + i))})
+		require.NoError(t, err)
 	}
 	eventually(t, func() bool { return lag() == 5 }, func() string { return fmt.Sprintf("lag never reached 5: %d, %+v", lag(), k.Health().Positions) })
 	close(release)

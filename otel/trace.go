@@ -105,7 +105,7 @@ func (c extractor) Keys() []string {
 // OnPublishBefore starts the producer span of a message, child of the span
 // in ctx, and returns the headers that carry its context. It implements
 // kavari.HookPublishBefore.
-func (i *Instrumentation) OnPublishBefore(ctx context.Context, _ any) []kavari.Header {
+func (i *Instrumentation) OnPublishBefore(ctx context.Context, _ kavari.Msg) []kavari.Header {
 	ctx, span := i.tracer.Start(ctx, "send", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
 		semconv.MessagingSystemKafka, semconv.MessagingOperationName("send"), semconv.MessagingOperationTypeSend))
 	var hs injector

@@ -147,7 +147,7 @@ func TestTailGoAndPythonRecords(t *testing.T) {
 	defer k.Stop(context.Background())
 	ctx := kavari.WithHeaders(context.Background(), kavari.Header{Key: "traceparent", Value: []byte("00-" + run + "-01")})
 	for i := range 2 {
-		if err := k.Publish(ctx, &tailMsg{Run: run, ID: fmt.Sprintf("go-%d", i), Amount: 10 + i}); err != nil {
+		if _, err := k.Publish(ctx, &tailMsg{Run: run, ID: fmt.Sprintf("go-%d", i), Amount: 10 + i}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -291,7 +291,7 @@ func TestReplayRoundTrip(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("j-%02d", i))
 	}
 	for _, id := range ids {
-		if err := k.Publish(context.Background(), &cliJob{Run: run, ID: id}); err != nil {
+		if _, err := k.Publish(context.Background(), &cliJob{Run: run, ID: id}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -271,13 +271,13 @@ func run() int {
 
 	// 4. Publish: each order, then its payment.
 	prefix := runID() + "-order-"
-	var msgs []any
+	var msgs []kavari.Msg
 	for i := 1; i <= *n; i++ {
 		id := fmt.Sprintf("%s%d", prefix, i)
 		method := [...]string{"card", "transfer"}[i%2]
 		msgs = append(msgs, &OrderPlaced{OrderID: id, AmountCents: int64(1000 * i)}, &PaymentReceived{OrderID: id, Method: method})
 	}
-	if err := k.PublishBatch(ctx, msgs...); err != nil {
+	if _, err := k.PublishBatch(ctx, msgs...); err != nil {
 		return fail(err)
 	}
 	fmt.Printf("\npublished %d OrderPlaced and %d PaymentReceived\n", *n, *n)

@@ -127,7 +127,7 @@ func (s *service) postOrder(w http.ResponseWriter, r *http.Request) {
 	// cancels it.
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	err := s.k.Publish(ctx, &o)
+	receipt, err := s.k.Publish(ctx, &o)
 	var verr *validate.Error
 	switch {
 	case errors.As(err, &verr):
@@ -143,7 +143,9 @@ func (s *service) postOrder(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.store.accept(o.OrderID) // keeps "handled" if the handler was quicker than this line
 		w.Header().Set("Location", "/orders/"+o.OrderID)
-		writeJSON(w, http.StatusAccepted, map[string]any{"order_id": o.OrderID, "status": "accepted"})
+		// The receipt says where Kafka stored the event, and its ce_id.
+		writeJSON(w, http.StatusAccepted, map[string]any{"order_id": o.OrderID, "status": "accepted",
+			"event": map[string]any{"id": receipt.ID, "topic": receipt.Topic, "partition": receipt.Partition, "offset": receipt.Offset}})
 	}
 }
 

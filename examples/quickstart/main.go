@@ -129,7 +129,7 @@ func run() int {
 	// 4. An invalid message never leaves the process.
 	fmt.Println()
 	bad := &OrderPlaced{Customer: "bob-at-example", AmountCents: -5, Currency: "XYZ"}
-	err = k.Publish(ctx, bad)
+	_, err = k.Publish(ctx, bad)
 	var verr *validate.Error
 	if !errors.As(err, &verr) {
 		return fail(fmt.Errorf("an invalid message was not rejected: %v", err))
@@ -152,7 +152,7 @@ func run() int {
 		return fail(err)
 	}
 	fmt.Printf("published %d OrderPlaced:     %d with Publish (one at a time, acknowledged), %d with PublishBatch\n", *n, syncN, *n-syncN)
-	acked, asyncErrs := publishPayments(k, runTag, *n)
+	acked, asyncErrs := publishPayments(ctx, k, runTag, *n)
 	fmt.Printf("published %d PaymentReceived: with PublishAsync, %d callbacks said ok, %d said failed\n", *n, acked, asyncErrs)
 	published := time.Since(began)
 
@@ -224,17 +224,17 @@ func publishOrders(ctx context.Context, k *kavari.Client, run string, n int) (in
 	syncN := min(n, 10)
 	for i := 0; i < syncN; i++ {
 		// Returns once all in-sync replicas acknowledged the message.
-		if err := k.Publish(ctx, order(i)); err != nil {
+		if _, err := k.Publish(ctx, order(i)); err != nil {
 			return 0, err
 		}
 	}
 	const chunk = 250
-	batch := make([]any, 0, chunk)
+	batch := make([]kavari.Msg, 0, chunk)
 	for i := syncN; i < n; i++ {
 		batch = append(batch, order(i))
 		if len(batch) == chunk || i == n-1 {
 			// All or nothing for validation; each message retried on its own.
-			if err := k.PublishBatch(ctx, batch...); err != nil {
+			if _, err := k.PublishBatch(ctx, batch...); err != nil {
 				return 0, err
 			}
 			batch = batch[:0]
@@ -245,7 +245,7 @@ func publishOrders(ctx context.Context, k *kavari.Client, run string, n int) (in
 
 // publishPayments queues n payments with PublishAsync and waits for their
 // callbacks. It returns how many were acknowledged and how many failed.
-func publishPayments(k *kavari.Client, run string, n int) (acked, failed int64) {
+func publishPayments(ctx context.Context, k *kavari.Client, run string, n int) (acked, failed int64) {
 	var wg sync.WaitGroup
 	var ok, bad atomic.Int64
 	wg.Add(n)
@@ -254,7 +254,7 @@ func publishPayments(k *kavari.Client, run string, n int) (acked, failed int64) 
 		p := &PaymentReceived{OrderID: fmt.Sprintf("%s-%06d", run, i), AmountCents: int64(100 + i), Method: methods[i%2]}
 		// Returns at once (blocks only while the queue is full); the callback
 		// runs exactly once, on one of kavari's goroutines.
-		k.PublishAsync(p, func(msg any, err error) {
+		k.PublishAsync(ctx, p, func(r kavari.Receipt, err error) {
 			defer wg.Done()
 			if err != nil {
 				bad.Add(1)

@@ -51,8 +51,8 @@ func TestPublishAsyncKeyOrder(t *testing.T) {
 	for i := 0; i < n; i++ {
 		b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}
 		led.Sent(b.ID, b.Key, b.Seq)
-		k.PublishAsync(&faultmsg.Async{Body: b}, func(m any, err error) {
-			led.Published(m.(*faultmsg.Async).ID, err)
+		k.PublishAsync(context.Background(), &faultmsg.Async{Body: b}, func(r kavari.Receipt, err error) {
+			led.Published(r.Message.(*faultmsg.Async).ID, err)
 			wg.Done()
 		})
 	}

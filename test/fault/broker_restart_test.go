@@ -51,7 +51,7 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 	led.Setup("own 1-node cluster; one in-process Client publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions, handler %s)",
 		workers, keys, partitions, handlerSleep)
 
-	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Restart{Body: b} }}
+	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg { return &faultmsg.Restart{Body: b} }}
 	s.startPublishing(ctx, plan{to: n, keys: keys, workers: workers, pace: 5 * time.Millisecond})
 
 	waitFor(t, 2*time.Minute, func() bool { return s.acked() >= n/3 }, "a third of the messages was not acknowledged")

@@ -2,6 +2,7 @@ package fault
 
 import (
 	"context"
+	"github.com/kavari-go/kavari"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ func TestConsumerProcessKilled(t *testing.T) {
 		partitions, keys, sleep)
 
 	pub := publisher(t, brokers, partitions, &faultmsg.Crash{})
-	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Crash{Body: b} }}
+	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg { return &faultmsg.Crash{Body: b} }}
 	ctx := context.Background()
 	s.startPublishing(ctx, plan{to: n, keys: keys, workers: 4, batch: 50, pace: 40 * time.Millisecond})
 

@@ -29,7 +29,7 @@ type DrainRevoke struct {
 // drainSetup publishes n messages on one partition, each with a key of its
 // own: the first fast ones, then slow ones (sleeping slowMs, honouring their
 // context).
-func drainSetup(t *testing.T, brokers []string, led *ledger.Ledger, run string, msg any, mk func(faultmsg.Body) any, n, fast, slowMs int) {
+func drainSetup(t *testing.T, brokers []string, led *ledger.Ledger, run string, msg kavari.Msg, mk func(faultmsg.Body) kavari.Msg, n, fast, slowMs int) {
 	t.Helper()
 	pub := publisher(t, brokers, 1, msg)
 	ctx := context.Background()
@@ -39,7 +39,8 @@ func drainSetup(t *testing.T, brokers []string, led *ledger.Ledger, run string, 
 			b.SleepMs = slowMs
 		}
 		led.Sent(b.ID, b.Key, b.Seq)
-		led.Published(b.ID, pub.Publish(ctx, mk(b)))
+		_, err := pub.Publish(ctx, mk(b))
+		led.Published(b.ID, err)
 	}
 }
 
@@ -106,7 +107,7 @@ func TestStopDrainLongerThanSession(t *testing.T) {
 	run := testenv.ID("run")
 	const n, fast, slowMs = 20, 10, 9000
 	led.Setup("shared broker; %d messages on 1 partition, one key each; the first %d handled at once, the rest take %d ms (honouring ctx); SessionTimeout 6s, Heartbeat 500ms, CommitInterval 1h, Stop deadline 20s", n, fast, slowMs)
-	mk := func(b faultmsg.Body) any { return &DrainStop{Body: b} }
+	mk := func(b faultmsg.Body) kavari.Msg { return &DrainStop{Body: b} }
 	drainSetup(t, brokers, led, run, &DrainStop{}, mk, n, fast, slowMs)
 	group := testenv.ID("drain-stop")
 	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Client {
@@ -172,7 +173,7 @@ func TestRevokeDrainLongerThanSession(t *testing.T) {
 	run := testenv.ID("run")
 	const n, fast, slowMs = 20, 10, 9000
 	led.Setup("shared broker; %d messages on 1 partition, one key each; the first %d handled at once, the rest take %d ms (honouring ctx) on the first member; SessionTimeout 6s, RebalanceTimeout 30s, default DrainTimeout, CommitInterval 1h; a second member joins", n, fast, slowMs)
-	mk := func(b faultmsg.Body) any { return &DrainRevoke{Body: b} }
+	mk := func(b faultmsg.Body) kavari.Msg { return &DrainRevoke{Body: b} }
 	drainSetup(t, brokers, led, run, &DrainRevoke{}, mk, n, fast, slowMs)
 	group := testenv.ID("drain-revoke")
 	newConsumer := func(proc string, slow bool, started *sync.Map) *kavari.Client {

@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"github.com/kavari-go/kavari"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func staticRestart(t *testing.T, bin, tr string) {
 	a, b := member("a", "a"), member("b", "b")
 	waitFor(t, time.Minute, func() bool { return a.joined() && b.joined() }, "the members did not share the partitions")
 
-	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Static{Body: b} }}
+	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg { return &faultmsg.Static{Body: b} }}
 	ctx := context.Background()
 	s.startPublishing(ctx, plan{to: n, keys: keys, workers: workers, pace: 10 * time.Millisecond})
 	waitFor(t, time.Minute, func() bool {

@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"github.com/kavari-go/kavari"
 	"sort"
 	"strconv"
 	"testing"
@@ -86,7 +87,7 @@ func gapStorm(t *testing.T, bin, tr string) {
 
 	storm := time.Duration(cycles) * (period + 2*time.Second)
 	pace := time.Duration(int64(storm) * workers * batch / int64(n))
-	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) any {
+	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg {
 		i, _ := strconv.Atoi(b.Key[1:])
 		return faultmsg.Storm(i, b)
 	}}

@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"github.com/kavari-go/kavari"
 	"sort"
 	"strings"
 	"testing"
@@ -47,7 +48,7 @@ func TestGracefulStopMidProcessing(t *testing.T) {
 	pub := publisher(t, brokers, partitions, &faultmsg.Stop{})
 	parts := partitionsOf(t, brokers, topic)
 	ctx := context.Background()
-	publishAll(ctx, pub, led, run, func(b faultmsg.Body) any { return &faultmsg.Stop{Body: b} },
+	publishAll(ctx, pub, led, run, func(b faultmsg.Body) kavari.Msg { return &faultmsg.Stop{Body: b} },
 		plan{to: n, keys: keys, workers: 2, batch: 100, body: func(b *faultmsg.Body) {
 			switch {
 			case b.Seq == 0:

@@ -116,7 +116,7 @@ func newKavari(t *testing.T, cfg kavari.Config) *kavari.Client {
 
 // publisher returns a Client that only publishes msgs' types (declared, no
 // handler) after creating their topics with the given partitions.
-func publisher(t *testing.T, brokers []string, partitions int, msgs ...any) *kavari.Client {
+func publisher(t *testing.T, brokers []string, partitions int, msgs ...kavari.Msg) *kavari.Client {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	for _, m := range msgs {
@@ -161,7 +161,7 @@ type plan struct {
 // led. Messages of one key are published one after another, so their Seq
 // order is their order in the log. It returns when every call returned or ctx
 // ended; onAck runs after each acknowledged message (may be nil).
-func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run string, mk func(faultmsg.Body) any, p plan, onAck func()) {
+func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run string, mk func(faultmsg.Body) kavari.Msg, p plan, onAck func()) {
 	if p.workers <= 0 {
 		p.workers = 1
 	}
@@ -173,7 +173,7 @@ func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var msgs []any
+			var msgs []kavari.Msg
 			var ids []string
 			flush := func() {
 				if len(msgs) == 0 {
@@ -181,10 +181,10 @@ func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run s
 				}
 				var err error
 				if len(msgs) == 1 {
-					err = k.Publish(ctx, msgs[0])
+					_, err = k.Publish(ctx, msgs[0])
 					led.Published(ids[0], err)
 				} else {
-					err = k.PublishBatch(ctx, msgs...)
+					_, err = k.PublishBatch(ctx, msgs...)
 					failed := map[int]bool{}
 					for _, e := range unjoin(err) {
 						var pe *kavari.PublishError

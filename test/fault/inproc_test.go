@@ -17,7 +17,7 @@ type stream struct {
 	k   *kavari.Client
 	led *ledger.Ledger
 	run string
-	mk  func(faultmsg.Body) any
+	mk  func(faultmsg.Body) kavari.Msg
 
 	mu   sync.Mutex
 	acks []time.Time // when each acknowledgement arrived

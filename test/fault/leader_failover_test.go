@@ -63,7 +63,7 @@ func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 	led.Setup("own 3-node cluster, topic RF 3, min.insync.replicas 2; one in-process Client (Brokers = the 3 nodes) publishing (%d goroutines, sync Publish, %d keys) and consuming (%d partitions)",
 		workers, keys, partitions)
 
-	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Failover{Body: b} }}
+	s := &stream{k: k, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg { return &faultmsg.Failover{Body: b} }}
 	s.startPublishing(ctx, plan{to: n, keys: keys, workers: workers, pace: 10 * time.Millisecond})
 	waitFor(t, 2*time.Minute, func() bool { return s.acked() >= n/3 }, "a third of the messages was not acknowledged")
 

@@ -61,7 +61,8 @@ func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 		}
 		b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, 5), Seq: msgSeq(i, 5)}
 		led.Sent(b.ID, b.Key, b.Seq)
-		led.Published(b.ID, pub.Publish(ctx, &MissingDLQ{Body: b}))
+		_, err := pub.Publish(ctx, &MissingDLQ{Body: b})
+		led.Published(b.ID, err)
 	}
 	end := endOffsets(t, brokers, topic, 1)[0]
 	led.Set("poison_offset", poisonOffset)

@@ -118,7 +118,7 @@ func publishUnknownTopic(t *testing.T, c *kafkaproc.Cluster) {
 		b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, 1), Seq: i}
 		led.Sent(b.ID, b.Key, b.Seq)
 		before := counter.n.Load()
-		err := k.Publish(context.Background(), &pubMissing{Body: b})
+		_, err := k.Publish(context.Background(), &pubMissing{Body: b})
 		led.Published(b.ID, err)
 		attempts := int(counter.n.Load()-before) + 1
 		t.Logf("Publish #%d: %d attempt(s): %v", i, attempts, err)
@@ -173,7 +173,7 @@ func publishFrozenBroker(t *testing.T, c *kafkaproc.Cluster) {
 				i := int(seq.Add(1)) - 1
 				b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}
 				led.Sent(b.ID, b.Key, b.Seq)
-				err := k.Publish(context.Background(), &pubFrozen{Body: b})
+				_, err := k.Publish(context.Background(), &pubFrozen{Body: b})
 				led.Published(b.ID, err)
 				if err == nil {
 					acked.Add(1)
@@ -392,7 +392,8 @@ func TestClientCyclesLeaveNothing(t *testing.T) {
 		b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, 1), Seq: i}
 		i++
 		led.Sent(b.ID, b.Key, b.Seq)
-		led.Published(b.ID, k.Publish(ctx, &pubCycle{Body: b}))
+		_, err = k.Publish(ctx, &pubCycle{Body: b})
+		led.Published(b.ID, err)
 		if err := k.Stop(ctx); err != nil {
 			t.Errorf("Stop: %v", err)
 		}

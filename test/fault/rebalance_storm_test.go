@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"github.com/kavari-go/kavari"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,7 +67,7 @@ func TestRebalanceStorm(t *testing.T) {
 	storm := time.Duration(cycles)*(period+1600*time.Millisecond) + time.Duration(cycles/5)*6*time.Second
 	storm += storm / 10
 	pace := time.Duration(int64(storm) * workers * batch / int64(n))
-	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) any {
+	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg {
 		i, _ := strconv.Atoi(b.Key[1:])
 		return faultmsg.Storm(i, b)
 	}}

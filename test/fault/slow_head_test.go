@@ -2,6 +2,7 @@ package fault
 
 import (
 	"context"
+	"github.com/kavari-go/kavari"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ func TestSlowHeadThenCrash(t *testing.T) {
 	led.Setup("shared broker; 1 partition; the first record's handler blocks, the %d after it complete (distinct keys, MaxInFlight 64, MaxBuffered 20000, CommitInterval 200ms); consumer = faultapp process, SIGKILLed, then a new one", n-1)
 
 	pub := publisher(t, brokers, 1, &faultmsg.Head{})
-	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) any { return &faultmsg.Head{Body: b} }}
+	s := &stream{k: pub, led: led, run: run, mk: func(b faultmsg.Body) kavari.Msg { return &faultmsg.Head{Body: b} }}
 	ctx := context.Background()
 	// The slow record first, alone, so it is the partition's head.
 	publishAll(ctx, pub, led, run, s.mk, plan{from: 0, to: 1, keys: n, body: func(b *faultmsg.Body) { b.SleepMs = int((10 * time.Minute).Milliseconds()) }}, nil)

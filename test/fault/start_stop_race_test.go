@@ -51,7 +51,7 @@ func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 	ctx := context.Background()
 	next := 0
 	publishRound := func() {
-		publishAll(ctx, pub, led, run, func(b faultmsg.Body) any { return &StartStop{Body: b} },
+		publishAll(ctx, pub, led, run, func(b faultmsg.Body) kavari.Msg { return &StartStop{Body: b} },
 			plan{from: next, to: next + perRound, keys: 8}, nil)
 		next += perRound
 	}

@@ -58,7 +58,7 @@ func stopWhileBrokerDown(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	led.Setup("own 1-node cluster; one in-process Client consuming and publishing; %d messages published and handled, then the broker %s, then %d PublishAsync queued and Stop(ctx 3 s)", n, mode, async)
-	mk := func(b faultmsg.Body) any { return &faultmsg.Down{Body: b} }
+	mk := func(b faultmsg.Body) kavari.Msg { return &faultmsg.Down{Body: b} }
 	publishAll(ctx, k, led, run, mk, plan{to: n, keys: 10, workers: 4}, nil)
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -88,8 +88,8 @@ func stopWhileBrokerDown(t *testing.T, mode string) {
 	for i := n; i < n+async; i++ {
 		b := faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, 10), Seq: msgSeq(i, 10)}
 		led.Sent(b.ID, b.Key, b.Seq)
-		k.PublishAsync(mk(b), func(m any, err error) {
-			id := m.(*faultmsg.Down).ID
+		k.PublishAsync(context.Background(), mk(b), func(r kavari.Receipt, err error) {
+			id := r.Message.(*faultmsg.Down).ID
 			led.Published(id, err)
 			mu.Lock()
 			calls[id]++
@@ -141,7 +141,7 @@ func stopWhileBrokerDown(t *testing.T, mode string) {
 	}
 	led.Set("async_callbacks_closed_or_canceled", closed)
 	mu.Unlock()
-	if err := k.Publish(ctx, mk(faultmsg.Body{Run: run, ID: "after-stop", Key: "k", Seq: 0})); !errors.Is(err, kavari.ErrClosed) {
+	if _, err := k.Publish(ctx, mk(faultmsg.Body{Run: run, ID: "after-stop", Key: "k", Seq: 0})); !errors.Is(err, kavari.ErrClosed) {
 		t.Errorf("Publish after Stop: %v, want ErrClosed", err)
 	}
 	led.Assert(t)

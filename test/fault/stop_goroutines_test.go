@@ -51,7 +51,7 @@ func TestStopLeavesNoGoroutines(t *testing.T) {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mk := func(b faultmsg.Body) any { return &faultmsg.Down{Body: b} }
+	mk := func(b faultmsg.Body) kavari.Msg { return &faultmsg.Down{Body: b} }
 	publishAll(ctx, k, led, run, mk, plan{to: n, keys: 10, workers: 4}, nil)
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

@@ -56,7 +56,7 @@ func stopReportsUncommittedWork(t *testing.T, mode string) {
 	const topic = "kavari-fault-stop-frozen"
 	led.Setup("own 1-node cluster; %d messages on %d partitions, all handled by consumer-1 (CommitInterval 1h), broker %s, Stop(ctx 3 s), broker back, consumer-2 in the same group", n, parts, mode)
 	pub := publisher(t, brokers, parts, &StopFrozen{})
-	mk := func(b faultmsg.Body) any { return &StopFrozen{Body: b} }
+	mk := func(b faultmsg.Body) kavari.Msg { return &StopFrozen{Body: b} }
 	ctx := context.Background()
 	publishAll(ctx, pub, led, run, mk, plan{to: n, keys: 10, workers: 2}, nil)
 
@@ -192,7 +192,8 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 			b.SleepMs = 1 // marks a handler that ignores cancellation
 		}
 		led.Sent(b.ID, b.Key, b.Seq)
-		led.Published(b.ID, pub.Publish(ctx, &StopAbandon{Body: b}))
+		_, err := pub.Publish(ctx, &StopAbandon{Body: b})
+		led.Published(b.ID, err)
 	}
 
 	group := testenv.ID("stop-abandon")

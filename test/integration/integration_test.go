@@ -117,18 +117,20 @@ func TestPerKeyOrder100KeysX1000(t *testing.T) {
 
 	start := time.Now()
 	const chunk = 2000
-	batch := make([]any, 0, chunk)
+	batch := make([]kavari.Msg, 0, chunk)
 	for s := 0; s < per; s++ {
 		for i := 0; i < keys; i++ {
 			batch = append(batch, &keyedEvent{Run: run, Key: "key-" + strconv.Itoa(i), Seq: s})
 			if len(batch) == chunk {
-				require.NoError(t, k.PublishBatch(ctx, batch...))
+				_, err := k.PublishBatch(ctx, batch...)
+				require.NoError(t, err)
 				batch = batch[:0]
 			}
 		}
 	}
 	if len(batch) > 0 {
-		require.NoError(t, k.PublishBatch(ctx, batch...))
+		_, err := k.PublishBatch(ctx, batch...)
+		require.NoError(t, err)
 	}
 	published := time.Since(start)
 	total := int64(keys * per)
@@ -211,14 +213,17 @@ func TestSeveralTypesOnSharedAndSeparateTopics(t *testing.T) {
 	const n = 20
 	for i := 0; i < n; i++ {
 		id := "inv-" + strconv.Itoa(i)
-		require.NoError(t, k.Publish(ctx, &invoiceIssued{
+		_, err := k.Publish(ctx, &invoiceIssued{
 			Run: run, InvoiceID: id, IssuedAt: at,
 			Lines:    []invoiceLine{{SKU: "a", Cents: 100}, {SKU: "b", Cents: int64(i)}},
 			Meta:     map[string]string{"i": strconv.Itoa(i)},
 			Customer: &customer{ID: int64(i + 1), Email: "c@example.com"},
-		}))
-		require.NoError(t, k.Publish(ctx, &invoicePaid{Run: run, InvoiceID: id}))
-		require.NoError(t, k.Publish(ctx, &shipmentSent{Run: run, Customer: customer{ID: int64(i + 1), Email: "c@example.com"}, Parcel: id}))
+		})
+		require.NoError(t, err)
+		_, err = k.Publish(ctx, &invoicePaid{Run: run, InvoiceID: id})
+		require.NoError(t, err)
+		_, err = k.Publish(ctx, &shipmentSent{Run: run, Customer: customer{ID: int64(i + 1), Email: "c@example.com"}, Parcel: id})
+		require.NoError(t, err)
 	}
 	got := map[string]*invoiceIssued{}
 	timeout := time.After(2 * time.Minute)
@@ -278,7 +283,7 @@ func TestManyPartitions(t *testing.T) {
 	const n = 5000
 	var acked, failed atomic.Int64
 	for i := 0; i < n; i++ {
-		a.PublishAsync(&wideMsg{Run: run, ID: strconv.Itoa(i)}, func(_ any, err error) {
+		a.PublishAsync(context.Background(), &wideMsg{Run: run, ID: strconv.Itoa(i)}, func(_ kavari.Receipt, err error) {
 			if err != nil {
 				failed.Add(1)
 				return

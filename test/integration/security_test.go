@@ -157,8 +157,10 @@ func secureRoundTrip(t *testing.T, brokers, plain []string, mutate func(*kavari.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	require.NoError(t, k.Start(ctx))
-	require.NoError(t, k.Publish(ctx, &secEvent{Run: run, Fail: true}))
-	require.NoError(t, k.Publish(ctx, &secEvent{Run: run}))
+	_, err := k.Publish(ctx, &secEvent{Run: run, Fail: true})
+	require.NoError(t, err)
+	_, err = k.Publish(ctx, &secEvent{Run: run})
+	require.NoError(t, err)
 	select {
 	case <-got: // after the first was dead-lettered: same key, in order
 	case <-ctx.Done():
@@ -253,7 +255,7 @@ func refused(t *testing.T, brokers []string, mutate func(*kavari.Config), want f
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	err = k.Publish(ctx, &secEvent{Run: "refused"})
+	_, err = k.Publish(ctx, &secEvent{Run: "refused"})
 	require.Error(t, err)
 	require.NotErrorIs(t, err, context.DeadlineExceeded, "Publish retried a permanent failure until its context ended")
 	require.Truef(t, want.is(err), "Publish: unexpected error %v", err)

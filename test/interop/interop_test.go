@@ -185,13 +185,14 @@ func TestGoPublishesPythonConsumes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	want := map[string]InteropMessage{}
-	var msgs []any
+	var msgs []kavari.Msg
 	for i := 0; i < n; i++ {
 		m := InteropMessage{ID: fmt.Sprintf("%s-%d", prefix, i), Seq: i, Payload: fmt.Sprintf("payload-%d zé", i)}
 		want[m.ID] = m
 		msgs = append(msgs, &m)
 	}
-	require.NoError(t, k.PublishBatch(ctx, msgs...))
+	_, err = k.PublishBatch(ctx, msgs...)
+	require.NoError(t, err)
 	require.NoError(t, k.Stop(ctx))
 
 	// Go side: the records, read back raw.

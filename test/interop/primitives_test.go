@@ -71,7 +71,7 @@ func unhex(t *testing.T, s any) []byte {
 }
 
 func declarePrimitives(t *testing.T, reg *kavari.Registry) {
-	for _, m := range []any{&StrMessage{}, &IntMessage{}, &FloatMessage{}, &BoolMessage{}, &BytesMessage{}} {
+	for _, m := range []kavari.Msg{&StrMessage{}, &IntMessage{}, &FloatMessage{}, &BoolMessage{}, &BytesMessage{}} {
 		require.NoError(t, reg.Declare(m))
 	}
 }
@@ -214,7 +214,7 @@ func TestGoPrimitivesPythonConsumes(t *testing.T) {
 	ensurePrimitivesTopic(t, brokers)
 	run := testenv.ID("goprim")
 	nonce := time.Now().UnixNano() % 1_000_000_000
-	msgs := []any{
+	msgs := []kavari.Msg{
 		&StrMessage{Payload: "hello zé ☃ " + run},
 		&StrMessage{Payload: ""},
 		&IntMessage{Payload: -nonce},
@@ -252,7 +252,8 @@ func TestGoPrimitivesPythonConsumes(t *testing.T) {
 	defer cancel()
 	pctx := kavari.WithHeaders(ctx, kavari.Header{Key: "interop_run", Value: []byte(run)})
 	for i, m := range msgs {
-		require.NoError(t, k.Publish(kavari.WithHeaders(pctx, kavari.Header{Key: "interop_seq", Value: []byte(strconv.Itoa(i))}), m))
+		_, err := k.Publish(kavari.WithHeaders(pctx, kavari.Header{Key: "interop_seq", Value: []byte(strconv.Itoa(i))}), m)
+		require.NoError(t, err)
 	}
 	require.NoError(t, k.Stop(ctx))
 

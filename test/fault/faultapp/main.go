@@ -114,7 +114,7 @@ func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
 	return nil
 }
 
-func register[T any](reg *kavari.Registry, msg *T, body func(*T) *faultmsg.Body, a *app) error {
+func register[T any, PT kavari.MsgPtr[T]](reg *kavari.Registry, msg PT, body func(*T) *faultmsg.Body, a *app) error {
 	return kavari.RegisterFuncOn(reg, msg, func(ctx context.Context, m *T) error { return a.handle(ctx, body(m)) })
 }
 

@@ -79,7 +79,7 @@ type Down struct {
 }
 
 // Storm returns a new message of storm topic i (0 or 1).
-func Storm(i int, b Body) any {
+func Storm(i int, b Body) kavari.Msg {
 	if i%2 == 0 {
 		return &Storm0{Body: b}
 	}
