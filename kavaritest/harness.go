@@ -2,6 +2,7 @@ package kavaritest
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ type deadLettered struct {
 // would build it, on an in-memory broker; Stop is called when t ends (a Stop
 // error fails t). Brokers may be empty and Transport does not matter, but
 // every other field means what it means on Kafka; GroupID defaults to
-// "kavaritest". The registered topics and their dead-letter topics are
+// "kavaritest", and Logger to one writing to t's log. The registered topics and their dead-letter topics are
 // created with TopicPartitions partitions; any other topic a handler
 // publishes to is created on first use, with one partition.
 //
@@ -84,6 +85,11 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 		topics: map[string]bool{}, records: map[recordKey]*tracked{}}
 	if h.suffix == "" {
 		h.suffix = ".dlq"
+	}
+	var logs *testLog
+	if cfg.Logger == nil {
+		logs = &testLog{t: t}
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
 	cfg.Hooks = append(slices.Clip(cfg.Hooks), (*observer)(h))
 	cfg.Middleware = append([]kavari.Middleware{h.countAttempts}, cfg.Middleware...)
@@ -107,6 +113,7 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 			t.Errorf("kavaritest: stop: %v", err)
 		}
 		_ = h.feed.Close()
+		logs.close()
 	})
 	return h
 }
@@ -359,4 +366,30 @@ func (p *recordingProducer) Produce(ctx context.Context, recs []*transport.Recor
 		}
 	}
 	return errs
+}
+
+// testLog writes the client's log to t's log, until the Harness stopped (a
+// line logged after the test ended would panic).
+type testLog struct {
+	mu     sync.Mutex
+	t      testing.TB
+	closed bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (l *testLog) close() {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -277,5 +278,25 @@ func TestCleanupLeavesNoGoroutines(t *testing.T) {
 			buf := make([]byte, 1<<20)
 			t.Fatalf("%d goroutines before the Harness, %d after its cleanup:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
+	}
+}
+
+// A record for a topic no handler consumes would never finish: Deliver says
+// so instead of waiting.
+func TestDeliverToUnconsumedTopicFails(t *testing.T) {
+	reg := kavari.NewRegistry()
+	if err := kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	ft := &exampleT{} // panics on Fatalf
+	defer ft.done()
+	h := kavaritest.New(ft, quick(reg))
+	failure := func() (msg any) {
+		defer func() { msg = recover() }()
+		h.Deliver(t.Context(), &invoice{OrderID: "o-1"})
+		return nil
+	}()
+	if s, _ := failure.(string); !strings.Contains(s, `no handler consumes topic "invoices" (consumed: orders)`) {
+		t.Fatalf("Deliver to an unconsumed topic: %v", failure)
 	}
 }
