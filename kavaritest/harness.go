@@ -228,7 +228,8 @@ func (h *Harness) start(ctx context.Context) error {
 
 // Published returns every record the client wrote, in order, except dead
 // letters: what Publish, PublishBatch and PublishAsync (from the test or
-// from handlers) published.
+// from handlers) published. A PublishAsync message is listed once it was
+// written, before its callback runs.
 func (h *Harness) Published() []Record {
 	return h.writtenWhere(func(r Record) bool { return !h.isDeadLetter(r) })
 }

@@ -9,7 +9,9 @@
 //		kavari.RegisterFuncOn(reg, &OrderPlaced{}, billing.Handle)
 //		h := kavaritest.New(t, kavari.Config{Registry: reg})
 //		out := h.Deliver(t.Context(), &OrderPlaced{OrderID: "o-1", Amount: 10})
-//		if out.Result != kavaritest.Handled { t.Fatal(out) }
+//		if out.Result != kavaritest.Handled {
+//			t.Fatal(out)
+//		}
 //		invoices := h.PublishedTo("invoices")
 //		...
 //	}
