@@ -64,11 +64,13 @@ type deadLettered struct {
 
 // New returns a Harness running a client built from cfg, as kavari.New
 // would build it, on an in-memory broker; Stop is called when t ends (a Stop
-// error fails t). Brokers may be empty and Transport does not matter, but
-// every other field means what it means on Kafka; GroupID defaults to
-// "kavaritest", and Logger to one writing to t's log. The registered topics and their dead-letter topics are
-// created with TopicPartitions partitions; any other topic a handler
-// publishes to is created on first use, with one partition.
+// error fails t). Brokers may be empty, and the client runs in memory
+// whatever Transport says (fields Transport refuses are still refused);
+// every other field means what it means on Kafka. GroupID defaults to
+// "kavaritest", Logger to one writing to t's log. The registered topics and
+// their dead-letter topics are created with TopicPartitions partitions; any
+// other topic a handler publishes to is created on first use, with one
+// partition.
 //
 // Handler retries wait as Config.ConsumerRetry says. To keep tests fast,
 // pass short delays (kavari.ConstantRetry(time.Millisecond, 3)), or call New
