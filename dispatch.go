@@ -452,6 +452,7 @@ func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
 // done marks j complete and wakes p's feeder if it waits for room.
 func (e *engine) done(p *partition, j *job) {
 	p.tracker.done(j.seq)
+	e.k.hooks.onFinished(j.rec)
 	if p.waiting.Load() {
 		select {
 		case p.room <- struct{}{}:

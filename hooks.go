@@ -92,6 +92,7 @@ type hooks struct {
 	retry     []HookRetryScheduled
 	dead      []HookDeadLettered
 	fetched   []HookFetched
+	finished  []func(*transport.Record) // kavaritest's, through internal/testlink (testlink.go)
 }
 
 // newHooks sorts hs by capability; nil when hs is empty.

@@ -24,7 +24,10 @@ import (
 // countHook implements every hook interface and counts its calls.
 type countHook struct{ n atomic.Int64 }
 
-func (h *countHook) OnPublishBefore(context.Context, kavari.Msg) []kavari.Header { h.n.Add(1); return nil }
+func (h *countHook) OnPublishBefore(context.Context, kavari.Msg) []kavari.Header {
+	h.n.Add(1)
+	return nil
+}
 func (h *countHook) OnPublishAfter(context.Context, *kavari.Record, time.Time, error) {
 	h.n.Add(1)
 }

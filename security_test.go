@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/kavaritest"
@@ -47,7 +46,7 @@ func roundTripOn(t *testing.T, brokers []string, mutate func(*kavari.Config)) {
 func TestSASLMechanisms(t *testing.T) {
 	for _, mech := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
 		t.Run(mech, func(t *testing.T) {
-			b := kavaritest.NewBroker(t, kavaritest.KfakeOptions(kfake.EnableSASL(), kfake.Superuser(mech, "app", "s3cret")),
+			b := kavaritest.NewBroker(t, kavaritest.SASLUser(mech, "app", "s3cret"),
 				kavaritest.Topics("kavari-test-sec", "kavari-test-sec.dlq"))
 			roundTripOn(t, b.Addrs(), func(c *kavari.Config) {
 				c.SASL = &kavari.SASL{Mechanism: mech, Username: "app", Password: "s3cret"}
@@ -57,7 +56,7 @@ func TestSASLMechanisms(t *testing.T) {
 }
 
 func TestSASLWrongPasswordIsAnError(t *testing.T) {
-	b := kavaritest.NewBroker(t, kavaritest.KfakeOptions(kfake.EnableSASL(), kfake.Superuser("PLAIN", "app", "s3cret")),
+	b := kavaritest.NewBroker(t, kavaritest.SASLUser("PLAIN", "app", "s3cret"),
 		kavaritest.Topics("kavari-test-sec"))
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&secMsg{}))
@@ -74,7 +73,7 @@ func TestSASLWrongPasswordIsAnError(t *testing.T) {
 
 func TestTLS(t *testing.T) {
 	serverCfg, pool := selfSignedTLS(t)
-	b := kavaritest.NewBroker(t, kavaritest.KfakeOptions(kfake.TLS(serverCfg)), kavaritest.Topics("kavari-test-sec", "kavari-test-sec.dlq"))
+	b := kavaritest.NewBroker(t, kavaritest.TLS(serverCfg), kavaritest.Topics("kavari-test-sec", "kavari-test-sec.dlq"))
 	roundTripOn(t, b.Addrs(), func(c *kavari.Config) {
 		c.TLS = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 	})

@@ -1,75 +1,100 @@
-// Package kavaritest runs an embedded Kafka broker (franz-go's kfake) inside
-// the test process, so tests of code that uses kavari need no Kafka:
+// Package kavaritest tests code that uses kavari without Kafka, in two ways.
+//
+// A Harness (New) runs a kavari client on an in-memory broker, for unit tests
+// of handlers: deliver a message, get how the consumer finished it (handled,
+// dead-lettered and why, skipped), and see what the client published:
 //
 //	func TestBilling(t *testing.T) {
-//		b := kavaritest.NewBroker(t)
-//		k, err := kavari.New(kavari.Config{Brokers: b.Addrs(), GroupID: "billing"})
+//		reg := kavari.NewRegistry()
+//		kavari.RegisterFuncOn(reg, &OrderPlaced{}, billing.Handle)
+//		h := kavaritest.New(t, kavari.Config{Registry: reg})
+//		out := h.Deliver(t.Context(), &OrderPlaced{OrderID: "o-1", Amount: 10})
+//		if out.Result != kavaritest.Handled {
+//			t.Fatal(out)
+//		}
+//		invoices := h.PublishedTo("invoices")
 //		...
 //	}
 //
-// The embedded broker speaks the Kafka protocol but is not Apache Kafka: it
-// is for fast tests and the quickstart, not for proving behaviour under real
-// broker failures.
+// An embedded broker (NewBroker: franz-go's kfake, which speaks the Kafka
+// protocol) is for integration tests of a whole service, with the client
+// built as in production:
+//
+//	b := kavaritest.NewBroker(t)
+//	k, err := kavari.New(kavari.Config{Brokers: b.Addrs(), GroupID: "billing"})
+//
+// Neither is Apache Kafka: they are for fast tests and the quickstart, not for
+// proving behaviour under real broker failures.
 package kavaritest
 
 import (
-	"fmt"
+	"crypto/tls"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/kavari-go/kavari/internal/embedded"
 )
 
 // Broker is a running embedded broker.
 type Broker struct {
-	c *kfake.Cluster
+	b *embedded.Broker
 }
 
 // Option configures a Broker.
 type Option func(*options)
 
 type options struct {
-	partitions int32
-	topics     []string
-	brokers    int
-	extra      []kfake.Opt
+	opts []embedded.Option
+	sasl bool
 }
 
 // Partitions sets the partition count of seeded and auto-created topics
 // (default 3).
-func Partitions(n int) Option { return func(o *options) { o.partitions = int32(n) } }
+func Partitions(n int) Option {
+	return func(o *options) { o.opts = append(o.opts, embedded.Partitions(n)) }
+}
 
 // Topics creates topics up front (auto-creation is on in any case).
 func Topics(names ...string) Option {
-	return func(o *options) { o.topics = append(o.topics, names...) }
+	return func(o *options) { o.opts = append(o.opts, embedded.Topics(names...)) }
 }
 
 // Brokers sets how many brokers the embedded cluster has (default 1).
-func Brokers(n int) Option { return func(o *options) { o.brokers = n } }
+func Brokers(n int) Option {
+	return func(o *options) { o.opts = append(o.opts, embedded.Brokers(n)) }
+}
 
-// KfakeOptions passes options straight to kfake, for fault injection set-ups.
-func KfakeOptions(opts ...kfake.Opt) Option {
-	return func(o *options) { o.extra = append(o.extra, opts...) }
+// SASLUser makes the broker require SASL authentication and accepts user
+// with password on mechanism ("PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512"),
+// as kavari.Config.SASL names them. Give it once per user and mechanism.
+func SASLUser(mechanism, user, password string) Option {
+	return func(o *options) {
+		if !o.sasl {
+			o.sasl = true
+			o.opts = append(o.opts, embedded.Kfake(kfake.EnableSASL()))
+		}
+		o.opts = append(o.opts, embedded.Kfake(kfake.Superuser(mechanism, user, password)))
+	}
+}
+
+// TLS makes the broker accept only TLS connections, with cfg (which holds
+// the server's certificate).
+func TLS(cfg *tls.Config) Option {
+	return func(o *options) { o.opts = append(o.opts, embedded.Kfake(kfake.TLS(cfg))) }
 }
 
 // Start starts an embedded broker on loopback. Close it when done.
 func Start(opts ...Option) (*Broker, error) {
-	o := options{partitions: 3, brokers: 1}
+	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
-	kopts := []kfake.Opt{
-		kfake.NumBrokers(o.brokers),
-		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(int(o.partitions)),
-	}
-	if len(o.topics) > 0 {
-		kopts = append(kopts, kfake.SeedTopics(o.partitions, o.topics...))
-	}
-	c, err := kfake.NewCluster(append(kopts, o.extra...)...)
+	b, err := embedded.Start(o.opts...)
 	if err != nil {
-		return nil, fmt.Errorf("kavaritest: start embedded broker: %w", err)
+		return nil, err
 	}
-	return &Broker{c: c}, nil
+	return &Broker{b: b}, nil
 }
 
 // NewBroker starts an embedded broker for test t and closes it when t ends.
@@ -84,11 +109,7 @@ func NewBroker(t testing.TB, opts ...Option) *Broker {
 }
 
 // Addrs returns the bootstrap addresses, for kavari.Config.Brokers.
-func (b *Broker) Addrs() []string { return b.c.ListenAddrs() }
-
-// Cluster returns the kfake cluster, for fault injection (ControlKey,
-// MoveTopicPartition, ...).
-func (b *Broker) Cluster() *kfake.Cluster { return b.c }
+func (b *Broker) Addrs() []string { return b.b.Addrs() }
 
 // Close stops the broker.
-func (b *Broker) Close() { b.c.Close() }
+func (b *Broker) Close() { b.b.Close() }

@@ -17,19 +17,17 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari/kavaritest"
-	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // The security flags against the embedded broker with SASL or TLS turned on
 // (the real broker of the test command runs in plaintext).
 
 func TestSASLFlags(t *testing.T) {
-	b := kavaritest.NewBroker(t, kavaritest.Topics("sec"), kavaritest.KfakeOptions(
-		kfake.EnableSASL(),
-		kfake.Superuser("PLAIN", "admin", "s3cret"),
-		kfake.Superuser("SCRAM-SHA-256", "admin", "s3cret"),
-		kfake.Superuser("SCRAM-SHA-512", "admin", "s3cret"),
-	))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("sec"),
+		kavaritest.SASLUser("PLAIN", "admin", "s3cret"),
+		kavaritest.SASLUser("SCRAM-SHA-256", "admin", "s3cret"),
+		kavaritest.SASLUser("SCRAM-SHA-512", "admin", "s3cret"),
+	)
 	brokers := strings.Join(b.Addrs(), ",")
 	for _, mech := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
 		code, _, errOut := exec(t, "tail", "sec", "--brokers", brokers, "--timeout", "10s", "--sasl-mechanism", mech, "--sasl-user", "admin", "--sasl-password", "s3cret")
@@ -71,7 +69,7 @@ func TestTLSFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
-	b := kavaritest.NewBroker(t, kavaritest.Topics("sec"), kavaritest.KfakeOptions(kfake.TLS(cfg)))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("sec"), kavaritest.TLS(cfg))
 	brokers := strings.Join(b.Addrs(), ",")
 	for _, c := range []struct {
 		flags []string

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kavari-go/kavari/kavaritest"
+	"github.com/kavari-go/kavari/internal/embedded"
 )
 
 // Kind names the broker a test got.
@@ -34,7 +34,7 @@ func Brokers(t testing.TB) ([]string, Kind) {
 	if os.Getenv("CI") == "true" {
 		t.Fatal("CI=true but KAVARI_BROKERS is not set: run the tests through scripts/test.sh so they use a real Apache Kafka")
 	}
-	b := kavaritest.NewBroker(t)
+	b := embedded.NewBroker(t)
 	t.Logf("broker: embedded kfake at %v (set KAVARI_BROKERS or run scripts/test.sh for real Kafka)", b.Addrs())
 	return b.Addrs(), Embedded
 }

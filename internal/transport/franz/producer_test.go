@@ -14,8 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/transport"
-	"github.com/kavari-go/kavari/kavaritest"
 )
 
 func TestClassify(t *testing.T) {
@@ -61,7 +61,7 @@ func TestClassify(t *testing.T) {
 // at the broker, Produce returns at once with MayHaveBeenWritten, and kgo
 // still settles the record: it is written exactly once.
 func TestProduceContextEndsInFlight(t *testing.T) {
-	b := kavaritest.NewBroker(t, kavaritest.Topics("inflight"), kavaritest.Partitions(1))
+	b := embedded.NewBroker(t, embedded.Topics("inflight"), embedded.Partitions(1))
 	release := make(chan struct{})
 	arrived := make(chan struct{})
 	var once sync.Once
@@ -121,7 +121,7 @@ func TestProduceContextEndsInFlight(t *testing.T) {
 // uncompressed, as the kafka-go transport does (kavari has no compression
 // setting; kgo's own default would be snappy).
 func TestProduceUncompressed(t *testing.T) {
-	b := kavaritest.NewBroker(t, kavaritest.Topics("plain"), kavaritest.Partitions(1))
+	b := embedded.NewBroker(t, embedded.Topics("plain"), embedded.Partitions(1))
 	codecs := make(chan int16, 16)
 	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().KeepControl()
@@ -169,7 +169,7 @@ func TestProduceUncompressed(t *testing.T) {
 func TestProduceWithoutDeadlineFailsWhenTheBrokerDoesNotAnswer(t *testing.T) {
 	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
 	writeTimeout = 300 * time.Millisecond
-	b := kavaritest.NewBroker(t, kavaritest.Topics("frozen"), kavaritest.Partitions(1))
+	b := embedded.NewBroker(t, embedded.Topics("frozen"), embedded.Partitions(1))
 	release := make(chan struct{})
 	var once sync.Once
 	defer once.Do(func() { close(release) })

@@ -1,0 +1,31 @@
+// Package testlink lets package kavaritest run a kavari client on the
+// in-memory transport and watch its engine, without package kavari exporting
+// any of that: kavari fills these variables in its init, kavaritest calls
+// them. Values of kavari's types travel as any (this package cannot import
+// kavari, which imports it).
+package testlink
+
+import (
+	"context"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+var (
+	// NewClient is kavari.New on transport tr (cfg is a kavari.Config, the
+	// result a *kavari.Client). finished, when not nil, is called once for
+	// each record the consumer finished: handled, dead-lettered or skipped,
+	// right after the record was marked complete.
+	NewClient func(cfg any, tr transport.Transport, finished func(rec *transport.Record)) (any, error)
+
+	// Encode returns the record client (a *kavari.Client) would publish for
+	// msg, without validating msg: what another producer could have
+	// written.
+	Encode func(client any, ctx context.Context, msg any) (transport.Record, error)
+
+	// Decode decodes value into msg (a pointer to a message struct) with
+	// the codec client (a *kavari.Client, or nil for the tags' codecs) uses
+	// for msg's type, and returns the logical type name msg is published
+	// under (the msg_type header).
+	Decode func(client any, value []byte, msg any) (name string, err error)
+)
