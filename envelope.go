@@ -137,7 +137,7 @@ func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error)
 		return transport.Record{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
 	}
 	if e.maxBytes > 0 && len(value)+len(key) > e.maxBytes {
-		return transport.Record{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
+		return transport.Record{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.Publish.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
 	}
 	n := len(buf)
 	buf = appendID(buf)

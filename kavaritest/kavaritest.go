@@ -3,7 +3,7 @@
 //
 //	func TestBilling(t *testing.T) {
 //		b := kavaritest.NewBroker(t)
-//		k, err := kavari.New(kavari.Config{Brokers: b.Addrs(), GroupID: "billing"})
+//		k, err := kavari.New(kavari.Config{Brokers: b.Addrs(), Consume: kavari.ConsumeConfig{GroupID: "billing"}})
 //		...
 //	}
 //
