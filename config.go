@@ -237,11 +237,14 @@ type TopicConfig struct {
 	// Default ".dlq".
 	DeadLetterSuffix string
 	// Name maps a tag's topic to the real topic name (a prefix per
-	// environment, say) for publishing, subscribing, dead letters and topic
-	// creation. It is called once per tag topic and client, at New for the
-	// types registered then and at first use for later ones; its result must
-	// be a valid topic name. Two types with the same logical name may not
-	// map onto one topic (ErrDuplicate at Start).
+	// environment, say) for publishing, subscribing, dead letters (real
+	// topic + DeadLetterSuffix), Create and EnsureTopics. It is called once
+	// per tag topic and client, never per message: at New for the types
+	// registered then, at first use for later ones. An empty or invalid
+	// result is an error from New (types registered by then), otherwise
+	// from Start and Publish. Two types with the same logical name that it
+	// puts on one topic make Start fail with ErrDuplicate. Start logs the
+	// mapping; Health.TopicNames shows it.
 	// Default nil: the tag's topic.
 	Name func(topic string) string
 }

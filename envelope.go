@@ -106,6 +106,8 @@ type encoder struct {
 	maxBytes int
 	now      func() time.Time
 	reg      *Registry // codecs set with SetCodec; nil: the tags' codecs
+	// names maps the tags' topics to real ones (Config.Topics.Name); nil: the tags' topics.
+	names *topicNames
 }
 
 func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
@@ -115,6 +117,10 @@ func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
 // encode validates msg and returns its record.
 func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error) {
 	info, v, err := messageValue(msg)
+	if err != nil {
+		return transport.Record{}, err
+	}
+	topic, err := e.names.of(info.topic)
 	if err != nil {
 		return transport.Record{}, err
 	}
@@ -160,7 +166,7 @@ func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error)
 	if user, _ := ctx.Value(headersKey{}).([]Header); len(user) > 0 {
 		hs = mergeHeaders(hs, user)
 	}
-	return transport.Record{Topic: info.topic, Key: key, Value: value, Headers: hs}, nil
+	return transport.Record{Topic: topic, Key: key, Value: value, Headers: hs}, nil
 }
 
 func mergeHeaders(hs []transport.Header, user []Header) []transport.Header {

@@ -19,6 +19,9 @@ type Health struct {
 	Topics     []string  `json:"topics,omitempty"` // subscribed topics
 	Generation int       `json:"generation"`       // the group generation this member is in
 	MemberID   string    `json:"member_id,omitempty"`
+	// TopicNames maps each registered type's tag topic to the real topic
+	// Config.Topics.Name gives it (itself when Name is nil), as of Start.
+	TopicNames map[string]string `json:"topic_names,omitempty"`
 	// Assigned lists this member's partitions by topic.
 	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
@@ -129,6 +132,13 @@ func (h *health) start(topics []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.h.Started, h.h.Topics = true, topics
+}
+
+// setTopicNames records Start's tag topic → real topic mapping.
+func (h *health) setTopicNames(real map[string]string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.h.TopicNames = real
 }
 
 func (h *health) stop() {

@@ -45,6 +45,8 @@ type Kavari struct {
 	log *slog.Logger
 	reg *Registry
 	pub *publisher
+	// names maps tag topics to real ones (Config.Topics.Name), cached.
+	names *topicNames
 
 	provider atomic.Pointer[Provider]
 	sem      chan struct{} // records fetched and not finished (MaxBuffered)
@@ -103,6 +105,10 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	names := newTopicNames(cfg.Topics.Name, cfg.Topics.DeadLetterSuffix)
+	if err := names.checkConfig(cfg.Registry.Topics()); err != nil {
+		return nil, err
+	}
 	if tr == nil {
 		var err error
 		if tr, err = cfg.adapter(); err != nil {
@@ -138,6 +144,7 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 		loopDone: make(chan struct{}),
 		hooks:    hs,
 	}
+	k.names = names
 	k.middleware = chain(cfg.Middleware)
 	if d := cfg.protocolDrain(); cfg.Consume.DrainTimeout > d {
 		k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
@@ -146,7 +153,7 @@ func newWith(cfg Config, tr transport.Transport) (*Kavari, error) {
 	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
-	k.pub = newPublisher(&k.cfg, newEncoder(cfg.CloudEventsSource, cfg.Publish.MaxMessageBytes, time.Now).withRegistry(cfg.Registry), prod)
+	k.pub = newPublisher(&k.cfg, newEncoder(cfg.CloudEventsSource, cfg.Publish.MaxMessageBytes, time.Now).withRegistry(cfg.Registry).withNames(names), prod)
 	k.pub.hooks = hs
 	return k, nil
 }
@@ -296,8 +303,12 @@ func (k *Kavari) prepare(ctx context.Context) (*routeTable, error) {
 	if len(k.reg.table().subscribed()) == 0 {
 		return nil, ErrNoHandlers
 	}
-	table := k.reg.freeze()
-	err := k.checkHandlers(table)
+	table, err := k.names.route(k.reg.freeze())
+	if err != nil {
+		k.reg.thaw()
+		return nil, err
+	}
+	err = k.checkHandlers(table)
 	if err == nil && k.cfg.Topics.Create {
 		err = k.EnsureTopics(ctx)
 	} else if err == nil {
@@ -410,6 +421,10 @@ func (k *Kavari) launch(table *routeTable) error {
 	k.cons = cons
 	k.started.Store(true)
 	k.health.start(topics)
+	k.health.setTopicNames(table.real)
+	if k.cfg.Topics.Name != nil {
+		k.log.Info("kavari: topic names (Config.Topics.Name)", "topics", describeTopicNames(table.real))
+	}
 	k.tasks = make(chan task) // workers start on demand (submit)
 	e := newEngine(k, table, cons, k.tr.Capabilities())
 	k.eng.Store(e)
@@ -608,8 +623,16 @@ func (k *Kavari) commitLost(err error) {
 // returns ErrClosed.
 func (k *Kavari) EnsureTopics(ctx context.Context) error {
 	var names []string
+	seen := map[string]bool{} // Config.Topics.Name may map several tag topics onto one
 	for _, t := range k.reg.Topics() {
-		names = append(names, t, t+k.cfg.Topics.DeadLetterSuffix)
+		real, err := k.names.of(t)
+		if err != nil {
+			return err
+		}
+		if !seen[real] {
+			seen[real] = true
+			names = append(names, real, real+k.cfg.Topics.DeadLetterSuffix)
+		}
 	}
 	return k.ensureTopics(ctx, names)
 }
