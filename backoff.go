@@ -30,7 +30,7 @@ const (
 	defaultBaseDelay   = 100 * time.Millisecond
 	defaultMaxDelay    = 30 * time.Second
 	defaultMaxAttempts = 10
-	// defaultConsumerAttempts is Config.ConsumerRetry's MaxAttempts when 0.
+	// defaultConsumerAttempts is Config.Consume.Retry's MaxAttempts when 0.
 	defaultConsumerAttempts = 5
 	// jitter is Exponential's randomisation factor: ±50%.
 	jitter = 0.5
@@ -43,7 +43,7 @@ const (
 // The zero value means Fibonacci, BaseDelay 100 ms, MaxDelay 30 s,
 // MaxAttempts 10, no MaxElapsed. Each zero field takes its default on its
 // own: a policy that sets only BaseDelay or MaxElapsed still makes at most
-// the default number of attempts (10; 5 for Config.ConsumerRetry); set
+// the default number of attempts (10; 5 for Config.Consume.Retry); set
 // MaxAttempts to -1 to bound retries by time alone. New reports invalid
 // fields. A RetryPolicy is a comparable value, never modified by kavari.
 type RetryPolicy struct {

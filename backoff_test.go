@@ -416,19 +416,19 @@ func TestRetryErrorMessages(t *testing.T) {
 }
 
 // A policy that sets some fields keeps the default attempt count of the
-// place it is used: setting only BaseDelay on ConsumerRetry must not turn
+// place it is used: setting only BaseDelay on Consume.Retry must not turn
 // its 5 attempts into 10.
 func TestConsumerRetryPartialPolicyKeepsItsAttempts(t *testing.T) {
 	for _, p := range []RetryPolicy{{}, {BaseDelay: 200 * time.Millisecond}, {Strategy: Exponential}, {MaxElapsed: time.Minute}} {
-		c := Config{Brokers: []string{"b:9092"}, ConsumerRetry: p}
+		c := Config{Brokers: []string{"b:9092"}, Consume: ConsumeConfig{Retry: p}}
 		c.setDefaults()
-		assert.Equal(t, 5, c.ConsumerRetry.withDefaults().MaxAttempts, "ConsumerRetry %+v", p)
-		c = Config{Brokers: []string{"b:9092"}, PublishRetry: p}
+		assert.Equal(t, 5, c.Consume.Retry.withDefaults().MaxAttempts, "Consume.Retry %+v", p)
+		c = Config{Brokers: []string{"b:9092"}, Publish: PublishConfig{Retry: p}}
 		c.setDefaults()
-		assert.Equal(t, 10, c.PublishRetry.withDefaults().MaxAttempts, "PublishRetry %+v", p)
+		assert.Equal(t, 10, c.Publish.Retry.withDefaults().MaxAttempts, "Publish.Retry %+v", p)
 	}
-	c := Config{Brokers: []string{"b:9092"}, ConsumerRetry: RetryPolicy{BaseDelay: time.Second, MaxAttempts: 7}}
+	c := Config{Brokers: []string{"b:9092"}, Consume: ConsumeConfig{Retry: RetryPolicy{BaseDelay: time.Second, MaxAttempts: 7}}}
 	c.setDefaults()
-	assert.Equal(t, 7, c.ConsumerRetry.MaxAttempts)
-	assert.Equal(t, time.Second, c.ConsumerRetry.BaseDelay)
+	assert.Equal(t, 7, c.Consume.Retry.MaxAttempts)
+	assert.Equal(t, time.Second, c.Consume.Retry.BaseDelay)
 }

@@ -49,12 +49,12 @@ func TestCodecMismatchDeadLetters(t *testing.T) {
 	var handled atomic.Int32
 	require.NoError(t, kavari.RegisterFuncOn(con, &ktMixJSONIn{}, func(context.Context, *ktMixJSONIn) error { handled.Add(1); return nil }))
 	require.NoError(t, kavari.RegisterFuncOn(con, &ktMixTextIn{}, func(context.Context, *ktMixTextIn) error { handled.Add(1); return nil }))
-	consumer := newKavari(t, con, brokers, func(c *kavari.Config) { c.TopicPartitions = 1 })
+	consumer := newKavari(t, con, brokers, func(c *kavari.Config) { c.Topics.Partitions = 1 })
 
 	pub := kavari.NewRegistry()
 	require.NoError(t, pub.Declare(&ktMixTextOut{}))
 	require.NoError(t, pub.Declare(&ktMixJSONOut{}))
-	publisher := newKavari(t, pub, brokers, func(c *kavari.Config) { c.TopicPartitions = 1 })
+	publisher := newKavari(t, pub, brokers, func(c *kavari.Config) { c.Topics.Partitions = 1 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -65,86 +65,198 @@ type SASL struct {
 	Password  string
 }
 
-// Config configures a Client. The zero value of every field means its default;
-// only Brokers is required (and GroupID to consume). New validates it.
+// Config configures a Client. It is grouped by concern: the fields every
+// part uses, then Publish, Consume and Topics. The zero value of every field
+// means its default (stated on each field); only Brokers is required (and
+// Consume.GroupID to consume). New validates it.
 type Config struct {
-	Brokers  []string // bootstrap brokers, host:port
-	GroupID  string   // consumer group; required by Start
-	ClientID string   // default "kavari"
-	Source   string   // ce_source header; default the host name
-	Logger   *slog.Logger
-	Registry *Registry // default DefaultRegistry
-	// Transport is the Kafka client kavari runs on; default (zero) KafkaGo.
+	// Brokers are the bootstrap brokers, host:port.
+	// Default none: required.
+	Brokers []string
+	// ClientID is the Kafka client id.
+	// Default "kavari".
+	ClientID string
+	// Transport is the Kafka client kavari runs on (see Transport).
+	// Default KafkaGo.
 	Transport Transport
-	// InstanceID makes the member static (KIP-345): restarted with the same
-	// id within SessionTimeout it gets its partitions back without a
-	// rebalance. Each member of the group needs its own. Default "" (a
-	// dynamic member). FranzGo only: New rejects it on KafkaGo.
-	InstanceID string
-	// GroupProtocol is the consumer group protocol; default ClassicProtocol.
-	// ConsumerProtocol (KIP-848) is FranzGo only.
-	GroupProtocol GroupProtocol
-
-	// Publishing.
-	PublishRetry    RetryPolicy   // default Fibonacci, 100 ms base, 10 attempts; each zero field defaults on its own
-	Partitioner     Partitioner   // default Murmur2
-	BatchTimeout    time.Duration // how long a batch waits to fill; default 2 ms; KafkaGo only (FranzGo publishes without linger)
-	BatchSize       int           // messages a PublishAsync writer hands to the client at once (on KafkaGo also the Writer's batch bound); default 1000
-	BatchBytes      int64         // bytes per batch request; default 1 MiB
-	MaxMessageBytes int           // encoded size limit checked before sending; default 1,000,000
-	AsyncQueue      int           // PublishAsync queue length; default 10,000
-	AsyncWorkers    int           // PublishAsync writers; default 4
-	AllowAutoCreate bool          // let the broker auto-create topics on publish
-
-	// Consuming.
-	AutoOffsetReset OffsetReset
-	Ordering        Ordering
-	MaxInFlight     int // records being handled at once, all partitions; default 256
-	// MaxBuffered bounds records fetched and not finished, all partitions
-	// (those handled plus those queued behind a busy key); when reached,
-	// fetching pauses. Default 4 × MaxInFlight; at least MaxInFlight. One of
-	// n assigned partitions may have at most max(MaxBuffered/n,
-	// min(MaxInFlight, MaxBuffered/2)) records open (fetched and not yet
-	// committable); then only its own fetching pauses.
-	MaxBuffered      int
-	ConsumerRetry    RetryPolicy   // handler retries; default Fibonacci, 100 ms base, 5 attempts; each zero field defaults on its own (MaxAttempts 0 is 5)
-	HandlerTimeout   time.Duration // per attempt: cancels the handler's context (one that returns nil anyway succeeded); 0 means none
-	CommitInterval   time.Duration // default 1 s
-	DrainTimeout     time.Duration // in-flight work allowed to finish on revoke; must be < SessionTimeout; default min(10 s, RebalanceTimeout/3, drain bound) = 5 s. Every drain (revoke and Stop) is cut at the drain bound, SessionTimeout − Heartbeat − min(2 s, a third of that): kafka-go sends no heartbeats while draining
-	SessionTimeout   time.Duration // default 10 s; consumption pauses about this long after a coordinator restart; under ConsumerProtocol the broker's (New rejects a value)
-	RebalanceTimeout time.Duration // default 30 s
-	Heartbeat        time.Duration // default 3 s; under ConsumerProtocol the broker's (New rejects a value)
-	DeadLetterSuffix string        // default ".dlq"
-	// Relaxed skips (and commits) records of unknown type instead of
-	// dead-lettering them, as the Python kavari does.
-	Relaxed bool
-
-	// Topics.
-	CreateTopics      bool // Start creates every registered topic and its dead-letter topic
-	TopicPartitions   int  // default 3
-	ReplicationFactor int  // default (0 or -1): the broker's default.replication.factor, not a single replica
-
-	// Security.
-	TLS  *tls.Config
+	// TLS encrypts the connections; an empty ServerName is each broker's host.
+	// Default nil: plaintext.
+	TLS *tls.Config
+	// SASL authenticates the connections.
+	// Default nil: no authentication.
 	SASL *SASL
-
-	// Observability.
+	// Logger receives kavari's logs.
+	// Default slog.Default().
+	Logger *slog.Logger
+	// Registry holds the message types and handlers this client serves.
+	// Default DefaultRegistry.
+	Registry *Registry
 	// Hooks observe publishing and consuming; each implements one or more
-	// HookXxx interfaces (see Hook). Default none, which costs nothing.
+	// HookXxx interfaces (see Hook). None costs nothing.
+	// Default none.
 	Hooks []Hook
 	// Middleware wraps every handler attempt, the first outermost (see
-	// Middleware). Default none: handlers are called directly.
+	// Middleware). Without any, handlers are called directly.
+	// Default none.
 	Middleware []Middleware
+	// CloudEventsSource is written to the ce_source header of every message.
+	// Default the host name.
+	CloudEventsSource string
+
+	// Publish configures publishing.
+	Publish PublishConfig
+	// Consume configures consuming (Start).
+	Consume ConsumeConfig
+	// Topics configures topic names and their creation.
+	Topics TopicConfig
+}
+
+// PublishConfig is Config.Publish: how messages are published.
+type PublishConfig struct {
+	// Retry is the publish retry policy; each zero field takes its default on
+	// its own (see RetryPolicy).
+	// Default Fibonacci, 100 ms base, 10 attempts.
+	Retry RetryPolicy
+	// Partitioner chooses a record's partition from its key.
+	// Default Murmur2.
+	Partitioner Partitioner
+	// BatchTimeout is how long a batch waits to fill. KafkaGo only: FranzGo
+	// publishes without linger, and New rejects a value.
+	// Default 2 ms.
+	BatchTimeout time.Duration
+	// BatchSize is how many messages a PublishAsync writer hands to the
+	// client at once (on KafkaGo also the Writer's batch bound).
+	// Default 1000.
+	BatchSize int
+	// BatchBytes bounds the bytes of one batch request.
+	// Default 1 MiB.
+	BatchBytes int64
+	// MaxMessageBytes is the encoded size limit checked before sending
+	// (ErrTooLarge).
+	// Default 1,000,000.
+	MaxMessageBytes int
+	// AsyncQueue is the PublishAsync queue length.
+	// Default 10,000.
+	AsyncQueue int
+	// AsyncWorkers is the number of PublishAsync writers.
+	// Default 4.
+	AsyncWorkers int
+	// AllowAutoCreate lets the broker auto-create topics on publish (and
+	// Start create missing dead-letter topics).
+	// Default false.
+	AllowAutoCreate bool
+}
+
+// ConsumeConfig is Config.Consume: how Start consumes.
+type ConsumeConfig struct {
+	// GroupID is the consumer group.
+	// Default none: required by Start.
+	GroupID string
+	// InstanceID makes the member static (KIP-345): restarted with the same
+	// id within SessionTimeout it gets its partitions back without a
+	// rebalance. Each member of the group needs its own. FranzGo only: New
+	// rejects it on KafkaGo.
+	// Default "": a dynamic member.
+	InstanceID string
+	// GroupProtocol is the consumer group protocol. ConsumerProtocol
+	// (KIP-848) is FranzGo only.
+	// Default ClassicProtocol.
+	GroupProtocol GroupProtocol
+	// AutoOffsetReset says where the group starts on a partition with no
+	// committed offset.
+	// Default Earliest.
+	AutoOffsetReset OffsetReset
+	// Ordering says which records may be handled at the same time.
+	// Default PerKey.
+	Ordering Ordering
+	// MaxInFlight bounds the records being handled at once, all partitions
+	// together.
+	// Default 256.
+	MaxInFlight int
+	// MaxBuffered bounds records fetched and not finished, all partitions
+	// (those handled plus those queued behind a busy key); when reached,
+	// fetching pauses. At least MaxInFlight. One of n assigned partitions
+	// may have at most max(MaxBuffered/n, min(MaxInFlight, MaxBuffered/2))
+	// records open (fetched and not yet committable); then only its own
+	// fetching pauses.
+	// Default 4 × MaxInFlight.
+	MaxBuffered int
+	// Retry is the handler retry policy before dead-lettering; each zero
+	// field takes its default on its own (MaxAttempts 0 is 5 here).
+	// Default Fibonacci, 100 ms base, 5 attempts.
+	Retry RetryPolicy
+	// HandlerTimeout bounds one handler attempt: it cancels the handler's
+	// context (a handler that returns nil anyway succeeded).
+	// Default 0: none.
+	HandlerTimeout time.Duration
+	// CommitInterval is how often completed offsets are committed; they are
+	// also committed on revoke and on Stop.
+	// Default 1 s.
+	CommitInterval time.Duration
+	// DrainTimeout is how long in-flight work may finish on revoke; it must
+	// be shorter than SessionTimeout and RebalanceTimeout. Every drain
+	// (revoke and Stop) is cut at the drain bound, SessionTimeout −
+	// HeartbeatInterval − min(2 s, a third of that): kafka-go sends no
+	// heartbeats while draining.
+	// Default min(10 s, RebalanceTimeout/3, drain bound) = 5 s.
+	DrainTimeout time.Duration
+	// SessionTimeout is the group session timeout; consumption pauses about
+	// this long after a coordinator restart. Under ConsumerProtocol it is
+	// the broker's (New rejects a value).
+	// Default 10 s.
+	SessionTimeout time.Duration
+	// RebalanceTimeout is how long the group waits for members to rejoin.
+	// Default 30 s.
+	RebalanceTimeout time.Duration
+	// HeartbeatInterval is how often the member heartbeats. Under
+	// ConsumerProtocol it is the broker's (New rejects a value).
+	// Default min(3 s, SessionTimeout/3) = 3 s.
+	HeartbeatInterval time.Duration
+	// SkipUnknownTypes skips (and commits) records whose msg_type no
+	// registered type has, as the Python kavari does, instead of
+	// dead-lettering them.
+	// Default false: dead-letter them.
+	SkipUnknownTypes bool
+}
+
+// TopicConfig is Config.Topics: topic names and their creation.
+type TopicConfig struct {
+	// Create makes Start create every registered topic and its dead-letter
+	// topic.
+	// Default false.
+	Create bool
+	// Partitions is the partition count of created topics.
+	// Default 3.
+	Partitions int
+	// ReplicationFactor is the replication factor of created topics; 0 or -1
+	// is the broker's default.replication.factor.
+	// Default the broker's default.replication.factor.
+	ReplicationFactor int
+	// DeadLetterSuffix names dead-letter topics: the dead letters of real
+	// topic T go to T + DeadLetterSuffix.
+	// Default ".dlq".
+	DeadLetterSuffix string
+	// Name maps a tag's topic to the real topic name (a prefix per
+	// environment, say) for publishing, subscribing, dead letters (real
+	// topic + DeadLetterSuffix), Create and EnsureTopics. It is called once
+	// per tag topic and client, never per message: at New for the types
+	// registered then, at first use for later ones. An empty or invalid
+	// result is an error from New (types registered by then), otherwise
+	// from Start and Publish. Two types with the same logical name that it
+	// puts on one topic make Start fail with ErrDuplicate. Start logs the
+	// mapping; Health.TopicNames shows it.
+	// Default nil: the tag's topic.
+	Name func(topic string) string
 }
 
 func (c *Config) setDefaults() {
 	if c.ClientID == "" {
 		c.ClientID = "kavari"
 	}
-	if c.Source == "" {
-		c.Source, _ = os.Hostname()
-		if c.Source == "" {
-			c.Source = "kavari"
+	if c.CloudEventsSource == "" {
+		c.CloudEventsSource, _ = os.Hostname()
+		if c.CloudEventsSource == "" {
+			c.CloudEventsSource = "kavari"
 		}
 	}
 	if c.Logger == nil {
@@ -153,61 +265,61 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = DefaultRegistry
 	}
-	if c.BatchTimeout == 0 {
-		c.BatchTimeout = 2 * time.Millisecond
+	if c.Publish.BatchTimeout == 0 {
+		c.Publish.BatchTimeout = 2 * time.Millisecond
 	}
-	if c.BatchSize == 0 {
-		c.BatchSize = 1000
+	if c.Publish.BatchSize == 0 {
+		c.Publish.BatchSize = 1000
 	}
-	if c.BatchBytes == 0 {
-		c.BatchBytes = 1 << 20
+	if c.Publish.BatchBytes == 0 {
+		c.Publish.BatchBytes = 1 << 20
 	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = 1_000_000
+	if c.Publish.MaxMessageBytes == 0 {
+		c.Publish.MaxMessageBytes = 1_000_000
 	}
-	if c.AsyncQueue == 0 {
-		c.AsyncQueue = 10_000
+	if c.Publish.AsyncQueue == 0 {
+		c.Publish.AsyncQueue = 10_000
 	}
-	if c.AsyncWorkers == 0 {
-		c.AsyncWorkers = 4
+	if c.Publish.AsyncWorkers == 0 {
+		c.Publish.AsyncWorkers = 4
 	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = 256
+	if c.Consume.MaxInFlight == 0 {
+		c.Consume.MaxInFlight = 256
 	}
-	if c.MaxBuffered == 0 {
-		c.MaxBuffered = 4 * c.MaxInFlight
+	if c.Consume.MaxBuffered == 0 {
+		c.Consume.MaxBuffered = 4 * c.Consume.MaxInFlight
 	}
-	if c.ConsumerRetry.MaxAttempts == 0 {
+	if c.Consume.Retry.MaxAttempts == 0 {
 		// Per field, as for every zero field of a policy: setting BaseDelay
 		// alone must not change the attempt count.
-		c.ConsumerRetry.MaxAttempts = defaultConsumerAttempts
+		c.Consume.Retry.MaxAttempts = defaultConsumerAttempts
 	}
-	if c.CommitInterval == 0 {
-		c.CommitInterval = time.Second
+	if c.Consume.CommitInterval == 0 {
+		c.Consume.CommitInterval = time.Second
 	}
-	if c.SessionTimeout == 0 {
+	if c.Consume.SessionTimeout == 0 {
 		// kafka-go forgets its member id when the coordinator fails, so after
 		// a broker restart the group waits for the old member to expire:
 		// consumption pauses for about one session timeout.
-		c.SessionTimeout = 10 * time.Second
+		c.Consume.SessionTimeout = 10 * time.Second
 	}
-	if c.RebalanceTimeout == 0 {
-		c.RebalanceTimeout = 30 * time.Second
+	if c.Consume.RebalanceTimeout == 0 {
+		c.Consume.RebalanceTimeout = 30 * time.Second
 	}
-	if c.Heartbeat == 0 {
-		c.Heartbeat = min(3*time.Second, c.SessionTimeout/3)
+	if c.Consume.HeartbeatInterval == 0 {
+		c.Consume.HeartbeatInterval = min(3*time.Second, c.Consume.SessionTimeout/3)
 	}
-	if c.DrainTimeout == 0 && c.Heartbeat < c.SessionTimeout {
-		c.DrainTimeout = min(10*time.Second, c.RebalanceTimeout/3, c.protocolDrain())
+	if c.Consume.DrainTimeout == 0 && c.Consume.HeartbeatInterval < c.Consume.SessionTimeout {
+		c.Consume.DrainTimeout = min(10*time.Second, c.Consume.RebalanceTimeout/3, c.protocolDrain())
 	}
-	if c.DeadLetterSuffix == "" {
-		c.DeadLetterSuffix = ".dlq"
+	if c.Topics.DeadLetterSuffix == "" {
+		c.Topics.DeadLetterSuffix = ".dlq"
 	}
-	if c.TopicPartitions == 0 {
-		c.TopicPartitions = 3
+	if c.Topics.Partitions == 0 {
+		c.Topics.Partitions = 3
 	}
-	if c.ReplicationFactor == 0 {
-		c.ReplicationFactor = -1 // the broker's default.replication.factor
+	if c.Topics.ReplicationFactor == 0 {
+		c.Topics.ReplicationFactor = -1 // the broker's default.replication.factor
 	}
 }
 
@@ -221,50 +333,50 @@ func (c *Config) validate() error {
 			errs = append(errs, errors.New("Brokers has an empty address"))
 		}
 	}
-	if err := c.PublishRetry.validate(); err != nil {
-		errs = append(errs, fmt.Errorf("PublishRetry: %w", err))
+	if err := c.Publish.Retry.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("Publish.Retry: %w", err))
 	}
-	if err := c.ConsumerRetry.validate(); err != nil {
-		errs = append(errs, fmt.Errorf("ConsumerRetry: %w", err))
+	if err := c.Consume.Retry.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("Consume.Retry: %w", err))
 	}
-	if c.Ordering < PerKey || c.Ordering > Unordered {
-		errs = append(errs, fmt.Errorf("unknown Ordering %d", c.Ordering))
+	if c.Consume.Ordering < PerKey || c.Consume.Ordering > Unordered {
+		errs = append(errs, fmt.Errorf("unknown Consume.Ordering %d", c.Consume.Ordering))
 	}
-	if c.Partitioner < Murmur2 || c.Partitioner > CRC32 {
-		errs = append(errs, fmt.Errorf("unknown Partitioner %d", c.Partitioner))
+	if c.Publish.Partitioner < Murmur2 || c.Publish.Partitioner > CRC32 {
+		errs = append(errs, fmt.Errorf("unknown Publish.Partitioner %d", c.Publish.Partitioner))
 	}
-	if c.AutoOffsetReset < Earliest || c.AutoOffsetReset > Latest {
-		errs = append(errs, fmt.Errorf("unknown AutoOffsetReset %d", c.AutoOffsetReset))
+	if c.Consume.AutoOffsetReset < Earliest || c.Consume.AutoOffsetReset > Latest {
+		errs = append(errs, fmt.Errorf("unknown Consume.AutoOffsetReset %d", c.Consume.AutoOffsetReset))
 	}
 	for _, f := range []struct {
 		name string
 		v    int64
 	}{
-		{"BatchSize", int64(c.BatchSize)}, {"BatchBytes", c.BatchBytes}, {"MaxMessageBytes", int64(c.MaxMessageBytes)},
-		{"AsyncQueue", int64(c.AsyncQueue)}, {"AsyncWorkers", int64(c.AsyncWorkers)}, {"MaxInFlight", int64(c.MaxInFlight)}, {"MaxBuffered", int64(c.MaxBuffered)},
-		{"TopicPartitions", int64(c.TopicPartitions)},
+		{"Publish.BatchSize", int64(c.Publish.BatchSize)}, {"Publish.BatchBytes", c.Publish.BatchBytes}, {"Publish.MaxMessageBytes", int64(c.Publish.MaxMessageBytes)},
+		{"Publish.AsyncQueue", int64(c.Publish.AsyncQueue)}, {"Publish.AsyncWorkers", int64(c.Publish.AsyncWorkers)}, {"Consume.MaxInFlight", int64(c.Consume.MaxInFlight)}, {"Consume.MaxBuffered", int64(c.Consume.MaxBuffered)},
+		{"Topics.Partitions", int64(c.Topics.Partitions)},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("%s is negative", f.name))
 		}
 	}
-	if c.HandlerTimeout < 0 || c.CommitInterval < 0 || c.DrainTimeout < 0 || c.BatchTimeout < 0 {
-		errs = append(errs, errors.New("a timeout or interval is negative"))
+	if c.Consume.HandlerTimeout < 0 || c.Consume.CommitInterval < 0 || c.Consume.DrainTimeout < 0 || c.Publish.BatchTimeout < 0 {
+		errs = append(errs, errors.New("a timeout or interval (Consume.HandlerTimeout, Consume.CommitInterval, Consume.DrainTimeout, Publish.BatchTimeout) is negative"))
 	}
-	if c.MaxBuffered > 0 && c.MaxBuffered < c.MaxInFlight {
-		errs = append(errs, errors.New("MaxBuffered must be at least MaxInFlight"))
+	if c.Consume.MaxBuffered > 0 && c.Consume.MaxBuffered < c.Consume.MaxInFlight {
+		errs = append(errs, errors.New("Consume.MaxBuffered must be at least Consume.MaxInFlight"))
 	}
-	if c.Heartbeat >= c.SessionTimeout {
-		errs = append(errs, errors.New("Heartbeat must be shorter than SessionTimeout"))
+	if c.Consume.HeartbeatInterval >= c.Consume.SessionTimeout {
+		errs = append(errs, errors.New("Consume.HeartbeatInterval must be shorter than Consume.SessionTimeout"))
 	}
-	if c.DrainTimeout >= c.RebalanceTimeout {
-		errs = append(errs, errors.New("DrainTimeout must be shorter than RebalanceTimeout, or a slow drain costs the group its members"))
+	if c.Consume.DrainTimeout >= c.Consume.RebalanceTimeout {
+		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.RebalanceTimeout, or a slow drain costs the group its members"))
 	}
-	if c.DrainTimeout >= c.SessionTimeout {
-		errs = append(errs, errors.New("DrainTimeout must be shorter than SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
+	if c.Consume.DrainTimeout >= c.Consume.SessionTimeout {
+		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
 	}
-	if c.GroupProtocol < ClassicProtocol || c.GroupProtocol > ConsumerProtocol {
-		errs = append(errs, fmt.Errorf("unknown GroupProtocol %d", int(c.GroupProtocol)))
+	if c.Consume.GroupProtocol < ClassicProtocol || c.Consume.GroupProtocol > ConsumerProtocol {
+		errs = append(errs, fmt.Errorf("unknown Consume.GroupProtocol %d", int(c.Consume.GroupProtocol)))
 	}
 	if _, ok := transports[c.Transport]; !ok {
 		errs = append(errs, fmt.Errorf("unknown Transport %d", int(c.Transport)))
@@ -286,14 +398,14 @@ func (c *Config) validate() error {
 // stops heartbeating when a generation ends (on a rebalance or at Stop), so
 // the drain, the final commit and leaving the group must all fit in the
 // session timeout counted from the last heartbeat, which may have been one
-// Heartbeat earlier; drainReserve of it is kept for the commit.
+// HeartbeatInterval earlier; drainReserve of it is kept for the commit.
 func (c *Config) protocolDrain() time.Duration {
-	return c.SessionTimeout - c.Heartbeat - c.drainReserve()
+	return c.Consume.SessionTimeout - c.Consume.HeartbeatInterval - c.drainReserve()
 }
 
 // drainReserve is the part of the session budget kept after the drain for
 // handlers that were cancelled to return (half of it) and for the final
 // commit.
 func (c *Config) drainReserve() time.Duration {
-	return min(2*time.Second, (c.SessionTimeout-c.Heartbeat)/3)
+	return min(2*time.Second, (c.Consume.SessionTimeout-c.Consume.HeartbeatInterval)/3)
 }

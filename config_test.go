@@ -25,32 +25,32 @@ func TestConfigDefaults(t *testing.T) {
 		host = "kavari"
 	}
 	assert.Equal(t, "kavari", c.ClientID)
-	assert.Equal(t, host, c.Source)
+	assert.Equal(t, host, c.CloudEventsSource)
 	assert.NotNil(t, c.Logger)
 	assert.Same(t, kavari.DefaultRegistry, c.Registry)
-	assert.Equal(t, kavari.Murmur2, c.Partitioner)
-	assert.Equal(t, 2*time.Millisecond, c.BatchTimeout)
-	assert.Equal(t, 1000, c.BatchSize)
-	assert.Equal(t, int64(1<<20), c.BatchBytes)
-	assert.Equal(t, 1_000_000, c.MaxMessageBytes)
-	assert.Equal(t, 10_000, c.AsyncQueue)
-	assert.Equal(t, 4, c.AsyncWorkers)
-	assert.False(t, c.AllowAutoCreate)
-	assert.Equal(t, kavari.Earliest, c.AutoOffsetReset)
-	assert.Equal(t, kavari.PerKey, c.Ordering)
-	assert.Equal(t, 256, c.MaxInFlight)
-	assert.Equal(t, 1024, c.MaxBuffered)
-	assert.Equal(t, time.Duration(0), c.HandlerTimeout)
-	assert.Equal(t, time.Second, c.CommitInterval)
-	assert.Equal(t, 5*time.Second, c.DrainTimeout) // SessionTimeout − Heartbeat − 2 s: no heartbeats while draining
-	assert.Equal(t, 10*time.Second, c.SessionTimeout)
-	assert.Equal(t, 30*time.Second, c.RebalanceTimeout)
-	assert.Equal(t, 3*time.Second, c.Heartbeat)
-	assert.Equal(t, ".dlq", c.DeadLetterSuffix)
-	assert.False(t, c.Relaxed)
-	assert.False(t, c.CreateTopics)
-	assert.Equal(t, 3, c.TopicPartitions)
-	assert.Equal(t, -1, c.ReplicationFactor, "the broker's default.replication.factor, not a single replica")
+	assert.Equal(t, kavari.Murmur2, c.Publish.Partitioner)
+	assert.Equal(t, 2*time.Millisecond, c.Publish.BatchTimeout)
+	assert.Equal(t, 1000, c.Publish.BatchSize)
+	assert.Equal(t, int64(1<<20), c.Publish.BatchBytes)
+	assert.Equal(t, 1_000_000, c.Publish.MaxMessageBytes)
+	assert.Equal(t, 10_000, c.Publish.AsyncQueue)
+	assert.Equal(t, 4, c.Publish.AsyncWorkers)
+	assert.False(t, c.Publish.AllowAutoCreate)
+	assert.Equal(t, kavari.Earliest, c.Consume.AutoOffsetReset)
+	assert.Equal(t, kavari.PerKey, c.Consume.Ordering)
+	assert.Equal(t, 256, c.Consume.MaxInFlight)
+	assert.Equal(t, 1024, c.Consume.MaxBuffered)
+	assert.Equal(t, time.Duration(0), c.Consume.HandlerTimeout)
+	assert.Equal(t, time.Second, c.Consume.CommitInterval)
+	assert.Equal(t, 5*time.Second, c.Consume.DrainTimeout) // SessionTimeout − HeartbeatInterval − 2 s: no heartbeats while draining
+	assert.Equal(t, 10*time.Second, c.Consume.SessionTimeout)
+	assert.Equal(t, 30*time.Second, c.Consume.RebalanceTimeout)
+	assert.Equal(t, 3*time.Second, c.Consume.HeartbeatInterval)
+	assert.Equal(t, ".dlq", c.Topics.DeadLetterSuffix)
+	assert.False(t, c.Consume.SkipUnknownTypes)
+	assert.False(t, c.Topics.Create)
+	assert.Equal(t, 3, c.Topics.Partitions)
+	assert.Equal(t, -1, c.Topics.ReplicationFactor, "the broker's default.replication.factor, not a single replica")
 
 	ms := func(ns ...int) []time.Duration {
 		out := make([]time.Duration, len(ns))
@@ -60,23 +60,50 @@ func TestConfigDefaults(t *testing.T) {
 		return out
 	}
 	// Publish: Fibonacci from 100 ms, 10 attempts; consume: 5 attempts.
-	assert.Equal(t, ms(100, 200, 300, 500, 800, 1300, 2100, 3400, 5500), c.PublishRetry.Delays(100))
-	assert.Equal(t, ms(100, 200, 300, 500), c.ConsumerRetry.Delays(100))
+	assert.Equal(t, ms(100, 200, 300, 500, 800, 1300, 2100, 3400, 5500), c.Publish.Retry.Delays(100))
+	assert.Equal(t, ms(100, 200, 300, 500), c.Consume.Retry.Delays(100))
 }
 
 func TestConfigExplicitValuesKept(t *testing.T) {
 	reg := kavari.NewRegistry()
 	logger := slog.New(slog.DiscardHandler)
 	in := kavari.Config{
-		Brokers: []string{"a:1", "b:2"}, ClientID: "cid", Source: "src", Logger: logger, Registry: reg,
-		PublishRetry: kavari.ConstantRetry(time.Second, 2), Partitioner: kavari.CRC32,
-		BatchTimeout: time.Millisecond, BatchSize: 7, BatchBytes: 4096, MaxMessageBytes: 999,
-		AsyncQueue: 3, AsyncWorkers: 2, AllowAutoCreate: true,
-		AutoOffsetReset: kavari.Latest, Ordering: kavari.Unordered, MaxInFlight: 9, MaxBuffered: 11,
-		ConsumerRetry: kavari.NoRetry(), HandlerTimeout: time.Minute, CommitInterval: 3 * time.Second,
-		DrainTimeout: 4 * time.Second, SessionTimeout: 45 * time.Second, RebalanceTimeout: 50 * time.Second,
-		Heartbeat: 5 * time.Second, DeadLetterSuffix: "-dead", Relaxed: true, CreateTopics: true,
-		TopicPartitions: 12, ReplicationFactor: -1,
+		Brokers:           []string{"a:1", "b:2"},
+		ClientID:          "cid",
+		CloudEventsSource: "src",
+		Logger:            logger,
+		Registry:          reg,
+		Publish: kavari.PublishConfig{
+			Retry:           kavari.ConstantRetry(time.Second, 2),
+			Partitioner:     kavari.CRC32,
+			BatchTimeout:    time.Millisecond,
+			BatchSize:       7,
+			BatchBytes:      4096,
+			MaxMessageBytes: 999,
+			AsyncQueue:      3,
+			AsyncWorkers:    2,
+			AllowAutoCreate: true,
+		},
+		Consume: kavari.ConsumeConfig{
+			AutoOffsetReset:   kavari.Latest,
+			Ordering:          kavari.Unordered,
+			MaxInFlight:       9,
+			MaxBuffered:       11,
+			Retry:             kavari.NoRetry(),
+			HandlerTimeout:    time.Minute,
+			CommitInterval:    3 * time.Second,
+			DrainTimeout:      4 * time.Second,
+			SessionTimeout:    45 * time.Second,
+			RebalanceTimeout:  50 * time.Second,
+			HeartbeatInterval: 5 * time.Second,
+			SkipUnknownTypes:  true,
+		},
+		Topics: kavari.TopicConfig{
+			DeadLetterSuffix:  "-dead",
+			Create:            true,
+			Partitions:        12,
+			ReplicationFactor: -1,
+		},
 	}
 	out, err := kavari.ConfigWithDefaults(in)
 	require.NoError(t, err)
@@ -85,37 +112,41 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 
 func TestConfigValidationJoinsEveryProblem(t *testing.T) {
 	_, err := kavari.New(kavari.Config{
-		PublishRetry:     kavari.RetryPolicy{Strategy: 7},
-		ConsumerRetry:    kavari.RetryPolicy{BaseDelay: -time.Second},
-		Ordering:         kavari.Ordering(9),
-		Partitioner:      kavari.Partitioner(5),
-		AutoOffsetReset:  kavari.OffsetReset(7),
-		BatchSize:        -1,
-		AsyncQueue:       -2,
-		HandlerTimeout:   -time.Second,
-		Heartbeat:        40 * time.Second, // longer than the default session
-		RebalanceTimeout: 5 * time.Second,  // shorter than the drain
-		DrainTimeout:     10 * time.Second,
-		SASL:             &kavari.SASL{Mechanism: "GSSAPI"},
+		SASL: &kavari.SASL{Mechanism: "GSSAPI"},
+		Publish: kavari.PublishConfig{
+			Retry:       kavari.RetryPolicy{Strategy: 7},
+			Partitioner: kavari.Partitioner(5),
+			BatchSize:   -1,
+			AsyncQueue:  -2,
+		},
+		Consume: kavari.ConsumeConfig{
+			Retry:             kavari.RetryPolicy{BaseDelay: -time.Second},
+			Ordering:          kavari.Ordering(9),
+			AutoOffsetReset:   kavari.OffsetReset(7),
+			HandlerTimeout:    -time.Second,
+			HeartbeatInterval: 40 * time.Second, // longer than the default session
+			RebalanceTimeout:  5 * time.Second,  // shorter than the drain
+			DrainTimeout:      10 * time.Second,
+		},
 	})
 	require.Error(t, err)
 	msg := err.Error()
 	assert.True(t, strings.HasPrefix(msg, "kavari: invalid Config: "), msg)
 	for _, want := range []string{
 		"Brokers is empty",
-		"PublishRetry: ",
+		"Publish.Retry: ",
 		"unknown strategy 7",
-		"ConsumerRetry: ",
+		"Consume.Retry: ",
 		"negative BaseDelay",
-		"unknown Ordering 9",
-		"unknown Partitioner 5",
-		"unknown AutoOffsetReset 7",
-		"BatchSize is negative",
-		"AsyncQueue is negative",
-		"a timeout or interval is negative",
-		"Heartbeat must be shorter than SessionTimeout",
-		"DrainTimeout must be shorter than RebalanceTimeout",
-		"DrainTimeout must be shorter than SessionTimeout",
+		"unknown Consume.Ordering 9",
+		"unknown Publish.Partitioner 5",
+		"unknown Consume.AutoOffsetReset 7",
+		"Publish.BatchSize is negative",
+		"Publish.AsyncQueue is negative",
+		"a timeout or interval (Consume.HandlerTimeout, Consume.CommitInterval, Consume.DrainTimeout, Publish.BatchTimeout) is negative",
+		"Consume.HeartbeatInterval must be shorter than Consume.SessionTimeout",
+		"Consume.DrainTimeout must be shorter than Consume.RebalanceTimeout",
+		"Consume.DrainTimeout must be shorter than Consume.SessionTimeout",
 		`SASL.Mechanism "GSSAPI"`,
 	} {
 		assert.Contains(t, msg, want)
@@ -135,22 +166,28 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 	}{
 		{"no brokers", func(c *kavari.Config) { c.Brokers = nil }, "Brokers is empty"},
 		{"empty broker address", func(c *kavari.Config) { c.Brokers = []string{"a:1", ""} }, "Brokers has an empty address"},
-		{"negative BatchBytes", func(c *kavari.Config) { c.BatchBytes = -1 }, "BatchBytes is negative"},
-		{"negative MaxMessageBytes", func(c *kavari.Config) { c.MaxMessageBytes = -1 }, "MaxMessageBytes is negative"},
-		{"negative AsyncWorkers", func(c *kavari.Config) { c.AsyncWorkers = -1 }, "AsyncWorkers is negative"},
-		{"MaxBuffered below MaxInFlight", func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 10, 5 }, "MaxBuffered must be at least MaxInFlight"},
-		{"negative MaxInFlight", func(c *kavari.Config) { c.MaxInFlight = -1 }, "MaxInFlight is negative"},
+		{"negative BatchBytes", func(c *kavari.Config) { c.Publish.BatchBytes = -1 }, "Publish.BatchBytes is negative"},
+		{"negative MaxMessageBytes", func(c *kavari.Config) { c.Publish.MaxMessageBytes = -1 }, "Publish.MaxMessageBytes is negative"},
+		{"negative AsyncWorkers", func(c *kavari.Config) { c.Publish.AsyncWorkers = -1 }, "Publish.AsyncWorkers is negative"},
+		{"MaxBuffered below MaxInFlight", func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 10, 5 }, "Consume.MaxBuffered must be at least Consume.MaxInFlight"},
+		{"negative MaxInFlight", func(c *kavari.Config) { c.Consume.MaxInFlight = -1 }, "Consume.MaxInFlight is negative"},
 		{"unknown Transport", func(c *kavari.Config) { c.Transport = 7 }, "unknown Transport 7"},
-		{"negative TopicPartitions", func(c *kavari.Config) { c.TopicPartitions = -1 }, "TopicPartitions is negative"},
-		{"negative CommitInterval", func(c *kavari.Config) { c.CommitInterval = -1 }, "negative"},
-		{"negative DrainTimeout", func(c *kavari.Config) { c.DrainTimeout = -1 }, "negative"},
-		{"negative BatchTimeout", func(c *kavari.Config) { c.BatchTimeout = -1 }, "negative"},
-		{"Heartbeat equal to SessionTimeout", func(c *kavari.Config) { c.Heartbeat, c.SessionTimeout = 10*time.Second, 10*time.Second }, "Heartbeat"},
-		{"DrainTimeout equal to RebalanceTimeout", func(c *kavari.Config) { c.DrainTimeout, c.RebalanceTimeout = 20*time.Second, 20*time.Second }, "DrainTimeout"},
-		{"DrainTimeout equal to SessionTimeout", func(c *kavari.Config) { c.DrainTimeout, c.SessionTimeout = 10*time.Second, 10*time.Second }, "DrainTimeout must be shorter than SessionTimeout"},
-		{"bad strategy", func(c *kavari.Config) { c.PublishRetry = kavari.RetryPolicy{Strategy: kavari.Strategy(9)} }, "unknown strategy"},
+		{"negative Topics.Partitions", func(c *kavari.Config) { c.Topics.Partitions = -1 }, "Topics.Partitions is negative"},
+		{"negative CommitInterval", func(c *kavari.Config) { c.Consume.CommitInterval = -1 }, "negative"},
+		{"negative DrainTimeout", func(c *kavari.Config) { c.Consume.DrainTimeout = -1 }, "negative"},
+		{"negative BatchTimeout", func(c *kavari.Config) { c.Publish.BatchTimeout = -1 }, "negative"},
+		{"HeartbeatInterval equal to SessionTimeout", func(c *kavari.Config) {
+			c.Consume.HeartbeatInterval, c.Consume.SessionTimeout = 10*time.Second, 10*time.Second
+		}, "Consume.HeartbeatInterval must be shorter"},
+		{"DrainTimeout equal to RebalanceTimeout", func(c *kavari.Config) {
+			c.Consume.DrainTimeout, c.Consume.RebalanceTimeout = 20*time.Second, 20*time.Second
+		}, "Consume.DrainTimeout must be shorter than Consume.RebalanceTimeout"},
+		{"DrainTimeout equal to SessionTimeout", func(c *kavari.Config) {
+			c.Consume.DrainTimeout, c.Consume.SessionTimeout = 10*time.Second, 10*time.Second
+		}, "Consume.DrainTimeout must be shorter than Consume.SessionTimeout"},
+		{"bad strategy", func(c *kavari.Config) { c.Publish.Retry = kavari.RetryPolicy{Strategy: kavari.Strategy(9)} }, "unknown strategy"},
 		{"MaxDelay below BaseDelay", func(c *kavari.Config) {
-			c.ConsumerRetry = kavari.RetryPolicy{BaseDelay: time.Second, MaxDelay: time.Millisecond}
+			c.Consume.Retry = kavari.RetryPolicy{BaseDelay: time.Second, MaxDelay: time.Millisecond}
 		}, "MaxDelay"},
 		{"empty SASL mechanism", func(c *kavari.Config) { c.SASL = &kavari.SASL{} }, "SASL.Mechanism"},
 	} {
@@ -192,7 +229,7 @@ func TestNewConfiguresTheWriter(t *testing.T) {
 	require.True(t, ok, "an own Transport: %T", w.Transport)
 	assert.Equal(t, "kt-client", tr.ClientID)
 
-	k2, err := kavari.New(kavari.Config{Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(), Partitioner: kavari.CRC32, AllowAutoCreate: true})
+	k2, err := kavari.New(kavari.Config{Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32, AllowAutoCreate: true}})
 	require.NoError(t, err)
 	defer func() { _ = k2.Stop(context.Background()) }()
 	assert.IsType(t, &kafka.CRC32Balancer{}, kavari.WriterOf(k2).Balancer)
@@ -213,7 +250,7 @@ func TestStartNeedsGroupAndHandlers(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "GroupID")
 
-	k2, err := kavari.New(kavari.Config{Brokers: ktAbsentBroker(t), Registry: reg, Logger: ktLogger(), GroupID: "g"})
+	k2, err := kavari.New(kavari.Config{Brokers: ktAbsentBroker(t), Registry: reg, Logger: ktLogger(), Consume: kavari.ConsumeConfig{GroupID: "g"}})
 	require.NoError(t, err)
 	defer func() { _ = k2.Stop(context.Background()) }()
 	err = k2.Start(context.Background())

@@ -125,7 +125,7 @@ func TestOversizedDeadLettersDegradeAndThePartitionKeepsCommitting(t *testing.T)
 	group := testenv.ID("g")
 	logs := &longestLine{}
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
-		c.GroupID = group
+		c.Consume.GroupID = group
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	})
 	require.NoError(t, k.Start(context.Background()))
@@ -219,7 +219,7 @@ func TestUnwritableDeadLetterHoldsThePartitionAndHealthSaysWhy(t *testing.T) {
 		return nil
 	}))
 	group := testenv.ID("g")
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.GroupID = group })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.GroupID = group })
 	require.NoError(t, k.Start(context.Background()))
 	typ := []kafka.Header{{Key: kavari.HeaderMsgType, Value: []byte("tinyDLMsg")}}
 	good := func(id string) []byte { return []byte(`{"run":"` + run + `","id":"` + id + `"}`) }

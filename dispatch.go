@@ -135,7 +135,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		e.parts[a.TopicPartition] = p
 		started = append(started, p)
 	}
-	share := partitionShare(k.cfg.MaxBuffered, k.cfg.MaxInFlight, len(e.parts))
+	share := partitionShare(k.cfg.Consume.MaxBuffered, k.cfg.Consume.MaxInFlight, len(e.parts))
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
 	}
@@ -146,14 +146,14 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	k.commitLost(nil) // what an earlier revoke left uncommitted is the new owners' now
 
 	if !since.IsZero() {
-		k.log.Info("kavari: consumer group available again", "group", k.cfg.GroupID, "after", time.Since(since).Round(time.Second))
+		k.log.Info("kavari: consumer group available again", "group", k.cfg.Consume.GroupID, "after", time.Since(since).Round(time.Second))
 	}
 	if names := k.dlqUnchecked; names != nil {
 		k.dlqUnchecked = nil
 		go k.recheckDeadLetterTopics(names) // ends with runCtx
 	}
 	k.health.joined(e, gen, assigned)
-	k.log.Info("kavari: joined group", "group", k.cfg.GroupID, "generation", gen.ID, "partitions", assigned)
+	k.log.Info("kavari: joined group", "group", k.cfg.Consume.GroupID, "generation", gen.ID, "partitions", assigned)
 	k.hooks.onAssigned(assigned)
 	for _, p := range started {
 		go e.feed(p)
@@ -240,10 +240,10 @@ func (e *engine) drainBudget() time.Duration {
 	cfg := &e.k.cfg
 	budget := cfg.protocolDrain()
 	if e.caps.HeartbeatsDuringDrain {
-		budget = cfg.RebalanceTimeout - cfg.drainReserve()
+		budget = cfg.Consume.RebalanceTimeout - cfg.drainReserve()
 	}
 	if !e.k.stopping.Load() {
-		budget = min(budget, cfg.DrainTimeout)
+		budget = min(budget, cfg.Consume.DrainTimeout)
 	}
 	return budget
 }
@@ -298,7 +298,7 @@ func (e *engine) Error(err error) {
 	}
 	e.k.health.fail(err)
 	if log {
-		e.k.log.Warn("kavari: consumer group unavailable, retrying", "group", e.k.cfg.GroupID,
+		e.k.log.Warn("kavari: consumer group unavailable, retrying", "group", e.k.cfg.Consume.GroupID,
 			"for", now.Sub(since).Round(time.Second), "err", err)
 	}
 }
@@ -467,7 +467,7 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
 	p.inflight.Add(1)
 	var key string
-	switch e.k.cfg.Ordering {
+	switch e.k.cfg.Consume.Ordering {
 	case Unordered:
 		e.k.submit(task{e: e, p: p, j: j})
 		return
@@ -511,7 +511,7 @@ func (k *Client) submit(t task) {
 		return
 	default:
 	}
-	if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+	if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
 		k.workers.Add(1)
 		go k.worker(t)
 		return
@@ -526,7 +526,7 @@ func (k *Client) submit(t task) {
 		case k.tasks <- t:
 			return
 		case <-tick.C:
-			if k.nworkers.Add(1) <= int64(k.cfg.MaxBuffered) {
+			if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
 				k.workers.Add(1)
 				go k.worker(t)
 				return
@@ -603,8 +603,8 @@ func (e *engine) process(p *partition, j *job) {
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
-		if de.Kind == KindUnknownType && e.k.cfg.Relaxed {
-			e.k.log.Info("kavari: skipping record of unknown type (Relaxed)", "err", logErr(err))
+		if de.Kind == KindUnknownType && e.k.cfg.Consume.SkipUnknownTypes {
+			e.k.log.Info("kavari: skipping record of unknown type (Consume.SkipUnknownTypes)", "err", logErr(err))
 			e.done(p, j)
 			return
 		}
@@ -629,7 +629,7 @@ func (e *engine) process(p *partition, j *job) {
 			continue
 		}
 		attempts := 0
-		err := e.k.cfg.ConsumerRetry.retrySince(p.hard, start, func(attempt int) error {
+		err := e.k.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
 			attempts = attempt
 			if attempt == 1 {
 				return first
@@ -675,7 +675,7 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
 		ctx = mc
 	}
-	if t := e.k.cfg.HandlerTimeout; t > 0 {
+	if t := e.k.cfg.Consume.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
@@ -743,11 +743,11 @@ var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisec
 // stays open, so partition p holds there (it is redelivered to the next
 // owner), and Health says why.
 func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	topic := j.rec.Topic + e.k.cfg.DeadLetterSuffix
+	topic := j.rec.Topic + e.k.cfg.Topics.DeadLetterSuffix
 	form := dlFull
 	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	// Known too large for the publisher: skip the forms it would refuse.
-	for limit := e.k.cfg.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+	for limit := e.k.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
 		form++
 		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	}
@@ -819,7 +819,7 @@ func (p *partition) stuckReason() string {
 // CommitInterval, until the transport's Run returned. A revoke or Stop
 // commits its partitions once more after their drain (Revoked).
 func (e *engine) commitLoop() {
-	t := time.NewTicker(e.k.cfg.CommitInterval)
+	t := time.NewTicker(e.k.cfg.Consume.CommitInterval)
 	defer t.Stop()
 	for {
 		select {

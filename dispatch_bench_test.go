@@ -61,11 +61,13 @@ func BenchmarkDispatch(b *testing.B) {
 				b.Fatal(err)
 			}
 			k, err := kavari.New(kavari.Config{
-				Brokers:   brokers,
-				GroupID:   testenv.ID("dispatch-bench"),
-				Registry:  reg,
-				Logger:    testLogger(),
-				Heartbeat: 500 * time.Millisecond,
+				Brokers:  brokers,
+				Registry: reg,
+				Logger:   testLogger(),
+				Consume: kavari.ConsumeConfig{
+					GroupID:           testenv.ID("dispatch-bench"),
+					HeartbeatInterval: 500 * time.Millisecond,
+				},
 			})
 			if err != nil {
 				b.Fatal(err)
@@ -202,9 +204,11 @@ func BenchmarkDispatchMemory(b *testing.B) {
 		}
 		k, err := kavari.NewOnTransport(kavari.Config{
 			Brokers:  []string{"memory"},
-			GroupID:  testenv.ID("mem-bench"),
 			Registry: reg,
 			Logger:   testLogger(),
+			Consume: kavari.ConsumeConfig{
+				GroupID: testenv.ID("mem-bench"),
+			},
 		}, broker.Transport(transport.Capabilities{}))
 		if err != nil {
 			b.Fatal(err)

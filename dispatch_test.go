@@ -120,7 +120,7 @@ func TestPerKeyOrderUnderConcurrency(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 32; c.TopicPartitions = 4 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight = 32; c.Topics.Partitions = 4 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	var batch []kavari.Msg
@@ -182,7 +182,7 @@ func TestHandlerFailuresRetryThenDeadLetter(t *testing.T) {
 		okDone <- struct{}{}
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.ConsumerRetry = kavari.FibonacciRetry(time.Millisecond, 4) })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.Retry = kavari.FibonacciRetry(time.Millisecond, 4) })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for _, mode := range []string{"error", "panic", "permanent", "flaky", "ok"} {
@@ -375,8 +375,8 @@ func TestHandlerTimeoutCancelsContext(t *testing.T) {
 		return ctx.Err()
 	}))
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
-		c.HandlerTimeout = 50 * time.Millisecond
-		c.ConsumerRetry = kavari.ConstantRetry(time.Millisecond, 2)
+		c.Consume.HandlerTimeout = 50 * time.Millisecond
+		c.Consume.Retry = kavari.ConstantRetry(time.Millisecond, 2)
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))

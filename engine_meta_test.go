@@ -89,4 +89,4 @@ func TestEngineCommitMetadataSkipsCompleted(t *testing.T) {
 	}
 }
 
-func withUnordered(c *kavari.Config) { c.Ordering = kavari.Unordered }
+func withUnordered(c *kavari.Config) { c.Consume.Ordering = kavari.Unordered }

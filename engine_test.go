@@ -46,8 +46,14 @@ func memKavari(t *testing.T, b *memory.Broker, caps transport.Capabilities, grou
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, h))
 	cfg := kavari.Config{
-		Brokers: []string{"memory"}, GroupID: group, Registry: reg, Logger: testLogger(),
-		CommitInterval: 100 * time.Millisecond, ConsumerRetry: kavari.ConstantRetry(10*time.Millisecond, 3),
+		Brokers:  []string{"memory"},
+		Registry: reg,
+		Logger:   testLogger(),
+		Consume: kavari.ConsumeConfig{
+			GroupID:        group,
+			CommitInterval: 100 * time.Millisecond,
+			Retry:          kavari.ConstantRetry(10*time.Millisecond, 3),
+		},
 	}
 	for _, m := range mutate {
 		m(&cfg)
@@ -118,7 +124,7 @@ func TestEngineOrdering(t *testing.T) {
 					byPart["p"+strconv.Itoa(kn%2)] = append(byPart["p"+strconv.Itoa(kn%2)], m.N*keys+kn)
 					mu.Unlock()
 					return nil
-				}, func(c *kavari.Config) { c.Ordering = ord; c.MaxInFlight = 8 })
+				}, func(c *kavari.Config) { c.Consume.Ordering = ord; c.Consume.MaxInFlight = 8 })
 				require.NoError(t, k.Start(context.Background()))
 				for memCommitted(b, "g-"+ord.String(), 0) < 2*per || memCommitted(b, "g-"+ord.String(), 1) < 2*per {
 					time.Sleep(100 * time.Millisecond)
@@ -187,7 +193,7 @@ func TestEngineCommitsContiguousPrefix(t *testing.T) {
 	})
 }
 
-// A failing handler is retried ConsumerRetry.MaxAttempts times, then the
+// A failing handler is retried Consume.Retry.MaxAttempts times, then the
 // record is dead-lettered and committed; a poison record (no headers, an
 // unknown type, bad JSON) is dead-lettered at once.
 func TestEngineRetryThenDeadLetterAndPoison(t *testing.T) {
@@ -257,11 +263,11 @@ func TestEngineRevokeDrainsAndCommits(t *testing.T) {
 			mu.Unlock()
 			return nil
 		}
-		k1 := memKavari(t, b, transport.Capabilities{}, "g", h, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		k1 := memKavari(t, b, transport.Capabilities{}, "g", h, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		require.NoError(t, k1.Start(context.Background()))
 		synctest.Wait() // k1 handled all but k0/9, committed nothing yet (CommitInterval)
 		assert.Equal(t, int64(-1), memCommitted(b, "g", 0))
-		k2 := memKavari(t, b, transport.Capabilities{}, "g", h, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		k2 := memKavari(t, b, transport.Capabilities{}, "g", h, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		go func() {
 			time.Sleep(time.Second) // within DrainTimeout
 			close(slow)
@@ -306,7 +312,7 @@ func TestEngineStopReportsFencedCommit(t *testing.T) {
 				return ctx.Err()
 			}
 			return nil
-		}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		}, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		require.NoError(t, k.Start(context.Background()))
 		synctest.Wait()
 		fenced.Store(true)
@@ -330,7 +336,7 @@ func TestEngineStopReportsFencedCommit(t *testing.T) {
 				return ctx.Err()
 			}
 			return nil
-		}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		}, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		require.NoError(t, k2.Start(context.Background()))
 		synctest.Wait()
 		ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
@@ -362,7 +368,7 @@ func TestEngineStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 			}
 			others.Add(1)
 			return nil
-		}, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 4, 16 })
+		}, func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 4, 16 })
 		require.NoError(t, k.Start(context.Background()))
 		time.Sleep(time.Second)
 		synctest.Wait()
@@ -456,7 +462,7 @@ func TestEngineRevokeDrainBudgetFollowsTransport(t *testing.T) {
 				}
 				caps := transport.Capabilities{HeartbeatsDuringDrain: hb}
 				long := func(c *kavari.Config) {
-					c.SessionTimeout, c.Heartbeat, c.DrainTimeout, c.CommitInterval = 10*time.Second, 3*time.Second, 9*time.Second, time.Hour
+					c.Consume.SessionTimeout, c.Consume.HeartbeatInterval, c.Consume.DrainTimeout, c.Consume.CommitInterval = 10*time.Second, 3*time.Second, 9*time.Second, time.Hour
 				}
 				k1 := memKavari(t, b, caps, "g", h, long)
 				require.NoError(t, k1.Start(context.Background()))
@@ -499,7 +505,7 @@ func TestEngineLostAbandonsWithoutCommit(t *testing.T) {
 				return ctx.Err()
 			}
 			return nil
-		}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+		}, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		var oldGenCommits atomic.Int64
 		b.FailCommit = func(gen transport.Generation, _ []transport.Offset) error {
 			if gen.ID == 1 {
@@ -545,7 +551,7 @@ func TestEngineStopReportsCommitLostBeforeStop(t *testing.T) {
 				k := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error {
 					handled.Add(1)
 					return nil
-				}, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+				}, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 				require.NoError(t, k.Start(context.Background()))
 				synctest.Wait()
 				require.Equal(t, int64(3), handled.Load())
@@ -594,7 +600,7 @@ func TestEngineStopReportsUnansweredCommit(t *testing.T) {
 			return nil
 		}
 		k := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error { return nil },
-			func(c *kavari.Config) { c.CommitInterval = time.Hour })
+			func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 		require.NoError(t, k.Start(context.Background()))
 		synctest.Wait()
 		freeze.Store(true)

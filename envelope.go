@@ -109,6 +109,8 @@ type encoder struct {
 	// noValidate skips validation: kavaritest delivers invalid messages as
 	// another producer could have written them.
 	noValidate bool
+	// names maps the tags' topics to real ones (Config.Topics.Name); nil: the tags' topics.
+	names *topicNames
 }
 
 func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
@@ -118,6 +120,10 @@ func newEncoder(source string, maxBytes int, now func() time.Time) *encoder {
 // encode validates msg and returns its record.
 func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error) {
 	info, v, err := messageValue(msg)
+	if err != nil {
+		return transport.Record{}, err
+	}
+	topic, err := e.names.of(info.topic)
 	if err != nil {
 		return transport.Record{}, err
 	}
@@ -140,7 +146,7 @@ func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error)
 		return transport.Record{}, fmt.Errorf("kavari: encode %s: %w", info.goName, err)
 	}
 	if e.maxBytes > 0 && len(value)+len(key) > e.maxBytes {
-		return transport.Record{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
+		return transport.Record{}, fmt.Errorf("%w: %s is %d bytes encoded, over the %d-byte limit (Config.Publish.MaxMessageBytes)", ErrTooLarge, info.goName, len(value)+len(key), e.maxBytes)
 	}
 	n := len(buf)
 	buf = appendID(buf)
@@ -163,7 +169,7 @@ func (e *encoder) encode(ctx context.Context, msg any) (transport.Record, error)
 	if user, _ := ctx.Value(headersKey{}).([]Header); len(user) > 0 {
 		hs = mergeHeaders(hs, user)
 	}
-	return transport.Record{Topic: info.topic, Key: key, Value: value, Headers: hs}, nil
+	return transport.Record{Topic: topic, Key: key, Value: value, Headers: hs}, nil
 }
 
 func mergeHeaders(hs []transport.Header, user []Header) []transport.Header {

@@ -210,7 +210,7 @@ func TestEnvelopeOnTheWire(t *testing.T) {
 	require.NoError(t, reg.Declare(&ktEnvFull{}))
 	require.NoError(t, reg.Declare(&ktEnvPlain{}))
 	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
-		c.Source = "kt-wire-source"
+		c.CloudEventsSource = "kt-wire-source"
 	})
 	ctx := kavari.WithHeaders(context.Background(),
 		kavari.Header{Key: "correlation_id", Value: []byte(run)},

@@ -19,7 +19,7 @@ var (
 	ErrNotMessage = errors.New("kavari: not a kavari message")
 	// ErrEmptyKey is returned when a message declares a key but its value is empty.
 	ErrEmptyKey = errors.New("kavari: empty partition key")
-	// ErrTooLarge is returned when an encoded message is over Config.MaxMessageBytes
+	// ErrTooLarge is returned when an encoded message is over Config.Publish.MaxMessageBytes
 	// or the broker's limit. Nothing is sent.
 	ErrTooLarge = errors.New("kavari: message too large")
 	// ErrClosed is returned by calls made after Stop.
@@ -40,10 +40,10 @@ var (
 	ErrQueueFull = errors.New("kavari: PublishAsync queue is full")
 	// ErrUnknownTopic is matched by a publish error for a topic the brokers
 	// do not know (and do not auto-create): create it with EnsureTopics or
-	// Config.CreateTopics.
+	// Config.Topics.Create.
 	ErrUnknownTopic = errors.New("kavari: unknown topic")
-	// ErrNoGroupID is returned by Start when Config.GroupID is empty.
-	ErrNoGroupID = errors.New("kavari: Config.GroupID is required to consume")
+	// ErrNoGroupID is returned by Start when Config.Consume.GroupID is empty.
+	ErrNoGroupID = errors.New("kavari: Config.Consume.GroupID is required to consume")
 	// ErrNoHandlers is returned by Start when no handler is registered:
 	// there is nothing to consume.
 	ErrNoHandlers = errors.New("kavari: no handlers registered: nothing to consume")
@@ -200,8 +200,8 @@ var (
 	// context; their records are redelivered.
 	ErrHandlersAbandoned = errors.New("kavari: handlers ignored cancellation and were left running")
 	// ErrMissingTopics is matched by the error of a Start that found topics
-	// missing (dead-letter topics when Config.CreateTopics and
-	// Config.AllowAutoCreate are off); errors.As with *MissingTopicsError
+	// missing (dead-letter topics when Config.Topics.Create and
+	// Config.Publish.AllowAutoCreate are off); errors.As with *MissingTopicsError
 	// names them.
 	ErrMissingTopics = errors.New("kavari: topics missing")
 )
@@ -231,14 +231,14 @@ func (e *CommitError) Unwrap() error { return e.Err }
 func (e *CommitError) Is(target error) bool { return target == ErrCommitFailed }
 
 // MissingTopicsError names the topics Start needs and did not find. Create
-// them (EnsureTopics does), or set Config.CreateTopics. It matches
+// them (EnsureTopics does), or set Config.Topics.Create. It matches
 // ErrMissingTopics.
 type MissingTopicsError struct {
 	Topics []string
 }
 
 func (e *MissingTopicsError) Error() string {
-	return fmt.Sprintf("kavari: topics do not exist: %s (create them, call EnsureTopics or set Config.CreateTopics)", strings.Join(e.Topics, ", "))
+	return fmt.Sprintf("kavari: topics do not exist: %s (create them, call EnsureTopics or set Config.Topics.Create)", strings.Join(e.Topics, ", "))
 }
 
 // Is makes a MissingTopicsError match ErrMissingTopics.

@@ -73,7 +73,7 @@ func TestStartErrorsAreSentinels(t *testing.T) {
 	assert.ErrorIs(t, k.Start(context.Background()), kavari.ErrNoGroupID)
 	assert.ErrorIs(t, k.Start(context.Background()), kavari.ErrNoGroupID, "a failed Start can be retried, and fails the same way")
 
-	k2, err := kavari.New(kavari.Config{Brokers: []string{"127.0.0.1:1"}, Registry: reg, Logger: ktLogger(), GroupID: "g"})
+	k2, err := kavari.New(kavari.Config{Brokers: []string{"127.0.0.1:1"}, Registry: reg, Logger: ktLogger(), Consume: kavari.ConsumeConfig{GroupID: "g"}})
 	require.NoError(t, err)
 	defer func() { _ = k2.Stop(context.Background()) }()
 	assert.ErrorIs(t, k2.Start(context.Background()), kavari.ErrNoHandlers)
@@ -87,7 +87,7 @@ func TestStartAfterSuccessIsErrStarted(t *testing.T) {
 	brokers, _ := testenv.Brokers(t)
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &ktStartTwiceMsg{}, func(context.Context, *ktStartTwiceMsg) error { return nil }))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: testenv.ID("kt-start-twice"), Registry: reg, Logger: ktLogger(), CreateTopics: true})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: reg, Logger: ktLogger(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("kt-start-twice")}, Topics: kavari.TopicConfig{Create: true}})
 	require.NoError(t, err)
 	defer func() { _ = k.Stop(context.Background()) }()
 	require.NoError(t, k.Start(context.Background()))

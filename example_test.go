@@ -46,9 +46,11 @@ func exStart(reg *kavari.Registry, provider kavari.Provider) (*kavari.Client, fu
 	}
 	k, err := kavari.New(kavari.Config{
 		Brokers:  broker.Addrs(),
-		GroupID:  "example",
 		Registry: reg,
 		Logger:   slog.New(slog.DiscardHandler),
+		Consume: kavari.ConsumeConfig{
+			GroupID: "example",
+		},
 	})
 	if err != nil {
 		panic(err)
@@ -109,9 +111,11 @@ func ExampleClient_Publish() {
 	defer broker.Close()
 	k, err := kavari.New(kavari.Config{
 		Brokers:  broker.Addrs(),
-		GroupID:  "example",
 		Registry: reg,
 		Logger:   slog.New(slog.DiscardHandler),
+		Consume: kavari.ConsumeConfig{
+			GroupID: "example",
+		},
 	})
 	if err != nil {
 		panic(err)

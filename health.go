@@ -19,10 +19,13 @@ type Health struct {
 	Topics     []string  `json:"topics,omitempty"` // subscribed topics
 	Generation int       `json:"generation"`       // the group generation this member is in
 	MemberID   string    `json:"member_id,omitempty"`
+	// TopicNames maps each registered type's tag topic to the real topic
+	// Config.Topics.Name gives it (itself when Name is nil), as of Start.
+	TopicNames map[string]string `json:"topic_names,omitempty"`
 	// Assigned lists this member's partitions by topic.
 	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
-	// Config.MaxBuffered; Running those being handled, at most MaxInFlight.
+	// Config.Consume.MaxBuffered; Running those being handled, at most MaxInFlight.
 	InFlight int `json:"in_flight"`
 	Running  int `json:"running"`
 	// OldestInFlight is how long the oldest unfinished record has waited;
@@ -102,7 +105,7 @@ type PartitionHealth struct {
 	Topic     string `json:"topic"`
 	Partition int    `json:"partition"`
 	// Open counts the partition's open records. At most its share of
-	// Config.MaxBuffered is open; then Paused is true: its fetching waits,
+	// Config.Consume.MaxBuffered is open; then Paused is true: its fetching waits,
 	// the other partitions' does not.
 	Open   int  `json:"open"`
 	Paused bool `json:"paused,omitempty"`
@@ -129,6 +132,13 @@ func (h *health) start(topics []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.h.Started, h.h.Topics = true, topics
+}
+
+// setTopicNames records Start's tag topic → real topic mapping.
+func (h *health) setTopicNames(real map[string]string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.h.TopicNames = real
 }
 
 func (h *health) stop() {
@@ -203,15 +213,15 @@ func (k *Client) Health() Health {
 // longest wait between them, plus a minute; 15 minutes without a
 // HandlerTimeout or with unlimited attempts.
 func (c *Config) stuckAfter() time.Duration {
-	r := c.ConsumerRetry
-	if c.HandlerTimeout <= 0 || r.MaxAttempts <= 0 {
+	r := c.Consume.Retry
+	if c.Consume.HandlerTimeout <= 0 || r.MaxAttempts <= 0 {
 		return 15 * time.Minute
 	}
 	wait := r.MaxDelay
 	if wait == 0 {
 		wait = max(30*time.Second, r.BaseDelay)
 	}
-	return time.Duration(r.MaxAttempts)*(c.HandlerTimeout+wait) + time.Minute
+	return time.Duration(r.MaxAttempts)*(c.Consume.HandlerTimeout+wait) + time.Minute
 }
 
 // positions describes every assigned partition.

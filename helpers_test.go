@@ -28,16 +28,20 @@ func testLogger() *slog.Logger {
 func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
-		Brokers:        brokers,
-		GroupID:        testenv.ID("g"),
-		Registry:       reg,
-		Logger:         testLogger(),
-		CommitInterval: 200 * time.Millisecond,
-		Heartbeat:      500 * time.Millisecond,
-		SessionTimeout: 10 * time.Second,
-		DrainTimeout:   5 * time.Second,
-		ConsumerRetry:  kavari.FibonacciRetry(5*time.Millisecond, 3),
-		PublishRetry:   kavari.FibonacciRetry(50*time.Millisecond, 10),
+		Brokers:  brokers,
+		Registry: reg,
+		Logger:   testLogger(),
+		Publish: kavari.PublishConfig{
+			Retry: kavari.FibonacciRetry(50*time.Millisecond, 10),
+		},
+		Consume: kavari.ConsumeConfig{
+			GroupID:           testenv.ID("g"),
+			CommitInterval:    200 * time.Millisecond,
+			HeartbeatInterval: 500 * time.Millisecond,
+			SessionTimeout:    10 * time.Second,
+			DrainTimeout:      5 * time.Second,
+			Retry:             kavari.FibonacciRetry(5*time.Millisecond, 3),
+		},
 	}
 	testtransport.Use(&cfg)
 	for _, m := range mutate {

@@ -64,7 +64,7 @@ func BenchmarkDispatchMemoryHooks(b *testing.B) {
 				}); err != nil {
 					b.Fatal(err)
 				}
-				cfg := kavari.Config{Brokers: []string{"memory"}, GroupID: testenv.ID("mem-bench"), Registry: reg, Logger: testLogger()}
+				cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg, Logger: testLogger(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("mem-bench")}}
 				if installed {
 					h := &countHook{}
 					cfg.Hooks = []kavari.Hook{h}

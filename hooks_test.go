@@ -283,7 +283,7 @@ func TestHealthLagWhilePaused(t *testing.T) {
 			case <-ctx.Done():
 			}
 			return nil
-		}, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 1, 1 })
+		}, func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 1, 1 })
 		require.NoError(t, k.Start(context.Background()))
 		time.Sleep(time.Second)
 		synctest.Wait()

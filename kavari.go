@@ -14,7 +14,7 @@
 // consumes:
 //
 //	kavari.RegisterFunc(&OrderPlaced{}, func(ctx context.Context, m *OrderPlaced) error { ... })
-//	k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: "billing"})
+//	k, err := kavari.New(kavari.Config{Brokers: brokers, Consume: kavari.ConsumeConfig{GroupID: "billing"}})
 //	err = k.Start(ctx)                // consume in the background
 //	err = k.Publish(ctx, &OrderPlaced{OrderID: "o-1", Amount: 10})
 //	err = k.Stop(ctx)                 // drain, commit, leave the group, flush
@@ -45,6 +45,8 @@ type Client struct {
 	log *slog.Logger
 	reg *Registry
 	pub *publisher
+	// names maps tag topics to real ones (Config.Topics.Name), cached.
+	names *topicNames
 
 	provider atomic.Pointer[Provider]
 	sem      chan struct{} // records fetched and not finished (MaxBuffered)
@@ -103,6 +105,10 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	names := newTopicNames(cfg.Topics.Name, cfg.Topics.DeadLetterSuffix)
+	if err := names.checkConfig(cfg.Registry.Topics()); err != nil {
+		return nil, err
+	}
 	if tr == nil {
 		var err error
 		if tr, err = cfg.adapter(); err != nil {
@@ -132,30 +138,31 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
-		sem:      make(chan struct{}, cfg.MaxBuffered),
-		running:  make(chan struct{}, cfg.MaxInFlight),
+		sem:      make(chan struct{}, cfg.Consume.MaxBuffered),
+		running:  make(chan struct{}, cfg.Consume.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
 		hooks:    hs,
 	}
+	k.names = names
 	k.middleware = chain(cfg.Middleware)
-	if d := cfg.protocolDrain(); cfg.DrainTimeout > d {
-		k.log.Warn("kavari: DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
-			"DrainTimeout", cfg.DrainTimeout, "cut", d, "SessionTimeout", cfg.SessionTimeout, "Heartbeat", cfg.Heartbeat)
+	if d := cfg.protocolDrain(); cfg.Consume.DrainTimeout > d {
+		k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
+			"DrainTimeout", cfg.Consume.DrainTimeout, "cut", d, "SessionTimeout", cfg.Consume.SessionTimeout, "HeartbeatInterval", cfg.Consume.HeartbeatInterval)
 	}
 	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
 	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
-	k.pub = newPublisher(&k.cfg, newEncoder(cfg.Source, cfg.MaxMessageBytes, time.Now).withRegistry(cfg.Registry), prod)
+	k.pub = newPublisher(&k.cfg, newEncoder(cfg.CloudEventsSource, cfg.Publish.MaxMessageBytes, time.Now).withRegistry(cfg.Registry).withNames(names), prod)
 	k.pub.hooks = hs
 	return k, nil
 }
 
 // Publish validates msg, sends it and returns once all in-sync replicas
-// acknowledged it, retrying retriable failures with Config.PublishRetry. The
+// acknowledged it, retrying retriable failures with Config.Publish.Retry. The
 // receipt says where it was stored (see Receipt). An invalid message returns
 // an error matching ErrInvalid and is not sent. A topic the brokers do not
-// know (with AllowAutoCreate off) fails after a few attempts with an error
+// know (with Publish.AllowAutoCreate off) fails after a few attempts with an error
 // matching ErrUnknownTopic. When ctx ends during a write, or an attempt
 // failed after its request may have reached the broker, the error is a
 // *PublishError whose MayHaveBeenWritten is true.
@@ -202,7 +209,7 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, erro
 //
 // Messages with the same key are written in call order (a retried write can
 // still land after later ones, as with concurrent Publish calls). When the
-// queue (Config.AsyncQueue) is full, PublishAsync blocks until there is room
+// queue (Config.Publish.AsyncQueue) is full, PublishAsync blocks until there is room
 // or ctx ends; TryPublishAsync returns ErrQueueFull instead. An invalid
 // message, or one published after Stop, gets its callback before
 // PublishAsync returns.
@@ -211,7 +218,7 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, erro
 // that wrote the message: while one runs, that writer writes nothing. A
 // callback may call Publish, PublishBatch, PublishAsync and TryPublishAsync:
 // a PublishAsync from a callback never waits for room (it is queued beyond
-// Config.AsyncQueue when the queue is full), so it cannot deadlock the
+// Config.Publish.AsyncQueue when the queue is full), so it cannot deadlock the
 // writer. A callback should not block for long (a Publish from it holds its
 // writer for a round trip), must not wait for other goroutines that publish
 // with PublishAsync, and must not call Stop. A callback that panics is
@@ -241,10 +248,10 @@ func (k *Client) SetProvider(p Provider) {
 
 // Start begins consuming every topic that has a registered handler, in the
 // background, and freezes the registry. ctx bounds only the start-up work;
-// the consumer runs until Stop. Start fails when there is no GroupID or no
+// the consumer runs until Stop. Start fails when there is no Consume.GroupID or no
 // handler, when a handler type cannot be built through the Provider (a
 // *HandlerResolveError), and when a dead-letter topic is missing and may not
-// be created (a *MissingTopicsError); with Config.CreateTopics it creates the
+// be created (a *MissingTopicsError); with Config.Topics.Create it creates the
 // topics first. A broker that is down is otherwise not an error: the consumer
 // keeps trying and Health shows it. A Start that failed leaves the Client
 // startable again and the registry writable.
@@ -296,15 +303,19 @@ func (k *Client) Start(ctx context.Context) error {
 // prepare does Start's checks and start-up work and freezes the registry;
 // when it fails, the registry is as it was.
 func (k *Client) prepare(ctx context.Context) (*routeTable, error) {
-	if k.cfg.GroupID == "" {
+	if k.cfg.Consume.GroupID == "" {
 		return nil, ErrNoGroupID
 	}
 	if len(k.reg.table().subscribed()) == 0 {
 		return nil, ErrNoHandlers
 	}
-	table := k.reg.freeze()
-	err := k.checkHandlers(table)
-	if err == nil && k.cfg.CreateTopics {
+	table, err := k.names.route(k.reg.freeze())
+	if err != nil {
+		k.reg.thaw()
+		return nil, err
+	}
+	err = k.checkHandlers(table)
+	if err == nil && k.cfg.Topics.Create {
 		err = k.EnsureTopics(ctx)
 	} else if err == nil {
 		err = k.checkDeadLetterTopics(ctx, table.subscribed())
@@ -356,13 +367,13 @@ func (k *Client) tryResolve(b *binding) (err error) {
 
 // checkDeadLetterTopics makes sure the dead-letter topic of every subscribed
 // topic exists: without it a poison record would hold its partition's
-// commits forever. Missing ones are created when Config.AllowAutoCreate is
+// commits forever. Missing ones are created when Config.Publish.AllowAutoCreate is
 // set; otherwise Start fails naming them. Brokers that cannot be asked are
 // not an error (the consumer waits for them); that is logged.
 func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string) error {
 	names := make([]string, len(subscribed))
 	for i, t := range subscribed {
-		names[i] = t + k.cfg.DeadLetterSuffix
+		names[i] = t + k.cfg.Topics.DeadLetterSuffix
 	}
 	k.dlqUnchecked = nil
 	missing, err := k.missingTopics(ctx, names)
@@ -377,7 +388,7 @@ func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 	if len(missing) == 0 {
 		return nil
 	}
-	if k.cfg.AllowAutoCreate {
+	if k.cfg.Publish.AllowAutoCreate {
 		return k.ensureTopics(ctx, missing)
 	}
 	return &MissingTopicsError{Topics: missing}
@@ -389,7 +400,7 @@ func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 // logged as an error and shown in Health.
 func (k *Client) recheckDeadLetterTopics(names []string) {
 	missing, err := k.missingTopics(k.runCtx, names)
-	if err == nil && len(missing) > 0 && k.cfg.AllowAutoCreate {
+	if err == nil && len(missing) > 0 && k.cfg.Publish.AllowAutoCreate {
 		err = k.ensureTopics(k.runCtx, missing)
 	} else if err == nil && len(missing) > 0 {
 		err = &MissingTopicsError{Topics: missing}
@@ -416,6 +427,10 @@ func (k *Client) launch(table *routeTable) error {
 	k.cons = cons
 	k.started.Store(true)
 	k.health.start(topics)
+	k.health.setTopicNames(table.real)
+	if k.cfg.Topics.Name != nil {
+		k.log.Info("kavari: topic names (Config.Topics.Name)", "topics", describeTopicNames(table.real))
+	}
 	k.tasks = make(chan task) // workers start on demand (submit)
 	e := newEngine(k, table, cons, k.tr.Capabilities())
 	k.eng.Store(e)
@@ -430,8 +445,8 @@ func (k *Client) launch(table *routeTable) error {
 // its partition. It is idempotent: later calls wait for the first and return
 // its result.
 //
-// On KafkaGo the drain is also cut at SessionTimeout − Heartbeat − a reserve
-// (see Config.DrainTimeout): kafka-go sends no heartbeats while Stop drains,
+// On KafkaGo the drain is also cut at SessionTimeout − HeartbeatInterval − a reserve
+// (see Config.Consume.DrainTimeout): kafka-go sends no heartbeats while Stop drains,
 // and a longer drain would get the member expelled and its final commit
 // refused.
 // A deadline much longer than that only helps flushing PublishAsync.
@@ -609,13 +624,21 @@ func (k *Client) commitLost(err error) {
 }
 
 // EnsureTopics creates every registered topic and its dead-letter topic with
-// Config.TopicPartitions and Config.ReplicationFactor, leaving existing
+// Config.Topics.Partitions and Config.Topics.ReplicationFactor, leaving existing
 // topics as they are, and waits until the brokers know them. After Stop it
 // returns ErrClosed.
 func (k *Client) EnsureTopics(ctx context.Context) error {
 	var names []string
+	seen := map[string]bool{} // Config.Topics.Name may map several tag topics onto one
 	for _, t := range k.reg.Topics() {
-		names = append(names, t, t+k.cfg.DeadLetterSuffix)
+		real, err := k.names.of(t)
+		if err != nil {
+			return err
+		}
+		if !seen[real] {
+			seen[real] = true
+			names = append(names, real, real+k.cfg.Topics.DeadLetterSuffix)
+		}
 	}
 	return k.ensureTopics(ctx, names)
 }
@@ -627,7 +650,7 @@ func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 	if k.pub.isClosed() {
 		return ErrClosed // its transport is closed: a new connection would outlive Stop
 	}
-	return k.admin.CreateTopics(ctx, k.cfg.TopicPartitions, k.cfg.ReplicationFactor, names...)
+	return k.admin.CreateTopics(ctx, k.cfg.Topics.Partitions, k.cfg.Topics.ReplicationFactor, names...)
 }
 
 // acquire takes a buffer slot, waiting while MaxBuffered records are open.

@@ -72,7 +72,7 @@ func TestStopMidProcessingCommitsCompletedAndRedeliversTheRest(t *testing.T) {
 		done1.Add(1)
 		return nil
 	}))
-	k1 := newKavari(t, reg1, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 1 })
+	k1 := newKavari(t, reg1, brokers, func(c *kavari.Config) { c.Consume.GroupID = group; c.Topics.Partitions = 1 })
 	ctx := context.Background()
 	require.NoError(t, k1.Start(ctx))
 	for i := 0; i < n; i++ {
@@ -96,7 +96,7 @@ func TestStopMidProcessingCommitsCompletedAndRedeliversTheRest(t *testing.T) {
 		}
 		return nil
 	}))
-	k2 := newKavari(t, reg2, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 1 })
+	k2 := newKavari(t, reg2, brokers, func(c *kavari.Config) { c.Consume.GroupID = group; c.Topics.Partitions = 1 })
 	require.NoError(t, k2.Start(ctx))
 	eventually(t, 60*time.Second, func() bool {
 		mu.Lock()
@@ -149,7 +149,7 @@ func TestTwoConsumersSharePartitionsAndTakeOverOnLeave(t *testing.T) {
 			}
 			return nil
 		}))
-		return newKavari(t, reg, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 4 })
+		return newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.GroupID = group; c.Topics.Partitions = 4 })
 	}
 	ctx := context.Background()
 	a, b := mk(), mk()
@@ -194,7 +194,7 @@ func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*em
 		return nil
 	}))
 	group := testenv.ID("g")
-	k := newKavari(t, reg, b.Addrs(), append([]func(*kavari.Config){func(c *kavari.Config) { c.GroupID = group }}, mutate...)...)
+	k := newKavari(t, reg, b.Addrs(), append([]func(*kavari.Config){func(c *kavari.Config) { c.Consume.GroupID = group }}, mutate...)...)
 	return b, k, seen, group
 }
 
@@ -352,7 +352,7 @@ func TestMaxInFlightBoundsWorkAndHealthShowsIt(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 8; c.MaxBuffered = 20; c.TopicPartitions = 2 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight = 8; c.Consume.MaxBuffered = 20; c.Topics.Partitions = 2 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 100; i++ {
@@ -379,7 +379,7 @@ type relaxedMsg struct {
 	ID             string `json:"id"`
 }
 
-// TestRelaxedSkipsUnknownTypes: in Relaxed mode a record of unknown type is
+// TestRelaxedSkipsUnknownTypes: with Consume.SkipUnknownTypes a record of unknown type is
 // skipped and committed past, as the Python kavari does.
 func TestRelaxedSkipsUnknownTypes(t *testing.T) {
 	b := embedded.NewBroker(t, embedded.Topics("kavari-test-relaxed", "kavari-test-relaxed.dlq"), embedded.Partitions(1))
@@ -390,7 +390,7 @@ func TestRelaxedSkipsUnknownTypes(t *testing.T) {
 		return nil
 	}))
 	group := testenv.ID("g")
-	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) { c.GroupID = group; c.Relaxed = true })
+	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) { c.Consume.GroupID = group; c.Consume.SkipUnknownTypes = true })
 	ctx := context.Background()
 	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-relaxed", BatchTimeout: time.Millisecond}
 	defer w.Close()
@@ -427,7 +427,7 @@ func TestMaxInFlightBelowPartitionCountStillProgresses(t *testing.T) {
 		}
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 1; c.TopicPartitions = 3 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight = 1; c.Topics.Partitions = 3 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	eventually(t, 60*time.Second, func() bool { return len(k.Health().Assigned["kavari-test-fewslots"]) == 3 }, "assigned")
@@ -484,8 +484,8 @@ func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
 	}))
 	group := testenv.ID("g")
 	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) {
-		c.GroupID = group
-		c.PublishRetry = kavari.FibonacciRetry(time.Millisecond, 2)
+		c.Consume.GroupID = group
+		c.Publish.Retry = kavari.FibonacciRetry(time.Millisecond, 2)
 	})
 	ctx := context.Background()
 	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-dlqfail", BatchTimeout: time.Millisecond}
@@ -535,10 +535,10 @@ func TestRevokeDrainsAndCommitsSoTheNewOwnerDoesNotRepeat(t *testing.T) {
 			return nil
 		}))
 		return newKavari(t, reg, brokers, func(c *kavari.Config) {
-			c.GroupID = group
-			c.TopicPartitions = 4
-			c.MaxInFlight = 4
-			c.DrainTimeout = 8 * time.Second
+			c.Consume.GroupID = group
+			c.Topics.Partitions = 4
+			c.Consume.MaxInFlight = 4
+			c.Consume.DrainTimeout = 8 * time.Second
 		})
 	}
 	ctx := context.Background()
@@ -599,9 +599,9 @@ func TestStopCommitsBeforeItsDeadlineEvenWithStuckHandlers(t *testing.T) {
 		return nil
 	}))
 	k1 := newKavari(t, reg1, brokers, func(c *kavari.Config) {
-		c.GroupID = group
-		c.TopicPartitions = 1
-		c.CommitInterval = time.Hour // only the final commit can save the completed work
+		c.Consume.GroupID = group
+		c.Topics.Partitions = 1
+		c.Consume.CommitInterval = time.Hour // only the final commit can save the completed work
 	})
 	ctx := context.Background()
 	require.NoError(t, k1.Start(ctx))
@@ -633,8 +633,15 @@ func lifeKavari(t *testing.T, b *embedded.Broker, mutate ...func(*kavari.Config)
 	t.Helper()
 	reg := kavari.NewRegistry()
 	cfg := kavari.Config{
-		Brokers: b.Addrs(), GroupID: testenv.ID("g"), Registry: reg, Logger: testLogger(),
-		CommitInterval: 200 * time.Millisecond, Heartbeat: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
+		Brokers:  b.Addrs(),
+		Registry: reg,
+		Logger:   testLogger(),
+		Consume: kavari.ConsumeConfig{
+			GroupID:           testenv.ID("g"),
+			CommitInterval:    200 * time.Millisecond,
+			HeartbeatInterval: 500 * time.Millisecond,
+			SessionTimeout:    10 * time.Second,
+		},
 	}
 	testtransport.Use(&cfg)
 	for _, m := range mutate {
@@ -650,7 +657,7 @@ func lifeKavari(t *testing.T, b *embedded.Broker, mutate ...func(*kavari.Config)
 	return k, reg
 }
 
-// TestStartFailsWhenADeadLetterTopicIsMissing: with CreateTopics and
+// TestStartFailsWhenADeadLetterTopicIsMissing: with Topics.Create and
 // AllowAutoCreate off, a missing dead-letter topic would hold a poison
 // record's partition forever; Start finds it and names it.
 func TestStartFailsWhenADeadLetterTopicIsMissing(t *testing.T) {
@@ -665,7 +672,7 @@ func TestStartFailsWhenADeadLetterTopicIsMissing(t *testing.T) {
 	assert.False(t, k.Health().Started)
 
 	// With AllowAutoCreate, Start creates it.
-	k2, reg2 := lifeKavari(t, b, func(c *kavari.Config) { c.AllowAutoCreate = true })
+	k2, reg2 := lifeKavari(t, b, func(c *kavari.Config) { c.Publish.AllowAutoCreate = true })
 	require.NoError(t, kavari.RegisterFuncOn(reg2, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
 	require.NoError(t, k2.Start(context.Background()))
 	k3, reg3 := lifeKavari(t, b)
@@ -697,7 +704,7 @@ func TestStartFailsWhenTheProviderCannotBuildAHandler(t *testing.T) {
 }
 
 // TestFailedStartCanBeRetriedAndFreesTheRegistry: a Start that failed (here
-// CreateTopics refused once) leaves the registry writable and the Client
+// Topics.Create refused once) leaves the registry writable and the Client
 // startable; the second Start consumes.
 func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
 	b := embedded.NewBroker(t)
@@ -716,7 +723,7 @@ func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
 		}
 		return resp, nil, true
 	})
-	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = true })
+	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.Topics.Create = true })
 	var handled atomic.Int64
 	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { handled.Add(1); return nil }))
 	require.Error(t, k.Start(context.Background()))
@@ -745,7 +752,7 @@ func TestStopDuringStartWins(t *testing.T) {
 		})
 		return nil, nil, false
 	})
-	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = true })
+	k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.Topics.Create = true })
 	var handled atomic.Int64
 	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { handled.Add(1); return nil }))
 	started := make(chan error, 1)
@@ -795,7 +802,7 @@ func failCommits(b *embedded.Broker) {
 // TestStopReportsAFailedFinalCommit: Stop tells the truth when completed work
 // could not be committed.
 func TestStopReportsAFailedFinalCommit(t *testing.T) {
-	b, k, seen, _ := faultBroker(t, 1, func(c *kavari.Config) { c.CommitInterval = time.Hour })
+	b, k, seen, _ := faultBroker(t, 1, func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	for i := 0; i < 10; i++ {
@@ -919,8 +926,8 @@ func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
 func TestStartStopInterleavings(t *testing.T) {
 	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life", "kavari-test-life.dlq"))
 	for i := 0; i < 12; i++ {
-		// CreateTopics widens Start's window (a create and a metadata wait).
-		k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.CreateTopics = i%2 == 1 })
+		// Topics.Create widens Start's window (a create and a metadata wait).
+		k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.Topics.Create = i%2 == 1 })
 		require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
 		delay := time.Duration(i) * 3 * time.Millisecond
 		started := make(chan error, 1)

@@ -48,8 +48,8 @@ func TestHandlerTimeoutDoesNotFailAHandlerThatReturnedNil(t *testing.T) {
 		return nil
 	}))
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
-		c.HandlerTimeout = 50 * time.Millisecond
-		c.ConsumerRetry = kavari.ConstantRetry(time.Millisecond, 3)
+		c.Consume.HandlerTimeout = 50 * time.Millisecond
+		c.Consume.Retry = kavari.ConstantRetry(time.Millisecond, 3)
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
@@ -147,8 +147,8 @@ func TestRetryBackoffReleasesTheRunSlot(t *testing.T) {
 		return nil
 	}))
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
-		c.MaxInFlight = 1
-		c.ConsumerRetry = kavari.ConstantRetry(time.Hour, 3)
+		c.Consume.MaxInFlight = 1
+		c.Consume.Retry = kavari.ConstantRetry(time.Hour, 3)
 	})
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
@@ -189,7 +189,7 @@ func TestIdleConsumerKeepsFewGoroutines(t *testing.T) {
 		<-release
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = burst, 1024 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = burst, 1024 })
 	base := runtime.NumGoroutine()
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))

@@ -47,9 +47,9 @@ func newPublisher(cfg *Config, enc *encoder, prod transport.Producer) *publisher
 		log:  func(msg string, args ...any) { cfg.Logger.Warn(msg, args...) },
 	}
 	p.bg, p.abort = context.WithCancel(context.Background())
-	per := max(1, cfg.AsyncQueue/cfg.AsyncWorkers)
-	p.writers.ids = make([]atomic.Int64, cfg.AsyncWorkers)
-	for i := 0; i < cfg.AsyncWorkers; i++ {
+	per := max(1, cfg.Publish.AsyncQueue/cfg.Publish.AsyncWorkers)
+	p.writers.ids = make([]atomic.Int64, cfg.Publish.AsyncWorkers)
+	for i := 0; i < cfg.Publish.AsyncWorkers; i++ {
 		q := newAsyncQueue(per)
 		p.queues = append(p.queues, q)
 		p.wg.Add(1)
@@ -179,7 +179,7 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*tra
 		pending[i] = i
 	}
 	batch := make([]*transport.Record, 0, len(recs))
-	err := p.cfg.PublishRetry.retrySince(ctx, start, func(attempt int) error {
+	err := p.cfg.Publish.Retry.retrySince(ctx, start, func(attempt int) error {
 		batch = batch[:0]
 		for _, i := range pending {
 			batch = append(batch, recs[i])
@@ -209,7 +209,7 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*tra
 				unsure[i] = true
 			}
 			switch {
-			case attempt >= unknownTopicAttempts && !p.cfg.AllowAutoCreate && transport.KindOf(e) == transport.UnknownTopic:
+			case attempt >= unknownTopicAttempts && !p.cfg.Publish.AllowAutoCreate && transport.KindOf(e) == transport.UnknownTopic:
 				errs[i] = e // given up early; marked below
 			case retriablePublish(e):
 				still = append(still, i)
@@ -257,7 +257,7 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*tra
 type unknownTopicError struct{ err error }
 
 func (e *unknownTopicError) Error() string {
-	return e.err.Error() + " (create it with EnsureTopics or Config.CreateTopics)"
+	return e.err.Error() + " (create it with EnsureTopics or Config.Topics.Create)"
 }
 
 func (e *unknownTopicError) Unwrap() []error { return []error{ErrUnknownTopic, e.err} }
@@ -336,12 +336,12 @@ func (p *publisher) queueFor(key []byte) *asyncQueue {
 func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 	defer p.wg.Done()
 	id.Store(goroutineID())
-	items := make([]asyncItem, 0, p.cfg.BatchSize)
-	recs := make([]*transport.Record, 0, p.cfg.BatchSize)
-	ctxs := make([]context.Context, 0, p.cfg.BatchSize)
+	items := make([]asyncItem, 0, p.cfg.Publish.BatchSize)
+	recs := make([]*transport.Record, 0, p.cfg.Publish.BatchSize)
+	ctxs := make([]context.Context, 0, p.cfg.Publish.BatchSize)
 	for {
 		var ok bool
-		items, ok = queue.take(items[:0], p.cfg.BatchSize)
+		items, ok = queue.take(items[:0], p.cfg.Publish.BatchSize)
 		if !ok {
 			return
 		}

@@ -59,7 +59,7 @@ func newFakePublisher(t *testing.T, cfg Config, w kafkago.MessageWriter) *publis
 	cfg.setDefaults()
 	require.NoError(t, cfg.validate())
 	c := cfg
-	p := newPublisher(&c, newEncoder("test", c.MaxMessageBytes, time.Now), kafkago.NewProducerWith(w))
+	p := newPublisher(&c, newEncoder("test", c.Publish.MaxMessageBytes, time.Now), kafkago.NewProducerWith(w))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -77,7 +77,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 			return kafka.LeaderNotAvailable
 		}
 		w := &fakeWriter{write: slow}
-		p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Second, 2)}, w)
+		p := newFakePublisher(t, Config{Publish: PublishConfig{Retry: ConstantRetry(time.Second, 2)}}, w)
 		_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 		require.Len(t, errs, 1)
 		var re *RetryError
@@ -88,7 +88,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 		// MaxElapsed 11 s: after the second attempt (at 11 s) no wait fits. Were the
 		// first attempt left out, a third attempt would be made.
 		w2 := &fakeWriter{write: slow}
-		p2 := newFakePublisher(t, Config{PublishRetry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}, w2)
+		p2 := newFakePublisher(t, Config{Publish: PublishConfig{Retry: RetryPolicy{Strategy: Constant, BaseDelay: time.Second, MaxAttempts: -1, MaxElapsed: 11 * time.Second}}}, w2)
 		_, errs = p2.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 		require.ErrorAs(t, errs[0], &re)
 		assert.Equal(t, 2, w2.Calls(), "MaxElapsed counts the first attempt's 5 s")
@@ -102,7 +102,7 @@ func TestPublishRetryElapsedIncludesFirstAttempt(t *testing.T) {
 // it must get the few attempts and the hint all the same.
 func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 	w := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
-	p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w)
+	p := newFakePublisher(t, Config{Publish: PublishConfig{Retry: ConstantRetry(time.Millisecond, 10)}}, w)
 	_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 	require.Len(t, errs, 1)
 	err := errs[0]
@@ -122,7 +122,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 		}
 		return we
 	}}
-	p2 := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 10)}, w2)
+	p2 := newFakePublisher(t, Config{Publish: PublishConfig{Retry: ConstantRetry(time.Millisecond, 10)}}, w2)
 	_, errs = p2.publish(context.Background(), []Msg{&internalMsg{ID: "a"}, &internalMsg{ID: "b"}})
 	require.Len(t, errs, 2)
 	assert.Equal(t, unknownTopicAttempts, w2.Calls())
@@ -133,7 +133,7 @@ func TestPublishUnknownTopicFromMetadataGivesUpEarly(t *testing.T) {
 
 	// With auto-creation allowed the topic may appear: the policy decides.
 	w3 := &fakeWriter{write: func(int, []kafka.Message) error { return kafka.UnknownTopicOrPartition }}
-	p3 := newFakePublisher(t, Config{AllowAutoCreate: true, PublishRetry: ConstantRetry(time.Millisecond, 5)}, w3)
+	p3 := newFakePublisher(t, Config{Publish: PublishConfig{AllowAutoCreate: true, Retry: ConstantRetry(time.Millisecond, 5)}}, w3)
 	p3.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 	assert.Equal(t, 5, w3.Calls())
 }
@@ -166,7 +166,7 @@ func TestPublishMayHaveBeenWrittenIsSticky(t *testing.T) {
 				}
 				return dialRefused
 			}}
-			p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 3)}, w)
+			p := newFakePublisher(t, Config{Publish: PublishConfig{Retry: ConstantRetry(time.Millisecond, 3)}}, w)
 			_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 			require.Len(t, errs, 1)
 			var pe *PublishError
@@ -193,7 +193,7 @@ func TestPublishAsyncCallbackRepublishesWithQueueFull(t *testing.T) {
 		}
 		return nil
 	}}
-	p := newFakePublisher(t, Config{AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1}, w)
+	p := newFakePublisher(t, Config{Publish: PublishConfig{AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1}}, w)
 	var mu sync.Mutex
 	done := map[string]error{}
 	finished := make(chan struct{})

@@ -47,17 +47,21 @@ func ktNew(t *testing.T, brokers []string, reg *kavari.Registry, mutate ...func(
 		reg = kavari.NewRegistry()
 	}
 	cfg := kavari.Config{
-		Brokers:        brokers,
-		GroupID:        testenv.ID("kt-g"),
-		Registry:       reg,
-		Logger:         ktLogger(),
-		Source:         "kt-tests",
-		PublishRetry:   kavari.FibonacciRetry(50*time.Millisecond, 10),
-		ConsumerRetry:  kavari.FibonacciRetry(5*time.Millisecond, 3),
-		CommitInterval: 200 * time.Millisecond,
-		Heartbeat:      500 * time.Millisecond,
-		SessionTimeout: 10 * time.Second,
-		DrainTimeout:   5 * time.Second,
+		Brokers:           brokers,
+		Registry:          reg,
+		Logger:            ktLogger(),
+		CloudEventsSource: "kt-tests",
+		Publish: kavari.PublishConfig{
+			Retry: kavari.FibonacciRetry(50*time.Millisecond, 10),
+		},
+		Consume: kavari.ConsumeConfig{
+			GroupID:           testenv.ID("kt-g"),
+			Retry:             kavari.FibonacciRetry(5*time.Millisecond, 3),
+			CommitInterval:    200 * time.Millisecond,
+			HeartbeatInterval: 500 * time.Millisecond,
+			SessionTimeout:    10 * time.Second,
+			DrainTimeout:      5 * time.Second,
+		},
 	}
 	testtransport.Use(&cfg)
 	for _, m := range mutate {
@@ -251,7 +255,7 @@ func TestPublishBadInput(t *testing.T) {
 	run := testenv.ID("run")
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&ktPubOrder{}))
-	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.MaxMessageBytes = 1000 })
+	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.Publish.MaxMessageBytes = 1000 })
 	ctx := context.Background()
 
 	t.Run("nil message", func(t *testing.T) {
@@ -456,7 +460,7 @@ type ktPubAbsent struct {
 
 func TestPublishBrokerAbsent(t *testing.T) {
 	k := ktNew(t, ktAbsentBroker(t), nil, func(c *kavari.Config) {
-		c.PublishRetry = kavari.FibonacciRetry(10*time.Millisecond, 4)
+		c.Publish.Retry = kavari.FibonacciRetry(10*time.Millisecond, 4)
 	})
 	done := make(chan error, 1)
 	go func() {
@@ -572,7 +576,7 @@ func TestPublishAsyncCallbackOncePerMessage(t *testing.T) {
 	run := testenv.ID("run")
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&ktAsyncMsg{}))
-	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.AsyncQueue = 64 })
+	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.Publish.AsyncQueue = 64 })
 
 	const n = 5000
 	calls := make([]atomic.Int32, n)
@@ -657,10 +661,10 @@ type ktAsyncAbsent struct {
 // and its callback ran). The proof is an order of events, not a duration.
 func TestPublishAsyncBackpressure(t *testing.T) {
 	k := ktNew(t, ktAbsentBroker(t), nil, func(c *kavari.Config) {
-		c.AsyncQueue = 1
-		c.AsyncWorkers = 1
-		c.BatchSize = 1
-		c.PublishRetry = kavari.FibonacciRetry(10*time.Millisecond, 4)
+		c.Publish.AsyncQueue = 1
+		c.Publish.AsyncWorkers = 1
+		c.Publish.BatchSize = 1
+		c.Publish.Retry = kavari.FibonacciRetry(10*time.Millisecond, 4)
 	})
 	const n = 4
 	var done [n]atomic.Bool
@@ -705,9 +709,15 @@ func TestPublishAsyncBackpressure(t *testing.T) {
 // PublishAsync call is blocked on a full queue; every callback still runs once.
 func TestPublishAsyncStopWhileBlocked(t *testing.T) {
 	k, err := kavari.New(kavari.Config{
-		Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(),
-		AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1,
-		PublishRetry: kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+		Brokers:  ktAbsentBroker(t),
+		Registry: kavari.NewRegistry(),
+		Logger:   ktLogger(),
+		Publish: kavari.PublishConfig{
+			AsyncQueue:   1,
+			AsyncWorkers: 1,
+			BatchSize:    1,
+			Retry:        kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+		},
 	})
 	require.NoError(t, err)
 	// No Stop in a cleanup: a Stop that hangs must not hang the test binary.
@@ -776,8 +786,8 @@ func TestEnsureTopics(t *testing.T) {
 	require.NoError(t, reg.Declare(&ktEnsureA{}))
 	require.NoError(t, kavari.RegisterFuncOn(reg, &ktEnsureB{}, func(context.Context, *ktEnsureB) error { return nil }))
 	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
-		c.TopicPartitions = 5
-		c.DeadLetterSuffix = ".dead"
+		c.Topics.Partitions = 5
+		c.Topics.DeadLetterSuffix = ".dead"
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), ktHangGuard)
 	defer cancel()
@@ -911,7 +921,7 @@ func TestPartitionMurmur2MatchesJava(t *testing.T) {
 }
 
 func TestPartitionCRC32MatchesLibrdkafka(t *testing.T) {
-	testPartitioning(t, "kt-part-crc32", func(c *kavari.Config) { c.Partitioner = kavari.CRC32 },
+	testPartitioning(t, "kt-part-crc32", func(c *kavari.Config) { c.Publish.Partitioner = kavari.CRC32 },
 		func(run, key string, seq int) kavari.Msg { return &ktPartCRC{Run: run, Key: key, Seq: seq} },
 		func(key []byte, n int) int { return int(crc32.ChecksumIEEE(key) % uint32(n)) })
 }
@@ -922,7 +932,7 @@ func testPartitioning(t *testing.T, topic string, mutate func(*kavari.Config), n
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(newMsg("", "x", 0)))
 	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
-		c.TopicPartitions = 12
+		c.Topics.Partitions = 12
 		if mutate != nil {
 			mutate(c)
 		}
@@ -1077,9 +1087,15 @@ func TestStopConcurrentHonoursItsContext(t *testing.T) {
 // message or a closed Client is an error too; an error means no callback.
 func TestTryPublishAsync(t *testing.T) {
 	k, err := kavari.New(kavari.Config{
-		Brokers: ktAbsentBroker(t), Registry: kavari.NewRegistry(), Logger: ktLogger(),
-		AsyncQueue: 1, AsyncWorkers: 1, BatchSize: 1,
-		PublishRetry: kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+		Brokers:  ktAbsentBroker(t),
+		Registry: kavari.NewRegistry(),
+		Logger:   ktLogger(),
+		Publish: kavari.PublishConfig{
+			AsyncQueue:   1,
+			AsyncWorkers: 1,
+			BatchSize:    1,
+			Retry:        kavari.RetryPolicy{BaseDelay: 10 * time.Millisecond, MaxDelay: 20 * time.Millisecond, MaxAttempts: -1},
+		},
 	})
 	require.NoError(t, err)
 	var calls sync.Map // seq -> *atomic.Int32
@@ -1134,7 +1150,7 @@ func TestPublishAsyncCallbacksRepublish(t *testing.T) {
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&ktAsyncReply{}))
 	k := ktNew(t, brokers, reg, func(c *kavari.Config) {
-		c.AsyncQueue, c.AsyncWorkers, c.BatchSize = 1, 1, 1
+		c.Publish.AsyncQueue, c.Publish.AsyncWorkers, c.Publish.BatchSize = 1, 1, 1
 	})
 	const n = 200
 	var replies, failures atomic.Int32

@@ -31,7 +31,7 @@ func TestPublishSecurityFailureIsPermanent(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &fakeWriter{write: func(int, []kafka.Message) error { return tc.err }}
-			p := newFakePublisher(t, Config{PublishRetry: ConstantRetry(time.Millisecond, 5)}, w)
+			p := newFakePublisher(t, Config{Publish: PublishConfig{Retry: ConstantRetry(time.Millisecond, 5)}}, w)
 			_, errs := p.publish(context.Background(), []Msg{&internalMsg{ID: "a"}})
 			require.Len(t, errs, 1)
 			var pe *PublishError

@@ -21,7 +21,7 @@ import (
 func memPublisher(t *testing.T, b *memory.Broker, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	k := memKavari(t, b, transport.Capabilities{}, "receipts", func(context.Context, *engMsg) error { return nil },
-		append([]func(*kavari.Config){func(c *kavari.Config) { c.PublishRetry = kavari.ConstantRetry(time.Millisecond, 5) }}, mutate...)...)
+		append([]func(*kavari.Config){func(c *kavari.Config) { c.Publish.Retry = kavari.ConstantRetry(time.Millisecond, 5) }}, mutate...)...)
 	t.Cleanup(func() { _ = stopNow(t, k) })
 	return k
 }
@@ -156,7 +156,7 @@ func TestPublishAsyncContextEndsWhileQueuedOrWaiting(t *testing.T) {
 		<-release // hold the writer
 		return nil
 	}
-	k := memPublisher(t, b, func(c *kavari.Config) { c.AsyncQueue, c.AsyncWorkers, c.BatchSize = 1, 1, 1 })
+	k := memPublisher(t, b, func(c *kavari.Config) { c.Publish.AsyncQueue, c.Publish.AsyncWorkers, c.Publish.BatchSize = 1, 1, 1 })
 	type result struct {
 		r   kavari.Receipt
 		err error
@@ -223,7 +223,7 @@ func TestReceiptMatchesConsumedRecord(t *testing.T) {
 		got <- seen{rec.Partition, rec.Offset}
 		return nil
 	}))
-	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.CreateTopics = true })
+	k := ktNew(t, brokers, reg, func(c *kavari.Config) { c.Topics.Create = true })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	require.NoError(t, k.Start(ctx))

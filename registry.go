@@ -77,6 +77,9 @@ type binding struct {
 type routeTable struct {
 	byTopic map[string]map[string]*route // topic -> logical name -> route
 	topics  []string
+	// real maps tag topics to real ones (Config.Topics.Name) in a client's
+	// table, whose byTopic and topics hold real topics; nil in a registry's.
+	real map[string]string
 }
 
 // Register registers a handler factory for message type T on DefaultRegistry.

@@ -38,7 +38,7 @@ func TestHandlerRetryElapsedIncludesFirstAttempt(t *testing.T) {
 		return errors.New("slow failure")
 	}))
 	k := newKavari(t, reg, brokers, func(c *kavari.Config) {
-		c.ConsumerRetry = kavari.ConstantRetry(100*time.Millisecond, 2)
+		c.Consume.Retry = kavari.ConstantRetry(100*time.Millisecond, 2)
 	})
 	require.NoError(t, k.Start(context.Background()))
 	_, err := k.Publish(context.Background(), &elapsedMsg{Run: run, ID: "e"})

@@ -60,9 +60,15 @@ func TestSASLWrongPasswordIsAnError(t *testing.T) {
 		kavaritest.Topics("kavari-test-sec"))
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&secMsg{}))
-	k, err := kavari.New(kavari.Config{Brokers: b.Addrs(), Registry: reg, Logger: testLogger(),
-		SASL:         &kavari.SASL{Mechanism: "PLAIN", Username: "app", Password: "wrong"},
-		PublishRetry: kavari.FibonacciRetry(time.Millisecond, 3)})
+	k, err := kavari.New(kavari.Config{
+		Brokers:  b.Addrs(),
+		Registry: reg,
+		Logger:   testLogger(),
+		SASL:     &kavari.SASL{Mechanism: "PLAIN", Username: "app", Password: "wrong"},
+		Publish: kavari.PublishConfig{
+			Retry: kavari.FibonacciRetry(time.Millisecond, 3),
+		},
+	})
 	require.NoError(t, err)
 	defer k.Stop(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

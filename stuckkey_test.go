@@ -47,7 +47,7 @@ func TestStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 		}
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight, c.MaxBuffered = 4, 16 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 4, 16 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	// The partition is the key's first digit.

@@ -16,7 +16,7 @@ type Transport int
 const (
 	// KafkaGo is segmentio/kafka-go, the default: eager rebalances, no
 	// idempotent producing, no heartbeats while a revoke or Stop drains
-	// (drains are cut at the session timeout's bound, see DrainTimeout).
+	// (drains are cut at the session timeout's bound, see Config.Consume.DrainTimeout).
 	KafkaGo Transport = iota
 	// FranzGo is twmb/franz-go: idempotent producing (a retried write is
 	// stored once), cooperative-sticky rebalancing (only partitions that
@@ -34,7 +34,7 @@ const (
 	ClassicProtocol GroupProtocol = iota
 	// ConsumerProtocol is KIP-848's: the broker assigns partitions and sets
 	// the session timeout and heartbeat interval (group.consumer.*), so
-	// Config.SessionTimeout and Config.Heartbeat must be left zero. It
+	// Config.Consume.SessionTimeout and Config.Consume.HeartbeatInterval must be left zero. It
 	// needs Kafka 4.0 or later and Transport FranzGo.
 	ConsumerProtocol
 )
@@ -54,7 +54,7 @@ func (p GroupProtocol) String() string {
 var transports = map[Transport]func(*Config) transport.Transport{
 	KafkaGo: func(*Config) transport.Transport { return kafkago.New() },
 	FranzGo: func(c *Config) transport.Transport {
-		if c.GroupProtocol == ConsumerProtocol {
+		if c.Consume.GroupProtocol == ConsumerProtocol {
 			return franz.New(franz.ConsumerGroupProtocol())
 		}
 		return franz.New()
@@ -65,22 +65,22 @@ var transports = map[Transport]func(*Config) transport.Transport{
 // transport cannot honour, rather than ignoring it.
 func (c *Config) checkTransport(caps transport.Capabilities) error {
 	var errs []error
-	if c.InstanceID != "" && !caps.StaticMembership {
-		errs = append(errs, fmt.Errorf("InstanceID: %v has no static membership (use FranzGo)", c.Transport))
+	if c.Consume.InstanceID != "" && !caps.StaticMembership {
+		errs = append(errs, fmt.Errorf("Consume.InstanceID: %v has no static membership (use FranzGo)", c.Transport))
 	}
-	if c.GroupProtocol == ConsumerProtocol && c.Transport != FranzGo {
-		errs = append(errs, fmt.Errorf("GroupProtocol ConsumerProtocol (KIP-848): %v speaks only the classic protocol (use FranzGo)", c.Transport))
+	if c.Consume.GroupProtocol == ConsumerProtocol && c.Transport != FranzGo {
+		errs = append(errs, fmt.Errorf("Consume.GroupProtocol ConsumerProtocol (KIP-848): %v speaks only the classic protocol (use FranzGo)", c.Transport))
 	}
 	if c.Transport == FranzGo {
-		if c.BatchTimeout != 0 {
-			errs = append(errs, errors.New("BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
+		if c.Publish.BatchTimeout != 0 {
+			errs = append(errs, errors.New("Publish.BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
 		}
-		if c.GroupProtocol == ConsumerProtocol {
-			if c.SessionTimeout != 0 {
-				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets SessionTimeout (group.consumer.session.timeout.ms); leave it zero"))
+		if c.Consume.GroupProtocol == ConsumerProtocol {
+			if c.Consume.SessionTimeout != 0 {
+				errs = append(errs, errors.New("Consume.GroupProtocol ConsumerProtocol: the broker sets Consume.SessionTimeout (group.consumer.session.timeout.ms); leave it zero"))
 			}
-			if c.Heartbeat != 0 {
-				errs = append(errs, errors.New("GroupProtocol ConsumerProtocol: the broker sets the Heartbeat interval (group.consumer.heartbeat.interval.ms); leave it zero"))
+			if c.Consume.HeartbeatInterval != 0 {
+				errs = append(errs, errors.New("Consume.GroupProtocol ConsumerProtocol: the broker sets Consume.HeartbeatInterval (group.consumer.heartbeat.interval.ms); leave it zero"))
 			}
 		}
 	}
@@ -116,18 +116,18 @@ func (c *Config) transportConfig(topics []string) transport.Config {
 		ClientID:          c.ClientID,
 		TLS:               c.TLS,
 		Logger:            c.Logger,
-		Partitioner:       transport.Partitioner(c.Partitioner),
-		BatchTimeout:      c.BatchTimeout,
-		BatchSize:         c.BatchSize,
-		BatchBytes:        c.BatchBytes,
-		AllowAutoCreate:   c.AllowAutoCreate,
-		GroupID:           c.GroupID,
-		InstanceID:        c.InstanceID,
+		Partitioner:       transport.Partitioner(c.Publish.Partitioner),
+		BatchTimeout:      c.Publish.BatchTimeout,
+		BatchSize:         c.Publish.BatchSize,
+		BatchBytes:        c.Publish.BatchBytes,
+		AllowAutoCreate:   c.Publish.AllowAutoCreate,
+		GroupID:           c.Consume.GroupID,
+		InstanceID:        c.Consume.InstanceID,
 		Topics:            topics,
-		StartOffset:       transport.StartOffset(c.AutoOffsetReset),
-		SessionTimeout:    c.SessionTimeout,
-		RebalanceTimeout:  c.RebalanceTimeout,
-		HeartbeatInterval: c.Heartbeat,
+		StartOffset:       transport.StartOffset(c.Consume.AutoOffsetReset),
+		SessionTimeout:    c.Consume.SessionTimeout,
+		RebalanceTimeout:  c.Consume.RebalanceTimeout,
+		HeartbeatInterval: c.Consume.HeartbeatInterval,
 	}
 	if c.SASL != nil {
 		tc.SASL = &transport.SASL{Mechanism: c.SASL.Mechanism, Username: c.SASL.Username, Password: c.SASL.Password}

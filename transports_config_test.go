@@ -15,7 +15,7 @@ import (
 // never silently ignored; the same field is accepted where it is honoured.
 func TestNewRejectsWhatTheTransportCannotHonour(t *testing.T) {
 	base := func(tr kavari.Transport) kavari.Config {
-		return kavari.Config{Brokers: []string{"127.0.0.1:1"}, GroupID: "g", Transport: tr, Registry: kavari.NewRegistry()}
+		return kavari.Config{Brokers: []string{"127.0.0.1:1"}, Transport: tr, Registry: kavari.NewRegistry(), Consume: kavari.ConsumeConfig{GroupID: "g"}}
 	}
 	for _, c := range []struct {
 		name   string
@@ -23,23 +23,23 @@ func TestNewRejectsWhatTheTransportCannotHonour(t *testing.T) {
 		mutate func(*kavari.Config)
 		want   string // "" accepted
 	}{
-		{"KafkaGo InstanceID", kavari.KafkaGo, func(c *kavari.Config) { c.InstanceID = "a" }, "InstanceID"},
-		{"KafkaGo ConsumerProtocol", kavari.KafkaGo, func(c *kavari.Config) { c.GroupProtocol = kavari.ConsumerProtocol }, "GroupProtocol"},
-		{"KafkaGo BatchTimeout", kavari.KafkaGo, func(c *kavari.Config) { c.BatchTimeout = time.Millisecond }, ""},
-		{"KafkaGo BatchSize", kavari.KafkaGo, func(c *kavari.Config) { c.BatchSize = 10 }, ""},
-		{"FranzGo InstanceID", kavari.FranzGo, func(c *kavari.Config) { c.InstanceID = "a" }, ""},
-		{"FranzGo ConsumerProtocol", kavari.FranzGo, func(c *kavari.Config) { c.GroupProtocol = kavari.ConsumerProtocol }, ""},
-		{"FranzGo BatchTimeout", kavari.FranzGo, func(c *kavari.Config) { c.BatchTimeout = time.Millisecond }, "BatchTimeout"},
+		{"KafkaGo InstanceID", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.InstanceID = "a" }, "Consume.InstanceID"},
+		{"KafkaGo ConsumerProtocol", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.GroupProtocol = kavari.ConsumerProtocol }, "Consume.GroupProtocol"},
+		{"KafkaGo BatchTimeout", kavari.KafkaGo, func(c *kavari.Config) { c.Publish.BatchTimeout = time.Millisecond }, ""},
+		{"KafkaGo BatchSize", kavari.KafkaGo, func(c *kavari.Config) { c.Publish.BatchSize = 10 }, ""},
+		{"FranzGo InstanceID", kavari.FranzGo, func(c *kavari.Config) { c.Consume.InstanceID = "a" }, ""},
+		{"FranzGo ConsumerProtocol", kavari.FranzGo, func(c *kavari.Config) { c.Consume.GroupProtocol = kavari.ConsumerProtocol }, ""},
+		{"FranzGo BatchTimeout", kavari.FranzGo, func(c *kavari.Config) { c.Publish.BatchTimeout = time.Millisecond }, "Publish.BatchTimeout"},
 		// BatchSize bounds what a PublishAsync writer hands over at once, on both.
-		{"FranzGo BatchSize", kavari.FranzGo, func(c *kavari.Config) { c.BatchSize = 10 }, ""},
-		{"FranzGo classic SessionTimeout", kavari.FranzGo, func(c *kavari.Config) { c.SessionTimeout = 20 * time.Second }, ""},
+		{"FranzGo BatchSize", kavari.FranzGo, func(c *kavari.Config) { c.Publish.BatchSize = 10 }, ""},
+		{"FranzGo classic SessionTimeout", kavari.FranzGo, func(c *kavari.Config) { c.Consume.SessionTimeout = 20 * time.Second }, ""},
 		{"FranzGo ConsumerProtocol SessionTimeout", kavari.FranzGo, func(c *kavari.Config) {
-			c.GroupProtocol, c.SessionTimeout = kavari.ConsumerProtocol, 20*time.Second
-		}, "SessionTimeout"},
-		{"FranzGo ConsumerProtocol Heartbeat", kavari.FranzGo, func(c *kavari.Config) {
-			c.GroupProtocol, c.Heartbeat = kavari.ConsumerProtocol, time.Second
-		}, "Heartbeat"},
-		{"unknown GroupProtocol", kavari.FranzGo, func(c *kavari.Config) { c.GroupProtocol = 7 }, "unknown GroupProtocol"},
+			c.Consume.GroupProtocol, c.Consume.SessionTimeout = kavari.ConsumerProtocol, 20*time.Second
+		}, "Consume.SessionTimeout"},
+		{"FranzGo ConsumerProtocol HeartbeatInterval", kavari.FranzGo, func(c *kavari.Config) {
+			c.Consume.GroupProtocol, c.Consume.HeartbeatInterval = kavari.ConsumerProtocol, time.Second
+		}, "Consume.HeartbeatInterval"},
+		{"unknown GroupProtocol", kavari.FranzGo, func(c *kavari.Config) { c.Consume.GroupProtocol = 7 }, "unknown Consume.GroupProtocol"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := base(c.tr)

@@ -49,8 +49,18 @@ func TestEveryTransportRoundTrips(t *testing.T) {
 				}
 				return nil
 			}))
-			k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: testenv.ID("kt-transports"), Registry: reg,
-				Logger: ktLogger(), CreateTopics: true, Transport: tr})
+			k, err := kavari.New(kavari.Config{
+				Brokers:   brokers,
+				Registry:  reg,
+				Logger:    ktLogger(),
+				Transport: tr,
+				Consume: kavari.ConsumeConfig{
+					GroupID: testenv.ID("kt-transports"),
+				},
+				Topics: kavari.TopicConfig{
+					Create: true,
+				},
+			})
 			require.NoError(t, err)
 			ctx := context.Background()
 			require.NoError(t, k.Start(ctx))
@@ -76,7 +86,7 @@ func TestEveryTransportRoundTrips(t *testing.T) {
 // TestInstanceIDNeedsStaticMembership: New accepts an InstanceID on FranzGo
 // and rejects it on KafkaGo, which has no static membership.
 func TestInstanceIDNeedsStaticMembership(t *testing.T) {
-	cfg := kavari.Config{Brokers: []string{"localhost:9092"}, GroupID: "g", InstanceID: "a", Registry: kavari.NewRegistry()}
+	cfg := kavari.Config{Brokers: []string{"localhost:9092"}, Registry: kavari.NewRegistry(), Consume: kavari.ConsumeConfig{GroupID: "g", InstanceID: "a"}}
 	_, err := kavari.New(cfg)
 	require.ErrorContains(t, err, "InstanceID")
 	cfg.Transport = kavari.FranzGo
@@ -94,8 +104,20 @@ func TestHealthFollowsCooperativeRebalance(t *testing.T) {
 	member := func() *kavari.Client {
 		reg := kavari.NewRegistry()
 		require.NoError(t, kavari.RegisterFuncOn(reg, &ktTransportMsg{}, func(context.Context, *ktTransportMsg) error { return nil }))
-		k, err := kavari.New(kavari.Config{Brokers: brokers, GroupID: group, Registry: reg, Logger: ktLogger(),
-			CreateTopics: true, Transport: kavari.FranzGo, SessionTimeout: 6 * time.Second, Heartbeat: 500 * time.Millisecond})
+		k, err := kavari.New(kavari.Config{
+			Brokers:   brokers,
+			Registry:  reg,
+			Logger:    ktLogger(),
+			Transport: kavari.FranzGo,
+			Consume: kavari.ConsumeConfig{
+				GroupID:           group,
+				SessionTimeout:    6 * time.Second,
+				HeartbeatInterval: 500 * time.Millisecond,
+			},
+			Topics: kavari.TopicConfig{
+				Create: true,
+			},
+		})
 		require.NoError(t, err)
 		require.NoError(t, k.Start(context.Background()))
 		t.Cleanup(func() {

@@ -71,8 +71,8 @@ func runParallel(ctx context.Context, s *spec) (*result, error) {
 		c.hit()
 		return nil
 	}, func(cfg *kavari.Config) {
-		cfg.Ordering = kavari.PerKey
-		cfg.MaxInFlight = s.MaxInFlight
+		cfg.Consume.Ordering = kavari.PerKey
+		cfg.Consume.MaxInFlight = s.MaxInFlight
 	})
 	if err != nil {
 		return nil, err

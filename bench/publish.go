@@ -153,13 +153,17 @@ func benchLogger() *slog.Logger {
 // or franz-go (impl "kavari-franz").
 func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
 	cfg := kavari.Config{
-		Brokers:      s.Brokers,
-		GroupID:      s.Group,
-		Registry:     reg,
-		Logger:       benchLogger(),
-		BatchTimeout: s.Linger,
-		BatchSize:    s.Batch,
-		BatchBytes:   1 << 20,
+		Brokers:  s.Brokers,
+		Registry: reg,
+		Logger:   benchLogger(),
+		Publish: kavari.PublishConfig{
+			BatchTimeout: s.Linger,
+			BatchSize:    s.Batch,
+			BatchBytes:   1 << 20,
+		},
+		Consume: kavari.ConsumeConfig{
+			GroupID: s.Group,
+		},
 	}
 	if s.Impl == implKavariFranz {
 		cfg.Transport = kavari.FranzGo

@@ -123,7 +123,7 @@ func WithInfo(title, version, description string) Option {
 }
 
 // WithDeadLetterSuffix sets the dead-letter topic suffix; it must match
-// the service's Config.DeadLetterSuffix (default ".dlq").
+// the service's Config.Topics.DeadLetterSuffix (default ".dlq").
 func WithDeadLetterSuffix(suffix string) Option {
 	return func(o *options) { o.suffix = suffix }
 }
@@ -323,7 +323,7 @@ func headers(mt kavari.MessageType, deadLetter bool) *Schema {
 		kavari.HeaderSpecVersion: cnst("1.0", "CloudEvents spec version."),
 		kavari.HeaderID:          {Type: "string", Format: "uuid", Description: "CloudEvents id: unique per message, kept across retries."},
 		kavari.HeaderType:        cnst(mt.Name, "CloudEvents type: the logical type name."),
-		kavari.HeaderSource:      str("CloudEvents source: Config.Source, default the host name."),
+		kavari.HeaderSource:      str("CloudEvents source: Config.CloudEventsSource, default the host name."),
 		kavari.HeaderTime:        {Type: "string", Format: "date-time", Description: "CloudEvents time (RFC 3339)."},
 		kavari.HeaderContentType: cnst(contentType(mt), "Content type of the value."),
 	}

@@ -68,11 +68,11 @@ type deadLettered struct {
 // whatever Transport says (fields Transport refuses are still refused);
 // every other field means what it means on Kafka. GroupID defaults to
 // "kavaritest", Logger to one writing to t's log. The registered topics and
-// their dead-letter topics are created with TopicPartitions partitions; any
+// their dead-letter topics are created with Config.Topics.Partitions partitions; any
 // other topic a handler publishes to is created on first use, with one
 // partition.
 //
-// Handler retries wait as Config.ConsumerRetry says. To keep tests fast,
+// Handler retries wait as Config.Consume.Retry says. To keep tests fast,
 // pass short delays (kavari.ConstantRetry(time.Millisecond, 3)), or call New
 // inside a testing/synctest bubble: the waits then take no real time.
 func New(t testing.TB, cfg kavari.Config) *Harness {
@@ -80,10 +80,10 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 	if len(cfg.Brokers) == 0 {
 		cfg.Brokers = []string{"kavaritest"}
 	}
-	if cfg.GroupID == "" {
-		cfg.GroupID = "kavaritest"
+	if cfg.Consume.GroupID == "" {
+		cfg.Consume.GroupID = "kavaritest"
 	}
-	h := &Harness{t: t, suffix: cfg.DeadLetterSuffix, assigned: make(chan struct{}),
+	h := &Harness{t: t, suffix: cfg.Topics.DeadLetterSuffix, assigned: make(chan struct{}),
 		topics: map[string]bool{}, records: map[recordKey]*tracked{}}
 	if h.suffix == "" {
 		h.suffix = ".dlq"

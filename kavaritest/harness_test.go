@@ -29,7 +29,7 @@ type invoice struct {
 
 // quick is a Config whose handler retries take no noticeable time.
 func quick(reg *kavari.Registry) kavari.Config {
-	return kavari.Config{Registry: reg, ConsumerRetry: kavari.ConstantRetry(time.Millisecond, 3)}
+	return kavari.Config{Registry: reg, Consume: kavari.ConsumeConfig{Retry: kavari.ConstantRetry(time.Millisecond, 3)}}
 }
 
 func TestDeliverHandled(t *testing.T) {
@@ -143,7 +143,7 @@ func TestDeliverUnknownTypeRelaxedIsSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := quick(reg)
-	cfg.Relaxed = true
+	cfg.Consume.SkipUnknownTypes = true
 	h := kavaritest.New(t, cfg)
 	out := h.DeliverRecord(t.Context(), kavaritest.Record{Topic: "orders", Value: []byte(`{}`),
 		Headers: []kavari.Header{{Key: kavari.HeaderMsgType, Value: []byte("refund")}}})
@@ -202,7 +202,7 @@ func TestDeliverAllKeepsOrderPerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := quick(reg)
-	cfg.TopicPartitions = 1 // every key on one partition: the order is the engine's, not the partitioning's
+	cfg.Topics.Partitions = 1 // every key on one partition: the order is the engine's, not the partitioning's
 	h := kavaritest.New(t, cfg)
 	const keys, per = 4, 25
 	var msgs []kavari.Msg

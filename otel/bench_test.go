@@ -81,7 +81,7 @@ func BenchmarkConsume(b *testing.B) {
 				}); err != nil {
 					b.Fatal(err)
 				}
-				cfg := kavari.Config{Brokers: brokers, GroupID: testenv.ID("bench"), Registry: reg, Logger: quiet()}
+				cfg := kavari.Config{Brokers: brokers, Registry: reg, Logger: quiet(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("bench")}}
 				instrument(&cfg, on)
 				k, err := kavari.New(cfg)
 				if err != nil {

@@ -11,7 +11,8 @@
 //
 //	inst := kavariotel.New(kavariotel.Config{ConsumerGroup: "billing"})
 //	k, err := kavari.New(kavari.Config{
-//		Brokers: brokers, GroupID: "billing",
+//		Brokers:    brokers,
+//		Consume:    kavari.ConsumeConfig{GroupID: "billing"},
 //		Hooks:      []kavari.Hook{inst},
 //		Middleware: []kavari.Middleware{inst.Middleware()},
 //	})
@@ -61,7 +62,7 @@ type Config struct {
 	// not the default: it is a no-op unless the application set one.
 	Propagator propagation.TextMapPropagator
 	// ConsumerGroup is the messaging.consumer.group.name of consumer spans
-	// and metrics: the kavari Config.GroupID. Empty leaves it out.
+	// and metrics: the kavari Config.Consume.GroupID. Empty leaves it out.
 	ConsumerGroup string
 }
 

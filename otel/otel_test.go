@@ -83,9 +83,21 @@ func quiet() *slog.Logger {
 func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrumented bool, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
-		Brokers: s.brokers, GroupID: group, Registry: reg, Logger: quiet(), CreateTopics: true, TopicPartitions: 1,
-		CommitInterval: 100 * time.Millisecond, ConsumerRetry: kavari.ConstantRetry(10*time.Millisecond, 3),
-		SessionTimeout: 6 * time.Second, Heartbeat: time.Second, DrainTimeout: 2 * time.Second,
+		Brokers:  s.brokers,
+		Registry: reg,
+		Logger:   quiet(),
+		Consume: kavari.ConsumeConfig{
+			GroupID:           group,
+			CommitInterval:    100 * time.Millisecond,
+			Retry:             kavari.ConstantRetry(10*time.Millisecond, 3),
+			SessionTimeout:    6 * time.Second,
+			HeartbeatInterval: time.Second,
+			DrainTimeout:      2 * time.Second,
+		},
+		Topics: kavari.TopicConfig{
+			Create:     true,
+			Partitions: 1,
+		},
 	}
 	if instrumented {
 		cfg.Hooks = []kavari.Hook{s.inst}

@@ -270,8 +270,17 @@ func TestReplayRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	k, err := kavari.New(kavari.Config{
-		Brokers: brokers, Transport: testtransport.Get(), GroupID: testenv.ID("cli-replay"), Registry: reg, CreateTopics: true,
-		ConsumerRetry: kavari.NoRetry(), CommitInterval: 100 * time.Millisecond,
+		Brokers:   brokers,
+		Transport: testtransport.Get(),
+		Registry:  reg,
+		Consume: kavari.ConsumeConfig{
+			GroupID:        testenv.ID("cli-replay"),
+			Retry:          kavari.NoRetry(),
+			CommitInterval: 100 * time.Millisecond,
+		},
+		Topics: kavari.TopicConfig{
+			Create: true,
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

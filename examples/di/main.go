@@ -234,9 +234,11 @@ func run() int {
 
 	k, err := kavari.New(kavari.Config{
 		Brokers:  brokers,
-		GroupID:  "kavari-di-" + runID(),
 		Registry: reg,
 		Logger:   log,
+		Consume: kavari.ConsumeConfig{
+			GroupID: "kavari-di-" + runID(),
+		},
 	})
 	if err != nil {
 		return fail(err)
@@ -314,7 +316,7 @@ func run() int {
 		fmt.Println(r)
 	}
 
-	// The drain is cut at SessionTimeout − Heartbeat − 2 s (5 s by default),
+	// The drain is cut at SessionTimeout − HeartbeatInterval − 2 s (5 s by default),
 	// as no heartbeats are sent while draining; 10 s leaves time to commit,
 	// leave the group and flush.
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)

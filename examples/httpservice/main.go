@@ -230,13 +230,17 @@ func run() int {
 	}
 	defer func() { _ = tel.shutdown(context.Background()) }()
 	k, err := kavari.New(kavari.Config{
-		Brokers:      brokers,
-		GroupID:      "httpservice",
-		Registry:     reg,
-		Logger:       log,
-		CreateTopics: true, // Start creates the topics
-		Hooks:        []kavari.Hook{tel.inst},
-		Middleware:   []kavari.Middleware{tel.inst.Middleware()},
+		Brokers:    brokers,
+		Registry:   reg,
+		Logger:     log,
+		Hooks:      []kavari.Hook{tel.inst},
+		Middleware: []kavari.Middleware{tel.inst.Middleware()},
+		Consume: kavari.ConsumeConfig{
+			GroupID: "httpservice",
+		},
+		Topics: kavari.TopicConfig{
+			Create: true, // Start creates the topics
+		},
 	})
 	if err != nil {
 		log.Error("kavari", "err", err)
@@ -289,7 +293,7 @@ func run() int {
 		ok = false
 	}
 	// No heartbeats are sent while Stop drains, so kavari cuts the drain at
-	// SessionTimeout − Heartbeat − 2 s (5 s with the defaults); the rest of
+	// SessionTimeout − HeartbeatInterval − 2 s (5 s with the defaults); the rest of
 	// the deadline is for the final commit, leaving the group and flushing.
 	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

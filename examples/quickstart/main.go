@@ -109,8 +109,10 @@ func run() int {
 	// 3. A Client: one publisher and one consumer group member.
 	k, err := kavari.New(kavari.Config{
 		Brokers: brokers,
-		GroupID: "kavari-quickstart-" + runTag,
 		Logger:  log,
+		Consume: kavari.ConsumeConfig{
+			GroupID: "kavari-quickstart-" + runTag,
+		},
 	})
 	if err != nil {
 		return fail(err)
@@ -176,7 +178,7 @@ func run() int {
 
 	// 7. Stop: stop fetching, finish in-flight handlers, commit, leave the
 	// group, flush the publisher. Bounded by a deadline; the drain itself is
-	// cut at SessionTimeout − Heartbeat − 2 s (5 s by default), because no
+	// cut at SessionTimeout − HeartbeatInterval − 2 s (5 s by default), because no
 	// heartbeats are sent while draining.
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()

@@ -41,8 +41,8 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = partitions
-	cfg.PublishRetry = outagePolicy
+	cfg.Topics.Partitions = partitions
+	cfg.Publish.Retry = outagePolicy
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {
@@ -107,7 +107,7 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 	}
 	h := k.Health()
 	led.Note("broker down %s (SIGKILL, restart on the same ports and data) while %d publishers were waiting in retries; publishing resumed as soon as the broker answered, consumption only after the consumer's SessionTimeout (%s): kafka-go rejoins the group under a new member id after the coordinator failure, and the restarted coordinator waits for the old member's session to expire (a run with SessionTimeout 12 s recovered in 12.3 s)",
-		outage, workers, cfg.SessionTimeout)
+		outage, workers, cfg.Consume.SessionTimeout)
 	if !h.Connected {
 		t.Errorf("consumer not connected at the end: %+v", h)
 	}

@@ -98,7 +98,7 @@ func completedTwice(led *ledger.Ledger, fast int) []string {
 // generation, so a drain that waited for them would get the member expelled
 // and its final commit refused (Illegal Generation / Unknown Member): the
 // next owner would repeat the work completed before Stop. kavari cuts the
-// drain at SessionTimeout − Heartbeat − reserve: the slow handlers are
+// drain at SessionTimeout − HeartbeatInterval − reserve: the slow handlers are
 // cancelled (redelivered), the completed ones are committed, and a second
 // consumer repeats none of them.
 func TestStopDrainLongerThanSession(t *testing.T) {
@@ -106,7 +106,7 @@ func TestStopDrainLongerThanSession(t *testing.T) {
 	led := ledger.ForTest(t, "Stop (20 s deadline) with handlers slower than the session timeout (6 s), then restart")
 	run := testenv.ID("run")
 	const n, fast, slowMs = 20, 10, 9000
-	led.Setup("shared broker; %d messages on 1 partition, one key each; the first %d handled at once, the rest take %d ms (honouring ctx); SessionTimeout 6s, Heartbeat 500ms, CommitInterval 1h, Stop deadline 20s", n, fast, slowMs)
+	led.Setup("shared broker; %d messages on 1 partition, one key each; the first %d handled at once, the rest take %d ms (honouring ctx); SessionTimeout 6s, HeartbeatInterval 500ms, CommitInterval 1h, Stop deadline 20s", n, fast, slowMs)
 	mk := func(b faultmsg.Body) kavari.Msg { return &DrainStop{Body: b} }
 	drainSetup(t, brokers, led, run, &DrainStop{}, mk, n, fast, slowMs)
 	group := testenv.ID("drain-stop")
@@ -117,8 +117,8 @@ func TestStopDrainLongerThanSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
-		cfg.CommitInterval = time.Hour // only the final commit can save the completed work
+		cfg.Consume.GroupID = group
+		cfg.Consume.CommitInterval = time.Hour // only the final commit can save the completed work
 		return newKavari(t, cfg)
 	}
 	var started sync.Map
@@ -183,10 +183,10 @@ func TestRevokeDrainLongerThanSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
-		cfg.CommitInterval = time.Hour
-		cfg.RebalanceTimeout = 30 * time.Second
-		cfg.DrainTimeout = 0 // the default
+		cfg.Consume.GroupID = group
+		cfg.Consume.CommitInterval = time.Hour
+		cfg.Consume.RebalanceTimeout = 30 * time.Second
+		cfg.Consume.DrainTimeout = 0 // the default
 		return newKavari(t, cfg)
 	}
 	var started sync.Map

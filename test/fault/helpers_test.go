@@ -78,18 +78,22 @@ func ownCluster(t *testing.T, nodes int) *kafkaproc.Cluster {
 // fast heartbeats and commits, quiet logs.
 func baseConfig(brokers []string, reg *kavari.Registry) kavari.Config {
 	return kavari.Config{
-		Brokers:          brokers,
-		GroupID:          testenv.ID("fault"),
-		Transport:        testtransport.Get(),
-		Registry:         reg,
-		Logger:           testLogger(),
-		CommitInterval:   200 * time.Millisecond,
-		Heartbeat:        500 * time.Millisecond,
-		SessionTimeout:   6 * time.Second,
-		RebalanceTimeout: 15 * time.Second,
-		DrainTimeout:     5 * time.Second,
-		ConsumerRetry:    kavari.FibonacciRetry(20*time.Millisecond, 3),
-		PublishRetry:     kavari.FibonacciRetry(50*time.Millisecond, 10),
+		Brokers:   brokers,
+		Transport: testtransport.Get(),
+		Registry:  reg,
+		Logger:    testLogger(),
+		Publish: kavari.PublishConfig{
+			Retry: kavari.FibonacciRetry(50*time.Millisecond, 10),
+		},
+		Consume: kavari.ConsumeConfig{
+			GroupID:           testenv.ID("fault"),
+			CommitInterval:    200 * time.Millisecond,
+			HeartbeatInterval: 500 * time.Millisecond,
+			SessionTimeout:    6 * time.Second,
+			RebalanceTimeout:  15 * time.Second,
+			DrainTimeout:      5 * time.Second,
+			Retry:             kavari.FibonacciRetry(20*time.Millisecond, 3),
+		},
 	}
 }
 
@@ -125,7 +129,7 @@ func publisher(t *testing.T, brokers []string, partitions int, msgs ...kavari.Ms
 		}
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = partitions
+	cfg.Topics.Partitions = partitions
 	return newKavari(t, cfg)
 }
 

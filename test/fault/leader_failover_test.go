@@ -48,9 +48,9 @@ func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = partitions
-	cfg.ReplicationFactor = 3
-	cfg.PublishRetry = outagePolicy
+	cfg.Topics.Partitions = partitions
+	cfg.Topics.ReplicationFactor = 3
+	cfg.Publish.Retry = outagePolicy
 	if mutate != nil {
 		mutate(&cfg)
 	}

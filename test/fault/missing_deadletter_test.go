@@ -23,7 +23,7 @@ type MissingDLQ struct {
 }
 
 // TestStartFailsOnMissingDeadLetterTopic (issue 8, item 3): with the default
-// CreateTopics and AllowAutoCreate (both off), a dead-letter topic that does
+// Topics.Create and Publish.AllowAutoCreate (both off), a dead-letter topic that does
 // not exist would pin its partition's commits forever at the first poison
 // record. Start must refuse with an error matching kavari.ErrMissingTopics
 // that names the topic, and consume nothing. Once the topic exists, Start
@@ -32,7 +32,7 @@ type MissingDLQ struct {
 // end of the partition.
 func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 	brokers := testenv.RequireReal(t)
-	led := ledger.ForTest(t, "dead-letter topic missing at Start (CreateTopics and AllowAutoCreate off), then created; a poison record on the partition")
+	led := ledger.ForTest(t, "dead-letter topic missing at Start (Topics.Create and Publish.AllowAutoCreate off), then created; a poison record on the partition")
 	run := testenv.ID("run")
 	const topic = "kavari-fault-missing-dlq"
 	const good = 20
@@ -40,7 +40,7 @@ func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 	// shared broker; everything else is the default configuration.
 	suffix := "." + testenv.ID("dlq")
 	dlq := topic + suffix
-	led.Setup("shared broker; 1 partition: %d valid messages with a poison record (no headers) in the middle; default CreateTopics/AllowAutoCreate (off), DeadLetterSuffix %q; Start with the dead-letter topic missing, then EnsureTopics and Start again", good, suffix)
+	led.Setup("shared broker; 1 partition: %d valid messages with a poison record (no headers) in the middle; default Topics.Create/Publish.AllowAutoCreate (off), Topics.DeadLetterSuffix %q; Start with the dead-letter topic missing, then EnsureTopics and Start again", good, suffix)
 
 	pub := publisher(t, brokers, 1, &MissingDLQ{})
 	ctx := context.Background()
@@ -76,10 +76,10 @@ func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.DeadLetterSuffix = suffix
-	cfg.TopicPartitions = 1 // the dead-letter topic EnsureTopics creates
-	if cfg.CreateTopics || cfg.AllowAutoCreate {
-		t.Fatal("the test needs CreateTopics and AllowAutoCreate off")
+	cfg.Topics.DeadLetterSuffix = suffix
+	cfg.Topics.Partitions = 1 // the dead-letter topic EnsureTopics creates
+	if cfg.Topics.Create || cfg.Publish.AllowAutoCreate {
+		t.Fatal("the test needs Topics.Create and Publish.AllowAutoCreate off")
 	}
 	k, err := kavari.New(cfg) // not newKavari: its EnsureTopics would create the dead-letter topic
 	if err != nil {
@@ -110,7 +110,7 @@ func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 	if _, _, handled, _ := led.Counts(); handled > 0 {
 		t.Errorf("%d messages handled after Start failed", handled)
 	}
-	if c := committedNow(t, brokers, cfg.GroupID, topic, 1)[0]; c >= 0 {
+	if c := committedNow(t, brokers, cfg.Consume.GroupID, topic, 1)[0]; c >= 0 {
 		t.Errorf("the group committed offset %d after Start failed", c)
 	}
 
@@ -129,7 +129,7 @@ func TestStartFailsOnMissingDeadLetterTopic(t *testing.T) {
 	if !led.WaitAllHandled(wctx) {
 		t.Error("not every valid message was handled after the second Start")
 	}
-	waitFor(t, time.Minute, func() bool { return committedNow(t, brokers, cfg.GroupID, topic, 1)[0] == end },
+	waitFor(t, time.Minute, func() bool { return committedNow(t, brokers, cfg.Consume.GroupID, topic, 1)[0] == end },
 		"the committed offset did not reach the end of the partition (%d) past the poison record at %d", end, poisonOffset)
 	led.Recovered(time.Since(begin), "second Start to every valid message handled and the partition committed to its end")
 	led.Set("committed_offset", end)

@@ -174,7 +174,7 @@ func TestOversizedDeadLetters(t *testing.T) {
 	}
 	var committed int64
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		committed = committedNow(t, brokers, cfg.GroupID, topic, 1)[0]
+		committed = committedNow(t, brokers, cfg.Consume.GroupID, topic, 1)[0]
 		if committed == end {
 			break
 		}

@@ -86,7 +86,7 @@ func TestPoisonRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = 1
+	cfg.Topics.Partitions = 1
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {
@@ -217,7 +217,7 @@ func TestPoisonRecords(t *testing.T) {
 			lastOffset = h.Offset
 		}
 	}
-	group := cfg.GroupID
+	group := cfg.Consume.GroupID
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		c := committedNow(t, brokers, group, topic, 1)[0]
 		if c == lastOffset+1 {

@@ -95,7 +95,7 @@ func TestPublisherFaults(t *testing.T) {
 func publishUnknownTopic(t *testing.T, c *kafkaproc.Cluster) {
 	led := ledger.ForTest(t, "Publish to a topic that does not exist (auto-creation off)")
 	led.KafkaVersion(c.Version())
-	led.Setup("own 1-node cluster, auto.create.topics.enable=false; PublishRetry Fibonacci 50 ms x 10")
+	led.Setup("own 1-node cluster, auto.create.topics.enable=false; Publish.Retry Fibonacci 50 ms x 10")
 	reg := kavari.NewRegistry()
 	if err := reg.Declare(&pubMissing{}); err != nil {
 		t.Fatal(err)
@@ -152,11 +152,11 @@ func publishFrozenBroker(t *testing.T, c *kafkaproc.Cluster) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = 3
-	cfg.PublishRetry = kavari.ConstantRetry(200*time.Millisecond, 2)
+	cfg.Topics.Partitions = 3
+	cfg.Publish.Retry = kavari.ConstantRetry(200*time.Millisecond, 2)
 	k := newKavari(t, cfg)
 	const workers, keys = 8, 16
-	led.Setup("own 1-node cluster; %d goroutines Publish (PublishRetry constant 200 ms x 2, no context deadline) until the broker is frozen and each has failed once; then the broker resumes", workers)
+	led.Setup("own 1-node cluster; %d goroutines Publish (Publish.Retry constant 200 ms x 2, no context deadline) until the broker is frozen and each has failed once; then the broker resumes", workers)
 	run := testenv.ID("run")
 
 	var acked atomic.Int32

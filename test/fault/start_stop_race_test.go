@@ -64,9 +64,9 @@ func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
+		cfg.Consume.GroupID = group
 		cfg.Transport = tr
-		cfg.CreateTopics = createTopics // widens Start's window: a create and a metadata wait
+		cfg.Topics.Create = createTopics // widens Start's window: a create and a metadata wait
 		k, err := kavari.New(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -97,7 +97,7 @@ func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 		t.Fatalf("probe Stop: %v", err)
 	}
 	led.Set("join_time", join)
-	led.Setup("shared broker; %d partitions; one group; %d rounds of: %d records published, New, Start in a goroutine, Stop(ctx 10 s) after a delay from 0 to 1.25 × the join time (%s), half with CreateTopics; then a fresh consumer of the group", parts, rounds, perRound, join.Round(time.Millisecond))
+	led.Setup("shared broker; %d partitions; one group; %d rounds of: %d records published, New, Start in a goroutine, Stop(ctx 10 s) after a delay from 0 to 1.25 × the join time (%s), half with Topics.Create; then a fresh consumer of the group", parts, rounds, perRound, join.Round(time.Millisecond))
 
 	var won, joined, closed, zombies, lingered, leftGoroutines int
 	var lingerNotes []string

@@ -50,8 +50,8 @@ func stopWhileBrokerDown(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = 3
-	cfg.PublishRetry = outagePolicy
+	cfg.Topics.Partitions = 3
+	cfg.Publish.Retry = outagePolicy
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {

@@ -45,7 +45,7 @@ func TestStopLeavesNoGoroutines(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig(brokers, reg)
-	cfg.TopicPartitions = 3
+	cfg.Topics.Partitions = 3
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {

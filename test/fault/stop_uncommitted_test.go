@@ -70,8 +70,8 @@ func stopReportsUncommittedWork(t *testing.T, mode string) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
-		cfg.CommitInterval = time.Hour // only the final commit can save the completed work
+		cfg.Consume.GroupID = group
+		cfg.Consume.CommitInterval = time.Hour // only the final commit can save the completed work
 		return newKavari(t, cfg)
 	}
 	first := newConsumer("consumer-1")
@@ -214,8 +214,8 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
-		cfg.CommitInterval = time.Hour
+		cfg.Consume.GroupID = group
+		cfg.Consume.CommitInterval = time.Hour
 		return newKavari(t, cfg)
 	}
 	first := newConsumer("consumer-1", true)

@@ -48,8 +48,8 @@ func TestStuckKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := baseConfig(brokers, reg)
-		cfg.GroupID = group
-		cfg.MaxInFlight, cfg.MaxBuffered = 8, 32
+		cfg.Consume.GroupID = group
+		cfg.Consume.MaxInFlight, cfg.Consume.MaxBuffered = 8, 32
 		return newKavari(t, cfg)
 	}
 	k := consumer(true)

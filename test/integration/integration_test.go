@@ -25,14 +25,16 @@ import (
 func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
-		Brokers:        brokers,
-		GroupID:        testenv.ID("it"),
-		Registry:       reg,
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		CommitInterval: 200 * time.Millisecond,
-		Heartbeat:      500 * time.Millisecond,
-		SessionTimeout: 10 * time.Second,
-		DrainTimeout:   5 * time.Second,
+		Brokers:  brokers,
+		Registry: reg,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Consume: kavari.ConsumeConfig{
+			GroupID:           testenv.ID("it"),
+			CommitInterval:    200 * time.Millisecond,
+			HeartbeatInterval: 500 * time.Millisecond,
+			SessionTimeout:    10 * time.Second,
+			DrainTimeout:      5 * time.Second,
+		},
 	}
 	testtransport.Use(&cfg)
 	if mutate != nil {
@@ -111,7 +113,7 @@ func TestPerKeyOrder100KeysX1000(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.MaxInFlight = 64; c.TopicPartitions = 12 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.MaxInFlight = 64; c.Topics.Partitions = 12 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 
@@ -206,7 +208,7 @@ func TestSeveralTypesOnSharedAndSeparateTopics(t *testing.T) {
 		}
 		return nil
 	}))
-	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.TopicPartitions = 6 })
+	k := newKavari(t, reg, brokers, func(c *kavari.Config) { c.Topics.Partitions = 6 })
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
 	at := time.Date(2026, 11, 27, 10, 30, 0, 123456789, time.UTC)
@@ -274,7 +276,7 @@ func TestManyPartitions(t *testing.T) {
 			}
 			return nil
 		}))
-		return newKavari(t, reg, brokers, func(c *kavari.Config) { c.GroupID = group; c.TopicPartitions = 48 })
+		return newKavari(t, reg, brokers, func(c *kavari.Config) { c.Consume.GroupID = group; c.Topics.Partitions = 48 })
 	}
 	a, b := mk(), mk()
 	ctx := context.Background()

@@ -151,8 +151,8 @@ func secureRoundTrip(t *testing.T, brokers, plain []string, mutate func(*kavari.
 	k := newKavari(t, reg, brokers, func(cfg *kavari.Config) { // EnsureTopics: the admin calls
 		mutate(cfg)
 		cfg.Logger = slog.New(logs)
-		cfg.ConsumerRetry = kavari.ConstantRetry(10*time.Millisecond, 1)
-		cfg.TopicPartitions = 3
+		cfg.Consume.Retry = kavari.ConstantRetry(10*time.Millisecond, 1)
+		cfg.Topics.Partitions = 3
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -243,11 +243,15 @@ func refused(t *testing.T, brokers []string, mutate func(*kavari.Config), want f
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &secEvent{}, func(context.Context, *secEvent) error { return nil }))
 	cfg := kavari.Config{
-		Brokers:      brokers,
-		GroupID:      testenv.ID("it-sec-refused"),
-		Registry:     reg,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-		PublishRetry: kavari.ConstantRetry(time.Hour, -1),
+		Brokers:  brokers,
+		Registry: reg,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Publish: kavari.PublishConfig{
+			Retry: kavari.ConstantRetry(time.Hour, -1),
+		},
+		Consume: kavari.ConsumeConfig{
+			GroupID: testenv.ID("it-sec-refused"),
+		},
 	}
 	mutate(&cfg)
 	k, err := kavari.New(cfg)

@@ -58,7 +58,7 @@ func ensureTopic(t *testing.T, brokers []string) int {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), TopicPartitions: 3})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Topics: kavari.TopicConfig{Partitions: 3}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -122,8 +122,16 @@ func TestPythonPublishesGoConsumes(t *testing.T) {
 		seen[m.ID] = got{*m, *rec}
 		return nil
 	}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), GroupID: testenv.ID("interop-go"), Registry: reg, Logger: quiet(),
-		ConsumerRetry: kavari.NoRetry()})
+	k, err := kavari.New(kavari.Config{
+		Brokers:   brokers,
+		Transport: testtransport.Get(),
+		Registry:  reg,
+		Logger:    quiet(),
+		Consume: kavari.ConsumeConfig{
+			GroupID: testenv.ID("interop-go"),
+			Retry:   kavari.NoRetry(),
+		},
+	})
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, k.Start(ctx))
@@ -180,7 +188,7 @@ func TestGoPublishesPythonConsumes(t *testing.T) {
 
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Partitioner: kavari.CRC32})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -128,19 +128,19 @@ func realMain() int {
 		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, head, stop, storm or static")
 		topics     = flag.Int("topics", 1, "storm: how many storm topics to consume (1 or 2)")
 		sleep      = flag.Duration("sleep", 0, "handler sleep per message (a message's sleep_ms wins)")
-		inflight   = flag.Int("max-inflight", 64, "Config.MaxInFlight")
-		buffered   = flag.Int("max-buffered", 0, "Config.MaxBuffered (0: its default)")
+		inflight   = flag.Int("max-inflight", 64, "Config.Consume.MaxInFlight")
+		buffered   = flag.Int("max-buffered", 0, "Config.Consume.MaxBuffered (0: its default)")
 		noSleepMs  = flag.Bool("ignore-sleep-ms", false, "ignore the messages' sleep_ms")
-		commit     = flag.Duration("commit-interval", time.Second, "Config.CommitInterval")
-		drain      = flag.Duration("drain", 5*time.Second, "Config.DrainTimeout")
-		session    = flag.Duration("session", 6*time.Second, "Config.SessionTimeout")
-		rebalance  = flag.Duration("rebalance", 15*time.Second, "Config.RebalanceTimeout")
-		heartbeat  = flag.Duration("heartbeat", 500*time.Millisecond, "Config.Heartbeat")
+		commit     = flag.Duration("commit-interval", time.Second, "Config.Consume.CommitInterval")
+		drain      = flag.Duration("drain", 5*time.Second, "Config.Consume.DrainTimeout")
+		session    = flag.Duration("session", 6*time.Second, "Config.Consume.SessionTimeout")
+		rebalance  = flag.Duration("rebalance", 15*time.Second, "Config.Consume.RebalanceTimeout")
+		heartbeat  = flag.Duration("heartbeat", 500*time.Millisecond, "Config.Consume.HeartbeatInterval")
 		stopAfter  = flag.Duration("stop-timeout", 10*time.Second, "deadline of k.Stop on SIGTERM")
 		traceStart = flag.Bool("trace-start", false, "also print a line when a handler starts")
 		logLevel   = flag.String("log", "warn", "log level on stderr: debug, info, warn, error")
 		trName     = flag.String("transport", "", "Config.Transport: kafka-go or franz-go (default: KAVARI_TRANSPORT, inherited from the test)")
-		instance   = flag.String("instance-id", "", "Config.InstanceID (static membership; franz-go)")
+		instance   = flag.String("instance-id", "", "Config.Consume.InstanceID (static membership; franz-go)")
 	)
 	flag.Parse()
 	if *brokers == "" || *group == "" || *run == "" {
@@ -195,21 +195,23 @@ func realMain() int {
 	}
 
 	k, err := kavari.New(kavari.Config{
-		Brokers:          strings.Split(*brokers, ","),
-		GroupID:          *group,
-		Transport:        tr,
-		InstanceID:       *instance,
-		ClientID:         fmt.Sprintf("faultapp-%d", pid),
-		Registry:         reg,
-		Logger:           logger,
-		MaxInFlight:      *inflight,
-		MaxBuffered:      *buffered,
-		CommitInterval:   *commit,
-		DrainTimeout:     *drain,
-		SessionTimeout:   *session,
-		RebalanceTimeout: *rebalance,
-		Heartbeat:        *heartbeat,
-		ConsumerRetry:    kavari.FibonacciRetry(50*time.Millisecond, 3),
+		Brokers:   strings.Split(*brokers, ","),
+		Transport: tr,
+		ClientID:  fmt.Sprintf("faultapp-%d", pid),
+		Registry:  reg,
+		Logger:    logger,
+		Consume: kavari.ConsumeConfig{
+			GroupID:           *group,
+			InstanceID:        *instance,
+			MaxInFlight:       *inflight,
+			MaxBuffered:       *buffered,
+			CommitInterval:    *commit,
+			DrainTimeout:      *drain,
+			SessionTimeout:    *session,
+			RebalanceTimeout:  *rebalance,
+			HeartbeatInterval: *heartbeat,
+			Retry:             kavari.FibonacciRetry(50*time.Millisecond, 3),
+		},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faultapp:", err)
