@@ -25,6 +25,7 @@ import (
 // unchanged generation.
 func TestStaticMemberRestart(t *testing.T) {
 	testenv.RequireReal(t)
+	ownTransports(t)
 	bin := buildFaultApp(t)
 	for _, tr := range []string{"kafka-go", "franz-go"} {
 		t.Run(tr, func(t *testing.T) { staticRestart(t, bin, tr) })
@@ -37,6 +38,7 @@ func staticRestart(t *testing.T, bin, tr string) {
 	led := ledger.ForTest(t, fmt.Sprintf("member SIGKILLed and restarted at once on %s (static membership: %v)", tr, static))
 	led.CheckOrder()
 	led.Set("transport", tr)
+	led.SetTransport(tr)
 	run, group := testenv.ID("run"), testenv.ID("static")
 	const n, keys, workers, partitions = 3000, 16, 2, 4
 	led.Setup("shared broker; 1 topic × %d partitions, %d keys; producer in the test (%d goroutines, sync Publish); 2 faultapp members on %s (handler 2 ms, CommitInterval 1 s, session 6 s, heartbeat 500 ms, instance ids: %v)",

@@ -28,6 +28,7 @@ import (
 // order of first deliveries, every leave's Stop returns nil.
 func TestCooperativeRebalanceStorm(t *testing.T) {
 	testenv.RequireReal(t)
+	ownTransports(t)
 	bin := buildFaultApp(t)
 	for _, tr := range []string{"kafka-go", "franz-go"} {
 		t.Run(tr, func(t *testing.T) { gapStorm(t, bin, tr) })
@@ -38,6 +39,7 @@ func gapStorm(t *testing.T, bin, tr string) {
 	brokers := testenv.RequireReal(t)
 	n, cycles, period := 8000, 6, 3*time.Second
 	led := ledger.ForTest(t, fmt.Sprintf("rebalance storm on %s: %d join/leave cycles; longest gap per partition, moved vs kept", tr, cycles))
+	led.SetTransport(tr)
 	led.CheckOrder()
 	led.Set("transport", tr)
 	run, group := testenv.ID("run"), testenv.ID("gapstorm")

@@ -269,6 +269,16 @@ func knownBug(t *testing.T, led *ledger.Ledger, format string, args ...any) {
 
 // waitFor polls cond until it holds or timeout passes (a hang guard, not a
 // performance assertion).
+// ownTransports skips a test that runs on each transport by itself (or on
+// one it names) in every pass but the kafka-go one, where it runs once:
+// the suite runs once per KAVARI_TRANSPORT, and the franz-go pass would
+// repeat it.
+func ownTransports(t *testing.T) {
+	if tr := testenv.Transport(); tr != "kafka-go" {
+		t.Skipf("chooses its transports itself; runs in the kafka-go pass (this is %s)", tr)
+	}
+}
+
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -32,6 +32,7 @@ type StartStop struct {
 // each transport: a Stop during kafka-go's JoinGroup left the member in the
 // group until its session timed out.
 func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
+	ownTransports(t)
 	for _, tr := range []kavari.Transport{kavari.KafkaGo, kavari.FranzGo} {
 		t.Run(tr.String(), func(t *testing.T) { startStopInterleavings(t, tr) })
 	}
@@ -40,6 +41,7 @@ func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
 func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 	brokers := testenv.RequireReal(t)
 	led := ledger.ForTest(t, "Start and Stop interleaved with delays from 0 to past the group join ("+tr.String()+"); zombie members and records left")
+	led.SetTransport(map[kavari.Transport]string{kavari.KafkaGo: "kafka-go", kavari.FranzGo: "franz-go"}[tr])
 	run := testenv.ID("run")
 	const topic, parts, perRound = "kavari-fault-start-stop", 3, 4
 	rounds := 24

@@ -123,6 +123,10 @@ type entry struct {
 	offsets map[[2]int64]bool // distinct (partition, offset) it was handled at
 }
 
+// SetTransport names the transport of the row, for a test that chooses its
+// transport itself rather than by KAVARI_TRANSPORT.
+func (l *Ledger) SetTransport(tr string) { l.transport = tr }
+
 // transportName is the transport the fault suite runs on (KAVARI_TRANSPORT,
 // as internal/testenv reads it).
 func transportName() string {
