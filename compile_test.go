@@ -71,21 +71,7 @@ func main() {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// A directory starting with "_" inside the module: the go
-			// command resolves kavari from the working tree, and ./...
-			// patterns skip it.
-			dir, err := os.MkdirTemp(".", "_compile")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(dir) })
-			src := prelude + "\t" + tc.code + "\n}\n"
-			if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command("go", "build", "-o", os.DevNull, ".")
-			cmd.Dir = dir
-			out, err := cmd.CombinedOutput()
+			out, err := goBuild(t, prelude+"\t"+tc.code+"\n}\n")
 			switch {
 			case tc.ok && err != nil:
 				t.Fatalf("does not compile:\n%s", out)
@@ -95,5 +81,47 @@ func main() {
 				t.Fatalf("fails for another reason than the Msg check:\n%s", out)
 			}
 		})
+	}
+}
+
+// goBuild builds src, a main package, with the go command, in a directory
+// starting with "_" inside the module: the go command resolves kavari from
+// the working tree, and ./... patterns skip it.
+func goBuild(t *testing.T, src string) ([]byte, error) {
+	t.Helper()
+	dir, err := os.MkdirTemp(".", "_compile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", os.DevNull, ".")
+	cmd.Dir = dir
+	return cmd.CombinedOutput()
+}
+
+// TestReadmeExampleCompiles builds the README's complete example, so that
+// it follows the API.
+func TestReadmeExampleCompiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the go command")
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "## A complete example")
+	if !ok {
+		t.Fatal(`README.md has no "## A complete example" section`)
+	}
+	_, rest, ok = strings.Cut(rest, "```go\n")
+	code, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("the complete example has no go code block")
+	}
+	if out, err := goBuild(t, code); err != nil {
+		t.Fatalf("README's complete example does not compile:\n%s", out)
 	}
 }
