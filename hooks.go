@@ -3,6 +3,8 @@ package kavari
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -130,8 +132,35 @@ func newHooks(hs []Hook) (*hooks, error) {
 		if !any {
 			return nil, fmt.Errorf("kavari: Config.Hooks[%d] (%T) implements no HookXxx interface", i, x)
 		}
+		if err := checkHookMethods(x); err != nil {
+			return nil, fmt.Errorf("kavari: Config.Hooks[%d]: %w", i, err)
+		}
 	}
 	return h, nil
+}
+
+// hookInterfaces names the interface of each hook method.
+var hookInterfaces = map[string]reflect.Type{
+	"OnPublishBefore":  reflect.TypeFor[HookPublishBefore](),
+	"OnPublishAfter":   reflect.TypeFor[HookPublishAfter](),
+	"OnAssigned":       reflect.TypeFor[HookAssigned](),
+	"OnRevoked":        reflect.TypeFor[HookRevoked](),
+	"OnCommitted":      reflect.TypeFor[HookCommitted](),
+	"OnRetryScheduled": reflect.TypeFor[HookRetryScheduled](),
+	"OnDeadLettered":   reflect.TypeFor[HookDeadLettered](),
+	"OnFetched":        reflect.TypeFor[HookFetched](),
+}
+
+// checkHookMethods refuses a hook with a method named as a hook method but
+// with another signature: it would never be called.
+func checkHookMethods(x Hook) error {
+	t := reflect.TypeOf(x)
+	for name, iface := range hookInterfaces {
+		if m, ok := t.MethodByName(name); ok && !t.Implements(iface) {
+			return fmt.Errorf("%T has %s%s, which is not %s's %s: it would never be called", x, name, strings.TrimPrefix(m.Type.String(), "func"), iface, name)
+		}
+	}
+	return nil
 }
 
 // publishBefore appends to hs the headers the hooks add to msg.

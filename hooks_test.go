@@ -267,6 +267,22 @@ func TestHooksInvalid(t *testing.T) {
 	assert.Contains(t, err.Error(), "kavari: Config.Hooks[0] (int) implements no HookXxx interface")
 }
 
+// oldHook has OnPublishBefore with another signature than HookPublishBefore's
+// (the message as any), next to a method that is right.
+type oldHook struct{}
+
+func (oldHook) OnPublishBefore(context.Context, any) []kavari.Header { return nil }
+func (oldHook) OnAssigned(map[string][]int)                          {}
+
+// A hook whose OnXxx method does not match its interface would be silently
+// skipped for that method: New refuses it and says which.
+func TestHooksWrongSignature(t *testing.T) {
+	_, err := kavari.New(kavari.Config{Brokers: []string{"localhost:9092"}, Hooks: []kavari.Hook{oldHook{}}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "OnPublishBefore")
+	assert.Contains(t, err.Error(), "HookPublishBefore")
+}
+
 // Lag is measured also when no record flows: a partition paused behind a
 // stuck handler fetches nothing, yet records written meanwhile show in its
 // lag (the engine asks the broker for end offsets).
