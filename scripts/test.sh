@@ -81,15 +81,8 @@ KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "$
 # reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
 broker_pkgs=(. github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
   github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/...)
-# OPEN franz-go DEFECTS found by this matrix (issue 10), skipped here until
-# fixed so that the rest of the matrix guards against regressions; each fails
-# on franz-go only (run it with KAVARI_TRANSPORT=franz-go bash scripts/test.sh
-# -run NAME PKG): Stop during a held JoinGroup, the final
-# commit after a drain longer than the session (UNKNOWN_MEMBER_ID), goroutines
-# left after Stop.
-franz_known='^(TestStopDuringGroupJoin|TestStopDrainLongerThanSession|TestStopLeavesNoGoroutines)$'
 step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
-KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -skip "$franz_known" "${broker_pkgs[@]}"
+KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "${broker_pkgs[@]}"
 # ...then a short fuzzing run of record decoding (no broker needed).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .

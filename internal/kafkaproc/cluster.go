@@ -647,7 +647,14 @@ func (c *Cluster) warmGroupCoordinator(ctx context.Context) error {
 	if err != nil || parts <= 0 {
 		parts = 50
 	}
-	client := &kafka.Client{Addr: kafka.TCP(c.Brokers()...), Timeout: 5 * time.Second}
+	// A transport of its own, closed on return: kafka-go's DefaultTransport
+	// would keep a connection and a metadata refresh goroutine for the
+	// rest of the process, which then dials the cluster every few seconds
+	// (and, against a frozen broker, stays blocked in a read: it showed up
+	// as a leftover goroutine in TestStopLeavesNoGoroutines).
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(c.Brokers()...), Timeout: 5 * time.Second, Transport: tr}
 	for _, group := range groupsCoveringPartitions("kafkaproc-warmup-", parts) {
 		for {
 			resp, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group})

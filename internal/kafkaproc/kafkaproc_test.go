@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -432,4 +433,65 @@ func TestKafkaprocPortConflictRetry(t *testing.T) {
 	if c.Brokers()[0] == busy.Addr().String() {
 		t.Errorf("broker on the busy port %s", busy.Addr())
 	}
+}
+
+// TestKafkaprocStartLeavesNoClientGoroutines: Start's group coordinator
+// warm-up used kafka-go's DefaultTransport, whose connection pool (a
+// metadata refresh goroutine redialling the cluster every few seconds)
+// lived for the rest of the test process; against a frozen broker its dial
+// stayed blocked in a read and showed up as a leftover goroutine in the
+// fault suite's TestStopLeavesNoGoroutines. Start now leaves no kafka-go
+// connection pool behind.
+func TestKafkaprocStartLeavesNoClientGoroutines(t *testing.T) {
+	requireKafka(t)
+	before := map[string]bool{}
+	for id := range goroutinesWith("kafka-go.(*connPool).discover") {
+		before[id] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{Nodes: 1, Dir: t.TempDir(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	var left []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left = left[:0]
+		for id, stack := range goroutinesWith("kafka-go.(*connPool).discover") {
+			if !before[id] {
+				left = append(left, stack)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("%d kafka-go connection pool(s) left running by Start (hang guard 30 s):\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+}
+
+// goroutinesWith returns the stacks, by goroutine id, of the goroutines
+// whose stack contains frame.
+func goroutinesWith(frame string) map[string]string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	out := map[string]string{}
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, frame) {
+			continue
+		}
+		if id, _, ok := strings.Cut(strings.TrimPrefix(g, "goroutine "), " "); ok {
+			out[id] = g
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,12 +32,17 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 	if len(cfg.Topics) == 0 {
 		return nil, errors.New("kavari: franz consumer: no topics")
 	}
-	opts, err := clientOpts(cfg)
+	// The consumer dials through conns (TLS included), so that Close can
+	// cut its connections.
+	plain := cfg
+	plain.TLS = nil
+	opts, err := clientOpts(plain)
 	if err != nil {
 		return nil, err
 	}
 	c := &consumer{
 		cfg:         cfg,
+		conns:       newConnSet(cfg.TLS),
 		kip848:      t.kip848,
 		paused:      map[transport.TopicPartition]bool{},
 		owned:       map[transport.TopicPartition]int32{},
@@ -53,6 +59,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		kgo.ConsumeTopics(cfg.Topics...),
 		kgo.ConsumeResetOffset(reset),
 		kgo.DisableAutoCommit(),
+		kgo.Dialer(c.conns.dial),
 		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly
 		// assigned partition joins the next fetch sooner.
 		kgo.FetchMaxWait(500*time.Millisecond),
@@ -91,6 +98,13 @@ type consumer struct {
 	cfg    transport.Config
 	opts   []kgo.Opt
 	kip848 bool
+	conns  *connSet
+
+	// groupMu is held while the engine is told of assigned, revoked or
+	// lost partitions, by kgo's callbacks and by Close's revoke, so that
+	// those calls never overlap and a partition Close revoked is not
+	// revoked again when kgo leaves the group.
+	groupMu sync.Mutex
 
 	// commitMu serializes commits, so that offsets reach the broker in the
 	// order they were checked, and lets a revoke wait for a commit in
@@ -112,7 +126,9 @@ type consumer struct {
 	deliverMu   sync.Mutex
 	deliverable map[transport.TopicPartition]bool
 
-	closing chan struct{}
+	closing   chan struct{}
+	closeDone chan struct{} // closed when the first Close's leave is over
+	closeErr  error         // set before closeDone is closed
 
 	joined atomic.Bool // the member joined the group once (probeUntilJoined stops)
 }
@@ -242,21 +258,35 @@ func generation(cl *kgo.Client) transport.Generation {
 
 // onAssigned fetches the committed offsets and metadata of the added
 // partitions and hands them to the engine. kgo starts fetching them only
-// after this returns, so Assigned always comes before their records.
+// after this returns, so Assigned always comes before their records. Once
+// Close began, nothing is handed over: Close revokes what the member owns
+// and leaves, and nothing is delivered any more.
 func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	c.joined.Store(true)
+	if c.isClosing() {
+		return
+	}
 	tps := flatten(assigned)
 	gen := generation(cl)
+	var parts []transport.Assignment
+	if len(tps) > 0 {
+		var err error
+		parts, err = c.fetchCommitted(ctx, cl, tps)
+		if err != nil {
+			c.h.Error(err)
+		}
+	}
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	if c.isClosing() {
+		return
+	}
 	if len(tps) == 0 {
 		// kgo calls this at every generation, even when nothing is added
 		// (a cooperative rebalance that only took partitions away): the
 		// engine learns the generation, and what it still holds.
 		c.h.Assigned(gen, nil)
 		return
-	}
-	parts, err := c.fetchCommitted(ctx, cl, tps)
-	if err != nil {
-		c.h.Error(err)
 	}
 	c.mu.Lock()
 	for _, a := range parts {
@@ -274,6 +304,15 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 		c.deliverable[tp] = true
 	}
 	c.deliverMu.Unlock()
+}
+
+func (c *consumer) isClosing() bool {
+	select {
+	case <-c.closing:
+		return true
+	default:
+		return false
+	}
 }
 
 // fetchCommitted asks the group coordinator for tps' committed offsets and
@@ -360,7 +399,18 @@ func (c *consumer) onLost(_ context.Context, cl *kgo.Client, lost map[string][]i
 	c.release(cl, flatten(lost), true)
 }
 
+// release tells the engine that tps, those of them the member still owns,
+// are revoked (or lost), then forgets them. A partition Close revoked
+// already is not revoked again when kgo leaves the group.
 func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost bool) {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	c.mu.Lock()
+	tps = slices.DeleteFunc(tps, func(tp transport.TopicPartition) bool {
+		_, ok := c.owned[tp]
+		return !ok
+	})
+	c.mu.Unlock()
 	if len(tps) == 0 {
 		return
 	}
@@ -505,8 +555,24 @@ func (c *consumer) Resume(tps ...transport.TopicPartition) {
 	}
 }
 
-// Close stops Run, revokes every partition (Revoked blocks while the engine
-// drains and commits), leaves the group and closes the client, within ctx.
+// Close stops Run, revokes every partition the member owns (Revoked blocks
+// while the engine drains and commits), leaves the group and closes the
+// client, within ctx.
+//
+// The revoke comes first, while the member is still in the group: kgo
+// stops heartbeating as soon as it starts leaving, and only then calls
+// OnPartitionsRevoked, so a drain longer than the session timeout got the
+// member expelled and its final commit refused (UNKNOWN_MEMBER_ID). kgo's
+// own revoke when it leaves then finds nothing left to revoke.
+//
+// Leaving waits for a JoinGroup or SyncGroup under way, which the
+// coordinator may hold up to the rebalance timeout: when the leave has not
+// finished within leaveGrace, Close cuts the connections (the request in
+// flight fails, and kgo sends its LeaveGroup on a new one). When ctx ends
+// first, every connection is cut and no new one is opened, so that the
+// client's requests and goroutines end at once. A later Close (kavari's
+// at Stop's deadline, with ctx done) cuts at once too.
+//
 // A static member (InstanceID) does not send a leave: its partitions stay
 // reserved for it until the session timeout, so a restart with the same
 // instance id within it gets them back without a rebalance (kgo leaves
@@ -514,43 +580,93 @@ func (c *consumer) Resume(tps ...transport.TopicPartition) {
 // rebalance, so that what it revoked is reassigned).
 func (c *consumer) Close(ctx context.Context) error {
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
+	first := !c.closed
+	if first {
+		c.closed = true
+		close(c.closing)
+		if c.cl != nil {
+			c.closeDone = make(chan struct{})
+		}
 	}
-	c.closed = true
-	close(c.closing)
-	cl, runDone := c.cl, c.runDone
+	cl, runDone, closeDone := c.cl, c.runDone, c.closeDone
 	c.mu.Unlock()
 	if cl == nil {
 		return nil
 	}
-	done := make(chan struct{})
-	var leaveErr error
-	go func() {
-		defer close(done)
-		// Revoke everything (Revoked blocks while the engine drains and
-		// commits), leave, then close the connections.
-		leaveErr = cl.LeaveGroupContext(ctx)
-		if leaveErr != nil && c.kip848 && c.cfg.InstanceID != "" && errors.Is(leaveErr, kerr.InvalidRequest) {
-			leaveErr = c.leaveStatic848(ctx, cl)
-		}
-		cl.Close()
-	}()
+	if first {
+		go func() {
+			defer close(closeDone)
+			c.closeErr = c.shutdown(ctx, cl)
+		}()
+	}
 	select {
-	case <-done:
+	case <-closeDone:
 	case <-ctx.Done():
-		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", ctx.Err())
+		c.conns.cut(true)
+		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", context.Cause(ctx))
 	}
 	select {
 	case <-runDone:
 	case <-ctx.Done():
-		return fmt.Errorf("kavari: franz consumer: %w", ctx.Err())
+		c.conns.cut(true)
+		return fmt.Errorf("kavari: franz consumer: %w", context.Cause(ctx))
 	}
-	if leaveErr != nil {
-		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", leaveErr)
+	if c.closeErr != nil {
+		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", c.closeErr)
 	}
 	return nil
+}
+
+// shutdown is the first Close's work: revoke, leave, close the client.
+func (c *consumer) shutdown(ctx context.Context, cl *kgo.Client) error {
+	c.mu.Lock()
+	owned := make([]transport.TopicPartition, 0, len(c.owned))
+	for tp := range c.owned {
+		owned = append(owned, tp)
+	}
+	c.mu.Unlock()
+	sort.Slice(owned, func(i, j int) bool {
+		if owned[i].Topic != owned[j].Topic {
+			return owned[i].Topic < owned[j].Topic
+		}
+		return owned[i].Partition < owned[j].Partition
+	})
+	c.release(cl, owned, false)
+
+	left := make(chan error, 1)
+	go func() {
+		err := cl.LeaveGroupContext(ctx)
+		if err != nil && c.kip848 && c.cfg.InstanceID != "" && errors.Is(err, kerr.InvalidRequest) {
+			err = c.leaveStatic848(ctx, cl)
+		}
+		left <- err
+	}()
+	grace := time.NewTimer(c.leaveGrace(ctx))
+	defer grace.Stop()
+	var err error
+	select {
+	case err = <-left:
+	case <-grace.C:
+		c.conns.cut(false)
+		err = <-left // LeaveGroupContext returns when ctx ends
+	}
+	cl.Close()
+	return err
+}
+
+// leaveGrace is how long Close lets kgo leave before it cuts the
+// connections: twice the heartbeat interval, at most half of what is left
+// of ctx.
+func (c *consumer) leaveGrace(ctx context.Context) time.Duration {
+	hb := c.cfg.HeartbeatInterval
+	if hb <= 0 {
+		hb = 3 * time.Second // kgo's default
+	}
+	grace := 2 * hb
+	if deadline, ok := ctx.Deadline(); ok {
+		grace = min(grace, time.Until(deadline)/2)
+	}
+	return max(grace, 0)
 }
 
 // leaveStatic848 sends a static member's temporary leave (member epoch -2)

@@ -9,10 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/franz"
 	"github.com/kavari-go/kavari/internal/transport/transporttest"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 func topic(t *testing.T, tr transport.Transport, cfg transport.Config, partitions int) string {
@@ -229,5 +232,60 @@ func TestConsumerReportsAnUnreachableBroker(t *testing.T) {
 	}
 	if err := h.first(); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Error reported %v, want the refused connection (hang guard 60 s)", err)
+	}
+}
+
+// TestCloseDuringHeldJoin: Close while the coordinator holds the member's
+// JoinGroup (as it may, up to the rebalance timeout) returns well before
+// its deadline, without an error, and Run returns. kgo's leave waits for
+// the join, so Close waited until its deadline (issue 10); now it cuts the
+// connection that carries the join after a grace of twice the heartbeat.
+func TestCloseDuringHeldJoin(t *testing.T) {
+	b := kavaritest.NewBroker(t, kavaritest.Topics("franz-held-join"))
+	inJoin := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release)
+	var once sync.Once
+	b.Cluster().ControlKey(int16(kmsg.JoinGroup), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		once.Do(func() {
+			close(inJoin)
+			b.Cluster().SleepControl(func() { <-release })
+		})
+		return nil, nil, false
+	})
+	cfg := transporttest.Config(b.Addrs())
+	cfg.GroupID, cfg.Topics = testenv.ID("franz-g"), []string{"franz-held-join"}
+	cfg.HeartbeatInterval = 500 * time.Millisecond
+	c, err := franz.New().NewConsumer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(context.Background(), transporttest.NewRecorder()) }()
+	select {
+	case <-inJoin:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no JoinGroup")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Close waited for the held JoinGroup until its deadline")
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after Close")
 	}
 }

@@ -13,7 +13,7 @@
 //     id within the session timeout gets its partitions back, in the same
 //     generation, without a rebalance.
 //   - kgo keeps heartbeating while Revoked blocks, so a drain may take up to
-//     the rebalance timeout.
+//     the rebalance timeout; at Close too, which revokes before it leaves.
 //   - Commits carry metadata, can never move a partition's offset backwards,
 //     and are fenced to the generation that owns the partition.
 package franz

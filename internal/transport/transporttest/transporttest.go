@@ -64,6 +64,7 @@ func RunWith(t *testing.T, tr transport.Transport, brokers []string, o Options) 
 	}
 	if s.caps.HeartbeatsDuringDrain {
 		t.Run("DrainBeyondSession", s.testDrainBeyondSession)
+		t.Run("CloseDrainBeyondSession", s.testCloseDrainBeyondSession)
 	}
 }
 
@@ -636,6 +637,69 @@ func (s *suite) testDrainBeyondSession(t *testing.T) {
 	if s.caps.Cooperative {
 		if err := <-flowed; err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// testCloseDrainBeyondSession: Close revokes every partition while the
+// member is still in the group, so a drain longer than the session timeout
+// ends with a commit the coordinator accepts, and each partition is
+// revoked once. franz-go's leave stopped heartbeating before it revoked:
+// the final commit got UNKNOWN_MEMBER_ID (issue 10).
+func (s *suite) testCloseDrainBeyondSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sleeps twice the session timeout")
+	}
+	const n = 2
+	topic := s.topic(t, n)
+	cfg := s.cfg()
+	cfg.GroupID, cfg.Topics = testenv.ID("conf-g"), []string{topic}
+	cfg.SessionTimeout = 6 * time.Second // the broker's minimum by default
+	cfg.RebalanceTimeout = 40 * time.Second
+	a := s.join(t, cfg)
+	waitFor(t, "A owns every partition", func() bool { return len(a.h.owned()) == n })
+	var (
+		mu      sync.Mutex
+		revokes = map[transport.TopicPartition]int{}
+		commits []error
+	)
+	a.h.mu.Lock()
+	a.h.OnRevoked = func(gen transport.Generation, parts []transport.TopicPartition) {
+		mu.Lock()
+		for _, tp := range parts {
+			revokes[tp]++
+		}
+		mu.Unlock()
+		time.Sleep(2 * cfg.SessionTimeout) // a slow handler finishing
+		offs := make([]transport.Offset, len(parts))
+		for i, tp := range parts {
+			offs[i] = transport.Offset{TopicPartition: tp, Offset: 1, Metadata: "drained"}
+		}
+		err := a.c.Commit(context.Background(), gen, offs)
+		mu.Lock()
+		commits = append(commits, err)
+		mu.Unlock()
+	}
+	a.h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	a.closed = true
+	if err := a.c.Close(ctx); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(revokes) != n {
+		t.Errorf("Close revoked %v, want each of the %d partitions", revokes, n)
+	}
+	for tp, k := range revokes {
+		if k != 1 {
+			t.Errorf("%v revoked %d times, want once", tp, k)
+		}
+	}
+	for _, err := range commits {
+		if err != nil {
+			t.Errorf("commit at the end of a drain longer than the session timeout, in Close: %v", err)
 		}
 	}
 }
