@@ -883,7 +883,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 			}
 			m[o.Topic][int(o.Partition)] = o.Offset
 		}
-		return &CommitError{Offsets: m, Err: err}
+		return &CommitError{Offsets: m, Err: err, MayHaveBeenApplied: errors.Is(err, transport.ErrCommitUnconfirmed)}
 	}
 	e.sending.Store(nil)
 	for i, p := range moved {

@@ -532,6 +532,36 @@ func TestEngineLostAbandonsWithoutCommit(t *testing.T) {
 // commit is refused: Stop, called afterwards, reports ErrCommitFailed with a
 // *CommitError naming the partition. When the member is assigned the
 // partition again first, the records are redelivered and Stop returns nil.
+// A commit whose request may have reached the broker (the transport says
+// transport.ErrCommitUnconfirmed) is reported as such: the broker may still
+// apply it, so Stop's error must not promise that its records come back.
+func TestEngineStopReportsUnconfirmedCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for n := 0; n < 3; n++ {
+			b.Append(engRecord(0, "k", n))
+		}
+		var down atomic.Bool
+		b.FailCommit = func(transport.Generation, []transport.Offset) error {
+			if down.Load() {
+				return fmt.Errorf("%w: memory: connection cut mid-request", transport.ErrCommitUnconfirmed)
+			}
+			return nil
+		}
+		k := memKavari(t, b, transport.Capabilities{}, "g", func(context.Context, *engMsg) error { return nil },
+			func(c *kavari.Config) { c.Consume.CommitInterval = time.Hour })
+		require.NoError(t, k.Start(context.Background()))
+		synctest.Wait()
+		down.Store(true)
+		err := stopNow(t, k)
+		var ce *kavari.CommitError
+		require.ErrorAs(t, err, &ce)
+		assert.True(t, ce.MayHaveBeenApplied)
+		assert.Contains(t, err.Error(), "may still apply it")
+		assert.NotContains(t, err.Error(), "the records are redelivered")
+	})
+}
+
 func TestEngineStopReportsCommitLostBeforeStop(t *testing.T) {
 	for _, reassign := range []bool{false, true} {
 		t.Run(fmt.Sprintf("reassign=%v", reassign), func(t *testing.T) {
@@ -564,6 +594,7 @@ func TestEngineStopReportsCommitLostBeforeStop(t *testing.T) {
 					var ce *kavari.CommitError
 					require.ErrorAs(t, err, &ce)
 					assert.Equal(t, map[string]map[int]int64{engTopic: {0: 3}}, ce.Offsets)
+					assert.False(t, ce.MayHaveBeenApplied, "the coordinator refused it")
 					return
 				}
 				// A member joins: k, the first member, gets the partition

@@ -211,7 +211,13 @@ var (
 // It matches ErrCommitFailed.
 type CommitError struct {
 	Offsets map[string]map[int]int64 // topic -> partition -> the offset that was to be committed
-	Err     error
+	// MayHaveBeenApplied is true when the outcome is unknown: the request
+	// may have reached the broker (no answer by Stop's deadline, a
+	// connection broken or cut mid-request), which may apply it. Then the
+	// records it covers are redelivered only if it was not applied. False:
+	// the broker refused it, or it was never sent; they are redelivered.
+	MayHaveBeenApplied bool
+	Err                error
 }
 
 func (e *CommitError) Error() string {
@@ -222,6 +228,9 @@ func (e *CommitError) Error() string {
 		}
 	}
 	sort.Strings(parts)
+	if e.MayHaveBeenApplied {
+		return fmt.Sprintf("kavari: commit of %s not confirmed (the broker may still apply it; if not, its records are redelivered): %v", strings.Join(parts, ", "), e.Err)
+	}
 	return fmt.Sprintf("kavari: commit of %s failed (the records are redelivered): %v", strings.Join(parts, ", "), e.Err)
 }
 

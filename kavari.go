@@ -603,7 +603,7 @@ func (k *Client) uncommitted(ctx context.Context, late bool) error {
 		// Looked at before lostCommit: a revoke records its failed commit
 		// there before it releases its partitions.
 		if offsets := e.uncommitted(); len(offsets) > 0 {
-			unanswered = &CommitError{Offsets: offsets, Err: fmt.Errorf("kavari: final commit not answered by Stop's deadline (the broker may still apply it): %w", context.Cause(ctx))}
+			unanswered = &CommitError{Offsets: offsets, MayHaveBeenApplied: true, Err: fmt.Errorf("kavari: final commit not answered by Stop's deadline: %w", context.Cause(ctx))}
 		}
 	}
 	k.stopMu.Lock()

@@ -14,6 +14,12 @@ import (
 	"time"
 )
 
+// ErrCommitUnconfirmed marks a Commit error whose request may have reached
+// the broker (the connection broke or was cut, or the request timed out,
+// before an answer): the broker may have applied the commit, or may still.
+// An error the broker answered with (a refused commit) does not match it.
+var ErrCommitUnconfirmed = errors.New("the commit may have reached the broker, its outcome is unknown")
+
 // Header is one record header.
 type Header struct {
 	Key   string

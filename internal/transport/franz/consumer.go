@@ -506,7 +506,7 @@ func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 		resp, reqErr = r, err
 	})
 	if reqErr != nil {
-		return fmt.Errorf("kavari: commit: %w", reqErr)
+		return fmt.Errorf("kavari: commit: %w: %w", transport.ErrCommitUnconfirmed, reqErr)
 	}
 	var errs []error
 	c.mu.Lock()

@@ -310,7 +310,14 @@ func (c *Consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 		}
 		m[o.Topic][int(o.Partition)] = o.Offset
 	}
-	return kg.CommitOffsets(m)
+	err := kg.CommitOffsets(m)
+	var kerr kafka.Error
+	if err != nil && !errors.As(err, &kerr) {
+		// Not the broker's answer: a network error or timeout, after which
+		// the commit may have been applied.
+		return fmt.Errorf("%w: %w", transport.ErrCommitUnconfirmed, err)
+	}
+	return err
 }
 
 // joinGrace is how long Close lets a JoinGroup under way be answered: two
