@@ -42,7 +42,7 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
 fi
 
 if [ "$#" -gt 0 ]; then
-  exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$@"
+  exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$@"
 fi
 
 # Every module of the workspace: "./..." would stop at the nested go.mod files.
@@ -76,13 +76,13 @@ step "build, vet and go test -short of the library with ${gomin}"
 # The whole suite against the real broker on kafka-go (the default
 # transport)...
 step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka-go)"
-KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "$all"
+KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all"
 # ...the broker tests once more on franz-go (every test that builds a Config
 # reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
 broker_pkgs=(. github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
   github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/...)
 step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
-KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 "${broker_pkgs[@]}"
+KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"
 # ...then a short fuzzing run of record decoding (no broker needed).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .
