@@ -105,7 +105,10 @@ func TestLagOfStoppedConsumer(t *testing.T) {
 
 	close(release)
 	eventually(t, func() bool { v, ok := gauge(); return ok && v == 0 },
-		func() string { v, _ := gauge(); return fmt.Sprintf("lag never fell to 0: gauge %d, %+v", v, b.Health().Positions) })
+		func() string {
+			v, _ := gauge()
+			return fmt.Sprintf("lag never fell to 0: gauge %d, %+v", v, b.Health().Positions)
+		})
 	p, _ = position(b)
 	assert.Equal(t, int64(0), p.Lag, "Health's lag: %+v", p)
 	mu.Lock()
