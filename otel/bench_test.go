@@ -4,8 +4,8 @@ package kavariotel_test
 //
 //	go test -run '^$' -bench . -benchmem ./otel
 //
-// BenchmarkConsume handles the same pre-published records with a no-op
-// handler, "plain" without instrumentation, "otel" with tracing (always
+// BenchmarkConsume handles the same pre-published records (with trace
+// context headers) with a no-op handler, "plain" without instrumentation, "otel" with tracing (always
 // sampling, spans to a no-op exporter) and metrics (SDK meter, manual
 // reader) on. BenchmarkPublish publishes batches of 100 the same two ways.
 
@@ -107,7 +107,12 @@ func BenchmarkConsume(b *testing.B) {
 
 func fill(b *testing.B, brokers []string) {
 	b.Helper()
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()})
+	// Published traced, as a traced service would: each record carries the
+	// traceparent of its producer span, which the "otel" consumer parents
+	// and links its process span to (and "plain" ignores).
+	cfg := kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()}
+	instrument(&cfg, true)
+	k, err := kavari.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
