@@ -91,6 +91,7 @@ type Instrumentation struct {
 	nfailed   atomic.Int64
 	sets      sync.Map // setKey → metric.MeasurementOption
 	procs     sync.Map // procKey → *procInfo
+	fetched   sync.Map // setKey → *fetchCount
 	sendInfos sync.Map // topic → *sendInfo
 }
 
@@ -113,6 +114,9 @@ func New(cfg Config) *Instrumentation {
 		w3c:    w3c,
 	}
 	i.m = newInstruments(cfg.MeterProvider.Meter(ScopeName, metric.WithInstrumentationVersion(version)))
+	// The registration lasts as long as the MeterProvider: one
+	// Instrumentation serves one Client for its lifetime.
+	_, _ = i.m.meter.RegisterCallback(i.observeFetched, i.m.consumed)
 	return i
 }
 
