@@ -7,10 +7,12 @@ package kavariotel_test
 // BenchmarkConsume handles the same pre-published records (with trace
 // context headers) with a no-op handler, "plain" without instrumentation,
 // "otel" with tracing (always sampling, spans to a no-op exporter) and
-// metrics (SDK meter, manual reader) on; ns/msg is the wall time from the first record handled to the
-// last, cpu-ns/msg the process's CPU time (kavari, the embedded broker, the
-// span processor) from Start to the last record. BenchmarkPublish publishes
-// batches of 100 the same two ways.
+// metrics (SDK meter, manual reader) on, "sampled" the same with 10 % of
+// the traces sampled (the producer's decision, ParentBased). ns/msg is the
+// wall time from the first record handled to the last, cpu-ns/msg the
+// process's CPU time (kavari, the embedded broker, the span processor) from
+// Start to the last record. BenchmarkPublish publishes batches of 100 the
+// same ways.
 
 import (
 	"context"
@@ -39,19 +41,32 @@ type benchMsg struct {
 	Payload        string `json:"payload"`
 }
 
-// benchInst returns an Instrumentation that samples every span and exports
-// them nowhere.
-func benchInst() *kavariotel.Instrumentation {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+// benchInst returns an Instrumentation whose spans sampler samples and
+// exports nowhere.
+func benchInst(sampler sdktrace.Sampler) *kavariotel.Instrumentation {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	return kavariotel.New(kavariotel.Config{TracerProvider: tp, MeterProvider: mp, ConsumerGroup: "bench"})
 }
 
-func instrument(cfg *kavari.Config, on bool) {
-	if !on {
+// The variants of a benchmark: "plain" installs nothing; "otel" traces
+// (sampling every span) and measures; "sampled" does so with a sampler that
+// follows the producer's decision and samples 10 % of new traces.
+var variants = []string{"plain", "otel", "sampled", "plain", "otel", "sampled"}
+
+// tenPercent samples 10 % of new traces and follows the parent's decision.
+var tenPercent = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))
+
+func instrument(cfg *kavari.Config, variant string) {
+	var inst *kavariotel.Instrumentation
+	switch variant {
+	case "otel":
+		inst = benchInst(sdktrace.AlwaysSample())
+	case "sampled":
+		inst = benchInst(tenPercent)
+	default:
 		return
 	}
-	inst := benchInst()
 	cfg.Hooks = []kavari.Hook{inst}
 	cfg.Middleware = []kavari.Middleware{inst.Middleware()}
 }
@@ -60,12 +75,8 @@ func BenchmarkConsume(b *testing.B) {
 	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench", "kavari-otel-bench.dlq"))
 	brokers := broker.Addrs()
 	fill(b, brokers)
-	for _, on := range []bool{false, true, false, true} {
-		name := "plain"
-		if on {
-			name = "otel"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, variant := range variants {
+		b.Run(variant, func(b *testing.B) {
 			var busy, cpu time.Duration
 			iterations := 0
 			for b.Loop() {
@@ -85,7 +96,7 @@ func BenchmarkConsume(b *testing.B) {
 					b.Fatal(err)
 				}
 				cfg := kavari.Config{Brokers: brokers, Registry: reg, Logger: quiet(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("bench")}}
-				instrument(&cfg, on)
+				instrument(&cfg, variant)
 				k, err := kavari.New(cfg)
 				if err != nil {
 					b.Fatal(err)
@@ -114,10 +125,12 @@ func BenchmarkConsume(b *testing.B) {
 func fill(b *testing.B, brokers []string) {
 	b.Helper()
 	// Published traced, as a traced service would: each record carries the
-	// traceparent of its producer span, which the "otel" consumer parents
-	// and links its process span to (and "plain" ignores).
+	// traceparent of its producer span, which the "otel" and "sampled"
+	// consumers parent and link their process spans to (and "plain"
+	// ignores).
 	cfg := kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()}
-	instrument(&cfg, true)
+	inst := benchInst(tenPercent) // 10 % of the records say their trace is sampled
+	cfg.Hooks = []kavari.Hook{inst}
 	k, err := kavari.New(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -141,14 +154,10 @@ func fill(b *testing.B, brokers []string) {
 func BenchmarkPublish(b *testing.B) {
 	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench"))
 	payload := strings.Repeat("x", 60)
-	for _, on := range []bool{false, true, false, true} {
-		name := "plain"
-		if on {
-			name = "otel"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, variant := range variants {
+		b.Run(variant, func(b *testing.B) {
 			cfg := kavari.Config{Brokers: broker.Addrs(), Registry: kavari.NewRegistry(), Logger: quiet()}
-			instrument(&cfg, on)
+			instrument(&cfg, variant)
 			k, err := kavari.New(cfg)
 			if err != nil {
 				b.Fatal(err)

@@ -29,8 +29,8 @@ type procKey struct {
 
 // procInfo is what the process spans and measurements of a procKey share.
 type procInfo struct {
-	name  string               // the span name: "process <topic>"
-	attrs []attribute.KeyValue // the attributes every span has
+	name  string                // the span name: "process <topic>"
+	start trace.SpanStartOption // the attributes every span has
 	// ok and failed are processDuration's attributes when the attempt
 	// succeeded, and when it failed, by errorIndex.
 	ok      metric.MeasurementOption
@@ -45,17 +45,17 @@ func (i *Instrumentation) proc(topic string, partition int, handler string) *pro
 		return v.(*procInfo)
 	}
 	p := &procInfo{name: "process " + topic}
-	p.attrs = []attribute.KeyValue{
+	attrs := []attribute.KeyValue{
 		semconv.MessagingSystemKafka, semconv.MessagingOperationName("process"), semconv.MessagingOperationTypeProcess,
 		semconv.MessagingDestinationName(topic), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)),
 	}
 	if i.cfg.ConsumerGroup != "" {
-		p.attrs = append(p.attrs, semconv.MessagingConsumerGroupName(i.cfg.ConsumerGroup))
+		attrs = append(attrs, semconv.MessagingConsumerGroupName(i.cfg.ConsumerGroup))
 	}
 	if handler != "" {
-		p.attrs = append(p.attrs, AttrHandler.String(handler))
+		attrs = append(attrs, AttrHandler.String(handler))
 	}
-	p.attrs = p.attrs[:len(p.attrs):len(p.attrs)] // appending copies
+	p.start = trace.WithAttributes(attrs...) // the SDK copies them
 	p.ok = i.consumerSet(topic, -1)
 	for e, name := range errorTypes {
 		p.failed[e] = metricSet(attribute.NewSet(append(i.consumerAttrs(topic), semconv.ErrorTypeKey.String(name))...))

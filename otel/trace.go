@@ -276,10 +276,25 @@ func (i *Instrumentation) takeFailed(k attemptKey) (trace.Span, bool) {
 }
 
 // startProcess starts a process span for r, parented by (and linked to) the
-// producer span its headers carry, if any.
+// producer span its headers carry, if any. The attributes of the handler's
+// partition are given at the start, for samplers; those of the record are
+// set once the span records, so that an unsampled record costs no more.
 func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, info *procInfo) (context.Context, trace.Span) {
-	attrs := make([]attribute.KeyValue, len(info.attrs), len(info.attrs)+5)
-	copy(attrs, info.attrs)
+	remote, malformed := i.remote(r.Headers)
+	var span trace.Span
+	if remote.IsValid() {
+		ctx, span = i.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, remote), info.name,
+			consumerKind, info.start, trace.WithLinks(trace.Link{SpanContext: remote}))
+	} else {
+		if malformed {
+			i.m.invalidContext.Add(ctx, 1, info.invalid)
+		}
+		ctx, span = i.tracer.Start(ctx, info.name, consumerKind, info.start)
+	}
+	if !span.IsRecording() {
+		return ctx, span
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
 	attrs = append(attrs, semconv.MessagingKafkaOffset(int(r.Offset)), AttrAttempt.Int(r.Attempt))
 	if r.Key != nil {
 		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(r.Key)))
@@ -290,15 +305,8 @@ func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, in
 	if r.Type != "" {
 		attrs = append(attrs, AttrMessageType.String(r.Type))
 	}
-	remote, malformed := i.remote(r.Headers)
-	if remote.IsValid() {
-		return i.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, remote), info.name,
-			consumerKind, trace.WithAttributes(attrs...), trace.WithLinks(trace.Link{SpanContext: remote}))
-	}
-	if malformed {
-		i.m.invalidContext.Add(ctx, 1, info.invalid)
-	}
-	return i.tracer.Start(ctx, info.name, consumerKind, trace.WithAttributes(attrs...))
+	span.SetAttributes(attrs...)
+	return ctx, span
 }
 
 // OnRetryScheduled adds a retry event to the failed attempt's span and ends
