@@ -69,7 +69,8 @@ type PartitionPosition struct {
 	// HighWatermark is the offset after the partition's last record, as the
 	// broker reported it with the last fetch or, when the partition fetched
 	// nothing for 10 s (idle, or paused behind busy handlers), as kavari
-	// asked for it since; -1 until known.
+	// asked for it since; -1 until known (kavari asks within a second of the
+	// assignment when no fetch told it).
 	HighWatermark int64 `json:"high_watermark"`
 	// Lag is HighWatermark − Committed: records written that the group has
 	// not committed; -1 when either is unknown.

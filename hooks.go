@@ -39,7 +39,10 @@ type HookPublishBefore interface {
 // with the error the caller gets. start is when the first attempt began.
 // Messages refused before sending (invalid, too large) are not reported.
 // For PublishAsync it runs on the async writer, before the callback, with
-// the PublishAsync call's ctx.
+// the PublishAsync call's ctx; a message never sent is reported with the
+// error its callback or TryPublishAsync gets (its ctx ended while queued or
+// while PublishAsync waited for room, the queue was full, or Stop closed
+// it), on the writer or the caller's goroutine.
 type HookPublishAfter interface {
 	OnPublishAfter(ctx context.Context, r *Record, start time.Time, err error)
 }

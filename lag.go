@@ -53,15 +53,25 @@ func (l *lagState) raise(hw int64) {
 // busy handlers), so that their lag shows records they have not fetched.
 var lagRefresh = 10 * time.Second
 
-// lagLoop refreshes stale high watermarks every lagRefresh until the
-// transport's Run returned.
+// lagProbe is how often the engine asks for the end offsets of the
+// partitions whose high watermark it does not know yet: newly assigned ones
+// that fetched nothing (idle), so that their lag shows soon after the
+// assignment. Partitions that fetched cost no request.
+var lagProbe = time.Second
+
+// lagLoop refreshes unknown high watermarks every lagProbe and stale ones
+// every lagRefresh until the transport's Run returned.
 func (e *engine) lagLoop() {
-	t := time.NewTicker(lagRefresh)
-	defer t.Stop()
+	slow := time.NewTicker(lagRefresh)
+	defer slow.Stop()
+	fast := time.NewTicker(lagProbe)
+	defer fast.Stop()
 	for {
 		select {
-		case <-t.C:
-			e.refreshLag()
+		case <-slow.C:
+			e.refreshLag(false)
+		case <-fast.C:
+			e.refreshLag(true)
 		case <-e.runDone:
 			return
 		}
@@ -69,16 +79,17 @@ func (e *engine) lagLoop() {
 }
 
 // refreshLag asks the broker for the end offsets of the partitions whose
-// high watermark is older than lagRefresh. On failure Health keeps the last
-// known ones.
-func (e *engine) refreshLag() {
+// high watermark is unknown (unknownOnly) or older than lagRefresh. On
+// failure Health keeps the last known ones.
+func (e *engine) refreshLag(unknownOnly bool) {
 	stale := time.Now().Add(-lagRefresh).UnixNano()
 	var ps []*partition
 	var tps []transport.TopicPartition
 	for _, p := range e.partitions() {
-		if p.lag.at.Load() < stale {
-			ps, tps = append(ps, p), append(tps, p.tp)
+		if unknownOnly && p.lag.highWater.Load() >= 0 || !unknownOnly && p.lag.at.Load() >= stale {
+			continue
 		}
+		ps, tps = append(ps, p), append(tps, p.tp)
 	}
 	if len(tps) == 0 {
 		return

@@ -311,9 +311,20 @@ func (p *publisher) push(ctx context.Context, msg Msg, cb func(Receipt, error), 
 		return nil, err
 	}
 	if err := p.queueFor(rec.Key).push(ctx, asyncItem{ctx: ctx, msg: msg, rec: rec, cb: cb}, mode, p.writers.has); err != nil {
+		p.notSent(ctx, &rec, err)
 		return &rec, err
 	}
 	return nil, nil
+}
+
+// notSent reports to the HookPublishAfter hooks a record that their
+// HookPublishBefore counterparts saw but that was never sent: it was not
+// queued, or its context ended while it was.
+func (p *publisher) notSent(ctx context.Context, rec *transport.Record, err error) {
+	if p.hooks == nil || len(p.hooks.pubAfter) == 0 {
+		return
+	}
+	p.hooks.publishAfter(ctx, nil, []*transport.Record{rec}, time.Now(), []error{err})
 }
 
 // queueFor picks the async writer of a key: always the same one, so one
@@ -349,7 +360,9 @@ func (p *publisher) asyncLoop(queue *asyncQueue, id *atomic.Int64) {
 		live := items[:0]
 		for _, it := range items {
 			if it.ctx.Err() != nil {
-				p.callback(it, p.expired(it), false)
+				err := p.expired(it)
+				p.notSent(it.ctx, &it.rec, err)
+				p.callback(it, err, false)
 				continue
 			}
 			live = append(live, it)

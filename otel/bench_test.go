@@ -4,10 +4,15 @@ package kavariotel_test
 //
 //	go test -run '^$' -bench . -benchmem ./otel
 //
-// BenchmarkConsume handles the same pre-published records with a no-op
-// handler, "plain" without instrumentation, "otel" with tracing (always
-// sampling, spans to a no-op exporter) and metrics (SDK meter, manual
-// reader) on. BenchmarkPublish publishes batches of 100 the same two ways.
+// BenchmarkConsume handles the same pre-published records (with trace
+// context headers) with a no-op handler, "plain" without instrumentation,
+// "otel" with tracing (always sampling, spans to a no-op exporter) and
+// metrics (SDK meter, manual reader) on, "sampled" the same with 10 % of
+// the traces sampled (the producer's decision, ParentBased). ns/msg is the
+// wall time from the first record handled to the last, cpu-ns/msg the
+// process's CPU time (kavari, the embedded broker, the span processor) from
+// Start to the last record. BenchmarkPublish publishes batches of 100 the
+// same ways.
 
 import (
 	"context"
@@ -36,19 +41,32 @@ type benchMsg struct {
 	Payload        string `json:"payload"`
 }
 
-// benchInst returns an Instrumentation that samples every span and exports
-// them nowhere.
-func benchInst() *kavariotel.Instrumentation {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+// benchInst returns an Instrumentation whose spans sampler samples and
+// exports nowhere.
+func benchInst(sampler sdktrace.Sampler) *kavariotel.Instrumentation {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sampler), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
 	return kavariotel.New(kavariotel.Config{TracerProvider: tp, MeterProvider: mp, ConsumerGroup: "bench"})
 }
 
-func instrument(cfg *kavari.Config, on bool) {
-	if !on {
+// The variants of a benchmark: "plain" installs nothing; "otel" traces
+// (sampling every span) and measures; "sampled" does so with a sampler that
+// follows the producer's decision and samples 10 % of new traces.
+var variants = []string{"plain", "otel", "sampled", "plain", "otel", "sampled"}
+
+// tenPercent samples 10 % of new traces and follows the parent's decision.
+var tenPercent = sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.1))
+
+func instrument(cfg *kavari.Config, variant string) {
+	var inst *kavariotel.Instrumentation
+	switch variant {
+	case "otel":
+		inst = benchInst(sdktrace.AlwaysSample())
+	case "sampled":
+		inst = benchInst(tenPercent)
+	default:
 		return
 	}
-	inst := benchInst()
 	cfg.Hooks = []kavari.Hook{inst}
 	cfg.Middleware = []kavari.Middleware{inst.Middleware()}
 }
@@ -57,13 +75,9 @@ func BenchmarkConsume(b *testing.B) {
 	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench", "kavari-otel-bench.dlq"))
 	brokers := broker.Addrs()
 	fill(b, brokers)
-	for _, on := range []bool{false, true, false, true} {
-		name := "plain"
-		if on {
-			name = "otel"
-		}
-		b.Run(name, func(b *testing.B) {
-			var busy time.Duration
+	for _, variant := range variants {
+		b.Run(variant, func(b *testing.B) {
+			var busy, cpu time.Duration
 			iterations := 0
 			for b.Loop() {
 				iterations++
@@ -82,11 +96,12 @@ func BenchmarkConsume(b *testing.B) {
 					b.Fatal(err)
 				}
 				cfg := kavari.Config{Brokers: brokers, Registry: reg, Logger: quiet(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("bench")}}
-				instrument(&cfg, on)
+				instrument(&cfg, variant)
 				k, err := kavari.New(cfg)
 				if err != nil {
 					b.Fatal(err)
 				}
+				cpu0 := cpuTime()
 				if err := k.Start(context.Background()); err != nil {
 					b.Fatal(err)
 				}
@@ -95,19 +110,28 @@ func BenchmarkConsume(b *testing.B) {
 				case <-time.After(2 * time.Minute):
 					b.Fatalf("%d of %d records handled", n.Load(), benchN)
 				}
+				cpu += cpuTime() - cpu0
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				_ = k.Stop(ctx)
 				cancel()
 				busy += time.Duration(last.Load() - first.Load())
 			}
 			b.ReportMetric(float64(busy.Nanoseconds())/float64(iterations*benchN), "ns/msg")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(iterations*benchN), "cpu-ns/msg")
 		})
 	}
 }
 
 func fill(b *testing.B, brokers []string) {
 	b.Helper()
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()})
+	// Published traced, as a traced service would: each record carries the
+	// traceparent of its producer span, which the "otel" and "sampled"
+	// consumers parent and link their process spans to (and "plain"
+	// ignores).
+	cfg := kavari.Config{Brokers: brokers, Registry: kavari.NewRegistry(), Logger: quiet()}
+	inst := benchInst(tenPercent) // 10 % of the records say their trace is sampled
+	cfg.Hooks = []kavari.Hook{inst}
+	k, err := kavari.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -130,14 +154,10 @@ func fill(b *testing.B, brokers []string) {
 func BenchmarkPublish(b *testing.B) {
 	broker := kavaritest.NewBroker(b, kavaritest.Partitions(3), kavaritest.Topics("kavari-otel-bench"))
 	payload := strings.Repeat("x", 60)
-	for _, on := range []bool{false, true, false, true} {
-		name := "plain"
-		if on {
-			name = "otel"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, variant := range variants {
+		b.Run(variant, func(b *testing.B) {
 			cfg := kavari.Config{Brokers: broker.Addrs(), Registry: kavari.NewRegistry(), Logger: quiet()}
-			instrument(&cfg, on)
+			instrument(&cfg, variant)
 			k, err := kavari.New(cfg)
 			if err != nil {
 				b.Fatal(err)

@@ -38,6 +38,7 @@ package kavariotel
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
@@ -75,13 +76,23 @@ type Instrumentation struct {
 	prop   propagation.TextMapPropagator
 	m      *instruments
 
+	// w3c: the propagator is the default, W3C trace context, which
+	// kavariotel reads and writes itself, sparing the propagator's
+	// allocations.
+	w3c bool
+
 	// sends holds the producer spans between OnPublishBefore and
 	// OnPublishAfter, by span id (the id travels in the record's headers).
-	sends sync.Map // trace.SpanID → trace.Span
+	sends spanShards[trace.SpanID]
 	// failed holds the process spans of attempts that failed until the
-	// retry or dead-letter hook adds its event and ends them.
-	failed sync.Map // attemptKey → trace.Span
-	sets   sync.Map // setKey → metric.MeasurementOption
+	// retry or dead-letter hook adds its event and ends them; nfailed
+	// counts them.
+	failed    sync.Map // attemptKey → trace.Span
+	nfailed   atomic.Int64
+	sets      sync.Map // setKey → metric.MeasurementOption
+	procs     sync.Map // procKey → *procInfo
+	fetched   sync.Map // setKey → *fetchCount
+	sendInfos sync.Map // topic → *sendInfo
 }
 
 // New returns an Instrumentation for cfg.
@@ -92,15 +103,20 @@ func New(cfg Config) *Instrumentation {
 	if cfg.MeterProvider == nil {
 		cfg.MeterProvider = otel.GetMeterProvider()
 	}
-	if cfg.Propagator == nil {
+	w3c := cfg.Propagator == nil
+	if w3c {
 		cfg.Propagator = propagation.TraceContext{}
 	}
 	i := &Instrumentation{
 		cfg:    cfg,
 		tracer: cfg.TracerProvider.Tracer(ScopeName, trace.WithInstrumentationVersion(version)),
 		prop:   cfg.Propagator,
+		w3c:    w3c,
 	}
 	i.m = newInstruments(cfg.MeterProvider.Meter(ScopeName, metric.WithInstrumentationVersion(version)))
+	// The registration lasts as long as the MeterProvider: one
+	// Instrumentation serves one Client for its lifetime.
+	_, _ = i.m.meter.RegisterCallback(i.observeFetched, i.m.consumed)
 	return i
 }
 

@@ -3,6 +3,7 @@ package kavariotel
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -17,7 +18,7 @@ import (
 const (
 	MetricSent            = "messaging.client.sent.messages"      // Counter, {message}: publishes acknowledged or given up (error.type)
 	MetricSendDuration    = "messaging.client.operation.duration" // Histogram, s: a publish, retries included
-	MetricConsumed        = "messaging.client.consumed.messages"  // Counter, {message}: records fetched
+	MetricConsumed        = "messaging.client.consumed.messages"  // Counter (observable), {message}: records fetched
 	MetricProcessDuration = "messaging.process.duration"          // Histogram, s: one handler attempt (error.type when it failed)
 	MetricRetries         = "kavari.consumer.retries"             // Counter, {retry}: handler retries scheduled
 	MetricDeadLetters     = "kavari.consumer.dead_letters"        // Counter, {message}: dead letters written, by kavari.error.kind
@@ -34,9 +35,10 @@ const (
 const AttrRebalanceType = attribute.Key("kavari.rebalance.type")
 
 type instruments struct {
-	meter                                                            metric.Meter
-	sent, consumed, retries, deadLetters, rebalances, invalidContext metric.Int64Counter
-	sendDuration, processDuration, commitDuration                    metric.Float64Histogram
+	meter                                                  metric.Meter
+	sent, retries, deadLetters, rebalances, invalidContext metric.Int64Counter
+	consumed                                               metric.Int64ObservableCounter
+	sendDuration, processDuration, commitDuration          metric.Float64Histogram
 }
 
 // durationBuckets suit messaging latencies, in seconds (the conventions'
@@ -54,7 +56,7 @@ func newInstruments(m metric.Meter) *instruments {
 		return h
 	}
 	in.sent = counter(MetricSent, "{message}", "Messages published: acknowledged, or given up on (error.type).")
-	in.consumed = counter(MetricConsumed, "{message}", "Records fetched by the consumer.")
+	in.consumed, _ = m.Int64ObservableCounter(MetricConsumed, metric.WithUnit("{message}"), metric.WithDescription("Records fetched by the consumer."))
 	in.retries = counter(MetricRetries, "{retry}", "Handler retries scheduled.")
 	in.deadLetters = counter(MetricDeadLetters, "{message}", "Dead letters written, by kavari.error.kind.")
 	in.rebalances = counter(MetricRebalances, "{rebalance}", "Partitions assigned, revoked or lost, by kavari.rebalance.type.")
@@ -98,9 +100,33 @@ func (i *Instrumentation) consumerAttrs(topic string) []attribute.KeyValue {
 	return attrs
 }
 
+// fetchCount counts the records fetched from one partition. The counter is
+// observed at collection: a transport may report records one at a time, and
+// an atomic add costs a fraction of a synchronous measurement.
+type fetchCount struct {
+	n   atomic.Int64
+	set metric.ObserveOption
+}
+
 // OnFetched counts consumed records. It implements kavari.HookFetched.
 func (i *Instrumentation) OnFetched(topic string, partition, count int, _, _ int64) {
-	i.m.consumed.Add(context.Background(), int64(count), i.consumerSet(topic, partition))
+	k := setKey{topic, partition}
+	v, ok := i.fetched.Load(k)
+	if !ok {
+		attrs := append(i.consumerAttrs(topic), semconv.MessagingOperationName("receive"), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)))
+		v, _ = i.fetched.LoadOrStore(k, &fetchCount{set: metric.WithAttributeSet(attribute.NewSet(attrs...))})
+	}
+	v.(*fetchCount).n.Add(int64(count))
+}
+
+// observeFetched reports the records fetched per partition.
+func (i *Instrumentation) observeFetched(_ context.Context, o metric.Observer) error {
+	i.fetched.Range(func(_, v any) bool {
+		c := v.(*fetchCount)
+		o.ObserveInt64(i.m.consumed, c.n.Load(), c.set)
+		return true
+	})
+	return nil
 }
 
 // OnAssigned counts a rebalance. It implements kavari.HookAssigned.

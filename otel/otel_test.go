@@ -23,6 +23,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testtransport"
 	kavariotel "github.com/kavari-go/kavari/otel"
 )
 
@@ -99,6 +100,7 @@ func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrum
 			Partitions: 1,
 		},
 	}
+	testtransport.Use(&cfg)
 	if instrumented {
 		cfg.Hooks = []kavari.Hook{s.inst}
 		cfg.Middleware = []kavari.Middleware{s.inst.Middleware()}
@@ -369,4 +371,24 @@ func TestLagGauge(t *testing.T) {
 	eventually(t, func() bool { return lag() == 5 }, func() string { return fmt.Sprintf("lag never reached 5: %d, %+v", lag(), k.Health().Positions) })
 	close(release)
 	eventually(t, func() bool { return lag() == 0 }, func() string { return fmt.Sprintf("lag never fell to 0: %d, %+v", lag(), k.Health().Positions) })
+}
+
+// gauge returns the value of gauge name at the point whose attributes
+// include want, and whether there is one.
+func (s *setup) gauge(t *testing.T, name string, want ...attribute.KeyValue) (int64, bool) {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, s.reader.Collect(context.Background(), &rm))
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if d, ok := m.Data.(metricdata.Gauge[int64]); ok && m.Name == name {
+				for _, p := range d.DataPoints {
+					if has(p.Attributes, want) {
+						return p.Value, true
+					}
+				}
+			}
+		}
+	}
+	return 0, false
 }

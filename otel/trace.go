@@ -102,56 +102,108 @@ func (c extractor) Keys() []string {
 	return keys
 }
 
+// Span start options every producer or consumer span has.
+var (
+	sendStart = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+		semconv.MessagingSystemKafka, semconv.MessagingOperationName("send"), semconv.MessagingOperationTypeSend)}
+	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+)
+
 // OnPublishBefore starts the producer span of a message, child of the span
 // in ctx, and returns the headers that carry its context. It implements
 // kavari.HookPublishBefore.
 func (i *Instrumentation) OnPublishBefore(ctx context.Context, _ kavari.Msg) []kavari.Header {
-	ctx, span := i.tracer.Start(ctx, "send", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
-		semconv.MessagingSystemKafka, semconv.MessagingOperationName("send"), semconv.MessagingOperationTypeSend))
-	var hs injector
-	i.prop.Inject(ctx, &hs)
+	ctx, span := i.tracer.Start(ctx, "send", sendStart...)
+	sc := span.SpanContext()
+	var hs []kavari.Header
+	if i.w3c {
+		if !sc.IsValid() {
+			return nil
+		}
+		tp := formatTraceparent(sc)
+		ts := sc.TraceState().String()
+		n := 2
+		if ts != "" {
+			n = 4
+		}
+		hs = make([]kavari.Header, 0, n)
+		hs = append(hs, kavari.Header{Key: HeaderTraceparent, Value: tp}, kavari.Header{Key: HeaderCETraceparent, Value: tp})
+		if ts != "" {
+			hs = append(hs, kavari.Header{Key: HeaderTracestate, Value: []byte(ts)}, kavari.Header{Key: HeaderCETracestate, Value: []byte(ts)})
+		}
+	} else {
+		var in injector
+		i.prop.Inject(ctx, &in)
+		hs = in
+	}
 	if span.IsRecording() {
-		i.sends.Store(span.SpanContext().SpanID(), span)
+		id := sc.SpanID()
+		i.sends.store(id[7], id, span)
 	}
 	return hs
+}
+
+// remote returns the span context r's headers carry, and whether they
+// carry a traceparent that is malformed.
+func (i *Instrumentation) remote(hs []kavari.Header) (sc trace.SpanContext, malformed bool) {
+	if i.w3c {
+		tp, ok := traceparentOf(hs)
+		if !ok {
+			return sc, false
+		}
+		c, ok := parseTraceparent(tp)
+		if !ok {
+			return sc, len(tp) > 0
+		}
+		c.Remote = true
+		if ts := tracestateOf(hs); ts != "" {
+			c.TraceState, _ = trace.ParseTraceState(ts) // a bad tracestate does not void the traceparent
+		}
+		return trace.NewSpanContext(c), false
+	}
+	carrier := extractor(hs)
+	sc = trace.SpanContextFromContext(i.prop.Extract(context.Background(), carrier))
+	return sc, !sc.IsValid() && carrier.Get(HeaderTraceparent) != ""
 }
 
 // OnPublishAfter ends the producer span of r and counts it. It implements
 // kavari.HookPublishAfter.
 func (i *Instrumentation) OnPublishAfter(ctx context.Context, r *kavari.Record, start time.Time, err error) {
-	attrs := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingOperationName("send"), semconv.MessagingDestinationName(r.Topic)}
+	info := i.send(r.Topic)
+	set := info.ok
 	if err != nil {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(err)))
+		set = info.failed[errorIndex(err)]
 	}
-	set := attribute.NewSet(attrs...)
-	i.m.sent.Add(ctx, 1, metricSet(set))
-	i.m.sendDuration.Record(ctx, time.Since(start).Seconds(), metricSet(set))
+	i.m.sent.Add(ctx, 1, set)
+	i.m.sendDuration.Record(ctx, time.Since(start).Seconds(), set)
 
-	sc := trace.SpanContextFromContext(i.prop.Extract(context.Background(), extractor(r.Headers)))
-	v, ok := i.sends.LoadAndDelete(sc.SpanID())
+	sc, _ := i.remote(r.Headers)
+	id := sc.SpanID()
+	span, ok := i.sends.take(id[7], id)
 	if !ok {
 		return
 	}
-	span := v.(trace.Span)
-	span.SetName("send " + r.Topic)
-	span.SetAttributes(semconv.MessagingDestinationName(r.Topic))
+	span.SetName(info.name)
+	attrs := make([]attribute.KeyValue, 0, 6)
+	attrs = append(attrs, info.dest)
 	if err == nil {
-		span.SetAttributes(semconv.MessagingDestinationPartitionID(strconv.Itoa(r.Partition)), semconv.MessagingKafkaOffset(int(r.Offset)))
+		attrs = append(attrs, semconv.MessagingDestinationPartitionID(strconv.Itoa(r.Partition)), semconv.MessagingKafkaOffset(int(r.Offset)))
 	}
 	if r.Key != nil {
-		span.SetAttributes(semconv.MessagingKafkaMessageKey(string(r.Key)))
+		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(r.Key)))
 	}
 	if r.ID != "" {
-		span.SetAttributes(semconv.MessagingMessageID(r.ID))
+		attrs = append(attrs, semconv.MessagingMessageID(r.ID))
 	}
 	if r.Type != "" {
-		span.SetAttributes(AttrMessageType.String(r.Type))
+		attrs = append(attrs, AttrMessageType.String(r.Type))
 	}
 	if err != nil {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(err)))
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
 	}
+	span.SetAttributes(attrs...)
 	span.End()
 }
 
@@ -174,29 +226,26 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 				return next(ctx, msg)
 			}
 			handler := kavari.HandlerName(ctx)
-			key := attemptKey{r.Topic, r.Partition, r.Offset, handler}
-			if v, ok := i.failed.LoadAndDelete(key); ok {
-				v.(trace.Span).End() // no hook ended the previous attempt's span
+			info := i.proc(r.Topic, r.Partition, handler)
+			if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
+				span.End() // no hook ended the previous attempt's span
 			}
-			ctx, span := i.startProcess(ctx, r, handler)
+			ctx, span := i.startProcess(ctx, r, info)
 			start := time.Now()
 			err := next(ctx, msg)
 			took := time.Since(start).Seconds()
 			if err == nil {
-				i.m.processDuration.Record(ctx, took, i.consumerSet(r.Topic, -1))
-			} else {
-				attrs := append(i.consumerAttrs(r.Topic), semconv.ErrorTypeKey.String(errorType(err)))
-				i.m.processDuration.Record(ctx, took, metricSet(attribute.NewSet(attrs...)))
-			}
-			if err == nil {
+				i.m.processDuration.Record(ctx, took, info.ok)
 				span.End()
 				return nil
 			}
+			e := errorIndex(err)
+			i.m.processDuration.Record(ctx, took, info.failed[e])
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
-			span.SetAttributes(semconv.ErrorTypeKey.String(errorType(err)))
+			span.SetAttributes(semconv.ErrorTypeKey.String(errorTypes[e]))
 			if span.IsRecording() {
-				i.failed.Store(key, span) // ended by the retry or dead-letter hook
+				i.storeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}, span) // ended by the retry or dead-letter hook
 			} else {
 				span.End()
 			}
@@ -205,31 +254,48 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 	}
 }
 
-// startProcess starts a process span for r, parented by (and linked to) the
-// producer span its headers carry, if any.
-func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, handler string) (context.Context, trace.Span) {
-	carrier := extractor(r.Headers)
-	remote := trace.SpanContextFromContext(i.prop.Extract(context.Background(), carrier))
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(i.processAttrs(r, handler)...)}
-	parent := ctx
-	if remote.IsValid() {
-		parent = trace.ContextWithRemoteSpanContext(ctx, remote)
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: remote}))
-	} else if carrier.Get(HeaderTraceparent) != "" {
-		i.m.invalidContext.Add(ctx, 1, metricSet(attribute.NewSet(semconv.MessagingSystemKafka, semconv.MessagingDestinationName(r.Topic))))
+// storeFailed keeps the span of a failed attempt until a hook ends it.
+func (i *Instrumentation) storeFailed(k attemptKey, span trace.Span) {
+	if _, loaded := i.failed.Swap(k, span); !loaded {
+		i.nfailed.Add(1)
 	}
-	return i.tracer.Start(parent, "process "+r.Topic, opts...)
 }
 
-func (i *Instrumentation) processAttrs(r *kavari.Record, handler string) []attribute.KeyValue {
-	attrs := []attribute.KeyValue{
-		semconv.MessagingSystemKafka, semconv.MessagingOperationName("process"), semconv.MessagingOperationTypeProcess,
-		semconv.MessagingDestinationName(r.Topic), semconv.MessagingDestinationPartitionID(strconv.Itoa(r.Partition)),
-		semconv.MessagingKafkaOffset(int(r.Offset)), AttrAttempt.Int(r.Attempt),
+// takeFailed removes and returns the span of k's failed attempt. Without
+// any, as when no handler fails, it costs no map lookup.
+func (i *Instrumentation) takeFailed(k attemptKey) (trace.Span, bool) {
+	if i.nfailed.Load() == 0 {
+		return nil, false
 	}
-	if i.cfg.ConsumerGroup != "" {
-		attrs = append(attrs, semconv.MessagingConsumerGroupName(i.cfg.ConsumerGroup))
+	v, ok := i.failed.LoadAndDelete(k)
+	if !ok {
+		return nil, false
 	}
+	i.nfailed.Add(-1)
+	return v.(trace.Span), true
+}
+
+// startProcess starts a process span for r, parented by (and linked to) the
+// producer span its headers carry, if any. The attributes of the handler's
+// partition are given at the start, for samplers; those of the record are
+// set once the span records, so that an unsampled record costs no more.
+func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, info *procInfo) (context.Context, trace.Span) {
+	remote, malformed := i.remote(r.Headers)
+	var span trace.Span
+	if remote.IsValid() {
+		ctx, span = i.tracer.Start(trace.ContextWithRemoteSpanContext(ctx, remote), info.name,
+			consumerKind, info.start, trace.WithLinks(trace.Link{SpanContext: remote}))
+	} else {
+		if malformed {
+			i.m.invalidContext.Add(ctx, 1, info.invalid)
+		}
+		ctx, span = i.tracer.Start(ctx, info.name, consumerKind, info.start)
+	}
+	if !span.IsRecording() {
+		return ctx, span
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
+	attrs = append(attrs, semconv.MessagingKafkaOffset(int(r.Offset)), AttrAttempt.Int(r.Attempt))
 	if r.Key != nil {
 		attrs = append(attrs, semconv.MessagingKafkaMessageKey(string(r.Key)))
 	}
@@ -239,18 +305,15 @@ func (i *Instrumentation) processAttrs(r *kavari.Record, handler string) []attri
 	if r.Type != "" {
 		attrs = append(attrs, AttrMessageType.String(r.Type))
 	}
-	if handler != "" {
-		attrs = append(attrs, AttrHandler.String(handler))
-	}
-	return attrs
+	span.SetAttributes(attrs...)
+	return ctx, span
 }
 
 // OnRetryScheduled adds a retry event to the failed attempt's span and ends
 // it, and counts the retry. It implements kavari.HookRetryScheduled.
 func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, handler string, wait time.Duration, err error) {
 	i.m.retries.Add(context.Background(), 1, i.consumerSet(r.Topic, -1))
-	if v, ok := i.failed.LoadAndDelete(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
-		span := v.(trace.Span)
+	if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
 		span.AddEvent(EventRetryScheduled, trace.WithAttributes(AttrAttempt.Int(r.Attempt), AttrRetryWait.Int64(wait.Milliseconds())))
 		span.End()
 	}
@@ -263,13 +326,12 @@ func (i *Instrumentation) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind
 	attrs := append(i.consumerAttrs(r.Topic), AttrErrorKind.String(string(kind)))
 	i.m.deadLetters.Add(context.Background(), 1, metricSet(attribute.NewSet(attrs...)))
 	ev := trace.WithAttributes(AttrErrorKind.String(string(kind)), AttrAttempt.Int(r.Attempt))
-	if v, ok := i.failed.LoadAndDelete(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
-		span := v.(trace.Span)
+	if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
 		span.AddEvent(EventDeadLettered, ev)
 		span.End()
 		return
 	}
-	_, span := i.startProcess(context.Background(), r, handler)
+	_, span := i.startProcess(context.Background(), r, i.proc(r.Topic, r.Partition, handler))
 	span.AddEvent(EventDeadLettered, ev)
 	if err != nil {
 		span.RecordError(err)
@@ -286,8 +348,10 @@ func (i *Instrumentation) endFailed(m map[string][]int) {
 		key := k.(attemptKey)
 		for _, p := range m[key.topic] {
 			if p == key.partition {
-				i.failed.Delete(k)
-				v.(trace.Span).End()
+				if _, ok := i.failed.LoadAndDelete(k); ok {
+					i.nfailed.Add(-1)
+					v.(trace.Span).End()
+				}
 			}
 		}
 		return true
@@ -295,22 +359,25 @@ func (i *Instrumentation) endFailed(m map[string][]int) {
 }
 
 // errorType is a low-cardinality error.type for err.
-func errorType(err error) string {
+func errorType(err error) string { return errorTypes[errorIndex(err)] }
+
+// errorIndex is the index in errorTypes of err's error.type.
+func errorIndex(err error) int {
 	switch {
 	case errors.Is(err, context.Canceled):
-		return "canceled"
+		return 0
 	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
+		return 1
 	case errors.Is(err, kavari.ErrTooLarge):
-		return "too_large"
+		return 2
 	case errors.Is(err, kavari.ErrUnknownTopic):
-		return "unknown_topic"
+		return 3
 	case errors.Is(err, kavari.ErrInvalid):
-		return "invalid"
+		return 4
 	}
 	var pe *kavari.PanicError
 	if errors.As(err, &pe) {
-		return "panic"
+		return 5
 	}
-	return "_OTHER"
+	return 6
 }
