@@ -80,7 +80,7 @@ KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "$
 # ...the broker tests once more on franz-go (every test that builds a Config
 # reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
 broker_pkgs=(. github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
-  github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/...)
+  github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/... github.com/kavari-go/kavari/otel/...)
 step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
 KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"
 # ...then a short fuzzing run of record decoding (no broker needed).
