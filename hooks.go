@@ -36,7 +36,8 @@ type HookPublishBefore interface {
 // HookPublishAfter is called once per message a publish wrote or gave up
 // on, after its retries, for sync, batch and async publishes alike: with the
 // record as acknowledged (its partition and offset set) and a nil err, or
-// with the error the caller gets. start is when the first attempt began.
+// with the error the caller gets (partition and offset -1, as in Receipt).
+// start is when the first attempt began.
 // Messages refused before sending (invalid, too large) are not reported.
 // For PublishAsync it runs on the async writer, before the callback, with
 // the PublishAsync call's ctx; a message never sent is reported with the
@@ -188,6 +189,9 @@ func (h *hooks) publishAfter(ctx context.Context, ctxs []context.Context, recs [
 			err = errs[i]
 		}
 		r := recordOf(rec, 0)
+		if err != nil {
+			r.Partition, r.Offset = -1, -1 // not stored (or not known to be)
+		}
 		c := ctx
 		if ctxs != nil {
 			c = ctxs[i]

@@ -44,13 +44,13 @@ func TestHooksPublishAsyncNotSent(t *testing.T) {
 		require.ErrorIs(t, <-errs, context.Canceled, "b")
 		require.NoError(t, stopNow(t, k))
 		lines := rec.got()
-		// An unsent record's partition and offset mean nothing: err says it.
+		// An unsent record has no partition or offset: -1, as in a Receipt.
 		assert.Len(t, only(lines, "before"), 4)
 		assert.Equal(t, []string{
 			"after eng/0@0 x-hook=1 err=false",
-			"after eng/0@0 x-hook=1 err=true",
-			"after eng/0@0 x-hook=1 err=true",
-			"after eng/0@0 x-hook=1 err=true",
+			"after eng/-1@-1 x-hook=1 err=true",
+			"after eng/-1@-1 x-hook=1 err=true",
+			"after eng/-1@-1 x-hook=1 err=true",
 		}, only(lines, "after"))
 	})
 }
