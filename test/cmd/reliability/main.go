@@ -227,6 +227,22 @@ func testResults(out string) map[string]string {
 	return res
 }
 
+// result is go test's verdict on row's test: from the pass of the row's
+// transport or, for a test that chose its transport itself (and was skipped
+// in the other pass), from the pass where it ran.
+func (r *report) result(row ledger.Row) string {
+	res := r.results[row.Transport+"/"+row.Test]
+	if res != "" && !strings.HasPrefix(res, "SKIP") {
+		return res
+	}
+	for k, v := range r.results {
+		if strings.HasSuffix(k, "/"+row.Test) && !strings.HasPrefix(v, "SKIP") {
+			return v
+		}
+	}
+	return res
+}
+
 func lastMatch(s, pattern string) string {
 	ms := regexp.MustCompile(pattern).FindAllStringSubmatch(s, -1)
 	if len(ms) == 0 {
@@ -317,7 +333,7 @@ func (r *report) render() string {
 			}
 		}
 		status := row.Status
-		if res := r.results[row.Transport+"/"+row.Test]; res != "" {
+		if res := r.result(row); res != "" {
 			status = res
 		}
 		if len(row.Bugs) > 0 {
