@@ -65,9 +65,11 @@ type partition struct {
 	// skip are the offsets the previous owner completed beyond the
 	// committed one (from the commit's metadata): the feeder marks them
 	// done without handling them. Only the feeder touches it.
-	skip     []offsetRun
-	mu       sync.Mutex
-	lanes    map[string]*lane
+	skip []offsetRun
+	mu   sync.Mutex
+	// lanes holds, per key being handled, the records queued behind the
+	// one in hand (an empty queue: the key is busy, nothing waits).
+	lanes    map[string][]*job
 	inflight sync.WaitGroup
 
 	// stuck says, by offset, why records cannot complete, when kavari knows
@@ -101,12 +103,13 @@ type partition struct {
 	lag lagState // for Health
 }
 
-// lane holds the records waiting behind the one being handled for a key.
-type lane struct{ queue []*job }
-
+// job is one dispatched record.
 type job struct {
 	rec *transport.Record
 	seq int64
+	// ctx is the context of the record's first handler attempt, allocated
+	// with the job and never changed (a handler may keep it).
+	ctx handlerCtx
 }
 
 // Assigned starts the partitions parts in generation gen: their state,
@@ -122,7 +125,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		}
 		p := &partition{
 			tp: a.TopicPartition, topic: a.Topic, id: int(a.Partition), tracker: newOffsetTracker(),
-			committed: max(a.Offset, -1), lanes: map[string]*lane{},
+			committed: max(a.Offset, -1), lanes: map[string][]*job{},
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
 		p.lag.init(a.Offset)
@@ -248,9 +251,11 @@ func (e *engine) drainBudget() time.Duration {
 	return budget
 }
 
-// Records queues recs for partition tp's feeder. It never blocks: when the
-// partition has its share of records waiting, the transport is asked to
-// pause it.
+// Records queues recs for partition tp's feeder. It never blocks: when
+// recs arrive while the partition already has its share of records waiting,
+// the transport is asked to pause it (so one fetch beyond the share is taken
+// without pausing: a client that fetches many records at once, and drops
+// what it buffered for a paused partition, is not paused at every fetch).
 func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, hw int64) {
 	e.mu.Lock()
 	p := e.parts[tp]
@@ -261,11 +266,11 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 	p.noteFetched(recs, hw)
 	e.k.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
-	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
 		p.paused = true
 		e.cons.Pause(tp)
 	}
+	p.pending = append(p.pending, recs...)
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -304,8 +309,10 @@ func (e *engine) Error(err error) {
 }
 
 // next returns p's next record, waiting for one; false when p's fetching
-// ended. While none is waiting and the partition is paused, it resumes the
-// partition as soon as the partition has room.
+// ended. A paused partition is resumed once at most half its share of
+// records is waiting and it has room for more open records, so that the
+// next fetch overlaps with handling those; when none is waiting, as soon as
+// it has room.
 func (e *engine) next(p *partition) (*transport.Record, bool) {
 	for {
 		p.mu.Lock()
@@ -313,6 +320,10 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 			rec := p.pending[0]
 			p.pending[0] = nil
 			p.pending = p.pending[1:]
+			if p.paused && int64(len(p.pending)) <= p.share.Load()/2 && e.hasRoom(p) {
+				p.paused = false
+				e.cons.Resume(p.tp)
+			}
 			p.mu.Unlock()
 			return rec, true
 		}
@@ -465,8 +476,9 @@ func (e *engine) done(p *partition, j *job) {
 // (PerKey) or partition (PerPartition), or straight to a goroutine.
 func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
+	j.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
 	p.inflight.Add(1)
-	var key string
+	var key []byte
 	switch e.k.cfg.Consume.Ordering {
 	case Unordered:
 		e.k.submit(task{e: e, p: p, j: j})
@@ -476,27 +488,27 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 			e.k.submit(task{e: e, p: p, j: j}) // no key, no order to keep
 			return
 		}
-		key = string(rec.Key)
+		key = rec.Key
 	}
 	p.mu.Lock()
-	if l := p.lanes[key]; l != nil {
-		l.queue = append(l.queue, j)
+	if q, busy := p.lanes[string(key)]; busy {
+		p.lanes[string(key)] = append(q, j)
 		p.mu.Unlock()
 		return
 	}
-	l := &lane{}
-	p.lanes[key] = l
+	p.lanes[string(key)] = nil
 	p.mu.Unlock()
-	e.k.submit(task{e: e, p: p, key: key, l: l, j: j})
+	e.k.submit(task{e: e, p: p, key: key, ordered: true, j: j})
 }
 
-// task is a lane to run: its first record j, then whatever queues behind it.
+// task is a lane to run: its first record j, then, when ordered, whatever
+// queues behind it for key (the partition's lane when key is nil).
 type task struct {
-	e   *engine
-	p   *partition
-	key string
-	l   *lane // nil: j alone, no order to keep
-	j   *job
+	e       *engine
+	p       *partition
+	key     []byte
+	ordered bool
+	j       *job
 }
 
 // submit hands t to an idle worker, or starts one. Workers are reused: a
@@ -544,7 +556,7 @@ func (k *Client) worker(t task) {
 	idle := time.NewTimer(k.workerIdle)
 	defer idle.Stop()
 	for {
-		t.e.runLane(t.p, t.key, t.l, t.j)
+		t.e.runLane(t.p, t.key, t.ordered, t.j)
 		idle.Reset(k.workerIdle)
 		var ok bool
 		select {
@@ -558,22 +570,24 @@ func (k *Client) worker(t task) {
 	}
 }
 
-// runLane handles j, then every record queued behind it on lane l.
-func (e *engine) runLane(p *partition, key string, l *lane, j *job) {
+// runLane handles j, then, when ordered, every record queued behind it for
+// key.
+func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
 	for {
 		e.process(p, j)
-		if l == nil {
+		if !ordered {
 			return
 		}
 		p.mu.Lock()
-		if len(l.queue) == 0 {
-			delete(p.lanes, key)
+		q := p.lanes[string(key)]
+		if len(q) == 0 {
+			delete(p.lanes, string(key))
 			p.mu.Unlock()
 			return
 		}
-		j = l.queue[0]
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
+		j = q[0]
+		q[0] = nil
+		p.lanes[string(key)] = q[1:]
 		p.mu.Unlock()
 	}
 }
@@ -670,7 +684,11 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	var ctx context.Context
 	var mc *middlewareCtx
 	if e.k.middleware == nil {
-		ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+		if attempt == 1 {
+			ctx = &j.ctx
+		} else {
+			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+		}
 	} else {
 		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
 		ctx = mc

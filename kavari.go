@@ -655,6 +655,11 @@ func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 
 // acquire takes a buffer slot, waiting while MaxBuffered records are open.
 func (k *Client) acquire(ctx context.Context) bool {
+	select { // without ctx first: a select on two channels locks both
+	case k.sem <- struct{}{}:
+		return true
+	default:
+	}
 	select {
 	case k.sem <- struct{}{}:
 		return true
@@ -668,6 +673,11 @@ func (k *Client) release() { <-k.sem }
 // run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
 // back.
 func (k *Client) run(ctx context.Context) bool {
+	select { // as acquire: ctx's channel is shared by every handler of a partition
+	case k.running <- struct{}{}:
+		return true
+	default:
+	}
 	select {
 	case k.running <- struct{}{}:
 		return true
