@@ -481,11 +481,11 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	var key []byte
 	switch e.k.cfg.Consume.Ordering {
 	case Unordered:
-		e.k.submit(task{e: e, p: p, j: j})
+		e.k.pool.submit(task{e: e, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			e.k.submit(task{e: e, p: p, j: j}) // no key, no order to keep
+			e.k.pool.submit(task{e: e, p: p, j: j}) // no key, no order to keep
 			return
 		}
 		key = rec.Key
@@ -498,76 +498,7 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	}
 	p.lanes[string(key)] = nil
 	p.mu.Unlock()
-	e.k.submit(task{e: e, p: p, key: key, ordered: true, j: j})
-}
-
-// task is a lane to run: its first record j, then, when ordered, whatever
-// queues behind it for key (the partition's lane when key is nil).
-type task struct {
-	e       *engine
-	p       *partition
-	key     []byte
-	ordered bool
-	j       *job
-}
-
-// submit hands t to an idle worker, or starts one. Workers are reused: a
-// fresh goroutine per record would spend much of its time growing its stack
-// for JSON decoding, again for every record. There are at most MaxBuffered
-// workers, and as a dispatched lane holds a buffer slot, at the bound one of
-// them is idle or about to be; the lane may then wait for one of the
-// MaxInFlight run slots.
-func (k *Client) submit(t task) {
-	select {
-	case k.tasks <- t:
-		return
-	default:
-	}
-	if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
-		k.workers.Add(1)
-		go k.worker(t)
-		return
-	}
-	k.nworkers.Add(-1)
-	// At the bound: wait for a worker, looking again now and then in case
-	// the idle ones exited meanwhile.
-	tick := time.NewTicker(k.workerIdle / 4)
-	defer tick.Stop()
-	for {
-		select {
-		case k.tasks <- t:
-			return
-		case <-tick.C:
-			if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
-				k.workers.Add(1)
-				go k.worker(t)
-				return
-			}
-			k.nworkers.Add(-1)
-		}
-	}
-}
-
-// worker runs t's lane, then others until the task channel closes or no lane
-// came for k.workerIdle.
-func (k *Client) worker(t task) {
-	defer k.workers.Done()
-	defer k.nworkers.Add(-1)
-	idle := time.NewTimer(k.workerIdle)
-	defer idle.Stop()
-	for {
-		t.e.runLane(t.p, t.key, t.ordered, t.j)
-		idle.Reset(k.workerIdle)
-		var ok bool
-		select {
-		case t, ok = <-k.tasks:
-			if !ok {
-				return
-			}
-		case <-idle.C:
-			return
-		}
-	}
+	e.k.pool.submit(task{e: e, p: p, key: key, ordered: true, j: j})
 }
 
 // runLane handles j, then, when ordered, every record queued behind it for
@@ -989,10 +920,6 @@ func (e *engine) oldest() (open int, at time.Time) {
 	}
 	return open, at
 }
-
-// workerIdle is how long an idle worker waits for a lane before it exits
-// (Client.workerIdle, taken at New).
-var workerIdle = 10 * time.Second
 
 // partitionHealth describes the partitions that have open records.
 func (e *engine) partitionHealth() []PartitionHealth {
