@@ -56,7 +56,10 @@ var shared = sync.OnceValue(func() *validator.Validate {
 // are not safe for concurrent use with validation, and a struct type's
 // tags are parsed (and cached) the first time a value of that type is
 // validated.
-func Validator() *validator.Validate { return shared() }
+func Validator() *validator.Validate {
+	exposed.Store(true)
+	return shared()
+}
 
 // Struct validates v, a struct or a pointer to one, against its
 // `validate:"..."` tags, nested structs, slices and maps included. It is safe
@@ -88,6 +91,9 @@ func Struct(v any) (err error) {
 	}
 	if t.Kind() != reflect.Struct || t.ConvertibleTo(timeType) {
 		return notStruct(v)
+	}
+	if hasNoRules(t) {
+		return nil
 	}
 
 	defer func() {
