@@ -77,6 +77,11 @@ func Validator() *validator.Validate {
 // panicking: Struct recovers and returns "kavari: validate T: <panic>".
 // Validating a zero value of each message type at registration surfaces such
 // tags early.
+//
+// A type with no `validate` tag reachable from it (through fields,
+// pointers, slices, arrays and maps; an interface field counts as tagged) is
+// valid without running the validator, unless Validator() was called: rules
+// registered on the shared instance may apply to any type.
 func Struct(v any) (err error) {
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
