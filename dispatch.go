@@ -251,11 +251,9 @@ func (e *engine) drainBudget() time.Duration {
 	return budget
 }
 
-// Records queues recs for partition tp's feeder. It never blocks: when
-// recs arrive while the partition already has its share of records waiting,
-// the transport is asked to pause it (so one fetch beyond the share is taken
-// without pausing: a client that fetches many records at once, and drops
-// what it buffered for a paused partition, is not paused at every fetch).
+// Records queues recs for partition tp's feeder. It never blocks: when the
+// partition has its share of records waiting, the transport is asked to
+// pause it.
 func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, hw int64) {
 	e.mu.Lock()
 	p := e.parts[tp]
@@ -266,11 +264,11 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 	p.noteFetched(recs, hw)
 	e.k.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
+	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
 		p.paused = true
 		e.cons.Pause(tp)
 	}
-	p.pending = append(p.pending, recs...)
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -309,10 +307,8 @@ func (e *engine) Error(err error) {
 }
 
 // next returns p's next record, waiting for one; false when p's fetching
-// ended. A paused partition is resumed once at most half its share of
-// records is waiting and it has room for more open records, so that the
-// next fetch overlaps with handling those; when none is waiting, as soon as
-// it has room.
+// ended. While none is waiting and the partition is paused, it resumes the
+// partition as soon as the partition has room.
 func (e *engine) next(p *partition) (*transport.Record, bool) {
 	for {
 		p.mu.Lock()
@@ -320,10 +316,6 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 			rec := p.pending[0]
 			p.pending[0] = nil
 			p.pending = p.pending[1:]
-			if p.paused && int64(len(p.pending)) <= p.share.Load()/2 && e.hasRoom(p) {
-				p.paused = false
-				e.cons.Resume(p.tp)
-			}
 			p.mu.Unlock()
 			return rec, true
 		}
