@@ -65,9 +65,11 @@ type partition struct {
 	// skip are the offsets the previous owner completed beyond the
 	// committed one (from the commit's metadata): the feeder marks them
 	// done without handling them. Only the feeder touches it.
-	skip     []offsetRun
-	mu       sync.Mutex
-	lanes    map[string]*lane
+	skip []offsetRun
+	mu   sync.Mutex
+	// lanes holds, per key being handled, the records queued behind the
+	// one in hand (an empty queue: the key is busy, nothing waits).
+	lanes    map[string][]*job
 	inflight sync.WaitGroup
 
 	// stuck says, by offset, why records cannot complete, when kavari knows
@@ -101,12 +103,13 @@ type partition struct {
 	lag lagState // for Health
 }
 
-// lane holds the records waiting behind the one being handled for a key.
-type lane struct{ queue []*job }
-
+// job is one dispatched record.
 type job struct {
 	rec *transport.Record
 	seq int64
+	// ctx is the context of the record's first handler attempt, allocated
+	// with the job and never changed (a handler may keep it).
+	ctx handlerCtx
 }
 
 // Assigned starts the partitions parts in generation gen: their state,
@@ -122,7 +125,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		}
 		p := &partition{
 			tp: a.TopicPartition, topic: a.Topic, id: int(a.Partition), tracker: newOffsetTracker(),
-			committed: max(a.Offset, -1), lanes: map[string]*lane{},
+			committed: max(a.Offset, -1), lanes: map[string][]*job{},
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
 		p.lag.init(a.Offset)
@@ -465,115 +468,49 @@ func (e *engine) done(p *partition, j *job) {
 // (PerKey) or partition (PerPartition), or straight to a goroutine.
 func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
+	j.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
 	p.inflight.Add(1)
-	var key string
+	var key []byte
 	switch e.k.cfg.Consume.Ordering {
 	case Unordered:
-		e.k.submit(task{e: e, p: p, j: j})
+		e.k.pool.submit(task{e: e, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			e.k.submit(task{e: e, p: p, j: j}) // no key, no order to keep
+			e.k.pool.submit(task{e: e, p: p, j: j}) // no key, no order to keep
 			return
 		}
-		key = string(rec.Key)
+		key = rec.Key
 	}
 	p.mu.Lock()
-	if l := p.lanes[key]; l != nil {
-		l.queue = append(l.queue, j)
+	if q, busy := p.lanes[string(key)]; busy {
+		p.lanes[string(key)] = append(q, j)
 		p.mu.Unlock()
 		return
 	}
-	l := &lane{}
-	p.lanes[key] = l
+	p.lanes[string(key)] = nil
 	p.mu.Unlock()
-	e.k.submit(task{e: e, p: p, key: key, l: l, j: j})
+	e.k.pool.submit(task{e: e, p: p, key: key, ordered: true, j: j})
 }
 
-// task is a lane to run: its first record j, then whatever queues behind it.
-type task struct {
-	e   *engine
-	p   *partition
-	key string
-	l   *lane // nil: j alone, no order to keep
-	j   *job
-}
-
-// submit hands t to an idle worker, or starts one. Workers are reused: a
-// fresh goroutine per record would spend much of its time growing its stack
-// for JSON decoding, again for every record. There are at most MaxBuffered
-// workers, and as a dispatched lane holds a buffer slot, at the bound one of
-// them is idle or about to be; the lane may then wait for one of the
-// MaxInFlight run slots.
-func (k *Client) submit(t task) {
-	select {
-	case k.tasks <- t:
-		return
-	default:
-	}
-	if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
-		k.workers.Add(1)
-		go k.worker(t)
-		return
-	}
-	k.nworkers.Add(-1)
-	// At the bound: wait for a worker, looking again now and then in case
-	// the idle ones exited meanwhile.
-	tick := time.NewTicker(k.workerIdle / 4)
-	defer tick.Stop()
-	for {
-		select {
-		case k.tasks <- t:
-			return
-		case <-tick.C:
-			if k.nworkers.Add(1) <= int64(k.cfg.Consume.MaxBuffered) {
-				k.workers.Add(1)
-				go k.worker(t)
-				return
-			}
-			k.nworkers.Add(-1)
-		}
-	}
-}
-
-// worker runs t's lane, then others until the task channel closes or no lane
-// came for k.workerIdle.
-func (k *Client) worker(t task) {
-	defer k.workers.Done()
-	defer k.nworkers.Add(-1)
-	idle := time.NewTimer(k.workerIdle)
-	defer idle.Stop()
-	for {
-		t.e.runLane(t.p, t.key, t.l, t.j)
-		idle.Reset(k.workerIdle)
-		var ok bool
-		select {
-		case t, ok = <-k.tasks:
-			if !ok {
-				return
-			}
-		case <-idle.C:
-			return
-		}
-	}
-}
-
-// runLane handles j, then every record queued behind it on lane l.
-func (e *engine) runLane(p *partition, key string, l *lane, j *job) {
+// runLane handles j, then, when ordered, every record queued behind it for
+// key.
+func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
 	for {
 		e.process(p, j)
-		if l == nil {
+		if !ordered {
 			return
 		}
 		p.mu.Lock()
-		if len(l.queue) == 0 {
-			delete(p.lanes, key)
+		q := p.lanes[string(key)]
+		if len(q) == 0 {
+			delete(p.lanes, string(key))
 			p.mu.Unlock()
 			return
 		}
-		j = l.queue[0]
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
+		j = q[0]
+		q[0] = nil
+		p.lanes[string(key)] = q[1:]
 		p.mu.Unlock()
 	}
 }
@@ -670,7 +607,11 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	var ctx context.Context
 	var mc *middlewareCtx
 	if e.k.middleware == nil {
-		ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+		if attempt == 1 {
+			ctx = &j.ctx
+		} else {
+			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+		}
 	} else {
 		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
 		ctx = mc
@@ -971,10 +912,6 @@ func (e *engine) oldest() (open int, at time.Time) {
 	}
 	return open, at
 }
-
-// workerIdle is how long an idle worker waits for a lane before it exits
-// (Client.workerIdle, taken at New).
-var workerIdle = 10 * time.Second
 
 // partitionHealth describes the partitions that have open records.
 func (e *engine) partitionHealth() []PartitionHealth {

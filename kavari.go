@@ -67,10 +67,9 @@ type Client struct {
 	abandoned  bool    // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
 	lostCommit error   // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
 
-	tasks   chan task      // lanes handed to idle workers (submit)
+	pool    *workerPool    // runs lanes (workers.go)
 	workers sync.WaitGroup // the worker goroutines
 
-	nworkers   atomic.Int64  // workers running, at most MaxBuffered
 	workerIdle time.Duration // an idle worker exits after this long
 
 	tr         transport.Transport
@@ -431,7 +430,7 @@ func (k *Client) launch(table *routeTable) error {
 	if k.cfg.Topics.Name != nil {
 		k.log.Info("kavari: topic names (Config.Topics.Name)", "topics", describeTopicNames(table.real))
 	}
-	k.tasks = make(chan task) // workers start on demand (submit)
+	k.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.workerIdle, &k.workers) // workers start on demand
 	e := newEngine(k, table, cons, k.tr.Capabilities())
 	k.eng.Store(e)
 	go e.run()
@@ -536,7 +535,7 @@ func (k *Client) stop(ctx context.Context, starting <-chan struct{}) {
 			_ = k.cons.Close(ctx)
 			<-k.loopDone
 			// The transport returned from Run: every feeder has ended, nothing dispatches any more.
-			close(k.tasks)
+			k.pool.close()
 			k.stopMu.Lock()
 			abandoned := k.abandoned
 			k.stopMu.Unlock()
@@ -655,6 +654,11 @@ func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 
 // acquire takes a buffer slot, waiting while MaxBuffered records are open.
 func (k *Client) acquire(ctx context.Context) bool {
+	select { // without ctx first: a select on two channels locks both
+	case k.sem <- struct{}{}:
+		return true
+	default:
+	}
 	select {
 	case k.sem <- struct{}{}:
 		return true
@@ -668,6 +672,11 @@ func (k *Client) release() { <-k.sem }
 // run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
 // back.
 func (k *Client) run(ctx context.Context) bool {
+	select { // as acquire: ctx's channel is shared by every handler of a partition
+	case k.running <- struct{}{}:
+		return true
+	default:
+	}
 	select {
 	case k.running <- struct{}{}:
 		return true

@@ -167,6 +167,7 @@ func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
 	}
 	if s.Impl == implKavariFranz {
 		cfg.Transport = kavari.FranzGo
+		cfg.Publish.BatchTimeout = 0 // FranzGo refuses one: it does not linger
 	}
 	return cfg
 }

@@ -56,7 +56,10 @@ var shared = sync.OnceValue(func() *validator.Validate {
 // are not safe for concurrent use with validation, and a struct type's
 // tags are parsed (and cached) the first time a value of that type is
 // validated.
-func Validator() *validator.Validate { return shared() }
+func Validator() *validator.Validate {
+	exposed.Store(true)
+	return shared()
+}
 
 // Struct validates v, a struct or a pointer to one, against its
 // `validate:"..."` tags, nested structs, slices and maps included. It is safe
@@ -74,6 +77,11 @@ func Validator() *validator.Validate { return shared() }
 // panicking: Struct recovers and returns "kavari: validate T: <panic>".
 // Validating a zero value of each message type at registration surfaces such
 // tags early.
+//
+// A type with no `validate` tag reachable from it (through fields,
+// pointers, slices, arrays and maps; an interface field counts as tagged) is
+// valid without running the validator, unless Validator() was called: rules
+// registered on the shared instance may apply to any type.
 func Struct(v any) (err error) {
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
@@ -88,6 +96,9 @@ func Struct(v any) (err error) {
 	}
 	if t.Kind() != reflect.Struct || t.ConvertibleTo(timeType) {
 		return notStruct(v)
+	}
+	if hasNoRules(t) {
+		return nil
 	}
 
 	defer func() {

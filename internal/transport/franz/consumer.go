@@ -228,17 +228,27 @@ func (c *consumer) probeUntilJoined(ctx context.Context, cl *kgo.Client, h trans
 }
 
 func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw int64) {
+	// Three allocations per fetch, not per record: the records, their
+	// headers and the slice of pointers the engine gets share arrays.
+	nh := 0
+	for _, kr := range krs {
+		nh += len(kr.Headers)
+	}
+	hs := make([]transport.Header, 0, nh)
+	rs := make([]transport.Record, len(krs))
 	recs := make([]*transport.Record, len(krs))
 	for i, kr := range krs {
-		r := &transport.Record{
+		r := &rs[i]
+		*r = transport.Record{
 			Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset,
 			Key: kr.Key, Value: kr.Value, Time: kr.Timestamp,
 		}
 		if len(kr.Headers) > 0 {
-			r.Headers = make([]transport.Header, len(kr.Headers))
-			for j, h := range kr.Headers {
-				r.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+			n := len(hs)
+			for _, h := range kr.Headers {
+				hs = append(hs, transport.Header{Key: h.Key, Value: h.Value})
 			}
+			r.Headers = hs[n:len(hs):len(hs)]
 		}
 		recs[i] = r
 	}

@@ -1,0 +1,142 @@
+package kavari
+
+import (
+	"sync"
+	"time"
+)
+
+// workerIdle is how long an idle worker waits for a lane before it exits
+// (Client.workerIdle, taken at New).
+var workerIdle = 10 * time.Second
+
+// task is a lane to run: its first record j, then, when ordered, whatever
+// queues behind it for key (the partition's lane when key is nil).
+type task struct {
+	e       *engine
+	p       *partition
+	key     []byte
+	ordered bool
+	j       *job
+}
+
+// workerPool runs lanes on reused goroutines, at most max of them. Workers
+// are reused because a fresh goroutine per record would spend much of its
+// time growing its stack for JSON decoding, again for every record. The
+// worker that became idle last gets the next lane: under a steady load the
+// same few workers, their stacks grown and in cache, handle the records,
+// and the others exit after idleFor. As a dispatched lane holds a buffer
+// slot, max (MaxBuffered) workers are enough; at the bound a lane waits in
+// queue for the first worker done with its own, and submit never blocks.
+type workerPool struct {
+	max     int
+	idleFor time.Duration
+	wg      *sync.WaitGroup // one per worker goroutine
+
+	mu     sync.Mutex
+	idle   []*poolWorker // waiting for a lane, the last idle last
+	queue  []task        // lanes waiting for a worker, at the bound
+	n      int           // workers running
+	closed bool
+}
+
+// poolWorker is one worker; next hands it a lane while it is idle.
+type poolWorker struct{ next chan task }
+
+func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPool {
+	return &workerPool{max: max, idleFor: idleFor, wg: wg}
+}
+
+// submit hands t to the last idle worker, or starts one, or, at the bound,
+// queues it.
+func (wp *workerPool) submit(t task) {
+	wp.mu.Lock()
+	if n := len(wp.idle); n > 0 {
+		w := wp.idle[n-1]
+		wp.idle[n-1] = nil
+		wp.idle = wp.idle[:n-1]
+		wp.mu.Unlock()
+		w.next <- t // buffered and empty: an idle worker has no lane
+		return
+	}
+	if wp.n < wp.max {
+		wp.n++
+		wp.wg.Add(1)
+		wp.mu.Unlock()
+		go wp.work(t)
+		return
+	}
+	wp.queue = append(wp.queue, t)
+	wp.mu.Unlock()
+}
+
+// work runs t's lane, then queued lanes, then waits idle for more, until
+// the pool closes or no lane came for idleFor.
+func (wp *workerPool) work(t task) {
+	defer wp.wg.Done()
+	w := &poolWorker{next: make(chan task, 1)}
+	var timer *time.Timer
+	for {
+		t.e.runLane(t.p, t.key, t.ordered, t.j)
+		wp.mu.Lock()
+		if len(wp.queue) > 0 {
+			t = wp.queue[0]
+			wp.queue[0] = task{}
+			wp.queue = wp.queue[1:]
+			wp.mu.Unlock()
+			continue
+		}
+		if wp.closed {
+			wp.n--
+			wp.mu.Unlock()
+			return
+		}
+		wp.idle = append(wp.idle, w)
+		wp.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(wp.idleFor)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wp.idleFor)
+		}
+		var ok bool
+		select {
+		case t, ok = <-w.next:
+		case <-timer.C:
+			if wp.retire(w) {
+				return
+			}
+			t, ok = <-w.next // taken off the idle list meanwhile: a lane, or close
+		}
+		if !ok {
+			return
+		}
+	}
+}
+
+// retire takes idle worker w out of the pool; false when submit or close
+// took it off the idle list first (it then gets a lane or a close).
+func (wp *workerPool) retire(w *poolWorker) bool {
+	wp.mu.Lock()
+	defer wp.mu.Unlock()
+	for i, x := range wp.idle {
+		if x == w {
+			wp.idle = append(wp.idle[:i], wp.idle[i+1:]...)
+			wp.n--
+			return true
+		}
+	}
+	return false
+}
+
+// close ends the idle workers and lets the busy ones end after their lane
+// and the queued ones. Nothing is submitted after close (the feeders ended).
+func (wp *workerPool) close() {
+	wp.mu.Lock()
+	defer wp.mu.Unlock()
+	wp.closed = true
+	for _, w := range wp.idle {
+		close(w.next)
+		wp.n--
+	}
+	wp.idle = nil
+}
