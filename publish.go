@@ -232,9 +232,8 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*tra
 			continue
 		}
 		any = true
-		r := recs[i]
-		id, _ := headerValue(r.Headers, HeaderID)
-		pe := &PublishError{Index: i, Topic: r.Topic, Key: string(r.Key), ID: string(id), Err: e, MayHaveBeenWritten: unsure[i]}
+		pe := publishErrorOf(recs[i], e)
+		pe.Index, pe.MayHaveBeenWritten = i, unsure[i]
 		var tpe *transport.ProduceError
 		if errors.As(e, &tpe) {
 			switch tpe.Kind {
@@ -404,8 +403,14 @@ func (p *publisher) callback(it asyncItem, err error, ok bool) {
 // expired is the error of a queued message whose context ended before it
 // was written: nothing was sent.
 func (p *publisher) expired(it asyncItem) error {
-	id, _ := headerValue(it.rec.Headers, HeaderID)
-	return &PublishError{Topic: it.rec.Topic, Key: string(it.rec.Key), ID: string(id), Err: context.Cause(it.ctx)}
+	return publishErrorOf(&it.rec, context.Cause(it.ctx))
+}
+
+// publishErrorOf is the *PublishError of rec, an encoded record, failed
+// with err.
+func publishErrorOf(rec *transport.Record, err error) *PublishError {
+	id, _ := headerValue(rec.Headers, HeaderID)
+	return &PublishError{Topic: rec.Topic, Key: string(rec.Key), ID: string(id), Err: err}
 }
 
 // isClosed reports whether close was called.

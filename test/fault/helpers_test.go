@@ -269,6 +269,14 @@ func knownBug(t *testing.T, led *ledger.Ledger, format string, args ...any) {
 
 // waitFor polls cond until it holds or timeout passes (a hang guard, not a
 // performance assertion).
+// transportName is tr as KAVARI_TRANSPORT and the ledger name it.
+func transportName(tr kavari.Transport) string {
+	if tr == kavari.FranzGo {
+		return "franz-go"
+	}
+	return "kafka-go"
+}
+
 // ownTransports skips a test that runs on each transport by itself (or on
 // one it names) in every pass but the kafka-go one, where it runs once:
 // the suite runs once per KAVARI_TRANSPORT, and the franz-go pass would

@@ -55,7 +55,7 @@ func leaderKilled(t *testing.T, mutate func(*kavari.Config)) ledger.Row {
 		mutate(&cfg)
 	}
 	led.Set("transport", cfg.Transport.String())
-	led.SetTransport(map[kavari.Transport]string{kavari.KafkaGo: "kafka-go", kavari.FranzGo: "franz-go"}[cfg.Transport])
+	led.SetTransport(transportName(cfg.Transport))
 	k := newKavari(t, cfg)
 	ctx := context.Background()
 	if err := k.Start(ctx); err != nil {

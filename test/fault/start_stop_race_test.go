@@ -41,7 +41,7 @@ func TestStartStopInterleavingsLeaveNoZombie(t *testing.T) {
 func startStopInterleavings(t *testing.T, tr kavari.Transport) {
 	brokers := testenv.RequireReal(t)
 	led := ledger.ForTest(t, "Start and Stop interleaved with delays from 0 to past the group join ("+tr.String()+"); zombie members and records left")
-	led.SetTransport(map[kavari.Transport]string{kavari.KafkaGo: "kafka-go", kavari.FranzGo: "franz-go"}[tr])
+	led.SetTransport(transportName(tr))
 	run := testenv.ID("run")
 	const topic, parts, perRound = "kavari-fault-start-stop", 3, 4
 	rounds := 24
