@@ -93,7 +93,7 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
-		rec, err := p.encode(ctx, m)
+		rec, err := p.enc.encode(ctx, m)
 		if err != nil {
 			errs[i], failed = err, true
 			continue
@@ -102,11 +102,18 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 		idx = append(idx, i)
 	}
 	if failed {
-		// Nothing leaves the process when any message of a batch is invalid.
+		// Nothing leaves the process when any message of a batch is invalid,
+		// and the hooks see none of them: a HookPublishBefore call would
+		// have no HookPublishAfter call to match it.
 		for _, i := range idx {
 			errs[i] = errBatchRefused
 		}
 		return receipts, errs
+	}
+	if p.hooks != nil {
+		for j, rec := range recs {
+			rec.Headers = p.hooks.publishBefore(ctx, msgs[idx[j]], rec.Headers)
+		}
 	}
 	werrs := p.writeObserved(ctx, nil, recs)
 	for j, rec := range recs {
