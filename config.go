@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -59,10 +60,55 @@ const (
 )
 
 // SASL configures SASL authentication.
+//
+// Printed with fmt (any verb, %v, %+v and %#v included, also as a field of
+// a Config) or logged through slog, it shows the mechanism and user name
+// but never the password, which appears as "xxxxx" (empty when unset), as
+// database/sql drivers redact a DSN's password. encoding/json still
+// marshals every field.
 type SASL struct {
 	Mechanism string // "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512"
 	Username  string
 	Password  string
+}
+
+// redactedPassword replaces a set password in what SASL prints.
+const redactedPassword = "xxxxx"
+
+// redacted returns s with its password, when set, replaced.
+func (s SASL) redacted() SASL {
+	if s.Password != "" {
+		s.Password = redactedPassword
+	}
+	return s
+}
+
+// String returns s as %+v would print it, with the password redacted.
+func (s SASL) String() string {
+	r := s.redacted()
+	return fmt.Sprintf("{Mechanism:%s Username:%s Password:%s}", r.Mechanism, r.Username, r.Password)
+}
+
+// GoString returns s as %#v would print it, with the password redacted.
+func (s SASL) GoString() string {
+	r := s.redacted()
+	return fmt.Sprintf("kavari.SASL{Mechanism:%q, Username:%q, Password:%q}", r.Mechanism, r.Username, r.Password)
+}
+
+// Format prints s with any verb, the password redacted: %#v is GoString,
+// every other verb formats String.
+func (s SASL) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		_, _ = io.WriteString(f, s.GoString())
+		return
+	}
+	_, _ = fmt.Fprintf(f, fmt.FormatString(f, verb), s.String())
+}
+
+// LogValue makes slog log s with the password redacted.
+func (s SASL) LogValue() slog.Value {
+	r := s.redacted()
+	return slog.GroupValue(slog.String("mechanism", r.Mechanism), slog.String("username", r.Username), slog.String("password", r.Password))
 }
 
 // Config configures a Client. It is grouped by concern: the fields every
