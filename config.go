@@ -174,11 +174,13 @@ type PublishConfig struct {
 	// client at once (on KafkaGo also the Writer's batch bound).
 	// Default 1000.
 	BatchSize int
-	// BatchBytes bounds the bytes of one batch request.
+	// BatchBytes bounds the bytes of one batch request; it must be at least
+	// MaxMessageBytes (New rejects a smaller value).
 	// Default 1 MiB.
 	BatchBytes int64
 	// MaxMessageBytes is the encoded size limit checked before sending
-	// (ErrTooLarge).
+	// (ErrTooLarge). It may not exceed BatchBytes: a larger message would
+	// pass the check and never fit in a batch request.
 	// Default 1,000,000.
 	MaxMessageBytes int
 	// AsyncQueue is the PublishAsync queue length.
@@ -408,6 +410,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.HandlerTimeout < 0 || c.Consume.CommitInterval < 0 || c.Consume.DrainTimeout < 0 || c.Publish.BatchTimeout < 0 {
 		errs = append(errs, errors.New("a timeout or interval (Consume.HandlerTimeout, Consume.CommitInterval, Consume.DrainTimeout, Publish.BatchTimeout) is negative"))
+	}
+	if c.Publish.BatchBytes > 0 && int64(c.Publish.MaxMessageBytes) > c.Publish.BatchBytes {
+		errs = append(errs, fmt.Errorf("Publish.MaxMessageBytes (%d) is larger than Publish.BatchBytes (%d): a message between the two passes the size check but never fits in a batch request; raise Publish.BatchBytes or lower Publish.MaxMessageBytes", c.Publish.MaxMessageBytes, c.Publish.BatchBytes))
 	}
 	if c.Consume.MaxBuffered > 0 && c.Consume.MaxBuffered < c.Consume.MaxInFlight {
 		errs = append(errs, errors.New("Consume.MaxBuffered must be at least Consume.MaxInFlight"))
