@@ -200,7 +200,8 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, erro
 
 // PublishAsync validates msg and queues it for publishing; callback (which
 // may be nil) runs exactly once with msg's receipt and the outcome, nil when
-// acknowledged. ctx is the message's as Publish's would be: its headers
+// acknowledged. When callback is nil, a failure is logged at error level
+// (with the topic and ce_id) and counted in Health.AsyncFailedNoCallback. ctx is the message's as Publish's would be: its headers
 // (WithHeaders) and trace context go with the message, hooks see it, and
 // when it ends before the message was written the message is not sent and
 // the callback gets a *PublishError wrapping ctx's error. Once a write has
