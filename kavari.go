@@ -52,6 +52,9 @@ type Client struct {
 	sem      chan struct{} // records fetched and not finished (MaxBuffered)
 	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
+	// metaLimit bounds commit metadata; it shrinks when the brokers refuse
+	// it as too large.
+	metaLimit metaLimiter
 
 	lifeMu     sync.Mutex    // orders Start against Stop
 	starting   chan struct{} // closed when the Start under way returns; nil when none, under lifeMu
