@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -59,10 +60,55 @@ const (
 )
 
 // SASL configures SASL authentication.
+//
+// Printed with fmt (any verb, %v, %+v and %#v included, also as a field of
+// a Config) or logged through slog, it shows the mechanism and user name
+// but never the password, which appears as "xxxxx" (empty when unset), as
+// database/sql drivers redact a DSN's password. encoding/json still
+// marshals every field.
 type SASL struct {
 	Mechanism string // "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512"
 	Username  string
 	Password  string
+}
+
+// redactedPassword replaces a set password in what SASL prints.
+const redactedPassword = "xxxxx"
+
+// redacted returns s with its password, when set, replaced.
+func (s SASL) redacted() SASL {
+	if s.Password != "" {
+		s.Password = redactedPassword
+	}
+	return s
+}
+
+// String returns s as %+v would print it, with the password redacted.
+func (s SASL) String() string {
+	r := s.redacted()
+	return fmt.Sprintf("{Mechanism:%s Username:%s Password:%s}", r.Mechanism, r.Username, r.Password)
+}
+
+// GoString returns s as %#v would print it, with the password redacted.
+func (s SASL) GoString() string {
+	r := s.redacted()
+	return fmt.Sprintf("kavari.SASL{Mechanism:%q, Username:%q, Password:%q}", r.Mechanism, r.Username, r.Password)
+}
+
+// Format prints s with any verb, the password redacted: %#v is GoString,
+// every other verb formats String.
+func (s SASL) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		_, _ = io.WriteString(f, s.GoString())
+		return
+	}
+	_, _ = fmt.Fprintf(f, fmt.FormatString(f, verb), s.String())
+}
+
+// LogValue makes slog log s with the password redacted.
+func (s SASL) LogValue() slog.Value {
+	r := s.redacted()
+	return slog.GroupValue(slog.String("mechanism", r.Mechanism), slog.String("username", r.Username), slog.String("password", r.Password))
 }
 
 // Config configures a Client. It is grouped by concern: the fields every
@@ -128,11 +174,13 @@ type PublishConfig struct {
 	// client at once (on KafkaGo also the Writer's batch bound).
 	// Default 1000.
 	BatchSize int
-	// BatchBytes bounds the bytes of one batch request.
+	// BatchBytes bounds the bytes of one batch request; it must be at least
+	// MaxMessageBytes (New rejects a smaller value).
 	// Default 1 MiB.
 	BatchBytes int64
 	// MaxMessageBytes is the encoded size limit checked before sending
-	// (ErrTooLarge).
+	// (ErrTooLarge). It may not exceed BatchBytes: a larger message would
+	// pass the check and never fit in a batch request.
 	// Default 1,000,000.
 	MaxMessageBytes int
 	// AsyncQueue is the PublishAsync queue length.
@@ -362,6 +410,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.HandlerTimeout < 0 || c.Consume.CommitInterval < 0 || c.Consume.DrainTimeout < 0 || c.Publish.BatchTimeout < 0 {
 		errs = append(errs, errors.New("a timeout or interval (Consume.HandlerTimeout, Consume.CommitInterval, Consume.DrainTimeout, Publish.BatchTimeout) is negative"))
+	}
+	if c.Publish.BatchBytes > 0 && int64(c.Publish.MaxMessageBytes) > c.Publish.BatchBytes {
+		errs = append(errs, fmt.Errorf("Publish.MaxMessageBytes (%d) is larger than Publish.BatchBytes (%d): a message between the two passes the size check but never fits in a batch request; raise Publish.BatchBytes or lower Publish.MaxMessageBytes", c.Publish.MaxMessageBytes, c.Publish.BatchBytes))
 	}
 	if c.Consume.MaxBuffered > 0 && c.Consume.MaxBuffered < c.Consume.MaxInFlight {
 		errs = append(errs, errors.New("Consume.MaxBuffered must be at least Consume.MaxInFlight"))

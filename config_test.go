@@ -190,6 +190,10 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 			c.Consume.Retry = kavari.RetryPolicy{BaseDelay: time.Second, MaxDelay: time.Millisecond}
 		}, "MaxDelay"},
 		{"empty SASL mechanism", func(c *kavari.Config) { c.SASL = &kavari.SASL{} }, "SASL.Mechanism"},
+		{"MaxMessageBytes over BatchBytes", func(c *kavari.Config) {
+			c.Publish.MaxMessageBytes, c.Publish.BatchBytes = 2_000_000, 1_000_000
+		}, "Publish.MaxMessageBytes (2000000) is larger than Publish.BatchBytes (1000000)"},
+		{"MaxMessageBytes over the default BatchBytes", func(c *kavari.Config) { c.Publish.MaxMessageBytes = 2_000_000 }, "Publish.BatchBytes (1048576)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok()

@@ -799,7 +799,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		// committed too, so a partition whose head is slow still records
 		// the work done behind it.
 		base, runs := p.tracker.progress()
-		meta := encodeDoneOffsets(base, runs, metaMaxBytes)
+		meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
 		if base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta {
 			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta})
 			moved = append(moved, p)
@@ -813,6 +813,15 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	e.sending.Store(&offsets)
 	start := time.Now()
 	err := e.cons.Commit(ctx, gen, offsets)
+	// A broker whose offset.metadata.max.bytes is below kavari's metadata
+	// refuses it: commit again at once with shorter metadata, or none.
+	for err != nil && errors.Is(err, transport.ErrMetadataTooLarge) && e.shrinkMeta(offsets) {
+		for i, p := range moved {
+			base, runs := p.tracker.progress()
+			offsets[i].Offset, offsets[i].Metadata = base, encodeDoneOffsets(base, runs, e.k.metaLimit.get())
+		}
+		err = e.cons.Commit(ctx, gen, offsets)
+	}
 	e.k.hooks.onCommitted(offsets, time.Since(start), err)
 	if err != nil {
 		e.k.health.note(err)
@@ -834,6 +843,25 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	}
 	e.k.health.committed()
 	return nil
+}
+
+// shrinkMeta lowers the commit metadata limit after the broker refused
+// offsets' metadata as too large, logging the first time; false when the
+// commit carried no metadata to shorten.
+func (e *engine) shrinkMeta(offsets []transport.Offset) bool {
+	longest := 0
+	for _, o := range offsets {
+		longest = max(longest, len(o.Metadata))
+	}
+	if longest == 0 {
+		return false
+	}
+	limit, first := e.k.metaLimit.shrink(longest)
+	if first {
+		e.k.log.Warn("kavari: the broker refuses commit metadata this long (its offset.metadata.max.bytes is lower): committing with shorter metadata, or none; completed offsets beyond the committed one may be handled again after a rebalance",
+			"refused_bytes", longest, "limit_bytes", limit)
+	}
+	return true
 }
 
 // uncommitted returns the completed offsets not committed yet, by topic and

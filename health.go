@@ -54,6 +54,11 @@ type Health struct {
 	Positions []PartitionPosition `json:"positions,omitempty"`
 	// AsyncQueued counts messages waiting in the PublishAsync queues.
 	AsyncQueued int `json:"async_queued"`
+	// AsyncFailedNoCallback counts PublishAsync and TryPublishAsync
+	// messages, since New, that failed (not stored after their retries, or
+	// never sent) and had a nil callback to tell: each is also logged at
+	// error level with its topic and ce_id.
+	AsyncFailedNoCallback int64 `json:"async_failed_no_callback"`
 	// StuckAfter is the age past which an open record makes Ready false.
 	StuckAfter time.Duration `json:"stuck_after_ns"`
 }
@@ -197,6 +202,7 @@ func (k *Client) Health() Health {
 	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
+	out.AsyncFailedNoCallback = k.pub.failedNoCallback.Load()
 	out.InFlight = len(k.sem)
 	out.Running = len(k.running)
 	if g != nil {

@@ -25,8 +25,9 @@ type Hook any
 
 // HookPublishBefore is called by Publish, PublishBatch, PublishAsync and
 // TryPublishAsync for each message once it is encoded and valid, before it
-// is sent; a message refused as invalid is not reported, so every call is
-// followed by one HookPublishAfter call. The headers it returns are appended
+// is sent; a message refused as invalid is not reported, nor are the valid
+// messages of a PublishBatch refused because another one is invalid, so
+// every call is followed by one HookPublishAfter call. The headers it returns are appended
 // to the record's (nil adds none); kavari's own headers are not replaced.
 // ctx is the one given to Publish, PublishBatch or PublishAsync.
 type HookPublishBefore interface {

@@ -319,3 +319,37 @@ func TestHealthLagWhilePaused(t *testing.T) {
 		require.NoError(t, stopNow(t, k))
 	})
 }
+
+// hookBatchMsg is valid only with an ID.
+type hookBatchMsg struct {
+	kavari.Message `kavari:"topic=eng,key=ID"`
+	ID             string `json:"id" validate:"required"`
+}
+
+// A PublishBatch refused because one of its messages is invalid sends
+// nothing: every OnPublishBefore call still gets its OnPublishAfter (here:
+// the refused batch reports neither), so that a hook holding state between
+// the two (a producer span) never leaks it.
+func TestHooksPublishBatchRefused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		rec := &recorder{}
+		k := memKavari(t, b, transport.Capabilities{}, "", func(context.Context, *engMsg) error { return nil }, func(c *kavari.Config) {
+			c.Hooks = []kavari.Hook{rec}
+			require.NoError(t, c.Registry.Declare(&hookBatchMsg{}))
+		})
+		ctx := context.Background()
+		_, err := k.PublishBatch(ctx, &hookBatchMsg{ID: "a"}, &hookBatchMsg{}, &hookBatchMsg{ID: "c"})
+		require.ErrorIs(t, err, kavari.ErrInvalid)
+		lines := rec.got()
+		assert.Equal(t, len(only(lines, "before")), len(only(lines, "after")), "every before has its after: %q", lines)
+		assert.Empty(t, b.Records(engTopic, 0), "nothing was sent")
+		// A valid batch afterwards is reported as usual.
+		_, err = k.PublishBatch(ctx, &hookBatchMsg{ID: "d"}, &hookBatchMsg{ID: "e"})
+		require.NoError(t, err)
+		lines = rec.got()
+		assert.Len(t, only(lines, "before"), 2)
+		assert.Len(t, only(lines, "after"), 2)
+		require.NoError(t, stopNow(t, k))
+	})
+}

@@ -52,6 +52,9 @@ type Client struct {
 	sem      chan struct{} // records fetched and not finished (MaxBuffered)
 	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
+	// metaLimit bounds commit metadata; it shrinks when the brokers refuse
+	// it as too large.
+	metaLimit metaLimiter
 
 	lifeMu     sync.Mutex    // orders Start against Stop
 	starting   chan struct{} // closed when the Start under way returns; nil when none, under lifeMu
@@ -63,12 +66,14 @@ type Client struct {
 	stopDone   chan struct{}
 	stopErr    error
 	stopMu     sync.Mutex
-	stopErrs   []error // what the consumer left undone while stopping (abandoned handlers); under stopMu
-	abandoned  bool    // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
-	lostCommit error   // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
+	inStop     atomic.Int64 // handlers waiting in Stop (stopFromHandler)
+	stopErrs   []error      // what the consumer left undone while stopping (abandoned handlers); under stopMu
+	abandoned  bool         // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
+	lostCommit error        // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
 
-	pool    *workerPool    // runs lanes (workers.go)
-	workers sync.WaitGroup // the worker goroutines
+	pool      *workerPool    // runs lanes (workers.go)
+	workerIDs sync.Map       // goroutine ids of the pool's workers (workerPool.ids)
+	workers   sync.WaitGroup // the worker goroutines
 
 	workerIdle time.Duration // an idle worker exits after this long
 
@@ -151,7 +156,7 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 	}
 	k.workerIdle = workerIdle
 	k.runCtx, k.runCancel = context.WithCancel(context.Background())
-	k.hardCtx, k.hardCancel = context.WithCancel(context.Background())
+	k.hardCtx, k.hardCancel = context.WithCancel(context.WithValue(context.Background(), ctxClientKey{}, k))
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.CloudEventsSource, cfg.Publish.MaxMessageBytes, time.Now).withRegistry(cfg.Registry).withNames(names), prod)
 	k.pub.hooks = hs
 	return k, nil
@@ -200,7 +205,8 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, erro
 
 // PublishAsync validates msg and queues it for publishing; callback (which
 // may be nil) runs exactly once with msg's receipt and the outcome, nil when
-// acknowledged. ctx is the message's as Publish's would be: its headers
+// acknowledged. When callback is nil, a failure is logged at error level
+// (with the topic and ce_id) and counted in Health.AsyncFailedNoCallback. ctx is the message's as Publish's would be: its headers
 // (WithHeaders) and trace context go with the message, hooks see it, and
 // when it ends before the message was written the message is not sent and
 // the callback gets a *PublishError wrapping ctx's error. Once a write has
@@ -431,6 +437,7 @@ func (k *Client) launch(table *routeTable) error {
 		k.log.Info("kavari: topic names (Config.Topics.Name)", "topics", describeTopicNames(table.real))
 	}
 	k.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.workerIdle, &k.workers) // workers start on demand
+	k.pool.ids = &k.workerIDs
 	e := newEngine(k, table, cons, k.tr.Capabilities())
 	k.eng.Store(e)
 	go e.run()
@@ -463,16 +470,44 @@ func (k *Client) launch(table *routeTable) error {
 // moments (measured: under 100 ms with the broker frozen; the fault suite
 // allows 2 s); only handlers that ignore their context outlive it, until
 // they return.
+//
+// A handler may call Stop (with its own context, one derived from it, or any
+// other on its goroutine): that call does not wait for the calling handler,
+// which the drain waits for, but only until every other handler finished
+// (or ctx ended), and then returns nil. The shutdown goes on in the
+// background, bounded by ctx's deadline but not by its cancellation; the
+// calling handler's result, once it returns, decides its record as usual
+// (committed when it returned nil). A later Stop waits for the shutdown and
+// returns its result. A goroutine a handler started and waits for is not
+// recognised unless it passes a context derived from the handler's.
 func (k *Client) Stop(ctx context.Context) error {
+	inHandler := k.inHandler(ctx)
+	sctx := ctx // bounds the shutdown
+	if inHandler {
+		// The shutdown outlives the calling handler, whose return it
+		// waits for: it keeps ctx's deadline, not its cancellation (a
+		// handler's context, or one it cancels when it returns).
+		sctx = context.WithoutCancel(ctx)
+		if d, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			sctx, cancel = context.WithDeadline(sctx, d)
+			defer func() {
+				go func() { <-k.stopDone; cancel() }()
+			}()
+		}
+	}
 	k.stopOnce.Do(func() {
 		k.lifeMu.Lock()
-		k.planStop(ctx)
+		k.planStop(sctx)
 		k.stopping.Store(true)
 		starting := k.starting
 		k.lifeMu.Unlock()
 		k.runCancel() // also cancels a Start under way
-		go k.stop(ctx, starting)
+		go k.stop(sctx, starting)
 	})
+	if inHandler {
+		return k.stopFromHandler(ctx)
+	}
 	select {
 	case <-k.stopDone:
 		return k.stopErr
@@ -490,6 +525,48 @@ func (k *Client) Stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		return errors.Join(errs...)
+	}
+}
+
+// ctxClientKey is the key of the Client whose handler a context belongs to
+// (every handler's context derives from Client.hardCtx, which carries it).
+type ctxClientKey struct{}
+
+// inHandler reports whether ctx, or the calling goroutine, is one of k's
+// handlers': ctx derives from a handler's context, or the caller runs on a
+// worker (a handler's own goroutine).
+func (k *Client) inHandler(ctx context.Context) bool {
+	if c, _ := ctx.Value(ctxClientKey{}).(*Client); c == k {
+		return true
+	}
+	_, worker := k.workerIDs.Load(goroutineID())
+	return worker
+}
+
+// stopFromHandler is Stop called from a handler, the shutdown under way: it
+// does not wait for the calling handler (the drain does, and commits its
+// outcome), only for every other handler to finish. It returns nil then;
+// the shutdown's error when it finished first (it cannot, unless the
+// calling handler was abandoned); ctx's error when ctx ended first, the
+// shutdown going on in the background.
+func (k *Client) stopFromHandler(ctx context.Context) error {
+	k.inStop.Add(1)
+	defer k.inStop.Add(-1)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Handlers blocked in Stop hold a run slot each; any other slot
+		// is a handler still running.
+		if len(k.running) <= int(k.inStop.Load()) {
+			return nil
+		}
+		select {
+		case <-k.stopDone:
+			return k.stopErr
+		case <-ctx.Done():
+			return fmt.Errorf("kavari: stop (called from a handler): other handlers still running when ctx ended; the shutdown goes on: %w", context.Cause(ctx))
+		case <-tick.C:
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"strings"
+	"sync/atomic"
 )
 
 // Completed offsets beyond the committed one travel in the commit's metadata,
@@ -25,8 +26,54 @@ import (
 const metaPrefix = "kv1:"
 
 // metaMaxBytes bounds the metadata, under Kafka's offset.metadata.max.bytes
-// default of 4096.
+// default of 4096. A broker configured lower refuses it: the engine then
+// commits with shorter metadata, or none (metaLimiter).
 const metaMaxBytes = 4000
+
+// metaMinBytes is the shortest metadata limit worth writing: below it,
+// commits carry none.
+const metaMinBytes = 32
+
+// metaLimiter is the longest commit metadata the brokers accept, as
+// learned: metaMaxBytes until a commit is refused as too large
+// (transport.ErrMetadataTooLarge), then shorter. The zero value is ready.
+// Safe for concurrent use.
+type metaLimiter struct {
+	n      atomic.Int64 // 0: metaMaxBytes; -1: no metadata; else the limit
+	shrunk atomic.Bool
+}
+
+// get returns the limit in bytes; 0 means commits carry no metadata.
+func (m *metaLimiter) get() int {
+	switch v := m.n.Load(); {
+	case v == 0:
+		return metaMaxBytes
+	case v < 0:
+		return 0
+	default:
+		return int(v)
+	}
+}
+
+// shrink lowers the limit below refused, the length of metadata the broker
+// refused: to half of it, or to none under metaMinBytes. It returns the new
+// limit and whether this was the first shrink.
+func (m *metaLimiter) shrink(refused int) (limit int, first bool) {
+	next := int64(refused / 2)
+	if next < metaMinBytes {
+		next = -1
+	}
+	for {
+		cur := m.n.Load()
+		if cur < 0 || cur > 0 && cur <= next {
+			break // already as short
+		}
+		if m.n.CompareAndSwap(cur, next) {
+			break
+		}
+	}
+	return m.get(), !m.shrunk.Swap(true)
+}
 
 // offsetRun is the completed offsets [from, from+n).
 type offsetRun struct {

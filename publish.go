@@ -30,6 +30,9 @@ type publisher struct {
 	bg    context.Context
 	abort context.CancelFunc
 	hooks *hooks // nil when none is installed
+	// failedNoCallback counts the async messages that failed with a nil
+	// callback (Health.AsyncFailedNoCallback).
+	failedNoCallback atomic.Int64
 }
 
 type asyncItem struct {
@@ -93,7 +96,7 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
-		rec, err := p.encode(ctx, m)
+		rec, err := p.enc.encode(ctx, m)
 		if err != nil {
 			errs[i], failed = err, true
 			continue
@@ -102,11 +105,18 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 		idx = append(idx, i)
 	}
 	if failed {
-		// Nothing leaves the process when any message of a batch is invalid.
+		// Nothing leaves the process when any message of a batch is invalid,
+		// and the hooks see none of them: a HookPublishBefore call would
+		// have no HookPublishAfter call to match it.
 		for _, i := range idx {
 			errs[i] = errBatchRefused
 		}
 		return receipts, errs
+	}
+	if p.hooks != nil {
+		for j, rec := range recs {
+			rec.Headers = p.hooks.publishBefore(ctx, msgs[idx[j]], rec.Headers)
+		}
 	}
 	werrs := p.writeObserved(ctx, nil, recs)
 	for j, rec := range recs {
@@ -285,18 +295,29 @@ func retriablePublish(err error) bool {
 // (unless called from a callback) and ctx lasts, and reports failures to cb.
 func (p *publisher) enqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) {
 	if cb == nil {
-		cb = func(Receipt, error) {}
+		cb = p.noCallback
 	}
 	if rec, err := p.push(ctx, msg, cb, pushWait); err != nil {
 		cb(receiptOf(msg, rec, false), err)
 	}
 }
 
+// noCallback is the callback of an async message given none: a failure,
+// which nobody else would hear of, is logged and counted
+// (Health.AsyncFailedNoCallback).
+func (p *publisher) noCallback(r Receipt, err error) {
+	if err == nil {
+		return
+	}
+	p.failedNoCallback.Add(1)
+	p.cfg.Logger.Error("kavari: PublishAsync message failed and has no callback", "topic", r.Topic, "ce_id", r.ID, "err", err)
+}
+
 // tryEnqueue is enqueue without waiting: a full queue returns
 // ErrQueueFull. When it returns an error, cb is not called.
 func (p *publisher) tryEnqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) error {
 	if cb == nil {
-		cb = func(Receipt, error) {}
+		cb = p.noCallback
 	}
 	_, err := p.push(ctx, msg, cb, pushTry)
 	return err

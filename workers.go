@@ -32,6 +32,11 @@ type workerPool struct {
 	idleFor time.Duration
 	wg      *sync.WaitGroup // one per worker goroutine
 
+	// ids holds the goroutine ids of the running workers (int64 →
+	// struct{}), so that Stop recognises a call from a handler
+	// (Client.inHandler); nil: not recorded.
+	ids *sync.Map
+
 	mu     sync.Mutex
 	idle   []*poolWorker // waiting for a lane, the last idle last
 	queue  []task        // lanes waiting for a worker, at the bound
@@ -73,6 +78,11 @@ func (wp *workerPool) submit(t task) {
 // the pool closes or no lane came for idleFor.
 func (wp *workerPool) work(t task) {
 	defer wp.wg.Done()
+	if wp.ids != nil {
+		id := goroutineID() // once per worker, which runs many lanes
+		wp.ids.Store(id, struct{}{})
+		defer wp.ids.Delete(id)
+	}
 	w := &poolWorker{next: make(chan task, 1)}
 	var timer *time.Timer
 	for {

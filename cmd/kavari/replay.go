@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kavari-go/kavari"
@@ -229,15 +231,18 @@ func (f *replayFlags) filter() (*replayFilter, error) {
 
 // replayStats are the counts a replay reports.
 type replayStats struct {
-	Topic         string  `json:"topic"`
-	DryRun        bool    `json:"dry_run"`
-	Read          int     `json:"read"`
-	Filtered      int     `json:"skipped_by_filter"`
-	Replayed      int     `json:"replayed"`
-	RefusedLoop   int     `json:"refused_loop_guard"`
-	RefusedOrigin int     `json:"refused_no_origin"`
-	RefusedOther  int     `json:"refused_other"`
-	Seconds       float64 `json:"seconds"`
+	Topic         string `json:"topic"`
+	DryRun        bool   `json:"dry_run"`
+	Read          int    `json:"read"`
+	Filtered      int    `json:"skipped_by_filter"`
+	Replayed      int    `json:"replayed"`
+	RefusedLoop   int    `json:"refused_loop_guard"`
+	RefusedOrigin int    `json:"refused_no_origin"`
+	RefusedOther  int    `json:"refused_other"`
+	// MayHaveBeenWritten counts the replays whose produce request failed
+	// in a way that leaves them possibly stored (not counted in Replayed).
+	MayHaveBeenWritten int     `json:"may_have_been_written"`
+	Seconds            float64 `json:"seconds"`
 }
 
 // refusedJSON is the -o json line of a refused dead letter.
@@ -262,7 +267,9 @@ type plannedJSON struct {
 
 // replayer republishes dead letters, batching per target partition.
 type replayer struct {
-	c       *conn
+	c *conn
+	// send sends one produce request: c.client.Produce; tests fake it.
+	send    func(context.Context, *kafka.ProduceRequest) (*kafka.ProduceResponse, error)
 	out     io.Writer
 	errOut  io.Writer
 	json    bool
@@ -337,7 +344,7 @@ func runReplayFlags(ctx context.Context, topic string, f *replayFlags, stdout, s
 		total += end[p] - first[p]
 	}
 	rp := &replayer{
-		c: c, out: stdout, errOut: stderr, json: f.json(), dryRun: f.dryRun, max: f.maxReplays,
+		c: c, send: c.client.Produce, out: stdout, errOut: stderr, json: f.json(), dryRun: f.dryRun, max: f.maxReplays,
 		targets: map[string][]int{}, batches: map[topicPartition][]message{},
 		stats: replayStats{Topic: topic, DryRun: f.dryRun},
 	}
@@ -550,7 +557,7 @@ func (rp *replayer) produce(ctx context.Context, tp topicPartition, msgs []messa
 			recs[i] = kafka.Record{Key: kafka.NewBytes(m.Key), Value: kafka.NewBytes(m.Value), Headers: m.Headers}
 		}
 		err = rp.c.op(ctx, fmt.Sprintf("publish %d replays to %s/%d", len(recs), tp.topic, tp.partition), func(ctx context.Context) error {
-			resp, err := rp.c.client.Produce(ctx, &kafka.ProduceRequest{
+			resp, err := rp.send(ctx, &kafka.ProduceRequest{
 				Topic: tp.topic, Partition: tp.partition, RequiredAcks: kafka.RequireAll,
 				Records: kafka.NewRecordReader(recs...),
 			})
@@ -559,8 +566,18 @@ func (rp *replayer) produce(ctx context.Context, tp topicPartition, msgs []messa
 			}
 			return resp.Error
 		})
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if mayHaveBeenStored(err) {
+			// Sending it again could store a second copy, and counting it
+			// as replayed could be false: say what is known.
+			rp.count(func(s *replayStats) { s.MayHaveBeenWritten += len(msgs) })
+			return fmt.Errorf("%w: these %d replays may have been written; not counted as replayed and not sent again (a second copy could be stored): look for them in %s/%d (header %s) before replaying these dead letters again",
+				err, len(msgs), tp.topic, tp.partition, headerReplayedFrom)
+		}
 		var ke kafka.Error
-		if err == nil || ctx.Err() != nil || !errors.As(err, &ke) || !ke.Temporary() {
+		if !errors.As(err, &ke) || !ke.Temporary() {
 			return err
 		}
 		select {
@@ -570,6 +587,28 @@ func (rp *replayer) produce(ctx context.Context, tp topicPartition, msgs []messa
 		}
 	}
 	return err
+}
+
+// mayHaveBeenStored reports whether a failed produce request may
+// nonetheless have stored its records, as kavari's publisher judges it:
+// the broker's own request timeout and NOT_ENOUGH_REPLICAS_AFTER_APPEND
+// come after the leader appended; a connection broken or timed out
+// mid-request may have delivered it. Another broker answer rejected the
+// request, and a dial that failed sent nothing.
+func mayHaveBeenStored(err error) bool {
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return ke == kafka.RequestTimedOut || ke == kafka.NotEnoughReplicasAfterAppend
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.ErrClosedPipe) {
+		return false
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return false // never connected
+	}
+	var dnsErr *net.DNSError
+	return !errors.As(err, &dnsErr)
 }
 
 func (rp *replayer) showProgress(done <-chan struct{}, begin time.Time, total int64) {
@@ -602,7 +641,11 @@ func (rp *replayer) summary(begin time.Time) error {
 	if s.DryRun {
 		verb = "would replay"
 	}
-	_, err := fmt.Fprintf(rp.out, "%s: read %d, %s %d, refused %d (loop guard %d, not kavari dead letters %d, other %d), skipped by filter %d, in %.1fs\n",
-		s.Topic, s.Read, verb, s.Replayed, s.RefusedLoop+s.RefusedOrigin+s.RefusedOther, s.RefusedLoop, s.RefusedOrigin, s.RefusedOther, s.Filtered, s.Seconds)
+	unsure := ""
+	if s.MayHaveBeenWritten > 0 {
+		unsure = fmt.Sprintf(", may have been written %d (not counted as replayed)", s.MayHaveBeenWritten)
+	}
+	_, err := fmt.Fprintf(rp.out, "%s: read %d, %s %d%s, refused %d (loop guard %d, not kavari dead letters %d, other %d), skipped by filter %d, in %.1fs\n",
+		s.Topic, s.Read, verb, s.Replayed, unsure, s.RefusedLoop+s.RefusedOrigin+s.RefusedOther, s.RefusedLoop, s.RefusedOrigin, s.RefusedOther, s.Filtered, s.Seconds)
 	return err
 }

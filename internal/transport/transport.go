@@ -20,6 +20,12 @@ import (
 // An error the broker answered with (a refused commit) does not match it.
 var ErrCommitUnconfirmed = errors.New("the commit may have reached the broker, its outcome is unknown")
 
+// ErrMetadataTooLarge marks a Commit error for an offset whose metadata is
+// longer than the broker allows (OFFSET_METADATA_TOO_LARGE: its
+// offset.metadata.max.bytes); the same offset with shorter metadata would
+// be accepted.
+var ErrMetadataTooLarge = errors.New("the commit metadata is larger than the broker's offset.metadata.max.bytes")
+
 // Header is one record header.
 type Header struct {
 	Key   string

@@ -207,23 +207,21 @@ func publishAll(ctx context.Context, k *kavari.Client, led *ledger.Ledger, run s
 					led.Published(ids[0], err)
 				} else {
 					_, err = k.PublishBatch(ctx, msgs...)
-					failed := map[int]bool{}
+					failed := map[int]error{}
 					for _, e := range unjoin(err) {
 						var pe *kavari.PublishError
 						if errors.As(e, &pe) {
-							failed[pe.Index] = true
+							failed[pe.Index] = pe
 						} else {
 							for i := range msgs {
-								failed[i] = true
+								failed[i] = e
 							}
 						}
 					}
 					for i, id := range ids {
-						if failed[i] {
-							led.Failed(id)
-						} else {
-							led.Acked(id)
-						}
+						// nil: acknowledged; a *PublishError says whether it
+						// may have been written (the ledger's stuck count).
+						led.Published(id, failed[i])
 					}
 				}
 				if onAck != nil {

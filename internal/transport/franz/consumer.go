@@ -525,6 +525,9 @@ func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 		for _, rp := range rt.Partitions {
 			tp := transport.TopicPartition{Topic: rt.Topic, Partition: rp.Partition}
 			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+				if errors.Is(err, kerr.OffsetMetadataTooLarge) {
+					err = fmt.Errorf("%w: %w", transport.ErrMetadataTooLarge, err)
+				}
 				errs = append(errs, fmt.Errorf("%s/%d: %w", rt.Topic, rp.Partition, err))
 				continue
 			}

@@ -40,6 +40,11 @@ type Broker struct {
 	// FailCommit, when set, is asked before each commit; a non-nil error
 	// refuses it.
 	FailCommit func(gen transport.Generation, offsets []transport.Offset) error
+	// MaxMetadataBytes, when positive, is the broker's
+	// offset.metadata.max.bytes: a committed offset whose metadata is
+	// longer is refused (transport.ErrMetadataTooLarge); the others of the
+	// commit are stored.
+	MaxMetadataBytes int
 
 	mu        sync.Mutex
 	delivered map[transport.TopicPartition]int64
@@ -434,13 +439,18 @@ func (c *Consumer) Commit(_ context.Context, gen transport.Generation, offsets [
 	if g == nil || g.gen != gen.ID || !slices.Contains(g.members, c) {
 		return ErrFenced
 	}
+	var errs []error
 	for _, o := range offsets {
 		if !c.caps.CommitMetadata {
 			o.Metadata = ""
 		}
+		if b.MaxMetadataBytes > 0 && len(o.Metadata) > b.MaxMetadataBytes {
+			errs = append(errs, fmt.Errorf("kavari: memory: commit %s/%d: %w (%d bytes, at most %d)", o.Topic, o.Partition, transport.ErrMetadataTooLarge, len(o.Metadata), b.MaxMetadataBytes))
+			continue
+		}
 		g.committed[o.TopicPartition] = o
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Close leaves the group (revoking the partitions first), bounded by ctx.

@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -59,6 +61,9 @@ func RunWith(t *testing.T, tr transport.Transport, brokers []string, o Options) 
 	t.Run("Rebalance", s.testRebalance)
 	t.Run("PauseResume", s.testPauseResume)
 	t.Run("CloseLeavesPromptly", s.testCloseLeaves)
+	if s.caps.CommitMetadata && !o.Embedded {
+		t.Run("MetadataTooLarge", s.testMetadataTooLarge) // kfake has no offset.metadata.max.bytes
+	}
 	if s.caps.StaticMembership {
 		t.Run("StaticRejoin", s.testStaticRejoin)
 	}
@@ -378,6 +383,27 @@ func (s *suite) testCommitResume(t *testing.T) {
 	if n := len(b.h.records(tp1)); n != 0 {
 		t.Fatalf("B received %d records of the fully committed partition 1", n)
 	}
+}
+
+// testMetadataTooLarge: metadata over the broker's offset.metadata.max.bytes
+// (4096 by default) is refused with ErrMetadataTooLarge, which the engine
+// answers with shorter metadata; the same offset with short metadata is
+// accepted.
+func (s *suite) testMetadataTooLarge(t *testing.T) {
+	topic := s.topic(t, 1)
+	tp := transport.TopicPartition{Topic: topic, Partition: 0}
+	cfg := s.cfg()
+	cfg.GroupID, cfg.Topics = testenv.ID("conf-g"), []string{topic}
+	a := s.join(t, cfg)
+	waitFor(t, "member A owns the partition", func() bool { return len(a.h.owned()) == 1 })
+	err := a.c.Commit(ctxT(t), a.h.gen(), []transport.Offset{{TopicPartition: tp, Offset: 0, Metadata: strings.Repeat("m", 5000)}})
+	if !errors.Is(err, transport.ErrMetadataTooLarge) {
+		t.Fatalf("Commit with 5000 bytes of metadata: %v, want ErrMetadataTooLarge", err)
+	}
+	if err := a.c.Commit(ctxT(t), a.h.gen(), []transport.Offset{{TopicPartition: tp, Offset: 0, Metadata: "short"}}); err != nil {
+		t.Fatalf("Commit with short metadata: %v", err)
+	}
+	a.close(t)
 }
 
 // testStartLatest: with StartOffset Latest and nothing committed, a new

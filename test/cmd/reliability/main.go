@@ -314,12 +314,13 @@ func (r *report) render() string {
 	p("Counts are message ids. **acknowledged**: `Publish` returned nil. **handled**: distinct ids whose handler completed\n")
 	p("(or, for poison records, that reached the dead-letter topic with the right kind). **duplicates**: ids handled more\n")
 	p("than once (in brackets: extra deliveries in all) — allowed, delivery is at-least-once. **lost**: acknowledged but never\n")
-	p("handled — must be 0. **order**: per key, first deliveries out of publish order (n/a: not checked); redeliveries after a\n")
+	p("handled — must be 0. **stuck**: ids that may be in the topic (acknowledged, or a failed publish that may have written\n")
+	p("them) and were neither handled nor dead-lettered when the test ended (-: not recorded by that run). **order**: per key, first deliveries out of publish order (n/a: not checked); redeliveries after a\n")
 	p("crash or rebalance may repeat a suffix of a key's sequence and are not violations. **time to recover**: what it measures is\n")
 	p("given in brackets. **status**: a test that finds a library bug fails, and its note says what it found. **transport**: the\n")
 	p("suite runs once per transport (`KAVARI_TRANSPORT`); a test's rows are together.\n\n")
-	p("| test | fault | transport | sent | acknowledged | handled | duplicates | lost | order violations | time to recover | status |\n")
-	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	p("| test | fault | transport | sent | acknowledged | handled | duplicates | lost | stuck | order violations | time to recover | status |\n")
+	p("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 	for _, row := range r.rows {
 		order := "n/a"
 		if row.OrderChecked {
@@ -339,8 +340,8 @@ func (r *report) render() string {
 		if len(row.Bugs) > 0 {
 			status += " — library bug, see notes"
 		}
-		p("| `%s` | %s | %s | %d | %d | %d | %d (%d) | **%d** | %s | %s | %s |\n", row.Test, row.Title, row.Transport, row.Sent, row.Acked, row.Handled,
-			row.Duplicates, row.ExtraDeliveries, row.Lost, order, rec, status)
+		p("| `%s` | %s | %s | %d | %d | %d | %d (%d) | **%d** | %s | %s | %s | %s |\n", row.Test, row.Title, row.Transport, row.Sent, row.Acked, row.Handled,
+			row.Duplicates, row.ExtraDeliveries, row.Lost, stuckCell(row.Stuck), order, rec, status)
 	}
 	p("\n## Notes per test\n\n")
 	for _, row := range r.rows {
@@ -355,8 +356,8 @@ func (r *report) render() string {
 		if row.RecoverMs != nil {
 			p("- time to recover: %s — %s\n", fmtMs(*row.RecoverMs), row.RecoverWhat)
 		}
-		p("- publish failures %d, never handled %d, producer-side duplicates %d, rewinds %d (deepest %d)\n",
-			row.PublishFailed, row.NeverHandled, row.ProducerDuplicates, row.Rewinds, row.MaxRewind)
+		p("- publish failures %d, never handled %d (dead-lettered %d, stuck %s), producer-side duplicates %d, rewinds %d (deepest %d)\n",
+			row.PublishFailed, row.NeverHandled, row.DeadLettered, stuckCell(row.Stuck), row.ProducerDuplicates, row.Rewinds, row.MaxRewind)
 		if len(row.Extra) > 0 {
 			var keys []string
 			for k := range row.Extra {
@@ -392,6 +393,18 @@ func (r *report) render() string {
 		p("a `*DecodeError` of a decode-side kind matching the failure.\n")
 	}
 	return b.String()
+}
+
+// stuckCell is the stuck column of a row: "-" when the row does not
+// record it, the count in bold when not 0.
+func stuckCell(n *int) string {
+	switch {
+	case n == nil:
+		return "-"
+	case *n > 0:
+		return "**" + strconv.Itoa(*n) + "**"
+	}
+	return "0"
 }
 
 func capitalize(s string) string {

@@ -2,7 +2,9 @@
 // sent, acknowledged (Publish returned nil), handled, handled more than once,
 // never handled. From them it computes one row of the reliability report —
 // sent, acknowledged, handled, duplicates, lost (acknowledged but never
-// handled), per-key order violations, time to recover — and writes it as JSON
+// handled), stuck (possibly in the topic, neither handled nor dead-lettered
+// when the test ended), per-key order violations, time to recover — and
+// writes it as JSON
 // into $KAVARI_RELIABILITY_DIR/<test>.json when that variable is set
 // (test/cmd/reliability collects the files into docs/reliability.md).
 //
@@ -24,6 +26,7 @@ package ledger
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,6 +35,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kavari-go/kavari"
 )
 
 // EnvDir names the directory rows are written to.
@@ -66,11 +71,19 @@ type Row struct {
 	ExtraDeliveries int `json:"extra_deliveries"`
 	// ProducerDuplicates counts ids stored at more than one offset: a write
 	// that succeeded but whose acknowledgement was lost, then retried.
-	ProducerDuplicates int      `json:"producer_duplicates"`
-	NeverHandled       int      `json:"never_handled"` // sent, never handled
-	Lost               int      `json:"lost"`          // acknowledged, never handled
-	LostIDs            []string `json:"lost_ids,omitempty"`
-	Unexpected         int      `json:"unexpected"` // handled ids this test never sent
+	ProducerDuplicates int `json:"producer_duplicates"`
+	NeverHandled       int `json:"never_handled"` // sent, never handled
+	Lost               int `json:"lost"`          // acknowledged, neither handled nor dead-lettered
+	// DeadLettered counts ids the test found dead-lettered (DeadLettered)
+	// and never handled.
+	DeadLettered int `json:"dead_lettered"`
+	// Stuck counts ids that may be in the topic (acknowledged, or whose
+	// publish failed in a way that may have written them) and that were
+	// neither handled nor dead-lettered when the row was taken (the test's
+	// end). nil in rows written before the field existed: unknown.
+	Stuck      *int     `json:"stuck,omitempty"`
+	LostIDs    []string `json:"lost_ids,omitempty"`
+	Unexpected int      `json:"unexpected"` // handled ids this test never sent
 
 	OrderChecked    bool     `json:"order_checked"`
 	OrderViolations int      `json:"order_violations"`
@@ -119,7 +132,9 @@ type entry struct {
 	seq     int
 	acked   bool
 	failed  bool
+	unsent  bool // the publish failed and surely wrote nothing
 	handled int
+	dead    bool              // found dead-lettered
 	offsets map[[2]int64]bool // distinct (partition, offset) it was handled at
 }
 
@@ -268,12 +283,33 @@ func (l *Ledger) Failed(id string) {
 	}
 }
 
-// Published records the outcome of publishing id.
+// Published records the outcome of publishing id. A failed publish whose
+// *kavari.PublishError says it cannot have been written is not counted as
+// stuck when never handled; any other failure may have written it.
 func (l *Ledger) Published(id string, err error) {
 	if err == nil {
 		l.Acked(id)
-	} else {
-		l.Failed(id)
+		return
+	}
+	l.Failed(id)
+	var pe *kavari.PublishError
+	if errors.As(err, &pe) && !pe.MayHaveBeenWritten {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if e := l.sent[id]; e != nil {
+			e.unsent = true
+		}
+	}
+}
+
+// DeadLettered records that id was found in a dead-letter topic (h says
+// where): it is neither lost nor stuck, and not handled unless Handled
+// says so too.
+func (l *Ledger) DeadLettered(h Handle) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.sent[h.ID]; e != nil {
+		e.dead = true
 	}
 }
 
@@ -416,6 +452,8 @@ func (l *Ledger) Row() Row {
 		ms := l.recover.Milliseconds()
 		r.RecoverMs = &ms
 	}
+	stuck := 0
+	r.Stuck = &stuck
 	for _, id := range l.order {
 		e := l.sent[id]
 		r.Sent++
@@ -425,10 +463,17 @@ func (l *Ledger) Row() Row {
 		if e.failed {
 			r.PublishFailed++
 		}
-		if e.handled > 0 {
+		switch {
+		case e.handled > 0:
 			r.Handled++
-		} else {
+		case e.dead:
 			r.NeverHandled++
+			r.DeadLettered++
+		default:
+			r.NeverHandled++
+			if e.acked || !e.unsent {
+				stuck++ // it may be in the topic
+			}
 			if e.acked {
 				r.Lost++
 				if len(r.LostIDs) < 20 {
@@ -515,9 +560,13 @@ func (r Row) Summary() string {
 	if r.OrderChecked {
 		order = fmt.Sprint(r.OrderViolations)
 	}
-	return fmt.Sprintf("ledger %s [%s]: sent=%d acked=%d failed=%d handled=%d deliveries=%d duplicates=%d (extra %d, producer %d) never_handled=%d LOST=%d unexpected=%d order_violations=%s rewinds=%d(max %d) recover=%s duration=%s",
+	stuck := "-"
+	if r.Stuck != nil {
+		stuck = fmt.Sprint(*r.Stuck)
+	}
+	return fmt.Sprintf("ledger %s [%s]: sent=%d acked=%d failed=%d handled=%d deliveries=%d duplicates=%d (extra %d, producer %d) never_handled=%d dead_lettered=%d LOST=%d stuck=%s unexpected=%d order_violations=%s rewinds=%d(max %d) recover=%s duration=%s",
 		r.Test, r.Mode, r.Sent, r.Acked, r.PublishFailed, r.Handled, r.Deliveries, r.Duplicates, r.ExtraDeliveries,
-		r.ProducerDuplicates, r.NeverHandled, r.Lost, r.Unexpected, order, r.Rewinds, r.MaxRewind, rec,
+		r.ProducerDuplicates, r.NeverHandled, r.DeadLettered, r.Lost, stuck, r.Unexpected, order, r.Rewinds, r.MaxRewind, rec,
 		(time.Duration(r.DurationMs) * time.Millisecond).String())
 }
 

@@ -2,10 +2,14 @@ package ledger
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/kavari-go/kavari"
 )
 
 func TestRowCounts(t *testing.T) {
@@ -76,5 +80,34 @@ func TestLostAndWrite(t *testing.T) {
 	rows, err := ReadDir(dir)
 	if err != nil || len(rows) != 1 || rows[0].Extra["stop"] != "2s" {
 		t.Fatalf("ReadDir: %v %+v", err, rows)
+	}
+}
+
+// Stuck counts the ids that may be in the topic (acknowledged, or whose
+// publish failed in a way that may have written them) and were neither
+// handled nor dead-lettered when the row was taken. A dead-lettered id is
+// neither stuck nor lost; an id whose publish surely failed is not stuck.
+func TestRowStuck(t *testing.T) {
+	l := New("TestStuck", "unit")
+	for _, id := range []string{"ok", "dl", "open", "unsure", "unsent", "failed"} {
+		l.Sent(id, "k", 0)
+	}
+	l.Acked("ok")
+	l.Acked("dl")
+	l.Acked("open")
+	l.Published("unsure", &kavari.PublishError{MayHaveBeenWritten: true, Err: errors.New("timeout")})
+	l.Published("unsent", &kavari.PublishError{Err: errors.New("refused")})
+	l.Failed("failed") // outcome unknown: it may have been written
+	l.Handled(Handle{ID: "ok", Key: "k"})
+	l.DeadLettered(Handle{ID: "dl", Key: "k"})
+	r := l.Row()
+	if r.Stuck == nil {
+		t.Fatal("Stuck not computed")
+	}
+	if *r.Stuck != 3 || r.Lost != 1 || r.DeadLettered != 1 || r.Handled != 1 {
+		t.Fatalf("stuck %d (want 3: open, unsure, failed), lost %d (want 1: open), dead-lettered %d, handled %d", *r.Stuck, r.Lost, r.DeadLettered, r.Handled)
+	}
+	if !strings.Contains(r.Summary(), "stuck=3") {
+		t.Errorf("summary %q", r.Summary())
 	}
 }
