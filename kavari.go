@@ -442,7 +442,10 @@ func (k *Client) launch(table *routeTable) error {
 // leaves the group; and flushes queued PublishAsync messages and closes the
 // publisher. Work that did not complete is redelivered to the next owner of
 // its partition. It is idempotent: later calls wait for the first and return
-// its result.
+// its result. A later call never shortens the first one's shutdown: when its
+// own ctx ends first, it returns an error wrapping ctx's cause while the
+// first Stop goes on under the first ctx (flushing, committing) and returns
+// its own result.
 //
 // On KafkaGo the drain is also cut at SessionTimeout − HeartbeatInterval − a reserve
 // (see Config.Consume.DrainTimeout): kafka-go sends no heartbeats while Stop drains,
@@ -464,7 +467,9 @@ func (k *Client) launch(table *routeTable) error {
 // allows 2 s); only handlers that ignore their context outlive it, until
 // they return.
 func (k *Client) Stop(ctx context.Context) error {
+	first := false
 	k.stopOnce.Do(func() {
+		first = true
 		k.lifeMu.Lock()
 		k.planStop(ctx)
 		k.stopping.Store(true)
@@ -481,6 +486,12 @@ func (k *Client) Stop(ctx context.Context) error {
 		case <-k.stopDone: // finished at the deadline: its own error says more
 			return k.stopErr
 		default:
+		}
+		if !first {
+			// The first Stop's ctx bounds the shutdown, not this one's: cutting
+			// the connections here would fail the first Stop's flush and
+			// commit.
+			return fmt.Errorf("kavari: stop: the Stop under way did not finish by this call's deadline (it goes on): %w", context.Cause(ctx))
 		}
 		k.cutConnections() // what is still running ends now, see cutConnections
 		k.stopMu.Lock()
