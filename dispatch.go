@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,11 @@ type partition struct {
 	// committedMeta is the metadata committed with it (completed offsets
 	// beyond it), under engine.commitMu.
 	committedMeta string
+	// inherited are the completed offsets listed in the metadata of the
+	// commit p was assigned with, beyond the committed offset: every commit
+	// carries them until the committed offset passes them (carryDone), also
+	// those the feeder has not reached. Under engine.commitMu.
+	inherited []offsetRun
 	// skip are the offsets the previous owner completed beyond the
 	// committed one (from the commit's metadata): the feeder marks them
 	// done without handling them. Only the feeder touches it.
@@ -132,6 +138,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		if e.caps.CommitMetadata {
 			p.committedMeta = a.Metadata
 			p.skip = decodeDoneOffsets(a.Offset, a.Metadata)
+			p.inherited = slices.Clone(p.skip)
 		}
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
 		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
@@ -799,6 +806,10 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		// committed too, so a partition whose head is slow still records
 		// the work done behind it.
 		base, runs := p.tracker.progress()
+		if base < 0 && len(p.inherited) > 0 {
+			base = p.committed // nothing reached yet: the inherited commit as it was
+		}
+		base, runs = carryDone(base, runs, p.inherited)
 		meta := encodeDoneOffsets(base, runs, metaMaxBytes)
 		if base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta {
 			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta})
@@ -831,6 +842,9 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		p.committed = offsets[i].Offset
 		p.lag.committed.Store(p.committed)
 		p.committedMeta = offsets[i].Metadata
+		for len(p.inherited) > 0 && p.inherited[0].from+p.inherited[0].n <= p.committed {
+			p.inherited = p.inherited[1:] // passed
+		}
 	}
 	e.k.health.committed()
 	return nil
