@@ -149,6 +149,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
 	}
+	k.buf.setPartitions(len(e.parts))
 	assigned := e.assignedLocked()
 	since := e.failingSince
 	e.failingSince = time.Time{}
@@ -240,6 +241,7 @@ func (e *engine) release(ps []*partition) {
 			delete(e.parts, p.tp)
 		}
 	}
+	e.k.buf.setPartitions(len(e.parts))
 }
 
 // drainBudget is how long a revoke (or Stop) lets in-flight handlers run:
@@ -362,7 +364,7 @@ func (e *engine) pause(p *partition) {
 // hasRoom reports whether p may open a record now without waiting.
 func (e *engine) hasRoom(p *partition) bool {
 	_, open, _ := p.tracker.committable()
-	return int64(open) < p.share.Load() && len(e.k.sem) < cap(e.k.sem)
+	return int64(open) < p.share.Load() && e.k.buf.canTake(p)
 }
 
 // feed dispatches partition p's records until its fetching ends, then waits
@@ -387,9 +389,14 @@ func (e *engine) feed(p *partition) {
 		if !e.hasRoom(p) {
 			e.pause(p)
 		}
-		if !e.waitRoom(ctx, p) || !e.k.acquire(ctx) {
+		if !e.waitRoom(ctx, p) {
 			break
 		}
+		used, ok := e.k.buf.acquire(ctx, p)
+		if !ok {
+			break
+		}
+		e.k.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
 		e.dispatch(p, rec)
 	}
 	// Revoked or stopping: let in-flight work finish within the drain
@@ -527,7 +534,7 @@ func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
 func (e *engine) process(p *partition, j *job) {
 	defer p.inflight.Done()
-	defer e.k.release()
+	defer e.k.buf.release(p)
 	if p.hard.Err() != nil {
 		return
 	}

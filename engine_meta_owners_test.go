@@ -117,9 +117,20 @@ func TestEngineCommitMetadataSurvivesThreeOwners(t *testing.T) {
 // fails the test when it is still false after ten fake minutes.
 func fakeWait(t *testing.T, cond func() bool, msg func() string) {
 	t.Helper()
+	if !fakeTry(t, cond, msg) {
+		t.FailNow()
+	}
+}
+
+// fakeTry is fakeWait that lets the test go on (to stop its Client) when
+// cond is still false: it reports the failure and returns false.
+func fakeTry(t *testing.T, cond func() bool, msg func() string) bool {
+	t.Helper()
 	for end := time.Now().Add(10 * time.Minute); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(end) {
-			t.Fatal(msg())
+			t.Error(msg())
+			return false
 		}
 	}
+	return true
 }

@@ -25,7 +25,8 @@ type Health struct {
 	// Assigned lists this member's partitions by topic.
 	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
-	// Config.Consume.MaxBuffered; Running those being handled, at most MaxInFlight.
+	// Config.Consume.MaxBuffered (or the number of assigned partitions when
+	// larger: each may have one); Running those being handled, at most MaxInFlight.
 	InFlight int `json:"in_flight"`
 	Running  int `json:"running"`
 	// OldestInFlight is how long the oldest unfinished record has waited;
@@ -197,7 +198,7 @@ func (k *Client) Health() Health {
 	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
-	out.InFlight = len(k.sem)
+	out.InFlight = k.buf.inUse()
 	out.Running = len(k.running)
 	if g != nil {
 		if _, at := g.oldest(); !at.IsZero() {

@@ -49,7 +49,7 @@ type Client struct {
 	names *topicNames
 
 	provider atomic.Pointer[Provider]
-	sem      chan struct{} // records fetched and not finished (MaxBuffered)
+	buf      *recordBuffer // records fetched and not finished (MaxBuffered), buffer.go
 	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
 
@@ -137,7 +137,7 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
-		sem:      make(chan struct{}, cfg.Consume.MaxBuffered),
+		buf:      newRecordBuffer(cfg.Consume.MaxBuffered),
 		running:  make(chan struct{}, cfg.Consume.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -663,27 +663,10 @@ func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 	return k.admin.CreateTopics(ctx, k.cfg.Topics.Partitions, k.cfg.Topics.ReplicationFactor, names...)
 }
 
-// acquire takes a buffer slot, waiting while MaxBuffered records are open.
-func (k *Client) acquire(ctx context.Context) bool {
-	select { // without ctx first: a select on two channels locks both
-	case k.sem <- struct{}{}:
-		return true
-	default:
-	}
-	select {
-	case k.sem <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-func (k *Client) release() { <-k.sem }
-
 // run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
 // back.
 func (k *Client) run(ctx context.Context) bool {
-	select { // as acquire: ctx's channel is shared by every handler of a partition
+	select { // without ctx first: a select on two channels locks both, and ctx's is shared by every handler of a partition
 	case k.running <- struct{}{}:
 		return true
 	default:
