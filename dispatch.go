@@ -90,6 +90,10 @@ type partition struct {
 	share   atomic.Int64
 	waiting atomic.Bool
 	room    chan struct{}
+	// bufferFull says the feeder waits for a slot of MaxBuffered: the
+	// partition holds its reserved part and none of the rest is left
+	// (recordBuffer). Its fetching is paused too.
+	bufferFull atomic.Bool
 
 	// pending holds the records the transport delivered that the feeder has
 	// not dispatched yet; paused says the transport was asked to stop
@@ -392,7 +396,12 @@ func (e *engine) feed(p *partition) {
 		if !e.waitRoom(ctx, p) {
 			break
 		}
+		full := !e.k.buf.canTake(p)
+		p.bufferFull.Store(full) // for Health; the partition was paused above
 		used, ok := e.k.buf.acquire(ctx, p)
+		if full {
+			p.bufferFull.Store(false)
+		}
 		if !ok {
 			break
 		}
@@ -943,7 +952,7 @@ func (e *engine) partitionHealth() []PartitionHealth {
 		if !ok {
 			continue
 		}
-		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load(),
+		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load() || p.bufferFull.Load(),
 			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
 		ph.Stuck = p.stuckReason()
 		out = append(out, ph)

@@ -108,7 +108,8 @@ type PartitionHealth struct {
 	Partition int    `json:"partition"`
 	// Open counts the partition's open records. At most its share of
 	// Config.Consume.MaxBuffered is open; then Paused is true: its fetching waits,
-	// the other partitions' does not.
+	// the other partitions' does not. Paused is true too while the partition
+	// waits for room in MaxBuffered beyond the part reserved to it.
 	Open   int  `json:"open"`
 	Paused bool `json:"paused,omitempty"`
 	// OldestOffset, OldestKey and OldestAge describe the first open record,

@@ -76,6 +76,16 @@ func TestStuckKeysStallOnlyTheirPartitions(t *testing.T) {
 							return fmt.Sprintf("%d of %d records on healthy partitions handled in 10 minutes while %d of %d partitions are stuck (Health.InFlight %d)",
 								handled.Load(), healthy, c.stuck, c.partitions, k.Health().InFlight)
 						})
+					// Health shows every stuck partition paused (at its share or
+					// waiting for room in the buffer), with the key it waits for.
+					synctest.Wait()
+					paused := 0
+					for _, ph := range k.Health().Partitions {
+						if ph.OldestKey == "stuck"+strconv.Itoa(ph.Partition) && ph.Paused {
+							paused++
+						}
+					}
+					assert.Equal(t, c.stuck, paused, "stuck partitions shown paused: %+v", k.Health().Partitions)
 					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 					defer cancel()
 					_ = k.Stop(ctx) // cancels the stuck handlers
