@@ -31,12 +31,11 @@ type recordBuffer struct {
 	used     int                // slots held, all partitions
 	borrowed int                // slots held beyond their partition's floor
 	held     map[*partition]int // slots held per partition (also by partitions released since)
-	waiters  int                // acquire calls waiting for changed
-	changed  chan struct{}      // closed (and replaced) when a slot is freed or the floors change, if waiters
+	waiting  []*bufferWaiter    // acquire calls waiting for a slot, in arrival order
 }
 
 func newRecordBuffer(max int) *recordBuffer {
-	b := &recordBuffer{max: max, held: map[*partition]int{}, changed: make(chan struct{})}
+	b := &recordBuffer{max: max, held: map[*partition]int{}}
 	b.setPartitions(1)
 	return b
 }
@@ -58,7 +57,7 @@ func (b *recordBuffer) setPartitions(n int) {
 	for _, h := range b.held {
 		b.borrowed += max(h-b.floor, 0)
 	}
-	b.wakeLocked()
+	b.grantLocked()
 }
 
 // canTakeLocked reports whether p may take a slot now; under mu.
@@ -80,30 +79,53 @@ func (b *recordBuffer) canTake(p *partition) bool {
 // ended first. It returns how many slots are held, all partitions.
 func (b *recordBuffer) acquire(ctx context.Context, p *partition) (int, bool) {
 	b.mu.Lock()
-	for !b.canTakeLocked(p) {
-		b.waiters++
-		ch := b.changed
+	if b.canTakeLocked(p) {
+		used := b.takeLocked(p)
 		b.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			b.mu.Lock()
-			b.waiters--
-			b.mu.Unlock()
-			return 0, false
-		}
-		b.mu.Lock()
-		b.waiters--
+		return used, true
 	}
+	w := &bufferWaiter{p: p, ready: make(chan struct{})}
+	b.waiting = append(b.waiting, w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return w.used, true
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	if w.granted { // at the same time as ctx ended: give it back
+		b.mu.Unlock()
+		b.release(p)
+		return 0, false
+	}
+	for i, x := range b.waiting {
+		if x == w {
+			b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
+			break
+		}
+	}
+	b.mu.Unlock()
+	return 0, false
+}
+
+// bufferWaiter is an acquire call waiting for a slot; grantLocked gives it
+// one and closes ready.
+type bufferWaiter struct {
+	p       *partition
+	ready   chan struct{}
+	granted bool // under recordBuffer.mu
+	used    int  // set before ready is closed
+}
+
+// takeLocked takes a slot for p and returns the slots held; under mu.
+func (b *recordBuffer) takeLocked(p *partition) int {
 	h := b.held[p]
 	if h >= b.floor {
 		b.borrowed++
 	}
 	b.held[p] = h + 1
 	b.used++
-	used := b.used
-	b.mu.Unlock()
-	return used, true
+	return b.used
 }
 
 // release gives back a slot p took.
@@ -123,7 +145,22 @@ func (b *recordBuffer) release(p *partition) {
 		b.held[p] = h - 1
 	}
 	b.used--
-	b.wakeLocked()
+	b.grantLocked()
+}
+
+// grantLocked gives a slot to each waiting acquire call, in order, that may
+// take one now; under mu.
+func (b *recordBuffer) grantLocked() {
+	for i := 0; i < len(b.waiting); {
+		w := b.waiting[i]
+		if !b.canTakeLocked(w.p) {
+			i++
+			continue
+		}
+		w.used, w.granted = b.takeLocked(w.p), true
+		close(w.ready)
+		b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
+	}
 }
 
 // inUse returns how many slots are held, all partitions.
@@ -131,12 +168,4 @@ func (b *recordBuffer) inUse() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
-}
-
-// wakeLocked wakes the waiting acquire calls; under mu.
-func (b *recordBuffer) wakeLocked() {
-	if b.waiters > 0 {
-		close(b.changed)
-		b.changed = make(chan struct{})
-	}
 }
