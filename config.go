@@ -226,7 +226,13 @@ type ConsumeConfig struct {
 	// fetching pauses. At least MaxInFlight. One of n assigned partitions
 	// may have at most max(MaxBuffered/n, min(MaxInFlight, MaxBuffered/2))
 	// records open (fetched and not yet committable); then only its own
-	// fetching pauses.
+	// fetching pauses. Each partition has max(MaxBuffered/2n, 1) of the
+	// buffer reserved, which the others cannot take; beyond it a partition
+	// takes from the rest while some is left. So partitions whose keys are
+	// stuck never stall the others, as long as fewer than MaxInFlight
+	// handlers are stuck (a stuck handler holds its run slot). With more
+	// partitions than MaxBuffered, each still has its one record: up to n
+	// are buffered.
 	// Default 4 × MaxInFlight.
 	MaxBuffered int
 	// Retry is the handler retry policy before dead-lettering; each zero

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,11 @@ type partition struct {
 	// committedMeta is the metadata committed with it (completed offsets
 	// beyond it), under engine.commitMu.
 	committedMeta string
+	// inherited are the completed offsets listed in the metadata of the
+	// commit p was assigned with, beyond the committed offset: every commit
+	// carries them until the committed offset passes them (carryDone), also
+	// those the feeder has not reached. Under engine.commitMu.
+	inherited []offsetRun
 	// skip are the offsets the previous owner completed beyond the
 	// committed one (from the commit's metadata): the feeder marks them
 	// done without handling them. Only the feeder touches it.
@@ -84,6 +90,10 @@ type partition struct {
 	share   atomic.Int64
 	waiting atomic.Bool
 	room    chan struct{}
+	// bufferFull says the feeder waits for a slot of MaxBuffered: the
+	// partition holds its reserved part and none of the rest is left
+	// (recordBuffer). Its fetching is paused too.
+	bufferFull atomic.Bool
 
 	// pending holds the records the transport delivered that the feeder has
 	// not dispatched yet; paused says the transport was asked to stop
@@ -132,6 +142,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		if e.caps.CommitMetadata {
 			p.committedMeta = a.Metadata
 			p.skip = decodeDoneOffsets(a.Offset, a.Metadata)
+			p.inherited = slices.Clone(p.skip)
 		}
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
 		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
@@ -142,6 +153,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
 	}
+	k.buf.setPartitions(len(e.parts))
 	assigned := e.assignedLocked()
 	since := e.failingSince
 	e.failingSince = time.Time{}
@@ -233,6 +245,7 @@ func (e *engine) release(ps []*partition) {
 			delete(e.parts, p.tp)
 		}
 	}
+	e.k.buf.setPartitions(len(e.parts))
 }
 
 // drainBudget is how long a revoke (or Stop) lets in-flight handlers run:
@@ -355,7 +368,7 @@ func (e *engine) pause(p *partition) {
 // hasRoom reports whether p may open a record now without waiting.
 func (e *engine) hasRoom(p *partition) bool {
 	_, open, _ := p.tracker.committable()
-	return int64(open) < p.share.Load() && len(e.k.sem) < cap(e.k.sem)
+	return int64(open) < p.share.Load() && e.k.buf.canTake(p)
 }
 
 // feed dispatches partition p's records until its fetching ends, then waits
@@ -380,9 +393,19 @@ func (e *engine) feed(p *partition) {
 		if !e.hasRoom(p) {
 			e.pause(p)
 		}
-		if !e.waitRoom(ctx, p) || !e.k.acquire(ctx) {
+		if !e.waitRoom(ctx, p) {
 			break
 		}
+		full := !e.k.buf.canTake(p)
+		p.bufferFull.Store(full) // for Health; the partition was paused above
+		used, ok := e.k.buf.acquire(ctx, p)
+		if full {
+			p.bufferFull.Store(false)
+		}
+		if !ok {
+			break
+		}
+		e.k.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
 		e.dispatch(p, rec)
 	}
 	// Revoked or stopping: let in-flight work finish within the drain
@@ -520,7 +543,7 @@ func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
 func (e *engine) process(p *partition, j *job) {
 	defer p.inflight.Done()
-	defer e.k.release()
+	defer e.k.buf.release(p)
 	if p.hard.Err() != nil {
 		return
 	}
@@ -799,6 +822,10 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		// committed too, so a partition whose head is slow still records
 		// the work done behind it.
 		base, runs := p.tracker.progress()
+		if base < 0 && len(p.inherited) > 0 {
+			base = p.committed // nothing reached yet: the inherited commit as it was
+		}
+		base, runs = carryDone(base, runs, p.inherited)
 		meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
 		if base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta {
 			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta})
@@ -840,6 +867,9 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 		p.committed = offsets[i].Offset
 		p.lag.committed.Store(p.committed)
 		p.committedMeta = offsets[i].Metadata
+		for len(p.inherited) > 0 && p.inherited[0].from+p.inherited[0].n <= p.committed {
+			p.inherited = p.inherited[1:] // passed
+		}
 	}
 	e.k.health.committed()
 	return nil
@@ -950,7 +980,7 @@ func (e *engine) partitionHealth() []PartitionHealth {
 		if !ok {
 			continue
 		}
-		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load(),
+		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load() || p.bufferFull.Load(),
 			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
 		ph.Stuck = p.stuckReason()
 		out = append(out, ph)

@@ -127,6 +127,9 @@ func DeadLetterForm(rec *kafka.Message, topic string, kind ErrorKind, handler st
 	return fromRecord(deadLetterForm(toRecord(rec), topic, kind, handler, attempts, cause, dlForm(f)))
 }
 
+// PartitionFloor is how many buffer slots are reserved to each of n partitions.
+func PartitionFloor(maxBuffered, n int) int { return partitionFloor(maxBuffered, n) }
+
 // PartitionShare is how many open records one of n partitions may have.
 func PartitionShare(maxBuffered, maxInFlight, n int) int {
 	return partitionShare(maxBuffered, maxInFlight, n)

@@ -25,7 +25,8 @@ type Health struct {
 	// Assigned lists this member's partitions by topic.
 	Assigned map[string][]int `json:"assigned,omitempty"`
 	// InFlight counts records fetched and not yet finished, at most
-	// Config.Consume.MaxBuffered; Running those being handled, at most MaxInFlight.
+	// Config.Consume.MaxBuffered (or the number of assigned partitions when
+	// larger: each may have one); Running those being handled, at most MaxInFlight.
 	InFlight int `json:"in_flight"`
 	Running  int `json:"running"`
 	// OldestInFlight is how long the oldest unfinished record has waited;
@@ -112,7 +113,8 @@ type PartitionHealth struct {
 	Partition int    `json:"partition"`
 	// Open counts the partition's open records. At most its share of
 	// Config.Consume.MaxBuffered is open; then Paused is true: its fetching waits,
-	// the other partitions' does not.
+	// the other partitions' does not. Paused is true too while the partition
+	// waits for room in MaxBuffered beyond the part reserved to it.
 	Open   int  `json:"open"`
 	Paused bool `json:"paused,omitempty"`
 	// OldestOffset, OldestKey and OldestAge describe the first open record,
@@ -203,7 +205,7 @@ func (k *Client) Health() Health {
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
 	out.AsyncFailedNoCallback = k.pub.failedNoCallback.Load()
-	out.InFlight = len(k.sem)
+	out.InFlight = k.buf.inUse()
 	out.Running = len(k.running)
 	if g != nil {
 		if _, at := g.oldest(); !at.IsZero() {

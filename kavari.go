@@ -49,7 +49,7 @@ type Client struct {
 	names *topicNames
 
 	provider atomic.Pointer[Provider]
-	sem      chan struct{} // records fetched and not finished (MaxBuffered)
+	buf      *recordBuffer // records fetched and not finished (MaxBuffered), buffer.go
 	running  chan struct{} // records being handled (MaxInFlight)
 	health   health
 	// metaLimit bounds commit metadata; it shrinks when the brokers refuse
@@ -142,7 +142,7 @@ func newWith(cfg Config, tr transport.Transport) (*Client, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
-		sem:      make(chan struct{}, cfg.Consume.MaxBuffered),
+		buf:      newRecordBuffer(cfg.Consume.MaxBuffered),
 		running:  make(chan struct{}, cfg.Consume.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -449,7 +449,10 @@ func (k *Client) launch(table *routeTable) error {
 // leaves the group; and flushes queued PublishAsync messages and closes the
 // publisher. Work that did not complete is redelivered to the next owner of
 // its partition. It is idempotent: later calls wait for the first and return
-// its result.
+// its result. A later call never shortens the first one's shutdown: when its
+// own ctx ends first, it returns an error wrapping ctx's cause while the
+// first Stop goes on under the first ctx (flushing, committing) and returns
+// its own result.
 //
 // On KafkaGo the drain is also cut at SessionTimeout − HeartbeatInterval − a reserve
 // (see Config.Consume.DrainTimeout): kafka-go sends no heartbeats while Stop drains,
@@ -496,7 +499,9 @@ func (k *Client) Stop(ctx context.Context) error {
 			}()
 		}
 	}
+	first := false
 	k.stopOnce.Do(func() {
+		first = true
 		k.lifeMu.Lock()
 		k.planStop(sctx)
 		k.stopping.Store(true)
@@ -516,6 +521,12 @@ func (k *Client) Stop(ctx context.Context) error {
 		case <-k.stopDone: // finished at the deadline: its own error says more
 			return k.stopErr
 		default:
+		}
+		if !first {
+			// The first Stop's ctx bounds the shutdown, not this one's: cutting
+			// the connections here would fail the first Stop's flush and
+			// commit.
+			return fmt.Errorf("kavari: stop: the Stop under way did not finish by this call's deadline (it goes on): %w", context.Cause(ctx))
 		}
 		k.cutConnections() // what is still running ends now, see cutConnections
 		k.stopMu.Lock()
@@ -729,27 +740,10 @@ func (k *Client) ensureTopics(ctx context.Context, names []string) error {
 	return k.admin.CreateTopics(ctx, k.cfg.Topics.Partitions, k.cfg.Topics.ReplicationFactor, names...)
 }
 
-// acquire takes a buffer slot, waiting while MaxBuffered records are open.
-func (k *Client) acquire(ctx context.Context) bool {
-	select { // without ctx first: a select on two channels locks both
-	case k.sem <- struct{}{}:
-		return true
-	default:
-	}
-	select {
-	case k.sem <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-func (k *Client) release() { <-k.sem }
-
 // run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
 // back.
 func (k *Client) run(ctx context.Context) bool {
-	select { // as acquire: ctx's channel is shared by every handler of a partition
+	select { // without ctx first: a select on two channels locks both, and ctx's is shared by every handler of a partition
 	case k.running <- struct{}{}:
 		return true
 	default:

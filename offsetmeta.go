@@ -148,3 +148,45 @@ func decodeDoneOffsets(base int64, meta string) []offsetRun {
 	}
 	return runs
 }
+
+// carryDone adds to a commit's base and runs (the owner's own progress,
+// from offsetTracker.progress) the completed offsets the owner inherited in
+// the metadata of the commit it was assigned with, so that its commits
+// never drop them, also before its feeder reached them. Offsets below base
+// are dropped; an inherited run that covers base moves base past it (those
+// records were completed, by the previous owner). The result is sorted,
+// disjoint and non-adjacent, as encodeDoneOffsets wants it.
+func carryDone(base int64, runs, inherited []offsetRun) (int64, []offsetRun) {
+	if len(inherited) == 0 {
+		return base, runs
+	}
+	out := make([]offsetRun, 0, len(runs)+len(inherited))
+	add := func(r offsetRun) {
+		switch end := r.from + r.n; {
+		case end <= base:
+			return
+		case r.from <= base:
+			// Covers base, so everything up to end is done (only an
+			// inherited run can: base itself is open for the owner). Runs
+			// come sorted, so none was kept yet.
+			base = end
+			return
+		}
+		if n := len(out); n > 0 && r.from <= out[n-1].from+out[n-1].n {
+			out[n-1].n = max(out[n-1].n, r.from+r.n-out[n-1].from) // overlapping or adjacent
+			return
+		}
+		out = append(out, r)
+	}
+	i, j := 0, 0
+	for i < len(runs) || j < len(inherited) {
+		if j == len(inherited) || i < len(runs) && runs[i].from <= inherited[j].from {
+			add(runs[i])
+			i++
+		} else {
+			add(inherited[j])
+			j++
+		}
+	}
+	return base, out
+}

@@ -115,3 +115,67 @@ func FuzzOffsetMetaDecode(f *testing.F) {
 }
 
 func encodeB64(b []byte) string { return metaPrefix + base64.RawURLEncoding.EncodeToString(b) }
+
+// carryDone equals the set union of the owner's runs and the inherited ones,
+// with base moved past whatever is done from it on, in the canonical form
+// encodeDoneOffsets wants (sorted, disjoint, non-adjacent, beyond base).
+func TestCarryDoneIsTheUnion(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 2000 {
+		base0 := int64(r.IntN(20))
+		inherited := smallRuns(r, base0, r.IntN(6))
+		// The owner's own progress: base at or beyond base0, open there.
+		base := base0 + int64(r.IntN(30))
+		done := map[int64]bool{}
+		for _, x := range inherited {
+			for o := x.from; o < x.from+x.n; o++ {
+				done[o] = true
+			}
+		}
+		if done[base] {
+			continue // the owner's base is an open record: never in the inherited runs (the feeder skips those)
+		}
+		own := smallRuns(r, base, r.IntN(6))
+		for _, x := range own {
+			for o := x.from; o < x.from+x.n; o++ {
+				done[o] = true
+			}
+		}
+		gotBase, got := carryDone(base, own, inherited)
+		want := base
+		for done[want] {
+			want++
+		}
+		require.Equal(t, want, gotBase, "base %d own %v inherited %v", base, own, inherited)
+		var wantRuns []offsetRun
+		for o := gotBase + 1; o < 1000; o++ {
+			if !done[o] {
+				continue
+			}
+			if n := len(wantRuns); n > 0 && wantRuns[n-1].from+wantRuns[n-1].n == o {
+				wantRuns[n-1].n++
+			} else {
+				wantRuns = append(wantRuns, offsetRun{from: o, n: 1})
+			}
+		}
+		if len(wantRuns) == 0 {
+			require.Empty(t, got)
+		} else {
+			require.Equal(t, wantRuns, got, "base %d own %v inherited %v", base, own, inherited)
+		}
+		require.Equal(t, len(got) > 0, encodeDoneOffsets(gotBase, got, metaMaxBytes) != "")
+	}
+}
+
+// smallRuns is randomRuns with gaps and lengths under 10.
+func smallRuns(r *rand.Rand, base int64, count int) []offsetRun {
+	var runs []offsetRun
+	at := base
+	for range count {
+		from := at + 1 + r.Int64N(10)
+		n := 1 + r.Int64N(10)
+		runs = append(runs, offsetRun{from: from, n: n})
+		at = from + n
+	}
+	return runs
+}

@@ -138,6 +138,16 @@ func (wp *workerPool) retire(w *poolWorker) bool {
 	return false
 }
 
+// fit raises the bound to n when lower: called with the number of buffer
+// slots held, so that a lane (which holds one) never waits in queue behind
+// lanes whose handlers are stuck. The buffer may hold more than MaxBuffered
+// (recordBuffer: every partition has its floor).
+func (wp *workerPool) fit(n int) {
+	wp.mu.Lock()
+	defer wp.mu.Unlock()
+	wp.max = max(wp.max, n)
+}
+
 // close ends the idle workers and lets the busy ones end after their lane
 // and the queued ones. Nothing is submitted after close (the feeders ended).
 func (wp *workerPool) close() {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,4 +149,138 @@ func TestStuckKey(t *testing.T) {
 	led.Set("partition0_open_while_stuck", p0.Open)
 	led.Note("%d records on partitions 1-3 handled in %s while key p0-stuck hung with %d records queued on partition 0 (which stayed at its share of %d open, paused); after Stop a second consumer handled the rest",
 		others, flowed.Round(time.Millisecond), stuckN, p0.Open)
+}
+
+// TestStuckKeysManyPartitions hangs the handlers of 4 keys, each on its own
+// partition of a 16-partition topic, with 50 records queued behind each,
+// then writes 240 records to the 12 other partitions, with MaxInFlight 8 and
+// MaxBuffered 32. Before, each partition's share was raised to MaxInFlight
+// (8), so the 4 stuck partitions held all 32 buffer slots and the other 12
+// handled nothing (0 of 60 in 5 minutes in the issue). Now each partition
+// has a reserved part of the buffer the others cannot take: all 240 are
+// handled while the keys hang. Then the consumer stops and a second one in
+// the group handles what is left: nothing lost.
+func TestStuckKeysManyPartitions(t *testing.T) {
+	brokers := testenv.RequireReal(t)
+	led := ledger.ForTest(t, "four keys hang on a 16-partition topic: the other partitions keep flowing")
+	led.CheckOrder()
+	run, group := testenv.ID("run"), testenv.ID("stuck-many")
+	const topic, partitions, stuckKeys, perStuck, others = "kavari-fault-hotkeys", 16, 4, 50, 240
+	createTopicWith(t, brokers, topic, partitions, nil)
+	createTopicWith(t, brokers, topic+".dlq", 1, nil)
+	if n := partitionsOf(t, brokers, topic); n != partitions {
+		t.Fatalf("topic %s has %d partitions, want %d", topic, n, partitions)
+	}
+	led.Setup("shared broker; topic with %d partitions; %d records of each of %d keys on partitions 0-%d, whose handlers hang, then %d records of other keys on partitions %d-%d; in-process Client, MaxInFlight 8, MaxBuffered 32; then a second Client in the group",
+		partitions, perStuck, stuckKeys, stuckKeys-1, others, stuckKeys, partitions-1)
+
+	var hung atomic.Int64
+	consumer := func(hang bool) *kavari.Client {
+		reg := kavari.NewRegistry()
+		if err := kavari.RegisterFuncOn(reg, &faultmsg.HotKeys{}, func(ctx context.Context, m *faultmsg.HotKeys) error {
+			if hang && m.Run == run && strings.HasSuffix(m.Key, "-stuck") {
+				hung.Add(1)
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			handle(ctx, led, run, &m.Body)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := baseConfig(brokers, reg)
+		cfg.Consume.GroupID = group
+		cfg.Consume.MaxInFlight, cfg.Consume.MaxBuffered = 8, 32
+		return newKavari(t, cfg)
+	}
+	k := consumer(true)
+	ctx := context.Background()
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The partition is the key's digits after "p".
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond,
+		MaxAttempts: 10, Transport: tr, Balancer: kafka.BalancerFunc(func(m kafka.Message, _ ...int) int {
+			p, _ := strconv.Atoi(string(m.Key[1:3]))
+			return p
+		})}
+	defer w.Close()
+	seqs := map[string]int{}
+	var n int
+	write := func(keys []string) {
+		recs := make([]kafka.Message, 0, len(keys))
+		ids := make([]string, 0, len(keys))
+		for _, key := range keys {
+			id := msgID(n)
+			n++
+			b, _ := json.Marshal(faultmsg.HotKeys{Body: faultmsg.Body{Run: run, ID: id, Key: key, Seq: seqs[key]}})
+			led.Sent(id, key, seqs[key])
+			seqs[key]++
+			ids = append(ids, id)
+			recs = append(recs, kafka.Message{Key: []byte(key), Value: b, Headers: []kafka.Header{{Key: kavari.HeaderMsgType, Value: []byte("HotKeys")}}})
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		err := w.WriteMessages(wctx, recs...)
+		for _, id := range ids {
+			led.Published(id, err)
+		}
+		if err != nil {
+			t.Fatalf("writing: %v", err)
+		}
+	}
+	var stuck []string
+	for i := range perStuck * stuckKeys {
+		stuck = append(stuck, fmt.Sprintf("p%02d-stuck", i%stuckKeys))
+	}
+	write(stuck)
+	// Every stuck key's handler runs, and the records behind them fill what
+	// their partitions may take, before the others come.
+	waitFor(t, time.Minute, func() bool { return hung.Load() == stuckKeys }, "%d of %d stuck handlers started", hung.Load(), stuckKeys)
+	// They may take their reserved part of the buffer (1 record each of 16
+	// partitions: 4) and the shared rest (32 − 16); before, they took all 32.
+	waitFor(t, time.Minute, func() bool { return k.Health().InFlight >= stuckKeys+16 },
+		"the stuck partitions hold only %d buffer slots", k.Health().InFlight)
+	time.Sleep(time.Second) // and nothing more comes
+	held := k.Health().InFlight
+	hangAt := time.Now()
+	var rest []string
+	for i := range others {
+		rest = append(rest, fmt.Sprintf("p%02d-k%03d", stuckKeys+i%(partitions-stuckKeys), i))
+	}
+	write(rest)
+	elsewhere := func() int {
+		c := 0
+		for _, h := range led.Handles() {
+			if h.Partition >= stuckKeys {
+				c++
+			}
+		}
+		return c
+	}
+	// Generous: on a loaded machine 240 records take well under a minute.
+	waitFor(t, 3*time.Minute, func() bool { return elsewhere() >= others }, "only %d of %d records on the healthy partitions handled while %d keys hang (Health %+v)", elsewhere(), others, stuckKeys, k.Health())
+	flowed := time.Since(hangAt)
+
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_ = k.Stop(sctx) // the hung handlers are cancelled, their records stay uncommitted
+	cancel()
+	k2 := consumer(false)
+	if err := k2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer wcancel()
+	if !led.WaitAllHandled(wctx) {
+		_, _, h, _ := led.Counts()
+		t.Errorf("after restart only %d of %d handled", h, n)
+	}
+	led.Assert(t)
+	led.Set("healthy_partitions_handled_while_stuck", others)
+	led.Set("buffer_held_by_stuck_partitions", held)
+	led.Note("%d records on the %d healthy partitions handled in %s while %d keys hung with %d records each queued on their partitions (holding %d of MaxBuffered 32); after Stop a second consumer handled the rest",
+		others, partitions-stuckKeys, flowed.Round(time.Millisecond), stuckKeys, perStuck, held)
 }

@@ -22,3 +22,17 @@ type HotKey struct {
 	kavari.Message `kavari:"topic=kavari-fault-hotkey,key=Key"`
 	Body
 }
+
+// HotKeys is consumed in-process while a few keys' handlers hang, on a
+// topic with many partitions (stuck keys on many partitions).
+type HotKeys struct {
+	kavari.Message `kavari:"topic=kavari-fault-hotkeys,key=Key"`
+	Body
+}
+
+// Owners is consumed by three successive owners of one partition, each
+// leaving records unfinished (commit metadata carried across owners).
+type Owners struct {
+	kavari.Message `kavari:"topic=kavari-fault-owners,key=Key"`
+	Body
+}

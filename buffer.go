@@ -1,0 +1,171 @@
+package kavari
+
+import (
+	"context"
+	"sync"
+)
+
+// recordBuffer bounds the records dispatched to lanes and not yet finished
+// (running, or queued behind a busy key or partition), Consume.MaxBuffered
+// all partitions together, so that stuck partitions can never take the room
+// of the others. Each of the n assigned partitions has a guaranteed
+// minimum, floor (partitionFloor: half the buffer split evenly, at least
+// one record); beyond its floor a partition borrows from the rest of the
+// buffer (MaxBuffered − n × floor), and only while some of it is left. A
+// partition below its floor always gets a slot at once: whatever the
+// others hold (stuck handlers and the records queued behind them), a
+// healthy partition keeps going. Each partition is bounded besides by its
+// share of open records (partitionShare).
+//
+// With more partitions than MaxBuffered every partition still has its one
+// record, so up to n records are buffered; after a rebalance that adds
+// partitions, what the partitions kept had borrowed may exceed the new
+// rest until it finishes (nothing more is borrowed meanwhile). Safe for
+// concurrent use.
+type recordBuffer struct {
+	max int // Consume.MaxBuffered
+
+	mu       sync.Mutex
+	floor    int                // slots reserved to each assigned partition
+	pool     int                // slots beyond the floors: max − n × floor, at least 0
+	used     int                // slots held, all partitions
+	borrowed int                // slots held beyond their partition's floor
+	held     map[*partition]int // slots held per partition (also by partitions released since)
+	waiting  []*bufferWaiter    // acquire calls waiting for a slot, in arrival order
+}
+
+func newRecordBuffer(max int) *recordBuffer {
+	b := &recordBuffer{max: max, held: map[*partition]int{}}
+	b.setPartitions(1)
+	return b
+}
+
+// partitionFloor is the number of buffer slots reserved to each of n
+// partitions: half of maxBuffered split evenly, at least 1.
+func partitionFloor(maxBuffered, n int) int {
+	return max(maxBuffered/(2*max(n, 1)), 1)
+}
+
+// setPartitions sets the number of assigned partitions, which the floors
+// and the borrowable rest follow.
+func (b *recordBuffer) setPartitions(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.floor = partitionFloor(b.max, n)
+	b.pool = max(b.max-max(n, 1)*b.floor, 0)
+	b.borrowed = 0
+	for _, h := range b.held {
+		b.borrowed += max(h-b.floor, 0)
+	}
+	b.grantLocked()
+}
+
+// canTakeLocked reports whether p may take a slot now; under mu.
+func (b *recordBuffer) canTakeLocked(p *partition) bool {
+	if b.held[p] < b.floor {
+		return true
+	}
+	return b.borrowed < b.pool && b.used < b.max
+}
+
+// canTake reports whether p may take a slot without waiting.
+func (b *recordBuffer) canTake(p *partition) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.canTakeLocked(p)
+}
+
+// acquire takes a slot for p, waiting while it may not; false when ctx
+// ended first. It returns how many slots are held, all partitions.
+func (b *recordBuffer) acquire(ctx context.Context, p *partition) (int, bool) {
+	b.mu.Lock()
+	if b.canTakeLocked(p) {
+		used := b.takeLocked(p)
+		b.mu.Unlock()
+		return used, true
+	}
+	w := &bufferWaiter{p: p, ready: make(chan struct{})}
+	b.waiting = append(b.waiting, w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return w.used, true
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	if w.granted { // at the same time as ctx ended: give it back
+		b.mu.Unlock()
+		b.release(p)
+		return 0, false
+	}
+	for i, x := range b.waiting {
+		if x == w {
+			b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
+			break
+		}
+	}
+	b.mu.Unlock()
+	return 0, false
+}
+
+// bufferWaiter is an acquire call waiting for a slot; grantLocked gives it
+// one and closes ready.
+type bufferWaiter struct {
+	p       *partition
+	ready   chan struct{}
+	granted bool // under recordBuffer.mu
+	used    int  // set before ready is closed
+}
+
+// takeLocked takes a slot for p and returns the slots held; under mu.
+func (b *recordBuffer) takeLocked(p *partition) int {
+	h := b.held[p]
+	if h >= b.floor {
+		b.borrowed++
+	}
+	b.held[p] = h + 1
+	b.used++
+	return b.used
+}
+
+// release gives back a slot p took.
+func (b *recordBuffer) release(p *partition) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.held[p]
+	if h <= 0 {
+		return
+	}
+	if h > b.floor {
+		b.borrowed--
+	}
+	if h == 1 {
+		delete(b.held, p)
+	} else {
+		b.held[p] = h - 1
+	}
+	b.used--
+	b.grantLocked()
+}
+
+// grantLocked gives a slot to each waiting acquire call, in order, that may
+// take one now; under mu.
+func (b *recordBuffer) grantLocked() {
+	for i := 0; i < len(b.waiting); {
+		w := b.waiting[i]
+		if !b.canTakeLocked(w.p) {
+			i++
+			continue
+		}
+		w.used, w.granted = b.takeLocked(w.p), true
+		close(w.ready)
+		b.waiting = append(b.waiting[:i], b.waiting[i+1:]...)
+	}
+}
+
+// inUse returns how many slots are held, all partitions.
+func (b *recordBuffer) inUse() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
