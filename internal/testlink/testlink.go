@@ -18,6 +18,16 @@ var (
 	// right after the record was marked complete.
 	NewClient func(cfg any, tr transport.Transport, finished func(rec *transport.Record)) (any, error)
 
+	// Capabilities returns the capabilities of the transport cfg (a
+	// kavari.Config) selects, or why it selects none: what kavari.New
+	// checks cfg against.
+	Capabilities func(cfg any) (transport.Capabilities, error)
+
+	// CreateTopics creates topics as EnsureTopics creates the registered
+	// ones (with Config.Topics.Partitions partitions) with client (a
+	// *kavari.Client).
+	CreateTopics func(client any, ctx context.Context, topics ...string) error
+
 	// Encode returns the record client (a *kavari.Client) would publish for
 	// msg, without validating msg: what another producer could have
 	// written.
