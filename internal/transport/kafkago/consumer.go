@@ -98,7 +98,7 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				break
 			}
-			h.Error(err)
+			h.Error(joinError(c.cfg.GroupID, err))
 			continue
 		}
 		c.generation(gen, h)
@@ -107,6 +107,16 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 	// the revoke below, with its drain and final commit.
 	_ = c.group.Close()
 	return nil
+}
+
+// joinError labels an error of kafka-go's ConsumerGroup.Next: joining the
+// group failed (finding the coordinator, JoinGroup, SyncGroup or the
+// committed offsets).
+func joinError(group string, err error) error {
+	if errors.Is(err, kafka.InconsistentGroupProtocol) {
+		return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w (the group's members offer no common assignor: this member offers range and roundrobin)", group, err)
+	}
+	return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w", group, err)
 }
 
 // generation starts one generation's work: a reader per assigned partition,
