@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,8 +114,14 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 // group failed (finding the coordinator, JoinGroup, SyncGroup or the
 // committed offsets).
 func joinError(group string, err error) error {
-	if errors.Is(err, kafka.InconsistentGroupProtocol) {
+	switch {
+	case errors.Is(err, kafka.InconsistentGroupProtocol):
 		return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w (the group's members offer no common assignor: this member offers range and roundrobin)", group, err)
+	case strings.Contains(err.Error(), "unable to read metadata for member"):
+		// kafka-go, leading the group, reads each member's subscription
+		// as the version 0 it writes itself and fails on a later one
+		// (librdkafka's): its error has no type to match.
+		return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w (kafka-go reads only version-0 subscriptions: members of other clients such as librdkafka cannot share a group with KafkaGo members; use Transport FranzGo)", group, err)
 	}
 	return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w", group, err)
 }
