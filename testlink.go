@@ -10,7 +10,8 @@ import (
 
 // What package kavaritest reaches through internal/testlink: a client on a
 // given transport, told when each consumed record is finished; the
-// capabilities of the transport a Config selects; topic creation; the record
+// capabilities of the transport a Config selects; the topics EnsureTopics
+// creates; the record
 // a message would be published as, unvalidated; and decoding with a
 // client's codecs. None of it is API.
 func init() {
@@ -34,8 +35,10 @@ func init() {
 		}
 		return tr.Capabilities(), nil
 	}
-	testlink.CreateTopics = func(client any, ctx context.Context, topics ...string) error {
-		return client.(*Client).ensureTopics(ctx, topics)
+	testlink.Topics = func(client any) ([]string, int, error) {
+		k := client.(*Client)
+		names, err := k.registeredTopics()
+		return names, k.cfg.Topics.Partitions, err
 	}
 	testlink.Encode = func(client any, ctx context.Context, msg any) (transport.Record, error) {
 		e := *client.(*Client).pub.enc

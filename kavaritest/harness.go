@@ -31,7 +31,8 @@ type Harness struct {
 	t      testing.TB
 	client *kavari.Client
 	feed   transport.Producer // writes delivered records; not recorded
-	suffix string             // dead-letter topic suffix
+	broker *memory.Broker
+	suffix string // dead-letter topic suffix
 
 	startOnce sync.Once
 	startErr  error
@@ -114,7 +115,8 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 	if err != nil {
 		t.Fatalf("kavaritest: %v", err)
 	}
-	mem := memory.NewBroker().Transport(caps)
+	h.broker = memory.NewBroker()
+	mem := h.broker.Transport(caps)
 	feed, err := mem.NewProducer(transport.Config{Partitioner: transport.Partitioner(cfg.Publish.Partitioner)})
 	if err != nil {
 		t.Fatalf("kavaritest: %v", err)
@@ -142,9 +144,23 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 // It fails the test on error; it may be called from any goroutine.
 func (h *Harness) CreateTopics(topics ...string) {
 	h.t.Helper()
-	if err := testlink.CreateTopics(h.client, context.Background(), topics...); err != nil {
+	_, partitions, err := testlink.Topics(h.client)
+	if err != nil {
 		h.t.Fatalf("kavaritest: create topics %v: %v", topics, err)
 	}
+	for _, t := range topics {
+		h.broker.CreateTopic(t, partitions)
+	}
+}
+
+// createRegistered creates the topics of the registered and declared types
+// and their dead-letter topics that do not exist yet.
+func (h *Harness) createRegistered() error {
+	topics, partitions, err := testlink.Topics(h.client)
+	for _, t := range topics {
+		h.broker.CreateTopic(t, partitions)
+	}
+	return err
 }
 
 // Client returns the client, for handlers that publish and for code under
@@ -387,10 +403,16 @@ type recordingProducer struct {
 
 func (p *recordingProducer) Produce(ctx context.Context, recs []*transport.Record) []error {
 	// Types may be registered or declared until the consumer starts:
-	// their topics exist from the first write on (EnsureTopics creates
-	// only what is missing).
-	if c := p.h.client; c != nil {
-		_ = c.EnsureTopics(ctx) // fails only once the client is closed, and then so does Produce
+	// their topics exist from the first write on, also when it is made
+	// while the client stops (a PublishAsync flushed by Stop).
+	if p.h.client != nil {
+		if err := p.h.createRegistered(); err != nil {
+			errs := make([]error, len(recs))
+			for i := range errs {
+				errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: err}
+			}
+			return errs
+		}
 	}
 	errs := p.Producer.Produce(ctx, recs)
 	p.h.mu.Lock()

@@ -23,10 +23,11 @@ var (
 	// checks cfg against.
 	Capabilities func(cfg any) (transport.Capabilities, error)
 
-	// CreateTopics creates topics as EnsureTopics creates the registered
-	// ones (with Config.Topics.Partitions partitions) with client (a
-	// *kavari.Client).
-	CreateTopics func(client any, ctx context.Context, topics ...string) error
+	// Topics returns the topics EnsureTopics creates for client (a
+	// *kavari.Client): the registered types' real topics, each followed by
+	// its dead-letter topic, and their partition count
+	// (Config.Topics.Partitions).
+	Topics func(client any) (topics []string, partitions int, err error)
 
 	// Encode returns the record client (a *kavari.Client) would publish for
 	// msg, without validating msg: what another producer could have
