@@ -715,19 +715,29 @@ func (k *Client) commitLost(err error) {
 // topics as they are, and waits until the brokers know them. After Stop it
 // returns ErrClosed.
 func (k *Client) EnsureTopics(ctx context.Context) error {
+	names, err := k.registeredTopics()
+	if err != nil {
+		return err
+	}
+	return k.ensureTopics(ctx, names)
+}
+
+// registeredTopics returns the real names of the registered types' topics,
+// each followed by its dead-letter topic.
+func (k *Client) registeredTopics() ([]string, error) {
 	var names []string
 	seen := map[string]bool{} // Config.Topics.Name may map several tag topics onto one
 	for _, t := range k.reg.Topics() {
 		real, err := k.names.of(t)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if !seen[real] {
 			seen[real] = true
 			names = append(names, real, real+k.cfg.Topics.DeadLetterSuffix)
 		}
 	}
-	return k.ensureTopics(ctx, names)
+	return names, nil
 }
 
 func (k *Client) ensureTopics(ctx context.Context, names []string) error {

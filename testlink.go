@@ -9,9 +9,11 @@ import (
 )
 
 // What package kavaritest reaches through internal/testlink: a client on a
-// given transport, told when each consumed record is finished; the record a
-// message would be published as, unvalidated; and decoding with a client's
-// codecs. None of it is API.
+// given transport, told when each consumed record is finished; the
+// capabilities of the transport a Config selects; the topics EnsureTopics
+// creates; the record
+// a message would be published as, unvalidated; and decoding with a
+// client's codecs. None of it is API.
 func init() {
 	testlink.NewClient = func(cfg any, tr transport.Transport, finished func(*transport.Record)) (any, error) {
 		k, err := newWith(cfg.(Config), tr)
@@ -24,6 +26,19 @@ func init() {
 		}
 		k.hooks.finished = append(k.hooks.finished, finished)
 		return k, nil
+	}
+	testlink.Capabilities = func(cfg any) (transport.Capabilities, error) {
+		c := cfg.(Config)
+		tr, err := c.adapter()
+		if err != nil {
+			return transport.Capabilities{}, err
+		}
+		return tr.Capabilities(), nil
+	}
+	testlink.Topics = func(client any) ([]string, int, error) {
+		k := client.(*Client)
+		names, err := k.registeredTopics()
+		return names, k.cfg.Topics.Partitions, err
 	}
 	testlink.Encode = func(client any, ctx context.Context, msg any) (transport.Record, error) {
 		e := *client.(*Client).pub.enc

@@ -21,7 +21,11 @@ const (
 	// FranzGo is twmb/franz-go: idempotent producing (a retried write is
 	// stored once), cooperative-sticky rebalancing (only partitions that
 	// move are revoked and drained), heartbeats during drains, commits
-	// carrying metadata.
+	// carrying metadata. Its members also offer the eager range assignor,
+	// which KafkaGo members (and librdkafka's by default) offer too: a
+	// group mixing both transports, as during a rolling change of
+	// Transport, agrees on range and rebalances eagerly until its last
+	// KafkaGo member left.
 	FranzGo
 )
 
@@ -30,7 +34,8 @@ type GroupProtocol int
 
 const (
 	// ClassicProtocol is the JoinGroup/SyncGroup protocol: the members
-	// assign partitions (eager on KafkaGo, cooperative-sticky on FranzGo).
+	// assign partitions (eager range on KafkaGo, cooperative-sticky on
+	// FranzGo; eager range in a group with members of both).
 	ClassicProtocol GroupProtocol = iota
 	// ConsumerProtocol is KIP-848's: the broker assigns partitions and sets
 	// the session timeout and heartbeat interval (group.consumer.*), so

@@ -38,6 +38,7 @@ func Example() {
 	ctx := context.Background()
 
 	reg := kavari.NewRegistry()
+	_ = reg.Declare(&InvoiceRequested{}) // published, not consumed: its topic exists, as on Kafka
 	h := kavaritest.New(t, kavari.Config{Registry: reg})
 	_ = kavari.RegisterOn(reg, &OrderPlaced{}, func() *Billing { return &Billing{Pub: h.Client()} })
 

@@ -31,7 +31,8 @@ type Harness struct {
 	t      testing.TB
 	client *kavari.Client
 	feed   transport.Producer // writes delivered records; not recorded
-	suffix string             // dead-letter topic suffix
+	broker *memory.Broker
+	suffix string // dead-letter topic suffix
 
 	startOnce sync.Once
 	startErr  error
@@ -64,13 +65,24 @@ type deadLettered struct {
 
 // New returns a Harness running a client built from cfg, as kavari.New
 // would build it, on an in-memory broker; Stop is called when t ends (a Stop
-// error fails t). Brokers may be empty, and the client runs in memory
-// whatever Transport says (fields Transport refuses are still refused);
-// every other field means what it means on Kafka. GroupID defaults to
-// "kavaritest", Logger to one writing to t's log. The registered topics and
-// their dead-letter topics are created with Config.Topics.Partitions partitions; any
-// other topic a handler publishes to is created on first use, with one
-// partition.
+// error fails t). New fails t where kavari.New returns an error, with the
+// same error: cfg is checked against the Transport it selects (a field that
+// Transport cannot honour is refused). Brokers may be empty, and the client
+// runs in memory whatever Transport says, with what it can do (commit
+// metadata, heartbeats during drains); every other field means what it means
+// on Kafka. GroupID defaults to "kavaritest", Logger to one writing to t's
+// log.
+//
+// The broker holds the topics a broker prepared for the application would:
+// the topics of the registered and declared message types (Register,
+// Registry.Declare) and their dead-letter topics, with
+// Config.Topics.Partitions partitions, and those given to CreateTopics. Like
+// a broker without topic auto-creation, it refuses any other topic: a
+// handler publishing to it gets an error matching kavari.ErrUnknownTopic,
+// and its record is dead-lettered, as in production. With
+// Config.Publish.AllowAutoCreate set, any topic is created on first use,
+// with one partition. Keys are partitioned by Config.Publish.Partitioner,
+// so receipts and Outcome records name the partitions Kafka would.
 //
 // Handler retries wait as Config.Consume.Retry says. To keep tests fast,
 // pass short delays (kavari.ConstantRetry(time.Millisecond, 3)), or call New
@@ -96,10 +108,16 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 	cfg.Hooks = append(slices.Clip(cfg.Hooks), (*observer)(h))
 	cfg.Middleware = append([]kavari.Middleware{h.countAttempts}, cfg.Middleware...)
 
-	b := memory.NewBroker()
-	caps := transport.Capabilities{Idempotent: true, HeartbeatsDuringDrain: true, StaticMembership: true, CommitMetadata: true}
-	mem := b.Transport(caps)
-	feed, err := mem.NewProducer(transport.Config{AllowAutoCreate: true})
+	// The in-memory transport has the capabilities of the one cfg selects,
+	// so that the client refuses what kavari.New refuses for it (with the
+	// same check) and the engine runs as it would on it.
+	caps, err := testlink.Capabilities(cfg)
+	if err != nil {
+		t.Fatalf("kavaritest: %v", err)
+	}
+	h.broker = memory.NewBroker()
+	mem := h.broker.Transport(caps)
+	feed, err := mem.NewProducer(transport.Config{Partitioner: transport.Partitioner(cfg.Publish.Partitioner)})
 	if err != nil {
 		t.Fatalf("kavaritest: %v", err)
 	}
@@ -118,6 +136,31 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 		logs.close()
 	})
 	return h
+}
+
+// CreateTopics creates topics (real names, as the broker knows them) with
+// Config.Topics.Partitions partitions, as an operator would create the
+// topics a handler publishes to that no registered or declared type names.
+// It fails the test on error; it may be called from any goroutine.
+func (h *Harness) CreateTopics(topics ...string) {
+	h.t.Helper()
+	_, partitions, err := testlink.Topics(h.client)
+	if err != nil {
+		h.t.Fatalf("kavaritest: create topics %v: %v", topics, err)
+	}
+	for _, t := range topics {
+		h.broker.CreateTopic(t, partitions)
+	}
+}
+
+// createRegistered creates the topics of the registered and declared types
+// and their dead-letter topics that do not exist yet.
+func (h *Harness) createRegistered() error {
+	topics, partitions, err := testlink.Topics(h.client)
+	for _, t := range topics {
+		h.broker.CreateTopic(t, partitions)
+	}
+	return err
 }
 
 // Client returns the client, for handlers that publish and for code under
@@ -339,14 +382,13 @@ func (o *observer) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, handl
 }
 
 // recording is the in-memory transport with producers that note what they
-// wrote, and that create any topic on first use.
+// wrote, and that find the registered and declared types' topics created.
 type recording struct {
 	transport.Transport
 	h *Harness
 }
 
 func (t *recording) NewProducer(cfg transport.Config) (transport.Producer, error) {
-	cfg.AllowAutoCreate = true
 	p, err := t.Transport.NewProducer(cfg)
 	if err != nil {
 		return nil, err
@@ -360,6 +402,18 @@ type recordingProducer struct {
 }
 
 func (p *recordingProducer) Produce(ctx context.Context, recs []*transport.Record) []error {
+	// Types may be registered or declared until the consumer starts:
+	// their topics exist from the first write on, also when it is made
+	// while the client stops (a PublishAsync flushed by Stop).
+	if p.h.client != nil {
+		if err := p.h.createRegistered(); err != nil {
+			errs := make([]error, len(recs))
+			for i := range errs {
+				errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: err}
+			}
+			return errs
+		}
+	}
 	errs := p.Producer.Produce(ctx, recs)
 	p.h.mu.Lock()
 	defer p.h.mu.Unlock()

@@ -154,6 +154,9 @@ func TestDeliverUnknownTypeRelaxedIsSkipped(t *testing.T) {
 
 func TestHandlerPublishShowsInPublished(t *testing.T) {
 	reg := kavari.NewRegistry()
+	if err := reg.Declare(&invoice{}); err != nil { // published: its topic exists, as on Kafka
+		t.Fatal(err)
+	}
 	h := kavaritest.New(t, quick(reg))
 	// Registered after New: the consumer starts at the first Deliver.
 	if err := kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error {
@@ -264,6 +267,9 @@ func TestCleanupLeavesNoGoroutines(t *testing.T) {
 	t.Run("harness", func(t *testing.T) {
 		reg := kavari.NewRegistry()
 		if err := kavari.RegisterFuncOn(reg, &order{}, func(ctx context.Context, m *order) error { return errors.New("no") }); err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Declare(&invoice{}); err != nil {
 			t.Fatal(err)
 		}
 		h := kavaritest.New(t, quick(reg))

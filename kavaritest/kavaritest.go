@@ -7,6 +7,7 @@
 //	func TestBilling(t *testing.T) {
 //		reg := kavari.NewRegistry()
 //		kavari.RegisterFuncOn(reg, &OrderPlaced{}, billing.Handle)
+//		reg.Declare(&InvoiceRequested{}) // billing publishes it
 //		h := kavaritest.New(t, kavari.Config{Registry: reg})
 //		out := h.Deliver(t.Context(), &OrderPlaced{OrderID: "o-1", Amount: 10})
 //		if out.Result != kavaritest.Handled {
@@ -15,6 +16,15 @@
 //		invoices := h.PublishedTo("invoices")
 //		...
 //	}
+//
+// A Harness fails where the Client would fail on Kafka. New refuses the
+// Config kavari.New refuses for its Transport. Its broker has the topics of
+// the registered and declared types (and their dead-letter topics), plus
+// those given to Harness.CreateTopics, and refuses any other, as a broker
+// without topic auto-creation does: a handler publishing to a topic nobody
+// created gets kavari.ErrUnknownTopic and its record is dead-lettered
+// (unless Config.Publish.AllowAutoCreate is set). Keys go to the
+// partitions Config.Publish.Partitioner picks on Kafka.
 //
 // An embedded broker (NewBroker: franz-go's kfake, which speaks the Kafka
 // protocol) is for integration tests of a whole service, with the client

@@ -18,6 +18,17 @@ var (
 	// right after the record was marked complete.
 	NewClient func(cfg any, tr transport.Transport, finished func(rec *transport.Record)) (any, error)
 
+	// Capabilities returns the capabilities of the transport cfg (a
+	// kavari.Config) selects, or why it selects none: what kavari.New
+	// checks cfg against.
+	Capabilities func(cfg any) (transport.Capabilities, error)
+
+	// Topics returns the topics EnsureTopics creates for client (a
+	// *kavari.Client): the registered types' real topics, each followed by
+	// its dead-letter topic, and their partition count
+	// (Config.Topics.Partitions).
+	Topics func(client any) (topics []string, partitions int, err error)
+
 	// Encode returns the record client (a *kavari.Client) would publish for
 	// msg, without validating msg: what another producer could have
 	// written.

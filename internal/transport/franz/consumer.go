@@ -63,7 +63,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly
 		// assigned partition joins the next fetch sooner.
 		kgo.FetchMaxWait(500*time.Millisecond),
-		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.Balancers(balancers()...),
 		kgo.OnPartitionsAssigned(c.onAssigned),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
@@ -187,7 +187,7 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			if errors.Is(err, context.Canceled) || errors.Is(err, kgo.ErrClientClosed) {
 				return
 			}
-			h.Error(fmt.Errorf("kavari: fetch %s/%d: %w", topic, partition, err))
+			h.Error(pollError(c.cfg.GroupID, topic, partition, err))
 		})
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) == 0 {
@@ -196,6 +196,24 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			c.deliver(transport.TopicPartition{Topic: p.Topic, Partition: p.Partition}, p.Records, p.HighWatermark)
 		})
 	}
+}
+
+// pollError labels an error a poll returned. kgo reports an error of the
+// group session (join, sync, heartbeat, offset fetch) as a fetch error of
+// topic "" partition 0, wrapped in a *kgo.ErrGroupSession: it is the
+// group's, not a partition's.
+func pollError(group, topic string, partition int32, err error) error {
+	var ge *kgo.ErrGroupSession
+	if errors.As(err, &ge) {
+		if errors.Is(err, kerr.InconsistentGroupProtocol) {
+			return fmt.Errorf("kavari: franz consumer: join group %q: %w (the group's members offer no common assignor: this member offers cooperative-sticky and range)", group, ge.Err)
+		}
+		return fmt.Errorf("kavari: franz consumer: group %q: %w", group, ge.Err)
+	}
+	if topic == "" {
+		return fmt.Errorf("kavari: franz consumer: %w", err)
+	}
+	return fmt.Errorf("kavari: fetch %s/%d: %w", topic, partition, err)
 }
 
 // probeInterval is how often probeUntilJoined pings the brokers.

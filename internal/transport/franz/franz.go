@@ -41,7 +41,8 @@ type Option func(*franzTransport)
 // protocol (the broker assigns partitions; Kafka 4.0 or later, and kgo
 // recommends 4.3 or later, where an offset commit cannot meet a
 // STALE_MEMBER_EPOCH during ordinary operation). Without it the classic
-// protocol runs with the cooperative-sticky balancer.
+// protocol runs with the cooperative-sticky balancer, or eager range in a
+// group whose other members do not offer cooperative-sticky (balancers).
 func ConsumerGroupProtocol() Option {
 	return func(t *franzTransport) { t.kip848 = true }
 }

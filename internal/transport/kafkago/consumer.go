@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,7 +99,7 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
 				break
 			}
-			h.Error(err)
+			h.Error(joinError(c.cfg.GroupID, err))
 			continue
 		}
 		c.generation(gen, h)
@@ -107,6 +108,22 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 	// the revoke below, with its drain and final commit.
 	_ = c.group.Close()
 	return nil
+}
+
+// joinError labels an error of kafka-go's ConsumerGroup.Next: joining the
+// group failed (finding the coordinator, JoinGroup, SyncGroup or the
+// committed offsets).
+func joinError(group string, err error) error {
+	switch {
+	case errors.Is(err, kafka.InconsistentGroupProtocol):
+		return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w (the group's members offer no common assignor: this member offers range and roundrobin)", group, err)
+	case strings.Contains(err.Error(), "unable to read metadata for member"):
+		// kafka-go, leading the group, reads each member's subscription
+		// as the version 0 it writes itself and fails on a later one
+		// (librdkafka's): its error has no type to match.
+		return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w (kafka-go reads only version-0 subscriptions: members of other clients such as librdkafka cannot share a group with KafkaGo members; use Transport FranzGo)", group, err)
+	}
+	return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w", group, err)
 }
 
 // generation starts one generation's work: a reader per assigned partition,

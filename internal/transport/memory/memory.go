@@ -13,11 +13,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 
 	"github.com/kavari-go/kavari/internal/transport"
 )
@@ -225,9 +226,7 @@ func (p *producer) append(r *transport.Record) error {
 	}
 	var part int32
 	if r.Key != nil {
-		h := fnv.New32a()
-		_, _ = h.Write(r.Key)
-		part = int32(h.Sum32() % uint32(len(parts)))
+		part = partitionOf(p.cfg.Partitioner, r.Key, len(parts))
 	} else {
 		p.next++
 		part = int32(p.next % uint32(len(parts)))
@@ -242,6 +241,20 @@ func (p *producer) append(r *transport.Record) error {
 	close(b.changed)
 	b.changed = make(chan struct{})
 	return nil
+}
+
+// partitionOf is the partition of key among n with partitioner part, as
+// both adapters pick it: kafka-go's Murmur2Balancer or CRC32Balancer.
+func partitionOf(part transport.Partitioner, key []byte, n int) int32 {
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = i
+	}
+	msg := kafka.Message{Key: key}
+	if part == transport.CRC32 {
+		return int32(kafka.CRC32Balancer{}.Balance(msg, ids...))
+	}
+	return int32(kafka.Murmur2Balancer{}.Balance(msg, ids...))
 }
 
 func (p *producer) Close() error {
