@@ -198,3 +198,66 @@ func TestProduceWithoutDeadlineFailsWhenTheBrokerDoesNotAnswer(t *testing.T) {
 	}
 	once.Do(func() { close(release) })
 }
+
+// TestProduceAgainWaitsForTheWriteInFlight: an attempt that ends while the
+// broker holds the produce request leaves the record's kgo write in
+// InFlight; the next attempts at the same record wait for that write
+// instead of producing the record again, and the one that sees the broker's
+// answer succeeds. The record is stored once (a second kgo record would get
+// a new sequence number, and the broker would store both).
+func TestProduceAgainWaitsForTheWriteInFlight(t *testing.T) {
+	defer SetWriteTimeoutForTest(200 * time.Millisecond)()
+	b := embedded.NewBroker(t, embedded.Topics("again"), embedded.Partitions(1))
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	produces := make(chan struct{}, 16)
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		produces <- struct{}{}
+		if len(produces) == 1 {
+			b.Cluster().SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	tr := New()
+	cfg := transport.Config{Brokers: b.Addrs()}
+	p, err := tr.NewProducer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	rec := &transport.Record{Topic: "again", Key: []byte("k"), Value: []byte("v")}
+	for i := 0; i < 3; i++ {
+		errs := p.Produce(context.Background(), []*transport.Record{rec})
+		var pe *transport.ProduceError
+		if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable {
+			t.Fatalf("attempt %d while the broker holds the request = %v, want a retriable error that may have been written", i, errs)
+		}
+		if rec.InFlight == nil {
+			t.Fatalf("attempt %d: the write in flight was not kept", i)
+		}
+	}
+	once.Do(func() { close(release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if errs := p.Produce(ctx, []*transport.Record{rec}); errs != nil {
+		t.Fatalf("attempt after the broker answered: %v", errs)
+	}
+	if rec.InFlight != nil || rec.Offset != 0 {
+		t.Fatalf("after success: InFlight %v, offset %d; want nil, 0", rec.InFlight, rec.Offset)
+	}
+	adm, err := tr.NewAdmin(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	tp := transport.TopicPartition{Topic: "again", Partition: 0}
+	ends, err := adm.EndOffsets(ctx, tp)
+	if err != nil || ends[tp] != 1 {
+		t.Fatalf("end offset %v, %v: want the record stored once", ends, err)
+	}
+	if n := len(produces); n != 1 {
+		t.Fatalf("%d produce requests reached the broker, want 1", n)
+	}
+}
