@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,40 +14,6 @@ import (
 
 	"github.com/kavari-go/kavari/internal/transport"
 )
-
-// How a kavari attempt maps onto kgo.
-//
-// kavari retries a failed write itself, with Config.Publish.Retry, and the
-// same policy must mean the same on both transports; an idempotent producer
-// must not turn those retries into duplicates. Both hold because one kavari
-// attempt is one wait on one kgo record, and a record kgo still holds is
-// never produced again:
-//
-//   - An attempt hands each record to kgo once and waits for kgo's outcome
-//     for at most writeTimeout (or until ctx ends). kgo fails an idempotent
-//     record only when it knows it was not written (never sent, or answered
-//     with an error); a sent record whose answer has not come is kept and
-//     retried by kgo with the same producer id and sequence number, which
-//     the broker deduplicates.
-//   - When an attempt ends before kgo's outcome, the record fails as
-//     retriable and MayHaveBeenWritten, but its kgo write is kept in
-//     transport.Record.InFlight. kavari's next attempt at the same record
-//     waits on that write again instead of producing a new record (a new
-//     record would get a new sequence number: both would be stored). If kgo
-//     has meanwhile failed it as not written, the attempt produces it anew.
-//     When kavari gives up, kgo may still write the record, once: the error
-//     says it may have been written.
-//   - kgo itself tries a record about once per kavari attempt, as the
-//     kafka-go transport's writer does (MaxAttempts 1): no produce retries
-//     of its own beyond what idempotence requires (recordTries), one failed
-//     metadata load fails a record that was never sent, and kgo's wait
-//     between two metadata loads, which grows with its failures and is
-//     shared by every record of the client, is capped by maxRetryBackoff.
-//     So an attempt against an unreachable cluster costs about one metadata
-//     load, and a failed publish takes about what the retry policy says.
-//
-// Nothing here cancels a record kgo has sent: kgo's default (no
-// AllowIdempotentProduceCancellation) is what keeps the sequence valid.
 
 // recordTries is kgo's RecordRetries: 0, a record is failed back to kavari,
 // whose retry policy decides, at its first failure (a failed metadata load,
@@ -102,6 +70,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 	if err != nil {
 		return nil, err
 	}
+	h := newProducerHooks()
 	opts = append(opts,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
@@ -110,6 +79,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 		kgo.RecordRetries(recordTries),
 		kgo.UnknownTopicRetries(unknownTopicTries),
 		kgo.RetryBackoffFn(retryBackoff),
+		kgo.WithHooks(h),
 	)
 	if cfg.BatchBytes > 0 {
 		b := cfg.BatchBytes
@@ -125,22 +95,131 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 	if err != nil {
 		return nil, fmt.Errorf("kavari: franz producer: %w", err)
 	}
-	return &producer{cl: cl, autoCreate: cfg.AllowAutoCreate}, nil
+	return &producer{cl: cl, autoCreate: cfg.AllowAutoCreate, hooks: h}, nil
 }
 
+// producer is the franz-go transport's Producer: one idempotent kgo client.
+//
+// How a kavari attempt maps onto kgo:
+//
+// kavari retries a failed write itself, with Config.Publish.Retry, and the
+// same policy must mean the same on both transports; an idempotent producer
+// must not turn those retries into duplicates. Both hold because one kavari
+// attempt is one wait on one kgo record, and a record kgo still holds is
+// never produced again:
+//
+//   - An attempt hands each record to kgo once and waits for kgo's outcome
+//     for at most writeTimeout (or until ctx ends). kgo fails an idempotent
+//     record only when it knows it was not written (never sent, or answered
+//     with an error); a sent record whose answer has not come is kept and
+//     retried by kgo with the same producer id and sequence number, which
+//     the broker deduplicates.
+//   - When an attempt ends before kgo's outcome, the record fails as
+//     retriable and MayHaveBeenWritten, but its kgo write is kept in
+//     transport.Record.InFlight. kavari's next attempt at the same record
+//     waits on that write again instead of producing a new record (a new
+//     record would get a new sequence number: both would be stored). If kgo
+//     has meanwhile failed it as not written, the attempt produces it anew.
+//     When kavari gives up, kgo may still write the record, once: the error
+//     says it may have been written.
+//   - An attempt also ends, the same way, when kgo fails to connect to the
+//     broker that leads the partition of a record still waiting (a broker
+//     that is down refuses the dial): the kafka-go transport's attempt ends
+//     at the same refused dial. kgo keeps the write and retries it when the
+//     broker is back; kavari's next attempt waits for it again. A broker
+//     that accepts connections but does not answer costs writeTimeout per
+//     attempt, on both transports.
+//   - kgo itself tries a record about once per kavari attempt, as the
+//     kafka-go transport's writer does (MaxAttempts 1): no produce retries
+//     of its own beyond what idempotence requires (recordTries), one failed
+//     metadata load fails a record that was never sent, and kgo's wait
+//     between two metadata loads, which grows with its failures and is
+//     shared by every record of the client, is capped by maxRetryBackoff.
+//     So an attempt against an unreachable cluster costs about one metadata
+//     load, and a failed publish takes about what the retry policy says.
+//
+// Nothing here cancels a record kgo has sent: kgo's default (no
+// AllowIdempotentProduceCancellation) is what keeps the sequence valid.
 type producer struct {
 	cl         *kgo.Client
 	autoCreate bool
 	closed     atomic.Bool
+	hooks      *producerHooks
 }
 
 // write is one kgo produce of a record, kept in transport.Record.InFlight
 // while its outcome is unknown. The promise sets kr and err, then closes
-// done; they are read only after done is closed.
+// done; they are read only after done is closed. leader is the broker kgo
+// queued it for (-1 until kgo partitioned it).
 type write struct {
-	done chan struct{}
-	kr   *kgo.Record
-	err  error
+	done   chan struct{}
+	kr     *kgo.Record
+	err    error
+	leader atomic.Int32
+}
+
+// writeKey is the key of a record's *write in its kgo.Record.Context, for
+// producerHooks.
+type writeKey struct{}
+
+// producerHooks are the producer's kgo hooks: they note which broker each
+// write was queued for, and count the failed dials of each broker, waking
+// the Produce calls that wait.
+type producerHooks struct {
+	mu      sync.Mutex
+	seq     uint64           // failed dials so far, all brokers
+	last    map[int32]uint64 // per broker, seq at its last failed dial
+	lastErr map[int32]error  // per broker, the error of that dial
+	changed chan struct{}    // closed (and replaced) at each failed dial
+}
+
+func newProducerHooks() *producerHooks {
+	return &producerHooks{last: map[int32]uint64{}, lastErr: map[int32]error{}, changed: make(chan struct{})}
+}
+
+// OnProduceRecordPartitioned implements kgo.HookProduceRecordPartitioned.
+func (h *producerHooks) OnProduceRecordPartitioned(kr *kgo.Record, leader int32) {
+	if kr.Context == nil {
+		return
+	}
+	if w, ok := kr.Context.Value(writeKey{}).(*write); ok {
+		w.leader.Store(leader)
+	}
+}
+
+// OnBrokerConnect implements kgo.HookBrokerConnect.
+func (h *producerHooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seq++
+	h.last[meta.NodeID], h.lastErr[meta.NodeID] = h.seq, err
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// state returns the failed-dial count and the channel closed at the next
+// failed dial.
+func (h *producerHooks) state() (uint64, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq, h.changed
+}
+
+// refusedSince returns the error of the last failed dial of broker node
+// when it came after seq, else nil.
+func (h *producerHooks) refusedSince(node int32, seq uint64) error {
+	if node < 0 {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last[node] > seq {
+		return h.lastErr[node]
+	}
+	return nil
 }
 
 func (w *write) settled() bool {
@@ -157,7 +236,7 @@ func (w *write) settled() bool {
 // from an earlier attempt (rec.InFlight) is not produced again: its kgo
 // write is waited on. A record whose outcome is still unknown at the end
 // fails as retriable with MayHaveBeenWritten and keeps its write in
-// InFlight (see "How a kavari attempt maps onto kgo" above).
+// InFlight (see producer).
 func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []error {
 	if len(recs) == 0 {
 		return nil
@@ -179,6 +258,7 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
+	start, _ := p.hooks.state()
 	results := make([]error, len(recs))
 	writes := make([]*write, len(recs))
 	for i, r := range recs {
@@ -194,26 +274,24 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 			// kgo failed it as not written: produce it anew.
 		}
 		w := &write{done: make(chan struct{})}
-		p.cl.Produce(ctx, kgoRecord(r), func(kr *kgo.Record, err error) {
+		w.leader.Store(-1)
+		kr := kgoRecord(r)
+		kr.Context = context.WithValue(ctx, writeKey{}, w)
+		p.cl.Produce(ctx, kr, func(kr *kgo.Record, err error) {
 			w.kr, w.err = kr, err
 			close(w.done)
 		})
 		r.InFlight, writes[i] = w, w
 	}
-	for _, w := range writes {
-		if w == nil {
-			continue
-		}
-		select {
-		case <-w.done:
-		case <-ctx.Done():
-		}
-	}
+	refused := p.wait(ctx, writes, start)
 	failed := false
 	for i, w := range writes {
 		r := recs[i]
 		switch {
 		case w == nil: // settled before this attempt with a definite error
+		case !w.settled() && refused != nil:
+			results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
+				Err: fmt.Errorf("kavari: franz producer: broker unreachable, the write stays in flight: %w", refused)}
 		case !w.settled():
 			results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
 				Err: fmt.Errorf("kavari: franz producer: no outcome yet, the write stays in flight: %w", context.Cause(ctx))}
@@ -232,6 +310,36 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		return nil
 	}
 	return results
+}
+
+// wait waits until every write has settled, ctx ends, or a dial to the
+// broker of a write still waiting failed after seq (start of the attempt);
+// it returns that dial's error in the last case.
+func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error {
+	for {
+		_, changed := p.hooks.state()
+		var next *write
+		for _, w := range writes {
+			if w == nil || w.settled() {
+				continue
+			}
+			if err := p.hooks.refusedSince(w.leader.Load(), seq); err != nil {
+				return err
+			}
+			if next == nil {
+				next = w
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		select {
+		case <-next.done:
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // kgoRecord converts r for kgo.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -259,5 +260,49 @@ func TestProduceAgainWaitsForTheWriteInFlight(t *testing.T) {
 	}
 	if n := len(produces); n != 1 {
 		t.Fatalf("%d produce requests reached the broker, want 1", n)
+	}
+}
+
+// TestProduceEndsWhenTheBrokerIsUnreachable: an attempt whose record is in
+// flight when its broker goes away ends at kgo's first refused dial to that
+// broker (as a kafka-go attempt ends at its refused dial), not at
+// writeTimeout, and the write stays in InFlight for the next attempt.
+func TestProduceEndsWhenTheBrokerIsUnreachable(t *testing.T) {
+	defer SetWriteTimeoutForTest(time.Hour)()
+	b := embedded.NewBroker(t, embedded.Topics("gone"), embedded.Partitions(1))
+	arrived := make(chan struct{})
+	var once sync.Once
+	p, err := New().NewProducer(transport.Config{Brokers: b.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if errs := p.Produce(ctx, []*transport.Record{{Topic: "gone", Value: []byte("first")}}); errs != nil {
+		t.Fatal(errs)
+	}
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		once.Do(func() { close(arrived) })
+		b.Cluster().SleepControl(func() { time.Sleep(time.Hour) }) // never answered
+		return nil, nil, false
+	})
+	rec := &transport.Record{Topic: "gone", Value: []byte("v")}
+	done := make(chan []error, 1)
+	go func() { done <- p.Produce(context.Background(), []*transport.Record{rec}) }()
+	<-arrived
+	go b.Close() // the broker goes away: connections closed, dials refused
+	select {
+	case errs := <-done:
+		var pe *transport.ProduceError
+		if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable || !strings.Contains(errs[0].Error(), "unreachable") {
+			t.Fatalf("Produce when the broker went away = %v, want a retriable error that may have been written, naming the unreachable broker", errs)
+		}
+		if rec.InFlight == nil {
+			t.Fatal("the write in flight was not kept")
+		}
+	case <-ctx.Done():
+		t.Fatal("Produce still waiting 30 s after its broker went away (hang guard; the attempt should end at the first refused dial)")
 	}
 }
