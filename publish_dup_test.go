@@ -2,7 +2,9 @@ package kavari_test
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,4 +125,49 @@ func TestRetriedPublishAsyncIsStoredOnce(t *testing.T) {
 	require.NoError(t, got.err)
 	ids := ktStoredIDs(t, b.Addrs(), "kt-dup")
 	assert.Equal(t, map[string]int{got.r.ID: 1}, ids, "records stored per ce_id")
+}
+
+type ktDupDLMsg struct {
+	kavari.Message `kavari:"topic=kt-dupdl,key=ID"`
+	ID             string `json:"id"`
+}
+
+// TestRetriedDeadLetterIsStoredOnce: a handler fails, and the broker answers
+// the dead letter's first produce request after 1.5 s while one attempt is
+// bounded by 300 ms. The dead-letter write shares the publish retry path:
+// the dead letter is stored once.
+func TestRetriedDeadLetterIsStoredOnce(t *testing.T) {
+	t.Cleanup(franz.SetWriteTimeoutForTest(300 * time.Millisecond))
+	b := embedded.NewBroker(t, embedded.Topics("kt-dupdl", "kt-dupdl.dlq"), embedded.Partitions(1))
+	// Once armed (after the message itself was published), the next produce
+	// request is the dead letter's: it is held (requests name topics by id).
+	var armed, held atomic.Bool
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		if armed.Load() && !held.Swap(true) {
+			b.Cluster().SleepControl(func() { time.Sleep(1500 * time.Millisecond) })
+		}
+		return nil, nil, false
+	})
+	reg := kavari.NewRegistry()
+	require.NoError(t, kavari.RegisterFuncOn(reg, &ktDupDLMsg{}, func(context.Context, *ktDupDLMsg) error {
+		return errors.New("always fails")
+	}))
+	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) {
+		c.Transport = kavari.FranzGo
+		c.Consume.Retry = kavari.NoRetry()
+		c.Publish.Retry = kavari.FibonacciRetry(100*time.Millisecond, 10)
+	})
+	ctx := context.Background()
+	_, err := k.Publish(ctx, &ktDupDLMsg{ID: "dl"})
+	require.NoError(t, err)
+	armed.Store(true)
+	require.NoError(t, k.Start(ctx))
+	eventually(t, ktHangGuard, func() bool { return k.Health().DeadLettered == 1 }, "dead-lettered")
+	require.True(t, held.Load(), "the dead letter's produce request was not held")
+	ids := ktStoredIDs(t, b.Addrs(), "kt-dupdl.dlq")
+	assert.Len(t, ids, 1, "dead letters stored per ce_id: %v", ids)
+	for id, n := range ids {
+		assert.Equal(t, 1, n, "dead letter of %s stored %d times", id, n)
+	}
 }
