@@ -162,6 +162,18 @@ type PublishConfig struct {
 	// Retry is the publish retry policy; each zero field takes its default on
 	// its own (see RetryPolicy).
 	// Default Fibonacci, 100 ms base, 10 attempts.
+	//
+	// One attempt is one try of the client, on both transports: it ends
+	// at the broker's answer, at a refused connection to the broker (about
+	// 250 ms more on FranzGo when no broker is reachable at all), or after
+	// a 10 s write timeout (a broker that does not answer), or when the
+	// context ends. A failed publish takes about the policy's waits plus
+	// its attempts. On FranzGo an attempt that ends before the broker
+	// answered does not abandon the write: the next attempt waits for that
+	// same idempotent write instead of sending the message again, so
+	// retries store no duplicate; when the policy gives up first, the error
+	// has MayHaveBeenWritten and the message may still be stored, once
+	// (when the broker answers before Stop).
 	Retry RetryPolicy
 	// Partitioner chooses a record's partition from its key.
 	// Default Murmur2.

@@ -41,6 +41,14 @@ type Record struct {
 	Value     []byte
 	Headers   []Header
 	Time      time.Time // the record timestamp (fetch); zero lets the client set it (produce)
+
+	// InFlight is a Producer's own state of a write of this record that an
+	// earlier Produce call left unsettled (its attempt ended while the
+	// client still held the record, sent or not). kavari keeps it across
+	// its retries of the same record and never reads it; the Producer that
+	// finds it settles that write instead of writing the record again, so
+	// a retry cannot store the record twice. Nil on a new record.
+	InFlight any
 }
 
 // TopicPartition names one partition.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,14 +15,13 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// recordTries is kgo's RecordRetries: a record is tried this many times more
-// after its first failure before kgo fails it back to kavari, whose retry
-// policy then decides. kgo enforces the limit only when it is safe for
+// recordTries is kgo's RecordRetries: 0, a record is failed back to kavari,
+// whose retry policy decides, at its first failure (a failed metadata load,
+// or an error answer). kgo enforces the limit only when it is safe for
 // idempotence (the record was never sent, or its response arrived), so an
 // in-flight record whose fate is unknown keeps being retried by kgo with the
-// same sequence number: no duplicate and no reordering. Produce itself
-// returns at ctx's end with MayHaveBeenWritten in that case.
-const recordTries = 2
+// same sequence number: no duplicate and no reordering.
+const recordTries = 0
 
 // unknownTopicTries is kgo's UnknownTopicRetries: how many metadata loads may
 // say a topic does not exist before its records fail (kgo's default is 4).
@@ -30,11 +30,12 @@ const recordTries = 2
 const unknownTopicTries = 1
 
 // maxRetryBackoff bounds kgo's wait between two tries of a request or of a
-// metadata load (kgo's default grows to 5 s). kgo counts a record's metadata
-// tries (RecordRetries) only at the end of each wait, so with the default a
-// publish to an unreachable cluster took 15 s per attempt once the waits had
-// grown, and kavari's own retry policy could not keep its schedule.
-const maxRetryBackoff = time.Second
+// metadata load, and between two produce requests to a failing broker
+// (kgo's default grows to 5 s). kgo's metadata loop counts its failures for
+// the whole client, so once a cluster has been unreachable for a while
+// every record waits the full bound before the next load: it is what one
+// kavari attempt costs beyond the kafka-go transport's (a refused dial).
+const maxRetryBackoff = 250 * time.Millisecond
 
 // retryBackoff is kgo's RetryBackoffFn: 100 ms doubling per try, at most
 // maxRetryBackoff.
@@ -46,12 +47,11 @@ func retryBackoff(tries int) time.Duration {
 	return min(d, maxRetryBackoff)
 }
 
-// writeTimeout bounds one Produce call when ctx has no earlier deadline, as
-// the kafka-go transport's WriteTimeout does: records still in flight then
-// fail as retriable with MayHaveBeenWritten (kgo keeps them and settles them
-// later; with idempotence it would otherwise wait for their outcome without
-// bound, and a publish to a frozen broker would never return). A variable
-// for tests.
+// writeTimeout bounds one attempt (one Produce call) when ctx has no
+// earlier deadline, as the kafka-go transport's WriteTimeout does: records
+// whose outcome kgo has not reported by then fail as retriable with
+// MayHaveBeenWritten, and stay in transport.Record.InFlight for kavari's
+// next attempt. A variable for tests.
 var writeTimeout = 10 * time.Second
 
 // NewProducer returns an idempotent producer: acks from all in-sync replicas,
@@ -70,6 +70,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 	if err != nil {
 		return nil, err
 	}
+	h := newProducerHooks()
 	opts = append(opts,
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
@@ -78,6 +79,7 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 		kgo.RecordRetries(recordTries),
 		kgo.UnknownTopicRetries(unknownTopicTries),
 		kgo.RetryBackoffFn(retryBackoff),
+		kgo.WithHooks(h),
 	)
 	if cfg.BatchBytes > 0 {
 		b := cfg.BatchBytes
@@ -93,19 +95,148 @@ func (t *franzTransport) NewProducer(cfg transport.Config) (transport.Producer, 
 	if err != nil {
 		return nil, fmt.Errorf("kavari: franz producer: %w", err)
 	}
-	return &producer{cl: cl, autoCreate: cfg.AllowAutoCreate}, nil
+	return &producer{cl: cl, autoCreate: cfg.AllowAutoCreate, hooks: h}, nil
 }
 
+// producer is the franz-go transport's Producer: one idempotent kgo client.
+//
+// How a kavari attempt maps onto kgo:
+//
+// kavari retries a failed write itself, with Config.Publish.Retry, and the
+// same policy must mean the same on both transports; an idempotent producer
+// must not turn those retries into duplicates. Both hold because one kavari
+// attempt is one wait on one kgo record, and a record kgo still holds is
+// never produced again:
+//
+//   - An attempt hands each record to kgo once and waits for kgo's outcome
+//     for at most writeTimeout (or until ctx ends). kgo fails an idempotent
+//     record only when it knows it was not written (never sent, or answered
+//     with an error); a sent record whose answer has not come is kept and
+//     retried by kgo with the same producer id and sequence number, which
+//     the broker deduplicates.
+//   - When an attempt ends before kgo's outcome, the record fails as
+//     retriable and MayHaveBeenWritten, but its kgo write is kept in
+//     transport.Record.InFlight. kavari's next attempt at the same record
+//     waits on that write again instead of producing a new record (a new
+//     record would get a new sequence number: both would be stored). If kgo
+//     has meanwhile failed it as not written, the attempt produces it anew.
+//     When kavari gives up, kgo may still write the record, once: the error
+//     says it may have been written.
+//   - An attempt also ends, the same way, when kgo fails to connect to the
+//     broker that leads the partition of a record still waiting (a broker
+//     that is down refuses the dial): the kafka-go transport's attempt ends
+//     at the same refused dial. kgo keeps the write and retries it when the
+//     broker is back; kavari's next attempt waits for it again. A broker
+//     that accepts connections but does not answer costs writeTimeout per
+//     attempt, on both transports.
+//   - kgo itself tries a record about once per kavari attempt, as the
+//     kafka-go transport's writer does (MaxAttempts 1): no produce retries
+//     of its own beyond what idempotence requires (recordTries), one failed
+//     metadata load fails a record that was never sent, and kgo's wait
+//     between two metadata loads, which grows with its failures and is
+//     shared by every record of the client, is capped by maxRetryBackoff.
+//     So an attempt against an unreachable cluster costs about one metadata
+//     load, and a failed publish takes about what the retry policy says.
+//
+// Nothing here cancels a record kgo has sent: kgo's default (no
+// AllowIdempotentProduceCancellation) is what keeps the sequence valid.
 type producer struct {
 	cl         *kgo.Client
 	autoCreate bool
 	closed     atomic.Bool
+	hooks      *producerHooks
 }
 
-// Produce writes recs and waits for each one's acknowledgement or failure,
-// or for ctx's end (at most writeTimeout): a record still in flight then fails with
-// MayHaveBeenWritten (kgo keeps it until its outcome is known, so its
-// idempotent sequence stays valid).
+// write is one kgo produce of a record, kept in transport.Record.InFlight
+// while its outcome is unknown. The promise sets kr and err, then closes
+// done; they are read only after done is closed. leader is the broker kgo
+// queued it for (-1 until kgo partitioned it).
+type write struct {
+	done   chan struct{}
+	kr     *kgo.Record
+	err    error
+	leader atomic.Int32
+}
+
+// writeKey is the key of a record's *write in its kgo.Record.Context, for
+// producerHooks.
+type writeKey struct{}
+
+// producerHooks are the producer's kgo hooks: they note which broker each
+// write was queued for, and count the failed dials of each broker, waking
+// the Produce calls that wait.
+type producerHooks struct {
+	mu      sync.Mutex
+	seq     uint64           // failed dials so far, all brokers
+	last    map[int32]uint64 // per broker, seq at its last failed dial
+	lastErr map[int32]error  // per broker, the error of that dial
+	changed chan struct{}    // closed (and replaced) at each failed dial
+}
+
+func newProducerHooks() *producerHooks {
+	return &producerHooks{last: map[int32]uint64{}, lastErr: map[int32]error{}, changed: make(chan struct{})}
+}
+
+// OnProduceRecordPartitioned implements kgo.HookProduceRecordPartitioned.
+func (h *producerHooks) OnProduceRecordPartitioned(kr *kgo.Record, leader int32) {
+	if kr.Context == nil {
+		return
+	}
+	if w, ok := kr.Context.Value(writeKey{}).(*write); ok {
+		w.leader.Store(leader)
+	}
+}
+
+// OnBrokerConnect implements kgo.HookBrokerConnect.
+func (h *producerHooks) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seq++
+	h.last[meta.NodeID], h.lastErr[meta.NodeID] = h.seq, err
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// state returns the failed-dial count and the channel closed at the next
+// failed dial.
+func (h *producerHooks) state() (uint64, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq, h.changed
+}
+
+// refusedSince returns the error of the last failed dial of broker node
+// when it came after seq, else nil.
+func (h *producerHooks) refusedSince(node int32, seq uint64) error {
+	if node < 0 {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last[node] > seq {
+		return h.lastErr[node]
+	}
+	return nil
+}
+
+func (w *write) settled() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Produce is one attempt at recs: it waits for kgo's outcome of each record
+// for at most writeTimeout, or until ctx ends. A record already in flight
+// from an earlier attempt (rec.InFlight) is not produced again: its kgo
+// write is waited on. A record whose outcome is still unknown at the end
+// fails as retriable with MayHaveBeenWritten and keeps its write in
+// InFlight (see producer).
 func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []error {
 	if len(recs) == 0 {
 		return nil
@@ -117,71 +248,110 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		return errs
 	}
+	// The attempt's context is kgo's record context too: when the attempt
+	// ends, kgo fails the records it has not sent (safe) and keeps the
+	// others until it knows their fate.
+	var cancel context.CancelFunc
 	if d, ok := ctx.Deadline(); !ok || time.Until(d) > writeTimeout {
-		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, writeTimeout)
-		defer cancel()
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
 	}
-	var (
-		mu      sync.Mutex
-		results = make([]error, len(recs))
-		settled = make([]bool, len(recs))
-		left    = len(recs)
-		done    = make(chan struct{})
-	)
-	krs := make([]*kgo.Record, len(recs))
+	defer cancel()
+	start, _ := p.hooks.state()
+	results := make([]error, len(recs))
+	writes := make([]*write, len(recs))
 	for i, r := range recs {
-		kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
-		if len(r.Headers) > 0 {
-			kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
-			for j, h := range r.Headers {
-				kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+		if w, ok := r.InFlight.(*write); ok {
+			if !w.settled() || w.err == nil {
+				writes[i] = w // wait for it (again), or take its success
+				continue
 			}
+			if err := p.classify(w.err); transport.KindOf(err) != transport.Retriable {
+				r.InFlight, results[i] = nil, err
+				continue
+			}
+			// kgo failed it as not written: produce it anew.
 		}
-		krs[i] = kr
-	}
-	for i, kr := range krs {
+		w := &write{done: make(chan struct{})}
+		w.leader.Store(-1)
+		kr := kgoRecord(r)
+		kr.Context = context.WithValue(ctx, writeKey{}, w)
 		p.cl.Produce(ctx, kr, func(kr *kgo.Record, err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if settled[i] {
-				return // Produce already returned for this record (ctx ended)
-			}
-			settled[i] = true
-			if err != nil {
-				results[i] = p.classify(err)
-			} else {
-				recs[i].Partition, recs[i].Offset = kr.Partition, kr.Offset
-				if recs[i].Time.IsZero() {
-					recs[i].Time = kr.Timestamp
-				}
-			}
-			if left--; left == 0 {
-				close(done)
-			}
+			w.kr, w.err = kr, err
+			close(w.done)
 		})
+		r.InFlight, writes[i] = w, w
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		mu.Lock()
-		for i := range settled {
-			if !settled[i] {
-				settled[i] = true
-				results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
-					Err: fmt.Errorf("kavari: franz producer: %w", ctx.Err())}
+	refused := p.wait(ctx, writes, start)
+	failed := false
+	for i, w := range writes {
+		r := recs[i]
+		switch {
+		case w == nil: // settled before this attempt with a definite error
+		case !w.settled() && refused != nil:
+			results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
+				Err: fmt.Errorf("kavari: franz producer: broker unreachable, the write stays in flight: %w", refused)}
+		case !w.settled():
+			results[i] = &transport.ProduceError{Kind: transport.Retriable, MayHaveBeenWritten: true,
+				Err: fmt.Errorf("kavari: franz producer: no outcome yet, the write stays in flight: %w", context.Cause(ctx))}
+		case w.err != nil:
+			r.InFlight, results[i] = nil, p.classify(w.err)
+		default:
+			r.InFlight = nil
+			r.Partition, r.Offset = w.kr.Partition, w.kr.Offset
+			if r.Time.IsZero() {
+				r.Time = w.kr.Timestamp
 			}
 		}
-		mu.Unlock()
+		failed = failed || results[i] != nil
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, err := range results {
-		if err != nil {
-			return append([]error(nil), results...)
+	if !failed {
+		return nil
+	}
+	return results
+}
+
+// wait waits until every write has settled, ctx ends, or a dial to the
+// broker of a write still waiting failed after seq (start of the attempt);
+// it returns that dial's error in the last case.
+func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error {
+	for {
+		_, changed := p.hooks.state()
+		var next *write
+		for _, w := range writes {
+			if w == nil || w.settled() {
+				continue
+			}
+			if err := p.hooks.refusedSince(w.leader.Load(), seq); err != nil {
+				return err
+			}
+			if next == nil {
+				next = w
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		select {
+		case <-next.done:
+		case <-changed:
+		case <-ctx.Done():
+			return nil
 		}
 	}
-	return nil
+}
+
+// kgoRecord converts r for kgo.
+func kgoRecord(r *transport.Record) *kgo.Record {
+	kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
+	if len(r.Headers) > 0 {
+		kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
+		for j, h := range r.Headers {
+			kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+		}
+	}
+	return kr
 }
 
 // classify turns a failure kgo reports for one record into a ProduceError.
@@ -220,4 +390,13 @@ func (p *producer) Close() error {
 	}
 	p.cl.Close()
 	return nil
+}
+
+// SetWriteTimeoutForTest sets the bound of one produce attempt and returns
+// a function restoring the previous one. For tests only (kavari's own, in
+// other packages): it is not safe while producers are in use.
+func SetWriteTimeoutForTest(d time.Duration) (restore func()) {
+	old := writeTimeout
+	writeTimeout = d
+	return func() { writeTimeout = old }
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -197,4 +198,111 @@ func TestProduceWithoutDeadlineFailsWhenTheBrokerDoesNotAnswer(t *testing.T) {
 		t.Fatal("Produce without a deadline never returned while the broker held the request (hang guard)")
 	}
 	once.Do(func() { close(release) })
+}
+
+// TestProduceAgainWaitsForTheWriteInFlight: an attempt that ends while the
+// broker holds the produce request leaves the record's kgo write in
+// InFlight; the next attempts at the same record wait for that write
+// instead of producing the record again, and the one that sees the broker's
+// answer succeeds. The record is stored once (a second kgo record would get
+// a new sequence number, and the broker would store both).
+func TestProduceAgainWaitsForTheWriteInFlight(t *testing.T) {
+	defer SetWriteTimeoutForTest(200 * time.Millisecond)()
+	b := embedded.NewBroker(t, embedded.Topics("again"), embedded.Partitions(1))
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	produces := make(chan struct{}, 16)
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		produces <- struct{}{}
+		if len(produces) == 1 {
+			b.Cluster().SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	tr := New()
+	cfg := transport.Config{Brokers: b.Addrs()}
+	p, err := tr.NewProducer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	rec := &transport.Record{Topic: "again", Key: []byte("k"), Value: []byte("v")}
+	for i := 0; i < 3; i++ {
+		errs := p.Produce(context.Background(), []*transport.Record{rec})
+		var pe *transport.ProduceError
+		if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable {
+			t.Fatalf("attempt %d while the broker holds the request = %v, want a retriable error that may have been written", i, errs)
+		}
+		if rec.InFlight == nil {
+			t.Fatalf("attempt %d: the write in flight was not kept", i)
+		}
+	}
+	once.Do(func() { close(release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if errs := p.Produce(ctx, []*transport.Record{rec}); errs != nil {
+		t.Fatalf("attempt after the broker answered: %v", errs)
+	}
+	if rec.InFlight != nil || rec.Offset != 0 {
+		t.Fatalf("after success: InFlight %v, offset %d; want nil, 0", rec.InFlight, rec.Offset)
+	}
+	adm, err := tr.NewAdmin(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	tp := transport.TopicPartition{Topic: "again", Partition: 0}
+	ends, err := adm.EndOffsets(ctx, tp)
+	if err != nil || ends[tp] != 1 {
+		t.Fatalf("end offset %v, %v: want the record stored once", ends, err)
+	}
+	if n := len(produces); n != 1 {
+		t.Fatalf("%d produce requests reached the broker, want 1", n)
+	}
+}
+
+// TestProduceEndsWhenTheBrokerIsUnreachable: an attempt whose record is in
+// flight when its broker goes away ends at kgo's first refused dial to that
+// broker (as a kafka-go attempt ends at its refused dial), not at
+// writeTimeout, and the write stays in InFlight for the next attempt.
+func TestProduceEndsWhenTheBrokerIsUnreachable(t *testing.T) {
+	defer SetWriteTimeoutForTest(time.Hour)()
+	b := embedded.NewBroker(t, embedded.Topics("gone"), embedded.Partitions(1))
+	arrived := make(chan struct{})
+	var once sync.Once
+	p, err := New().NewProducer(transport.Config{Brokers: b.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if errs := p.Produce(ctx, []*transport.Record{{Topic: "gone", Value: []byte("first")}}); errs != nil {
+		t.Fatal(errs)
+	}
+	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		b.Cluster().KeepControl()
+		once.Do(func() { close(arrived) })
+		b.Cluster().SleepControl(func() { time.Sleep(time.Hour) }) // never answered
+		return nil, nil, false
+	})
+	rec := &transport.Record{Topic: "gone", Value: []byte("v")}
+	done := make(chan []error, 1)
+	go func() { done <- p.Produce(context.Background(), []*transport.Record{rec}) }()
+	<-arrived
+	go b.Close() // the broker goes away: connections closed, dials refused
+	select {
+	case errs := <-done:
+		var pe *transport.ProduceError
+		if len(errs) != 1 || !errors.As(errs[0], &pe) || !pe.MayHaveBeenWritten || pe.Kind != transport.Retriable || !strings.Contains(errs[0].Error(), "unreachable") {
+			t.Fatalf("Produce when the broker went away = %v, want a retriable error that may have been written, naming the unreachable broker", errs)
+		}
+		if rec.InFlight == nil {
+			t.Fatal("the write in flight was not kept")
+		}
+	case <-ctx.Done():
+		t.Fatal("Produce still waiting 30 s after its broker went away (hang guard; the attempt should end at the first refused dial)")
+	}
 }
