@@ -55,7 +55,14 @@ const netSession = 10 * time.Second
 // (handler contexts cancelled) and writes them in its ledger row.
 func TestNetFault(t *testing.T) {
 	c := ownProxiedCluster(t, 1)
-	cases := []netFaultCase{
+	for _, tc := range netFaultCases() {
+		t.Run(tc.name, func(t *testing.T) { netFault(t, c, tc) })
+	}
+}
+
+// netFaultCases are TestNetFault's faults.
+func netFaultCases() []netFaultCase {
+	return []netFaultCase{
 		{name: "cut-2s", title: "silent network cut of 2 s (inside a 10 s session)", lasts: 2 * time.Second, withinSession: true,
 			fault: func(p *netfault.Proxy) { p.Cut(2 * time.Second) }},
 		{name: "cut-6s", title: "silent network cut of 6 s (inside a 10 s session)", lasts: 6 * time.Second, withinSession: true,
@@ -67,13 +74,11 @@ func TestNetFault(t *testing.T) {
 		{name: "cut-beyond-session", title: "silent network cut of 15 s (beyond the 10 s session)", lasts: 15 * time.Second,
 			fault: func(p *netfault.Proxy) { p.Cut(15 * time.Second) }},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) { netFault(t, c, tc) })
-	}
 }
 
-// netFault runs one case on cluster c (one node, proxied).
-func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase) {
+// netFault runs one case on cluster c (one node, proxied); mutate, if any,
+// changes the consumer's Config last.
+func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase, mutate ...func(*kavari.Config)) *ledger.Ledger {
 	led := ledger.ForTest(t, "network fault under a consumer: "+tc.title)
 	led.KafkaVersion(c.Version())
 	const (
@@ -127,6 +132,9 @@ func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase) {
 	cfg.Consume.SessionTimeout = netSession
 	cfg.Consume.HeartbeatInterval = time.Second
 	cfg.Consume.RebalanceTimeout = 20 * time.Second
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	k := newKavari(t, cfg)
 	if err := k.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -179,7 +187,7 @@ func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase) {
 		t.Errorf("lost %d acknowledged messages (%v)", row.Lost, row.LostIDs)
 	}
 	if !tc.withinSession {
-		return
+		return led
 	}
 	if n := cancelled.Load(); n > 0 {
 		var ids []string
@@ -189,6 +197,7 @@ func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase) {
 	if row.Duplicates > 0 {
 		knownBug(t, led, "%s inside the session timeout: %d completed records handled again", tc.name, row.Duplicates)
 	}
+	return led
 }
 
 // TestNetFaultStopWithBrokerGone: the consumer's connections are refused
