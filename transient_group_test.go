@@ -206,3 +206,28 @@ func TestFranzStopReportsWorkUncommittedWhenTheSessionIsLost(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, int64(2), ce.Offsets["kavari-test-transient"][0], "both records completed, neither committed")
 }
+
+// TestFranzRealLossStillCancels is the other half of the rule: when the
+// coordinator says the member is gone (heartbeats answered
+// UNKNOWN_MEMBER_ID), its partitions are lost at once — the running handler
+// is cancelled (another member may own its record already), without
+// waiting for the session timeout or the handler.
+func TestFranzRealLossStillCancels(t *testing.T) {
+	b, k, run := transientKavari(t, 30*time.Second)
+	ctx := context.Background()
+	_, err := k.Publish(ctx, &transientMsg{ID: "slow"})
+	require.NoError(t, err)
+	select {
+	case <-run.started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("slow handler did not start")
+	}
+	var fail atomic.Bool
+	var failed atomic.Int64
+	failHeartbeats(b, &fail, &failed, 25) // UNKNOWN_MEMBER_ID
+	fail.Store(true)
+	// A hang guard well below the handler's 30 s: the loss is known at the
+	// first failed heartbeat (every 500 ms).
+	eventually(t, 20*time.Second, func() bool { return run.cancelled.Load() > 0 }, "the handler of a lost partition was not cancelled")
+	fail.Store(false)
+}
