@@ -453,9 +453,10 @@ func (c *consumer) onRevoked(_ context.Context, cl *kgo.Client, revoked map[stri
 // group moves on), with the adapter heartbeating meanwhile to keep the
 // session; they are lost only when the coordinator says the member is gone
 // (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, FENCED_INSTANCE_ID) or the session
-// timeout elapsed since its last answered heartbeat. With the KIP-848
-// protocol kgo retries transient heartbeat errors itself and calls
-// OnPartitionsLost only when the member was fenced or forgotten: a loss.
+// timeout elapsed since its last answered heartbeat (and one more went
+// unanswered). With the KIP-848 protocol kgo retries transient heartbeat
+// errors itself and calls OnPartitionsLost when the member was fenced or
+// forgotten, or for an error it does not retry: the partitions are lost.
 func (c *consumer) onLost(ctx context.Context, cl *kgo.Client, lost map[string][]int32) {
 	tps := c.ownedOf(flatten(lost))
 	if len(tps) == 0 {
@@ -512,12 +513,17 @@ const lossRetry = 250 * time.Millisecond
 // member is still in the generation, whose commits are accepted), and when
 // Close begins meanwhile (Stop drains and tries to commit; a commit that
 // fails is reported). False when the coordinator says the member is gone,
-// or once the session timeout elapsed since the coordinator last answered.
+// or once the session timeout elapsed since the coordinator last answered
+// (at least one heartbeat interval from now: a heartbeat whose answer was
+// lost may have kept the session).
 func (c *consumer) sessionAlive(ctx context.Context, cl *kgo.Client, member string, gen int32) bool {
 	if member == "" || gen < 0 {
 		return false
 	}
 	deadline := time.Unix(0, c.lastAlive.Load()).Add(c.sessionTimeout())
+	if last := time.Now().Add(c.heartbeatInterval()); deadline.Before(last) {
+		deadline = last
+	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	go func() {
