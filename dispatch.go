@@ -208,7 +208,10 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 }
 
 // Lost abandons partitions tps: their handlers are cancelled and nothing is
-// committed; another member owns them already.
+// committed; another member owns them already. Completed records that were
+// not committed are redelivered to it: Stop reports them (ErrCommitFailed),
+// as it does a revoke's failed final commit, unless partitions are assigned
+// again first.
 func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) {
 	ps := e.take(tps)
 	for _, p := range ps {
@@ -217,6 +220,20 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 	}
 	for _, p := range ps {
 		<-p.feederDone
+	}
+	e.commitMu.Lock() // a commit under way settles p.committed first
+	var offsets []transport.Offset
+	for _, p := range ps {
+		if o, ok := e.toCommit(p); ok {
+			offsets = append(offsets, o)
+		}
+	}
+	e.commitMu.Unlock()
+	if len(offsets) > 0 {
+		err := &CommitError{Offsets: offsetMap(offsets), Err: fmt.Errorf("kavari: partitions lost (the member's session ended) before their completed records were committed")}
+		e.k.log.Error("kavari: partitions lost; completed records not committed will be redelivered", "err", err)
+		e.k.health.commitFailed(err)
+		e.k.commitLost(err)
 	}
 	e.release(ps)
 	e.k.hooks.onRevoked(ps, true)
@@ -810,25 +827,8 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	var offsets []transport.Offset
 	var moved []*partition
 	for _, p := range ps {
-		if !e.caps.CommitMetadata {
-			next, _, _ := p.tracker.committable()
-			if next > p.committed {
-				offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
-				moved = append(moved, p)
-			}
-			continue
-		}
-		// With metadata, the completed offsets beyond the prefix are
-		// committed too, so a partition whose head is slow still records
-		// the work done behind it.
-		base, runs := p.tracker.progress()
-		if base < 0 && len(p.inherited) > 0 {
-			base = p.committed // nothing reached yet: the inherited commit as it was
-		}
-		base, runs = carryDone(base, runs, p.inherited)
-		meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
-		if base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta {
-			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta})
+		if o, ok := e.toCommit(p); ok {
+			offsets = append(offsets, o)
 			moved = append(moved, p)
 		}
 	}
@@ -892,6 +892,26 @@ func (e *engine) shrinkMeta(offsets []transport.Offset) bool {
 			"refused_bytes", longest, "limit_bytes", limit)
 	}
 	return true
+}
+
+// toCommit returns what a commit of p would send, and whether p completed
+// records since its last commit.
+func (e *engine) toCommit(p *partition) (transport.Offset, bool) {
+	if !e.caps.CommitMetadata {
+		next, _, _ := p.tracker.committable()
+		return transport.Offset{TopicPartition: p.tp, Offset: next}, next > p.committed
+	}
+	// With metadata, the completed offsets beyond the prefix are
+	// committed too, so a partition whose head is slow still records
+	// the work done behind it.
+	base, runs := p.tracker.progress()
+	if base < 0 && len(p.inherited) > 0 {
+		base = p.committed // nothing reached yet: the inherited commit as it was
+	}
+	base, runs = carryDone(base, runs, p.inherited)
+	meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
+	return transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta},
+		base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta
 }
 
 // uncommitted returns the completed offsets not committed yet, by topic and

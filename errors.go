@@ -192,8 +192,10 @@ func (e *HandlerError) Unwrap() error { return e.Err }
 // Lifecycle errors: what Start refused and what Stop left undone.
 var (
 	// ErrCommitFailed is matched by the error of a Stop whose final offset
-	// commit failed: work that completed was not committed and will be
-	// redelivered. errors.As with *CommitError names the offsets.
+	// commit failed, or whose partitions were lost (the member's session
+	// ended) before their completed records were committed: work that
+	// completed was not committed and will be redelivered. errors.As with
+	// *CommitError names the offsets.
 	ErrCommitFailed = errors.New("kavari: offset commit failed")
 	// ErrHandlersAbandoned is matched by the error of a Stop that left
 	// handlers running because they ignored the cancellation of their

@@ -465,7 +465,8 @@ func (k *Client) launch(table *routeTable) error {
 // completed work could not be committed (it will be redelivered), also when
 // the last revoke's final commit failed before Stop (the brokers went away)
 // or was not answered by the deadline (a frozen broker may still apply it
-// when it resumes); ErrHandlersAbandoned when handlers ignored the
+// when it resumes), and when partitions were lost (the member's session
+// ended) with completed records not committed; ErrHandlersAbandoned when handlers ignored the
 // cancellation of their context; and a deadline error when it ran out of
 // time. When Stop returns,
 // every broker connection kavari opened is closed, so the goroutines it

@@ -67,6 +67,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		kgo.OnPartitionsAssigned(c.onAssigned),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
+		kgo.WithHooks(consumerHooks{c}),
 	)
 	if t.kip848 {
 		opts = append(opts, kgo.ServerSideBalancer())
@@ -131,7 +132,37 @@ type consumer struct {
 	closeErr  error         // set before closeDone is closed
 
 	joined atomic.Bool // the member joined the group once (probeUntilJoined stops)
+
+	// lastAlive is when the coordinator last answered one of the member's
+	// heartbeats, or the member last joined (unix nanoseconds): the
+	// session cannot have expired before lastAlive + the session timeout.
+	lastAlive atomic.Int64
+	// commitWrites counts the OffsetCommit requests written to a broker
+	// (all of them are Commit's, which commitMu serializes): a failed
+	// Commit whose count did not move sent nothing.
+	commitWrites atomic.Int64
 }
+
+// consumerHooks are the kgo hooks of a consumer's client.
+type consumerHooks struct{ c *consumer }
+
+// OnBrokerWrite counts the OffsetCommit requests that left (in part or
+// whole) for a broker.
+func (h consumerHooks) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, bytesWritten int, _, _ time.Duration, _ error) {
+	if key == int16(kmsg.OffsetCommit) && bytesWritten > 0 {
+		h.c.commitWrites.Add(1)
+	}
+}
+
+// OnBrokerE2E notes when a heartbeat was answered.
+func (h consumerHooks) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
+	if key == int16(kmsg.Heartbeat) && e2e.Err() == nil {
+		h.c.alive()
+	}
+}
+
+// alive notes that the member's session is known to be valid now.
+func (c *consumer) alive() { c.lastAlive.Store(time.Now().UnixNano()) }
 
 var errNotRunning = errors.New("kavari: franz consumer: not running")
 
@@ -291,6 +322,7 @@ func generation(cl *kgo.Client) transport.Generation {
 // and leaves, and nothing is delivered any more.
 func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	c.joined.Store(true)
+	c.alive()
 	if c.isClosing() {
 		return
 	}
@@ -422,9 +454,189 @@ func (c *consumer) onRevoked(_ context.Context, cl *kgo.Client, revoked map[stri
 	c.release(cl, flatten(revoked), false)
 }
 
-// onLost abandons partitions that are gone without a chance to commit.
-func (c *consumer) onLost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
-	c.release(cl, flatten(lost), true)
+// onLost is kgo's OnPartitionsLost, which kgo calls for any error of its
+// group management except a closed client: an IllegalGeneration or
+// UnknownMemberID answer (the session is gone, another member may own the
+// partitions already), but also a heartbeat that failed on a dropped or
+// refused connection, its retries spent, while the coordinator still holds
+// the member's session (kgo then rejoins with the same member id). Only the
+// first is a lost partition: its handlers are cancelled and nothing is
+// committed (Lost).
+//
+// In the classic group protocol the adapter tells the two apart by asking
+// the coordinator (sessionAlive): while the session is valid, or cannot be
+// known to have expired, the partitions are revoked (Revoked: in-flight
+// handlers finish, the completed offsets are committed in the current
+// generation, which the coordinator accepts until the session ends or the
+// group moves on), with the adapter heartbeating meanwhile to keep the
+// session; they are lost only when the coordinator says the member is gone
+// (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, FENCED_INSTANCE_ID) or the session
+// timeout elapsed since its last answered heartbeat (and one more went
+// unanswered). With the KIP-848 protocol kgo retries transient heartbeat
+// errors itself and calls OnPartitionsLost when the member was fenced or
+// forgotten, or for an error it does not retry: the partitions are lost.
+func (c *consumer) onLost(ctx context.Context, cl *kgo.Client, lost map[string][]int32) {
+	tps := c.ownedOf(flatten(lost))
+	if len(tps) == 0 {
+		return
+	}
+	if c.kip848 {
+		c.release(cl, tps, true)
+		return
+	}
+	// Nothing more is delivered for them: kgo invalidates them when this
+	// returns, and rejoins.
+	c.deliverMu.Lock()
+	for _, tp := range tps {
+		delete(c.deliverable, tp)
+	}
+	c.deliverMu.Unlock()
+	member, gen := cl.GroupMetadata()
+	if !c.sessionAlive(ctx, cl, member, gen) {
+		c.release(cl, tps, true)
+		return
+	}
+	// Keep the session while the engine drains and commits: kgo's
+	// heartbeat loop is over until this returns.
+	stop := make(chan struct{})
+	var beating sync.WaitGroup
+	beating.Add(1)
+	go func() {
+		defer beating.Done()
+		c.keepAlive(ctx, cl, member, gen, stop)
+	}()
+	c.release(cl, tps, false)
+	close(stop)
+	beating.Wait()
+}
+
+// ownedOf returns those of tps the member owns.
+func (c *consumer) ownedOf(tps []transport.TopicPartition) []transport.TopicPartition {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.DeleteFunc(tps, func(tp transport.TopicPartition) bool {
+		_, ok := c.owned[tp]
+		return !ok
+	})
+}
+
+// lossRetry is how often sessionAlive asks the coordinator again while it
+// cannot be reached.
+const lossRetry = 250 * time.Millisecond
+
+// sessionAlive reports whether the member's session (member, gen) is still
+// valid after kgo reported a group error: it sends a heartbeat in that
+// session, again every lossRetry while the coordinator cannot be reached.
+// True when the coordinator accepts it (also REBALANCE_IN_PROGRESS: the
+// member is still in the generation, whose commits are accepted), and when
+// Close begins meanwhile (Stop drains and tries to commit; a commit that
+// fails is reported). False when the coordinator says the member is gone,
+// or once the session timeout elapsed since the coordinator last answered
+// (at least one heartbeat interval from now: a heartbeat whose answer was
+// lost may have kept the session).
+func (c *consumer) sessionAlive(ctx context.Context, cl *kgo.Client, member string, gen int32) bool {
+	if member == "" || gen < 0 {
+		return false
+	}
+	deadline := time.Unix(0, c.lastAlive.Load()).Add(c.sessionTimeout())
+	if last := time.Now().Add(c.heartbeatInterval()); deadline.Before(last) {
+		deadline = last
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		err := c.heartbeat(ctx, cl, member, gen)
+		switch {
+		case err == nil, errors.Is(err, kerr.RebalanceInProgress):
+			c.alive()
+			return true
+		case errors.Is(err, kerr.UnknownMemberID), errors.Is(err, kerr.IllegalGeneration), errors.Is(err, kerr.FencedInstanceID):
+			c.h.Error(fmt.Errorf("kavari: franz consumer: session of member %q lost: %w", member, err))
+			return false
+		}
+		if c.isClosing() {
+			return true
+		}
+		if ctx.Err() != nil {
+			c.h.Error(fmt.Errorf("kavari: franz consumer: no heartbeat answered within the session timeout, session of member %q presumed lost: %w", member, err))
+			return false
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(lossRetry):
+		}
+	}
+}
+
+// keepAlive heartbeats in the session (member, gen) every heartbeat
+// interval until stop is closed or the coordinator says the session is
+// over.
+func (c *consumer) keepAlive(ctx context.Context, cl *kgo.Client, member string, gen int32, stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	t := time.NewTicker(c.heartbeatInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := c.heartbeat(ctx, cl, member, gen)
+		if errors.Is(err, kerr.UnknownMemberID) || errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.FencedInstanceID) {
+			return // the final commit will be refused, and reported
+		}
+		if err == nil || errors.Is(err, kerr.RebalanceInProgress) {
+			c.alive()
+		}
+	}
+}
+
+// heartbeat sends one classic-protocol heartbeat in the session (member,
+// gen) and returns its error.
+func (c *consumer) heartbeat(ctx context.Context, cl *kgo.Client, member string, gen int32) error {
+	req := kmsg.NewPtrHeartbeatRequest()
+	req.Group = c.cfg.GroupID
+	req.MemberID = member
+	req.Generation = gen
+	if c.cfg.InstanceID != "" {
+		req.InstanceID = kmsg.StringPtr(c.cfg.InstanceID)
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return err
+	}
+	return kerr.ErrorForCode(resp.ErrorCode)
+}
+
+// sessionTimeout and heartbeatInterval are the member's (kgo's defaults
+// when not configured).
+func (c *consumer) sessionTimeout() time.Duration {
+	if c.cfg.SessionTimeout > 0 {
+		return c.cfg.SessionTimeout
+	}
+	return 45 * time.Second
+}
+
+func (c *consumer) heartbeatInterval() time.Duration {
+	if c.cfg.HeartbeatInterval > 0 {
+		return c.cfg.HeartbeatInterval
+	}
+	return 3 * time.Second
 }
 
 // release tells the engine that tps, those of them the member still owns,
@@ -473,7 +685,9 @@ func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost 
 	}
 }
 
-// Commit commits offsets with their metadata. It refuses (an error, nothing
+// Commit commits offsets with their metadata. A failed commit matches
+// transport.ErrCommitUnconfirmed only when its request was written to a
+// broker (in part or whole) before it failed. It refuses (an error, nothing
 // sent) when gen is not this member's, or when a partition has not been
 // owned continuously since gen; an offset lower than the last one committed
 // for its partition is not sent (nor is one equal to it with the same
@@ -530,10 +744,17 @@ func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 		resp   *kmsg.OffsetCommitResponse
 		reqErr error
 	)
+	writes := c.commitWrites.Load()
 	cl.CommitOffsetsSync(kgo.PreCommitFnContext(ctx, setMeta), send, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, r *kmsg.OffsetCommitResponse, err error) {
 		resp, reqErr = r, err
 	})
 	if reqErr != nil {
+		if c.commitWrites.Load() == writes {
+			// No OffsetCommit request left for a broker (the context
+			// ended first, no coordinator could be reached, the client
+			// closed): the broker never saw it.
+			return fmt.Errorf("kavari: commit not sent: %w", reqErr)
+		}
 		return fmt.Errorf("kavari: commit: %w: %w", transport.ErrCommitUnconfirmed, reqErr)
 	}
 	var errs []error
@@ -689,11 +910,7 @@ func (c *consumer) shutdown(ctx context.Context, cl *kgo.Client) error {
 // connections: twice the heartbeat interval, at most half of what is left
 // of ctx.
 func (c *consumer) leaveGrace(ctx context.Context) time.Duration {
-	hb := c.cfg.HeartbeatInterval
-	if hb <= 0 {
-		hb = 3 * time.Second // kgo's default
-	}
-	grace := 2 * hb
+	grace := 2 * c.heartbeatInterval()
 	if deadline, ok := ctx.Deadline(); ok {
 		grace = min(grace, time.Until(deadline)/2)
 	}
