@@ -1,0 +1,150 @@
+package kafkago
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/internal/embedded"
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// genRecorder is a GroupHandler that keeps the generations it was given and
+// counts revokes and losses.
+type genRecorder struct {
+	mu       sync.Mutex
+	gens     []transport.Generation
+	revokes  int
+	losses   int
+	onRevoke func(transport.Generation)
+}
+
+func (r *genRecorder) Assigned(g transport.Generation, _ []transport.Assignment) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gens = append(r.gens, g)
+}
+
+func (r *genRecorder) Revoked(g transport.Generation, _ []transport.TopicPartition) {
+	r.mu.Lock()
+	r.revokes++
+	fn := r.onRevoke
+	r.mu.Unlock()
+	if fn != nil {
+		fn(g)
+	}
+}
+
+func (r *genRecorder) Lost(transport.Generation, []transport.TopicPartition) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.losses++
+}
+
+func (r *genRecorder) Records(transport.TopicPartition, []*transport.Record, int64) {}
+func (r *genRecorder) Error(error)                                                  {}
+
+func (r *genRecorder) state() (gens []transport.Generation, revokes, losses int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]transport.Generation(nil), r.gens...), r.revokes, r.losses
+}
+
+// resetConns breaks every connection the consumer has open, as a reset by
+// the network would: the sockets are closed under kafka-go, which sees
+// every later read and write on them fail. New connections work.
+func resetConns(s *connSet) int {
+	s.mu.Lock()
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c.Conn)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	return len(conns)
+}
+
+func committed(t *testing.T, brokers []string, group, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	res, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0}}})
+	if err != nil {
+		t.Fatalf("OffsetFetch: %v", err)
+	}
+	for _, p := range res.Topics[topic] {
+		if p.Partition == 0 {
+			return p.CommittedOffset
+		}
+	}
+	return -1
+}
+
+// A connection reset inside the session costs at most a retried commit: the
+// member keeps its generation (no revoke, no new generation) and a commit
+// made after the reset, in that generation, is applied. kafka-go's
+// Generation commits and heartbeats on one coordinator connection that it
+// never dials again, so before the fix the commit failed on the dead
+// connection and the first heartbeat after the reset ended the generation.
+func TestConnectionResetKeepsGeneration(t *testing.T) {
+	const topic, group = "kg-reset", "kg-reset-g"
+	b := embedded.NewBroker(t, embedded.Partitions(1), embedded.Topics(topic))
+	cfg := transport.Config{Brokers: b.Addrs(), ClientID: "test", GroupID: group, Topics: []string{topic},
+		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second, HeartbeatInterval: 500 * time.Millisecond}
+	tc, err := Transport{}.NewConsumer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tc.(*Consumer)
+	h := &genRecorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan struct{})
+	go func() { _ = c.Run(ctx, h); close(runDone) }()
+	defer func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer ccancel()
+		_ = c.Close(cctx)
+		<-runDone
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if gens, _, _ := h.state(); len(gens) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no generation after 30 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	gens, _, _ := h.state()
+	gen := gens[0]
+	// Let a heartbeat or two pass on the fresh connections, then reset.
+	time.Sleep(time.Second)
+	n := resetConns(c.conns)
+	t.Logf("reset %d connections", n)
+
+	cctx, ccancel := context.WithTimeout(context.Background(), 8*time.Second)
+	err = c.Commit(cctx, gen, []transport.Offset{{TopicPartition: transport.TopicPartition{Topic: topic, Partition: 0}, Offset: 7}})
+	ccancel()
+	if err != nil {
+		t.Errorf("commit in generation %d after a connection reset: %v", gen.ID, err)
+	} else if got := committed(t, b.Addrs(), group, topic); got != 7 {
+		t.Errorf("committed offset %d after the commit, want 7", got)
+	}
+	// Six heartbeat intervals: kafka-go's heartbeat loop would have failed
+	// on the dead connection (and ended the generation) at the first.
+	time.Sleep(6 * cfg.HeartbeatInterval)
+	gens, revokes, losses := h.state()
+	if revokes != 0 || losses != 0 || len(gens) != 1 {
+		t.Errorf("after a connection reset inside the session: %d revokes, %d losses, generations %v; want the generation %d kept",
+			revokes, losses, gens, gen.ID)
+	}
+}
