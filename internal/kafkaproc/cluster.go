@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/internal/netfault"
 )
 
 // Options configures [Start].
@@ -78,6 +80,14 @@ type Options struct {
 	// longer (keytool makes a CA and the brokers' certificate).
 	Security *Security
 
+	// Proxy gives every node a second client listener that is reached
+	// through a fault proxy ([netfault.Proxy]) and advertised at the
+	// proxy's address, so clients that bootstrap from
+	// [Cluster.ProxiedBrokers] talk to the cluster only through the
+	// proxies, which [Cluster.Proxy] can cut, reset or slow. Brokers talk
+	// to each other, and [Cluster.Brokers] reaches them, directly.
+	Proxy bool
+
 	// Logf, when set, receives progress messages.
 	Logf func(format string, args ...any)
 }
@@ -110,6 +120,10 @@ type node struct {
 
 	// The secured listeners' ports, 0 without Options.Security.
 	sslPort, saslPort, saslSSLPort int
+
+	// The proxied listener's port and its proxy (Options.Proxy).
+	externalPort int
+	proxy        *netfault.Proxy
 }
 
 func (n *node) brokerAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.brokerPort)) }
@@ -213,10 +227,14 @@ func (c *Cluster) launch(ctx context.Context, storageTool string) error {
 	if c.sec != nil {
 		per = 5
 	}
+	if opts.Proxy {
+		per++
+	}
 	ports, err := pickPorts(per * opts.Nodes)
 	if err != nil {
 		return err
 	}
+	c.closeProxies()
 	c.nodes = nil
 	for i := 0; i < opts.Nodes; i++ {
 		n := &node{
@@ -229,8 +247,16 @@ func (c *Cluster) launch(ctx context.Context, storageTool string) error {
 			n.sslPort, n.saslPort, n.saslSSLPort = ports[per*i+2], ports[per*i+3], ports[per*i+4]
 		}
 		c.nodes = append(c.nodes, n)
+		if opts.Proxy {
+			n.externalPort = ports[per*i+per-1]
+			if n.proxy, err = netfault.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(n.externalPort))); err != nil {
+				c.closeProxies()
+				return fmt.Errorf("kafkaproc: proxy of node %d: %w", n.id, err)
+			}
+		}
 	}
 	if err := c.prepare(ctx, storageTool); err != nil {
+		c.closeProxies()
 		return err
 	}
 
@@ -246,11 +272,13 @@ func (c *Cluster) launch(ctx context.Context, storageTool string) error {
 	c.mu.Unlock()
 	if err := c.waitReady(ctx, nil); err != nil {
 		c.killAll()
+		c.closeProxies()
 		return err
 	}
 	if !opts.SkipWarmup {
 		if err := c.warmGroupCoordinator(ctx); err != nil {
 			c.killAll()
+			c.closeProxies()
 			return err
 		}
 	}
@@ -366,12 +394,20 @@ func (c *Cluster) serverProps(n *node, voters string) string {
 		listeners += fmt.Sprintf(",SSL://127.0.0.1:%d,SASL_PLAINTEXT://127.0.0.1:%d,SASL_SSL://127.0.0.1:%d", n.sslPort, n.saslPort, n.saslSSLPort)
 		protocols += ",SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL"
 	}
+	advertised := listeners
+	if n.proxy != nil {
+		// Bound on its own port, advertised at the proxy's: a client that
+		// came in through the proxy is sent back to proxies only.
+		listeners += fmt.Sprintf(",EXTERNAL://127.0.0.1:%d", n.externalPort)
+		advertised += ",EXTERNAL://" + n.proxy.Addr()
+		protocols += ",EXTERNAL:PLAINTEXT"
+	}
 	props := [][2]string{
 		{"process.roles", "broker,controller"},
 		{"node.id", strconv.Itoa(n.id)},
 		{"controller.quorum.voters", voters},
 		{"listeners", fmt.Sprintf("%s,CONTROLLER://127.0.0.1:%d", listeners, n.controllerPort)},
-		{"advertised.listeners", listeners},
+		{"advertised.listeners", advertised},
 		{"listener.security.protocol.map", protocols},
 		{"controller.listener.names", "CONTROLLER"},
 		{"inter.broker.listener.name", "PLAINTEXT"},
@@ -776,6 +812,42 @@ func (c *Cluster) Brokers() []string {
 	return out
 }
 
+// ProxiedBrokers returns the addresses of the nodes' proxies, in node
+// order; nil unless the cluster was started with Options.Proxy.
+func (c *Cluster) ProxiedBrokers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.opts.Proxy {
+		return nil
+	}
+	out := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.proxy.Addr()
+	}
+	return out
+}
+
+// Proxy returns node i's fault proxy; nil unless the cluster was started
+// with Options.Proxy.
+func (c *Cluster) Proxy(i int) *netfault.Proxy {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i < 0 || i >= len(c.nodes) {
+		return nil
+	}
+	return c.nodes[i].proxy
+}
+
+// closeProxies closes the nodes' proxies, if any.
+func (c *Cluster) closeProxies() {
+	for _, n := range c.nodes {
+		if n.proxy != nil {
+			_ = n.proxy.Close()
+			n.proxy = nil
+		}
+	}
+}
+
 // Version returns the Kafka version of the cluster, e.g. "4.1.1".
 func (c *Cluster) Version() string { return c.version }
 
@@ -911,6 +983,9 @@ func (c *Cluster) Stop() error {
 			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 		}
 		c.logf("kafkaproc: stopped %d node(s) in %s (%d needed SIGKILL)", len(procs), time.Since(begin).Round(time.Millisecond), killed)
+		c.mu.Lock()
+		c.closeProxies()
+		c.mu.Unlock()
 		c.cleanupDir()
 	})
 	return c.stopErr

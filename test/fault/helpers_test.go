@@ -57,11 +57,29 @@ func requireLauncher(t *testing.T) {
 // killed at will) and stops it when t ends.
 func ownCluster(t *testing.T, nodes int) *kafkaproc.Cluster {
 	t.Helper()
+	return ownClusterWith(t, kafkaproc.Options{Nodes: nodes})
+}
+
+// ownProxiedCluster is ownCluster with a fault proxy in front of every
+// node: clients given c.ProxiedBrokers() reach the cluster only through
+// c.Proxy(i), which can cut, reset, refuse or slow their connections;
+// c.Brokers() stays direct (for checkers and publishers not under test).
+func ownProxiedCluster(t *testing.T, nodes int) *kafkaproc.Cluster {
+	t.Helper()
+	return ownClusterWith(t, kafkaproc.Options{Nodes: nodes, Proxy: true})
+}
+
+// ownClusterWith starts a cluster with opts (Dir and Logf are set here)
+// for t alone and stops it when t ends.
+func ownClusterWith(t *testing.T, opts kafkaproc.Options) *kafkaproc.Cluster {
+	t.Helper()
 	requireLauncher(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	begin := time.Now()
-	c, err := kafkaproc.Start(ctx, kafkaproc.Options{Nodes: nodes, Dir: t.TempDir(), Logf: t.Logf})
+	opts.Dir, opts.Logf = t.TempDir(), t.Logf
+	nodes := max(opts.Nodes, 1)
+	c, err := kafkaproc.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
