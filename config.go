@@ -202,7 +202,10 @@ type ConsumeConfig struct {
 	DrainTimeout time.Duration
 	// SessionTimeout is the group session timeout; consumption pauses about
 	// this long after a coordinator restart. Under ConsumerProtocol it is
-	// the broker's (New rejects a value).
+	// the broker's (New rejects a value). On KafkaGo a heartbeat or commit
+	// that fails on the network is tried again on a fresh connection, and
+	// the member keeps its generation until no heartbeat was answered for
+	// this long: a shorter network fault costs no rebalance.
 	// Default 10 s.
 	SessionTimeout time.Duration
 	// RebalanceTimeout is how long the group waits for members to rejoin.

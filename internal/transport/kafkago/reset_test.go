@@ -148,3 +148,23 @@ func TestConnectionResetKeepsGeneration(t *testing.T) {
 			revokes, losses, gens, gen.ID)
 	}
 }
+
+// kafka-go v0.4.51 decodes a Heartbeat answer's error code (versions 1 to
+// 4) into the low 16 bits of Throttle; heartbeatError reads it from there,
+// and prefers Error should a later kafka-go decode it.
+func TestHeartbeatErrorCode(t *testing.T) {
+	for _, c := range []struct {
+		res  kafka.HeartbeatResponse
+		want error
+	}{
+		{kafka.HeartbeatResponse{}, nil},
+		{kafka.HeartbeatResponse{Throttle: 27 * time.Millisecond}, kafka.RebalanceInProgress},
+		{kafka.HeartbeatResponse{Throttle: (5<<16 + 25) * time.Millisecond}, kafka.UnknownMemberId},
+		{kafka.HeartbeatResponse{Throttle: 0xffff * time.Millisecond}, kafka.Unknown},
+		{kafka.HeartbeatResponse{Error: kafka.IllegalGeneration}, kafka.IllegalGeneration},
+	} {
+		if got := heartbeatError(&c.res); got != c.want {
+			t.Errorf("heartbeatError(%+v) = %v, want %v", c.res, got, c.want)
+		}
+	}
+}
