@@ -322,7 +322,7 @@ func (c *Consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 	if len(offsets) == 0 {
 		return nil
 	}
-	if err := c.commit(ctx, gen, offsets); err != nil {
+	if err := c.commit(ctx, m, gen, offsets); err != nil {
 		return fmt.Errorf("kavari: commit: %w", err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -43,6 +44,17 @@ type membership struct {
 	assigned map[string][]int         // topic → partitions
 	offsets  map[string]map[int]int64 // committed offsets of assigned (absent: none)
 	counts   map[string]int           // partition count of each subscribed topic at join
+
+	// lastOK is when the last heartbeat answered without error was sent
+	// (unix ns; at first, when the join was answered): the coordinator
+	// keeps the member until SessionTimeout after it.
+	lastOK atomic.Int64
+}
+
+// sessionLeft is how much of the session the coordinator surely still
+// grants m: SessionTimeout after the last heartbeat it answered.
+func (m *membership) sessionLeft(session time.Duration) time.Duration {
+	return time.Until(time.Unix(0, m.lastOK.Load()).Add(session))
 }
 
 // join joins the group and returns the generation joined: JoinGroup (with
@@ -108,6 +120,7 @@ func (c *Consumer) join(ctx, joinCtx context.Context) (*membership, error) {
 	}
 	m := &membership{id: int32(res.GenerationID), memberID: res.MemberID, assigned: map[string][]int{},
 		offsets: map[string]map[int]int64{}}
+	m.lastOK.Store(time.Now().UnixNano()) // the coordinator just answered SyncGroup
 	for t, ps := range sres.Assignment.AssignedPartitions {
 		if len(ps) > 0 {
 			m.assigned[t] = slices.Sorted(slices.Values(ps))
@@ -216,7 +229,6 @@ func (c *Consumer) heartbeat(ctx context.Context, m *membership, h transport.Gro
 	// Each attempt is bounded so that a connection that went silent is
 	// given up, and another dialled, well inside the session.
 	attempt := min(max(c.cfg.HeartbeatInterval, time.Second), max(c.cfg.SessionTimeout/4, 500*time.Millisecond))
-	lastOK := time.Now() // the join was just answered
 	wait := c.cfg.HeartbeatInterval
 	for {
 		t := time.NewTimer(wait)
@@ -238,7 +250,8 @@ func (c *Consumer) heartbeat(ctx context.Context, m *membership, h transport.Gro
 		}
 		switch {
 		case err == nil:
-			lastOK, wait = sent, c.cfg.HeartbeatInterval
+			m.lastOK.Store(sent.UnixNano())
+			wait = c.cfg.HeartbeatInterval
 			continue
 		case errors.Is(err, kafka.RebalanceInProgress):
 			return // a rebalance: revoke and join again
@@ -248,7 +261,7 @@ func (c *Consumer) heartbeat(ctx context.Context, m *membership, h transport.Gro
 			return
 		case groupRetriable(err):
 			h.Error(fmt.Errorf("heartbeat: %w", err))
-			if time.Since(lastOK) >= c.cfg.SessionTimeout {
+			if m.sessionLeft(c.cfg.SessionTimeout) <= 0 {
 				c.cfg.Logger.Warn("kavari: no heartbeat answered for the session timeout: the generation is over",
 					"group", c.cfg.GroupID, "generation", m.id, "err", err)
 				return
@@ -342,19 +355,19 @@ func groupRetriable(err error) bool {
 	return kerr.Temporary()
 }
 
-// commit commits offsets in generation gen, trying again after a network
+// commit commits offsets in generation m, trying again after a network
 // error or a coordinator moving, on a fresh connection, until ctx ends or
-// the session timeout passed: a broken connection costs a retried commit.
-// A commit the coordinator refuses (fenced: the generation is over) is not
-// tried again. The error wraps ErrCommitUnconfirmed when an attempt may
-// have reached the broker.
-func (c *Consumer) commit(ctx context.Context, gen transport.Generation, offsets []transport.Offset) error {
+// m's session is surely over (SessionTimeout after the last heartbeat
+// answered; then the coordinator refuses the commit anyway): a broken
+// connection costs a retried commit. A commit the coordinator refuses
+// (fenced: the generation is over) is not tried again. The error wraps
+// ErrCommitUnconfirmed when an attempt may have reached the broker.
+func (c *Consumer) commit(ctx context.Context, m *membership, gen transport.Generation, offsets []transport.Offset) error {
 	req := &kafka.OffsetCommitRequest{GroupID: c.cfg.GroupID, GenerationID: int(gen.ID), MemberID: gen.MemberID,
 		Topics: map[string][]kafka.OffsetCommit{}}
 	for _, o := range offsets {
 		req.Topics[o.Topic] = append(req.Topics[o.Topic], kafka.OffsetCommit{Partition: int(o.Partition), Offset: o.Offset})
 	}
-	giveUp := time.Now().Add(c.cfg.SessionTimeout)
 	maybeSent := false
 	for {
 		actx, cancel := context.WithTimeout(ctx, requestTimeout)
@@ -377,7 +390,7 @@ func (c *Consumer) commit(ctx context.Context, gen transport.Generation, offsets
 			var kerr kafka.Error
 			maybeSent = maybeSent || !errors.As(err, &kerr) && !errors.Is(err, errClosed)
 		}
-		if !groupRetriable(err) || ctx.Err() != nil || time.Now().Add(retryBackoff).After(giveUp) {
+		if !groupRetriable(err) || ctx.Err() != nil || m.sessionLeft(c.cfg.SessionTimeout) <= retryBackoff {
 			if maybeSent {
 				return fmt.Errorf("%w: %w", transport.ErrCommitUnconfirmed, err)
 			}

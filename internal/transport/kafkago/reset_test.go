@@ -168,3 +168,54 @@ func TestHeartbeatErrorCode(t *testing.T) {
 		}
 	}
 }
+
+// A coordinator gone for longer than the session timeout ends the
+// generation: the member cannot have kept it, and the engine must learn
+// that its partitions are revoked (the fault suite's broker restart waits
+// for Health to say so).
+func TestBrokerGoneEndsGeneration(t *testing.T) {
+	const topic, group = "kg-gone", "kg-gone-g"
+	b, err := embedded.Start(embedded.Partitions(1), embedded.Topics(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cfg := transport.Config{Brokers: b.Addrs(), ClientID: "test", GroupID: group, Topics: []string{topic},
+		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, HeartbeatInterval: 500 * time.Millisecond}
+	tc, err := Transport{}.NewConsumer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tc.(*Consumer)
+	h := &genRecorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan struct{})
+	go func() { _ = c.Run(ctx, h); close(runDone) }()
+	defer func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
+		_ = c.Close(cctx)
+		<-runDone
+	}()
+	waitGen := func(cond func(gens []transport.Generation, revokes int) bool, within time.Duration, what string) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			gens, revokes, _ := h.state()
+			if cond(gens, revokes) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after %v: %s (generations %v, %d revokes)", within, what, gens, revokes)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitGen(func(gens []transport.Generation, _ int) bool { return len(gens) > 0 }, 30*time.Second, "no generation")
+	begin := time.Now()
+	b.Close()
+	// A generous bound (the session is 6 s): the revoke must come, not hang.
+	waitGen(func(_ []transport.Generation, revokes int) bool { return revokes > 0 }, 30*time.Second, "no revoke with the broker gone")
+	t.Logf("revoked %v after the broker went away", time.Since(begin).Round(time.Millisecond))
+}
