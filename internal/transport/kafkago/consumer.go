@@ -23,8 +23,8 @@ import (
 // must return within the session timeout.
 type Consumer struct {
 	cfg    transport.Config
-	cl     *kafka.Client
-	tr     *kafka.Transport
+	cl     *kafka.Client // on tr
+	tr     *guardedTransport
 	dialer *kafka.Dialer
 	conns  *connSet // the group's and the readers' connections; Close cuts them
 
@@ -64,7 +64,8 @@ func (Transport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
 	if cfg.GroupID == "" {
 		return nil, errors.New("kavari: consumer group: no group id")
 	}
-	return &Consumer{cfg: cfg, cl: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr}, tr: tr, dialer: d,
+	gt := &guardedTransport{tr: tr}
+	return &Consumer{cfg: cfg, cl: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: gt}, tr: gt, dialer: d,
 		conns: conns, gates: map[transport.TopicPartition]*gate{},
 		closing: make(chan struct{}), runDone: make(chan struct{})}, nil
 }
@@ -128,6 +129,13 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 	// deadline.
 	c.leave(context.Background())
 	return nil
+}
+
+// shutdown cuts every connection and closes the client's pools; later
+// requests fail at once.
+func (c *Consumer) shutdown() {
+	c.conns.closeAll()
+	c.tr.shutdown()
 }
 
 // generation runs one generation: a reader per assigned partition, the
@@ -356,17 +364,16 @@ func (c *Consumer) Close(ctx context.Context) error {
 		c.grace.Store(int64(c.joinGrace(ctx)))
 		close(c.closing)
 	})
-	defer c.tr.CloseIdleConnections()
 	if !c.running.Load() {
-		c.conns.closeAll()
+		c.shutdown()
 		return nil
 	}
 	select {
 	case <-c.runDone:
-		c.conns.closeAll()
+		c.shutdown()
 		return nil
 	case <-ctx.Done():
-		c.conns.closeAll()
+		c.shutdown()
 		return context.Cause(ctx)
 	}
 }
