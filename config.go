@@ -268,12 +268,16 @@ type ConsumeConfig struct {
 	DrainTimeout time.Duration
 	// SessionTimeout is the group session timeout; consumption pauses about
 	// this long after a coordinator restart. Under ConsumerProtocol it is
-	// the broker's (New rejects a value). On FranzGo a group error inside
-	// it (a heartbeat lost to a dropped or refused connection) leaves the
-	// session valid: the member's partitions are at most revoked (drained
-	// and committed) and its handlers are not cancelled; only a session
-	// known to be gone (the coordinator says so, or SessionTimeout passed
-	// since its last answered heartbeat) loses them.
+	// the broker's (New rejects a value). A network fault shorter than it
+	// costs no rebalance on either transport: on FranzGo a group error
+	// inside it (a heartbeat lost to a dropped or refused connection)
+	// leaves the session valid, so the member's partitions are at most
+	// revoked (drained and committed) and its handlers are not cancelled;
+	// only a session known to be gone (the coordinator says so, or
+	// SessionTimeout passed since its last answered heartbeat) loses them.
+	// On KafkaGo a heartbeat or commit that fails on the network is tried
+	// again on a fresh connection, and the member keeps its generation
+	// until no heartbeat was answered for this long.
 	// Default 10 s.
 	SessionTimeout time.Duration
 	// RebalanceTimeout is how long the group waits for members to rejoin.

@@ -106,7 +106,7 @@ func TestBrokerKilledAndRestarted(t *testing.T) {
 		t.Errorf("acknowledged %d of %d: the publish retry policy should outlive a %s outage", row.Acked, n, outage)
 	}
 	h := k.Health()
-	led.Note("broker down %s (SIGKILL, restart on the same ports and data) while %d publishers were waiting in retries; publishing resumed as soon as the broker answered, consumption only after the consumer's SessionTimeout (%s): kafka-go rejoins the group under a new member id after the coordinator failure, and the restarted coordinator waits for the old member's session to expire (a run with SessionTimeout 12 s recovered in 12.3 s)",
+	led.Note("broker down at least %s (SIGKILL, kept down until Health showed the consumer disconnected, restart on the same ports and data) while %d publishers were waiting in retries; publishing resumed as soon as the broker answered, consumption once the member rejoined (SessionTimeout %s). kafka-go used to rejoin under a new member id after the coordinator failure, and the restarted coordinator waited for the old member's session to expire (a run with SessionTimeout 12 s recovered in 12.3 s); its member now keeps its id",
 		outage, workers, cfg.Consume.SessionTimeout)
 	if !h.Connected {
 		t.Errorf("consumer not connected at the end: %+v", h)

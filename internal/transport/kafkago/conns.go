@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // errClosed is what a dial returns once the adapter cut its connections.
@@ -73,4 +76,31 @@ func (c *trackedConn) Close() error {
 	delete(c.set.conns, c)
 	c.set.mu.Unlock()
 	return c.Conn.Close()
+}
+
+// guardedTransport is the consumer's kafka.Client transport: a
+// kafka.Transport that refuses requests once the consumer shut down. A
+// request under way at shutdown may have opened a connection pool (with a
+// goroutine of its own) after shutdown closed the pools: it closes them
+// again when it returns, so no goroutine outlives Close for long.
+type guardedTransport struct {
+	tr   *kafka.Transport
+	shut atomic.Bool
+}
+
+func (g *guardedTransport) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Request) (kafka.Response, error) {
+	if g.shut.Load() {
+		return nil, errClosed
+	}
+	res, err := g.tr.RoundTrip(ctx, addr, req)
+	if g.shut.Load() {
+		g.tr.CloseIdleConnections()
+	}
+	return res, err
+}
+
+// shutdown refuses later requests and closes the connection pools.
+func (g *guardedTransport) shutdown() {
+	g.shut.Store(true)
+	g.tr.CloseIdleConnections()
 }

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,24 +17,26 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// Consumer is a member of a consumer group on kafka-go's ConsumerGroup, with
-// one partition Reader per assigned partition. Rebalances are eager: every
-// partition is revoked when a generation ends, and no heartbeats are sent
-// from then on, so Revoked must return within the session timeout.
+// Consumer is a member of a consumer group, running the group protocol on
+// a kafka.Client (group.go), with one kafka-go partition Reader per
+// assigned partition. Rebalances are eager: every partition is revoked when
+// a generation ends, and no heartbeats are sent from then on, so Revoked
+// must return within the session timeout.
 type Consumer struct {
 	cfg    transport.Config
-	group  *kafka.ConsumerGroup
+	cl     *kafka.Client // on tr
+	tr     *guardedTransport
 	dialer *kafka.Dialer
 	conns  *connSet // the group's and the readers' connections; Close cuts them
 
-	mu    sync.Mutex
-	gen   *kafka.Generation // the current generation; nil between generations
-	genID int32
-	gates map[transport.TopicPartition]*gate
+	mu       sync.Mutex
+	gen      *membership // the current generation; nil between generations
+	gates    map[transport.TopicPartition]*gate
+	memberID string // as the coordinator knows this member; "" before the first join
 
-	inGen     atomic.Int32 // generations whose Revoked has not returned
 	closeOnce sync.Once
-	groupDone chan struct{} // closed when the group's Close returned: it left the group
+	closing   chan struct{} // closed by Close
+	grace     atomic.Int64  // how long Close lets a JoinGroup under way be answered (ns)
 	runDone   chan struct{} // closed when Run returns
 	running   atomic.Bool
 }
@@ -44,69 +47,88 @@ type gate struct {
 	resume chan struct{} // closed by Resume
 }
 
-// NewConsumer returns a Consumer for cfg; kafka-go starts joining the group
-// at once, in the background.
+// NewConsumer returns a Consumer for cfg; it joins the group when Run is
+// called.
 func (Transport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
 	conns := newConnSet()
 	d, err := newDialer(cfg, conns)
 	if err != nil {
 		return nil, err
 	}
-	start := kafka.FirstOffset
-	if cfg.StartOffset == transport.Latest {
-		start = kafka.LastOffset
+	tr, err := newTransport(cfg, conns)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	log := cfg.Logger
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                    cfg.GroupID,
-		Brokers:               cfg.Brokers,
-		Dialer:                d,
-		Topics:                cfg.Topics,
-		HeartbeatInterval:     cfg.HeartbeatInterval,
-		SessionTimeout:        cfg.SessionTimeout,
-		RebalanceTimeout:      cfg.RebalanceTimeout,
-		JoinGroupBackoff:      time.Second,
-		WatchPartitionChanges: true,
-		StartOffset:           start,
-		Timeout:               10 * time.Second,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			if log != nil {
-				log.Debug("kavari: group: " + fmt.Sprintf(msg, args...))
-			}
-		}),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kavari: consumer group: %w", err)
+	if cfg.GroupID == "" {
+		return nil, errors.New("kavari: consumer group: no group id")
 	}
-	return &Consumer{cfg: cfg, group: group, dialer: d, conns: conns, gates: map[transport.TopicPartition]*gate{},
-		runDone: make(chan struct{}), groupDone: make(chan struct{})}, nil
+	gt := &guardedTransport{tr: tr}
+	return &Consumer{cfg: cfg, cl: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: gt}, tr: gt, dialer: d,
+		conns: conns, gates: map[transport.TopicPartition]*gate{},
+		closing: make(chan struct{}), runDone: make(chan struct{})}, nil
+}
+
+func (c *Consumer) member() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.memberID
+}
+
+func (c *Consumer) setMember(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.memberID = id
 }
 
 // Run consumes generation after generation until ctx ends or Close is
-// called. Group errors are reported to h.Error; kafka-go joins again with
-// backoff. When Run returns, the last generation's Revoked has returned.
+// called. Group errors are reported to h.Error, and the member joins again
+// with backoff. When Run returns, the last generation's Revoked has
+// returned and the member left the group.
 func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 	c.running.Store(true)
 	defer close(c.runDone)
-	stop := context.AfterFunc(ctx, func() { _ = c.group.Close() })
-	defer stop()
-	for {
-		gen, err := c.group.Next(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for ctx.Err() == nil {
+		// A JoinGroup under way when Close is called is given a moment
+		// to be answered (see Close), so the member knows its id and
+		// leaves the group.
+		joinCtx, cancelJoin := context.WithCancel(context.WithoutCancel(ctx))
+		stopJoin := context.AfterFunc(ctx, func() {
+			time.AfterFunc(time.Duration(c.grace.Load()), cancelJoin)
+		})
+		m, err := c.join(ctx, joinCtx)
+		stopJoin()
+		cancelJoin()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+			if ctx.Err() != nil {
 				break
 			}
 			h.Error(joinError(c.cfg.GroupID, err))
+			c.cfg.Logger.Debug("kavari: group: "+err.Error(), "group", c.cfg.GroupID)
+			t := time.NewTimer(joinBackoff)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 			continue
 		}
-		c.generation(gen, h)
+		c.generation(ctx, m, h)
 	}
-	// Closing the group ends the generation and waits for its goroutines:
-	// the revoke below, with its drain and final commit.
-	_ = c.group.Close()
+	// The member leaves on connections of its own: Close cuts them at its
+	// deadline.
+	c.leave(context.Background())
 	return nil
 }
 
@@ -126,37 +148,44 @@ func joinError(group string, err error) error {
 	return fmt.Errorf("kavari: kafka-go consumer: join group %q: %w", group, err)
 }
 
-// generation starts one generation's work: a reader per assigned partition,
-// and a goroutine that revokes every partition when the generation ends.
-func (c *Consumer) generation(kg *kafka.Generation, h transport.GroupHandler) {
-	c.inGen.Add(1)
-	g := transport.Generation{ID: kg.ID, MemberID: kg.MemberID}
+// shutdown cuts every connection and closes the client's pools; later
+// requests fail at once.
+func (c *Consumer) shutdown() {
+	c.conns.closeAll()
+	c.tr.shutdown()
+}
+
+// generation runs one generation: a reader per assigned partition, the
+// heartbeats and the partition watch, until the generation ends (or ctx
+// does); then it revokes every partition.
+func (c *Consumer) generation(ctx context.Context, m *membership, h transport.GroupHandler) {
+	g := transport.Generation{ID: m.id, MemberID: m.memberID}
 	var parts []transport.Assignment
-	topics := make([]string, 0, len(kg.Assignments))
-	for t := range kg.Assignments {
-		topics = append(topics, t)
-	}
-	sort.Strings(topics)
-	for _, t := range topics {
-		for _, a := range kg.Assignments[t] {
-			off := a.Offset
-			if off < 0 {
+	for _, t := range slices.Sorted(maps.Keys(m.assigned)) {
+		for _, p := range m.assigned[t] {
+			off, ok := m.offsets[t][p]
+			if !ok || off < 0 {
 				off = -1
 			}
-			parts = append(parts, transport.Assignment{TopicPartition: transport.TopicPartition{Topic: t, Partition: int32(a.ID)}, Offset: off})
+			parts = append(parts, transport.Assignment{TopicPartition: transport.TopicPartition{Topic: t, Partition: int32(p)}, Offset: off})
 		}
 	}
 	c.mu.Lock()
-	c.gen, c.genID = kg, kg.ID
+	c.gen = m
 	c.gates = map[transport.TopicPartition]*gate{}
 	c.mu.Unlock()
 	h.Assigned(g, parts)
 
+	gctx, end := context.WithCancel(ctx)
+	defer end()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.heartbeat(gctx, m, h, end) }()
+	go func() { defer wg.Done(); c.watchPartitions(gctx, m, end) }()
 	var readers sync.WaitGroup
-	var closes []chan struct{}
-	var closesMu sync.Mutex
+	closes := make([]chan struct{}, len(parts))
 	readers.Add(len(parts))
-	for _, a := range parts {
+	for i, a := range parts {
 		start := a.Offset
 		if start < 0 {
 			start = kafka.FirstOffset
@@ -164,40 +193,33 @@ func (c *Consumer) generation(kg *kafka.Generation, h transport.GroupHandler) {
 				start = kafka.LastOffset
 			}
 		}
-		kg.Start(func(ctx context.Context) {
+		go func() {
 			defer readers.Done()
-			closed := c.read(ctx, h, a.TopicPartition, start)
-			closesMu.Lock()
-			closes = append(closes, closed)
-			closesMu.Unlock()
-		})
+			closes[i] = c.read(gctx, h, a.TopicPartition, start)
+		}()
 	}
-	kg.Start(func(ctx context.Context) {
-		defer c.inGen.Add(-1)
-		<-ctx.Done() // returning earlier would end the generation
-		readers.Wait()
-		tps := make([]transport.TopicPartition, len(parts))
-		for i, a := range parts {
-			tps[i] = a.TopicPartition
+	<-gctx.Done()
+	readers.Wait()
+	wg.Wait()
+	tps := make([]transport.TopicPartition, len(parts))
+	for i, a := range parts {
+		tps[i] = a.TopicPartition
+	}
+	h.Revoked(g, tps)
+	c.mu.Lock()
+	if c.gen == m {
+		c.gen = nil
+	}
+	c.mu.Unlock()
+	timeout := time.After(5 * time.Second)
+	for _, ch := range closes {
+		select {
+		case <-ch:
+		case <-timeout:
+			c.cfg.Logger.Warn("kavari: partition reader did not close in time")
+			return
 		}
-		h.Revoked(g, tps)
-		c.mu.Lock()
-		if c.gen == kg {
-			c.gen = nil
-		}
-		c.mu.Unlock()
-		closesMu.Lock()
-		defer closesMu.Unlock()
-		timeout := time.After(5 * time.Second)
-		for _, ch := range closes {
-			select {
-			case <-ch:
-			case <-timeout:
-				c.cfg.Logger.Warn("kavari: partition reader did not close in time")
-				return
-			}
-		}
-	})
+	}
 }
 
 // read fetches partition tp from offset and delivers each record to h until
@@ -308,33 +330,27 @@ func (c *Consumer) Resume(tps ...transport.TopicPartition) {
 	}
 }
 
-// Commit commits offsets in generation gen, through that generation's
-// coordinator connection; it fails when gen is no longer the current one.
+// Commit commits offsets in generation gen, through the group
+// coordinator (dialled again after a broken connection: a network error
+// costs a retried commit, see commit); it fails when gen is no longer the
+// current one, or when the coordinator refuses.
 func (c *Consumer) Commit(ctx context.Context, gen transport.Generation, offsets []transport.Offset) error {
 	c.mu.Lock()
-	kg := c.gen
+	m := c.gen
 	c.mu.Unlock()
-	if kg == nil || kg.ID != gen.ID {
+	if m == nil || m.id != gen.ID {
 		return fmt.Errorf("kavari: commit fenced: generation %d is over", gen.ID)
 	}
-	if kg.MemberID != gen.MemberID {
-		return fmt.Errorf("kavari: commit fenced: member %q is not this member (%q)", gen.MemberID, kg.MemberID)
+	if m.memberID != gen.MemberID {
+		return fmt.Errorf("kavari: commit fenced: member %q is not this member (%q)", gen.MemberID, m.memberID)
 	}
-	m := map[string]map[int]int64{}
-	for _, o := range offsets {
-		if m[o.Topic] == nil {
-			m[o.Topic] = map[int]int64{}
-		}
-		m[o.Topic][int(o.Partition)] = o.Offset
+	if len(offsets) == 0 {
+		return nil
 	}
-	err := kg.CommitOffsets(m)
-	var kerr kafka.Error
-	if err != nil && !errors.As(err, &kerr) {
-		// Not the broker's answer: a network error or timeout, after which
-		// the commit may have been applied.
-		return fmt.Errorf("%w: %w", transport.ErrCommitUnconfirmed, err)
+	if err := c.commit(ctx, m, gen, offsets); err != nil {
+		return fmt.Errorf("kavari: commit: %w", err)
 	}
-	return err
+	return nil
 }
 
 // joinGrace is how long Close lets a JoinGroup under way be answered: two
@@ -352,40 +368,29 @@ func (c *Consumer) joinGrace(ctx context.Context) time.Duration {
 }
 
 // Close leaves the group: the current generation ends (its Revoked runs),
-// then every connection is cut. When ctx ends first the connections are cut
-// at once, which ends the group's and the readers' requests. When the member
-// is not in a generation, a JoinGroup under way is given a moment to be
-// answered (joinGrace): kafka-go then learns its member id and leaves the
-// group, where a cut join leaves the member the coordinator registered
-// until its session times out (found by the fault test
+// the member leaves, then every connection is cut. When ctx ends first the
+// connections are cut at once, which ends the group's and the readers'
+// requests. A JoinGroup under way is given a moment to be answered
+// (joinGrace), so that the member learns its id and leaves the group, where
+// a cut join leaves the member the coordinator registered until its
+// session times out (found by the fault test
 // TestStartStopInterleavingsLeaveNoZombie); a join held longer (it may wait
 // RebalanceTimeout + 10 s) is cut. It may be called more than once.
 func (c *Consumer) Close(ctx context.Context) error {
 	c.closeOnce.Do(func() {
-		go func() { _ = c.group.Close(); close(c.groupDone) }()
+		c.grace.Store(int64(c.joinGrace(ctx)))
+		close(c.closing)
 	})
-	if c.inGen.Load() == 0 {
-		t := time.NewTimer(c.joinGrace(ctx))
-		select {
-		case <-c.groupDone:
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-		if c.inGen.Load() == 0 { // else a generation started: Run's revoke drains it
-			c.conns.closeAll()
-		}
-	}
 	if !c.running.Load() {
-		c.conns.closeAll()
+		c.shutdown()
 		return nil
 	}
 	select {
 	case <-c.runDone:
-		c.conns.closeAll()
+		c.shutdown()
 		return nil
 	case <-ctx.Done():
-		c.conns.closeAll()
+		c.shutdown()
 		return context.Cause(ctx)
 	}
 }

@@ -1,7 +1,9 @@
 // Package kafkago is kavari's transport on segmentio/kafka-go: a Writer
-// configured for publishing, a ConsumerGroup with a partition Reader per
-// assignment, and admin calls on a Client. It is the only package of the
-// library that imports kafka-go.
+// configured for publishing, a consumer group member (the group protocol
+// run on a Client, group.go, rather than kafka-go's ConsumerGroup, whose
+// generation does not survive a broken coordinator connection) with a
+// partition Reader per assignment, and admin calls on a Client. It is the
+// only package of the library that imports kafka-go.
 //
 // What kafka-go cannot do, it says in Capabilities: no idempotent producing,
 // eager rebalances only (every partition is revoked at each one), no
