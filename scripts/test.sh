@@ -2,7 +2,8 @@
 # The project's test command. Without arguments, for every module of the
 # workspace (go.work: the library, examples, bench, test): gofmt, go vet,
 # staticcheck, the module-graph check (scripts/modgraph.sh), a build, vet and
-# -short test of the library with the oldest Go it declares; then it starts a
+# -short test of the library with the oldest Go it declares and with the
+# newest supported release (Go 1.27); then it starts a
 # real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl, runs
 # all the Go tests against it, then the broker tests again on franz-go (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
 # KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
@@ -69,6 +70,15 @@ case "$gomin" in go*.*.*) ;; *) gomin="$gomin.0" ;; esac # "go 1.26" means go1.2
 step "build, vet and go test -short of the library with ${gomin}"
 (
   export GOTOOLCHAIN="$gomin" GOWORK=off
+  unset CI
+  go build ./... && go vet ./... && go test -short -count=1 ./...
+)
+# ...and on the newest supported release (Go 1.27, whose encoding/json is the
+# v2 implementation), the go line of go.mod staying the oldest.
+gonew="${KAVARI_GO_NEWEST:-go1.27.3}"
+step "build, vet and go test -short of the library with ${gonew}"
+(
+  export GOTOOLCHAIN="$gonew" GOWORK=off
   unset CI
   go build ./... && go vet ./... && go test -short -count=1 ./...
 )
