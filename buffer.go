@@ -75,6 +75,17 @@ func (b *recordBuffer) canTake(p *partition) bool {
 	return b.canTakeLocked(p)
 }
 
+// tryAcquire takes a slot for p if it may take one now, and returns how
+// many slots are held, all partitions; false when it may not.
+func (b *recordBuffer) tryAcquire(p *partition) (int, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.canTakeLocked(p) {
+		return 0, false
+	}
+	return b.takeLocked(p), true
+}
+
 // acquire takes a slot for p, waiting while it may not; false when ctx
 // ended first. It returns how many slots are held, all partitions.
 func (b *recordBuffer) acquire(ctx context.Context, p *partition) (int, bool) {

@@ -413,14 +413,18 @@ func (e *engine) feed(p *partition) {
 		if !e.waitRoom(ctx, p) {
 			break
 		}
-		full := !e.k.buf.canTake(p)
-		p.bufferFull.Store(full) // for Health; the partition was paused above
-		used, ok := e.k.buf.acquire(ctx, p)
-		if full {
-			p.bufferFull.Store(false)
-		}
+		used, ok := e.k.buf.tryAcquire(p)
 		if !ok {
-			break
+			// Every slot this partition may take is held: pause it and
+			// wait. bufferFull is set before waiting and only then, so
+			// Health never shows a waiting feeder as fetching.
+			e.pause(p)
+			p.bufferFull.Store(true)
+			used, ok = e.k.buf.acquire(ctx, p)
+			p.bufferFull.Store(false)
+			if !ok {
+				break
+			}
 		}
 		e.k.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
 		e.dispatch(p, rec)
