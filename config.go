@@ -223,7 +223,12 @@ type ConsumeConfig struct {
 	// Default ClassicProtocol.
 	GroupProtocol GroupProtocol
 	// AutoOffsetReset says where the group starts on a partition with no
-	// committed offset.
+	// committed offset. A committed offset outside the partition's log is
+	// not "no offset": below the log start (records deleted by retention
+	// before the group handled them) or past its end (the log truncated or
+	// the topic recreated), the group resumes at the log start on every
+	// transport, so that no record still in the log is skipped, and
+	// logs a warning naming the partition.
 	// Default Earliest.
 	AutoOffsetReset OffsetReset
 	// Ordering says which records may be handled at the same time.

@@ -50,14 +50,20 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		deliverable: map[transport.TopicPartition]bool{},
 		closing:     make(chan struct{}),
 	}
-	reset := kgo.NewOffset().AtStart()
+	// StartOffset decides only where a partition with no committed offset
+	// starts. An offset out of the log's range, below its start or past its
+	// end, resumes at the log start: no record still in the log is skipped
+	// (kgo would otherwise reset an unconsumed partition to the end with
+	// Latest, and rewind by time a consumed one whose log was truncated).
+	start := kgo.NewOffset().AtStart()
 	if cfg.StartOffset == transport.Latest {
-		reset = kgo.NewOffset().AtEnd()
+		start = kgo.NewOffset().AtEnd()
 	}
 	opts = append(opts,
 		kgo.ConsumerGroup(cfg.GroupID),
 		kgo.ConsumeTopics(cfg.Topics...),
-		kgo.ConsumeResetOffset(reset),
+		kgo.ConsumeStartOffset(start),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
 		kgo.Dialer(c.conns.dial),
 		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly

@@ -114,24 +114,28 @@ func saslMechanism(s transport.SASL) (sasl.Mechanism, error) {
 }
 
 // slogLogger passes kgo's log lines to slog. kgo's Info lines (every join,
-// assignment and heartbeat loop) are logged at Debug; its warnings and errors
-// at their own level.
+// assignment and heartbeat loop) are logged at Debug, but for the reset of
+// an out-of-range offset, a warning as on the other transports; its
+// warnings and errors at their own level.
 type slogLogger struct{ l *slog.Logger }
 
 func (s slogLogger) Level() kgo.LogLevel {
-	if s.l.Enabled(context.Background(), slog.LevelDebug) {
-		return kgo.LogLevelInfo
+	if s.l.Enabled(context.Background(), slog.LevelDebug) || s.l.Enabled(context.Background(), slog.LevelWarn) {
+		return kgo.LogLevelInfo // for the out-of-range reset
 	}
 	return kgo.LogLevelWarn
 }
 
 func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	lv := slog.LevelDebug
-	switch level {
-	case kgo.LogLevelError:
+	switch {
+	case level == kgo.LogLevelError:
 		lv = slog.LevelError
-	case kgo.LogLevelWarn:
+	case level == kgo.LogLevelWarn, strings.Contains(msg, "OFFSET_OUT_OF_RANGE"):
 		lv = slog.LevelWarn
+	}
+	if !s.l.Enabled(context.Background(), lv) {
+		return
 	}
 	s.l.Log(context.Background(), lv, "kgo: "+msg, keyvals...)
 }

@@ -175,6 +175,10 @@ func (c *Consumer) generation(ctx context.Context, m *membership, h transport.Gr
 	c.gates = map[transport.TopicPartition]*gate{}
 	c.mu.Unlock()
 	h.Assigned(g, parts)
+	for _, err := range m.outOfRange { // for Health, in the generation
+		c.cfg.Logger.Warn(err.Error())
+		h.Error(err)
+	}
 
 	gctx, end := context.WithCancel(ctx)
 	defer end()

@@ -45,6 +45,10 @@ type membership struct {
 	offsets  map[string]map[int]int64 // committed offsets of assigned (absent: none)
 	counts   map[string]int           // partition count of each subscribed topic at join
 
+	// outOfRange has an error for each committed offset that was outside
+	// its partition's log and was moved to the log start.
+	outOfRange []error
+
 	// lastOK is when the last heartbeat answered without error was sent
 	// (unix ns; at first, when the join was answered): the coordinator
 	// keeps the member until SessionTimeout after it.
@@ -153,6 +157,9 @@ func (c *Consumer) join(ctx, joinCtx context.Context) (*membership, error) {
 				m.offsets[t][p.Partition] = p.CommittedOffset
 			}
 		}
+	}
+	if m.outOfRange, err = c.clampOutOfRange(ctx, m); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

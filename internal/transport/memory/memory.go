@@ -675,14 +675,15 @@ func (c *Consumer) assign(gen transport.Generation, tps []transport.TopicPartiti
 		c.pos = map[transport.TopicPartition]int64{}
 	}
 	for _, a := range added {
+		c.b.mu.Lock()
+		end := int64(len(c.b.topics[a.Topic][a.Partition]))
+		c.b.mu.Unlock()
 		start := a.Offset
-		if start < 0 {
+		switch {
+		case start < 0 && c.cfg.StartOffset == transport.Latest:
+			start = end
+		case start < 0, start > end: // past the end, as on Kafka: the log start
 			start = 0
-			if c.cfg.StartOffset == transport.Latest {
-				c.b.mu.Lock()
-				start = int64(len(c.b.topics[a.Topic][a.Partition]))
-				c.b.mu.Unlock()
-			}
 		}
 		c.pos[a.TopicPartition] = start
 		c.assigned = append(c.assigned, a.TopicPartition)

@@ -1,0 +1,77 @@
+package kafkago
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// clampOutOfRange moves each committed offset of m that lies outside its
+// partition's log to the log start, and returns one error per offset
+// moved (for the log and Health). Below the start, the records were
+// deleted before the group handled them; past the end, the log was
+// truncated or recreated: either way every record the log holds from its
+// start is one the group has not handled, and none is skipped. kafka-go's
+// reader would move an offset below the start there itself, but wait, past
+// the end, until the log reached the committed offset. When the offsets
+// cannot be listed, the error is returned and the offsets stay.
+func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error, error) {
+	if len(m.offsets) == 0 {
+		return nil, nil
+	}
+	bounds := func(ts func(int) kafka.OffsetRequest, last bool) (map[string]map[int]int64, error) {
+		req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+		for t, ps := range m.offsets {
+			for p := range ps {
+				req.Topics[t] = append(req.Topics[t], ts(p))
+			}
+		}
+		lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+		res, err := c.cl.ListOffsets(lctx, req)
+		if err != nil {
+			return nil, err
+		}
+		out := map[string]map[int]int64{}
+		for t, ps := range res.Topics {
+			out[t] = map[int]int64{}
+			for _, p := range ps {
+				if p.Error != nil {
+					return nil, fmt.Errorf("%s/%d: %w", t, p.Partition, p.Error)
+				}
+				out[t][p.Partition] = p.FirstOffset
+				if last {
+					out[t][p.Partition] = p.LastOffset
+				}
+			}
+		}
+		return out, nil
+	}
+	first, err := bounds(kafka.FirstOffsetOf, false)
+	if err != nil {
+		return nil, fmt.Errorf("kavari: kafka-go consumer: list log start offsets: %w", err)
+	}
+	end, err := bounds(kafka.LastOffsetOf, true)
+	if err != nil {
+		return nil, fmt.Errorf("kavari: kafka-go consumer: list log end offsets: %w", err)
+	}
+	var moved []error
+	for t, ps := range m.offsets {
+		for p, off := range ps {
+			lo, ok1 := first[t][p]
+			hi, ok2 := end[t][p]
+			if !ok1 || !ok2 || (off >= lo && off <= hi) {
+				continue
+			}
+			where := "below the log start (its records were deleted before the group handled them)"
+			if off > hi {
+				where = "past the log end (the log was truncated or recreated)"
+			}
+			moved = append(moved, fmt.Errorf("kavari: %s/%d: committed offset %d is %s; resuming at the log start %d (log %d..%d)",
+				t, p, off, where, lo, lo, hi))
+			ps[p] = lo
+		}
+	}
+	return moved, nil
+}
