@@ -227,8 +227,8 @@ type ConsumeConfig struct {
 	// not "no offset": below the log start (records deleted by retention
 	// before the group handled them) or past its end (the log truncated or
 	// the topic recreated), the group resumes at the log start on every
-	// transport, so that no record still in the log is skipped, and
-	// logs a warning naming the partition.
+	// transport, so that no record still in the log is skipped; on a
+	// broker, a warning names the partition.
 	// Default Earliest.
 	AutoOffsetReset OffsetReset
 	// Ordering says which records may be handled at the same time.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"sync"
@@ -31,6 +32,9 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 	}
 	if len(cfg.Topics) == 0 {
 		return nil, errors.New("kavari: franz consumer: no topics")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	// The consumer dials through conns (TLS included), so that Close can
 	// cut its connections.
@@ -335,10 +339,14 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 	tps := flatten(assigned)
 	gen := generation(cl)
 	var parts []transport.Assignment
+	var moved []error // committed offsets out of the log's range
 	if len(tps) > 0 {
 		var err error
 		parts, err = c.fetchCommitted(ctx, cl, tps)
 		if err != nil {
+			c.h.Error(err)
+		}
+		if moved, err = clampOutOfRange(ctx, cl, parts); err != nil {
 			c.h.Error(err)
 		}
 	}
@@ -365,6 +373,10 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 	}
 	c.mu.Unlock()
 	c.h.Assigned(gen, parts)
+	for _, err := range moved { // for Health, in the generation
+		c.cfg.Logger.Warn(err.Error())
+		c.h.Error(err)
+	}
 	c.deliverMu.Lock()
 	for _, tp := range tps {
 		c.deliverable[tp] = true

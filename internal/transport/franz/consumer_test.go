@@ -91,6 +91,18 @@ func TestCommitNeverBackwards(t *testing.T) {
 	tp := transport.TopicPartition{Topic: cfg.Topics[0], Partition: 0}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Offsets 0..5 exist: a committed offset past the log's end would be
+	// moved to its start when the next member joins.
+	p, err := tr.NewProducer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		if errs := p.Produce(ctx, []*transport.Record{{Topic: tp.Topic, Partition: 0, Value: []byte{byte(i)}}}); errs != nil {
+			t.Fatalf("Produce: %v", errs)
+		}
+	}
+	p.Close()
 
 	c, _, gen := joined(t, tr, cfg, 1)
 	for _, o := range []transport.Offset{

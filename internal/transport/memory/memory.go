@@ -662,6 +662,12 @@ func (c *Consumer) assign(gen transport.Generation, tps []transport.TopicPartiti
 		a := transport.Assignment{TopicPartition: tp, Offset: -1}
 		if o, ok := committed[tp]; ok {
 			a.Offset, a.Metadata = o.Offset, o.Metadata
+			c.b.mu.Lock()
+			end := int64(len(c.b.topics[tp.Topic][tp.Partition]))
+			c.b.mu.Unlock()
+			if a.Offset > end { // past the log's end, as on Kafka: its start, without the metadata
+				a.Offset, a.Metadata = 0, ""
+			}
 		}
 		added = append(added, a)
 	}
@@ -682,7 +688,7 @@ func (c *Consumer) assign(gen transport.Generation, tps []transport.TopicPartiti
 		switch {
 		case start < 0 && c.cfg.StartOffset == transport.Latest:
 			start = end
-		case start < 0, start > end: // past the end, as on Kafka: the log start
+		case start < 0:
 			start = 0
 		}
 		c.pos[a.TopicPartition] = start

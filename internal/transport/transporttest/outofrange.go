@@ -65,6 +65,18 @@ func (s *suite) testOutOfRange(t *testing.T) {
 					t.Errorf("committed %d, log %d..10, StartOffset %v: first record delivered at offset %d, want %d (the log start)",
 						c.committed, logStart, start, first.Offset, logStart)
 				}
+				// The engine is told where delivery starts, without the
+				// metadata of a commit that no longer describes this log
+				// (its completed offsets would skip records of the new
+				// one); a commit from there is taken.
+				if as := m.h.assignments(); len(as) == 0 || as[0].Offset != logStart || as[0].Metadata != "" {
+					t.Errorf("committed %d with metadata, StartOffset %v: assigned %+v, want offset %d and no metadata", c.committed, start, as, logStart)
+				}
+				if err := m.c.Commit(ctxT(t), m.h.gen(), []transport.Offset{{TopicPartition: tp, Offset: logStart + 1}}); err != nil {
+					t.Errorf("Commit at %d after the reset: %v", logStart+1, err)
+				} else if got, err := committedOffset(ctxT(t), cl, cfg.GroupID, topic); err != nil || got != logStart+1 {
+					t.Errorf("committed %d, then Commit at %d after the reset: the group's offset is %d (%v)", c.committed, logStart+1, got, err)
+				}
 				m.close(t)
 				if !warned.mention(topic) {
 					t.Errorf("committed %d, StartOffset %v: no warning names %s", c.committed, start, topic)
@@ -107,6 +119,8 @@ func commitOffset(ctx context.Context, cl *kgo.Client, group, topic string, offs
 	rt.Topic = topic
 	rp := kmsg.NewOffsetCommitRequestTopicPartition()
 	rp.Partition, rp.Offset, rp.LeaderEpoch = 0, offset, -1
+	md := fmt.Sprintf("completed offsets beyond %d (not kavari's encoding: never read)", offset)
+	rp.Metadata = &md
 	rt.Partitions = append(rt.Partitions, rp)
 	req.Topics = append(req.Topics, rt)
 	res, err := req.RequestWith(ctx, cl)
@@ -153,4 +167,26 @@ func (w *warnings) mention(s string) bool {
 		}
 	}
 	return false
+}
+
+// committedOffset returns group's committed offset of partition 0 of topic.
+func committedOffset(ctx context.Context, cl *kgo.Client, group, topic string) (int64, error) {
+	req := kmsg.NewPtrOffsetFetchRequest()
+	req.Group = group
+	rt := kmsg.NewOffsetFetchRequestTopic()
+	rt.Topic, rt.Partitions = topic, []int32{0}
+	req.Topics = append(req.Topics, rt)
+	res, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return -1, err
+	}
+	if err := kerr.ErrorForCode(res.ErrorCode); err != nil {
+		return -1, err
+	}
+	for _, t := range res.Topics {
+		for _, p := range t.Partitions {
+			return p.Offset, kerr.ErrorForCode(p.ErrorCode)
+		}
+	}
+	return -1, fmt.Errorf("no offset in the answer")
 }
