@@ -698,20 +698,6 @@ func (c *handlerCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-// Permanent wraps err so that kavari does not retry the handler: the record
-// goes straight to the dead-letter topic.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err}
-}
-
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
 func retriableHandler(err error) bool {
 	var p *permanentError
 	return !errors.As(err, &p)
