@@ -16,7 +16,7 @@
 //	kavari.RegisterFunc(&OrderPlaced{}, func(ctx context.Context, m *OrderPlaced) error { ... })
 //	k, err := kavari.New(kavari.Config{Brokers: brokers, Consume: kavari.ConsumeConfig{GroupID: "billing"}})
 //	err = k.Start(ctx)                // consume in the background
-//	err = k.Publish(ctx, &OrderPlaced{OrderID: "o-1", Amount: 10})
+//	r, err := k.Publish(ctx, &OrderPlaced{OrderID: "o-1", Amount: 10}) // r: topic, partition, offset, ce_id
 //	err = k.Stop(ctx)                 // drain, commit, leave the group, flush
 //
 // Guarantees: a published message is acknowledged by all in-sync replicas

@@ -81,8 +81,9 @@ type SASL struct {
 }
 
 // Config is what every adapter needs, already defaulted and validated by
-// kavari. A field an adapter cannot honour is reported by its Check, and New
-// rejects the Config.
+// kavari. What an adapter cannot honour follows from its Capabilities (and
+// the Transport selected): kavari's New rejects a Config that asks for it
+// (Config.checkTransport in package kavari), so an adapter never sees one.
 type Config struct {
 	Brokers  []string
 	ClientID string
