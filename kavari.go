@@ -77,7 +77,7 @@ type Client struct {
 
 	workerIdle time.Duration // an idle worker exits after this long
 
-	tr         transport.Transport
+	tr         transport.Adapter
 	admin      transport.Admin
 	cons       transport.Consumer // set by Start
 	runCtx     context.Context    // ends when Stop begins
@@ -103,7 +103,7 @@ func New(cfg Config) (*Client, error) {
 }
 
 // newWith is New on transport tr, or on Config.Transport's when tr is nil.
-func newWith(cfg Config, tr transport.Transport) (*Client, error) {
+func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 	given := cfg // before defaults: what the user set
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {

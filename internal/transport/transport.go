@@ -257,8 +257,10 @@ type Admin interface {
 	Close() error
 }
 
-// Transport builds the three parts on one client configuration.
-type Transport interface {
+// Adapter builds the three parts (producer, consumer, admin) on one client
+// configuration: one per Kafka client. It is not the public kavari.Transport
+// enum, which selects one.
+type Adapter interface {
 	Capabilities() Capabilities
 	NewProducer(cfg Config) (Producer, error)
 	NewConsumer(cfg Config) (Consumer, error)
