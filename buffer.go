@@ -180,3 +180,56 @@ func (b *recordBuffer) inUse() int {
 	defer b.mu.Unlock()
 	return b.used
 }
+
+// Back-pressure per partition: a partition may have its share of open
+// records (partitionShare); at the share, or when it may take no buffer slot,
+// its feeder pauses fetching and waits (waitRoom) until a record completes.
+
+// pause asks the transport to stop fetching p.
+func (e *engine) pause(p *partition) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.paused {
+		p.paused = true
+		e.cons.Pause(p.tp)
+	}
+}
+
+// hasRoom reports whether p may open a record now without waiting.
+func (e *engine) hasRoom(p *partition) bool {
+	_, open, _ := p.tracker.committable()
+	return int64(open) < p.share.Load() && e.k.buf.canTake(p)
+}
+
+// partitionShare is how many open records one of n partitions may have: all
+// of maxBuffered when it is alone, else its even share, raised to
+// maxInFlight (a single busy partition can keep every handler busy) but never
+// more than half the buffer.
+func partitionShare(maxBuffered, maxInFlight, n int) int {
+	if n <= 1 {
+		return maxBuffered
+	}
+	return max(maxBuffered/n, min(maxInFlight, maxBuffered/2), 1)
+}
+
+// waitRoom waits while partition p has its share of open records; false when
+// ctx ended first.
+func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
+	for {
+		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
+			return true
+		}
+		p.waiting.Store(true)
+		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() { // completed meanwhile
+			p.waiting.Store(false)
+			return true
+		}
+		select {
+		case <-p.room:
+			p.waiting.Store(false)
+		case <-ctx.Done():
+			p.waiting.Store(false)
+			return false
+		}
+	}
+}

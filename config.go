@@ -265,10 +265,12 @@ type ConsumeConfig struct {
 	// Default 1 s.
 	CommitInterval time.Duration
 	// DrainTimeout is how long in-flight work may finish on revoke; it must
-	// be shorter than SessionTimeout and RebalanceTimeout. Every drain
-	// (revoke and Stop) is cut at the drain bound, SessionTimeout −
+	// be shorter than SessionTimeout and RebalanceTimeout. On KafkaGo every
+	// drain (revoke and Stop) is also cut at the drain bound, SessionTimeout −
 	// HeartbeatInterval − min(2 s, a third of that): kafka-go sends no
-	// heartbeats while draining.
+	// heartbeats while draining. FranzGo heartbeats during drains: there a
+	// revoke's drain is bounded by DrainTimeout alone (and RebalanceTimeout
+	// less that reserve), Stop's by RebalanceTimeout less that reserve.
 	// Default min(10 s, RebalanceTimeout/3, drain bound) = 5 s.
 	DrainTimeout time.Duration
 	// SessionTimeout is the group session timeout; consumption pauses about
@@ -456,7 +458,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.RebalanceTimeout, or a slow drain costs the group its members"))
 	}
 	if c.Consume.DrainTimeout >= c.Consume.SessionTimeout {
-		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.SessionTimeout: no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
+		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.SessionTimeout: on KafkaGo no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
 	}
 	if c.Consume.GroupProtocol < ClassicProtocol || c.Consume.GroupProtocol > ConsumerProtocol {
 		errs = append(errs, fmt.Errorf("unknown Consume.GroupProtocol %d", int(c.Consume.GroupProtocol)))

@@ -2,9 +2,7 @@ package kavari
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -14,12 +12,21 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
+// Dispatch: the engine's state, the transport's group callbacks (Assigned,
+// Revoked, Lost, Records, Error), each partition's feeder and the lanes that
+// keep per-key or per-partition order. Handling a record is in handle.go,
+// commits in commit.go, back-pressure in buffer.go. This file exports
+// nothing but the methods of transport.GroupHandler.
+
 // engine is the consumer: the transport's consumer calls it as its
 // transport.GroupHandler. Per assigned partition it runs a feeder that takes
 // the records the transport delivered, in offset order, and hands them to
 // lanes; it tracks offsets, commits the completed prefix fenced by the
-// generation, drains revoked partitions and abandons lost ones. It knows
-// nothing of the client it runs on beyond transport.Capabilities.
+// generation, drains revoked partitions and abandons lost ones. It sees the
+// transport only through cons and caps (never a client library's types),
+// and reaches the client it runs on through k: its configuration, logger,
+// hooks, health, run slots, record buffer, worker pool, publisher (for dead
+// letters) and lifecycle state.
 type engine struct {
 	k     *Client
 	table *routeTable
@@ -372,22 +379,6 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 	}
 }
 
-// pause asks the transport to stop fetching p.
-func (e *engine) pause(p *partition) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.paused {
-		p.paused = true
-		e.cons.Pause(p.tp)
-	}
-}
-
-// hasRoom reports whether p may open a record now without waiting.
-func (e *engine) hasRoom(p *partition) bool {
-	_, open, _ := p.tracker.committable()
-	return int64(open) < p.share.Load() && e.k.buf.canTake(p)
-}
-
 // feed dispatches partition p's records until its fetching ends, then waits
 // for its in-flight records within the drain budget.
 func (e *engine) feed(p *partition) {
@@ -463,39 +454,6 @@ func (p *partition) skipped(offset int64) bool {
 	return len(p.skip) > 0 && p.skip[0].from <= offset
 }
 
-// partitionShare is how many open records one of n partitions may have: all
-// of maxBuffered when it is alone, else its even share, raised to
-// maxInFlight (a single busy partition can keep every handler busy) but never
-// more than half the buffer.
-func partitionShare(maxBuffered, maxInFlight, n int) int {
-	if n <= 1 {
-		return maxBuffered
-	}
-	return max(maxBuffered/n, min(maxInFlight, maxBuffered/2), 1)
-}
-
-// waitRoom waits while partition p has its share of open records; false when
-// ctx ended first.
-func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
-	for {
-		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
-			return true
-		}
-		p.waiting.Store(true)
-		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() { // completed meanwhile
-			p.waiting.Store(false)
-			return true
-		}
-		select {
-		case <-p.room:
-			p.waiting.Store(false)
-		case <-ctx.Done():
-			p.waiting.Store(false)
-			return false
-		}
-	}
-}
-
 // done marks j complete and wakes p's feeder if it waits for room.
 func (e *engine) done(p *partition, j *job) {
 	p.tracker.done(j.seq)
@@ -559,401 +517,6 @@ func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
 	}
 }
 
-// process decodes and handles one record, retrying and dead-lettering as
-// needed. The record is marked done only when it was handled, dead-lettered or
-// deliberately skipped; otherwise it stays uncommitted and is redelivered.
-func (e *engine) process(p *partition, j *job) {
-	defer p.inflight.Done()
-	defer e.k.buf.release(p)
-	if p.hard.Err() != nil {
-		return
-	}
-	// Records queued behind a busy key hold a buffer slot but no run slot,
-	// so other keys keep all MaxInFlight handlers busy. A record waiting
-	// between retries gives its run slot back too (held says).
-	if !e.k.run(p.hard) {
-		return
-	}
-	held := true
-	defer func() {
-		if held {
-			e.k.ran()
-		}
-	}()
-	rt, msg, err := e.table.decode(j.rec)
-	if err != nil {
-		var de *DecodeError
-		errors.As(err, &de)
-		if de.Kind == KindUnknownType && e.k.cfg.Consume.SkipUnknownTypes {
-			e.k.log.Info("kavari: skipping record of unknown type (Consume.SkipUnknownTypes)", "err", logErr(err))
-			e.done(p, j)
-			return
-		}
-		e.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
-		if e.deadLetter(p, j, de.Kind, "", 1, err) {
-			e.done(p, j)
-		}
-		return
-	}
-	if len(rt.bindings) == 0 {
-		// A type declared without handlers: this service publishes it but
-		// does not consume it.
-		e.done(p, j)
-		return
-	}
-	for _, b := range rt.bindings {
-		// The first attempt runs directly; the retry machinery is set up
-		// only when it fails.
-		start := time.Now()
-		first := e.invoke(p, b, msg, j, 1)
-		if first == nil {
-			continue
-		}
-		attempts := 0
-		err := e.k.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
-			attempts = attempt
-			if attempt == 1 {
-				return first
-			}
-			if !held {
-				if !e.k.run(p.hard) {
-					return context.Cause(p.hard)
-				}
-				held = true
-			}
-			return e.invoke(p, b, msg, j, attempt)
-		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-			e.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
-				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
-			e.k.ran() // free while waiting; the lane keeps the key's order
-			held = false
-			e.k.health.retried.Add(1)
-			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)
-		})
-		if err == nil {
-			continue
-		}
-		if p.hard.Err() != nil {
-			return // interrupted by revoke or Stop: leave it for redelivery
-		}
-		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		e.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
-		if !e.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
-			return
-		}
-	}
-	e.k.health.handled.Add(1)
-	e.done(p, j)
-}
-
-// invoke runs one attempt of handler b on msg, turning a panic into an error.
-func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
-	var ctx context.Context
-	var mc *middlewareCtx
-	if e.k.middleware == nil {
-		if attempt == 1 {
-			ctx = &j.ctx
-		} else {
-			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
-		}
-	} else {
-		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
-		ctx = mc
-	}
-	if t := e.k.cfg.Consume.HandlerTimeout; t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
-		defer cancel()
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = &PanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	h, err := e.k.resolve(b)
-	if err != nil {
-		return err
-	}
-	// A handler that returned nil succeeded, even past HandlerTimeout: the
-	// timeout only cancels its context.
-	if mc != nil {
-		mc.h = h
-		return e.k.middleware(ctx, msg)
-	}
-	return b.call(ctx, h, msg)
-}
-
-// handlerCtx is a handler's context: it answers RecordFromContext, building
-// the Record only when a handler asks for it.
-type handlerCtx struct {
-	context.Context
-	rec     *transport.Record
-	attempt int
-}
-
-func (c *handlerCtx) Value(key any) any {
-	if _, ok := key.(recordKey); ok {
-		return recordOf(c.rec, c.attempt)
-	}
-	return c.Context.Value(key)
-}
-
-// Permanent wraps err so that kavari does not retry the handler: the record
-// goes straight to the dead-letter topic.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err}
-}
-
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-func retriableHandler(err error) bool {
-	var p *permanentError
-	return !errors.As(err, &p)
-}
-
-// dlqRetry retries dead-letter writes until they succeed or the generation's
-// drain budget ends: a record is never committed unless handled or dead-lettered.
-var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second, MaxAttempts: -1}
-
-// deadLetter writes j's dead letter, retrying until it is acknowledged (true)
-// or the drain budget ends (false). A dead letter the broker refuses as too
-// large is rebuilt in the next smaller form (dlForm), never resent unchanged;
-// when even the smallest is too large it returns false at once: the record
-// stays open, so partition p holds there (it is redelivered to the next
-// owner), and Health says why.
-func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	topic := j.rec.Topic + e.k.cfg.Topics.DeadLetterSuffix
-	form := dlFull
-	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
-	// Known too large for the publisher: skip the forms it would refuse.
-	for limit := e.k.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
-		form++
-		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
-	}
-	var last error
-	err := dlqRetry.retry(p.hard, func(int) error {
-		for {
-			errs := e.k.pub.write(p.hard, []*transport.Record{&rec})
-			if errs == nil {
-				return nil
-			}
-			last = errs[0]
-			if !tooLarge(last) {
-				p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
-				return last
-			}
-			if form == dlSmallest {
-				return Permanent(last)
-			}
-			form++
-			e.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
-			rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
-		}
-	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-		e.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
-	})
-	if err == nil {
-		p.setStuck(j.rec.Offset, "")
-		e.k.health.deadLettered.Add(1)
-		e.k.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
-		return true
-	}
-	if !retriableHandler(err) {
-		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
-			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
-		e.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
-	}
-	return false
-}
-
-// setStuck records why the record at offset cannot complete, for Health; an
-// empty reason clears it.
-func (p *partition) setStuck(offset int64, reason string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if reason == "" {
-		delete(p.stuck, offset)
-		return
-	}
-	if p.stuck == nil {
-		p.stuck = map[int64]string{}
-	}
-	p.stuck[offset] = reason
-}
-
-// stuckReason returns the reason recorded for the lowest offset, if any.
-func (p *partition) stuckReason() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	first, reason := int64(-1), ""
-	for off, r := range p.stuck {
-		if first < 0 || off < first {
-			first, reason = off, r
-		}
-	}
-	return reason
-}
-
-// commitLoop commits the completed prefix of every assigned partition every
-// CommitInterval, until the transport's Run returned. A revoke or Stop
-// commits its partitions once more after their drain (Revoked).
-func (e *engine) commitLoop() {
-	t := time.NewTicker(e.k.cfg.Consume.CommitInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			e.mu.Lock()
-			gen := e.gen
-			ps := make([]*partition, 0, len(e.parts))
-			for _, p := range e.parts {
-				ps = append(ps, p)
-			}
-			e.mu.Unlock()
-			_ = e.commit(gen, ps)
-		case <-e.runDone:
-			return
-		}
-	}
-}
-
-// commit commits, fenced by gen, every partition of ps whose completed
-// prefix moved forward.
-func (e *engine) commit(gen transport.Generation, ps []*partition) error {
-	e.commitMu.Lock()
-	defer e.commitMu.Unlock()
-	var offsets []transport.Offset
-	var moved []*partition
-	for _, p := range ps {
-		if o, ok := e.toCommit(p); ok {
-			offsets = append(offsets, o)
-			moved = append(moved, p)
-		}
-	}
-	if len(moved) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	e.sending.Store(&offsets)
-	start := time.Now()
-	err := e.cons.Commit(ctx, gen, offsets)
-	// A broker whose offset.metadata.max.bytes is below kavari's metadata
-	// refuses it: commit again at once with shorter metadata, or none.
-	for err != nil && errors.Is(err, transport.ErrMetadataTooLarge) && e.shrinkMeta(offsets) {
-		for i, p := range moved {
-			base, runs := p.tracker.progress()
-			offsets[i].Offset, offsets[i].Metadata = base, encodeDoneOffsets(base, runs, e.k.metaLimit.get())
-		}
-		err = e.cons.Commit(ctx, gen, offsets)
-	}
-	e.k.hooks.onCommitted(offsets, time.Since(start), err)
-	if err != nil {
-		e.k.health.note(err)
-		e.k.log.Warn("kavari: commit failed", "err", err)
-		m := map[string]map[int]int64{}
-		for _, o := range offsets {
-			if m[o.Topic] == nil {
-				m[o.Topic] = map[int]int64{}
-			}
-			m[o.Topic][int(o.Partition)] = o.Offset
-		}
-		return &CommitError{Offsets: m, Err: err, MayHaveBeenApplied: errors.Is(err, transport.ErrCommitUnconfirmed)}
-	}
-	e.sending.Store(nil)
-	for i, p := range moved {
-		p.committed = offsets[i].Offset
-		p.lag.committed.Store(p.committed)
-		p.committedMeta = offsets[i].Metadata
-		for len(p.inherited) > 0 && p.inherited[0].from+p.inherited[0].n <= p.committed {
-			p.inherited = p.inherited[1:] // passed
-		}
-	}
-	e.k.health.committed()
-	return nil
-}
-
-// shrinkMeta lowers the commit metadata limit after the broker refused
-// offsets' metadata as too large, logging the first time; false when the
-// commit carried no metadata to shorten.
-func (e *engine) shrinkMeta(offsets []transport.Offset) bool {
-	longest := 0
-	for _, o := range offsets {
-		longest = max(longest, len(o.Metadata))
-	}
-	if longest == 0 {
-		return false
-	}
-	limit, first := e.k.metaLimit.shrink(longest)
-	if first {
-		e.k.log.Warn("kavari: the broker refuses commit metadata this long (its offset.metadata.max.bytes is lower): committing with shorter metadata, or none; completed offsets beyond the committed one may be handled again after a rebalance",
-			"refused_bytes", longest, "limit_bytes", limit)
-	}
-	return true
-}
-
-// toCommit returns what a commit of p would send, and whether p completed
-// records since its last commit.
-func (e *engine) toCommit(p *partition) (transport.Offset, bool) {
-	if !e.caps.CommitMetadata {
-		next, _, _ := p.tracker.committable()
-		return transport.Offset{TopicPartition: p.tp, Offset: next}, next > p.committed
-	}
-	// With metadata, the completed offsets beyond the prefix are
-	// committed too, so a partition whose head is slow still records
-	// the work done behind it.
-	base, runs := p.tracker.progress()
-	if base < 0 && len(p.inherited) > 0 {
-		base = p.committed // nothing reached yet: the inherited commit as it was
-	}
-	base, runs = carryDone(base, runs, p.inherited)
-	meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
-	return transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta},
-		base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta
-}
-
-// uncommitted returns the completed offsets not committed yet, by topic and
-// partition: for a Stop that gives up at its deadline before the final
-// commit was answered. Called after Stop cut the connections, so a commit
-// under way fails at once; should one hold commitMu longer than a second,
-// the offsets it is sending are returned.
-func (e *engine) uncommitted() map[string]map[int]int64 {
-	for give := time.Now().Add(time.Second); !e.commitMu.TryLock(); time.Sleep(time.Millisecond) {
-		if time.Now().After(give) {
-			if o := e.sending.Load(); o != nil {
-				return offsetMap(*o)
-			}
-			return nil
-		}
-	}
-	defer e.commitMu.Unlock()
-	var offsets []transport.Offset
-	for _, p := range e.partitions() {
-		if next, _, _ := p.tracker.committable(); next > p.committed {
-			offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: next})
-		}
-	}
-	return offsetMap(offsets)
-}
-
-// offsetMap returns offsets by topic and partition (CommitError.Offsets).
-func offsetMap(offsets []transport.Offset) map[string]map[int]int64 {
-	m := map[string]map[int]int64{}
-	for _, o := range offsets {
-		if m[o.Topic] == nil {
-			m[o.Topic] = map[int]int64{}
-		}
-		m[o.Topic][int(o.Partition)] = o.Offset
-	}
-	return m
-}
-
 // parts returns the assigned partitions, ordered by topic and partition.
 func (e *engine) partitions() []*partition {
 	e.mu.Lock()
@@ -1008,6 +571,23 @@ func (e *engine) partitionHealth() []PartitionHealth {
 			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
 		ph.Stuck = p.stuckReason()
 		out = append(out, ph)
+	}
+	return out
+}
+
+// positions describes every assigned partition.
+func (e *engine) positions() []PartitionPosition {
+	ps := e.partitions()
+	out := make([]PartitionPosition, 0, len(ps))
+	now := time.Now()
+	for _, p := range ps {
+		committed, hw, lag := p.lagOf()
+		pp := PartitionPosition{Topic: p.topic, Partition: p.id, Committed: committed, HighWatermark: hw, Lag: lag}
+		if open, _, _, at, ok := p.tracker.oldest(); ok {
+			pp.Open, pp.OldestAge = open, now.Sub(at)
+		}
+		pp.Stuck = p.stuckReason()
+		out = append(out, pp)
 	}
 	return out
 }

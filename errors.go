@@ -175,6 +175,20 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
+// Permanent wraps err so that kavari does not retry the handler: the record
+// goes straight to the dead-letter topic.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
 // HandlerError is a handler failure after its retries, as passed to the dead
 // letter and to the log.
 type HandlerError struct {

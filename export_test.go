@@ -34,7 +34,7 @@ func fromRecord(r transport.Record) kafka.Message {
 
 // NewOnTransport is New on the adapter tr instead of Config.Transport's
 // (the in-memory transport, for the engine's own tests).
-func NewOnTransport(cfg Config, tr transport.Transport) (*Client, error) {
+func NewOnTransport(cfg Config, tr transport.Adapter) (*Client, error) {
 	return newWith(cfg, tr)
 }
 

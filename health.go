@@ -232,20 +232,3 @@ func (c *Config) stuckAfter() time.Duration {
 	}
 	return time.Duration(r.MaxAttempts)*(c.Consume.HandlerTimeout+wait) + time.Minute
 }
-
-// positions describes every assigned partition.
-func (e *engine) positions() []PartitionPosition {
-	ps := e.partitions()
-	out := make([]PartitionPosition, 0, len(ps))
-	now := time.Now()
-	for _, p := range ps {
-		committed, hw, lag := p.lagOf()
-		pp := PartitionPosition{Topic: p.topic, Partition: p.id, Committed: committed, HighWatermark: hw, Lag: lag}
-		if open, _, _, at, ok := p.tracker.oldest(); ok {
-			pp.Open, pp.OldestAge = open, now.Sub(at)
-		}
-		pp.Stuck = p.stuckReason()
-		out = append(out, pp)
-	}
-	return out
-}

@@ -37,7 +37,7 @@ type Message struct{}
 //	c.Publish(ctx, OrderPlaced{OrderID: "o-1"})  // does not: OrderPlaced is not a Msg
 //
 // What the compiler cannot see (a nil pointer, a bad tag) is reported at run
-// time: ErrNilMessage, ErrBadTag.
+// time: ErrNilMessage, a *TagError.
 type Msg interface{ kavariMessage() }
 
 func (*Message) kavariMessage() {}

@@ -15,7 +15,7 @@ import (
 // a message would be published as, unvalidated; and decoding with a
 // client's codecs. None of it is API.
 func init() {
-	testlink.NewClient = func(cfg any, tr transport.Transport, finished func(*transport.Record)) (any, error) {
+	testlink.NewClient = func(cfg any, tr transport.Adapter, finished func(*transport.Record)) (any, error) {
 		k, err := newWith(cfg.(Config), tr)
 		if err != nil || finished == nil {
 			return k, err

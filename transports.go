@@ -56,9 +56,9 @@ func (p GroupProtocol) String() string {
 
 // transports builds each Transport's adapter for a Config. Adding a client
 // is one entry.
-var transports = map[Transport]func(*Config) transport.Transport{
-	KafkaGo: func(*Config) transport.Transport { return kafkago.New() },
-	FranzGo: func(c *Config) transport.Transport {
+var transports = map[Transport]func(*Config) transport.Adapter{
+	KafkaGo: func(*Config) transport.Adapter { return kafkago.New() },
+	FranzGo: func(c *Config) transport.Adapter {
 		if c.Consume.GroupProtocol == ConsumerProtocol {
 			return franz.New(franz.ConsumerGroupProtocol())
 		}
@@ -106,7 +106,7 @@ func (t Transport) String() string {
 }
 
 // adapter returns the adapter of c.Transport.
-func (c *Config) adapter() (transport.Transport, error) {
+func (c *Config) adapter() (transport.Adapter, error) {
 	mk, ok := transports[c.Transport]
 	if !ok {
 		return nil, fmt.Errorf("kavari: invalid Config: unknown Transport %d", int(c.Transport))

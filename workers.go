@@ -1,6 +1,7 @@
 package kavari
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -160,3 +161,21 @@ func (wp *workerPool) close() {
 	}
 	wp.idle = nil
 }
+
+// run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
+// back.
+func (k *Client) run(ctx context.Context) bool {
+	select { // without ctx first: a select on two channels locks both, and ctx's is shared by every handler of a partition
+	case k.running <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case k.running <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (k *Client) ran() { <-k.running }

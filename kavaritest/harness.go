@@ -121,7 +121,7 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 	if err != nil {
 		t.Fatalf("kavaritest: %v", err)
 	}
-	c, err := testlink.NewClient(cfg, &recording{Transport: mem, h: h}, h.finished)
+	c, err := testlink.NewClient(cfg, &recording{Adapter: mem, h: h}, h.finished)
 	if err != nil {
 		t.Fatalf("kavaritest: %v", err)
 	}
@@ -384,12 +384,12 @@ func (o *observer) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, handl
 // recording is the in-memory transport with producers that note what they
 // wrote, and that find the registered and declared types' topics created.
 type recording struct {
-	transport.Transport
+	transport.Adapter
 	h *Harness
 }
 
 func (t *recording) NewProducer(cfg transport.Config) (transport.Producer, error) {
-	p, err := t.Transport.NewProducer(cfg)
+	p, err := t.Adapter.NewProducer(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ var (
 	// result a *kavari.Client). finished, when not nil, is called once for
 	// each record the consumer finished: handled, dead-lettered or skipped,
 	// right after the record was marked complete.
-	NewClient func(cfg any, tr transport.Transport, finished func(rec *transport.Record)) (any, error)
+	NewClient func(cfg any, tr transport.Adapter, finished func(rec *transport.Record)) (any, error)
 
 	// Capabilities returns the capabilities of the transport cfg (a
 	// kavari.Config) selects, or why it selects none: what kavari.New

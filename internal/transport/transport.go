@@ -81,8 +81,9 @@ type SASL struct {
 }
 
 // Config is what every adapter needs, already defaulted and validated by
-// kavari. A field an adapter cannot honour is reported by its Check, and New
-// rejects the Config.
+// kavari. What an adapter cannot honour follows from its Capabilities (and
+// the Transport selected): kavari's New rejects a Config that asks for it
+// (Config.checkTransport in package kavari), so an adapter never sees one.
 type Config struct {
 	Brokers  []string
 	ClientID string
@@ -256,8 +257,10 @@ type Admin interface {
 	Close() error
 }
 
-// Transport builds the three parts on one client configuration.
-type Transport interface {
+// Adapter builds the three parts (producer, consumer, admin) on one client
+// configuration: one per Kafka client. It is not the public kavari.Transport
+// enum, which selects one.
+type Adapter interface {
 	Capabilities() Capabilities
 	NewProducer(cfg Config) (Producer, error)
 	NewConsumer(cfg Config) (Consumer, error)

@@ -18,7 +18,7 @@ import (
 	"github.com/kavari-go/kavari/internal/transport/transporttest"
 )
 
-func topic(t *testing.T, tr transport.Transport, cfg transport.Config, partitions int) string {
+func topic(t *testing.T, tr transport.Adapter, cfg transport.Config, partitions int) string {
 	t.Helper()
 	adm, err := tr.NewAdmin(cfg)
 	if err != nil {
@@ -35,7 +35,7 @@ func topic(t *testing.T, tr transport.Transport, cfg transport.Config, partition
 }
 
 // joined runs a consumer until it owns n partitions.
-func joined(t *testing.T, tr transport.Transport, cfg transport.Config, n int) (transport.Consumer, *transporttest.Recorder, func() transport.Generation) {
+func joined(t *testing.T, tr transport.Adapter, cfg transport.Config, n int) (transport.Consumer, *transporttest.Recorder, func() transport.Generation) {
 	t.Helper()
 	c, err := tr.NewConsumer(cfg)
 	if err != nil {

@@ -48,7 +48,7 @@ func ConsumerGroupProtocol() Option {
 }
 
 // New returns the franz-go transport.
-func New(opts ...Option) transport.Transport {
+func New(opts ...Option) transport.Adapter {
 	t := &franzTransport{}
 	for _, o := range opts {
 		o(t)

@@ -20,7 +20,7 @@ type Admin struct {
 }
 
 // NewAdmin returns an Admin for cfg. It does not contact the brokers.
-func (Transport) NewAdmin(cfg transport.Config) (transport.Admin, error) {
+func (Adapter) NewAdmin(cfg transport.Config) (transport.Admin, error) {
 	conns := newConnSet()
 	tr, err := newTransport(cfg, conns)
 	if err != nil {

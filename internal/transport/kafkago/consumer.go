@@ -49,7 +49,7 @@ type gate struct {
 
 // NewConsumer returns a Consumer for cfg; it joins the group when Run is
 // called.
-func (Transport) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
+func (Adapter) NewConsumer(cfg transport.Config) (transport.Consumer, error) {
 	conns := newConnSet()
 	d, err := newDialer(cfg, conns)
 	if err != nil {

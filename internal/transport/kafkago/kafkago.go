@@ -24,14 +24,14 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// Transport builds kafka-go producers, consumers and admins.
-type Transport struct{}
+// Adapter builds kafka-go producers, consumers and admins.
+type Adapter struct{}
 
 // New returns the kafka-go transport.
-func New() transport.Transport { return Transport{} }
+func New() transport.Adapter { return Adapter{} }
 
 // Capabilities reports what kafka-go can do: none of the optional features.
-func (Transport) Capabilities() transport.Capabilities {
+func (Adapter) Capabilities() transport.Capabilities {
 	return transport.Capabilities{}
 }
 

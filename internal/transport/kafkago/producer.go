@@ -34,7 +34,7 @@ type Producer struct {
 }
 
 // NewProducer returns a Producer for cfg. It does not contact the brokers.
-func (Transport) NewProducer(cfg transport.Config) (transport.Producer, error) {
+func (Adapter) NewProducer(cfg transport.Config) (transport.Producer, error) {
 	conns := newConnSet()
 	tr, err := newTransport(cfg, conns)
 	if err != nil {

@@ -98,7 +98,7 @@ func TestConnectionResetKeepsGeneration(t *testing.T) {
 	b := embedded.NewBroker(t, embedded.Partitions(1), embedded.Topics(topic))
 	cfg := transport.Config{Brokers: b.Addrs(), ClientID: "test", GroupID: group, Topics: []string{topic},
 		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second, HeartbeatInterval: 500 * time.Millisecond}
-	tc, err := Transport{}.NewConsumer(cfg)
+	tc, err := Adapter{}.NewConsumer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestBrokerGoneEndsGeneration(t *testing.T) {
 	defer b.Close()
 	cfg := transport.Config{Brokers: b.Addrs(), ClientID: "test", GroupID: group, Topics: []string{topic},
 		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, HeartbeatInterval: 500 * time.Millisecond}
-	tc, err := Transport{}.NewConsumer(cfg)
+	tc, err := Adapter{}.NewConsumer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,7 +138,7 @@ func (b *Broker) Generation(groupID string) int32 {
 }
 
 // Transport returns a transport on b with capabilities caps.
-func (b *Broker) Transport(caps transport.Capabilities) transport.Transport {
+func (b *Broker) Transport(caps transport.Capabilities) transport.Adapter {
 	return &Transport{b: b, caps: caps}
 }
 

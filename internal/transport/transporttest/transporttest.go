@@ -33,7 +33,7 @@ const (
 // Run runs the suite against tr on brokers. Group behaviour that only some
 // clients have (cooperative rebalancing, static membership, commit
 // metadata) is checked when tr's Capabilities say so.
-func Run(t *testing.T, tr transport.Transport, brokers []string) {
+func Run(t *testing.T, tr transport.Adapter, brokers []string) {
 	RunWith(t, tr, brokers, Options{})
 }
 
@@ -49,7 +49,7 @@ type Options struct {
 }
 
 // RunWith is Run with options.
-func RunWith(t *testing.T, tr transport.Transport, brokers []string, o Options) {
+func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 	s := &suite{tr: tr, brokers: brokers, caps: tr.Capabilities(), o: o}
 	t.Run("RoundTrip", s.testRoundTrip)
 	t.Run("PartitionerAgreement", s.testPartitioner)
@@ -75,7 +75,7 @@ func RunWith(t *testing.T, tr transport.Transport, brokers []string, o Options) 
 }
 
 type suite struct {
-	tr      transport.Transport
+	tr      transport.Adapter
 	brokers []string
 	caps    transport.Capabilities
 	o       Options

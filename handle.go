@@ -1,0 +1,242 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// Handling one record on its lane: decode, each handler's attempts with the
+// consumer RetryPolicy in place, dead letters that always fit, and what
+// Health says of a record that cannot complete. This file exports nothing.
+
+// process decodes and handles one record, retrying and dead-lettering as
+// needed. The record is marked done only when it was handled, dead-lettered or
+// deliberately skipped; otherwise it stays uncommitted and is redelivered.
+func (e *engine) process(p *partition, j *job) {
+	defer p.inflight.Done()
+	defer e.k.buf.release(p)
+	if p.hard.Err() != nil {
+		return
+	}
+	// Records queued behind a busy key hold a buffer slot but no run slot,
+	// so other keys keep all MaxInFlight handlers busy. A record waiting
+	// between retries gives its run slot back too (held says).
+	if !e.k.run(p.hard) {
+		return
+	}
+	held := true
+	defer func() {
+		if held {
+			e.k.ran()
+		}
+	}()
+	rt, msg, err := e.table.decode(j.rec)
+	if err != nil {
+		var de *DecodeError
+		errors.As(err, &de)
+		if de.Kind == KindUnknownType && e.k.cfg.Consume.SkipUnknownTypes {
+			e.k.log.Info("kavari: skipping record of unknown type (Consume.SkipUnknownTypes)", "err", logErr(err))
+			e.done(p, j)
+			return
+		}
+		e.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
+		if e.deadLetter(p, j, de.Kind, "", 1, err) {
+			e.done(p, j)
+		}
+		return
+	}
+	if len(rt.bindings) == 0 {
+		// A type declared without handlers: this service publishes it but
+		// does not consume it.
+		e.done(p, j)
+		return
+	}
+	for _, b := range rt.bindings {
+		// The first attempt runs directly; the retry machinery is set up
+		// only when it fails.
+		start := time.Now()
+		first := e.invoke(p, b, msg, j, 1)
+		if first == nil {
+			continue
+		}
+		attempts := 0
+		err := e.k.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
+			attempts = attempt
+			if attempt == 1 {
+				return first
+			}
+			if !held {
+				if !e.k.run(p.hard) {
+					return context.Cause(p.hard)
+				}
+				held = true
+			}
+			return e.invoke(p, b, msg, j, attempt)
+		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+			e.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
+				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
+			e.k.ran() // free while waiting; the lane keeps the key's order
+			held = false
+			e.k.health.retried.Add(1)
+			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)
+		})
+		if err == nil {
+			continue
+		}
+		if p.hard.Err() != nil {
+			return // interrupted by revoke or Stop: leave it for redelivery
+		}
+		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
+		e.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		if !e.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
+			return
+		}
+	}
+	e.k.health.handled.Add(1)
+	e.done(p, j)
+}
+
+// invoke runs one attempt of handler b on msg, turning a panic into an error.
+func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
+	var ctx context.Context
+	var mc *middlewareCtx
+	if e.k.middleware == nil {
+		if attempt == 1 {
+			ctx = &j.ctx
+		} else {
+			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+		}
+	} else {
+		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
+		ctx = mc
+	}
+	if t := e.k.cfg.Consume.HandlerTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	h, err := e.k.resolve(b)
+	if err != nil {
+		return err
+	}
+	// A handler that returned nil succeeded, even past HandlerTimeout: the
+	// timeout only cancels its context.
+	if mc != nil {
+		mc.h = h
+		return e.k.middleware(ctx, msg)
+	}
+	return b.call(ctx, h, msg)
+}
+
+// handlerCtx is a handler's context: it answers RecordFromContext, building
+// the Record only when a handler asks for it.
+type handlerCtx struct {
+	context.Context
+	rec     *transport.Record
+	attempt int
+}
+
+func (c *handlerCtx) Value(key any) any {
+	if _, ok := key.(recordKey); ok {
+		return recordOf(c.rec, c.attempt)
+	}
+	return c.Context.Value(key)
+}
+
+func retriableHandler(err error) bool {
+	var p *permanentError
+	return !errors.As(err, &p)
+}
+
+// dlqRetry retries dead-letter writes until they succeed or the generation's
+// drain budget ends: a record is never committed unless handled or dead-lettered.
+var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisecond, MaxDelay: 5 * time.Second, MaxAttempts: -1}
+
+// deadLetter writes j's dead letter, retrying until it is acknowledged (true)
+// or the drain budget ends (false). A dead letter the broker refuses as too
+// large is rebuilt in the next smaller form (dlForm), never resent unchanged;
+// when even the smallest is too large it returns false at once: the record
+// stays open, so partition p holds there (it is redelivered to the next
+// owner), and Health says why.
+func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
+	topic := j.rec.Topic + e.k.cfg.Topics.DeadLetterSuffix
+	form := dlFull
+	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+	// Known too large for the publisher: skip the forms it would refuse.
+	for limit := e.k.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+		form++
+		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+	}
+	var last error
+	err := dlqRetry.retry(p.hard, func(int) error {
+		for {
+			errs := e.k.pub.write(p.hard, []*transport.Record{&rec})
+			if errs == nil {
+				return nil
+			}
+			last = errs[0]
+			if !tooLarge(last) {
+				p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d cannot be written to %s: %s", j.rec.Offset, topic, logErr(last)))
+				return last
+			}
+			if form == dlSmallest {
+				return Permanent(last)
+			}
+			form++
+			e.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
+			rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+		}
+	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+		e.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
+	})
+	if err == nil {
+		p.setStuck(j.rec.Offset, "")
+		e.k.health.deadLettered.Add(1)
+		e.k.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
+		return true
+	}
+	if !retriableHandler(err) {
+		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
+			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
+		e.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
+	}
+	return false
+}
+
+// setStuck records why the record at offset cannot complete, for Health; an
+// empty reason clears it.
+func (p *partition) setStuck(offset int64, reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if reason == "" {
+		delete(p.stuck, offset)
+		return
+	}
+	if p.stuck == nil {
+		p.stuck = map[int64]string{}
+	}
+	p.stuck[offset] = reason
+}
+
+// stuckReason returns the reason recorded for the lowest offset, if any.
+func (p *partition) stuckReason() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first, reason := int64(-1), ""
+	for off, r := range p.stuck {
+		if first < 0 || off < first {
+			first, reason = off, r
+		}
+	}
+	return reason
+}
