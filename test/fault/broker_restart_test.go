@@ -18,6 +18,7 @@ import (
 // recover: from the restarted broker answering to the first message handled
 // after it.
 func TestBrokerKilledAndRestarted(t *testing.T) {
+	parallelOwnCluster(t)
 	c := ownCluster(t, 1)
 	brokers := c.Brokers()
 	led := ledger.ForTest(t, "broker SIGKILLed and restarted mid-publish and mid-consume")

@@ -12,6 +12,7 @@ import (
 // stored at more than one offset) must be 0, where kafka-go's may not be.
 func TestLeaderKilledFranzGo(t *testing.T) {
 	ownTransports(t)
+	parallelOwnCluster(t)
 	row := leaderKilled(t, func(c *kavari.Config) { c.Transport = kavari.FranzGo })
 	if row.ProducerDuplicates != 0 {
 		t.Errorf("franz-go stored %d ids at more than one offset: its producer is idempotent", row.ProducerDuplicates)

@@ -53,6 +53,17 @@ func requireLauncher(t *testing.T) {
 	}
 }
 
+// parallelOwnCluster marks a test that starts Kafka nodes of its own (and
+// uses no broker shared with the others) as parallel: such tests mostly
+// wait (for faults to heal, sessions to expire, nodes to start), so two at
+// a time (go test's -parallel, GOMAXPROCS by default) take about half the
+// time. They run after the package's other tests.
+func parallelOwnCluster(t *testing.T) {
+	t.Helper()
+	requireLauncher(t)
+	t.Parallel()
+}
+
 // ownCluster starts a Kafka cluster of nodes nodes for t alone (it may be
 // killed at will) and stops it when t ends.
 func ownCluster(t *testing.T, nodes int) *kafkaproc.Cluster {

@@ -21,7 +21,10 @@ import (
 // message may be lost (acks=all with min ISR 2). Time to recover: from the
 // kill to the first handled record of partition 0 that was published after
 // the kill (so written to the new leader and fetched from it).
-func TestLeaderKilledInThreeNodeCluster(t *testing.T) { leaderKilled(t, nil) }
+func TestLeaderKilledInThreeNodeCluster(t *testing.T) {
+	parallelOwnCluster(t)
+	leaderKilled(t, nil)
+}
 
 // leaderKilled is TestLeaderKilledInThreeNodeCluster with the Client's
 // configuration changed by mutate (nil: none); it returns the ledger's row.

@@ -13,6 +13,7 @@ import (
 // the broker's (45 s by default), so the cut beyond it is not run.
 func TestNetFaultFranzConsumerProtocol(t *testing.T) {
 	ownTransports(t)
+	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	for _, tc := range netFaultCases() {
 		if !tc.withinSession {

@@ -54,6 +54,7 @@ const netSession = 10 * time.Second
 // again) / lost / stuck (never handled when the test ends) / cancelled
 // (handler contexts cancelled) and writes them in its ledger row.
 func TestNetFault(t *testing.T) {
+	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	for _, tc := range netFaultCases() {
 		t.Run(tc.name, func(t *testing.T) { netFault(t, c, tc) })
@@ -207,6 +208,7 @@ func netFault(t *testing.T, c *kafkaproc.Cluster, tc netFaultCase, mutate ...fun
 // transports. franz-go's Stop used to return nil: kgo reported the failed
 // heartbeat as lost partitions, whose completed work was dropped silently.
 func TestNetFaultStopWithBrokerGone(t *testing.T) {
+	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	led := ledger.ForTest(t, "consumer's connections refused while a handler finishes, then Stop")
 	led.KafkaVersion(c.Version())

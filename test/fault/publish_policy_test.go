@@ -25,6 +25,7 @@ type pubPolicy struct {
 // connection costs microseconds on kafka-go, a franz-go attempt at most
 // about one of kgo's 250 ms waits between metadata loads).
 func TestPublishRetryPolicyBrokerDown(t *testing.T) {
+	parallelOwnCluster(t)
 	c := ownCluster(t, 1)
 	led := ledger.ForTest(t, "only broker killed: a failed publish takes what Publish.Retry says")
 	led.KafkaVersion(c.Version())

@@ -427,6 +427,7 @@ func TestClientCyclesLeaveNothing(t *testing.T) {
 // ReplicationFactor, EnsureTopics creates topics with the cluster's
 // default.replication.factor (3 on a 3-node cluster), not one replica.
 func TestCreatedTopicsUseBrokerReplication(t *testing.T) {
+	parallelOwnCluster(t)
 	c := ownCluster(t, 3)
 	brokers := c.Brokers()
 	reg := kavari.NewRegistry()

@@ -40,6 +40,7 @@ const writeTimeout = 10 * time.Second
 // write that timed out and was retried may be stored twice; the count is
 // reported, not failed on. On both, no acknowledged message is missing.
 func TestRetriedPublishStoredOnce(t *testing.T) {
+	parallelOwnCluster(t)
 	t.Run("broker answers late", func(t *testing.T) {
 		c := ownProxiedCluster(t, 1)
 		led := ledger.ForTest(t, fmt.Sprintf("broker answers %s late (proxy) mid-publish: messages stored twice", writeTimeout+2*time.Second))

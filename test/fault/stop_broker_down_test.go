@@ -28,6 +28,7 @@ import (
 // reported, not asserted tightly), and every PublishAsync callback must run
 // exactly once.
 func TestStopWhileBrokerDown(t *testing.T) {
+	parallelOwnCluster(t)
 	for _, mode := range []string{"killed", "frozen"} {
 		t.Run(mode, func(t *testing.T) { stopWhileBrokerDown(t, mode) })
 	}

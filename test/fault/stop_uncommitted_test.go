@@ -41,6 +41,7 @@ type StopAbandon struct {
 // uncommitted records again: the extra deliveries are exactly the records
 // above the committed offsets, none lost.
 func TestStopReportsUncommittedWork(t *testing.T) {
+	parallelOwnCluster(t)
 	for _, mode := range []string{"killed", "frozen"} {
 		t.Run(mode, func(t *testing.T) { stopReportsUncommittedWork(t, mode) })
 	}
