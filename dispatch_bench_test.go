@@ -29,7 +29,6 @@ import (
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/memory"
-	"github.com/kavari-go/kavari/kavaritest"
 )
 
 const (
@@ -47,7 +46,7 @@ type dispatchBenchMsg struct {
 }
 
 func BenchmarkDispatch(b *testing.B) {
-	broker := kavaritest.NewBroker(b, kavaritest.Partitions(dispatchBenchPartitions), kavaritest.Topics(dispatchBenchTopic, dispatchBenchTopic+".dlq"))
+	broker := testenv.NewEmbedded(b, testenv.Partitions(dispatchBenchPartitions), testenv.Topics(dispatchBenchTopic, dispatchBenchTopic+".dlq"))
 	brokers := broker.Addrs()
 	dispatchBenchFill(b, brokers)
 

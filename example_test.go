@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari"
-	"github.com/kavari-go/kavari/kavaritest"
+	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/validate"
 )
 
@@ -36,11 +36,17 @@ func (h *exOrderHandler) Handle(ctx context.Context, m *exOrderPlaced) error {
 	return nil
 }
 
+// exBroker starts the embedded broker the examples run against:
+// kavaritest's (kavaritest.Start), run by testenv in a child process, since
+// kavaritest is a module of its own, which the kavari module does not
+// require.
+func exBroker() (*testenv.Broker, error) { return testenv.StartEmbedded() }
+
 // exStart starts an embedded broker and a Client consuming reg, and returns
 // the Client and a function that stops both. Examples have no *testing.T, so
 // it panics on failure.
 func exStart(reg *kavari.Registry, provider kavari.Provider) (*kavari.Client, func()) {
-	broker, err := kavaritest.Start()
+	broker, err := exBroker()
 	if err != nil {
 		panic(err)
 	}
@@ -104,7 +110,7 @@ func ExampleClient_Publish() {
 		panic(err)
 	}
 
-	broker, err := kavaritest.Start() // an embedded broker; use your Kafka's addresses instead
+	broker, err := exBroker() // an embedded broker (kavaritest.Start); use your Kafka's addresses instead
 	if err != nil {
 		panic(err)
 	}
@@ -177,7 +183,7 @@ func ExampleClient_Publish_invalid() {
 // PublishAsync queues the message and returns; the callback runs exactly once
 // with the outcome.
 func ExampleClient_PublishAsync() {
-	broker, err := kavaritest.Start()
+	broker, err := exBroker()
 	if err != nil {
 		panic(err)
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/kavaritest"
 )
 
 type tnMsg struct {
@@ -107,7 +106,7 @@ type tnDupB struct {
 // both on one real topic could not route their records: Start fails with
 // ErrDuplicate.
 func TestTopicNameTwoTypesOnOneTopicWithOneNameIsDuplicate(t *testing.T) {
-	b := kavaritest.NewBroker(t, kavaritest.Topics("tn-one", "tn-one.dlq"))
+	b := testenv.NewEmbedded(t, testenv.Topics("tn-one", "tn-one.dlq"))
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &tnDupA{}, func(context.Context, *tnDupA) error { return nil }))
 	require.NoError(t, kavari.RegisterFuncOn(reg, &tnDupB{}, func(context.Context, *tnDupB) error { return nil }))
@@ -130,7 +129,7 @@ type tnLate struct {
 // topic name is an error at New for the types registered then, and at Start
 // and Publish for a type registered later.
 func TestTopicNameInvalidResult(t *testing.T) {
-	b := kavaritest.NewBroker(t)
+	b := testenv.NewEmbedded(t)
 	for _, bad := range []string{"", "bad name!", strings.Repeat("x", 250)} {
 		name := func(topic string) string {
 			if topic == "kavari-test-tn-late" {

@@ -3,7 +3,7 @@ module github.com/kavari-go/kavari/bench
 go 1.26.0
 
 require (
-	github.com/kavari-go/kavari v0.0.0
+	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/twmb/franz-go v1.22.3
 )
@@ -25,5 +25,3 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/kavari-go/kavari => ../

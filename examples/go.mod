@@ -3,8 +3,9 @@ module github.com/kavari-go/kavari/examples
 go 1.26.0
 
 require (
-	github.com/kavari-go/kavari v0.0.0
-	github.com/kavari-go/kavari/otel v0.0.0
+	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/kavaritest v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/otel v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp v1.47.0
 	go.opentelemetry.io/otel/exporters/prometheus v0.69.0
@@ -49,7 +50,7 @@ require (
 	github.com/go-playground/locales v0.14.2 // indirect
 	github.com/go-playground/universal-translator v0.18.2 // indirect
 	github.com/go-playground/validator/v10 v10.30.6 // indirect
-	github.com/kavari-go/kavari/contract v0.0.0
+	github.com/kavari-go/kavari/contract v0.0.0-00010101000000-000000000000
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/leodido/go-urn v1.5.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
@@ -64,9 +65,3 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/kavari-go/kavari => ../
-
-replace github.com/kavari-go/kavari/contract => ../contract
-
-replace github.com/kavari-go/kavari/otel => ../otel

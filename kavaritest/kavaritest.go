@@ -35,45 +35,47 @@
 //
 // Neither is Apache Kafka: they are for fast tests and the quickstart, not for
 // proving behaviour under real broker failures.
+//
+// kavaritest is a module of its own (github.com/kavari-go/kavari/kavaritest),
+// as franz-go's kfake is: kfake and what it needs enter the module graph of
+// a program that imports kavaritest, never that of one importing only kavari.
 package kavaritest
 
 import (
 	"crypto/tls"
+	"fmt"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-
-	"github.com/kavari-go/kavari/internal/embedded"
 )
 
 // Broker is a running embedded broker.
 type Broker struct {
-	b *embedded.Broker
+	c *kfake.Cluster
 }
 
 // Option configures a Broker.
 type Option func(*options)
 
 type options struct {
-	opts []embedded.Option
-	sasl bool
+	partitions int32
+	topics     []string
+	brokers    int
+	sasl       bool
+	extra      []kfake.Opt
 }
 
 // Partitions sets the partition count of seeded and auto-created topics
 // (default 3).
-func Partitions(n int) Option {
-	return func(o *options) { o.opts = append(o.opts, embedded.Partitions(n)) }
-}
+func Partitions(n int) Option { return func(o *options) { o.partitions = int32(n) } }
 
 // Topics creates topics up front (auto-creation is on in any case).
 func Topics(names ...string) Option {
-	return func(o *options) { o.opts = append(o.opts, embedded.Topics(names...)) }
+	return func(o *options) { o.topics = append(o.topics, names...) }
 }
 
 // Brokers sets how many brokers the embedded cluster has (default 1).
-func Brokers(n int) Option {
-	return func(o *options) { o.opts = append(o.opts, embedded.Brokers(n)) }
-}
+func Brokers(n int) Option { return func(o *options) { o.brokers = n } }
 
 // SASLUser makes the broker require SASL authentication and accepts user
 // with password on mechanism ("PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512"),
@@ -82,29 +84,37 @@ func SASLUser(mechanism, user, password string) Option {
 	return func(o *options) {
 		if !o.sasl {
 			o.sasl = true
-			o.opts = append(o.opts, embedded.Kfake(kfake.EnableSASL()))
+			o.extra = append(o.extra, kfake.EnableSASL())
 		}
-		o.opts = append(o.opts, embedded.Kfake(kfake.Superuser(mechanism, user, password)))
+		o.extra = append(o.extra, kfake.Superuser(mechanism, user, password))
 	}
 }
 
 // TLS makes the broker accept only TLS connections, with cfg (which holds
 // the server's certificate).
 func TLS(cfg *tls.Config) Option {
-	return func(o *options) { o.opts = append(o.opts, embedded.Kfake(kfake.TLS(cfg))) }
+	return func(o *options) { o.extra = append(o.extra, kfake.TLS(cfg)) }
 }
 
 // Start starts an embedded broker on loopback. Close it when done.
 func Start(opts ...Option) (*Broker, error) {
-	var o options
+	o := options{partitions: 3, brokers: 1}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	b, err := embedded.Start(o.opts...)
-	if err != nil {
-		return nil, err
+	kopts := []kfake.Opt{
+		kfake.NumBrokers(o.brokers),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(int(o.partitions)),
 	}
-	return &Broker{b: b}, nil
+	if len(o.topics) > 0 {
+		kopts = append(kopts, kfake.SeedTopics(o.partitions, o.topics...))
+	}
+	c, err := kfake.NewCluster(append(kopts, o.extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kavaritest: start embedded broker: %w", err)
+	}
+	return &Broker{c: c}, nil
 }
 
 // NewBroker starts an embedded broker for test t and closes it when t ends.
@@ -119,7 +129,13 @@ func NewBroker(t testing.TB, opts ...Option) *Broker {
 }
 
 // Addrs returns the bootstrap addresses, for kavari.Config.Brokers.
-func (b *Broker) Addrs() []string { return b.b.Addrs() }
+func (b *Broker) Addrs() []string { return b.c.ListenAddrs() }
+
+// Cluster returns the kfake cluster behind the broker, for fault injection
+// (kfake.Cluster.ControlKey and the like: failed commits, slow produce
+// requests, moved coordinators). kfake is franz-go's and has no releases:
+// its API may change with the version kavaritest requires.
+func (b *Broker) Cluster() *kfake.Cluster { return b.c }
 
 // Close stops the broker.
-func (b *Broker) Close() { b.b.Close() }
+func (b *Broker) Close() { b.c.Close() }

@@ -3,7 +3,8 @@ module github.com/kavari-go/kavari/otel
 go 1.26.0
 
 require (
-	github.com/kavari-go/kavari v0.0.0
+	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/kavaritest v0.0.0-00010101000000-000000000000
 	github.com/stretchr/testify v1.12.1
 	go.opentelemetry.io/otel v1.47.0
 	go.opentelemetry.io/otel/metric v1.47.0
@@ -39,5 +40,3 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/kavari-go/kavari => ../

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command. Without arguments, for every module of the
-# workspace (go.work: the library, examples, bench, test): gofmt, go vet,
-# staticcheck, the module-graph check (scripts/modgraph.sh), a build, vet and
-# -short test of the library with the oldest Go it declares and with the
-# newest supported release (Go 1.27); then it starts a
+# workspace (go.work: the library, kavaritest, otel, contract, cmd/kavari,
+# examples, bench, test): gofmt, go vet, staticcheck, the module-graph check
+# (scripts/modgraph.sh: also that no go.mod has a replace line), a build, vet
+# and -short test of the library and of kavaritest with the oldest Go the
+# library declares and with the newest supported release (Go 1.27); then it
+# starts a
 # real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl, runs
 # all the Go tests against it, then the broker tests again on franz-go (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
 # KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
@@ -64,23 +66,29 @@ go run "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}" "$all"
 step "module graph of a program that imports only kavari"
 bash scripts/modgraph.sh
 # The library on the oldest Go its go.mod allows (GOTOOLCHAIN fetches it
-# through the module proxy once). Embedded broker: -short, CI unset.
+# through the module proxy once), alone (GOWORK=off: its go.mod must suffice),
+# then kavaritest, which needs the workspace (it requires the library at the
+# version go.work ties to this checkout). Embedded broker (testenv runs
+# kavaritest's in a child process, from the workspace): -short, CI unset.
+kavaritest=github.com/kavari-go/kavari/kavaritest/...
 gomin="go$(go mod edit -json go.mod | sed -n 's/^\t"Go": "\(.*\)",$/\1/p')"
 case "$gomin" in go*.*.*) ;; *) gomin="$gomin.0" ;; esac # "go 1.26" means go1.26.0
-step "build, vet and go test -short of the library with ${gomin}"
+step "build, vet and go test -short of the library and kavaritest with ${gomin}"
 (
-  export GOTOOLCHAIN="$gomin" GOWORK=off
+  export GOTOOLCHAIN="$gomin"
   unset CI
-  go build ./... && go vet ./... && go test -short -count=1 ./...
+  GOWORK=off go build ./... && GOWORK=off go vet ./... && GOWORK=off go test -short -count=1 ./...
+  go build "$kavaritest" && go vet "$kavaritest" && go test -short -count=1 "$kavaritest"
 )
 # ...and on the newest supported release (Go 1.27, whose encoding/json is the
 # v2 implementation), the go line of go.mod staying the oldest.
 gonew="${KAVARI_GO_NEWEST:-go1.27.3}"
-step "build, vet and go test -short of the library with ${gonew}"
+step "build, vet and go test -short of the library and kavaritest with ${gonew}"
 (
-  export GOTOOLCHAIN="$gonew" GOWORK=off
+  export GOTOOLCHAIN="$gonew"
   unset CI
-  go build ./... && go vet ./... && go test -short -count=1 ./...
+  GOWORK=off go build ./... && GOWORK=off go vet ./... && GOWORK=off go test -short -count=1 ./...
+  go build "$kavaritest" && go vet "$kavaritest" && go test -short -count=1 "$kavaritest"
 )
 
 # The whole suite against the real broker on kafka-go (the default
@@ -89,7 +97,7 @@ step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka
 KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all"
 # ...the broker tests once more on franz-go (every test that builds a Config
 # reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
-broker_pkgs=(. github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
+broker_pkgs=(. github.com/kavari-go/kavari/test/engine/... github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
   github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/... github.com/kavari-go/kavari/otel/...)
 step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
 KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"

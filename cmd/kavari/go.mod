@@ -3,8 +3,9 @@ module github.com/kavari-go/kavari/cmd/kavari
 go 1.26.0
 
 require (
-	github.com/kavari-go/kavari v0.0.0
-	github.com/kavari-go/kavari/contract v0.0.0
+	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/contract v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/kavaritest v0.0.0-00010101000000-000000000000
 	github.com/segmentio/kafka-go v0.4.51
 )
 
@@ -29,7 +30,3 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
-
-replace github.com/kavari-go/kavari => ../..
-
-replace github.com/kavari-go/kavari/contract => ../../contract

@@ -3,6 +3,10 @@
 // Kafka that scripts/test.sh starts), then the embedded kfake broker. The test
 // log says which one ran. With CI=true a missing KAVARI_BROKERS fails the test
 // instead of silently falling back to the fake.
+//
+// The embedded broker is kavaritest's, run as a child process (see
+// StartEmbedded): the kavari module does not require kfake, so that a program
+// importing kavari does not get it in its module graph.
 package testenv
 
 import (
@@ -11,8 +15,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-
-	"github.com/kavari-go/kavari/internal/embedded"
 )
 
 // Kind names the broker a test got.
@@ -20,7 +22,7 @@ type Kind string
 
 const (
 	RealKafka Kind = "kafka"    // KAVARI_BROKERS
-	Embedded  Kind = "embedded" // kfake in-process
+	Embedded  Kind = "embedded" // kavaritest's kfake, in a child process
 )
 
 // Brokers returns bootstrap addresses for t and the kind of broker behind them.
@@ -34,7 +36,7 @@ func Brokers(t testing.TB) ([]string, Kind) {
 	if os.Getenv("CI") == "true" {
 		t.Fatal("CI=true but KAVARI_BROKERS is not set: run the tests through scripts/test.sh so they use a real Apache Kafka")
 	}
-	b := embedded.NewBroker(t)
+	b := NewEmbedded(t)
 	t.Logf("broker: embedded kfake at %v (set KAVARI_BROKERS or run scripts/test.sh for real Kafka)", b.Addrs())
 	return b.Addrs(), Embedded
 }

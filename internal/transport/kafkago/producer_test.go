@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kavari-go/kavari/internal/embedded"
+	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/kafkago"
 )
@@ -14,7 +14,7 @@ import (
 // Produce reports each acknowledged record's partition and offset (from the
 // Writer's Completion), and classifies an unknown topic.
 func TestProduceSetsPartitionAndOffset(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Partitions(2), embedded.Topics("kg-receipts"))
+	b := testenv.NewEmbedded(t, testenv.Partitions(2), testenv.Topics("kg-receipts"))
 	p, err := kafkago.New().NewProducer(transport.Config{Brokers: b.Addrs(), ClientID: "test", BatchTimeout: time.Millisecond, BatchSize: 100, BatchBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/kavari-go/kavari/internal/embedded"
+	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
@@ -95,7 +95,7 @@ func committed(t *testing.T, brokers []string, group, topic string) int64 {
 // connection and the first heartbeat after the reset ended the generation.
 func TestConnectionResetKeepsGeneration(t *testing.T) {
 	const topic, group = "kg-reset", "kg-reset-g"
-	b := embedded.NewBroker(t, embedded.Partitions(1), embedded.Topics(topic))
+	b := testenv.NewEmbedded(t, testenv.Partitions(1), testenv.Topics(topic))
 	cfg := transport.Config{Brokers: b.Addrs(), ClientID: "test", GroupID: group, Topics: []string{topic},
 		SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second, HeartbeatInterval: 500 * time.Millisecond}
 	tc, err := Adapter{}.NewConsumer(cfg)
@@ -175,7 +175,7 @@ func TestHeartbeatErrorCode(t *testing.T) {
 // for Health to say so).
 func TestBrokerGoneEndsGeneration(t *testing.T) {
 	const topic, group = "kg-gone", "kg-gone-g"
-	b, err := embedded.Start(embedded.Partitions(1), embedded.Topics(topic))
+	b, err := testenv.StartEmbedded(testenv.Partitions(1), testenv.Topics(topic))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,11 +9,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/franz"
 	"github.com/kavari-go/kavari/internal/transport/transporttest"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 type closeConn struct{}
@@ -25,7 +25,7 @@ func (closeConn) Error() string { return "injected: connection closed" }
 // applied" (ErrCommitUnconfirmed): the broker never saw it. One whose
 // request reached the broker before the connection broke is.
 func TestCommitUnconfirmedOnlyWhenSent(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("franz-commit-sent"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("franz-commit-sent"))
 	cfg := transporttest.Config(b.Addrs())
 	cfg.GroupID, cfg.Topics = testenv.ID("franz-g"), []string{"franz-commit-sent"}
 	c, _, gen := joined(t, franz.New(), cfg, 1)

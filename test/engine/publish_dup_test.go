@@ -1,4 +1,4 @@
-package kavari_test
+package engine
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kavari-go/kavari"
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/transport/franz"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 type ktDupMsg struct {
@@ -26,10 +26,10 @@ type ktDupMsg struct {
 // ktLateBroker starts an embedded broker whose first produce request is
 // answered only after late (the broker then stores it), and a FranzGo
 // client on it whose produce attempts are bounded by writeTimeout.
-func ktLateBroker(t *testing.T, late, writeTimeout time.Duration) (*embedded.Broker, *kavari.Client) {
+func ktLateBroker(t *testing.T, late, writeTimeout time.Duration) (*kavaritest.Broker, *kavari.Client) {
 	t.Helper()
 	t.Cleanup(franz.SetWriteTimeoutForTest(writeTimeout))
-	b := embedded.NewBroker(t, embedded.Topics("kt-dup"), embedded.Partitions(1))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kt-dup"), kavaritest.Partitions(1))
 	var once sync.Once
 	b.Cluster().ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().DropControl()
@@ -42,7 +42,7 @@ func ktLateBroker(t *testing.T, late, writeTimeout time.Duration) (*embedded.Bro
 		Brokers:   b.Addrs(),
 		Transport: kavari.FranzGo,
 		Registry:  reg,
-		Logger:    ktLogger(),
+		Logger:    testLogger(),
 		// 100, 100, 200, 300, 500, 800 ms, …: many attempts of writeTimeout
 		// before the late answer.
 		Publish: kavari.PublishConfig{Retry: kavari.FibonacciRetry(100*time.Millisecond, 10)},
@@ -138,7 +138,7 @@ type ktDupDLMsg struct {
 // the dead letter is stored once.
 func TestRetriedDeadLetterIsStoredOnce(t *testing.T) {
 	t.Cleanup(franz.SetWriteTimeoutForTest(300 * time.Millisecond))
-	b := embedded.NewBroker(t, embedded.Topics("kt-dupdl", "kt-dupdl.dlq"), embedded.Partitions(1))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kt-dupdl", "kt-dupdl.dlq"), kavaritest.Partitions(1))
 	// Once armed (after the message itself was published), the next produce
 	// request is the dead letter's: it is held (requests name topics by id).
 	var armed, held atomic.Bool

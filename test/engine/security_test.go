@@ -1,4 +1,4 @@
-package kavari_test
+package engine
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package kavari_test
+package engine
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kavari-go/kavari"
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 var transientCode int16 = -1
@@ -48,9 +48,9 @@ func (r *transientRun) count(m map[string]int) (n, dup int) {
 
 // transientKavari starts a franz-go Client on a one-partition embedded
 // broker whose handler takes slow for ids starting with "slow".
-func transientKavari(t *testing.T, slow time.Duration) (*embedded.Broker, *kavari.Client, *transientRun) {
+func transientKavari(t *testing.T, slow time.Duration) (*kavaritest.Broker, *kavari.Client, *transientRun) {
 	t.Helper()
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-transient", "kavari-test-transient.dlq"), embedded.Partitions(1))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-transient", "kavari-test-transient.dlq"), kavaritest.Partitions(1))
 	run := &transientRun{delivered: map[string]int{}, completed: map[string]int{}, started: make(chan string, 16)}
 	reg := kavari.NewRegistry()
 	require.NoError(t, kavari.RegisterFuncOn(reg, &transientMsg{}, func(ctx context.Context, m *transientMsg) error {
@@ -84,7 +84,7 @@ func transientKavari(t *testing.T, slow time.Duration) (*embedded.Broker, *kavar
 
 // failHeartbeats makes the broker answer every Heartbeat with code while
 // fail is set; it counts the heartbeats it failed.
-func failHeartbeats(b *embedded.Broker, fail *atomic.Bool, failed *atomic.Int64, code int16) {
+func failHeartbeats(b *kavaritest.Broker, fail *atomic.Bool, failed *atomic.Int64, code int16) {
 	b.Cluster().ControlKey(int16(kmsg.Heartbeat), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().KeepControl()
 		if !fail.Load() {
@@ -155,7 +155,7 @@ func TestFranzTransientGroupErrorDrainsInsteadOfCancelling(t *testing.T) {
 // breakGroup makes the broker close the connection of every group request
 // (coordinator lookup, join, sync, heartbeat, commit, offset fetch, leave)
 // while broken is set: the member cannot reach its coordinator.
-func breakGroup(b *embedded.Broker, broken *atomic.Bool) {
+func breakGroup(b *kavaritest.Broker, broken *atomic.Bool) {
 	for _, key := range []kmsg.Key{kmsg.FindCoordinator, kmsg.JoinGroup, kmsg.SyncGroup, kmsg.Heartbeat, kmsg.OffsetCommit, kmsg.OffsetFetch, kmsg.LeaveGroup} {
 		b.Cluster().ControlKey(int16(key), func(kmsg.Request) (kmsg.Response, error, bool) {
 			b.Cluster().KeepControl()

@@ -10,11 +10,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/franz"
 	"github.com/kavari-go/kavari/internal/transport/transporttest"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 // A commit whose metadata the broker refuses as too large
@@ -23,7 +23,7 @@ import (
 // shorter metadata; it is not a commit of unknown outcome.
 func TestCommitMetadataTooLarge(t *testing.T) {
 	const maxBytes = 100
-	b := embedded.NewBroker(t, embedded.Topics("franz-meta-limit"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("franz-meta-limit"))
 	b.Cluster().ControlKey(int16(kmsg.OffsetCommit), func(r kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().KeepControl()
 		req := r.(*kmsg.OffsetCommitRequest)

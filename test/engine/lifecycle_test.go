@@ -1,4 +1,4 @@
-package kavari_test
+package engine
 
 import (
 	"context"
@@ -18,9 +18,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kavari-go/kavari"
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 // committed reads the group's committed offsets for topic from the broker.
@@ -184,9 +184,9 @@ type faultMsg struct {
 }
 
 // faultBroker starts a kfake cluster and a Client consuming faultMsg from it.
-func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*embedded.Broker, *kavari.Client, *sync.Map, string) {
+func faultBroker(t *testing.T, brokers int, mutate ...func(*kavari.Config)) (*kavaritest.Broker, *kavari.Client, *sync.Map, string) {
 	t.Helper()
-	b := embedded.NewBroker(t, embedded.Brokers(brokers), embedded.Topics("kavari-test-fault", "kavari-test-fault.dlq"), embedded.Partitions(2))
+	b := kavaritest.NewBroker(t, kavaritest.Brokers(brokers), kavaritest.Topics("kavari-test-fault", "kavari-test-fault.dlq"), kavaritest.Partitions(2))
 	reg := kavari.NewRegistry()
 	seen := &sync.Map{}
 	require.NoError(t, kavari.RegisterFuncOn(reg, &faultMsg{}, func(ctx context.Context, m *faultMsg) error {
@@ -382,7 +382,7 @@ type relaxedMsg struct {
 // TestRelaxedSkipsUnknownTypes: with Consume.SkipUnknownTypes a record of unknown type is
 // skipped and committed past, as the Python kavari does.
 func TestRelaxedSkipsUnknownTypes(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-relaxed", "kavari-test-relaxed.dlq"), embedded.Partitions(1))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-relaxed", "kavari-test-relaxed.dlq"), kavaritest.Partitions(1))
 	reg := kavari.NewRegistry()
 	var handled atomic.Int64
 	require.NoError(t, kavari.RegisterFuncOn(reg, &relaxedMsg{}, func(ctx context.Context, m *relaxedMsg) error {
@@ -449,7 +449,7 @@ type dlqFailMsg struct {
 // (records after it are handled but not committed past it) until its dead
 // letter is written, then the commit moves on.
 func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-dlqfail", "kavari-test-dlqfail.dlq"), embedded.Partitions(1))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-dlqfail", "kavari-test-dlqfail.dlq"), kavaritest.Partitions(1))
 	var rejected atomic.Int64
 	var release atomic.Bool
 	// Produce v13 (franz-go) names a topic by its ID, older versions by name.
@@ -629,7 +629,7 @@ func (*lifeHandler) Handle(context.Context, *lifeMsg) error { return nil }
 
 // lifeKavari returns a Client on a fresh registry consuming lifeMsg from b,
 // without creating topics (the tests decide which exist).
-func lifeKavari(t *testing.T, b *embedded.Broker, mutate ...func(*kavari.Config)) (*kavari.Client, *kavari.Registry) {
+func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Config)) (*kavari.Client, *kavari.Registry) {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	cfg := kavari.Config{
@@ -661,7 +661,7 @@ func lifeKavari(t *testing.T, b *embedded.Broker, mutate ...func(*kavari.Config)
 // AllowAutoCreate off, a missing dead-letter topic would hold a poison
 // record's partition forever; Start finds it and names it.
 func TestStartFailsWhenADeadLetterTopicIsMissing(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life"))
 	k, reg := lifeKavari(t, b)
 	require.NoError(t, kavari.RegisterFuncOn(reg, &lifeMsg{}, func(context.Context, *lifeMsg) error { return nil }))
 	err := k.Start(context.Background())
@@ -683,19 +683,19 @@ func TestStartFailsWhenADeadLetterTopicIsMissing(t *testing.T) {
 // TestStartFailsWhenTheProviderCannotBuildAHandler: the provider is asked for
 // every handler type once at Start, and Start names the ones it cannot build.
 func TestStartFailsWhenTheProviderCannotBuildAHandler(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
 	k, reg := lifeKavari(t, b)
 	require.NoError(t, kavari.RegisterProvidedOn(reg, &lifeMsg{}, (*lifeHandler)(nil)))
 	err := k.Start(context.Background())
 	var re *kavari.HandlerResolveError
 	require.ErrorAs(t, err, &re, "no provider set")
-	assert.Equal(t, []string{"*kavari_test.lifeHandler"}, re.HandlerTypes)
+	assert.Equal(t, []string{"*engine.lifeHandler"}, re.HandlerTypes)
 
 	var asked atomic.Int64
 	k.SetProvider(func(reflect.Type) (any, error) { asked.Add(1); return nil, errors.New("container: not bound") })
 	err = k.Start(context.Background())
 	require.ErrorAs(t, err, &re)
-	assert.Equal(t, []string{"*kavari_test.lifeHandler"}, re.HandlerTypes)
+	assert.Equal(t, []string{"*engine.lifeHandler"}, re.HandlerTypes)
 	assert.Contains(t, err.Error(), "container: not bound")
 	assert.Equal(t, int64(1), asked.Load())
 
@@ -707,7 +707,7 @@ func TestStartFailsWhenTheProviderCannotBuildAHandler(t *testing.T) {
 // Topics.Create refused once) leaves the registry writable and the Client
 // startable; the second Start consumes.
 func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
-	b := embedded.NewBroker(t)
+	b := kavaritest.NewBroker(t)
 	var refused atomic.Bool
 	b.Cluster().ControlKey(int16(kmsg.CreateTopics), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		if !refused.CompareAndSwap(false, true) {
@@ -741,7 +741,7 @@ func TestFailedStartCanBeRetriedAndFreesTheRegistry(t *testing.T) {
 // TestStopDuringStartWins: Stop called while Start is still creating topics
 // returns, and Start then returns ErrClosed with no consumer left behind.
 func TestStopDuringStartWins(t *testing.T) {
-	b := embedded.NewBroker(t)
+	b := kavaritest.NewBroker(t)
 	inCreate := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
@@ -779,7 +779,7 @@ func TestStopDuringStartWins(t *testing.T) {
 }
 
 // failCommits makes the broker refuse every offset commit.
-func failCommits(b *embedded.Broker) {
+func failCommits(b *kavaritest.Broker) {
 	b.Cluster().ControlKey(int16(kmsg.OffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		b.Cluster().KeepControl()
 		r := req.(*kmsg.OffsetCommitRequest)
@@ -825,7 +825,7 @@ func TestStopReportsAFailedFinalCommit(t *testing.T) {
 // TestStopReportsAbandonedHandlers: a handler that ignores cancellation is
 // left behind at Stop's deadline, and Stop says so.
 func TestStopReportsAbandonedHandlers(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
 	k, reg := lifeKavari(t, b)
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -855,7 +855,7 @@ func TestStopReportsAbandonedHandlers(t *testing.T) {
 // holds: Stop returns well before kafka-go's join timeout, without an error
 // (there was no work), and nothing joins afterwards.
 func TestStopDuringGroupJoin(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
 	inJoin := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
@@ -903,7 +903,7 @@ func TestStopDuringGroupJoin(t *testing.T) {
 // do not answer Start's check, the consumer starts anyway and checks once it
 // has joined the group; a missing dead-letter topic is then shown in Health.
 func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life"))
 	var failed atomic.Bool
 	b.Cluster().ControlKey(int16(kmsg.Metadata), func(kmsg.Request) (kmsg.Response, error, bool) {
 		if failed.CompareAndSwap(false, true) {
@@ -924,7 +924,7 @@ func TestMissingDeadLetterTopicReportedWhenStartCouldNotCheck(t *testing.T) {
 // Start either succeeds (and Stop then stops the consumer) or returns
 // ErrClosed; after Stop nothing is connected and Start stays refused.
 func TestStartStopInterleavings(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("kavari-test-life", "kavari-test-life.dlq"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("kavari-test-life", "kavari-test-life.dlq"))
 	for i := 0; i < 12; i++ {
 		// Topics.Create widens Start's window (a create and a metadata wait).
 		k, reg := lifeKavari(t, b, func(c *kavari.Config) { c.Topics.Create = i%2 == 1 })

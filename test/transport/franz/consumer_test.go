@@ -11,11 +11,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/kavari-go/kavari/internal/embedded"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
 	"github.com/kavari-go/kavari/internal/transport/franz"
 	"github.com/kavari-go/kavari/internal/transport/transporttest"
+	"github.com/kavari-go/kavari/kavaritest"
 )
 
 func topic(t *testing.T, tr transport.Adapter, cfg transport.Config, partitions int) string {
@@ -253,7 +253,7 @@ func TestConsumerReportsAnUnreachableBroker(t *testing.T) {
 // the join, so Close waited until its deadline (issue 10); now it cuts the
 // connection that carries the join after a grace of twice the heartbeat.
 func TestCloseDuringHeldJoin(t *testing.T) {
-	b := embedded.NewBroker(t, embedded.Topics("franz-held-join"))
+	b := kavaritest.NewBroker(t, kavaritest.Topics("franz-held-join"))
 	inJoin := make(chan struct{})
 	release := make(chan struct{})
 	defer close(release)
