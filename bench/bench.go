@@ -125,6 +125,12 @@ func (r *result) oneLine() string {
 	case r.Parallel != nil:
 		p := r.Parallel
 		return fmt.Sprintf("wall %.2fs, floor %.2fs (%.2fx), %d order violations", p.WallSeconds, p.FloorSeconds, p.WallSeconds/p.FloorSeconds, p.OrderViolations)
+	case r.Idle != nil:
+		i := r.Idle
+		return fmt.Sprintf("%d goroutines idle (%d before kavari.New) on %d partitions: %.2f per partition, RSS %.1f MiB", i.Goroutines, i.Baseline, i.Partitions, i.PerPart, i.RSSMiB)
+	case r.IO != nil:
+		return fmt.Sprintf("%.0f msg/s, ceiling %.0f msg/s (%.2fx; %.0f msg/s with the measured mean sleep %.3f ms), peak concurrency %d, RSS %.1f MiB",
+			r.MsgsPerSec, r.IO.Ceiling, r.MsgsPerSec/r.IO.Ceiling, r.IO.SleptCeiling, r.IO.MeanSleptMs, r.IO.MaxConcurrent, r.PeakRSSMiB)
 	case r.RSS != nil:
 		return fmt.Sprintf("RSS reference %.1f MiB, final %.1f MiB, flat %v", r.RSS.ReferenceMiB, r.RSS.FinalMiB, r.RSS.Flat)
 	}
@@ -135,6 +141,9 @@ func (b *bench) all() {
 	b.warmup()
 	b.publish()
 	b.consume()
+	b.scale()
+	b.idle()
+	b.io()
 	b.latency()
 	b.parallel()
 	b.rss()
@@ -145,7 +154,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")
@@ -190,13 +199,15 @@ func (b *bench) publish() {
 	}
 }
 
-// publishImpls are the publishing clients: raw kafka-go, raw franz-go, and
-// kavari on each of them.
-var publishImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}
+// publishImpls are the publishing clients: raw kafka-go, raw franz-go (with
+// the others' linger and no idempotence, and with kavari's franz-go
+// transport's settings), and kavari on each client.
+var publishImpls = []string{"kafka-go", "franz-go", implFranzIdem, "kavari", implKavariFranz}
 
 // consumeImpls are the consuming clients; "+json" decodes each value with
-// json.Unmarshal, as kavari does.
-var consumeImpls = []string{"kafka-go", "kafka-go+json", "franz-go", "franz-go+json", "kavari", implKavariFranz}
+// json.Unmarshal into the struct kavari decodes, "+json+validate" also runs
+// the validator on it, as kavari does.
+var consumeImpls = []string{"kafka-go", "kafka-go+json", "kafka-go+json+validate", "franz-go", "franz-go+json", "franz-go+json+validate", "kavari", implKavariFranz}
 
 // e2eImpls are the clients of the end-to-end latency workload.
 var e2eImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/go-playground/validator/v10"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -74,6 +77,15 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 				c.hit()
 			}
 		})
+	case "kafka-go+json+validate":
+		// Raw kafka-go doing what kavari does to a record before its
+		// handler: decode into the same struct, then validate it.
+		v := newRawValidator()
+		stop, err = kafkaGoConsume(ctx, s, func(m kafka.Message) {
+			if v.decode(m.Value) {
+				c.hit()
+			}
+		})
 	case "franz-go":
 		stop, err = franzConsume(ctx, s, func(*kgo.Record) { c.hit() })
 	case "franz-go+json":
@@ -81,6 +93,14 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 		stop, err = franzConsume(ctx, s, func(r *kgo.Record) {
 			var v benchValue
 			if json.Unmarshal(r.Value, &v) == nil {
+				c.hit()
+			}
+		})
+	case "franz-go+json+validate":
+		// Raw franz-go decoding and validating, as kafka-go+json+validate.
+		v := newRawValidator()
+		stop, err = franzConsume(ctx, s, func(r *kgo.Record) {
+			if v.decode(r.Value) {
 				c.hit()
 			}
 		})
@@ -96,6 +116,33 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 		return nil, err
 	}
 	return c.result(begin), nil
+}
+
+// rawValidator is what a user of a raw client writes to get kavari's checks
+// on a consumed record: json.Unmarshal into the message struct kavari
+// decodes (BenchMessage) and go-playground/validator's Struct on it, with
+// the validator configured as kavari's (validate/validate.go: required
+// structs enabled, JSON field names in reports).
+type rawValidator struct{ v *validator.Validate }
+
+func newRawValidator() *rawValidator {
+	v := validator.New(validator.WithRequiredStructEnabled())
+	v.RegisterTagNameFunc(func(f reflect.StructField) string {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			return ""
+		}
+		return name
+	})
+	return &rawValidator{v: v}
+}
+
+// decode reports whether value decodes into a BenchMessage that validates.
+// Records are handled one at a time per partition reader, and Validate is
+// safe for concurrent use.
+func (r *rawValidator) decode(value []byte) bool {
+	var m BenchMessage
+	return json.Unmarshal(value, &m) == nil && r.v.Struct(&m) == nil
 }
 
 // kavariConsume starts a kavari consumer of BenchMessage with handler fn.

@@ -29,7 +29,7 @@ func runPublish(ctx context.Context, s *spec) (*result, error) {
 		p, err = newKavariPublisher(s)
 	case "kafka-go":
 		p = newKafkaGoPublisher(s)
-	case "franz-go":
+	case "franz-go", implFranzIdem:
 		p, err = newFranzPublisher(s)
 	default:
 		err = fmt.Errorf("unknown impl %q", s.Impl)
@@ -314,8 +314,49 @@ func franzProducerOpts(s *spec) []kgo.Opt {
 	}
 }
 
+// implFranzIdem is raw franz-go configured as kavari's franz-go transport
+// configures its producer, so that kavari on franz-go can be compared with
+// the same settings; impl "franz-go" lingers and is not idempotent.
+const implFranzIdem = "franz-go+idem"
+
+// franzIdemProducerOpts are the kgo options of kavari's franz-go transport
+// (internal/transport/franz: clientOpts and NewProducer) with the run's
+// batch bytes: idempotent (kgo's default), acks all, no linger, no
+// compression, the sticky-key Murmur2 partitioner (kgo's default), metadata
+// at most 250 ms old, no record retries of kgo's own beyond what
+// idempotence requires, one unknown-topic retry, retry backoff 100 ms
+// doubling to 250 ms. Left out: its logger and its hooks, which only
+// observe. MaxBufferedRecords is kgo's default, 10,000, as in the
+// transport (kavari bounds its own queue with AsyncQueue).
+func franzIdemProducerOpts(s *spec) []kgo.Opt {
+	return []kgo.Opt{
+		kgo.SeedBrokers(s.Brokers...),
+		kgo.MetadataMinAge(250 * time.Millisecond),
+		kgo.DefaultProduceTopic(s.Topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.RecordRetries(0),
+		kgo.UnknownTopicRetries(1),
+		kgo.RetryBackoffFn(func(tries int) time.Duration {
+			d := 100 * time.Millisecond
+			for i := 1; i < tries && d < 250*time.Millisecond; i++ {
+				d *= 2
+			}
+			return min(d, 250*time.Millisecond)
+		}),
+		kgo.ProducerBatchMaxBytes(1 << 20),
+		kgo.MaxBufferedRecords(asyncQueue),
+	}
+}
+
 func newFranzPublisher(s *spec) (*franzPublisher, error) {
-	cl, err := kgo.NewClient(franzProducerOpts(s)...)
+	opts := franzProducerOpts(s)
+	if s.Impl == implFranzIdem {
+		opts = franzIdemProducerOpts(s)
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -36,8 +36,8 @@ type spec struct {
 	Group       string        `json:"group"`
 	Rate        int           `json:"rate"` // e2e: messages per second
 	Duration    time.Duration `json:"duration"`
-	Keys        int           `json:"keys"`              // parallel: distinct keys
-	MaxInFlight int           `json:"max_in_flight"`     // parallel
+	Keys        int           `json:"keys"`              // parallel, scale, io: distinct keys
+	MaxInFlight int           `json:"max_in_flight"`     // parallel, io
 	Profile     string        `json:"profile,omitempty"` // CPU profile file
 }
 
@@ -67,7 +67,11 @@ type result struct {
 	Latency      *latencyStats  `json:"latency,omitempty"`
 	Parallel     *parallelStats `json:"parallel,omitempty"`
 	RSS          *rssStats      `json:"rss,omitempty"`
-	Note         string         `json:"note,omitempty"`
+	Idle         *idleStats     `json:"idle,omitempty"`
+	IO           *ioStats       `json:"io,omitempty"`
+	// GoVersion is runtime.Version() of the worker that measured this.
+	GoVersion string `json:"go_version"`
+	Note      string `json:"note,omitempty"`
 }
 
 type latencyStats struct {
@@ -155,6 +159,10 @@ func workerMain(specJSON string) int {
 		res, err = runParallel(ctx, &s)
 	case "rss":
 		res, err = runRSS(ctx, &s)
+	case "idle":
+		res, err = runIdle(ctx, &s)
+	case "io":
+		res, err = runIO(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}
@@ -164,6 +172,7 @@ func workerMain(specJSON string) int {
 	}
 	runtime.ReadMemStats(&m1)
 	res.ID, res.Workload, res.Impl, res.Mode, res.Size = s.ID, s.Workload, s.Impl, s.Mode, s.Size
+	res.GoVersion = runtime.Version()
 	if res.Count > 0 {
 		res.AllocsPerMsg = float64(m1.Mallocs-m0.Mallocs) / float64(res.Count)
 		res.BytesPerMsg = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(res.Count)
