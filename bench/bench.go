@@ -26,6 +26,14 @@ type bench struct {
 	py       *pyResults
 	failures []string
 	groupSeq int
+	// exe is the bench binary the workers run: empty for this one, or
+	// one built with toolchain (-toolchains), which the microbenchmarks'
+	// go test also runs with.
+	exe       string
+	toolchain string
+	// noPython, when set, says why the Python runs are left out of this
+	// pass (they ran in the first toolchain's).
+	noPython string
 }
 
 var sizes = []int{100, 1024}
@@ -88,7 +96,7 @@ func (b *bench) runSpec(s spec, freshTopic bool) *result {
 		s.Profile = filepath.Join(b.o.profile, strings.ReplaceAll(s.ID, "/", "_")+".pprof")
 	}
 	begin := time.Now()
-	res, err := spawn(b.ctx, s, b.o.workerTO)
+	res, err := spawn(b.ctx, b.exe, s, b.o.workerTO)
 	if err != nil {
 		b.fail(s.ID, err)
 		return nil
@@ -164,7 +172,7 @@ func (b *bench) warmup() {
 		return
 	}
 	logf("warming the broker up (%d messages, not reported)...", s.Count)
-	if _, err := spawn(b.ctx, s, b.o.workerTO); err != nil {
+	if _, err := spawn(b.ctx, b.exe, s, b.o.workerTO); err != nil {
 		b.fail("warmup", err)
 	}
 }

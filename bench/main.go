@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -57,6 +58,7 @@ type options struct {
 	pcInFlight  int
 	ioN         int
 	ioInFlight  int
+	toolchains  string
 
 	onlyRE *regexp.Regexp
 	root   string // repository root (holds go.work)
@@ -90,6 +92,7 @@ func main() {
 	flag.Int64Var(&o.seed, "seed", 1, "seed of the parallel-consumer sleeps")
 	flag.DurationVar(&o.workerTO, "worker-timeout", 5*time.Minute, "kill a workload that runs longer than this")
 	flag.IntVar(&o.reps, "reps", 3, "repetitions of each publish and consume workload, interleaved; the fastest counts")
+	flag.StringVar(&o.toolchains, "toolchains", "", "comma-separated Go toolchains (e.g. go1.26.8,go1.27.3): run every Go workload and the microbenchmarks once per toolchain, workers built with GOTOOLCHAIN set, into one report; empty runs the toolchain that built the bench")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of every Go worker into this directory (<workload>.pprof)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: go run ./bench [flags]\n\nRuns the kavari benchmarks against one real Apache Kafka broker and writes docs/benchmarks.md.\nSee bench/README.md.\n\nFlags:\n")
@@ -134,15 +137,39 @@ func run(o *options) int {
 	env.Brokers, env.BrokerVersion = brokers, version
 	logf("broker: Apache Kafka %s at %s", version, strings.Join(brokers, ","))
 
-	b := &bench{o: o, brokers: brokers, ctx: ctx, adm: newAdmin(brokers)}
-	b.all()
+	var reps []*report
+	var failed bool
+	for i, tc := range toolchainList(o.toolchains) {
+		b := &bench{o: o, brokers: brokers, ctx: ctx, adm: newAdmin(brokers), toolchain: tc}
+		if tc != "" {
+			logf("toolchain %s: building the workers...", tc)
+			exe, err := buildWith(ctx, o.root, tc)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "bench: toolchain %s: %v\n", tc, err)
+				return 1
+			}
+			defer os.RemoveAll(filepath.Dir(exe))
+			b.exe = exe
+		}
+		if i > 0 {
+			b.noPython = "the Python kavari ran once, in the first toolchain's pass"
+		}
+		b.all()
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "bench: interrupted; no report written")
+			return 130
+		}
+		rep := buildReport(o, env, b.results, b.micro, b.py, b.failures)
+		rep.toolchain = tc
+		reps = append(reps, rep)
+		failed = failed || len(b.failures) > 0
+	}
 	env.LoadAfter = loadAvg()
 	env.Elapsed = time.Since(begin)
-	if ctx.Err() != nil {
-		fmt.Fprintln(os.Stderr, "bench: interrupted; no report written")
-		return 130
+	for _, r := range reps {
+		r.env.LoadAfter, r.env.Elapsed = env.LoadAfter, env.Elapsed
 	}
-	rep := buildReport(o, env, b.results, b.micro, b.py, b.failures)
+	rep := &multiReport{env: env, reps: reps}
 	fmt.Print(rep.summary())
 	if o.out != "" {
 		path := o.out
@@ -159,10 +186,43 @@ func run(o *options) int {
 		}
 		logf("wrote %s (%s)", path, env.Elapsed.Round(time.Second))
 	}
-	if len(b.failures) > 0 {
+	if failed {
 		return 1
 	}
 	return 0
+}
+
+// toolchainList splits -toolchains; one empty name means the toolchain that
+// built this binary.
+func toolchainList(s string) []string {
+	var out []string
+	for _, tc := range strings.Split(s, ",") {
+		if tc = strings.TrimSpace(tc); tc != "" {
+			out = append(out, tc)
+		}
+	}
+	if len(out) == 0 {
+		return []string{""}
+	}
+	return out
+}
+
+// buildWith builds the bench command with toolchain tc (GOTOOLCHAIN=tc) into
+// a new temporary directory and returns the binary's path.
+func buildWith(ctx context.Context, root, tc string) (string, error) {
+	dir, err := os.MkdirTemp("", "kavari-bench-")
+	if err != nil {
+		return "", err
+	}
+	exe := filepath.Join(dir, "bench-"+tc)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", exe, "./bench")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN="+tc)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("go build: %v: %s", err, out)
+	}
+	return exe, nil
 }
 
 // startBroker returns the brokers to use: KAVARI_BROKERS / -brokers, or one

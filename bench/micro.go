@@ -53,6 +53,10 @@ func (b *bench) microbench() {
 	cmd.Dir = b.o.root
 	// The embedded broker of the dispatch benchmark, not KAVARI_BROKERS.
 	cmd.Env = append(os.Environ(), "KAVARI_BROKERS=")
+	if b.toolchain != "" {
+		cmd.Env = append(cmd.Env, "GOTOOLCHAIN="+b.toolchain)
+		b.micro.Command = "GOTOOLCHAIN=" + b.toolchain + " " + b.micro.Command
+	}
 	out, err := cmd.CombinedOutput()
 	runs := map[string]map[string][]float64{}
 	for _, line := range strings.Split(string(out), "\n") {

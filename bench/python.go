@@ -55,6 +55,10 @@ func (b *bench) python() {
 		return
 	}
 	b.py = &pyResults{}
+	if b.noPython != "" {
+		b.py.Skipped = b.noPython
+		return
+	}
 	if b.o.skipPython {
 		b.py.Skipped = "-skip-python"
 		return

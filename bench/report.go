@@ -97,6 +97,9 @@ type report struct {
 	py       *pyResults
 	failures []string
 	targets  []target
+	// toolchain is the -toolchains entry this report's workers were built
+	// with ("" for the bench's own).
+	toolchain string
 }
 
 type target struct {
@@ -165,7 +168,11 @@ func (r *report) evaluate() {
 				add(name, "", notMeasured)
 				continue
 			}
-			add(name, fmt.Sprintf("%.2f× (fastest: %s)", q, implName(fastImpl)), status(q >= pubFastTarget))
+			fastName := implName(fastImpl)
+			if fastImpl == "franz-go" {
+				fastName += fmt.Sprintf(", linger %s, not idempotent", r.o.linger)
+			}
+			add(name, fmt.Sprintf("%.2f× (fastest: %s)", q, fastName), status(q >= pubFastTarget))
 		}
 	}
 	for _, size := range sizes {
@@ -378,6 +385,12 @@ func (r *report) summary() string {
 }
 
 func (r *report) markdown() string {
+	return r.header([]*report{r}) + r.body()
+}
+
+// header writes the title, the run's environment and the common settings,
+// for the reports of every toolchain in reps.
+func (r *report) header(reps []*report) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	e := r.env
@@ -388,13 +401,19 @@ func (r *report) markdown() string {
 	w("| date | %s |\n", e.Date.UTC().Format("2006-01-02 15:04 MST"))
 	w("| command | `%s` |\n", e.Command)
 	w("| machine | %s, %d cores, %.1f GiB memory, %s |\n", e.CPU, e.Cores, e.MemGiB, e.Kernel)
-	w("| Go | %s |\n", e.GoVersion)
+	var gos []string
+	for _, x := range reps {
+		gos = append(gos, x.goVersions())
+	}
+	w("| Go | %s (the workers' `runtime.Version()`; the coordinator ran %s) |\n", strings.Join(gos, "; "), e.GoVersion)
 	if e.Revision != "" {
 		w("| kavari | %s |\n", e.Revision)
 	}
 	w("| broker | Apache Kafka %s, one KRaft node on 127.0.0.1 (same machine, sharing the cores), replication 1 |\n", e.BrokerVersion)
-	if r.py != nil && r.py.Versions != "" {
-		w("| Python side | %s |\n", r.py.Versions)
+	for _, x := range reps {
+		if x.py != nil && x.py.Versions != "" {
+			w("| Python side | %s |\n", x.py.Versions)
+		}
 	}
 	w("| load average | %s before, %s after (1, 5, 15 min) |\n", e.LoadBefore, e.LoadAfter)
 	w("| duration | %s |\n\n", e.Elapsed.Round(time.Second))
@@ -403,7 +422,35 @@ func (r *report) markdown() string {
 	w("Throughput is messages per second; ratios are kavari ÷ the other side, so above 1 means kavari is faster.\n")
 	w("Publish and consume workloads ran %d times each, interleaved; the tables show the fastest run (the least disturbed by\n", r.o.reps)
 	w("other work on the cores), the resource table every run's rate.\n\n")
+	return b.String()
+}
 
+// goVersions lists the Go versions the workers of this report ran
+// (runtime.Version() of each), or the toolchain asked for when no worker
+// ran.
+func (r *report) goVersions() string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range r.res {
+		if x.GoVersion != "" && !seen[x.GoVersion] {
+			seen[x.GoVersion] = true
+			out = append(out, x.GoVersion)
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		if r.toolchain != "" {
+			return r.toolchain + " (no worker ran)"
+		}
+		return r.env.GoVersion
+	}
+	return strings.Join(out, ", ")
+}
+
+// body writes the sections of one toolchain's results.
+func (r *report) body() string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Targets\n\n| target | measured | result |\n| --- | --- | --- |\n")
 	for _, t := range r.targets {
 		m := t.Measured

@@ -187,11 +187,15 @@ func workerMain(specJSON string) int {
 	return 0
 }
 
-// spawn runs s in a subprocess of this binary and returns its result.
-func spawn(ctx context.Context, s spec, timeout time.Duration) (*result, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
+// spawn runs s in a subprocess of exe (this binary when empty: a bench
+// binary built with another toolchain for -toolchains) and returns its
+// result.
+func spawn(ctx context.Context, exe string, s spec, timeout time.Duration) (*result, error) {
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
 	}
 	b, _ := json.Marshal(s)
 	cmd := exec.Command(exe, "-worker", string(b))
