@@ -150,6 +150,7 @@ func (b *bench) all() {
 	b.publish()
 	b.consume()
 	b.scale()
+	b.otel()
 	b.idle()
 	b.io()
 	b.latency()
@@ -162,7 +163,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")
@@ -299,6 +300,11 @@ func (b *bench) rss() {
 // fill re-creates the topic with partitions and writes n records of size
 // bytes in kavari's wire format (franz-go, acks all); edit adjusts each.
 func (b *bench) fill(n, size, partitions int, edit func(i int, v *benchValue)) error {
+	return b.fillRecords(n, size, partitions, edit, nil)
+}
+
+// fillRecords is fill, with rec adjusting each record (its headers) too.
+func (b *bench) fillRecords(n, size, partitions int, edit func(i int, v *benchValue), rec func(i int, r *kgo.Record)) error {
 	if err := b.adm.fresh(b.ctx, benchTopic, partitions); err != nil {
 		return err
 	}
@@ -322,7 +328,11 @@ func (b *bench) fill(n, size, partitions int, edit func(i int, v *benchValue)) e
 		if edit != nil {
 			edit(i, v)
 		}
-		cl.Produce(b.ctx, franzRecord(benchTopic, v), func(_ *kgo.Record, err error) {
+		r := franzRecord(benchTopic, v)
+		if rec != nil {
+			rec(i, r)
+		}
+		cl.Produce(b.ctx, r, func(_ *kgo.Record, err error) {
 			mu.Lock()
 			if err != nil && firstErr == nil {
 				firstErr = err

@@ -24,16 +24,23 @@ type counter struct {
 	want        int64
 	n           atomic.Int64
 	first, last atomic.Int64 // unix ns
-	done        chan struct{}
+	// cpuStart and cpuLast are the process's CPU time when the counter was
+	// made (before the client) and when the last record was handled.
+	cpuStart time.Duration
+	cpuLast  atomic.Int64
+	done     chan struct{}
 }
 
-func newCounter(want int) *counter { return &counter{want: int64(want), done: make(chan struct{})} }
+func newCounter(want int) *counter {
+	return &counter{want: int64(want), done: make(chan struct{}), cpuStart: cpuTime()}
+}
 
 func (c *counter) hit() {
 	now := time.Now().UnixNano()
 	c.first.CompareAndSwap(0, now)
 	if c.n.Add(1) == c.want {
 		c.last.Store(now)
+		c.cpuLast.Store(int64(cpuTime()))
 		close(c.done)
 	}
 }
@@ -49,11 +56,15 @@ func (c *counter) wait(ctx context.Context) error {
 
 func (c *counter) result(begin time.Time) *result {
 	first, last := c.first.Load(), c.last.Load()
-	return &result{
+	res := &result{
 		Count:        int(c.want),
 		Seconds:      time.Duration(last - first).Seconds(),
 		FirstSeconds: time.Duration(first - begin.UnixNano()).Seconds(),
 	}
+	if c.want > 0 {
+		res.CPUNsPerMsg = float64(c.cpuLast.Load()-int64(c.cpuStart)) / float64(c.want)
+	}
+	return res
 }
 
 // runConsume consumes the s.Count records pre-filled on s.Topic with a
@@ -105,7 +116,7 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 			}
 		})
 	default:
-		err = fmt.Errorf("unknown impl %q", s.Impl)
+		stop, err = runOtelConsume(ctx, s, c)
 	}
 	if err != nil {
 		return nil, err
@@ -280,15 +291,16 @@ func runKafkaGoGeneration(gen *kafka.Generation, s *spec, handle func(kafka.Mess
 }
 
 // franzConsume is franz-go's consumer group with its defaults (autocommit
-// every 5 s and on close) and the fetch wait of the others.
-func franzConsume(ctx context.Context, s *spec, handle func(*kgo.Record)) (stop func(), err error) {
-	cl, err := kgo.NewClient(
+// every 5 s and on close) and the fetch wait of the others; extra adds
+// options (hooks).
+func franzConsume(ctx context.Context, s *spec, handle func(*kgo.Record), extra ...kgo.Opt) (stop func(), err error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(s.Brokers...),
 		kgo.ConsumerGroup(s.Group),
 		kgo.ConsumeTopics(s.Topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(500*time.Millisecond),
-	)
+		kgo.FetchMaxWait(500 * time.Millisecond),
+	}, extra...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -191,6 +191,7 @@ func (r *report) evaluate() {
 		}
 	}
 	r.evaluateScale(add)
+	r.evaluateOtel(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
 		x := r.res[pubID(size, "sync1", implKavariFranz)]
@@ -567,6 +568,7 @@ func (r *report) body() string {
 	w("`Struct` on it, the validator configured as kavari's (required structs enabled, JSON field names): the work kavari does\n")
 	w("before its handler, without its dispatch, ordering and commit tracking. The target compares kavari with these rows.\n\n")
 	r.writeScale(w)
+	r.writeOtel(w)
 
 	r.writePython(w)
 
@@ -612,7 +614,7 @@ func (r *report) body() string {
 	w("Confluent's figures are from their README (different machine, Java's `Thread.sleep`; their floor is not published).\n\n")
 
 	w("## Peak RSS and allocations per Go side\n\n")
-	w("| workload | client | msg/s | every run (msg/s) | MiB/s | peak RSS | allocs/msg | bytes/msg |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |\n")
+	w("| workload | client | msg/s | every run (msg/s) | MiB/s | peak RSS | allocs/msg | bytes/msg | CPU/msg |\n| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
 	ids := make([]string, 0, len(r.res))
 	for id := range r.res {
 		ids = append(ids, id)
@@ -635,11 +637,17 @@ func (r *report) body() string {
 		for _, v := range x.Runs {
 			runs = append(runs, thousands(int(math.Round(v))))
 		}
-		w("| %s | %s | %s | %s | %s | %.1f MiB | %.1f | %s |\n", wl, x.Impl, fmtRate(x.MsgsPerSec, x.Seconds > 0), strings.Join(runs, ", "), mib,
-			x.PeakRSSMiB, x.AllocsPerMsg, thousands(int(x.BytesPerMsg)))
+		cpu := "–"
+		if x.CPUNsPerMsg > 0 {
+			cpu = fmt.Sprintf("%.2f µs", x.CPUNsPerMsg/1000)
+		}
+		w("| %s | %s | %s | %s | %s | %.1f MiB | %.1f | %s | %s |\n", wl, x.Impl, fmtRate(x.MsgsPerSec, x.Seconds > 0), strings.Join(runs, ", "), mib,
+			x.PeakRSSMiB, x.AllocsPerMsg, thousands(int(x.BytesPerMsg)), cpu)
 	}
 	w("\nPeak RSS is the worker process's VmHWM; allocations are `runtime.MemStats` Mallocs (and TotalAlloc) over the\n")
-	w("whole workload, client set-up included, divided by the messages; for e2e the process both publishes and consumes.\n\n")
+	w("whole workload, client set-up included, divided by the messages; for e2e the process both publishes and consumes.\n")
+	w("CPU/msg (consumers): the process's user + system CPU time from creating the client to the last handled record ÷ records\n")
+	w("(set-up and group join included: fetching and decoding start before the first record is handled).\n\n")
 
 	r.writeRSS(w)
 	r.writeMicro(w)

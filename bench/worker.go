@@ -60,15 +60,20 @@ type result struct {
 	Runs []float64 `json:"runs,omitempty"`
 	// FirstSeconds is, for consumers, the time from creating the client to
 	// the first handled record (group join, assignment, first fetch).
-	FirstSeconds float64        `json:"first_seconds,omitempty"`
-	PeakRSSMiB   float64        `json:"peak_rss_mib"`
-	AllocsPerMsg float64        `json:"allocs_per_msg"`
-	BytesPerMsg  float64        `json:"bytes_per_msg"` // heap bytes allocated per message
-	Latency      *latencyStats  `json:"latency,omitempty"`
-	Parallel     *parallelStats `json:"parallel,omitempty"`
-	RSS          *rssStats      `json:"rss,omitempty"`
-	Idle         *idleStats     `json:"idle,omitempty"`
-	IO           *ioStats       `json:"io,omitempty"`
+	FirstSeconds float64 `json:"first_seconds,omitempty"`
+	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	AllocsPerMsg float64 `json:"allocs_per_msg"`
+	BytesPerMsg  float64 `json:"bytes_per_msg"` // heap bytes allocated per message
+	// CPUNsPerMsg is, for consumers, the process's CPU time (user and
+	// system) from creating the client to the last handled record, ÷
+	// records: fetching, decoding and what a client does before handing a
+	// record over happen before the first record is handled.
+	CPUNsPerMsg float64        `json:"cpu_ns_per_msg,omitempty"`
+	Latency     *latencyStats  `json:"latency,omitempty"`
+	Parallel    *parallelStats `json:"parallel,omitempty"`
+	RSS         *rssStats      `json:"rss,omitempty"`
+	Idle        *idleStats     `json:"idle,omitempty"`
+	IO          *ioStats       `json:"io,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
