@@ -777,7 +777,7 @@ func (r *report) writeSync1(w func(string, ...any)) {
 	}
 	var rows []row
 	for _, size := range sizes {
-		for _, impl := range []string{"kavari", implKavariFranz, "kafka-go", "franz-go"} {
+		for _, impl := range []string{"kavari", implKavariFranz, "kafka-go", "franz-go", implFranzIdem} {
 			if x := r.res[pubID(size, "sync1", impl)]; x != nil && x.Latency != nil {
 				rows = append(rows, row{size, impl, x})
 			}
