@@ -2,7 +2,8 @@
 // the Python kavari 0.2.2.1 on one real Apache Kafka broker, and writes the
 // results to docs/benchmarks.md.
 //
-//	go run ./bench              # default run, about 8 minutes on 2 cores
+//	go run ./bench              # default run, about 15 minutes on 2 cores
+//	go run ./bench -toolchains go1.26.8,go1.27.3   # every Go workload under both, one report
 //	go run ./bench -long        # also publishes+consumes 1,000,000 messages for the RSS check
 //	go run ./bench -only 'publish|e2e' -out /tmp/b.md
 //	go run ./bench -h           # every flag
