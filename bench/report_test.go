@@ -1,0 +1,101 @@
+package main
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// testReport builds a report from rates by workload id.
+func testReport(t *testing.T, rates map[string]float64) *report {
+	t.Helper()
+	o := &options{batch: 1000, callers: 64, partitions: 3, reps: 1, consumeN: 300_000, ioN: 100_000, ioInFlight: 256, onlyRE: regexp.MustCompile("")}
+	var res []*result
+	for id, v := range rates {
+		parts := strings.Split(id, "/")
+		res = append(res, &result{ID: id, Workload: parts[0], Impl: parts[len(parts)-1], Count: 1000, Seconds: 1000 / v, MsgsPerSec: v, GoVersion: "go1.26.8"})
+	}
+	return buildReport(o, environment{GoVersion: "go1.26.8"}, res, nil, nil, nil)
+}
+
+func targetOf(t *testing.T, r *report, prefix string) target {
+	t.Helper()
+	for _, x := range r.targets {
+		if strings.HasPrefix(x.Name, prefix) {
+			return x
+		}
+	}
+	t.Fatalf("no target %q", prefix)
+	return target{}
+}
+
+func TestConsumeTargetComparesWithDecodeAndValidate(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"consume/100B/kavari":                 90,
+		"consume/100B/kafka-go+json":          90,
+		"consume/100B/kafka-go+json+validate": 100,
+	})
+	x := targetOf(t, r, "kavari on kafka-go consume ≥ 0.9× raw kafka-go doing the same JSON decode and validation (100B)")
+	if x.Measured != "0.90× (÷ raw + JSON decode only: 1.00×)" || x.Status != "**met**" {
+		t.Fatalf("got %q %s", x.Measured, x.Status)
+	}
+}
+
+func TestPublishFranzTargetsUseSameSettingsAndFastest(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"publish/100B/batch/kavari-franz":  95,
+		"publish/100B/batch/franz-go+idem": 100,
+		"publish/100B/batch/franz-go":      200,
+	})
+	same := targetOf(t, r, "kavari on franz-go publish ≥ 0.95× raw franz-go with kavari's settings (idempotent, no linger) (100B, batch")
+	if same.Measured != "0.95×" || same.Status != "**met**" {
+		t.Fatalf("same settings: got %q %s", same.Measured, same.Status)
+	}
+	fast := targetOf(t, r, "kavari on franz-go publish ≥ 0.9× the fastest raw franz-go configuration (100B, batch")
+	if !strings.HasPrefix(fast.Measured, "0.47× (fastest: raw franz-go, linger") || fast.Status != "**missed**" {
+		t.Fatalf("fastest: got %q %s", fast.Measured, fast.Status)
+	}
+}
+
+func TestScaleTargetsDivideByTheReferenceShape(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"scale/3part/100keys/kavari":     100,
+		"scale/300part/100keys/kavari":   80,
+		"scale/3part/unique-keys/kavari": 50,
+		"io1ms/kavari":                   1,
+	})
+	if x := targetOf(t, r, "kavari on kafka-go consume rate at 300 partitions"); x.Status != "**met**" || !strings.HasSuffix(x.Measured, "= 0.80×") {
+		t.Fatalf("300 partitions: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on kafka-go consume rate at 3 partitions, 300,000 keys"); x.Status != "**missed**" || !strings.HasSuffix(x.Measured, "= 0.50×") {
+		t.Fatalf("unique keys: got %q %s", x.Measured, x.Status)
+	}
+	// io1ms without its stats is not measured, not a division by zero.
+	if x := targetOf(t, r, "kavari on kafka-go with a 1 ms handler"); x.Status != notMeasured {
+		t.Fatalf("io1ms: got %q %s", x.Measured, x.Status)
+	}
+}
+
+func TestMultiReportPutsEachToolchainUnderItsHeading(t *testing.T) {
+	a := testReport(t, map[string]float64{"consume/100B/kavari": 90, "consume/100B/kafka-go+json+validate": 100})
+	b := testReport(t, map[string]float64{"consume/100B/kavari": 50, "consume/100B/kafka-go+json+validate": 100})
+	for _, x := range b.res {
+		x.GoVersion = "go1.27.3"
+	}
+	md := (&multiReport{env: a.env, reps: []*report{a, b}}).markdown()
+	for _, want := range []string{
+		"| Go | go1.26.8; go1.27.3 ",
+		"| target | go1.26.8 | go1.27.3 |",
+		"| 0.90×: **met** | 0.50×: **missed** |",
+		"## Results with go1.26.8\n",
+		"## Results with go1.27.3\n",
+		"### Consume throughput",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "\n## Consume throughput") {
+		t.Error("a toolchain's section is not one level down")
+	}
+}
