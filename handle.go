@@ -26,13 +26,13 @@ func (e *engine) process(p *partition, j *job) {
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
 	// between retries gives its run slot back too (held says).
-	if !e.k.run(p.hard) {
+	if !e.k.running.take(p.hard) {
 		return
 	}
 	held := true
 	defer func() {
 		if held {
-			e.k.ran()
+			e.k.running.give()
 		}
 	}()
 	rt, msg, err := e.table.decode(j.rec)
@@ -71,7 +71,7 @@ func (e *engine) process(p *partition, j *job) {
 				return first
 			}
 			if !held {
-				if !e.k.run(p.hard) {
+				if !e.k.running.take(p.hard) {
 					return context.Cause(p.hard)
 				}
 				held = true
@@ -80,7 +80,7 @@ func (e *engine) process(p *partition, j *job) {
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 			e.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
-			e.k.ran() // free while waiting; the lane keeps the key's order
+			e.k.running.give() // free while waiting; the lane keeps the key's order
 			held = false
 			e.k.health.retried.Add(1)
 			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)

@@ -50,7 +50,7 @@ type Client struct {
 
 	provider atomic.Pointer[Provider]
 	buf      *recordBuffer // records fetched and not finished (MaxBuffered), buffer.go
-	running  chan struct{} // records being handled (MaxInFlight)
+	running  runSlots      // records being handled (MaxInFlight), workers.go
 	health   health
 	// metaLimit bounds commit metadata; it shrinks when the brokers refuse
 	// it as too large.
@@ -143,7 +143,7 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 		log:      cfg.Logger,
 		reg:      cfg.Registry,
 		buf:      newRecordBuffer(cfg.Consume.MaxBuffered),
-		running:  make(chan struct{}, cfg.Consume.MaxInFlight),
+		running:  make(runSlots, cfg.Consume.MaxInFlight),
 		stopDone: make(chan struct{}),
 		loopDone: make(chan struct{}),
 		hooks:    hs,
