@@ -150,10 +150,41 @@ func (k *Client) launch(table *routeTable) error {
 	}
 	k.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.workerIdle, &k.workers) // workers start on demand
 	k.pool.ids = &k.workerIDs
-	e := newEngine(k, table, cons, k.tr.Capabilities())
+	e := newEngine(k.engineDeps(), table, cons, k.tr.Capabilities())
 	k.eng.Store(e)
 	go e.run()
 	return nil
+}
+
+// engineDeps is what the engine uses of k: launch builds it once, after
+// the pool.
+func (k *Client) engineDeps() engineDeps {
+	return engineDeps{
+		cfg:        &k.cfg,
+		log:        k.log,
+		hooks:      k.hooks,
+		health:     &k.health,
+		middleware: k.middleware,
+		resolve:    k.resolve,
+		write:      k.pub.write,
+		admin:      k.admin,
+
+		buf:       k.buf,
+		running:   k.running,
+		pool:      k.pool,
+		metaLimit: &k.metaLimit,
+
+		runCtx:     k.runCtx,
+		hardCtx:    k.hardCtx,
+		loopDone:   k.loopDone,
+		stopping:   k.stopping.Load,
+		stopGrace:  func() time.Duration { return time.Duration(k.stopGrace.Load()) },
+		stopFailed: k.stopFailed,
+		commitLost: k.commitLost,
+
+		dlqUnchecked: k.dlqUnchecked,
+		recheckDLQ:   k.recheckDeadLetterTopics,
+	}
 }
 
 // stop is Stop: the first call plans the time budget (planStop) and starts
