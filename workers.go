@@ -7,7 +7,7 @@ import (
 )
 
 // workerIdle is how long an idle worker waits for a lane before it exits
-// (Client.workerIdle, taken at New).
+// (consumer.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
 
 // task is a lane to run: its first record j, then, when ordered, whatever
