@@ -328,10 +328,7 @@ func (e *engine) release(ps []*partition) {
 // timeout), and DrainTimeout on a revoke.
 func (e *engine) drainBudget() time.Duration {
 	cfg := e.deps.cfg
-	budget := cfg.protocolDrain()
-	if e.caps.HeartbeatsDuringDrain {
-		budget = cfg.Consume.RebalanceTimeout - cfg.drainReserve()
-	}
+	budget := cfg.drainBound(e.caps.HeartbeatsDuringDrain)
 	if !e.deps.stopping() {
 		budget = min(budget, cfg.Consume.DrainTimeout)
 	}

@@ -84,7 +84,8 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 			return nil, err
 		}
 	}
-	if err := given.checkTransport(tr.Capabilities()); err != nil {
+	caps := tr.Capabilities()
+	if err := given.checkTransport(caps); err != nil {
 		return nil, err
 	}
 	hs, err := newHooks(cfg.Hooks)
@@ -118,9 +119,15 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 		},
 		life: lifecycle{stopDone: make(chan struct{})},
 	}
-	if d := cfg.protocolDrain(); cfg.Consume.DrainTimeout > d {
-		k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
-			"DrainTimeout", cfg.Consume.DrainTimeout, "cut", d, "SessionTimeout", cfg.Consume.SessionTimeout, "HeartbeatInterval", cfg.Consume.HeartbeatInterval)
+	if hb := caps.HeartbeatsDuringDrain; cfg.Consume.DrainTimeout > cfg.drainBound(hb) {
+		// Drains are cut at the bound (engine.drainBudget).
+		if hb {
+			k.log.Warn("kavari: Consume.DrainTimeout is longer than RebalanceTimeout allows with a reserve for the final commit; drains are cut earlier",
+				"DrainTimeout", cfg.Consume.DrainTimeout, "cut", cfg.drainBound(hb), "RebalanceTimeout", cfg.Consume.RebalanceTimeout)
+		} else {
+			k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
+				"DrainTimeout", cfg.Consume.DrainTimeout, "cut", cfg.drainBound(hb), "SessionTimeout", cfg.Consume.SessionTimeout, "HeartbeatInterval", cfg.Consume.HeartbeatInterval)
+		}
 	}
 	k.life.runCtx, k.life.runCancel = context.WithCancel(context.Background())
 	k.life.hardCtx, k.life.hardCancel = context.WithCancel(context.WithValue(context.Background(), ctxClientKey{}, k))
