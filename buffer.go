@@ -198,7 +198,7 @@ func (e *engine) pause(p *partition) {
 // hasRoom reports whether p may open a record now without waiting.
 func (e *engine) hasRoom(p *partition) bool {
 	_, open, _ := p.tracker.committable()
-	return int64(open) < p.share.Load() && e.k.buf.canTake(p)
+	return int64(open) < p.share.Load() && e.deps.buf.canTake(p)
 }
 
 // partitionShare is how many open records one of n partitions may have: all

@@ -25,7 +25,7 @@ import (
 // CommitInterval, until the transport's Run returned. A revoke or Stop
 // commits its partitions once more after their drain (Revoked).
 func (e *engine) commitLoop() {
-	t := time.NewTicker(e.k.cfg.Consume.CommitInterval)
+	t := time.NewTicker(e.deps.cfg.Consume.CommitInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -70,14 +70,14 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	for err != nil && errors.Is(err, transport.ErrMetadataTooLarge) && e.shrinkMeta(offsets) {
 		for i, p := range moved {
 			base, runs := p.tracker.progress()
-			offsets[i].Offset, offsets[i].Metadata = base, encodeDoneOffsets(base, runs, e.k.metaLimit.get())
+			offsets[i].Offset, offsets[i].Metadata = base, encodeDoneOffsets(base, runs, e.deps.metaLimit.get())
 		}
 		err = e.cons.Commit(ctx, gen, offsets)
 	}
-	e.k.hooks.onCommitted(offsets, time.Since(start), err)
+	e.deps.hooks.onCommitted(offsets, time.Since(start), err)
 	if err != nil {
-		e.k.health.note(err)
-		e.k.log.Warn("kavari: commit failed", "err", err)
+		e.deps.health.note(err)
+		e.deps.log.Warn("kavari: commit failed", "err", err)
 		return &CommitError{Offsets: offsetMap(offsets), Err: err, MayHaveBeenApplied: errors.Is(err, transport.ErrCommitUnconfirmed)}
 	}
 	e.sending.Store(nil)
@@ -89,7 +89,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 			p.inherited = p.inherited[1:] // passed
 		}
 	}
-	e.k.health.committed()
+	e.deps.health.committed()
 	return nil
 }
 
@@ -104,9 +104,9 @@ func (e *engine) shrinkMeta(offsets []transport.Offset) bool {
 	if longest == 0 {
 		return false
 	}
-	limit, first := e.k.metaLimit.shrink(longest)
+	limit, first := e.deps.metaLimit.shrink(longest)
 	if first {
-		e.k.log.Warn("kavari: the broker refuses commit metadata this long (its offset.metadata.max.bytes is lower): committing with shorter metadata, or none; completed offsets beyond the committed one may be handled again after a rebalance",
+		e.deps.log.Warn("kavari: the broker refuses commit metadata this long (its offset.metadata.max.bytes is lower): committing with shorter metadata, or none; completed offsets beyond the committed one may be handled again after a rebalance",
 			"refused_bytes", longest, "limit_bytes", limit)
 	}
 	return true
@@ -127,7 +127,7 @@ func (e *engine) toCommit(p *partition) (transport.Offset, bool) {
 		base = p.committed // nothing reached yet: the inherited commit as it was
 	}
 	base, runs = carryDone(base, runs, p.inherited)
-	meta := encodeDoneOffsets(base, runs, e.k.metaLimit.get())
+	meta := encodeDoneOffsets(base, runs, e.deps.metaLimit.get())
 	return transport.Offset{TopicPartition: p.tp, Offset: base, Metadata: meta},
 		base > p.committed || base == p.committed && base >= 0 && meta != p.committedMeta
 }

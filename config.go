@@ -488,6 +488,17 @@ func (c *Config) protocolDrain() time.Duration {
 	return c.Consume.SessionTimeout - c.Consume.HeartbeatInterval - c.drainReserve()
 }
 
+// drainBound is the longest drain the group protocol allows on a transport
+// that heartbeats while draining (heartbeats: Capabilities.HeartbeatsDuringDrain)
+// or not: with heartbeats the rebalance timeout less drainReserve, without
+// them protocolDrain.
+func (c *Config) drainBound(heartbeats bool) time.Duration {
+	if heartbeats {
+		return c.Consume.RebalanceTimeout - c.drainReserve()
+	}
+	return c.protocolDrain()
+}
+
 // drainReserve is the part of the session budget kept after the drain for
 // handlers that were cancelled to return (half of it) and for the final
 // commit.

@@ -3,6 +3,7 @@ package kavari
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"sync"
@@ -12,11 +13,15 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// Dispatch: the engine's state, the transport's group callbacks (Assigned,
-// Revoked, Lost, Records, Error), each partition's feeder and the lanes that
-// keep per-key or per-partition order. Handling a record is in handle.go,
-// commits in commit.go, back-pressure in buffer.go. This file exports
-// nothing but the methods of transport.GroupHandler.
+// Dispatch: the engine's state and its dependencies (engineDeps), the
+// transport's group callbacks (Assigned, Revoked, Lost, Records, Error),
+// each partition's feeder and the lanes that keep per-key or per-partition
+// order. Handling a record is in handle.go, commits in commit.go,
+// back-pressure in buffer.go, run slots and the worker pool in workers.go,
+// Health's lag in lag.go. The engine files never see the Client: what they
+// use of it is in engineDeps, which launch (lifecycle.go) builds once
+// (TestEngineFilesDoNotReachTheClient). This file exports nothing but the
+// methods of transport.GroupHandler.
 
 // engine is the consumer: the transport's consumer calls it as its
 // transport.GroupHandler. Per assigned partition it runs a feeder that takes
@@ -24,11 +29,9 @@ import (
 // lanes; it tracks offsets, commits the completed prefix fenced by the
 // generation, drains revoked partitions and abandons lost ones. It sees the
 // transport only through cons and caps (never a client library's types),
-// and reaches the client it runs on through k: its configuration, logger,
-// hooks, health, run slots, record buffer, worker pool, publisher (for dead
-// letters) and lifecycle state.
+// and the client it runs on only through deps.
 type engine struct {
-	k     *Client
+	deps  engineDeps
 	table *routeTable
 	cons  transport.Consumer
 	caps  transport.Capabilities
@@ -38,6 +41,9 @@ type engine struct {
 	parts map[transport.TopicPartition]*partition
 	// failingSince and lastLog rate-limit the log of group failures.
 	failingSince, lastLog time.Time
+	// dlqUnchecked are the dead-letter topics Start could not check; the
+	// first Assigned has them checked (deps.recheckDLQ) and clears it.
+	dlqUnchecked []string
 
 	commitMu sync.Mutex    // serialises commits so offsets never go backwards
 	runDone  chan struct{} // closed when the transport's Run returned
@@ -45,18 +51,62 @@ type engine struct {
 	sending atomic.Pointer[[]transport.Offset]
 }
 
-func newEngine(k *Client, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
-	return &engine{k: k, table: table, cons: cons, caps: caps, parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{})}
+// engineDeps is everything the engine uses of the client it runs on:
+// configuration, logging, hooks, Health, handlers, the bounds it shares with
+// Health, and the lifecycle's signals. launch builds it once; the funcs are
+// the few ways the engine calls back into the client.
+type engineDeps struct {
+	cfg        *Config      // read only
+	log        *slog.Logger // Config.Logger
+	hooks      *hooks       // nil when none
+	health     *health      // what Health reports
+	middleware AttemptFunc  // Config.Middleware composed; nil when none
+	// resolve returns the handler instance for one record (the Provider's,
+	// else the registered one).
+	resolve func(*binding) (any, error)
+	// write writes dead letters: one attempt, all in-sync replicas
+	// acknowledging, an error per record that failed (the publisher's).
+	write func(context.Context, []*transport.Record) []error
+	admin transport.Admin // end offsets, for Health's lag
+
+	buf       *recordBuffer // records fetched and not finished (MaxBuffered)
+	running   runSlots      // handlers running (MaxInFlight)
+	pool      *workerPool   // runs the lanes
+	metaLimit *metaLimiter  // bound of the commit metadata
+
+	runCtx  context.Context // ends when Stop begins: the transport's Run returns
+	hardCtx context.Context // parent of every handler's context: ends when Stop's drain budget is spent
+	// loopDone is closed when run returned (the transport's Run and the
+	// partitions' drains are over).
+	loopDone chan struct{}
+	// stopping reports whether Stop was called; stopGrace is how long
+	// cancelled handlers then get to return before they are abandoned.
+	stopping  func() bool
+	stopGrace func() time.Duration
+	// stopFailed records what the consumer left undone while stopping
+	// (abandoned handlers); commitLost records a revoke's or a loss's failed
+	// final commit (nil: partitions were assigned again). Stop returns them.
+	stopFailed func(error)
+	commitLost func(error)
+	// dlqUnchecked are the dead-letter topics Start could not check;
+	// recheckDLQ checks them once the group is joined.
+	dlqUnchecked []string
+	recheckDLQ   func(names []string)
+}
+
+func newEngine(deps engineDeps, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
+	return &engine{deps: deps, table: table, cons: cons, caps: caps, dlqUnchecked: deps.dlqUnchecked,
+		parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{})}
 }
 
 // run consumes until Stop: the transport joins the group and calls e. It
 // never returns because of a broker failure: the transport rejoins with
 // backoff, and errors are logged and shown in Health.
 func (e *engine) run() {
-	defer close(e.k.loopDone)
+	defer close(e.deps.loopDone)
 	go e.commitLoop()
 	go e.lagLoop()
-	_ = e.cons.Run(e.k.runCtx, e)
+	_ = e.cons.Run(e.deps.runCtx, e)
 	close(e.runDone)
 }
 
@@ -132,7 +182,7 @@ type job struct {
 // Assigned starts the partitions parts in generation gen: their state,
 // their feeders, their lanes.
 func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment) {
-	k := e.k
+	d := &e.deps
 	e.mu.Lock()
 	e.gen = gen
 	var started []*partition
@@ -152,31 +202,31 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			p.inherited = slices.Clone(p.skip)
 		}
 		p.fetch, p.stopFetch = context.WithCancel(context.Background())
-		p.hard, p.hardCancel = context.WithCancel(k.hardCtx)
+		p.hard, p.hardCancel = context.WithCancel(d.hardCtx)
 		e.parts[a.TopicPartition] = p
 		started = append(started, p)
 	}
-	share := partitionShare(k.cfg.Consume.MaxBuffered, k.cfg.Consume.MaxInFlight, len(e.parts))
+	share := partitionShare(d.cfg.Consume.MaxBuffered, d.cfg.Consume.MaxInFlight, len(e.parts))
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
 	}
-	k.buf.setPartitions(len(e.parts))
+	d.buf.setPartitions(len(e.parts))
 	assigned := e.assignedLocked()
 	since := e.failingSince
 	e.failingSince = time.Time{}
 	e.mu.Unlock()
-	k.commitLost(nil) // what an earlier revoke left uncommitted is the new owners' now
+	d.commitLost(nil) // what an earlier revoke left uncommitted is the new owners' now
 
 	if !since.IsZero() {
-		k.log.Info("kavari: consumer group available again", "group", k.cfg.Consume.GroupID, "after", time.Since(since).Round(time.Second))
+		d.log.Info("kavari: consumer group available again", "group", d.cfg.Consume.GroupID, "after", time.Since(since).Round(time.Second))
 	}
-	if names := k.dlqUnchecked; names != nil {
-		k.dlqUnchecked = nil
-		go k.recheckDeadLetterTopics(names) // ends with runCtx
+	if names := e.dlqUnchecked; names != nil {
+		e.dlqUnchecked = nil
+		go d.recheckDLQ(names) // ends with runCtx
 	}
-	k.health.joined(e, gen, assigned)
-	k.log.Info("kavari: joined group", "group", k.cfg.Consume.GroupID, "generation", gen.ID, "partitions", assigned)
-	k.hooks.onAssigned(assigned)
+	d.health.joined(e, gen, assigned)
+	d.log.Info("kavari: joined group", "group", d.cfg.Consume.GroupID, "generation", gen.ID, "partitions", assigned)
+	d.hooks.onAssigned(assigned)
 	for _, p := range started {
 		go e.feed(p)
 	}
@@ -204,14 +254,14 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 	}
 	cut.Stop()
 	if err := e.commit(gen, ps); err != nil {
-		e.k.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
-		e.k.health.commitFailed(err)
+		e.deps.log.Error("kavari: final commit failed; completed records will be redelivered", "err", err)
+		e.deps.health.commitFailed(err)
 		// Stop reports it, also when the generation ended before Stop (the
 		// brokers went away), unless partitions are assigned again first.
-		e.k.commitLost(err)
+		e.deps.commitLost(err)
 	}
 	e.release(ps)
-	e.k.hooks.onRevoked(ps, false)
+	e.deps.hooks.onRevoked(ps, false)
 }
 
 // Lost abandons partitions tps: their handlers are cancelled and nothing is
@@ -238,12 +288,12 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 	e.commitMu.Unlock()
 	if len(offsets) > 0 {
 		err := &CommitError{Offsets: offsetMap(offsets), Err: fmt.Errorf("kavari: partitions lost (the member's session ended) before their completed records were committed")}
-		e.k.log.Error("kavari: partitions lost; completed records not committed will be redelivered", "err", err)
-		e.k.health.commitFailed(err)
-		e.k.commitLost(err)
+		e.deps.log.Error("kavari: partitions lost; completed records not committed will be redelivered", "err", err)
+		e.deps.health.commitFailed(err)
+		e.deps.commitLost(err)
 	}
 	e.release(ps)
-	e.k.hooks.onRevoked(ps, true)
+	e.deps.hooks.onRevoked(ps, true)
 }
 
 // take returns the partitions of tps that are assigned.
@@ -269,7 +319,7 @@ func (e *engine) release(ps []*partition) {
 			delete(e.parts, p.tp)
 		}
 	}
-	e.k.buf.setPartitions(len(e.parts))
+	e.deps.buf.setPartitions(len(e.parts))
 }
 
 // drainBudget is how long a revoke (or Stop) lets in-flight handlers run:
@@ -277,12 +327,9 @@ func (e *engine) release(ps []*partition) {
 // the session timeout leaves, Config.protocolDrain; with them, the rebalance
 // timeout), and DrainTimeout on a revoke.
 func (e *engine) drainBudget() time.Duration {
-	cfg := &e.k.cfg
-	budget := cfg.protocolDrain()
-	if e.caps.HeartbeatsDuringDrain {
-		budget = cfg.Consume.RebalanceTimeout - cfg.drainReserve()
-	}
-	if !e.k.stopping.Load() {
+	cfg := e.deps.cfg
+	budget := cfg.drainBound(e.caps.HeartbeatsDuringDrain)
+	if !e.deps.stopping() {
 		budget = min(budget, cfg.Consume.DrainTimeout)
 	}
 	return budget
@@ -299,7 +346,7 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 		return // revoked meanwhile: the next owner reads them
 	}
 	p.noteFetched(recs, hw)
-	e.k.hooks.onFetched(tp, recs, hw)
+	e.deps.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
 	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
@@ -320,7 +367,7 @@ func (e *engine) Error(err error) {
 	e.mu.Lock()
 	if len(e.parts) > 0 {
 		e.mu.Unlock()
-		e.k.health.note(err)
+		e.deps.health.note(err)
 		return
 	}
 	now := time.Now()
@@ -333,12 +380,12 @@ func (e *engine) Error(err error) {
 		e.lastLog = now
 	}
 	e.mu.Unlock()
-	if e.k.runCtx.Err() != nil {
+	if e.deps.runCtx.Err() != nil {
 		return
 	}
-	e.k.health.fail(err)
+	e.deps.health.fail(err)
 	if log {
-		e.k.log.Warn("kavari: consumer group unavailable, retrying", "group", e.k.cfg.Consume.GroupID,
+		e.deps.log.Warn("kavari: consumer group unavailable, retrying", "group", e.deps.cfg.Consume.GroupID,
 			"for", now.Sub(since).Round(time.Second), "err", err)
 	}
 }
@@ -404,27 +451,27 @@ func (e *engine) feed(p *partition) {
 		if !e.waitRoom(ctx, p) {
 			break
 		}
-		used, ok := e.k.buf.tryAcquire(p)
+		used, ok := e.deps.buf.tryAcquire(p)
 		if !ok {
 			// Every slot this partition may take is held: pause it and
 			// wait. bufferFull is set before waiting and only then, so
 			// Health never shows a waiting feeder as fetching.
 			e.pause(p)
 			p.bufferFull.Store(true)
-			used, ok = e.k.buf.acquire(ctx, p)
+			used, ok = e.deps.buf.acquire(ctx, p)
 			p.bufferFull.Store(false)
 			if !ok {
 				break
 			}
 		}
-		e.k.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
+		e.deps.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
 		e.dispatch(p, rec)
 	}
 	// Revoked or stopping: let in-flight work finish within the drain
 	// budget, which ends p.hard (Revoked's timer, or Stop's deadline).
-	grace := e.k.cfg.drainReserve() / 2
-	if e.k.stopping.Load() {
-		grace = min(grace, time.Duration(e.k.stopGrace.Load()))
+	grace := e.deps.cfg.drainReserve() / 2
+	if e.deps.stopping() {
+		grace = min(grace, e.deps.stopGrace())
 	}
 	drained := make(chan struct{})
 	go func() { p.inflight.Wait(); close(drained) }()
@@ -436,9 +483,9 @@ func (e *engine) feed(p *partition) {
 		select {
 		case <-drained:
 		case <-time.After(grace):
-			e.k.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
-			if e.k.stopping.Load() {
-				e.k.stopFailed(fmt.Errorf("%w: %s/%d", ErrHandlersAbandoned, p.topic, p.id))
+			e.deps.log.Error("kavari: handlers ignored cancellation; their records will be redelivered", "topic", p.topic, "partition", p.id)
+			if e.deps.stopping() {
+				e.deps.stopFailed(fmt.Errorf("%w: %s/%d", ErrHandlersAbandoned, p.topic, p.id))
 			}
 		}
 	}
@@ -457,7 +504,7 @@ func (p *partition) skipped(offset int64) bool {
 // done marks j complete and wakes p's feeder if it waits for room.
 func (e *engine) done(p *partition, j *job) {
 	p.tracker.done(j.seq)
-	e.k.hooks.onFinished(j.rec)
+	e.deps.hooks.onFinished(j.rec)
 	if p.waiting.Load() {
 		select {
 		case p.room <- struct{}{}:
@@ -473,13 +520,13 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	j.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
 	p.inflight.Add(1)
 	var key []byte
-	switch e.k.cfg.Consume.Ordering {
+	switch e.deps.cfg.Consume.Ordering {
 	case Unordered:
-		e.k.pool.submit(task{e: e, p: p, j: j})
+		e.deps.pool.submit(task{e: e, p: p, j: j})
 		return
 	case PerKey:
 		if rec.Key == nil {
-			e.k.pool.submit(task{e: e, p: p, j: j}) // no key, no order to keep
+			e.deps.pool.submit(task{e: e, p: p, j: j}) // no key, no order to keep
 			return
 		}
 		key = rec.Key
@@ -492,7 +539,7 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 	}
 	p.lanes[string(key)] = nil
 	p.mu.Unlock()
-	e.k.pool.submit(task{e: e, p: p, key: key, ordered: true, j: j})
+	e.deps.pool.submit(task{e: e, p: p, key: key, ordered: true, j: j})
 }
 
 // runLane handles j, then, when ordered, every record queued behind it for

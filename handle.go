@@ -19,32 +19,32 @@ import (
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
 func (e *engine) process(p *partition, j *job) {
 	defer p.inflight.Done()
-	defer e.k.buf.release(p)
+	defer e.deps.buf.release(p)
 	if p.hard.Err() != nil {
 		return
 	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
 	// between retries gives its run slot back too (held says).
-	if !e.k.run(p.hard) {
+	if !e.deps.running.take(p.hard) {
 		return
 	}
 	held := true
 	defer func() {
 		if held {
-			e.k.ran()
+			e.deps.running.give()
 		}
 	}()
 	rt, msg, err := e.table.decode(j.rec)
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
-		if de.Kind == KindUnknownType && e.k.cfg.Consume.SkipUnknownTypes {
-			e.k.log.Info("kavari: skipping record of unknown type (Consume.SkipUnknownTypes)", "err", logErr(err))
+		if de.Kind == KindUnknownType && e.deps.cfg.Consume.SkipUnknownTypes {
+			e.deps.log.Info("kavari: skipping record of unknown type (Consume.SkipUnknownTypes)", "err", logErr(err))
 			e.done(p, j)
 			return
 		}
-		e.k.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
+		e.deps.log.Warn("kavari: poison record, dead-lettering", "err", logErr(err))
 		if e.deadLetter(p, j, de.Kind, "", 1, err) {
 			e.done(p, j)
 		}
@@ -65,25 +65,25 @@ func (e *engine) process(p *partition, j *job) {
 			continue
 		}
 		attempts := 0
-		err := e.k.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
+		err := e.deps.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
 			attempts = attempt
 			if attempt == 1 {
 				return first
 			}
 			if !held {
-				if !e.k.run(p.hard) {
+				if !e.deps.running.take(p.hard) {
 					return context.Cause(p.hard)
 				}
 				held = true
 			}
 			return e.invoke(p, b, msg, j, attempt)
 		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-			e.k.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
+			e.deps.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
-			e.k.ran() // free while waiting; the lane keeps the key's order
+			e.deps.running.give() // free while waiting; the lane keeps the key's order
 			held = false
-			e.k.health.retried.Add(1)
-			e.k.hooks.onRetry(j.rec, attempt, b.name, wait, err)
+			e.deps.health.retried.Add(1)
+			e.deps.hooks.onRetry(j.rec, attempt, b.name, wait, err)
 		})
 		if err == nil {
 			continue
@@ -92,12 +92,12 @@ func (e *engine) process(p *partition, j *job) {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		e.k.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+		e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
 		if !e.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
 			return
 		}
 	}
-	e.k.health.handled.Add(1)
+	e.deps.health.handled.Add(1)
 	e.done(p, j)
 }
 
@@ -105,7 +105,7 @@ func (e *engine) process(p *partition, j *job) {
 func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
 	var ctx context.Context
 	var mc *middlewareCtx
-	if e.k.middleware == nil {
+	if e.deps.middleware == nil {
 		if attempt == 1 {
 			ctx = &j.ctx
 		} else {
@@ -115,7 +115,7 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
 		ctx = mc
 	}
-	if t := e.k.cfg.Consume.HandlerTimeout; t > 0 {
+	if t := e.deps.cfg.Consume.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
@@ -125,7 +125,7 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
-	h, err := e.k.resolve(b)
+	h, err := e.deps.resolve(b)
 	if err != nil {
 		return err
 	}
@@ -133,7 +133,7 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	// timeout only cancels its context.
 	if mc != nil {
 		mc.h = h
-		return e.k.middleware(ctx, msg)
+		return e.deps.middleware(ctx, msg)
 	}
 	return b.call(ctx, h, msg)
 }
@@ -169,18 +169,18 @@ var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisec
 // stays open, so partition p holds there (it is redelivered to the next
 // owner), and Health says why.
 func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	topic := j.rec.Topic + e.k.cfg.Topics.DeadLetterSuffix
+	topic := j.rec.Topic + e.deps.cfg.Topics.DeadLetterSuffix
 	form := dlFull
 	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	// Known too large for the publisher: skip the forms it would refuse.
-	for limit := e.k.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
+	for limit := e.deps.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
 		form++
 		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 	}
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
 		for {
-			errs := e.k.pub.write(p.hard, []*transport.Record{&rec})
+			errs := e.deps.write(p.hard, []*transport.Record{&rec})
 			if errs == nil {
 				return nil
 			}
@@ -193,22 +193,22 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 				return Permanent(last)
 			}
 			form++
-			e.k.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
+			e.deps.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
 			rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
 		}
 	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
-		e.k.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
+		e.deps.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))
 	})
 	if err == nil {
 		p.setStuck(j.rec.Offset, "")
-		e.k.health.deadLettered.Add(1)
-		e.k.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
+		e.deps.health.deadLettered.Add(1)
+		e.deps.hooks.onDeadLettered(j.rec, attempts, kind, handler, cause)
 		return true
 	}
 	if !retriableHandler(err) {
 		p.setStuck(j.rec.Offset, fmt.Sprintf("kavari: dead letter of offset %d is too large for %s even without value and original headers (%d bytes): the partition holds at this record until it is redelivered: %s",
 			j.rec.Offset, topic, recordSize(&rec), logErr(last)))
-		e.k.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
+		e.deps.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
 	}
 	return false
 }

@@ -205,8 +205,8 @@ func (k *Client) Health() Health {
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
 	out.AsyncFailedNoCallback = k.pub.failedNoCallback.Load()
-	out.InFlight = k.buf.inUse()
-	out.Running = len(k.running)
+	out.InFlight = k.consumer.buf.inUse()
+	out.Running = len(k.consumer.running)
 	if g != nil {
 		if _, at := g.oldest(); !at.IsZero() {
 			out.OldestInFlight = time.Since(at)

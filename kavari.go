@@ -31,7 +31,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,56 +40,22 @@ import (
 // Client publishes and consumes typed messages. Create it with New; it is safe
 // for concurrent use.
 type Client struct {
-	cfg Config
-	log *slog.Logger
-	reg *Registry
-	pub *publisher
-	// names maps tag topics to real ones (Config.Topics.Name), cached.
-	names *topicNames
-
-	provider atomic.Pointer[Provider]
-	buf      *recordBuffer // records fetched and not finished (MaxBuffered), buffer.go
-	running  chan struct{} // records being handled (MaxInFlight)
-	health   health
-	// metaLimit bounds commit metadata; it shrinks when the brokers refuse
-	// it as too large.
-	metaLimit metaLimiter
-
-	lifeMu     sync.Mutex    // orders Start against Stop
-	starting   chan struct{} // closed when the Start under way returns; nil when none, under lifeMu
-	started    atomic.Bool   // the consumer runs: a Start succeeded
-	stopping   atomic.Bool   // Stop was called; set under lifeMu
-	stopOnce   sync.Once
-	stopGrace  atomic.Int64 // how long cancelled handlers get to return when stopping
-	drainTimer *time.Timer  // cancels handlers a reserve before Stop's deadline
-	stopDone   chan struct{}
-	stopErr    error
-	stopMu     sync.Mutex
-	inStop     atomic.Int64 // handlers waiting in Stop (stopFromHandler)
-	stopErrs   []error      // what the consumer left undone while stopping (abandoned handlers); under stopMu
-	abandoned  bool         // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
-	lostCommit error        // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
-
-	pool      *workerPool    // runs lanes (workers.go)
-	workerIDs sync.Map       // goroutine ids of the pool's workers (workerPool.ids)
-	workers   sync.WaitGroup // the worker goroutines
-
-	workerIdle time.Duration // an idle worker exits after this long
-
+	// Set by New, then read only (testlink.go may add a hook before Start).
+	cfg        Config
+	log        *slog.Logger // Config.Logger
+	reg        *Registry    // Config.Registry
+	names      *topicNames  // tag topics to real ones (Config.Topics.Name), cached
+	hooks      *hooks       // Config.Hooks by capability; nil when none
+	middleware AttemptFunc  // Config.Middleware composed; nil when none
 	tr         transport.Adapter
 	admin      transport.Admin
-	cons       transport.Consumer // set by Start
-	runCtx     context.Context    // ends when Stop begins
-	runCancel  context.CancelFunc
-	hardCtx    context.Context // ends when Stop's deadline passes: handlers are cancelled
-	hardCancel context.CancelFunc
-	loopDone   chan struct{}
-	eng        atomic.Pointer[engine] // set by Start
+	pub        *publisher
 
-	dlqUnchecked []string // dead-letter topics Start could not check; consumeLoop checks them once joined
+	provider atomic.Pointer[Provider] // SetProvider
+	health   health                   // what Health reports; the engine writes it
 
-	hooks      *hooks      // Config.Hooks by capability; nil when none
-	middleware AttemptFunc // Config.Middleware composed; nil when none
+	consumer consumer  // what Start launches and Stop shuts down (lifecycle.go)
+	life     lifecycle // Start against Stop, Stop's budget and outcome (lifecycle.go)
 }
 
 // New checks cfg and returns a Client ready to publish. It does not contact
@@ -119,7 +84,8 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 			return nil, err
 		}
 	}
-	if err := given.checkTransport(tr.Capabilities()); err != nil {
+	caps := tr.Capabilities()
+	if err := given.checkTransport(caps); err != nil {
 		return nil, err
 	}
 	hs, err := newHooks(cfg.Hooks)
@@ -137,26 +103,34 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 		return nil, fmt.Errorf("kavari: admin: %w", err)
 	}
 	k := &Client{
-		tr:       tr,
-		admin:    admin,
-		cfg:      cfg,
-		log:      cfg.Logger,
-		reg:      cfg.Registry,
-		buf:      newRecordBuffer(cfg.Consume.MaxBuffered),
-		running:  make(chan struct{}, cfg.Consume.MaxInFlight),
-		stopDone: make(chan struct{}),
-		loopDone: make(chan struct{}),
-		hooks:    hs,
+		cfg:        cfg,
+		log:        cfg.Logger,
+		reg:        cfg.Registry,
+		names:      names,
+		hooks:      hs,
+		middleware: chain(cfg.Middleware),
+		tr:         tr,
+		admin:      admin,
+		consumer: consumer{
+			buf:        newRecordBuffer(cfg.Consume.MaxBuffered),
+			running:    make(runSlots, cfg.Consume.MaxInFlight),
+			loopDone:   make(chan struct{}),
+			workerIdle: workerIdle,
+		},
+		life: lifecycle{stopDone: make(chan struct{})},
 	}
-	k.names = names
-	k.middleware = chain(cfg.Middleware)
-	if d := cfg.protocolDrain(); cfg.Consume.DrainTimeout > d {
-		k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
-			"DrainTimeout", cfg.Consume.DrainTimeout, "cut", d, "SessionTimeout", cfg.Consume.SessionTimeout, "HeartbeatInterval", cfg.Consume.HeartbeatInterval)
+	if hb := caps.HeartbeatsDuringDrain; cfg.Consume.DrainTimeout > cfg.drainBound(hb) {
+		// Drains are cut at the bound (engine.drainBudget).
+		if hb {
+			k.log.Warn("kavari: Consume.DrainTimeout is longer than RebalanceTimeout allows with a reserve for the final commit; drains are cut earlier",
+				"DrainTimeout", cfg.Consume.DrainTimeout, "cut", cfg.drainBound(hb), "RebalanceTimeout", cfg.Consume.RebalanceTimeout)
+		} else {
+			k.log.Warn("kavari: Consume.DrainTimeout is longer than the session timeout allows without heartbeats; drains are cut earlier",
+				"DrainTimeout", cfg.Consume.DrainTimeout, "cut", cfg.drainBound(hb), "SessionTimeout", cfg.Consume.SessionTimeout, "HeartbeatInterval", cfg.Consume.HeartbeatInterval)
+		}
 	}
-	k.workerIdle = workerIdle
-	k.runCtx, k.runCancel = context.WithCancel(context.Background())
-	k.hardCtx, k.hardCancel = context.WithCancel(context.WithValue(context.Background(), ctxClientKey{}, k))
+	k.life.runCtx, k.life.runCancel = context.WithCancel(context.Background())
+	k.life.hardCtx, k.life.hardCancel = context.WithCancel(context.WithValue(context.Background(), ctxClientKey{}, k))
 	k.pub = newPublisher(&k.cfg, newEncoder(cfg.CloudEventsSource, cfg.Publish.MaxMessageBytes, time.Now).withRegistry(cfg.Registry).withNames(names), prod)
 	k.pub.hooks = hs
 	return k, nil

@@ -94,9 +94,9 @@ func (e *engine) refreshLag(unknownOnly bool) {
 	if len(tps) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(e.k.runCtx, lagRefresh)
+	ctx, cancel := context.WithTimeout(e.deps.runCtx, lagRefresh)
 	defer cancel()
-	ends, err := e.k.admin.EndOffsets(ctx, tps...)
+	ends, err := e.deps.admin.EndOffsets(ctx, tps...)
 	if err != nil {
 		return
 	}

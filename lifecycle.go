@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
 // The consumer's lifecycle, behind Client.Start and Client.Stop: Start's
@@ -13,33 +17,79 @@ import (
 // within the budget (planStop), final commit, leave the group, flush the
 // publisher, cut the connections (shutdown). This file exports nothing.
 
+// consumer is what Start launches and Stop shuts down, and the bounds the
+// engine shares with Health. The bounds are made by New; the rest is set
+// by launch, under lifecycle.mu, and read after it.
+type consumer struct {
+	buf       *recordBuffer // records fetched and not finished (MaxBuffered), buffer.go
+	running   runSlots      // handlers running (MaxInFlight), workers.go
+	metaLimit metaLimiter   // bounds commit metadata; shrinks when the brokers refuse it as too long
+
+	cons     transport.Consumer
+	eng      atomic.Pointer[engine]
+	loopDone chan struct{} // closed when the engine's run returned
+
+	pool       *workerPool    // runs lanes (workers.go)
+	workerIDs  sync.Map       // goroutine ids of the pool's workers (workerPool.ids)
+	workers    sync.WaitGroup // the worker goroutines
+	workerIdle time.Duration  // an idle worker exits after this long
+
+	dlqUnchecked []string // dead-letter topics Start could not check; the engine checks them once joined
+}
+
+// lifecycle orders Start against Stop and carries Stop's time budget and
+// outcome.
+type lifecycle struct {
+	mu       sync.Mutex    // orders Start against Stop
+	starting chan struct{} // closed when the Start under way returns; nil when none, under mu
+	started  atomic.Bool   // the consumer runs: a Start succeeded
+	stopping atomic.Bool   // Stop was called; set under mu
+	stopOnce sync.Once     // the first Stop plans and starts the shutdown
+
+	runCtx     context.Context // ends when Stop begins
+	runCancel  context.CancelFunc
+	hardCtx    context.Context // ends when Stop's drain budget is spent: handlers are cancelled
+	hardCancel context.CancelFunc
+	stopGrace  atomic.Int64 // how long cancelled handlers get to return when stopping
+	drainTimer *time.Timer  // cancels handlers a reserve before Stop's deadline
+	inStop     atomic.Int64 // handlers waiting in Stop (stopFromHandler)
+
+	stopDone chan struct{} // closed when the shutdown is over; stopErr is then its result
+	stopErr  error
+
+	stopMu     sync.Mutex
+	stopErrs   []error // what the consumer left undone while stopping (abandoned handlers); under stopMu
+	abandoned  bool    // handlers ignored cancellation at Stop: do not wait for their workers; under stopMu
+	lostCommit error   // the failed final commit of the last revoke, until partitions are assigned again; under stopMu
+}
+
 // start is Start: it prepares the consumer (prepare) and launches it
-// (launch) under lifeMu, unless a Stop came first.
+// (launch) under lifecycle.mu, unless a Stop came first.
 func (k *Client) start(ctx context.Context) error {
-	k.lifeMu.Lock()
-	if k.stopping.Load() {
-		k.lifeMu.Unlock()
+	k.life.mu.Lock()
+	if k.life.stopping.Load() {
+		k.life.mu.Unlock()
 		return ErrClosed
 	}
-	if k.starting != nil || k.started.Load() {
-		k.lifeMu.Unlock()
+	if k.life.starting != nil || k.life.started.Load() {
+		k.life.mu.Unlock()
 		return ErrStarted
 	}
 	done := make(chan struct{})
-	k.starting = done
-	k.lifeMu.Unlock()
+	k.life.starting = done
+	k.life.mu.Unlock()
 
 	// Stop cancels the start-up work.
 	sctx, cancel := context.WithCancelCause(ctx)
-	unhook := context.AfterFunc(k.runCtx, func() { cancel(ErrClosed) })
+	unhook := context.AfterFunc(k.life.runCtx, func() { cancel(ErrClosed) })
 	table, err := k.prepare(sctx)
 	unhook()
 	cancel(nil)
 
-	k.lifeMu.Lock()
-	defer k.lifeMu.Unlock()
-	defer func() { k.starting = nil; close(done) }()
-	if k.stopping.Load() {
+	k.life.mu.Lock()
+	defer k.life.mu.Unlock()
+	defer func() { k.life.starting = nil; close(done) }()
+	if k.life.stopping.Load() {
 		if err == nil {
 			k.reg.thaw()
 		}
@@ -92,14 +142,14 @@ func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 	for i, t := range subscribed {
 		names[i] = t + k.cfg.Topics.DeadLetterSuffix
 	}
-	k.dlqUnchecked = nil
+	k.consumer.dlqUnchecked = nil
 	missing, err := k.missingTopics(ctx, names)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("kavari: start: %w", context.Cause(ctx))
 		}
 		k.log.Warn("kavari: cannot check that the dead-letter topics exist; starting anyway, checking once the group is joined", "topics", names, "err", err)
-		k.dlqUnchecked = names
+		k.consumer.dlqUnchecked = names
 		return nil
 	}
 	if len(missing) == 0 {
@@ -116,13 +166,13 @@ func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 // no longer fail Start: a missing topic is created when allowed, otherwise
 // logged as an error and shown in Health.
 func (k *Client) recheckDeadLetterTopics(names []string) {
-	missing, err := k.missingTopics(k.runCtx, names)
+	missing, err := k.missingTopics(k.life.runCtx, names)
 	if err == nil && len(missing) > 0 && k.cfg.Publish.AllowAutoCreate {
-		err = k.ensureTopics(k.runCtx, missing)
+		err = k.ensureTopics(k.life.runCtx, missing)
 	} else if err == nil && len(missing) > 0 {
 		err = &MissingTopicsError{Topics: missing}
 	}
-	if err != nil && k.runCtx.Err() == nil {
+	if err != nil && k.life.runCtx.Err() == nil {
 		k.log.Error("kavari: dead-letter topics: a poison record will hold its partition's commits", "err", err)
 		k.health.note(err)
 	}
@@ -134,26 +184,57 @@ func (k *Client) missingTopics(ctx context.Context, names []string) ([]string, e
 }
 
 // launch creates the consumer and starts its goroutines. Called under
-// lifeMu, after prepare.
+// lifecycle.mu, after prepare.
 func (k *Client) launch(table *routeTable) error {
 	topics := table.subscribed()
 	cons, err := k.tr.NewConsumer(k.cfg.transportConfig(topics))
 	if err != nil {
 		return fmt.Errorf("kavari: consumer: %w", err)
 	}
-	k.cons = cons
-	k.started.Store(true)
+	k.consumer.cons = cons
+	k.life.started.Store(true)
 	k.health.start(topics)
 	k.health.setTopicNames(table.real)
 	if k.cfg.Topics.Name != nil {
 		k.log.Info("kavari: topic names (Config.Topics.Name)", "topics", describeTopicNames(table.real))
 	}
-	k.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.workerIdle, &k.workers) // workers start on demand
-	k.pool.ids = &k.workerIDs
-	e := newEngine(k, table, cons, k.tr.Capabilities())
-	k.eng.Store(e)
+	k.consumer.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.consumer.workerIdle, &k.consumer.workers) // workers start on demand
+	k.consumer.pool.ids = &k.consumer.workerIDs
+	e := newEngine(k.engineDeps(), table, cons, k.tr.Capabilities())
+	k.consumer.eng.Store(e)
 	go e.run()
 	return nil
+}
+
+// engineDeps is what the engine uses of k: launch builds it once, after
+// the pool.
+func (k *Client) engineDeps() engineDeps {
+	return engineDeps{
+		cfg:        &k.cfg,
+		log:        k.log,
+		hooks:      k.hooks,
+		health:     &k.health,
+		middleware: k.middleware,
+		resolve:    k.resolve,
+		write:      k.pub.write,
+		admin:      k.admin,
+
+		buf:       k.consumer.buf,
+		running:   k.consumer.running,
+		pool:      k.consumer.pool,
+		metaLimit: &k.consumer.metaLimit,
+
+		runCtx:     k.life.runCtx,
+		hardCtx:    k.life.hardCtx,
+		loopDone:   k.consumer.loopDone,
+		stopping:   k.life.stopping.Load,
+		stopGrace:  func() time.Duration { return time.Duration(k.life.stopGrace.Load()) },
+		stopFailed: k.life.stopFailed,
+		commitLost: k.life.commitLost,
+
+		dlqUnchecked: k.consumer.dlqUnchecked,
+		recheckDLQ:   k.recheckDeadLetterTopics,
+	}
 }
 
 // stop is Stop: the first call plans the time budget (planStop) and starts
@@ -170,31 +251,31 @@ func (k *Client) stop(ctx context.Context) error {
 			var cancel context.CancelFunc
 			sctx, cancel = context.WithDeadline(sctx, d)
 			defer func() {
-				go func() { <-k.stopDone; cancel() }()
+				go func() { <-k.life.stopDone; cancel() }()
 			}()
 		}
 	}
 	first := false
-	k.stopOnce.Do(func() {
+	k.life.stopOnce.Do(func() {
 		first = true
-		k.lifeMu.Lock()
+		k.life.mu.Lock()
 		k.planStop(sctx)
-		k.stopping.Store(true)
-		starting := k.starting
-		k.lifeMu.Unlock()
-		k.runCancel() // also cancels a Start under way
+		k.life.stopping.Store(true)
+		starting := k.life.starting
+		k.life.mu.Unlock()
+		k.life.runCancel() // also cancels a Start under way
 		go k.shutdown(sctx, starting)
 	})
 	if inHandler {
 		return k.stopFromHandler(ctx)
 	}
 	select {
-	case <-k.stopDone:
-		return k.stopErr
+	case <-k.life.stopDone:
+		return k.life.stopErr
 	case <-ctx.Done():
 		select {
-		case <-k.stopDone: // finished at the deadline: its own error says more
-			return k.stopErr
+		case <-k.life.stopDone: // finished at the deadline: its own error says more
+			return k.life.stopErr
 		default:
 		}
 		if !first {
@@ -204,9 +285,9 @@ func (k *Client) stop(ctx context.Context) error {
 			return fmt.Errorf("kavari: stop: the Stop under way did not finish by this call's deadline (it goes on): %w", context.Cause(ctx))
 		}
 		k.cutConnections() // what is still running ends now, see cutConnections
-		k.stopMu.Lock()
-		errs := append([]error{fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))}, k.stopErrs...)
-		k.stopMu.Unlock()
+		k.life.stopMu.Lock()
+		errs := append([]error{fmt.Errorf("kavari: stop: not finished by the deadline (work not committed will be redelivered): %w", context.Cause(ctx))}, k.life.stopErrs...)
+		k.life.stopMu.Unlock()
 		if err := k.uncommitted(ctx, true); err != nil {
 			errs = append(errs, err)
 		}
@@ -215,7 +296,7 @@ func (k *Client) stop(ctx context.Context) error {
 }
 
 // ctxClientKey is the key of the Client whose handler a context belongs to
-// (every handler's context derives from Client.hardCtx, which carries it).
+// (every handler's context derives from lifecycle.hardCtx, which carries it).
 type ctxClientKey struct{}
 
 // inHandler reports whether ctx, or the calling goroutine, is one of k's
@@ -225,7 +306,7 @@ func (k *Client) inHandler(ctx context.Context) bool {
 	if c, _ := ctx.Value(ctxClientKey{}).(*Client); c == k {
 		return true
 	}
-	_, worker := k.workerIDs.Load(goroutineID())
+	_, worker := k.consumer.workerIDs.Load(goroutineID())
 	return worker
 }
 
@@ -236,19 +317,19 @@ func (k *Client) inHandler(ctx context.Context) bool {
 // calling handler was abandoned); ctx's error when ctx ended first, the
 // shutdown going on in the background.
 func (k *Client) stopFromHandler(ctx context.Context) error {
-	k.inStop.Add(1)
-	defer k.inStop.Add(-1)
+	k.life.inStop.Add(1)
+	defer k.life.inStop.Add(-1)
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		// Handlers blocked in Stop hold a run slot each; any other slot
 		// is a handler still running.
-		if len(k.running) <= int(k.inStop.Load()) {
+		if len(k.consumer.running) <= int(k.life.inStop.Load()) {
 			return nil
 		}
 		select {
-		case <-k.stopDone:
-			return k.stopErr
+		case <-k.life.stopDone:
+			return k.life.stopErr
 		case <-ctx.Done():
 			return fmt.Errorf("kavari: stop (called from a handler): other handlers still running when ctx ended; the shutdown goes on: %w", context.Cause(ctx))
 		case <-tick.C:
@@ -264,12 +345,12 @@ func (k *Client) stopFromHandler(ctx context.Context) error {
 func (k *Client) planStop(ctx context.Context) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		k.stopGrace.Store(int64(time.Second))
+		k.life.stopGrace.Store(int64(time.Second))
 		return
 	}
 	reserve := min(max(time.Until(deadline)/4, 100*time.Millisecond), 2*time.Second)
-	k.stopGrace.Store(int64(reserve / 2))
-	k.drainTimer = time.AfterFunc(time.Until(deadline.Add(-reserve)), k.hardCancel)
+	k.life.stopGrace.Store(int64(reserve / 2))
+	k.life.drainTimer = time.AfterFunc(time.Until(deadline.Add(-reserve)), k.life.hardCancel)
 }
 
 // shutdown does the shutdown for the first Stop call, whose ctx sets the
@@ -277,10 +358,10 @@ func (k *Client) planStop(ctx context.Context) {
 // returned.
 func (k *Client) shutdown(ctx context.Context, starting <-chan struct{}) {
 	// Past the drain budget (planStop) or when ctx ends, handlers are cancelled.
-	stopAfter := context.AfterFunc(ctx, k.hardCancel)
+	stopAfter := context.AfterFunc(ctx, k.life.hardCancel)
 	defer stopAfter()
-	if k.drainTimer != nil {
-		defer k.drainTimer.Stop()
+	if k.life.drainTimer != nil {
+		defer k.life.drainTimer.Stop()
 	}
 	var errs []error
 	late := false // the consumer did not finish by the deadline
@@ -291,20 +372,20 @@ func (k *Client) shutdown(ctx context.Context, starting <-chan struct{}) {
 		case <-ctx.Done():
 		}
 	}
-	if k.started.Load() {
+	if k.life.started.Load() {
 		closed := make(chan struct{})
 		go func() {
 			// The transport revokes every partition (drain, final
 			// commit), leaves the group and returns from Run.
-			_ = k.cons.Close(ctx)
-			<-k.loopDone
+			_ = k.consumer.cons.Close(ctx)
+			<-k.consumer.loopDone
 			// The transport returned from Run: every feeder has ended, nothing dispatches any more.
-			k.pool.close()
-			k.stopMu.Lock()
-			abandoned := k.abandoned
-			k.stopMu.Unlock()
+			k.consumer.pool.close()
+			k.life.stopMu.Lock()
+			abandoned := k.life.abandoned
+			k.life.stopMu.Unlock()
 			if !abandoned {
-				k.workers.Wait() // the workers are idle or finishing their last record
+				k.consumer.workers.Wait() // the workers are idle or finishing their last record
 			}
 			close(closed)
 		}()
@@ -315,20 +396,20 @@ func (k *Client) shutdown(ctx context.Context, starting <-chan struct{}) {
 			errs = append(errs, fmt.Errorf("kavari: stop: consumer did not finish in time: %w", context.Cause(ctx)))
 		}
 	}
-	k.stopMu.Lock()
-	errs = append(errs, k.stopErrs...)
-	k.stopMu.Unlock()
+	k.life.stopMu.Lock()
+	errs = append(errs, k.life.stopErrs...)
+	k.life.stopMu.Unlock()
 	if err := k.pub.close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("kavari: stop: publisher did not flush in time: %w", err))
 	}
-	k.hardCancel()
+	k.life.hardCancel()
 	k.cutConnections()
 	if err := k.uncommitted(ctx, late); err != nil {
 		errs = append(errs, err)
 	}
 	k.health.stop()
-	k.stopErr = errors.Join(errs...)
-	close(k.stopDone)
+	k.life.stopErr = errors.Join(errs...)
+	close(k.life.stopDone)
 }
 
 // cutConnections closes every broker connection kavari opened, through
@@ -337,22 +418,13 @@ func (k *Client) shutdown(ctx context.Context, starting <-chan struct{}) {
 // the group's close, the fetches and their requests at once, instead of
 // waiting out the client's own timeouts.
 func (k *Client) cutConnections() {
-	if k.started.Load() {
+	if k.life.started.Load() {
 		done, cancel := context.WithCancel(context.Background())
 		cancel()
-		_ = k.cons.Close(done)
+		_ = k.consumer.cons.Close(done)
 	}
 	_ = k.pub.prod.Close()
 	_ = k.admin.Close()
-}
-
-// stopFailed records something the consumer left undone while stopping; Stop
-// returns it.
-func (k *Client) stopFailed(err error) {
-	k.stopMu.Lock()
-	defer k.stopMu.Unlock()
-	k.stopErrs = append(k.stopErrs, err)
-	k.abandoned = k.abandoned || errors.Is(err, ErrHandlersAbandoned)
 }
 
 // uncommitted returns the *CommitError Stop reports, if any: the last
@@ -362,26 +434,35 @@ func (k *Client) stopFailed(err error) {
 // connections were cut.
 func (k *Client) uncommitted(ctx context.Context, late bool) error {
 	var unanswered error
-	if e := k.eng.Load(); late && e != nil {
+	if e := k.consumer.eng.Load(); late && e != nil {
 		// Looked at before lostCommit: a revoke records its failed commit
 		// there before it releases its partitions.
 		if offsets := e.uncommitted(); len(offsets) > 0 {
 			unanswered = &CommitError{Offsets: offsets, MayHaveBeenApplied: true, Err: fmt.Errorf("kavari: final commit not answered by Stop's deadline: %w", context.Cause(ctx))}
 		}
 	}
-	k.stopMu.Lock()
-	defer k.stopMu.Unlock()
-	if k.lostCommit != nil {
-		return k.lostCommit
+	k.life.stopMu.Lock()
+	defer k.life.stopMu.Unlock()
+	if k.life.lostCommit != nil {
+		return k.life.lostCommit
 	}
 	return unanswered
+}
+
+// stopFailed records something the consumer left undone while stopping; Stop
+// returns it.
+func (l *lifecycle) stopFailed(err error) {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	l.stopErrs = append(l.stopErrs, err)
+	l.abandoned = l.abandoned || errors.Is(err, ErrHandlersAbandoned)
 }
 
 // commitLost records the failed final commit of a revoke (nil: partitions
 // were assigned again, whose owners get those records again). Stop returns
 // it: the completed records it covered are redelivered.
-func (k *Client) commitLost(err error) {
-	k.stopMu.Lock()
-	defer k.stopMu.Unlock()
-	k.lostCommit = err
+func (l *lifecycle) commitLost(err error) {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	l.lostCommit = err
 }

@@ -7,7 +7,7 @@ import (
 )
 
 // workerIdle is how long an idle worker waits for a lane before it exits
-// (Client.workerIdle, taken at New).
+// (consumer.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
 
 // task is a lane to run: its first record j, then, when ordered, whatever
@@ -162,20 +162,26 @@ func (wp *workerPool) close() {
 	wp.idle = nil
 }
 
-// run takes a run slot, waiting while MaxInFlight handlers run; ran gives it
-// back.
-func (k *Client) run(ctx context.Context) bool {
+// runSlots bounds how many handlers run at once (MaxInFlight): a record's
+// handling holds a slot (take) and gives it back (give), also while it waits
+// between retries; len is how many are held.
+type runSlots chan struct{}
+
+// take takes a run slot, waiting while every slot is held; false when ctx
+// ended first.
+func (s runSlots) take(ctx context.Context) bool {
 	select { // without ctx first: a select on two channels locks both, and ctx's is shared by every handler of a partition
-	case k.running <- struct{}{}:
+	case s <- struct{}{}:
 		return true
 	default:
 	}
 	select {
-	case k.running <- struct{}{}:
+	case s <- struct{}{}:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-func (k *Client) ran() { <-k.running }
+// give gives back a slot take took.
+func (s runSlots) give() { <-s }
