@@ -1,7 +1,7 @@
 // Command reliability runs kavari's fault suite (test/fault) against a real
 // Apache Kafka and writes the reliability report, docs/reliability.md.
 //
-//	go run ./test/cmd/reliability                 # normal run, ~6-8 min on 2 cores
+//	go run ./test/cmd/reliability                 # normal run, about 17 min on 2 cores
 //	go run ./test/cmd/reliability -long           # KAVARI_LONG=1: bigger variants
 //	go run ./test/cmd/reliability -fuzztime 0     # skip the decode fuzzing
 //	go run ./test/cmd/reliability -transports franz-go
