@@ -18,59 +18,8 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testkit"
 )
-
-// readTopic reads every partition of topic from the start until want records
-// that keep(rec) accepts have been seen, and returns them.
-func readTopic(t *testing.T, brokers []string, topic string, want int, keep func(kafka.Message) bool) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	require.NoError(t, err)
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	require.NoError(t, err)
-	var mu sync.Mutex
-	var out []kafka.Message
-	ctx2, cancel2 := context.WithCancel(ctx)
-	defer cancel2()
-	var wg sync.WaitGroup
-	for _, p := range parts {
-		wg.Add(1)
-		go func(p int) {
-			defer wg.Done()
-			r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 200 * time.Millisecond})
-			defer r.Close()
-			for {
-				m, err := r.ReadMessage(ctx2)
-				if err != nil {
-					return
-				}
-				if keep(m) {
-					mu.Lock()
-					out = append(out, m)
-					if len(out) >= want {
-						cancel2()
-					}
-					mu.Unlock()
-				}
-			}
-		}(p.ID)
-	}
-	wg.Wait()
-	require.Len(t, out, want, "records read from %s", topic)
-	return out
-}
-
-func header(m kafka.Message, key string) string {
-	for _, h := range m.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
-}
 
 type ordMsg struct {
 	kavari.Message `kavari:"topic=kavari-test-order,key=Key"`
@@ -386,3 +335,8 @@ func TestHandlerTimeoutCancelsContext(t *testing.T) {
 	assert.Contains(t, header(dl[0], kavari.HeaderOriginalError), "deadline exceeded")
 	assert.Equal(t, int64(2), cancelled.Load())
 }
+
+var (
+	readTopic = testkit.ReadTopic
+	header    = testkit.Header
+)
