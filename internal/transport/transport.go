@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -265,4 +266,23 @@ type Adapter interface {
 	NewProducer(cfg Config) (Producer, error)
 	NewConsumer(cfg Config) (Consumer, error)
 	NewAdmin(cfg Config) (Admin, error)
+}
+
+// OutOfRange says what becomes of a committed offset of tp when its log
+// holds logStart..logEnd: nil when the offset is in that range; otherwise
+// the error that reports it, and the group resumes at logStart (both
+// adapters follow this one rule). Below the start, the records were deleted
+// before the group handled them; past the end, the log was truncated or
+// recreated: every record the log holds from its start is one the group has
+// not handled.
+func OutOfRange(tp TopicPartition, committed, logStart, logEnd int64) error {
+	if committed >= logStart && committed <= logEnd {
+		return nil
+	}
+	where := "below the log start (its records were deleted before the group handled them)"
+	if committed > logEnd {
+		where = "past the log end (the log was truncated or recreated)"
+	}
+	return fmt.Errorf("kavari: %s/%d: committed offset %d is %s; resuming at the log start %d (log %d..%d)",
+		tp.Topic, tp.Partition, committed, where, logStart, logStart, logEnd)
 }

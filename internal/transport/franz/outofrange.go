@@ -71,19 +71,15 @@ func clampOutOfRange(ctx context.Context, cl *kgo.Client, parts []transport.Assi
 	}
 	var moved []error
 	for tp, i := range idx {
-		off := parts[i].Offset
 		lo, ok1 := first[tp]
 		hi, ok2 := end[tp]
-		if !ok1 || !ok2 || (off >= lo && off <= hi) {
+		if !ok1 || !ok2 {
 			continue
 		}
-		where := "below the log start (its records were deleted before the group handled them)"
-		if off > hi {
-			where = "past the log end (the log was truncated or recreated)"
+		if err := transport.OutOfRange(tp, parts[i].Offset, lo, hi); err != nil {
+			moved = append(moved, err)
+			parts[i].Offset, parts[i].Metadata = lo, ""
 		}
-		moved = append(moved, fmt.Errorf("kavari: %s/%d: committed offset %d is %s; resuming at the log start %d (log %d..%d)",
-			tp.Topic, tp.Partition, off, where, lo, lo, hi))
-		parts[i].Offset, parts[i].Metadata = lo, ""
 	}
 	return moved, nil
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/internal/transport"
 )
 
 // clampOutOfRange moves each committed offset of m that lies outside its
@@ -61,16 +63,13 @@ func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error,
 		for p, off := range ps {
 			lo, ok1 := first[t][p]
 			hi, ok2 := end[t][p]
-			if !ok1 || !ok2 || (off >= lo && off <= hi) {
+			if !ok1 || !ok2 {
 				continue
 			}
-			where := "below the log start (its records were deleted before the group handled them)"
-			if off > hi {
-				where = "past the log end (the log was truncated or recreated)"
+			if err := transport.OutOfRange(transport.TopicPartition{Topic: t, Partition: int32(p)}, off, lo, hi); err != nil {
+				moved = append(moved, err)
+				ps[p] = lo
 			}
-			moved = append(moved, fmt.Errorf("kavari: %s/%d: committed offset %d is %s; resuming at the log start %d (log %d..%d)",
-				t, p, off, where, lo, lo, hi))
-			ps[p] = lo
 		}
 	}
 	return moved, nil
