@@ -64,6 +64,10 @@ type Record struct {
 	Type      string    // msg_type: the first one when a record has several, the one it was routed on
 	Time      time.Time // ce_time, or the record timestamp
 	Attempt   int       // 1 on first delivery to this handler, 2 on its first retry, ...
+	// Handler names the handler the context belongs to, as in logs and the
+	// kavari_handler header of dead letters ("" outside a handler's attempt,
+	// as in a publish hook's Record).
+	Handler string
 }
 
 type recordKey struct{}
@@ -225,11 +229,12 @@ func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
 	return rt, msg, nil
 }
 
-// recordOf describes rec for a handler's context.
-func recordOf(rec *transport.Record, attempt int) *Record {
+// recordOf describes rec for a handler's context (handler: its name) or a
+// hook (handler: "" for a publish hook).
+func recordOf(rec *transport.Record, attempt int, handler string) *Record {
 	r := &Record{
 		Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, Key: rec.Key,
-		Time: rec.Time, Attempt: attempt,
+		Time: rec.Time, Attempt: attempt, Handler: handler,
 	}
 	r.Headers = make([]Header, len(rec.Headers))
 	for i, h := range rec.Headers {

@@ -106,13 +106,17 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 	var ctx context.Context
 	var mc *middlewareCtx
 	if e.deps.middleware == nil {
-		if attempt == 1 {
+		if attempt == 1 && (j.ctx.b == nil || j.ctx.b == b) {
+			// The job's context serves its first handler's first attempt;
+			// a later handler gets its own, so that a context the first one
+			// kept keeps naming it.
+			j.ctx.b = b
 			ctx = &j.ctx
 		} else {
-			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}
+			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}
 		}
 	} else {
-		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt}, b: b}
+		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}}
 		ctx = mc
 	}
 	if t := e.deps.cfg.Consume.HandlerTimeout; t > 0 {
@@ -144,11 +148,16 @@ type handlerCtx struct {
 	context.Context
 	rec     *transport.Record
 	attempt int
+	b       *binding // the handler of the attempt: Record.Handler
 }
 
 func (c *handlerCtx) Value(key any) any {
 	if _, ok := key.(recordKey); ok {
-		return recordOf(c.rec, c.attempt)
+		var name string
+		if c.b != nil {
+			name = c.b.name
+		}
+		return recordOf(c.rec, c.attempt, name)
 	}
 	return c.Context.Value(key)
 }

@@ -189,7 +189,7 @@ func (h *hooks) publishAfter(ctx context.Context, ctxs []context.Context, recs [
 		if errs != nil {
 			err = errs[i]
 		}
-		r := recordOf(rec, 0)
+		r := recordOf(rec, 0, "")
 		if err != nil {
 			r.Partition, r.Offset = -1, -1 // not stored (or not known to be)
 		}
@@ -245,7 +245,7 @@ func (h *hooks) onRetry(rec *transport.Record, attempt int, handler string, wait
 	if h == nil || len(h.retry) == 0 {
 		return
 	}
-	r := recordOf(rec, attempt)
+	r := recordOf(rec, attempt, handler)
 	for _, x := range h.retry {
 		x.OnRetryScheduled(r, handler, wait, err)
 	}
@@ -255,7 +255,7 @@ func (h *hooks) onDeadLettered(rec *transport.Record, attempts int, kind ErrorKi
 	if h == nil || len(h.dead) == 0 {
 		return
 	}
-	r := recordOf(rec, attempts)
+	r := recordOf(rec, attempts, handler)
 	for _, x := range h.dead {
 		x.OnDeadLettered(r, kind, handler, err)
 	}

@@ -31,7 +31,7 @@ var apiFiles = []string{
 	"codec_text.go",
 	"errors.go",     // sentinels and typed errors, Permanent
 	"hooks.go",      // Hook and its capabilities
-	"middleware.go", // Middleware, AttemptFunc, HandlerName
+	"middleware.go", // Middleware, AttemptFunc
 	"health.go",     // Health, PartitionHealth, PartitionPosition, Client.Health
 	"backoff.go",    // RetryPolicy, Strategy, RetryError
 	"deadletter.go", // dead-letter headers, MaxErrorText

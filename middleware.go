@@ -6,7 +6,7 @@ import "context"
 // handler (and the middleware after this one) on msg, a pointer to the
 // decoded message, and returns its outcome. RecordFromContext(ctx) describes
 // the record (topic, partition, offset, key, headers, attempt, logical
-// type) and HandlerName(ctx) names the handler.
+// type, and the handler in Record.Handler).
 type AttemptFunc func(ctx context.Context, msg any) error
 
 // Middleware wraps every handler attempt, as installed with
@@ -19,32 +19,18 @@ type AttemptFunc func(ctx context.Context, msg any) error
 // and handler. When none is installed, handlers are called directly.
 type Middleware func(next AttemptFunc) AttemptFunc
 
-type handlerNameKey struct{}
-
-// HandlerName returns the name of the handler ctx belongs to (as in logs
-// and dead letters) when Config.Middleware is not empty, or "" when ctx is
-// not a handler's or no middleware is installed.
-func HandlerName(ctx context.Context) string {
-	s, _ := ctx.Value(handlerNameKey{}).(string)
-	return s
-}
-
 type attemptKey struct{}
 
 // middlewareCtx is a handler's context when middleware is installed: it
-// also names the handler and carries what the innermost call needs. (A
-// separate type keeps handlerCtx small when there is no middleware.)
+// also carries what the innermost call needs. (A separate type keeps
+// handlerCtx small when there is no middleware.)
 type middlewareCtx struct {
 	handlerCtx
-	b *binding
 	h any // the handler instance
 }
 
 func (c *middlewareCtx) Value(key any) any {
-	switch key.(type) {
-	case handlerNameKey:
-		return c.b.name
-	case attemptKey:
+	if _, ok := key.(attemptKey); ok {
 		return c
 	}
 	return c.handlerCtx.Value(key)

@@ -225,7 +225,7 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 			if !ok {
 				return next(ctx, msg)
 			}
-			handler := kavari.HandlerName(ctx)
+			handler := r.Handler
 			info := i.proc(r.Topic, r.Partition, handler)
 			if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
 				span.End() // no hook ended the previous attempt's span
