@@ -610,31 +610,21 @@ func (e *engine) partitionHealth() []PartitionHealth {
 	var out []PartitionHealth
 	now := time.Now()
 	for _, p := range e.partitions() {
-		open, offset, key, at, ok := p.tracker.oldest()
-		if !ok {
-			continue
+		if ph, open := p.health(now); open {
+			out = append(out, ph)
 		}
-		ph := PartitionHealth{Topic: p.topic, Partition: p.id, Open: open, Paused: p.waiting.Load() || p.bufferFull.Load(),
-			OldestOffset: offset, OldestKey: clipText(string(key), 256), OldestAge: now.Sub(at)}
-		ph.Stuck = p.stuckReason()
-		out = append(out, ph)
 	}
 	return out
 }
 
 // positions describes every assigned partition.
-func (e *engine) positions() []PartitionPosition {
+func (e *engine) positions() []PartitionHealth {
 	ps := e.partitions()
-	out := make([]PartitionPosition, 0, len(ps))
+	out := make([]PartitionHealth, 0, len(ps))
 	now := time.Now()
 	for _, p := range ps {
-		committed, hw, lag := p.lagOf()
-		pp := PartitionPosition{Topic: p.topic, Partition: p.id, Committed: committed, HighWatermark: hw, Lag: lag}
-		if open, _, _, at, ok := p.tracker.oldest(); ok {
-			pp.Open, pp.OldestAge = open, now.Sub(at)
-		}
-		pp.Stuck = p.stuckReason()
-		out = append(out, pp)
+		ph, _ := p.health(now)
+		out = append(out, ph)
 	}
 	return out
 }

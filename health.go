@@ -34,7 +34,8 @@ type Health struct {
 	// handler.
 	OldestInFlight time.Duration `json:"oldest_in_flight_ns"`
 	Commits        int64         `json:"commits"` // successful offset commits
-	// Partitions describes each assigned partition that has open records.
+	// Partitions describes each assigned partition that has open records
+	// (its entry in Positions).
 	Partitions []PartitionHealth `json:"partitions,omitempty"`
 	// CommitError is the last final commit of a generation (on a revoke or at
 	// Stop) that failed: the records it covered are redelivered to the next
@@ -49,10 +50,10 @@ type Health struct {
 	Handled      int64 `json:"handled"`
 	Retried      int64 `json:"retried"`
 	DeadLettered int64 `json:"dead_lettered"`
-	// Positions lists every assigned partition, idle or not: its committed
-	// offset, the high watermark last reported by the broker, and the lag
-	// between them.
-	Positions []PartitionPosition `json:"positions,omitempty"`
+	// Positions describes every assigned partition, idle or not: its
+	// committed offset, the high watermark last reported by the broker, the
+	// lag between them, and its open records.
+	Positions []PartitionHealth `json:"positions,omitempty"`
 	// AsyncQueued counts messages waiting in the PublishAsync queues.
 	AsyncQueued int `json:"async_queued"`
 	// AsyncFailedNoCallback counts PublishAsync and TryPublishAsync
@@ -64,8 +65,11 @@ type Health struct {
 	StuckAfter time.Duration `json:"stuck_after_ns"`
 }
 
-// PartitionPosition is where the group stands on one assigned partition.
-type PartitionPosition struct {
+// PartitionHealth is the state of one assigned partition: where the group
+// stands on it and its open records, records fetched whose offsets cannot be
+// committed yet because they or an earlier record of the partition are not
+// finished.
+type PartitionHealth struct {
 	Topic     string `json:"topic"`
 	Partition int    `json:"partition"`
 	// Committed is the next offset committed (the first not yet
@@ -81,11 +85,35 @@ type PartitionPosition struct {
 	// Lag is HighWatermark − Committed: records written that the group has
 	// not committed; -1 when either is unknown.
 	Lag int64 `json:"lag"`
-	// Open counts records fetched and not yet committable; OldestAge is how
-	// long the first of them has been open (0 when none is).
-	Open      int           `json:"open"`
-	OldestAge time.Duration `json:"oldest_age_ns"`
-	Stuck     string        `json:"stuck,omitempty"`
+	// Open counts the partition's open records. At most its share of
+	// Config.Consume.MaxBuffered is open; then Paused is true: its fetching waits,
+	// the other partitions' does not. Paused is true too while the partition
+	// waits for room in MaxBuffered beyond the part reserved to it.
+	Open   int  `json:"open"`
+	Paused bool `json:"paused,omitempty"`
+	// OldestOffset, OldestKey and OldestAge describe the first open record,
+	// the one commits wait for: an age growing past HandlerTimeout and the
+	// retries points at a stuck handler for that key. OldestOffset is -1,
+	// and OldestAge 0, when none is open.
+	OldestOffset int64         `json:"oldest_offset"`
+	OldestKey    string        `json:"oldest_key,omitempty"`
+	OldestAge    time.Duration `json:"oldest_age_ns"`
+	// Stuck says why the partition cannot move forward, when kavari knows:
+	// a dead letter that cannot be written.
+	Stuck string `json:"stuck,omitempty"`
+}
+
+// health describes p as of now; open reports whether it has open records.
+func (p *partition) health(now time.Time) (ph PartitionHealth, open bool) {
+	ph = PartitionHealth{Topic: p.topic, Partition: p.id, OldestOffset: -1,
+		Paused: p.waiting.Load() || p.bufferFull.Load()}
+	ph.Committed, ph.HighWatermark, ph.Lag = p.lagOf()
+	if n, offset, key, at, ok := p.tracker.oldest(); ok {
+		ph.Open, ph.OldestOffset, ph.OldestKey, ph.OldestAge = n, offset, clipText(string(key), 256), now.Sub(at)
+		open = true
+	}
+	ph.Stuck = p.stuckReason()
+	return ph, open
 }
 
 // Ready reports whether the consumer is doing its job: started and not
@@ -103,29 +131,6 @@ func (h Health) Ready() bool {
 		}
 	}
 	return true
-}
-
-// PartitionHealth is the state of one assigned partition with open records:
-// records fetched whose offsets cannot be committed yet, because they or an
-// earlier record of the partition are not finished.
-type PartitionHealth struct {
-	Topic     string `json:"topic"`
-	Partition int    `json:"partition"`
-	// Open counts the partition's open records. At most its share of
-	// Config.Consume.MaxBuffered is open; then Paused is true: its fetching waits,
-	// the other partitions' does not. Paused is true too while the partition
-	// waits for room in MaxBuffered beyond the part reserved to it.
-	Open   int  `json:"open"`
-	Paused bool `json:"paused,omitempty"`
-	// OldestOffset, OldestKey and OldestAge describe the first open record,
-	// the one commits wait for: an age growing past HandlerTimeout and the
-	// retries points at a stuck handler for that key.
-	OldestOffset int64         `json:"oldest_offset"`
-	OldestKey    string        `json:"oldest_key,omitempty"`
-	OldestAge    time.Duration `json:"oldest_age_ns"`
-	// Stuck says why the partition cannot move forward, when kavari knows:
-	// a dead letter that cannot be written.
-	Stuck string `json:"stuck,omitempty"`
 }
 
 type health struct {

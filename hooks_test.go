@@ -157,7 +157,7 @@ func TestHooksConsume(t *testing.T) {
 		assert.Equal(t, int64(2), h.Retried)
 		assert.Equal(t, int64(1), h.DeadLettered)
 		assert.False(t, h.LastCommit.IsZero())
-		assert.Equal(t, []kavari.PartitionPosition{{Topic: engTopic, Partition: 0, Committed: 3, HighWatermark: 3, Lag: 0}}, h.Positions)
+		assert.Equal(t, []kavari.PartitionHealth{{Topic: engTopic, Partition: 0, Committed: 3, HighWatermark: 3, Lag: 0, OldestOffset: -1}}, h.Positions)
 		assert.True(t, h.Ready(), "%+v", h)
 
 		require.NoError(t, stopNow(t, k))

@@ -35,7 +35,7 @@ func TestLagOfIdlePartitionAfterAssignment(t *testing.T) {
 		synctest.Wait()
 		pos := k.Health().Positions
 		require.Len(t, pos, 1)
-		assert.Equal(t, kavari.PartitionPosition{Topic: engTopic, Partition: 0, Committed: 4, HighWatermark: 4, Lag: 0}, pos[0])
+		assert.Equal(t, kavari.PartitionHealth{Topic: engTopic, Partition: 0, Committed: 4, HighWatermark: 4, Lag: 0, OldestOffset: -1}, pos[0])
 		require.NoError(t, stopNow(t, k))
 	})
 }

@@ -32,7 +32,7 @@ var apiFiles = []string{
 	"errors.go",     // sentinels and typed errors, Permanent
 	"hooks.go",      // Hook and its capabilities
 	"middleware.go", // Middleware, AttemptFunc
-	"health.go",     // Health, PartitionHealth, PartitionPosition, Client.Health
+	"health.go",     // Health, PartitionHealth, Client.Health
 	"backoff.go",    // RetryPolicy, Strategy, RetryError
 	"deadletter.go", // dead-letter headers, MaxErrorText
 }

@@ -39,13 +39,13 @@ func TestLagOfStoppedConsumer(t *testing.T) {
 	require.NoError(t, a.Start(context.Background()))
 	_, err := a.Publish(context.Background(), &stoppedOrder{ID: run + "-before"})
 	require.NoError(t, err)
-	position := func(k *kavari.Client) (kavari.PartitionPosition, bool) {
+	position := func(k *kavari.Client) (kavari.PartitionHealth, bool) {
 		for _, p := range k.Health().Positions {
 			if p.Topic == topic && p.Partition == 0 {
 				return p, true
 			}
 		}
-		return kavari.PartitionPosition{}, false
+		return kavari.PartitionHealth{}, false
 	}
 	eventually(t, func() bool { p, ok := position(a); return ok && p.HighWatermark > 0 && p.Lag == 0 },
 		func() string { return fmt.Sprintf("the first member never caught up: %+v", a.Health().Positions) })
