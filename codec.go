@@ -140,7 +140,7 @@ func sameCodec(a, b Codec) (same bool) {
 
 // SetCodec makes message type msg (a pointer to a kavari message struct)
 // use codec c on DefaultRegistry. See Registry.SetCodec.
-func SetCodec(msg any, c Codec) error { return DefaultRegistry.SetCodec(msg, c) }
+func SetCodec(msg Msg, c Codec) error { return DefaultRegistry.SetCodec(msg, c) }
 
 // SetCodec makes message type msg (a pointer to a kavari message struct) use
 // codec c for publishing and consuming through r (a Client whose
@@ -151,7 +151,7 @@ func SetCodec(msg any, c Codec) error { return DefaultRegistry.SetCodec(msg, c) 
 // the tag, or setting a second, different codec, fails with ErrDuplicate.
 // A codec that cannot carry the type (Text on a struct with two fields, a
 // CodecChecker's refusal) is a *TagError.
-func (r *Registry) SetCodec(msg any, c Codec) error {
+func (r *Registry) SetCodec(msg Msg, c Codec) error {
 	if c == nil {
 		return fmt.Errorf("kavari: SetCodec %T: nil codec", msg)
 	}

@@ -10,7 +10,7 @@ import (
 
 // TestOnlyMessagePointersCompile builds small programs with the go command:
 // Publish, PublishBatch, PublishAsync, TryPublishAsync, the Register
-// functions and Declare accept a pointer to a struct embedding
+// functions, Declare and SetCodec accept a pointer to a struct embedding
 // kavari.Message, and a struct value or another type does not compile.
 func TestOnlyMessagePointersCompile(t *testing.T) {
 	if testing.Short() {
@@ -59,7 +59,9 @@ func main() {
 	_ = kavari.Register(&Order{}, factory)
 	_ = kavari.RegisterFunc(&Order{}, onOrder)
 	_ = kavari.RegisterProvided(&Order{}, (*handler)(nil))
-	_ = kavari.Declare(&Order{})`, true},
+	_ = kavari.Declare(&Order{})
+	_ = kavari.SetCodec(&Order{}, kavari.JSON)
+	_ = kavari.NewRegistry().SetCodec(&Order{}, kavari.JSON)`, true},
 		{"Publish a value", `_, _ = c.Publish(ctx, Order{ID: "1"})`, false},
 		{"Publish a non-message", `_, _ = c.Publish(ctx, &NotMessage{ID: "1"})`, false},
 		{"PublishBatch a value", `_, _ = c.PublishBatch(ctx, &Order{ID: "1"}, Order{ID: "2"})`, false},
@@ -68,6 +70,8 @@ func main() {
 		{"Register a value", `_ = kavari.Register(Order{}, factory)`, false},
 		{"RegisterFunc a non-message", `_ = kavari.RegisterFunc(&NotMessage{}, onNot)`, false},
 		{"Declare a value", `_ = kavari.Declare(Order{})`, false},
+		{"SetCodec a value", `_ = kavari.SetCodec(Order{}, kavari.JSON)`, false},
+		{"Registry.SetCodec a non-message", `_ = kavari.NewRegistry().SetCodec(&NotMessage{}, kavari.JSON)`, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
