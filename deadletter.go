@@ -55,9 +55,9 @@ func deadLetterForm(rec *transport.Record, topic string, kind ErrorKind, handler
 	}
 	add := []transport.Header{
 		{Key: HeaderOriginalError, Value: []byte(clipText(cause.Error(), limit))},
-		{Key: HeaderOrigTopic, Value: []byte(rec.Topic)},
-		{Key: HeaderOrigPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
-		{Key: HeaderOrigOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
+		{Key: HeaderOriginalTopic, Value: []byte(rec.Topic)},
+		{Key: HeaderOriginalPartition, Value: strconv.AppendInt(nil, int64(rec.Partition), 10)},
+		{Key: HeaderOriginalOffset, Value: strconv.AppendInt(nil, rec.Offset, 10)},
 		{Key: HeaderAttempts, Value: strconv.AppendInt(nil, int64(attempts), 10)},
 		{Key: HeaderErrorKind, Value: []byte(kind)},
 	}

@@ -275,7 +275,7 @@ func TestDeadLetterDegradesInSteps(t *testing.T) {
 		forms[f] = kavari.DeadLetterForm(rec, "kt-orders.dlq", kavari.KindHandler, "*h", 3, cause, f)
 		hs := ktHeaderMap(forms[f])
 		assert.Equal(t, rec.Key, forms[f].Key, "form %d keeps the key", f)
-		assert.Equal(t, "9", ktOne(t, hs, kavari.HeaderOrigOffset), "form %d", f)
+		assert.Equal(t, "9", ktOne(t, hs, kavari.HeaderOriginalOffset), "form %d", f)
 		assert.Equal(t, "handler", ktOne(t, hs, kavari.HeaderErrorKind), "form %d", f)
 		assert.LessOrEqual(t, len(ktOne(t, hs, kavari.HeaderOriginalError)), kavari.MaxErrorText, "form %d", f)
 		if f > 0 {

@@ -145,8 +145,8 @@ func TestHandlerFailuresRetryThenDeadLetter(t *testing.T) {
 	for _, m := range dl {
 		byKey[string(m.Key)] = m
 		assert.Equal(t, "handler", header(m, kavari.HeaderErrorKind))
-		assert.Equal(t, "kavari-test-fail", header(m, kavari.HeaderOrigTopic))
-		assert.NotEmpty(t, header(m, kavari.HeaderOrigOffset))
+		assert.Equal(t, "kavari-test-fail", header(m, kavari.HeaderOriginalTopic))
+		assert.NotEmpty(t, header(m, kavari.HeaderOriginalOffset))
 		assert.NotEmpty(t, header(m, kavari.HeaderID), "original headers are kept")
 		assert.Equal(t, "failMsg", header(m, kavari.HeaderMsgType))
 	}

@@ -229,7 +229,7 @@ func TestEngineRetryThenDeadLetterAndPoison(t *testing.T) {
 				switch h.Key {
 				case kavari.HeaderErrorKind:
 					kind = string(h.Value)
-				case kavari.HeaderOrigOffset:
+				case kavari.HeaderOriginalOffset:
 					off = string(h.Value)
 				case kavari.HeaderAttempts:
 					att = string(h.Value)

@@ -14,22 +14,22 @@ import (
 
 // Header names of the wire format (see the README's "Wire format").
 const (
-	HeaderMsgType       = "msg_type" // logical type name; the Python kavari routes on it
-	HeaderSpecVersion   = "ce_specversion"
-	HeaderID            = "ce_id"
-	HeaderType          = "ce_type"
-	HeaderSource        = "ce_source"
-	HeaderTime          = "ce_time"
-	HeaderContentType   = "content-type"
-	HeaderVersion       = "kavari_version"
-	HeaderOriginalError = "original_error"
-	HeaderOrigTopic     = "kavari_original_topic"
-	HeaderOrigPartition = "kavari_original_partition"
-	HeaderOrigOffset    = "kavari_original_offset"
-	HeaderAttempts      = "kavari_attempts"
-	HeaderErrorKind     = "kavari_error_kind"
-	HeaderHandler       = "kavari_handler"
-	HeaderTruncated     = "kavari_truncated" // a dead letter's value was left out; its size
+	HeaderMsgType           = "msg_type" // logical type name; the Python kavari routes on it
+	HeaderSpecVersion       = "ce_specversion"
+	HeaderID                = "ce_id"
+	HeaderType              = "ce_type"
+	HeaderSource            = "ce_source"
+	HeaderTime              = "ce_time"
+	HeaderContentType       = "content-type"
+	HeaderVersion           = "kavari_version"
+	HeaderOriginalError     = "original_error"
+	HeaderOriginalTopic     = "kavari_original_topic"
+	HeaderOriginalPartition = "kavari_original_partition"
+	HeaderOriginalOffset    = "kavari_original_offset"
+	HeaderAttempts          = "kavari_attempts"
+	HeaderErrorKind         = "kavari_error_kind"
+	HeaderHandler           = "kavari_handler"
+	HeaderTruncated         = "kavari_truncated" // a dead letter's value was left out; its size
 )
 
 // Header is a record header. User headers set with WithHeaders travel with the

@@ -78,7 +78,7 @@ func TestTopicNameMapsPublishConsumeAndDeadLetters(t *testing.T) {
 	require.NoError(t, err, "a dead letter on %s.dlq", real)
 	assert.Contains(t, string(dl.Value), `"id":"bad"`)
 	for _, h := range dl.Headers {
-		if h.Key == kavari.HeaderOrigTopic {
+		if h.Key == kavari.HeaderOriginalTopic {
 			assert.Equal(t, real, string(h.Value))
 		}
 	}

@@ -343,9 +343,9 @@ func headers(mt kavari.MessageType, deadLetter bool) *Schema {
 		}{
 			{kavari.HeaderOriginalError, str("The error text (the header the Python kavari writes)."), true},
 			{kavari.HeaderErrorKind, &Schema{Type: "string", Enum: []any{"decode", "validation", "unknown_type", "handler"}}, true},
-			{kavari.HeaderOrigTopic, cnst(mt.Topic, "Topic the record was on."), true},
-			{kavari.HeaderOrigPartition, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Partition the record was on."}, true},
-			{kavari.HeaderOrigOffset, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Offset of the record."}, true},
+			{kavari.HeaderOriginalTopic, cnst(mt.Topic, "Topic the record was on."), true},
+			{kavari.HeaderOriginalPartition, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Partition the record was on."}, true},
+			{kavari.HeaderOriginalOffset, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Offset of the record."}, true},
 			{kavari.HeaderAttempts, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Handler attempts made (1 for poison records)."}, true},
 			{kavari.HeaderHandler, str("The failing handler's type, for kind handler."), false},
 			{kavari.HeaderTruncated, &Schema{Type: "string", Pattern: `^[0-9]+$`, Description: "Original value size, when the value was dropped to fit."}, false},

@@ -84,7 +84,7 @@ func TestDeliverHandlerErrorRetriedThenDeadLettered(t *testing.T) {
 	if dl.Topic != "orders.dlq" || dl.Kind != kavari.KindHandler || dl.Handler != out.Handler || dl.Handler == "" {
 		t.Errorf("dead letter %+v (outcome handler %q)", dl, out.Handler)
 	}
-	if orig, _ := dl.Header(kavari.HeaderOrigOffset); orig != strconv.FormatInt(out.Record.Offset, 10) {
+	if orig, _ := dl.Header(kavari.HeaderOriginalOffset); orig != strconv.FormatInt(out.Record.Offset, 10) {
 		t.Errorf("dead letter names offset %s, the record is at %d", orig, out.Record.Offset)
 	}
 	if m, err := kavaritest.Decode[order](dl.Record); err != nil || m.ID != "o-1" {

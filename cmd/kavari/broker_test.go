@@ -432,9 +432,9 @@ func TestReplayForeignRecords(t *testing.T) {
 			{Key: kavari.HeaderMsgType, Value: []byte("Foreign")},
 			{Key: kavari.HeaderID, Value: []byte("ce-" + run)},
 			{Key: kavari.HeaderOriginalError, Value: []byte("boom")},
-			{Key: kavari.HeaderOrigTopic, Value: []byte(topic)},
-			{Key: kavari.HeaderOrigPartition, Value: []byte("1")},
-			{Key: kavari.HeaderOrigOffset, Value: []byte("5")},
+			{Key: kavari.HeaderOriginalTopic, Value: []byte(topic)},
+			{Key: kavari.HeaderOriginalPartition, Value: []byte("1")},
+			{Key: kavari.HeaderOriginalOffset, Value: []byte("5")},
 			{Key: kavari.HeaderErrorKind, Value: []byte("handler")},
 		}},
 	)
@@ -479,7 +479,7 @@ func TestReplayForeignRecords(t *testing.T) {
 	}
 	h := got[0]["headers"].(map[string]any)
 	if got[0]["key"] != "c" || num(got[0], "partition") != 1 || h[headerReplayCount] != "1" || h[kavari.HeaderID] != "ce-"+run ||
-		h[kavari.HeaderOriginalError] != nil || h[kavari.HeaderOrigTopic] != nil || h[kavari.HeaderErrorKind] != nil {
+		h[kavari.HeaderOriginalError] != nil || h[kavari.HeaderOriginalTopic] != nil || h[kavari.HeaderErrorKind] != nil {
 		t.Errorf("replayed record: %v", got[0])
 	}
 }
@@ -548,7 +548,7 @@ func TestReplayCheckpoint(t *testing.T) {
 		return kafka.Message{Topic: dlq, Key: []byte(id), Value: []byte(`{"run":"` + run + `","id":"` + id + `"}`), Headers: []kafka.Header{
 			{Key: kavari.HeaderMsgType, Value: []byte("Ckpt")},
 			{Key: kavari.HeaderID, Value: []byte(run + "-" + id)},
-			{Key: kavari.HeaderOrigTopic, Value: []byte(topic)},
+			{Key: kavari.HeaderOriginalTopic, Value: []byte(topic)},
 			{Key: kavari.HeaderErrorKind, Value: []byte("handler")},
 		}}
 	}

@@ -56,7 +56,7 @@ type dlqGroup struct {
 func keyOf(r *record) dlqKey {
 	var k dlqKey
 	var ok bool
-	if k.OriginalTopic, ok = r.header(kavari.HeaderOrigTopic); !ok {
+	if k.OriginalTopic, ok = r.header(kavari.HeaderOriginalTopic); !ok {
 		k.Kind = notKavari
 	} else {
 		k.Kind, _ = r.header(kavari.HeaderErrorKind)

@@ -34,17 +34,17 @@ const (
 // deadLetterHeaders are what kavari adds to a dead letter; a replay removes
 // them (and the previous replay headers, replaced by new values).
 var deadLetterHeaders = map[string]bool{
-	kavari.HeaderOriginalError:  true,
-	kavari.HeaderOrigTopic:      true,
-	kavari.HeaderOrigPartition:  true,
-	kavari.HeaderOrigOffset:     true,
-	kavari.HeaderAttempts:       true,
-	kavari.HeaderErrorKind:      true,
-	kavari.HeaderHandler:        true,
-	kavari.HeaderTruncated:      true,
-	kavari.HeaderDroppedHeaders: true,
-	headerReplayCount:           true,
-	headerReplayedFrom:          true,
+	kavari.HeaderOriginalError:     true,
+	kavari.HeaderOriginalTopic:     true,
+	kavari.HeaderOriginalPartition: true,
+	kavari.HeaderOriginalOffset:    true,
+	kavari.HeaderAttempts:          true,
+	kavari.HeaderErrorKind:         true,
+	kavari.HeaderHandler:           true,
+	kavari.HeaderTruncated:         true,
+	kavari.HeaderDroppedHeaders:    true,
+	headerReplayCount:              true,
+	headerReplayedFrom:             true,
 }
 
 // replayCount returns the kavari_replay_count of headers hs: 0 when absent.
@@ -91,9 +91,9 @@ func (r *refusal) Error() string { return r.reason }
 // refuses a record that is not a kavari dead letter, whose value or headers were dropped
 // or that was replayed maxReplays times already.
 func planReplay(r *record, maxReplays int) (*replay, *refusal) {
-	topic, ok := r.header(kavari.HeaderOrigTopic)
+	topic, ok := r.header(kavari.HeaderOriginalTopic)
 	if !ok || topic == "" {
-		return nil, &refusal{reason: "no " + kavari.HeaderOrigTopic + " header: not a kavari dead letter, not replayed"}
+		return nil, &refusal{reason: "no " + kavari.HeaderOriginalTopic + " header: not a kavari dead letter, not replayed"}
 	}
 	if size, ok := r.header(kavari.HeaderTruncated); ok {
 		return nil, &refusal{reason: "its value (" + size + " bytes) was dropped when it was dead-lettered (" + kavari.HeaderTruncated + ")"}
@@ -111,7 +111,7 @@ func planReplay(r *record, maxReplays int) (*replay, *refusal) {
 		return nil, &refusal{loop: true, reason: fmt.Sprintf("replayed %d times already (--max-replays %d)", n, maxReplays)}
 	}
 	part := -1
-	if s, ok := r.header(kavari.HeaderOrigPartition); ok {
+	if s, ok := r.header(kavari.HeaderOriginalPartition); ok {
 		if p, err := strconv.Atoi(s); err == nil && p >= 0 {
 			part = p
 		}
@@ -498,7 +498,7 @@ func (rp *replayer) refuse(r *record, ref *refusal) error {
 		switch {
 		case ref.loop:
 			s.RefusedLoop++
-		case !hasHeader(r, kavari.HeaderOrigTopic):
+		case !hasHeader(r, kavari.HeaderOriginalTopic):
 			s.RefusedOrigin++
 		default:
 			s.RefusedOther++

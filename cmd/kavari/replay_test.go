@@ -33,9 +33,9 @@ func deadLetter(extra ...string) *record {
 	hs = append(hs, hdrs(extra...)...)
 	hs = append(hs, hdrs(
 		kavari.HeaderOriginalError, "kavari: handler failed\nsecond line",
-		kavari.HeaderOrigTopic, "orders",
-		kavari.HeaderOrigPartition, "2",
-		kavari.HeaderOrigOffset, "41",
+		kavari.HeaderOriginalTopic, "orders",
+		kavari.HeaderOriginalPartition, "2",
+		kavari.HeaderOriginalOffset, "41",
 		kavari.HeaderAttempts, "5",
 		kavari.HeaderErrorKind, "handler",
 		kavari.HeaderHandler, "*main.Billing",
@@ -95,7 +95,7 @@ func TestPlanReplayRefusals(t *testing.T) {
 	}{
 		{"loop guard at the limit", deadLetter(headerReplayCount, "3"), 3, true, "replayed 3 times already (--max-replays 3)"},
 		{"loop guard above", deadLetter(headerReplayCount, "7"), 3, true, "replayed 7 times already"},
-		{"no origin", without(deadLetter(), kavari.HeaderOrigTopic), 3, false, "no kavari_original_topic header"},
+		{"no origin", without(deadLetter(), kavari.HeaderOriginalTopic), 3, false, "no kavari_original_topic header"},
 		{"not kavari at all", &record{Topic: "orders.dlq", Value: []byte("x")}, 3, false, "not a kavari dead letter"},
 		{"value dropped", deadLetter(kavari.HeaderTruncated, "2000000"), 3, false, "was dropped"},
 		{"headers dropped", deadLetter(kavari.HeaderDroppedHeaders, "traceparent,big"), 3, false, "original headers traceparent,big were dropped"},
@@ -111,7 +111,7 @@ func TestPlanReplayRefusals(t *testing.T) {
 		}
 	}
 	// Below the limit it goes through; an unknown partition is left to the key.
-	p, ref := planReplay(without(deadLetter(headerReplayCount, "2"), kavari.HeaderOrigPartition), 3)
+	p, ref := planReplay(without(deadLetter(headerReplayCount, "2"), kavari.HeaderOriginalPartition), 3)
 	if ref != nil || p.Count != 3 || p.Partition != -1 {
 		t.Errorf("replay count 2 of 3: %+v %v, want count 3, partition -1", p, ref)
 	}

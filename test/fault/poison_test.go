@@ -169,8 +169,8 @@ func TestPoisonRecords(t *testing.T) {
 		if hv(kavari.HeaderOriginalError) == "" {
 			t.Errorf("%s: no original_error header", c.name)
 		}
-		if hv(kavari.HeaderOrigTopic) != topic || hv(kavari.HeaderOrigPartition) != "0" {
-			t.Errorf("%s: original topic/partition %q/%q", c.name, hv(kavari.HeaderOrigTopic), hv(kavari.HeaderOrigPartition))
+		if hv(kavari.HeaderOriginalTopic) != topic || hv(kavari.HeaderOriginalPartition) != "0" {
+			t.Errorf("%s: original topic/partition %q/%q", c.name, hv(kavari.HeaderOriginalTopic), hv(kavari.HeaderOriginalPartition))
 		}
 		wantAttempts := "1"
 		if c.kind == kavari.KindHandler {
@@ -191,9 +191,9 @@ func TestPoisonRecords(t *testing.T) {
 			}
 		}
 		// kavari_original_offset points back at the very record.
-		off, err := strconv.ParseInt(hv(kavari.HeaderOrigOffset), 10, 64)
+		off, err := strconv.ParseInt(hv(kavari.HeaderOriginalOffset), 10, 64)
 		if err != nil {
-			t.Errorf("%s: kavari_original_offset %q: %v", c.name, hv(kavari.HeaderOrigOffset), err)
+			t.Errorf("%s: kavari_original_offset %q: %v", c.name, hv(kavari.HeaderOriginalOffset), err)
 		} else if err := orig.SetOffset(off); err == nil {
 			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 			rec, err := orig.FetchMessage(rctx)
