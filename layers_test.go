@@ -20,7 +20,7 @@ var apiFiles = []string{
 	"kavari.go",     // package doc, Client, New, Publish*, Start, Stop, EnsureTopics
 	"config.go",     // Config and its groups, Ordering, Partitioner, OffsetReset, SASL
 	"transports.go", // Transport, GroupProtocol
-	"registry.go",   // Registry, Register*, Handler, HandlerFunc, Declare, MsgPtr
+	"registry.go",   // Registry, Register*, Handler, Declare, MsgPtr
 	"registry_types.go",
 	"provider.go", // Provider, MapProvider
 	"message.go",  // Message, Msg

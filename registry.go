@@ -22,11 +22,11 @@ type Handler[T any] interface {
 	Handle(ctx context.Context, msg *T) error
 }
 
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc[T any] func(ctx context.Context, msg *T) error
+// handlerFunc adapts a function to Handler (RegisterFunc's handlers).
+type handlerFunc[T any] func(ctx context.Context, msg *T) error
 
 // Handle calls f.
-func (f HandlerFunc[T]) Handle(ctx context.Context, msg *T) error { return f(ctx, msg) }
+func (f handlerFunc[T]) Handle(ctx context.Context, msg *T) error { return f(ctx, msg) }
 
 // Registry maps message types to topics and handlers. Register everything at
 // start-up; once a consumer using the registry starts, the registry is frozen
@@ -121,7 +121,7 @@ func RegisterFuncOn[T any, PT MsgPtr[T]](r *Registry, msg PT, fn func(ctx contex
 	if fn == nil {
 		return fmt.Errorf("kavari: RegisterFunc %T: nil function", msg)
 	}
-	h := HandlerFunc[T](fn)
+	h := handlerFunc[T](fn)
 	name := fmt.Sprintf("func(%T)", msg)
 	if f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()); f != nil {
 		name = f.Name()
@@ -291,24 +291,6 @@ func (r *Registry) buildTable() *routeTable {
 
 // Topics returns the sorted topics of every registered message type.
 func (r *Registry) Topics() []string { return append([]string(nil), r.table().topics...) }
-
-// HandlerTypes returns the handler types a Provider will be asked for
-// (Register and RegisterProvided registrations), so an application can check
-// its container at start-up.
-func (r *Registry) HandlerTypes() []reflect.Type {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []reflect.Type
-	for _, rt := range r.byType {
-		for _, b := range rt.bindings {
-			if b.handlerType != nil {
-				out = append(out, b.handlerType)
-			}
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
-	return out
-}
 
 // subscribed returns the topics that have at least one handler.
 func (t *routeTable) subscribed() []string {

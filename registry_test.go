@@ -88,7 +88,7 @@ func TestRegisterBadMessages(t *testing.T) {
 	require.ErrorIs(t, kavari.RegisterFuncOn(r, (*ktRegOrder)(nil), fn), kavari.ErrNilMessage)
 	var te *kavari.TagError
 	require.ErrorAs(t, kavari.RegisterFuncOn(r, &ktTagMissingTopic{}, func(context.Context, *ktTagMissingTopic) error { return nil }), &te)
-	require.ErrorAs(t, kavari.RegisterOn(r, &ktKeyFloat{}, func() kavari.HandlerFunc[ktKeyFloat] { return nil }), &te)
+	require.ErrorAs(t, kavari.RegisterOn(r, &ktKeyFloat{}, func() *ktKeyFloatHandler { return nil }), &te)
 	require.ErrorIs(t, r.Declare(nil), kavari.ErrNilMessage)
 	require.ErrorIs(t, r.Declare((*ktRegAudit)(nil)), kavari.ErrNilMessage)
 	assert.Empty(t, r.Topics())
@@ -348,3 +348,7 @@ func TestPackageLevelRegisterUsesDefaultRegistry(t *testing.T) {
 	require.NoError(t, err)
 	assert.Same(t, kavari.DefaultRegistry, cfg.Registry)
 }
+
+type ktKeyFloatHandler struct{}
+
+func (*ktKeyFloatHandler) Handle(context.Context, *ktKeyFloat) error { return nil }
