@@ -42,13 +42,19 @@ var (
 	// do not know (and do not auto-create): create it with EnsureTopics or
 	// Config.Topics.Create.
 	ErrUnknownTopic = errors.New("kavari: unknown topic")
-	// ErrNoGroupID is returned by Start when Config.Consume.GroupID is empty.
-	ErrNoGroupID = errors.New("kavari: Config.Consume.GroupID is required to consume")
-	// ErrNoHandlers is returned by Start when no handler is registered:
+)
+
+// Misuse errors: a program that gets one has a bug to fix, not a condition
+// to branch on, so they are not exported (as database/sql exports ErrNoRows
+// and not its misuse errors).
+var (
+	// errNoGroupID is returned by Start when Config.Consume.GroupID is empty.
+	errNoGroupID = errors.New("kavari: Config.Consume.GroupID is required to consume")
+	// errNoHandlers is returned by Start when no handler is registered:
 	// there is nothing to consume.
-	ErrNoHandlers = errors.New("kavari: no handlers registered: nothing to consume")
-	// ErrStarted is returned by a second call to Start.
-	ErrStarted = errors.New("kavari: Start called twice")
+	errNoHandlers = errors.New("kavari: no handlers registered: nothing to consume")
+	// errStarted is returned by a second call to Start.
+	errStarted = errors.New("kavari: Start called twice")
 )
 
 // TagError reports a malformed `kavari:"..."` tag or message declaration.

@@ -138,3 +138,11 @@ func PartitionShare(maxBuffered, maxInFlight, n int) int {
 // DeclareAny is Registry.Declare without the compile-time Msg check, for
 // tests of what the run-time checks say about values that are not messages.
 func DeclareAny(r *Registry, msg any) error { return r.add(msg, nil) }
+
+// The misuse errors Start returns, for the package's external tests (not
+// exported: nothing should branch on them).
+var (
+	ErrNoGroupID  = errNoGroupID
+	ErrNoHandlers = errNoHandlers
+	ErrStarted    = errStarted
+)

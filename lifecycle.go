@@ -73,7 +73,7 @@ func (k *Client) start(ctx context.Context) error {
 	}
 	if k.life.starting != nil || k.life.started.Load() {
 		k.life.mu.Unlock()
-		return ErrStarted
+		return errStarted
 	}
 	done := make(chan struct{})
 	k.life.starting = done
@@ -109,10 +109,10 @@ func (k *Client) start(ctx context.Context) error {
 // when it fails, the registry is as it was.
 func (k *Client) prepare(ctx context.Context) (*routeTable, error) {
 	if k.cfg.Consume.GroupID == "" {
-		return nil, ErrNoGroupID
+		return nil, errNoGroupID
 	}
 	if len(k.reg.table().subscribed()) == 0 {
-		return nil, ErrNoHandlers
+		return nil, errNoHandlers
 	}
 	table, err := k.names.route(k.reg.freeze())
 	if err != nil {
