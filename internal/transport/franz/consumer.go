@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // NewConsumer returns a group member; it joins when Run starts.
@@ -69,7 +70,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		kgo.ConsumeStartOffset(start),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
-		kgo.Dialer(c.conns.dial),
+		kgo.Dialer(c.conns.Dial),
 		// Java's fetch.max.wait.ms (kgo waits 5 s): a resumed or newly
 		// assigned partition joins the next fetch sooner.
 		kgo.FetchMaxWait(500*time.Millisecond),
@@ -109,7 +110,7 @@ type consumer struct {
 	cfg    transport.Config
 	opts   []kgo.Opt
 	kip848 bool
-	conns  *connSet
+	conns  *conntrack.Set
 
 	// groupMu is held while the engine is told of assigned, revoked or
 	// lost partitions, by kgo's callbacks and by Close's revoke, so that
@@ -872,13 +873,13 @@ func (c *consumer) Close(ctx context.Context) error {
 	select {
 	case <-closeDone:
 	case <-ctx.Done():
-		c.conns.cut(true)
+		c.conns.Cut(true)
 		return fmt.Errorf("kavari: franz consumer: leaving the group: %w", context.Cause(ctx))
 	}
 	select {
 	case <-runDone:
 	case <-ctx.Done():
-		c.conns.cut(true)
+		c.conns.Cut(true)
 		return fmt.Errorf("kavari: franz consumer: %w", context.Cause(ctx))
 	}
 	if c.closeErr != nil {
@@ -917,7 +918,7 @@ func (c *consumer) shutdown(ctx context.Context, cl *kgo.Client) error {
 	select {
 	case err = <-left:
 	case <-grace.C:
-		c.conns.cut(false)
+		c.conns.Cut(false)
 		err = <-left // LeaveGroupContext returns when ctx ends
 	}
 	cl.Close()

@@ -9,6 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // Admin creates and looks up topics with a kafka-go Client whose connections
@@ -16,7 +17,7 @@ import (
 type Admin struct {
 	cfg   transport.Config
 	tr    *kafka.Transport
-	conns *connSet
+	conns *conntrack.Set
 }
 
 // NewAdmin returns an Admin for cfg. It does not contact the brokers.
@@ -135,7 +136,7 @@ func (a *Admin) EndOffsets(ctx context.Context, tps ...transport.TopicPartition)
 
 // Close cuts every connection the admin opened.
 func (a *Admin) Close() error {
-	a.conns.closeAll()
+	a.conns.Cut(true)
 	a.tr.CloseIdleConnections()
 	return nil
 }

@@ -4,79 +4,26 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync"
 	"sync/atomic"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // errClosed is what a dial returns once the adapter cut its connections.
 var errClosed = errors.New("kavari: closed")
 
-// connSet tracks every network connection the adapter opens to the brokers (the
-// consumer group, the partition readers, the publisher's transport), so
-// that Stop can cut them. kafka-go bounds each request by a timeout of its
-// own, not by a context, so against a broker that accepts connections and
-// never answers (frozen, or behind a black-holing network) its goroutines
-// would outlive Stop by up to tens of seconds; closing their connections
-// ends them at once.
-type connSet struct {
-	mu     sync.Mutex
-	conns  map[*trackedConn]struct{}
-	closed bool
-}
-
-func newConnSet() *connSet { return &connSet{conns: map[*trackedConn]struct{}{}} }
-
-// dial opens a tracked connection; it fails with errClosed once the set is
-// closed.
-func (s *connSet) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		return nil, errClosed
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, address)
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, set: s}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		_ = c.Close()
-		return nil, errClosed
-	}
-	s.conns[tc] = struct{}{}
-	return tc, nil
-}
-
-// closeAll closes every open connection and refuses new ones. Blocked reads
-// and writes on them return at once.
-func (s *connSet) closeAll() {
-	s.mu.Lock()
-	s.closed = true
-	conns := s.conns
-	s.conns = nil
-	s.mu.Unlock()
-	for c := range conns {
-		_ = c.Conn.Close()
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	set *connSet
-}
-
-func (c *trackedConn) Close() error {
-	c.set.mu.Lock()
-	delete(c.set.conns, c)
-	c.set.mu.Unlock()
-	return c.Conn.Close()
-}
+// newConnSet returns a set that tracks every network connection the
+// adapter opens to the brokers (the consumer group, the partition readers,
+// the publisher's transport), so that Stop can cut them. kafka-go bounds
+// each request by a timeout of its own, not by a context, so against a
+// broker that accepts connections and never answers (frozen, or behind a
+// black-holing network) its goroutines would outlive Stop by up to tens of
+// seconds; closing their connections ends them at once. Once cut, dials
+// fail with errClosed; reads and writes on a cut connection fail with the
+// socket's own error, as kafka-go expects of a closed connection.
+func newConnSet() *conntrack.Set { return conntrack.New(conntrack.Options{Refused: errClosed}) }
 
 // guardedTransport is the consumer's kafka.Client transport: a
 // kafka.Transport that refuses requests once the consumer shut down. A

@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // Consumer is a member of a consumer group, running the group protocol on
@@ -27,7 +28,7 @@ type Consumer struct {
 	cl     *kafka.Client // on tr
 	tr     *guardedTransport
 	dialer *kafka.Dialer
-	conns  *connSet // the group's and the readers' connections; Close cuts them
+	conns  *conntrack.Set // the group's and the readers' connections; Close cuts them
 
 	mu       sync.Mutex
 	gen      *membership // the current generation; nil between generations
@@ -151,7 +152,7 @@ func joinError(group string, err error) error {
 // shutdown cuts every connection and closes the client's pools; later
 // requests fail at once.
 func (c *Consumer) shutdown() {
-	c.conns.closeAll()
+	c.conns.Cut(true)
 	c.tr.shutdown()
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // Adapter builds kafka-go producers, consumers and admins.
@@ -53,24 +54,24 @@ func mechanism(s *transport.SASL) (sasl.Mechanism, error) {
 
 // newTransport returns a kafka-go transport for the writer and admin calls
 // whose connections are tracked by conns.
-func newTransport(cfg transport.Config, conns *connSet) (*kafka.Transport, error) {
+func newTransport(cfg transport.Config, conns *conntrack.Set) (*kafka.Transport, error) {
 	m, err := mechanism(cfg.SASL)
 	if err != nil {
 		return nil, err
 	}
 	return &kafka.Transport{ClientID: cfg.ClientID, TLS: cfg.TLS, SASL: m, DialTimeout: 10 * time.Second,
-		MetadataTTL: 5 * time.Second, Dial: conns.dial}, nil
+		MetadataTTL: 5 * time.Second, Dial: conns.Dial}, nil
 }
 
 // newDialer returns the kafka-go dialer of the consumer group and the
 // partition readers, its connections tracked by conns.
-func newDialer(cfg transport.Config, conns *connSet) (*kafka.Dialer, error) {
+func newDialer(cfg transport.Config, conns *conntrack.Set) (*kafka.Dialer, error) {
 	m, err := mechanism(cfg.SASL)
 	if err != nil {
 		return nil, err
 	}
 	return &kafka.Dialer{ClientID: cfg.ClientID, Timeout: 10 * time.Second, DualStack: true, TLS: cfg.TLS,
-		SASLMechanism: m, DialFunc: conns.dial}, nil
+		SASLMechanism: m, DialFunc: conns.Dial}, nil
 }
 
 func balancer(p transport.Partitioner) kafka.Balancer {

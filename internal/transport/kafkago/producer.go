@@ -12,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // MessageWriter is what the producer needs of kafka-go's Writer; tests
@@ -29,7 +30,7 @@ type Producer struct {
 	w         MessageWriter
 	kw        *kafka.Writer
 	tr        *kafka.Transport
-	conns     *connSet
+	conns     *conntrack.Set
 	closeOnce sync.Once
 }
 
@@ -63,7 +64,7 @@ func (Adapter) NewProducer(cfg transport.Config) (transport.Producer, error) {
 // for tests that inject faults; it classifies w's errors as the real one.
 func NewProducerWith(w MessageWriter) *Producer {
 	conns := newConnSet()
-	return &Producer{w: w, conns: conns, tr: &kafka.Transport{Dial: conns.dial}}
+	return &Producer{w: w, conns: conns, tr: &kafka.Transport{Dial: conns.Dial}}
 }
 
 // Writer returns the kafka-go Writer (nil for NewProducerWith), for tests
@@ -127,7 +128,7 @@ func (p *Producer) all(n int, err error) []error {
 func (p *Producer) Close() error {
 	// Cut first: a Writer closing against a broker that does not answer
 	// would wait out its timeouts.
-	p.conns.closeAll()
+	p.conns.Cut(true)
 	p.closeOnce.Do(func() {
 		_ = p.w.Close()
 	})

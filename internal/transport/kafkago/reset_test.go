@@ -2,7 +2,6 @@ package kafkago
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/conntrack"
 )
 
 // genRecorder is a GroupHandler that keeps the generations it was given and
@@ -57,18 +57,7 @@ func (r *genRecorder) state() (gens []transport.Generation, revokes, losses int)
 // resetConns breaks every connection the consumer has open, as a reset by
 // the network would: the sockets are closed under kafka-go, which sees
 // every later read and write on them fail. New connections work.
-func resetConns(s *connSet) int {
-	s.mu.Lock()
-	conns := make([]net.Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c.Conn)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		_ = c.Close()
-	}
-	return len(conns)
-}
+func resetConns(s *conntrack.Set) int { return s.Reset() }
 
 func committed(t *testing.T, brokers []string, group, topic string) int64 {
 	t.Helper()
