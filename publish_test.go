@@ -22,7 +22,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/validate"
 )
 
@@ -63,7 +63,7 @@ func ktNew(t *testing.T, brokers []string, reg *kavari.Registry, mutate ...func(
 			DrainTimeout:      5 * time.Second,
 		},
 	}
-	testtransport.Use(&cfg)
+	testkit.UseTransport(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}

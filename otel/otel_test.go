@@ -23,7 +23,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	kavariotel "github.com/kavari-go/kavari/otel"
 )
 
@@ -100,7 +100,7 @@ func (s *setup) kavari(t *testing.T, group string, reg *kavari.Registry, instrum
 			Partitions: 1,
 		},
 	}
-	testtransport.Use(&cfg)
+	testkit.UseTransport(&cfg)
 	if instrumented {
 		cfg.Hooks = []kavari.Hook{s.inst}
 		cfg.Middleware = []kavari.Middleware{s.inst.Middleware()}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -140,7 +140,7 @@ func TestTailGoAndPythonRecords(t *testing.T) {
 	if err := reg.Declare(&tailMsg{}); err != nil {
 		t.Fatal(err)
 	}
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestReplayRoundTrip(t *testing.T) {
 	}
 	k, err := kavari.New(kavari.Config{
 		Brokers:   brokers,
-		Transport: testtransport.Get(),
+		Transport: testkit.Transport(),
 		Registry:  reg,
 		Consume: kavari.ConsumeConfig{
 			GroupID:        testenv.ID("cli-replay"),

@@ -1,7 +1,9 @@
-// Package testkit is what the tests of the kavari package and of the test
-// module's engine tests share: a quiet logger, a Client on the test broker,
-// a hang guard for waits, and a reader of a topic's records. It is compiled
-// only into tests.
+// Package testkit is what the tests of the kavari package and of the other
+// modules share on top of testenv: the kavari.Transport KAVARI_TRANSPORT
+// names (Transport, UseTransport), a quiet logger, a Client on the test
+// broker, a hang guard for waits, and a reader of a topic's records. It is
+// compiled only into tests and the programs they run (test/fault's
+// faultapp).
 package testkit
 
 import (
@@ -18,7 +20,6 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
 )
 
 // Logger is quiet unless KAVARI_TEST_LOG is set.
@@ -50,7 +51,7 @@ func NewClient(t testing.TB, reg *kavari.Registry, brokers []string, mutate ...f
 			Retry:             kavari.FibonacciRetry(5*time.Millisecond, 3),
 		},
 	}
-	testtransport.Use(&cfg)
+	UseTransport(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -132,3 +133,17 @@ func Header(m kafka.Message, key string) string {
 	}
 	return ""
 }
+
+// Transport returns the kavari.Transport that testenv.Transport
+// (KAVARI_TRANSPORT) names: broker tests run on it. (It lives here, not in
+// testenv, because testenv is imported by the transport adapters' own
+// tests, and kavari imports the adapters.)
+func Transport() kavari.Transport {
+	if testenv.Transport() == "franz-go" {
+		return kavari.FranzGo
+	}
+	return kavari.KafkaGo
+}
+
+// UseTransport sets cfg.Transport to Transport().
+func UseTransport(cfg *kavari.Config) { cfg.Transport = Transport() }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/kavaritest"
 )
 
@@ -643,7 +643,7 @@ func lifeKavari(t *testing.T, b *kavaritest.Broker, mutate ...func(*kavari.Confi
 			SessionTimeout:    10 * time.Second,
 		},
 	}
-	testtransport.Use(&cfg)
+	testkit.UseTransport(&cfg)
 	for _, m := range mutate {
 		m(&cfg)
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/kafkaproc"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 	"github.com/kavari-go/kavari/test/fault/ledger"
 )
@@ -108,7 +108,7 @@ func ownClusterWith(t *testing.T, opts kafkaproc.Options) *kafkaproc.Cluster {
 func baseConfig(brokers []string, reg *kavari.Registry) kavari.Config {
 	return kavari.Config{
 		Brokers:   brokers,
-		Transport: testtransport.Get(),
+		Transport: testkit.Transport(),
 		Registry:  reg,
 		Logger:    testLogger(),
 		Publish: kavari.PublishConfig{

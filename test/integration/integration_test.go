@@ -19,7 +19,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 )
 
 func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func(*kavari.Config)) *kavari.Client {
@@ -36,7 +36,7 @@ func newKavari(t *testing.T, reg *kavari.Registry, brokers []string, mutate func
 			DrainTimeout:      5 * time.Second,
 		},
 	}
-	testtransport.Use(&cfg)
+	testkit.UseTransport(&cfg)
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -29,7 +29,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 )
 
 const interopTopic = "kavari.interop"
@@ -58,7 +58,7 @@ func ensureTopic(t *testing.T, brokers []string) int {
 	t.Helper()
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Topics: kavari.TopicConfig{Partitions: 3}})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg, Logger: quiet(), Topics: kavari.TopicConfig{Partitions: 3}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -124,7 +124,7 @@ func TestPythonPublishesGoConsumes(t *testing.T) {
 	}))
 	k, err := kavari.New(kavari.Config{
 		Brokers:   brokers,
-		Transport: testtransport.Get(),
+		Transport: testkit.Transport(),
 		Registry:  reg,
 		Logger:    quiet(),
 		Consume: kavari.ConsumeConfig{
@@ -188,7 +188,7 @@ func TestGoPublishesPythonConsumes(t *testing.T) {
 
 	reg := kavari.NewRegistry()
 	require.NoError(t, reg.Declare(&InteropMessage{}))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32}})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg, Logger: quiet(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

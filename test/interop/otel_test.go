@@ -20,7 +20,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	kavariotel "github.com/kavari-go/kavari/otel"
 )
 
@@ -66,7 +66,7 @@ func TestPythonPublishesGoTraces(t *testing.T) {
 	}))
 	k, err := kavari.New(kavari.Config{
 		Brokers:    brokers,
-		Transport:  testtransport.Get(),
+		Transport:  testkit.Transport(),
 		Registry:   reg,
 		Logger:     quiet(),
 		Hooks:      []kavari.Hook{inst},

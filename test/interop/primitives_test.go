@@ -18,7 +18,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 )
 
 const primitivesTopic = "kavari.interop.primitives"
@@ -79,7 +79,7 @@ func declarePrimitives(t *testing.T, reg *kavari.Registry) {
 func ensurePrimitivesTopic(t *testing.T, brokers []string) {
 	reg := kavari.NewRegistry()
 	declarePrimitives(t, reg)
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Topics: kavari.TopicConfig{Partitions: 3}})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg, Logger: quiet(), Topics: kavari.TopicConfig{Partitions: 3}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -150,7 +150,7 @@ func TestPythonPrimitivesGoConsumes(t *testing.T) {
 	require.NoError(t, kavari.RegisterFuncOn(reg, &FloatMessage{}, func(ctx context.Context, m *FloatMessage) error { return keep(ctx, "float", m.Payload) }))
 	require.NoError(t, kavari.RegisterFuncOn(reg, &BoolMessage{}, func(ctx context.Context, m *BoolMessage) error { return keep(ctx, "bool", m.Payload) }))
 	require.NoError(t, kavari.RegisterFuncOn(reg, &BytesMessage{}, func(ctx context.Context, m *BytesMessage) error { return keep(ctx, "bytes", m.Payload) }))
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("prim-go"), Retry: kavari.NoRetry()}})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg, Logger: quiet(), Consume: kavari.ConsumeConfig{GroupID: testenv.ID("prim-go"), Retry: kavari.NoRetry()}})
 	require.NoError(t, err)
 	require.NoError(t, k.Start(context.Background()))
 	t.Cleanup(func() {
@@ -246,7 +246,7 @@ func TestGoPrimitivesPythonConsumes(t *testing.T) {
 
 	reg := kavari.NewRegistry()
 	declarePrimitives(t, reg)
-	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testtransport.Get(), Registry: reg, Logger: quiet(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32}})
+	k, err := kavari.New(kavari.Config{Brokers: brokers, Transport: testkit.Transport(), Registry: reg, Logger: quiet(), Publish: kavari.PublishConfig{Partitioner: kavari.CRC32}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

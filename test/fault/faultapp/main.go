@@ -36,7 +36,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari"
-	"github.com/kavari-go/kavari/internal/testtransport"
+	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/test/fault/faultmsg"
 )
 
@@ -179,7 +179,7 @@ func realMain() int {
 		return 2
 	}
 
-	tr := testtransport.Get() // KAVARI_TRANSPORT, inherited from the test
+	tr := testkit.Transport() // KAVARI_TRANSPORT, inherited from the test
 	switch *trName {
 	case "":
 	case "kafka-go":
