@@ -512,11 +512,21 @@ func (e *engine) feed(p *partition) {
 		used, ok := e.deps.buf.tryAcquire(p)
 		if !ok {
 			// Every slot this partition may take is held: pause it and
-			// wait. bufferFull is set before waiting and only then, so
-			// Health never shows a waiting feeder as fetching.
-			e.pause(p)
+			// wait (with WaitsForBacklog, pause it once it waited
+			// stallPause: the slots of records just completed are given
+			// back a moment after they stop counting as open). bufferFull
+			// is set before waiting and only then, so Health never shows a
+			// waiting feeder as fetching.
 			p.bufferFull.Store(true)
-			used, ok = e.deps.buf.acquire(ctx, p)
+			if e.caps.WaitsForBacklog {
+				sctx, cancel := context.WithTimeout(ctx, stallPause)
+				used, ok = e.deps.buf.acquire(sctx, p)
+				cancel()
+			}
+			if !ok && ctx.Err() == nil {
+				e.pause(p)
+				used, ok = e.deps.buf.acquire(ctx, p)
+			}
 			p.bufferFull.Store(false)
 			if !ok {
 				break
