@@ -3,6 +3,7 @@ package kavari
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // recordBuffer bounds the records dispatched to lanes and not yet finished
@@ -185,15 +186,21 @@ func (b *recordBuffer) inUse() int {
 // records (partitionShare); at the share, or when it may take no buffer slot,
 // its feeder pauses fetching and waits (waitRoom) until a record completes.
 
-// pause asks the transport to stop fetching p.
+// pause asks the transport to stop fetching p; what p has pending no more
+// holds back the transport (Backlog).
 func (e *engine) pause(p *partition) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.clearBacklogLocked()
 	if !p.paused {
 		p.paused = true
 		e.cons.Pause(p.tp)
 	}
 }
+
+// stallPause is how long a feeder waits for room before its partition is
+// paused, when the transport waits for backlogs (WaitsForBacklog).
+const stallPause = 100 * time.Millisecond
 
 // hasRoom reports whether p may open a record now without waiting.
 func (e *engine) hasRoom(p *partition) bool {
@@ -215,18 +222,44 @@ func partitionShare(maxBuffered, maxInFlight, n int) int {
 // waitRoom waits while partition p has its share of open records; false when
 // ctx ended first.
 func (e *engine) waitRoom(ctx context.Context, p *partition) bool {
+	return e.waitRoomStall(ctx, p, false)
+}
+
+// roomAt is how many open records a partition of share share may have
+// when its feeder, which waited at the share, goes on: a quarter of the
+// share below it, so that the feeder dispatches records in runs, not one
+// per completed record (each time a wake-up of the feeder and a worker).
+func roomAt(share int64) int64 {
+	return share - max(share/4, 1)
+}
+
+// waitRoomStall is waitRoom that, with stall, pauses p once it waited
+// stallPause (only p's feeder calls it with stall).
+func (e *engine) waitRoomStall(ctx context.Context, p *partition, stall bool) bool {
+	if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
+		return true
+	}
+	var stalled <-chan time.Time
 	for {
-		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
-			return true
-		}
 		p.waiting.Store(true)
-		if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() { // completed meanwhile
+		if _, open, _ := p.tracker.committable(); int64(open) <= roomAt(p.share.Load()) { // completed meanwhile
 			p.waiting.Store(false)
 			return true
+		}
+		if stall && stalled == nil {
+			if p.stall == nil {
+				p.stall = time.NewTimer(stallPause)
+			} else {
+				p.stall.Reset(stallPause)
+			}
+			stalled = p.stall.C
+			defer p.stall.Stop()
 		}
 		select {
 		case <-p.room:
-			p.waiting.Store(false)
+		case <-stalled:
+			stall, stalled = false, nil
+			e.pause(p)
 		case <-ctx.Done():
 			p.waiting.Store(false)
 			return false

@@ -214,6 +214,20 @@ func (t *offsetTracker) addKey(offset int64, key []byte, at time.Time) int64 {
 func (t *offsetTracker) done(seq int64) int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.doneLocked(seq)
+}
+
+// finish marks the record with sequence number seq complete and returns the
+// number of records still open.
+func (t *offsetTracker) finish(seq int64) (open int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.doneLocked(seq)
+	return len(t.entries) - t.head
+}
+
+// doneLocked is done; under mu.
+func (t *offsetTracker) doneLocked(seq int64) int64 {
 	i := int(seq - t.first)
 	if i < t.head || i >= len(t.entries) {
 		return t.next

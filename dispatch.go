@@ -140,10 +140,11 @@ type partition struct {
 	stuck map[int64]string
 
 	// share bounds the partition's open records (fetched, not yet
-	// committable): at the bound its feeder waits (waiting) until a record
-	// completes (room), and the transport stops fetching the partition
-	// (paused), so one stuck key or partition cannot take the whole of
-	// MaxBuffered from the others.
+	// committable): at the bound its feeder waits (waiting) until records
+	// complete (room, roomAt), and the transport stops fetching the
+	// partition (paused; with WaitsForBacklog once it waited stallPause),
+	// so one stuck key or partition cannot take the whole of MaxBuffered
+	// from the others.
 	share   atomic.Int64
 	waiting atomic.Bool
 	room    chan struct{}
@@ -154,10 +155,19 @@ type partition struct {
 
 	// pending holds the records the transport delivered that the feeder has
 	// not dispatched yet; paused says the transport was asked to stop
-	// fetching the partition. Under mu.
+	// fetching the partition. Under mu. Pending is bounded by the share
+	// plus one delivery: at the share, the transport is asked to pause the
+	// partition, or, when it waits for backlogs
+	// (Capabilities.WaitsForBacklog), it is given backlog (Backlog) and
+	// delivers nothing more to anyone until the feeder took pending down
+	// to half the share (or paused the partition, or ended).
 	pending []*transport.Record
 	paused  bool
+	backlog chan struct{} // closed by clearBacklogLocked
 	wake    chan struct{} // records were added to pending
+	// stall pauses the partition once its feeder waited stallPause for
+	// room (with WaitsForBacklog); only the feeder uses it.
+	stall *time.Timer
 
 	// fetch ends the feeder (revoke, loss); hard is the context of handlers
 	// and dead-letter writes, ended when the drain budget is spent.
@@ -350,13 +360,44 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 	p.mu.Lock()
 	p.pending = append(p.pending, recs...)
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
-		p.paused = true
-		e.cons.Pause(tp)
+		switch {
+		case !e.caps.WaitsForBacklog:
+			p.paused = true
+			e.cons.Pause(tp)
+		case p.backlog == nil && p.fetch.Err() == nil: // an ended feeder clears no more
+			p.backlog = make(chan struct{})
+		}
 	}
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
 	default:
+	}
+}
+
+// Backlog returns a channel closed once partition tp's feeder took its
+// pending records down to half its share, paused the partition or ended;
+// nil when tp may take records now (transport.Backlogger).
+func (e *engine) Backlog(tp transport.TopicPartition) <-chan struct{} {
+	e.mu.Lock()
+	p := e.parts[tp]
+	e.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backlog == nil {
+		return nil // a nil chan stays nil in the interface's result
+	}
+	return p.backlog
+}
+
+// clearBacklogLocked lets the transport deliver again; under p.mu.
+func (p *partition) clearBacklogLocked() {
+	if p.backlog != nil {
+		close(p.backlog)
+		p.backlog = nil
 	}
 }
 
@@ -400,6 +441,9 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 			rec := p.pending[0]
 			p.pending[0] = nil
 			p.pending = p.pending[1:]
+			if p.backlog != nil && int64(len(p.pending)) <= p.share.Load()/2 {
+				p.clearBacklogLocked()
+			}
 			p.mu.Unlock()
 			return rec, true
 		}
@@ -430,6 +474,11 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 // for its in-flight records within the drain budget.
 func (e *engine) feed(p *partition) {
 	defer close(p.feederDone)
+	defer func() {
+		p.mu.Lock()
+		p.clearBacklogLocked()
+		p.mu.Unlock()
+	}()
 	ctx := p.fetch
 	for {
 		rec, ok := e.next(p)
@@ -444,21 +493,40 @@ func (e *engine) feed(p *partition) {
 		// partitions hold none; while all are taken, or this partition has
 		// its share open, the partition is paused and its feeder waits with
 		// one record in hand. A record not dispatched is not tracked, so
-		// not committed.
+		// not committed. With WaitsForBacklog a partition at its share is
+		// paused only once it waited stallPause for room: pausing drops
+		// what kgo fetched for it, and handlers catching up with the feeder
+		// free room within microseconds; meanwhile its backlog holds the
+		// transport back.
+		stall := false
 		if !e.hasRoom(p) {
-			e.pause(p)
+			if e.caps.WaitsForBacklog {
+				stall = true
+			} else {
+				e.pause(p)
+			}
 		}
-		if !e.waitRoom(ctx, p) {
+		if !e.waitRoomStall(ctx, p, stall) {
 			break
 		}
 		used, ok := e.deps.buf.tryAcquire(p)
 		if !ok {
 			// Every slot this partition may take is held: pause it and
-			// wait. bufferFull is set before waiting and only then, so
-			// Health never shows a waiting feeder as fetching.
-			e.pause(p)
+			// wait (with WaitsForBacklog, pause it once it waited
+			// stallPause: the slots of records just completed are given
+			// back a moment after they stop counting as open). bufferFull
+			// is set before waiting and only then, so Health never shows a
+			// waiting feeder as fetching.
 			p.bufferFull.Store(true)
-			used, ok = e.deps.buf.acquire(ctx, p)
+			if e.caps.WaitsForBacklog {
+				sctx, cancel := context.WithTimeout(ctx, stallPause)
+				used, ok = e.deps.buf.acquire(sctx, p)
+				cancel()
+			}
+			if !ok && ctx.Err() == nil {
+				e.pause(p)
+				used, ok = e.deps.buf.acquire(ctx, p)
+			}
 			p.bufferFull.Store(false)
 			if !ok {
 				break
@@ -501,11 +569,12 @@ func (p *partition) skipped(offset int64) bool {
 	return len(p.skip) > 0 && p.skip[0].from <= offset
 }
 
-// done marks j complete and wakes p's feeder if it waits for room.
+// done marks j complete and wakes p's feeder if it waits for room and
+// there is enough (roomAt).
 func (e *engine) done(p *partition, j *job) {
-	p.tracker.done(j.seq)
+	open := p.tracker.finish(j.seq)
 	e.deps.hooks.onFinished(j.rec)
-	if p.waiting.Load() {
+	if p.waiting.Load() && int64(open) <= roomAt(p.share.Load()) {
 		select {
 		case p.room <- struct{}{}:
 		default:

@@ -25,7 +25,8 @@ type task struct {
 // time growing its stack for JSON decoding, again for every record. The
 // worker that became idle last gets the next lane: under a steady load the
 // same few workers, their stacks grown and in cache, handle the records,
-// and the others exit after idleFor. As a dispatched lane holds a buffer
+// and the others exit once idle for idleFor (reap: one ticker for the pool,
+// not a timer per worker set each time it goes idle, once per record). As a dispatched lane holds a buffer
 // slot, max (MaxBuffered) workers are enough; at the bound a lane waits in
 // queue for the first worker done with its own, and submit never blocks.
 type workerPool struct {
@@ -43,13 +44,22 @@ type workerPool struct {
 	queue  []task        // lanes waiting for a worker, at the bound
 	n      int           // workers running
 	closed bool
+	// epoch counts the reaper's ticks; reaping says the reaper runs, and
+	// closing done ends it.
+	epoch   int64
+	reaping bool
+	done    chan struct{}
 }
 
-// poolWorker is one worker; next hands it a lane while it is idle.
-type poolWorker struct{ next chan task }
+// poolWorker is one worker; next hands it a lane while it is idle, and is
+// closed to end it. idleAt is the epoch it went idle in (under mu).
+type poolWorker struct {
+	next   chan task
+	idleAt int64
+}
 
 func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPool {
-	return &workerPool{max: max, idleFor: idleFor, wg: wg}
+	return &workerPool{max: max, idleFor: idleFor, wg: wg, done: make(chan struct{})}
 }
 
 // submit hands t to the last idle worker, or starts one, or, at the bound,
@@ -85,7 +95,6 @@ func (wp *workerPool) work(t task) {
 		defer wp.ids.Delete(id)
 	}
 	w := &poolWorker{next: make(chan task, 1)}
-	var timer *time.Timer
 	for {
 		t.e.runLane(t.p, t.key, t.ordered, t.j)
 		wp.mu.Lock()
@@ -101,42 +110,53 @@ func (wp *workerPool) work(t task) {
 			wp.mu.Unlock()
 			return
 		}
+		w.idleAt = wp.epoch
 		wp.idle = append(wp.idle, w)
+		if !wp.reaping {
+			wp.reaping = true
+			go wp.reap()
+		}
 		wp.mu.Unlock()
-		if timer == nil {
-			timer = time.NewTimer(wp.idleFor)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wp.idleFor)
-		}
 		var ok bool
-		select {
-		case t, ok = <-w.next:
-		case <-timer.C:
-			if wp.retire(w) {
-				return
-			}
-			t, ok = <-w.next // taken off the idle list meanwhile: a lane, or close
-		}
-		if !ok {
-			return
+		if t, ok = <-w.next; !ok {
+			return // retired (reap) or the pool closed
 		}
 	}
 }
 
-// retire takes idle worker w out of the pool; false when submit or close
-// took it off the idle list first (it then gets a lane or a close).
-func (wp *workerPool) retire(w *poolWorker) bool {
-	wp.mu.Lock()
-	defer wp.mu.Unlock()
-	for i, x := range wp.idle {
-		if x == w {
-			wp.idle = append(wp.idle[:i], wp.idle[i+1:]...)
-			wp.n--
-			return true
+// reap ends the workers idle for idleFor: every idleFor/2 it retires those
+// that went idle two ticks ago or earlier (idle between idleFor/2 and
+// idleFor), the first idle first. It ends when the pool closes or no worker
+// is left (a worker going idle starts it again).
+func (wp *workerPool) reap() {
+	tick := time.NewTicker(max(wp.idleFor/2, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-wp.done:
+			return
 		}
+		wp.mu.Lock()
+		wp.epoch++
+		kept := wp.idle[:0]
+		for _, w := range wp.idle {
+			if wp.epoch-w.idleAt >= 2 {
+				close(w.next)
+				wp.n--
+				continue
+			}
+			kept = append(kept, w)
+		}
+		clear(wp.idle[len(kept):])
+		wp.idle = kept
+		if wp.n == 0 {
+			wp.reaping = false
+			wp.mu.Unlock()
+			return
+		}
+		wp.mu.Unlock()
 	}
-	return false
 }
 
 // fit raises the bound to n when lower: called with the number of buffer
@@ -154,6 +174,9 @@ func (wp *workerPool) fit(n int) {
 func (wp *workerPool) close() {
 	wp.mu.Lock()
 	defer wp.mu.Unlock()
+	if !wp.closed {
+		close(wp.done)
+	}
 	wp.closed = true
 	for _, w := range wp.idle {
 		close(w.next)

@@ -118,6 +118,13 @@ type Capabilities struct {
 	HeartbeatsDuringDrain bool // Revoked may block up to the rebalance timeout
 	StaticMembership      bool // Config.InstanceID is honoured
 	CommitMetadata        bool // Commit stores Offset.Metadata and Assigned returns it
+	// WaitsForBacklog: after each delivery the consumer asks the handler
+	// (a Backlogger) whether the partitions it delivered to have enough
+	// queued and, if so, takes no more records from its client until they
+	// drained. The engine then pauses a partition only when its feeder
+	// waits for room, not whenever its queue is full: pausing makes some
+	// clients (kgo) drop what they fetched for it, which is fetched again.
+	WaitsForBacklog bool
 }
 
 // Producer writes records. It is safe for concurrent use.
@@ -214,11 +221,24 @@ type GroupHandler interface {
 	Lost(gen Generation, parts []TopicPartition)
 	// Records delivers one partition's records, in offset order, with the
 	// partition's high watermark when the client knows it (else -1). It
-	// must not block for long: backpressure is Pause/Resume.
+	// must not block for long: backpressure is Pause/Resume, and with
+	// WaitsForBacklog the handler's Backlog.
 	Records(tp TopicPartition, recs []*Record, highWatermark int64)
 	// Error reports a group or fetch error (for logs and Health); the
 	// adapter keeps trying.
 	Error(err error)
+}
+
+// Backlogger is a GroupHandler that queues what Records delivers. A
+// consumer whose Capabilities have WaitsForBacklog calls Backlog for each
+// partition it delivered records to, and before it takes more records from
+// its client waits until every channel returned is closed (or it stops).
+// Backlog returns nil when the partition may take more now. The handler
+// closes the channel once the partition's queue drained enough, its
+// fetching was paused, or the partition was revoked or lost, so a partition
+// whose handlers are stuck never holds up the others for long.
+type Backlogger interface {
+	Backlog(tp TopicPartition) <-chan struct{}
 }
 
 // Consumer is one member of a consumer group.

@@ -220,8 +220,23 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 		case <-pollCtx.Done():
 		}
 	}()
+	bl, _ := h.(transport.Backlogger)
+	var backlogs []<-chan struct{}
 	for {
-		fetches := cl.PollFetches(pollCtx)
+		// What is not polled stays in kgo's buffer (one fetch per broker:
+		// kgo fetches again from a broker only once its last fetch was
+		// taken), so a handler with a backlog holds back the fetching.
+		// Pausing a partition instead would make kgo drop what it
+		// buffered for it, to fetch it again on resume.
+		for _, ch := range backlogs {
+			select {
+			case <-ch:
+			case <-pollCtx.Done():
+				return nil
+			}
+		}
+		backlogs = backlogs[:0]
+		fetches := cl.PollRecords(pollCtx, maxPollRecords)
 		if pollCtx.Err() != nil || fetches.IsClientClosed() {
 			return nil
 		}
@@ -235,10 +250,20 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			if len(p.Records) == 0 {
 				return
 			}
-			c.deliver(transport.TopicPartition{Topic: p.Topic, Partition: p.Partition}, p.Records, p.HighWatermark)
+			tp := transport.TopicPartition{Topic: p.Topic, Partition: p.Partition}
+			if c.deliver(tp, p.Records, p.HighWatermark) && bl != nil {
+				if ch := bl.Backlog(tp); ch != nil {
+					backlogs = append(backlogs, ch)
+				}
+			}
 		})
 	}
 }
+
+// maxPollRecords bounds the records one poll hands to the engine, all
+// partitions together (the engine's pending records of a partition are at
+// most its share plus one poll).
+const maxPollRecords = 500
 
 // pollError labels an error a poll returned. kgo reports an error of the
 // group session (join, sync, heartbeat, offset fetch) as a fetch error of
@@ -287,7 +312,9 @@ func (c *consumer) probeUntilJoined(ctx context.Context, cl *kgo.Client, h trans
 	}
 }
 
-func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw int64) {
+// deliver hands krs to the engine; false when tp is not deliverable (being
+// revoked, or not assigned).
+func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw int64) bool {
 	// Three allocations per fetch, not per record: the records, their
 	// headers and the slice of pointers the engine gets share arrays.
 	nh := 0
@@ -314,9 +341,11 @@ func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw in
 	}
 	c.deliverMu.Lock()
 	defer c.deliverMu.Unlock()
-	if c.deliverable[tp] {
-		c.h.Records(tp, recs, hw)
+	if !c.deliverable[tp] {
+		return false
 	}
+	c.h.Records(tp, recs, hw)
+	return true
 }
 
 // generation returns the member's current generation (the member epoch with
@@ -802,7 +831,8 @@ func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets
 	return nil
 }
 
-// Pause stops fetching tps (kgo drops what it buffered for them).
+// Pause stops fetching tps (kgo drops what it buffered for them, and
+// fetches it again on Resume).
 func (c *consumer) Pause(tps ...transport.TopicPartition) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

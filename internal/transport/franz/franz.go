@@ -68,6 +68,7 @@ func (t *franzTransport) Capabilities() transport.Capabilities {
 		HeartbeatsDuringDrain: true,
 		StaticMembership:      true,
 		CommitMetadata:        true,
+		WaitsForBacklog:       true,
 	}
 }
 

@@ -49,6 +49,7 @@ type Broker struct {
 
 	mu        sync.Mutex
 	delivered map[transport.TopicPartition]int64
+	pauses    map[transport.TopicPartition]int64
 	topics    map[string][][]transport.Record
 	groups    map[string]*group
 	changed   chan struct{} // closed and replaced at every append
@@ -64,7 +65,7 @@ type group struct {
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
 	return &Broker{topics: map[string][][]transport.Record{}, groups: map[string]*group{}, changed: make(chan struct{}),
-		delivered: map[transport.TopicPartition]int64{}}
+		delivered: map[transport.TopicPartition]int64{}, pauses: map[transport.TopicPartition]int64{}}
 }
 
 // CreateTopic creates topic with n partitions, if it does not exist.
@@ -113,6 +114,13 @@ func (b *Broker) Delivered(tp transport.TopicPartition) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.delivered[tp]
+}
+
+// Pauses returns how many times consumers were asked to pause tp.
+func (b *Broker) Pauses(tp transport.TopicPartition) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pauses[tp]
 }
 
 // Committed returns group's committed offset of tp (ok false when none).
@@ -345,11 +353,32 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 
 	c.b.join(c)
 	defer c.b.leave(c)
+	bl, _ := h.(transport.Backlogger)
+	if !c.caps.WaitsForBacklog {
+		bl = nil
+	}
 	for {
 		c.b.mu.Lock()
 		changed := c.b.changed
 		c.b.mu.Unlock()
-		if !c.deliverOnce() {
+		delivered := c.deliverOnce()
+		// With WaitsForBacklog nothing more is delivered, to any
+		// partition, while one delivered to has a backlog.
+		for _, tp := range delivered {
+			if bl == nil {
+				break
+			}
+			if ch := bl.Backlog(tp); ch != nil {
+				select {
+				case <-ch:
+				case <-ctx.Done():
+					return nil
+				case <-c.closed:
+					return nil
+				}
+			}
+		}
+		if len(delivered) == 0 {
 			select {
 			case <-ctx.Done():
 				return nil
@@ -370,8 +399,8 @@ func (c *Consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 }
 
 // deliverOnce delivers one batch to each assigned, unpaused partition that
-// has records past its position; false when there was none.
-func (c *Consumer) deliverOnce() bool {
+// has records past its position, and returns those partitions.
+func (c *Consumer) deliverOnce() []transport.TopicPartition {
 	c.deliver.Lock()
 	defer c.deliver.Unlock()
 	c.mu.Lock()
@@ -381,7 +410,7 @@ func (c *Consumer) deliverOnce() bool {
 	if c.b.Batch == 0 {
 		batch = 64
 	}
-	any := false
+	var delivered []transport.TopicPartition
 	for _, tp := range tps {
 		c.mu.Lock()
 		paused, pos := c.paused[tp], c.pos[tp]
@@ -407,22 +436,27 @@ func (c *Consumer) deliverOnce() bool {
 		if len(recs) == 0 {
 			continue
 		}
-		any = true
+		delivered = append(delivered, tp)
 		c.mu.Lock()
 		c.pos[tp] = pos + int64(len(recs))
 		c.mu.Unlock()
 		c.h.Records(tp, recs, hw)
 	}
-	return any
+	return delivered
 }
 
 // Pause stops delivering tps.
 func (c *Consumer) Pause(tps ...transport.TopicPartition) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, tp := range tps {
 		c.paused[tp] = true
 	}
+	c.mu.Unlock()
+	c.b.mu.Lock()
+	for _, tp := range tps {
+		c.b.pauses[tp]++
+	}
+	c.b.mu.Unlock()
 }
 
 // Resume delivers tps again.
