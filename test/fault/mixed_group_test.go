@@ -67,7 +67,12 @@ func mixedGroup(t *testing.T, first, second kavari.Transport) {
 		cfg := baseConfig(brokers, reg)
 		cfg.Transport = tr
 		cfg.Consume.GroupID = group
-		cfg.Consume.AutoOffsetReset = kavari.Latest // records of earlier runs are not this test's
+		// Earliest: records of earlier runs are skipped by their run id.
+		// With Latest, a kafka-go member reported its partitions assigned
+		// before its readers had resolved the log end, and records
+		// published in that moment were skipped (2 lost in 1 of 4 runs):
+		// a defect of Latest, not of mixed groups, left for its own test.
+		cfg.Consume.AutoOffsetReset = kavari.Earliest
 		k := newKavari(t, cfg)
 		if err := k.Start(context.Background()); err != nil {
 			t.Fatal(err)
