@@ -252,6 +252,21 @@ type ConsumeConfig struct {
 	// are buffered.
 	// Default 4 × MaxInFlight.
 	MaxBuffered int
+	// MaxBatchRecords bounds the records of one batch handed to a batch
+	// handler (RegisterBatch). A batch holds records of one type and one
+	// partition; it is handed over when it has MaxBatchRecords records or
+	// MaxBatchBytes bytes, or when its first record waited MaxBatchWait.
+	// Its records count in MaxBuffered; a batch takes one of MaxInFlight.
+	// Default 100.
+	MaxBatchRecords int
+	// MaxBatchBytes bounds the bytes (keys and values) of one batch; a
+	// record larger than it is a batch of its own.
+	// Default 1 MiB.
+	MaxBatchBytes int
+	// MaxBatchWait is how long a batch that is not full waits for more
+	// records (the linger) after its first record arrived.
+	// Default 10 ms.
+	MaxBatchWait time.Duration
 	// Retry is the handler retry policy before dead-lettering; each zero
 	// field takes its default on its own (MaxAttempts 0 is 5 here).
 	// Default Fibonacci, 100 ms base, 5 attempts.
@@ -371,6 +386,15 @@ func (c *Config) setDefaults() {
 	if c.Consume.MaxBuffered == 0 {
 		c.Consume.MaxBuffered = 4 * c.Consume.MaxInFlight
 	}
+	if c.Consume.MaxBatchRecords == 0 {
+		c.Consume.MaxBatchRecords = 100
+	}
+	if c.Consume.MaxBatchBytes == 0 {
+		c.Consume.MaxBatchBytes = 1 << 20
+	}
+	if c.Consume.MaxBatchWait == 0 {
+		c.Consume.MaxBatchWait = 10 * time.Millisecond
+	}
 	if c.Consume.Retry.MaxAttempts == 0 {
 		// Per field, as for every zero field of a policy: setting BaseDelay
 		// alone must not change the attempt count.
@@ -436,6 +460,7 @@ func (c *Config) validate() error {
 	}{
 		{"Publish.BatchSize", int64(c.Publish.BatchSize)}, {"Publish.BatchBytes", c.Publish.BatchBytes}, {"Publish.MaxMessageBytes", int64(c.Publish.MaxMessageBytes)},
 		{"Publish.AsyncQueue", int64(c.Publish.AsyncQueue)}, {"Publish.AsyncWorkers", int64(c.Publish.AsyncWorkers)}, {"Consume.MaxInFlight", int64(c.Consume.MaxInFlight)}, {"Consume.MaxBuffered", int64(c.Consume.MaxBuffered)},
+		{"Consume.MaxBatchRecords", int64(c.Consume.MaxBatchRecords)}, {"Consume.MaxBatchBytes", int64(c.Consume.MaxBatchBytes)},
 		{"Topics.Partitions", int64(c.Topics.Partitions)},
 	} {
 		if f.v < 0 {
@@ -444,6 +469,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.HandlerTimeout < 0 || c.Consume.CommitInterval < 0 || c.Consume.DrainTimeout < 0 || c.Publish.BatchTimeout < 0 {
 		errs = append(errs, errors.New("a timeout or interval (Consume.HandlerTimeout, Consume.CommitInterval, Consume.DrainTimeout, Publish.BatchTimeout) is negative"))
+	}
+	if c.Consume.MaxBatchWait < 0 {
+		errs = append(errs, errors.New("Consume.MaxBatchWait is negative"))
 	}
 	if c.Publish.BatchBytes > 0 && int64(c.Publish.MaxMessageBytes) > c.Publish.BatchBytes {
 		errs = append(errs, fmt.Errorf("Publish.MaxMessageBytes (%d) is larger than Publish.BatchBytes (%d): a message between the two passes the size check but never fits in a batch request; raise Publish.BatchBytes or lower Publish.MaxMessageBytes", c.Publish.MaxMessageBytes, c.Publish.BatchBytes))

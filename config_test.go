@@ -40,6 +40,9 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, kavari.PerKey, c.Consume.Ordering)
 	assert.Equal(t, 256, c.Consume.MaxInFlight)
 	assert.Equal(t, 1024, c.Consume.MaxBuffered)
+	assert.Equal(t, 100, c.Consume.MaxBatchRecords)
+	assert.Equal(t, 1<<20, c.Consume.MaxBatchBytes)
+	assert.Equal(t, 10*time.Millisecond, c.Consume.MaxBatchWait)
 	assert.Equal(t, time.Duration(0), c.Consume.HandlerTimeout)
 	assert.Equal(t, time.Second, c.Consume.CommitInterval)
 	assert.Equal(t, 5*time.Second, c.Consume.DrainTimeout) // SessionTimeout − HeartbeatInterval − 2 s: no heartbeats while draining
@@ -89,6 +92,9 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 			Ordering:          kavari.Unordered,
 			MaxInFlight:       9,
 			MaxBuffered:       11,
+			MaxBatchRecords:   5,
+			MaxBatchBytes:     700,
+			MaxBatchWait:      time.Second,
 			Retry:             kavari.NoRetry(),
 			HandlerTimeout:    time.Minute,
 			CommitInterval:    3 * time.Second,
@@ -171,6 +177,9 @@ func TestConfigValidationSingleProblems(t *testing.T) {
 		{"negative AsyncWorkers", func(c *kavari.Config) { c.Publish.AsyncWorkers = -1 }, "Publish.AsyncWorkers is negative"},
 		{"MaxBuffered below MaxInFlight", func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 10, 5 }, "Consume.MaxBuffered must be at least Consume.MaxInFlight"},
 		{"negative MaxInFlight", func(c *kavari.Config) { c.Consume.MaxInFlight = -1 }, "Consume.MaxInFlight is negative"},
+		{"negative MaxBatchRecords", func(c *kavari.Config) { c.Consume.MaxBatchRecords = -1 }, "Consume.MaxBatchRecords is negative"},
+		{"negative MaxBatchBytes", func(c *kavari.Config) { c.Consume.MaxBatchBytes = -1 }, "Consume.MaxBatchBytes is negative"},
+		{"negative MaxBatchWait", func(c *kavari.Config) { c.Consume.MaxBatchWait = -1 }, "Consume.MaxBatchWait is negative"},
 		{"unknown Transport", func(c *kavari.Config) { c.Transport = 7 }, "unknown Transport 7"},
 		{"negative Topics.Partitions", func(c *kavari.Config) { c.Topics.Partitions = -1 }, "Topics.Partitions is negative"},
 		{"negative CommitInterval", func(c *kavari.Config) { c.Consume.CommitInterval = -1 }, "negative"},

@@ -49,6 +49,9 @@ type engine struct {
 	runDone  chan struct{} // closed when the transport's Run returned
 	// sending holds the offsets of the commit under way, until it is accepted.
 	sending atomic.Pointer[[]transport.Offset]
+	// batchTopics are the topics with a batch handler: their partitions
+	// queue records for batches (batch.go); nil when none has one.
+	batchTopics map[string]bool
 }
 
 // engineDeps is everything the engine uses of the client it runs on:
@@ -96,7 +99,7 @@ type engineDeps struct {
 
 func newEngine(deps engineDeps, table *routeTable, cons transport.Consumer, caps transport.Capabilities) *engine {
 	return &engine{deps: deps, table: table, cons: cons, caps: caps, dlqUnchecked: deps.dlqUnchecked,
-		parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{})}
+		parts: map[transport.TopicPartition]*partition{}, runDone: make(chan struct{}), batchTopics: table.batchTopics()}
 }
 
 // run consumes until Stop: the transport joins the group and calls e. It
@@ -134,6 +137,9 @@ type partition struct {
 	// one in hand (an empty queue: the key is busy, nothing waits).
 	lanes    map[string][]*job
 	inflight sync.WaitGroup
+	// bq queues the records for batches when the topic has a batch
+	// handler (batch.go); nil otherwise, and then lanes take every record.
+	bq *batchQueue
 
 	// stuck says, by offset, why records cannot complete, when kavari knows
 	// (a dead letter that cannot be written); Health shows the first. Under mu.
@@ -206,6 +212,9 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			room: make(chan struct{}, 1), wake: make(chan struct{}, 1), feederDone: make(chan struct{}),
 		}
 		p.lag.init(a.Offset)
+		if e.batchTopics[a.Topic] {
+			p.bq = &batchQueue{busy: map[string]int{}}
+		}
 		if e.caps.CommitMetadata {
 			p.committedMeta = a.Metadata
 			p.skip = decodeDoneOffsets(a.Offset, a.Metadata)
@@ -533,7 +542,14 @@ func (e *engine) feed(p *partition) {
 			}
 		}
 		e.deps.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
-		e.dispatch(p, rec)
+		if p.bq != nil {
+			e.enqueue(p, rec)
+		} else {
+			e.dispatch(p, rec)
+		}
+	}
+	if p.bq != nil {
+		e.closeBatches(p)
 	}
 	// Revoked or stopping: let in-flight work finish within the drain
 	// budget, which ends p.hard (Revoked's timer, or Stop's deadline).

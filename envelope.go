@@ -78,6 +78,25 @@ func RecordFromContext(ctx context.Context) (*Record, bool) {
 	return r, ok
 }
 
+// BatchRecordFromContext returns the record at index i of the batch being
+// handled, when ctx is a batch handler's (BatchHandler) and i is in the
+// batch: its topic, partition, offset, key, headers, ce_id and the attempt
+// of the batch (Record.Attempt). In a batch handler RecordFromContext
+// reports no record.
+func BatchRecordFromContext(ctx context.Context, i int) (*Record, bool) {
+	b, ok := ctx.Value(batchKey{}).(*batchCtx)
+	if !ok || i < 0 || i >= len(b.jobs) {
+		return nil, false
+	}
+	name := ""
+	if b.b != nil {
+		name = b.b.name
+	}
+	return recordOf(b.jobs[i].rec, b.attempt, name), true
+}
+
+type batchKey struct{}
+
 // appendID appends a random RFC 4122 version 4 UUID to dst.
 func appendID(dst []byte) []byte {
 	const hex = "0123456789abcdef"

@@ -195,6 +195,31 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// BatchFailed is what a batch handler (BatchHandler) returns when the
+// record at index of its batch failed with err: the records before index
+// are handled, the record at index is retried alone with the consumer
+// retry policy (BatchFailed(index, Permanent(err)) skips that) and then
+// dead-lettered, and the records after index come again in a later batch.
+// When several BatchFailed errors are joined (errors.Join), the lowest
+// index counts; the later records come again anyway. An index outside the
+// batch makes the error a failure of the whole batch, as any other error.
+func BatchFailed(index int, err error) error {
+	return &BatchFailure{Index: index, Err: err}
+}
+
+// BatchFailure is the error BatchFailed returns: record Index of the batch
+// failed with Err.
+type BatchFailure struct {
+	Index int
+	Err   error
+}
+
+func (e *BatchFailure) Error() string {
+	return fmt.Sprintf("kavari: record %d of the batch failed: %v", e.Index, e.Err)
+}
+
+func (e *BatchFailure) Unwrap() error { return e.Err }
+
 // HandlerError is a handler failure after its retries, as passed to the dead
 // letter and to the log.
 type HandlerError struct {

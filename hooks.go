@@ -100,6 +100,9 @@ type hooks struct {
 	dead      []HookDeadLettered
 	fetched   []HookFetched
 	finished  []func(*transport.Record) // kavaritest's, through internal/testlink (testlink.go)
+	// batchAttempt are kavaritest's too: called for each record of a batch
+	// handler's attempt.
+	batchAttempt []func(*transport.Record)
 }
 
 // newHooks sorts hs by capability; nil when hs is empty.

@@ -63,6 +63,9 @@ type route struct {
 
 // binding is one handler of a route, in the non-generic shape the dispatcher uses.
 type binding struct {
+	// batch says the handler takes batches (RegisterBatch*): callBatch
+	// runs it, call is nil.
+	batch       bool
 	name        string       // for logs and dead letters
 	handlerType reflect.Type // key given to a Provider; nil for plain funcs
 	fn          uintptr      // identity of a RegisterFunc function value; 0 otherwise
@@ -71,6 +74,8 @@ type binding struct {
 	build func() (any, error)
 	// call runs handler h (as returned by build or a provider) on msg (a *T).
 	call func(ctx context.Context, h any, msg any) error
+	// callBatch runs batch handler h on msgs (each a *T).
+	callBatch func(ctx context.Context, h any, msgs []any) error
 }
 
 // routeTable is the read-only view of a frozen registry.
@@ -212,7 +217,7 @@ func (r *Registry) add(msg any, b *binding) error {
 	}
 	if b.handlerType != nil {
 		for _, o := range rt.bindings {
-			if o.handlerType == b.handlerType {
+			if o.handlerType == b.handlerType && o.batch == b.batch {
 				return fmt.Errorf("%w: handler %s for %s registered twice", ErrDuplicate, b.handlerType, info.typ)
 			}
 		}
@@ -309,4 +314,134 @@ func (t *routeTable) subscribed() []string {
 // lookup finds the route for a record's topic and logical type name.
 func (t *routeTable) lookup(topic, name string) *route {
 	return t.byTopic[topic][name]
+}
+
+// BatchHandler handles records of one message type in batches: msgs are
+// records of one partition, in offset order per key (see RegisterBatch).
+// Implementations must be safe for concurrent use unless they are built per
+// batch (by a factory or provider).
+//
+// Returning nil marks every record of the batch handled. Returning
+// BatchFailed(i, err) says record i failed: the records before it are
+// handled, record i is retried alone and then dead-lettered, and the ones
+// after it come again in a later batch. Any other error (or a panic) fails
+// the whole batch: kavari retries it with the consumer retry policy, then
+// splits it until the failing records are isolated (see the README's
+// "Batch handlers"). BatchRecordFromContext(ctx, i) describes record i.
+type BatchHandler[T any] interface {
+	HandleBatch(ctx context.Context, msgs []*T) error
+}
+
+// batchHandlerFunc adapts a function to BatchHandler (RegisterBatchFunc's handlers).
+type batchHandlerFunc[T any] func(ctx context.Context, msgs []*T) error
+
+// HandleBatch calls f.
+func (f batchHandlerFunc[T]) HandleBatch(ctx context.Context, msgs []*T) error { return f(ctx, msgs) }
+
+// RegisterBatch registers a batch handler factory for message type T on
+// DefaultRegistry. See RegisterBatchOn.
+func RegisterBatch[T any, PT MsgPtr[T], H BatchHandler[T]](msg PT, factory func() H) error {
+	return RegisterBatchOn(DefaultRegistry, msg, factory)
+}
+
+// RegisterBatchOn registers a batch handler factory for message type T on
+// r: the consumer hands T's records to H.HandleBatch in batches of one
+// partition, bounded by Consume.MaxBatchRecords, MaxBatchBytes and
+// MaxBatchWait. The factory is called for each batch unless a Provider is
+// set, which is then asked for a handler of type H. A type may have single
+// handlers (Register) and batch handlers; each sees every record of the
+// type. Registering the same batch handler type twice for T fails with
+// ErrDuplicate.
+func RegisterBatchOn[T any, PT MsgPtr[T], H BatchHandler[T]](r *Registry, msg PT, factory func() H) error {
+	if factory == nil {
+		return fmt.Errorf("kavari: RegisterBatch %T: nil factory", msg)
+	}
+	ht := reflect.TypeFor[H]()
+	return r.add(msg, &binding{
+		name:        ht.String(),
+		handlerType: ht,
+		batch:       true,
+		build:       func() (any, error) { return factory(), nil },
+		callBatch:   callBatchHandler[T],
+	})
+}
+
+// RegisterBatchFunc registers a batch handler function for message type T
+// on DefaultRegistry.
+func RegisterBatchFunc[T any, PT MsgPtr[T]](msg PT, fn func(ctx context.Context, msgs []*T) error) error {
+	return RegisterBatchFuncOn(DefaultRegistry, msg, fn)
+}
+
+// RegisterBatchFuncOn registers a batch handler function for message type T
+// on r, as RegisterBatchOn does a factory; it is named and told apart as
+// RegisterFuncOn's functions are.
+func RegisterBatchFuncOn[T any, PT MsgPtr[T]](r *Registry, msg PT, fn func(ctx context.Context, msgs []*T) error) error {
+	if fn == nil {
+		return fmt.Errorf("kavari: RegisterBatchFunc %T: nil function", msg)
+	}
+	h := batchHandlerFunc[T](fn)
+	name := fmt.Sprintf("func(%T)", msg)
+	if f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()); f != nil {
+		name = f.Name()
+	}
+	return r.add(msg, &binding{
+		name:      name,
+		fn:        funcIdentity(fn),
+		batch:     true,
+		build:     func() (any, error) { return h, nil },
+		callBatch: callBatchHandler[T],
+	})
+}
+
+// RegisterBatchProvided registers batch handler type H for message type T
+// on DefaultRegistry, leaving its construction to the Provider. Pass a
+// typed nil to name the type:
+//
+//	kavari.RegisterBatchProvided(&OrderPlaced{}, (*OrderWriter)(nil))
+func RegisterBatchProvided[T any, PT MsgPtr[T], H BatchHandler[T]](msg PT, handlerType H) error {
+	return RegisterBatchProvidedOn(DefaultRegistry, msg, handlerType)
+}
+
+// RegisterBatchProvidedOn is RegisterBatchProvided on registry r.
+func RegisterBatchProvidedOn[T any, PT MsgPtr[T], H BatchHandler[T]](r *Registry, msg PT, _ H) error {
+	ht := reflect.TypeFor[H]()
+	return r.add(msg, &binding{name: ht.String(), handlerType: ht, batch: true, callBatch: callBatchHandler[T]})
+}
+
+func callBatchHandler[T any](ctx context.Context, h any, msgs []any) error {
+	hh, ok := h.(BatchHandler[T])
+	if !ok {
+		return fmt.Errorf("kavari: handler %T does not implement kavari.BatchHandler[%s]", h, reflect.TypeFor[T]())
+	}
+	ms := make([]*T, len(msgs))
+	for i, m := range msgs {
+		ms[i] = m.(*T)
+	}
+	return hh.HandleBatch(ctx, ms)
+}
+
+// hasBatch reports whether rt has a batch handler.
+func (rt *route) hasBatch() bool {
+	for _, b := range rt.bindings {
+		if b.batch {
+			return true
+		}
+	}
+	return false
+}
+
+// batchTopics returns the topics of t with a batch handler.
+func (t *routeTable) batchTopics() map[string]bool {
+	var m map[string]bool
+	for topic, routes := range t.byTopic {
+		for _, rt := range routes {
+			if rt.hasBatch() {
+				if m == nil {
+					m = map[string]bool{}
+				}
+				m[topic] = true
+			}
+		}
+	}
+	return m
 }

@@ -61,6 +61,17 @@ func init() {
 	}
 }
 
+// onBatchAttempt tells the observers of internal/testlink that a batch
+// handler's attempt holds rec.
+func (h *hooks) onBatchAttempt(rec *transport.Record) {
+	if h == nil {
+		return
+	}
+	for _, f := range h.batchAttempt {
+		f(rec)
+	}
+}
+
 // onFinished tells the observers of internal/testlink that the consumer
 // finished rec.
 func (h *hooks) onFinished(rec *transport.Record) {

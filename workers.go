@@ -18,6 +18,7 @@ type task struct {
 	key     []byte
 	ordered bool
 	j       *job
+	u       *batchUnit // when not nil, a unit of a batch queue (batch.go) instead of a lane
 }
 
 // workerPool runs lanes on reused goroutines, at most max of them. Workers
@@ -96,7 +97,11 @@ func (wp *workerPool) work(t task) {
 	}
 	w := &poolWorker{next: make(chan task, 1)}
 	for {
-		t.e.runLane(t.p, t.key, t.ordered, t.j)
+		if t.u != nil {
+			t.e.runUnit(t.p, t.u)
+		} else {
+			t.e.runLane(t.p, t.key, t.ordered, t.j)
+		}
 		wp.mu.Lock()
 		if len(wp.queue) > 0 {
 			t = wp.queue[0]
