@@ -27,6 +27,14 @@ func init() {
 		k.hooks.finished = append(k.hooks.finished, finished)
 		return k, nil
 	}
+	testlink.ObserveBatches = func(client any, attempt func(*transport.Record)) {
+		k := client.(*Client)
+		if k.hooks == nil {
+			k.hooks = &hooks{}
+			k.pub.hooks = k.hooks
+		}
+		k.hooks.batchAttempt = append(k.hooks.batchAttempt, attempt)
+	}
 	testlink.Capabilities = func(cfg any) (transport.Capabilities, error) {
 		c := cfg.(Config)
 		tr, err := c.adapter()

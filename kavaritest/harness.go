@@ -126,6 +126,7 @@ func New(t testing.TB, cfg kavari.Config) *Harness {
 		t.Fatalf("kavaritest: %v", err)
 	}
 	h.feed, h.client = feed, c.(*kavari.Client)
+	testlink.ObserveBatches(c, h.batchAttempt)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -182,7 +183,14 @@ func (h *Harness) Deliver(ctx context.Context, msg kavari.Msg) Outcome {
 // consumer finished all of them, with their outcomes in the same order.
 // The consumer sees them together: records with different keys are
 // handled concurrently, those with the same key one at a time in order
-// (with the default Ordering).
+// (with the default Ordering). A type with a batch handler
+// (kavari.RegisterBatch) gets them in batches per partition, as on Kafka
+// (Config.Consume.MaxBatchRecords, MaxBatchBytes, MaxBatchWait), and each
+// Outcome says what became of its record: Handled, or DeadLettered when
+// the handler named it (kavari.BatchFailed) or kavari isolated it as the
+// failing record; Attempts counts the batch calls that held the record,
+// failed ones included. To test the poison path, deliver the poison record
+// among healthy ones.
 func (h *Harness) DeliverAll(ctx context.Context, msgs ...kavari.Msg) []Outcome {
 	h.t.Helper()
 	recs := make([]*transport.Record, len(msgs))
@@ -340,6 +348,13 @@ func (h *Harness) finished(rec *transport.Record) {
 	default:
 		close(tr.done)
 	}
+}
+
+// batchAttempt counts an attempt of a batch handler that holds rec.
+func (h *Harness) batchAttempt(rec *transport.Record) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.trackLocked(recordKey{rec.Topic, rec.Partition, rec.Offset}).attempts++
 }
 
 // countAttempts is the outermost middleware: it counts handler attempts.

@@ -307,3 +307,57 @@ func TestDeliverToUnconsumedTopicFails(t *testing.T) {
 		t.Fatalf("Deliver to an unconsumed topic: %v", failure)
 	}
 }
+
+// DeliverAll hands a batch handler's records over in batches and reports
+// each record's outcome: the poison record the handler names is
+// dead-lettered after its retries alone, the others are handled.
+func TestDeliverAllBatchPoison(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := kavari.NewRegistry()
+		var mu sync.Mutex
+		var sizes []int
+		if err := kavari.RegisterBatchFuncOn(reg, &order{}, func(ctx context.Context, ms []*order) error {
+			mu.Lock()
+			sizes = append(sizes, len(ms))
+			mu.Unlock()
+			for i, m := range ms {
+				if m.ID == "poison" {
+					return kavari.BatchFailed(i, errors.New("cannot insert"))
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := quick(reg)
+		cfg.Topics.Partitions = 1
+		h := kavaritest.New(t, cfg)
+		var msgs []kavari.Msg
+		for i := 0; i < 9; i++ {
+			id := "o-" + strconv.Itoa(i)
+			if i == 4 {
+				id = "poison"
+			}
+			msgs = append(msgs, &order{ID: id, Seq: i})
+		}
+		outs := h.DeliverAll(t.Context(), msgs...)
+		for i, o := range outs {
+			switch {
+			case i == 4:
+				if o.Result != kavaritest.DeadLettered || o.Kind != kavari.KindHandler || o.Attempts != 3 {
+					t.Errorf("poison: %v, want dead-lettered after 3 attempts", o)
+				}
+			case o.Result != kavaritest.Handled:
+				t.Errorf("record %d: %v, want handled", i, o)
+			}
+		}
+		if dls := h.DeadLetters(); len(dls) != 1 || dls[0].Kind != kavari.KindHandler {
+			t.Errorf("dead letters %v", dls)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(sizes) == 0 || sizes[0] != 9 {
+			t.Errorf("batch sizes %v: want the nine records in the first batch", sizes)
+		}
+	})
+}

@@ -101,7 +101,8 @@ type Outcome struct {
 	// Record is the record delivered, with its partition and offset.
 	Record Record
 	// Attempts counts handler attempts, retries included, summed over the
-	// handlers of the record's type (0 for a poison record).
+	// handlers of the record's type (0 for a poison record); for a batch
+	// handler, the calls whose batch held the record.
 	Attempts int
 	// Kind, Handler and Err describe the dead letter (DeadLettered): why,
 	// which handler gave up ("" for a poison record), and the cause as the

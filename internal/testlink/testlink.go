@@ -18,6 +18,11 @@ var (
 	// right after the record was marked complete.
 	NewClient func(cfg any, tr transport.Adapter, finished func(rec *transport.Record)) (any, error)
 
+	// ObserveBatches makes client (a *kavari.Client made by NewClient)
+	// call attempt for each record of every attempt of a batch handler
+	// (kavari.BatchHandler), before the handler runs.
+	ObserveBatches func(client any, attempt func(rec *transport.Record))
+
 	// Capabilities returns the capabilities of the transport cfg (a
 	// kavari.Config) selects, or why it selects none: what kavari.New
 	// checks cfg against.
