@@ -678,3 +678,91 @@ func TestBatchTakesOneRunSlot(t *testing.T) {
 		}
 	})
 }
+
+type engBatchWriter struct{ rows *atomic.Int64 }
+
+func (w *engBatchWriter) HandleBatch(ctx context.Context, ms []*engMsg) error {
+	w.rows.Add(int64(len(ms)))
+	return nil
+}
+
+// The factory and provider forms of RegisterBatch, as Register's: the
+// handler type names the handler, registering it twice is ErrDuplicate, and
+// the provider builds it.
+func TestRegisterBatchForms(t *testing.T) {
+	reg := kavari.NewRegistry()
+	var rows atomic.Int64
+	require.NoError(t, kavari.RegisterBatchOn(reg, &engMsg{}, func() *engBatchWriter { return &engBatchWriter{&rows} }))
+	err := kavari.RegisterBatchOn(reg, &engMsg{}, func() *engBatchWriter { return &engBatchWriter{&rows} })
+	assert.ErrorIs(t, err, kavari.ErrDuplicate)
+	types := reg.Types()
+	require.Len(t, types, 1)
+	assert.Equal(t, []string{"*kavari_test.engBatchWriter"}, types[0].Handlers)
+
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for i := 0; i < 10; i++ {
+			b.Append(engRecord(0, "k", i))
+		}
+		reg := kavari.NewRegistry()
+		require.NoError(t, kavari.RegisterBatchProvidedOn(reg, &engMsg{}, (*engBatchWriter)(nil)))
+		k, err := kavari.NewOnTransport(kavari.Config{Brokers: []string{"memory"}, Registry: reg, Logger: testLogger(),
+			Consume: kavari.ConsumeConfig{GroupID: "g", CommitInterval: 100 * time.Millisecond}}, b.Transport(transport.Capabilities{}))
+		require.NoError(t, err)
+		var herr *kavari.HandlerResolveError
+		require.ErrorAs(t, k.Start(context.Background()), &herr, "no provider set")
+		var rows atomic.Int64
+		k.SetProvider(kavari.MapProvider(&engBatchWriter{&rows}))
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 10)
+		require.NoError(t, stopNow(t, k))
+		assert.Equal(t, int64(10), rows.Load())
+	})
+}
+
+// Permanent skips the retries: a batch failing with Permanent is bisected
+// at once, and the record it isolates is dead-lettered without retries;
+// BatchFailed(i, Permanent(err)) dead-letters record i at once.
+func TestBatchPermanentSkipsRetries(t *testing.T) {
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(1)
+				for i := 0; i < 8; i++ {
+					b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+				}
+				var calls batchCalls
+				k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+					for i, m := range ms {
+						if m.N == 5 {
+							if named {
+								return calls.add(ms, kavari.BatchFailed(i, kavari.Permanent(errors.New("never"))))
+							}
+							return calls.add(ms, kavari.Permanent(errors.New("never")))
+						}
+					}
+					return calls.add(ms, nil)
+				}, func(c *kavari.Config) { c.Consume.MaxBatchRecords = 8 })
+				require.NoError(t, k.Start(context.Background()))
+				waitCommitted(b, "g", 0, 8)
+				require.NoError(t, stopNow(t, k))
+				assert.Equal(t, map[string]string{"5": "handler/1"}, deadLettered(b))
+				if !named { // named: the failed call handled 0-4
+					assert.Len(t, calls.handled(), 7)
+				}
+				calls.mu.Lock()
+				defer calls.mu.Unlock()
+				whole := 0
+				for _, ns := range calls.calls {
+					if len(ns) == 8 {
+						whole++
+					}
+				}
+				assert.Equal(t, 1, whole, "calls %v", calls.calls)
+				if named {
+					assert.Len(t, calls.calls, 2, "the batch, then the records after 5: %v", calls.calls)
+				}
+			})
+		})
+	}
+}
