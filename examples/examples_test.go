@@ -40,7 +40,7 @@ func build(t *testing.T) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./quickstart", "./di", "./httpservice")
+	args = append(args, "./quickstart", "./di", "./httpservice", "./batch")
 	cmd := exec.Command(goBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -88,6 +88,17 @@ func TestExamples(t *testing.T) {
 				"the repository they were given holds 4 orders of this run:",
 				"order 4     40.00  paid by card",
 				"OK: every message was handled by a handler the container built",
+			},
+		},
+		{
+			name: "batch",
+			args: []string{"-n", "2000"},
+			want: []string{
+				"published 2000 orders with PublishBatch; the table refuses one of them",
+				"inserted  1999 orders in",
+				"dead-lettered 001000 (batch.orders@",
+				"handler after 3 attempts)",
+				"OK: every order but the refused one inserted; the refused one dead-lettered",
 			},
 		},
 		{
