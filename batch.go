@@ -433,7 +433,7 @@ func (e *engine) runAlone(p *partition, bj *batchJob) []*batchJob {
 			return e.invoke(p, b, bj.msg, &bj.job, attempt)
 		}
 		err := e.invokeBatch(p, b, []*batchJob{bj}, attempt)
-		if i, inner, ok, _ := batchFailure(err, 1); ok && i == 0 {
+		if i, ok, _, inner := batchFailure(err, 1); ok && i == 0 {
 			return inner
 		}
 		return err
@@ -500,7 +500,7 @@ func (e *engine) runBatch(p *partition, jobs []*batchJob) []*batchJob {
 		last = e.invokeBatch(p, b, valid, attempt)
 		return last
 	}, func(err error) bool {
-		if _, _, ok, _ := batchFailure(err, len(valid)); ok {
+		if _, ok, _, _ := batchFailure(err, len(valid)); ok {
 			return false // the handler named the record: isolate it, no retry of the batch
 		}
 		return retriableHandler(err)
@@ -538,7 +538,7 @@ func (e *engine) settle(p *partition, b *binding, s []*batchJob, err error, call
 	var inner error
 	var ok, outside bool
 	if called {
-		i, inner, ok, outside = batchFailure(err, len(s))
+		i, ok, outside, inner = batchFailure(err, len(s))
 	}
 	if outside {
 		e.deps.log.Warn("kavari: batch handler returned BatchFailed with an index outside its batch; treating it as a failure of the whole batch",
@@ -592,7 +592,7 @@ func (e *engine) settle(p *partition, b *binding, s []*batchJob, err error, call
 // a batch of n records) and returns the lowest index and its error (made
 // Permanent when err is); ok false when there is none, or when one names
 // an index outside the batch (outside).
-func batchFailure(err error, n int) (index int, inner error, ok, outside bool) {
+func batchFailure(err error, n int) (index int, ok, outside bool, inner error) {
 	var found *BatchFailure
 	var walk func(error)
 	walk = func(err error) {
@@ -620,7 +620,7 @@ func batchFailure(err error, n int) (index int, inner error, ok, outside bool) {
 	}
 	walk(err)
 	if found == nil || outside {
-		return 0, nil, false, outside
+		return 0, false, outside, nil
 	}
 	inner = found.Err
 	if inner == nil {
@@ -629,7 +629,7 @@ func batchFailure(err error, n int) (index int, inner error, ok, outside bool) {
 	if !retriableHandler(err) && retriableHandler(inner) {
 		inner = Permanent(inner)
 	}
-	return found.Index, inner, true, false
+	return found.Index, true, false, inner
 }
 
 // invokeBatch runs one attempt of batch handler b on jobs, turning a panic

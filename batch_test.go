@@ -117,8 +117,6 @@ func waitCommitted(b *memory.Broker, group string, p int32, off int64) {
 	}
 }
 
-func contains(ns []int, n int) bool { return slices.Contains(ns, n) }
-
 // Records are handed over in batches of one partition, at most
 // MaxBatchRecords each, every record once, in offset order per key; all
 // are committed.
