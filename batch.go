@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/kavari-go/kavari/internal/transport"
 )
@@ -72,13 +73,19 @@ func (bj *batchJob) inBatch() bool {
 	return bj.rt != nil && !bj.alone && bj.rt.bindings[bj.stage].batch
 }
 
-// key returns bj's key for PerKey ordering; false when its order does not
-// matter (no key, or another Ordering).
+// batchKey returns bj's key for PerKey ordering; false when its order does
+// not matter (no key, or another Ordering). The string shares the record's
+// key bytes, which nothing changes once fetched, so the queue's maps take
+// no copy of it.
 func (e *engine) batchKey(bj *batchJob) (string, bool) {
-	if e.deps.cfg.Consume.Ordering != PerKey || bj.rec.Key == nil {
+	k := bj.rec.Key
+	if e.deps.cfg.Consume.Ordering != PerKey || k == nil {
 		return "", false
 	}
-	return string(bj.rec.Key), true
+	if len(k) == 0 {
+		return "", true
+	}
+	return unsafe.String(&k[0], len(k)), true
 }
 
 // enqueue tracks rec (as dispatch does) and queues it in p's batchQueue.
@@ -186,7 +193,8 @@ func (e *engine) formLocked(p *partition, now time.Time) []*batchUnit {
 			}
 			continue
 		}
-		sel := []int{i}
+		sel := make([]int, 1, min(c.MaxBatchRecords, len(bq.items)-i))
+		sel[0] = i
 		n, size := 1, bj.size
 		full := n >= c.MaxBatchRecords || size >= c.MaxBatchBytes
 		var skip map[string]bool // keys passed over while gathering
