@@ -641,8 +641,24 @@ func batchFailure(err error, n int) (index int, ok, outside bool, inner error) {
 }
 
 // invokeBatch runs one attempt of batch handler b on jobs, turning a panic
+// into an error, and reports it to HookBatchAttempt.
+func (e *engine) invokeBatch(p *partition, b *binding, jobs []*batchJob, attempt int) error {
+	if !e.deps.hooks.batchObserved() {
+		return e.callBatch(p, b, jobs, attempt)
+	}
+	a := BatchAttempt{Handler: b.name, Topic: p.topic, Partition: p.id, Offsets: make([]int64, len(jobs)), Attempt: attempt, Start: time.Now()}
+	for i, bj := range jobs {
+		a.Offsets[i] = bj.rec.Offset
+	}
+	a.Err = e.callBatch(p, b, jobs, attempt)
+	a.Took = time.Since(a.Start)
+	e.deps.hooks.onBatchAttempt(a)
+	return a.Err
+}
+
+// callBatch runs one attempt of batch handler b on jobs, turning a panic
 // into an error.
-func (e *engine) invokeBatch(p *partition, b *binding, jobs []*batchJob, attempt int) (err error) {
+func (e *engine) callBatch(p *partition, b *binding, jobs []*batchJob, attempt int) (err error) {
 	var ctx context.Context = &batchCtx{Context: p.hard, jobs: jobs, attempt: attempt, b: b}
 	if t := e.deps.cfg.Consume.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
@@ -661,7 +677,7 @@ func (e *engine) invokeBatch(p *partition, b *binding, jobs []*batchJob, attempt
 	msgs := make([]any, len(jobs))
 	for i, bj := range jobs {
 		msgs[i] = bj.msg
-		e.deps.hooks.onBatchAttempt(bj.rec)
+		e.deps.hooks.observeBatchRecord(bj.rec)
 	}
 	return b.callBatch(ctx, h, msgs)
 }

@@ -764,3 +764,51 @@ func TestBatchPermanentSkipsRetries(t *testing.T) {
 		})
 	}
 }
+
+type batchAttempts struct {
+	mu  sync.Mutex
+	got []kavari.BatchAttempt
+}
+
+func (h *batchAttempts) OnBatchAttempt(a kavari.BatchAttempt) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.got = append(h.got, a)
+}
+
+// HookBatchAttempt sees every call of a batch handler: the batch's, and
+// the isolated record's retries alone, each with its offsets, attempt and
+// error.
+func TestBatchHookSeesEveryAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for i := 0; i < 10; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		hook := &batchAttempts{}
+		k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 5 {
+					return kavari.BatchFailed(i, errors.New("bad row"))
+				}
+			}
+			return nil
+		}, func(c *kavari.Config) {
+			c.Consume.MaxBatchRecords = 10
+			c.Hooks = []kavari.Hook{hook}
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 10)
+		require.NoError(t, stopNow(t, k))
+		hook.mu.Lock()
+		defer hook.mu.Unlock()
+		var got []string
+		for _, a := range hook.got {
+			assert.Equal(t, engTopic, a.Topic)
+			assert.Contains(t, a.Handler, "TestBatchHookSeesEveryAttempt")
+			got = append(got, fmt.Sprintf("%v#%d:%v", a.Offsets, a.Attempt, a.Err != nil))
+		}
+		slices.Sort(got)
+		assert.Equal(t, []string{"[0 1 2 3 4 5 6 7 8 9]#1:true", "[5]#2:true", "[5]#3:true", "[6 7 8 9]#1:false"}, got)
+	})
+}

@@ -89,6 +89,36 @@ type HookFetched interface {
 	OnFetched(topic string, partition int, count int, last, highWatermark int64)
 }
 
+// HookBatchAttempt is called after each call of a batch handler
+// (BatchHandler): a batch's attempt, a half of a failed batch while kavari
+// bisects it, or a record retried alone. It runs on the handler's worker,
+// after the handler returned.
+type HookBatchAttempt interface {
+	OnBatchAttempt(a BatchAttempt)
+}
+
+// BatchAttempt describes one call of a batch handler, for
+// HookBatchAttempt. Fields may be added.
+type BatchAttempt struct {
+	// Handler names the handler, as Record.Handler does.
+	Handler   string
+	Topic     string
+	Partition int
+	// Offsets are the offsets of the records handed over, in the batch's
+	// order (offset order per key); len(Offsets) is the batch's size.
+	Offsets []int64
+	// Attempt is 1 for a batch's first call, 2 for its first retry, ...;
+	// a half of a failed batch is called once, as attempt 1; a record
+	// retried alone counts the failed batch as its attempt 1.
+	Attempt int
+	// Start is when the call began, Took how long it ran.
+	Start time.Time
+	Took  time.Duration
+	// Err is what the handler returned (a panic as *PanicError); nil when
+	// it succeeded.
+	Err error
+}
+
 // hooks holds the installed hooks by capability; a nil *hooks means none.
 type hooks struct {
 	pubBefore []HookPublishBefore
@@ -99,6 +129,7 @@ type hooks struct {
 	retry     []HookRetryScheduled
 	dead      []HookDeadLettered
 	fetched   []HookFetched
+	batch     []HookBatchAttempt
 	finished  []func(*transport.Record) // kavaritest's, through internal/testlink (testlink.go)
 	// batchAttempt are kavaritest's too: called for each record of a batch
 	// handler's attempt.
@@ -137,6 +168,9 @@ func newHooks(hs []Hook) (*hooks, error) {
 		if v, ok := x.(HookFetched); ok {
 			h.fetched, any = append(h.fetched, v), true
 		}
+		if v, ok := x.(HookBatchAttempt); ok {
+			h.batch, any = append(h.batch, v), true
+		}
 		if !any {
 			return nil, fmt.Errorf("kavari: Config.Hooks[%d] (%T) implements no HookXxx interface", i, x)
 		}
@@ -157,6 +191,7 @@ var hookInterfaces = map[string]reflect.Type{
 	"OnRetryScheduled": reflect.TypeFor[HookRetryScheduled](),
 	"OnDeadLettered":   reflect.TypeFor[HookDeadLettered](),
 	"OnFetched":        reflect.TypeFor[HookFetched](),
+	"OnBatchAttempt":   reflect.TypeFor[HookBatchAttempt](),
 }
 
 // checkHookMethods refuses a hook with a method named as a hook method but
@@ -261,6 +296,15 @@ func (h *hooks) onDeadLettered(rec *transport.Record, attempts int, kind ErrorKi
 	r := recordOf(rec, attempts, handler)
 	for _, x := range h.dead {
 		x.OnDeadLettered(r, kind, handler, err)
+	}
+}
+
+// batchObserved reports whether a HookBatchAttempt is installed.
+func (h *hooks) batchObserved() bool { return h != nil && len(h.batch) > 0 }
+
+func (h *hooks) onBatchAttempt(a BatchAttempt) {
+	for _, x := range h.batch {
+		x.OnBatchAttempt(a)
 	}
 }
 

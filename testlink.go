@@ -69,9 +69,9 @@ func init() {
 	}
 }
 
-// onBatchAttempt tells the observers of internal/testlink that a batch
+// observeBatchRecord tells the observers of internal/testlink that a batch
 // handler's attempt holds rec.
-func (h *hooks) onBatchAttempt(rec *transport.Record) {
+func (h *hooks) observeBatchRecord(rec *transport.Record) {
 	if h == nil {
 		return
 	}
