@@ -812,3 +812,68 @@ func TestBatchHookSeesEveryAttempt(t *testing.T) {
 		assert.Equal(t, []string{"[0 1 2 3 4 5 6 7 8 9]#1:true", "[5]#2:true", "[5]#3:true", "[6 7 8 9]#1:false"}, got)
 	})
 }
+
+// MaxBatchBytes bounds a batch's keys and values; a record larger than it
+// is a batch of its own. HandlerTimeout cancels a batch attempt's context.
+func TestBatchBytesBoundAndTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for i := 0; i < 20; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i%10), i)) // 20 to 21 bytes each
+		}
+		big := engRecord(0, "big", 20)
+		big.Value = []byte(`{"key":"big","n":20,"pad":"` + string(make([]byte, 200)) + `"}`)
+		for i := range big.Value[27:227] {
+			big.Value[27+i] = 'x'
+		}
+		b.Append(big)
+		var calls batchCalls
+		var timedOut atomic.Bool
+		k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+			if len(ms) == 1 && ms[0].Key == "big" && !timedOut.Load() {
+				<-ctx.Done() // the attempt's HandlerTimeout
+				timedOut.Store(true)
+				return calls.add(ms, ctx.Err())
+			}
+			return calls.add(ms, nil)
+		}, func(c *kavari.Config) {
+			c.Consume.MaxBatchBytes = 100
+			c.Consume.HandlerTimeout = time.Second
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 21)
+		require.NoError(t, stopNow(t, k))
+		assert.True(t, timedOut.Load())
+		assert.Empty(t, deadLettered(b), "the timed-out attempt was retried")
+		assert.Len(t, calls.handled(), 21)
+		calls.mu.Lock()
+		defer calls.mu.Unlock()
+		for _, ns := range calls.calls {
+			if slices.Contains(ns, 20) {
+				assert.Equal(t, []int{20}, ns, "the large record alone")
+				continue
+			}
+			assert.LessOrEqual(t, len(ns), 5, "at most 100 bytes of 20-21 byte records: %v", ns)
+		}
+	})
+}
+
+// On a batch topic, SkipUnknownTypes skips records of unknown type, and a
+// type declared without handlers is skipped, as on a lane.
+func TestBatchSkipUnknownTypes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		b.Append(engRecord(0, "a", 0))
+		b.Append(transport.Record{Topic: engTopic, Value: []byte(`{}`), Headers: []transport.Header{{Key: kavari.HeaderMsgType, Value: []byte("nope")}}})
+		b.Append(engRecord(0, "a", 2))
+		var calls batchCalls
+		k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+			return calls.add(ms, nil)
+		}, func(c *kavari.Config) { c.Consume.SkipUnknownTypes = true })
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 3)
+		require.NoError(t, stopNow(t, k))
+		assert.Empty(t, deadLettered(b))
+		assert.Equal(t, map[int]int{0: 1, 2: 1}, calls.handled())
+	})
+}
