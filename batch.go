@@ -679,7 +679,28 @@ func (e *engine) callBatch(p *partition, b *binding, jobs []*batchJob, attempt i
 		msgs[i] = bj.msg
 		e.deps.hooks.observeBatchRecord(bj.rec)
 	}
-	return b.callBatch(ctx, h, msgs)
+	if e.deps.middleware != nil {
+		mc := &batchMiddlewareCtx{batchCtx: batchCtx{Context: ctx, jobs: jobs, attempt: attempt, b: b}, h: h}
+		return e.deps.middleware(mc, b.batchOf(msgs))
+	}
+	return b.callBatch(ctx, h, b.batchOf(msgs))
+}
+
+// batchMiddlewareCtx is a batch handler's context when middleware is
+// installed: it also carries what the innermost call needs.
+type batchMiddlewareCtx struct {
+	batchCtx
+	h any // the handler instance
+}
+
+func (c *batchMiddlewareCtx) Value(key any) any {
+	switch key.(type) {
+	case attemptKey:
+		return c
+	case batchKey:
+		return &c.batchCtx
+	}
+	return c.batchCtx.Context.Value(key)
 }
 
 // batchCtx is a batch handler's context: it answers BatchRecordFromContext.

@@ -882,3 +882,56 @@ func TestBatchSkipUnknownTypes(t *testing.T) {
 		assert.Equal(t, map[int]int{0: 1, 2: 1}, calls.handled())
 	})
 }
+
+// Config.Middleware wraps batch attempts too: msg is the batch, a
+// []*engMsg, and BatchRecordFromContext describes its records; a
+// middleware returning nil without calling next marks the batch handled.
+func TestBatchMiddlewareSeesTheBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for i := 0; i < 10; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		var mu sync.Mutex
+		var seen [][]int
+		var calls batchCalls
+		mw := func(next kavari.AttemptFunc) kavari.AttemptFunc {
+			return func(ctx context.Context, msg any) error {
+				ms, ok := msg.([]*engMsg)
+				require.True(t, ok, "msg is %T", msg)
+				_, single := kavari.RecordFromContext(ctx)
+				assert.False(t, single)
+				var offs []int
+				for i := range ms {
+					r, ok := kavari.BatchRecordFromContext(ctx, i)
+					require.True(t, ok)
+					offs = append(offs, int(r.Offset))
+				}
+				mu.Lock()
+				seen = append(seen, offs)
+				mu.Unlock()
+				if slices.Contains(offs, 0) {
+					return nil // skips the handler: the batch is handled
+				}
+				return next(context.WithValue(ctx, ctxMark{}, "mw"), msg)
+			}
+		}
+		k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+			assert.Equal(t, "mw", ctx.Value(ctxMark{}))
+			return calls.add(ms, nil)
+		}, func(c *kavari.Config) {
+			c.Consume.MaxBatchRecords = 4
+			c.Middleware = []kavari.Middleware{mw}
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 10)
+		require.NoError(t, stopNow(t, k))
+		mu.Lock()
+		defer mu.Unlock()
+		slices.SortFunc(seen, func(a, b []int) int { return a[0] - b[0] })
+		assert.Equal(t, [][]int{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, seen)
+		assert.Equal(t, map[int]int{4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1}, calls.handled())
+	})
+}
+
+type ctxMark struct{}

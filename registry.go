@@ -74,8 +74,10 @@ type binding struct {
 	build func() (any, error)
 	// call runs handler h (as returned by build or a provider) on msg (a *T).
 	call func(ctx context.Context, h any, msg any) error
-	// callBatch runs batch handler h on msgs (each a *T).
-	callBatch func(ctx context.Context, h any, msgs []any) error
+	// batchOf returns msgs (each a *T) as a []*T, the batch a batch
+	// handler takes; callBatch runs batch handler h on such a batch.
+	batchOf   func(msgs []any) any
+	callBatch func(ctx context.Context, h any, batch any) error
 }
 
 // routeTable is the read-only view of a frozen registry.
@@ -363,6 +365,7 @@ func RegisterBatchOn[T any, PT MsgPtr[T], H BatchHandler[T]](r *Registry, msg PT
 		batch:       true,
 		build:       func() (any, error) { return factory(), nil },
 		callBatch:   callBatchHandler[T],
+		batchOf:     batchOf[T],
 	})
 }
 
@@ -390,6 +393,7 @@ func RegisterBatchFuncOn[T any, PT MsgPtr[T]](r *Registry, msg PT, fn func(ctx c
 		batch:     true,
 		build:     func() (any, error) { return h, nil },
 		callBatch: callBatchHandler[T],
+		batchOf:   batchOf[T],
 	})
 }
 
@@ -405,19 +409,27 @@ func RegisterBatchProvided[T any, PT MsgPtr[T], H BatchHandler[T]](msg PT, handl
 // RegisterBatchProvidedOn is RegisterBatchProvided on registry r.
 func RegisterBatchProvidedOn[T any, PT MsgPtr[T], H BatchHandler[T]](r *Registry, msg PT, _ H) error {
 	ht := reflect.TypeFor[H]()
-	return r.add(msg, &binding{name: ht.String(), handlerType: ht, batch: true, callBatch: callBatchHandler[T]})
+	return r.add(msg, &binding{name: ht.String(), handlerType: ht, batch: true, callBatch: callBatchHandler[T], batchOf: batchOf[T]})
 }
 
-func callBatchHandler[T any](ctx context.Context, h any, msgs []any) error {
+func callBatchHandler[T any](ctx context.Context, h any, batch any) error {
 	hh, ok := h.(BatchHandler[T])
 	if !ok {
 		return fmt.Errorf("kavari: handler %T does not implement kavari.BatchHandler[%s]", h, reflect.TypeFor[T]())
 	}
+	ms, ok := batch.([]*T)
+	if !ok {
+		return fmt.Errorf("kavari: a batch handler of %s got %T (did a middleware change the batch?)", reflect.TypeFor[T](), batch)
+	}
+	return hh.HandleBatch(ctx, ms)
+}
+
+func batchOf[T any](msgs []any) any {
 	ms := make([]*T, len(msgs))
 	for i, m := range msgs {
 		ms[i] = m.(*T)
 	}
-	return hh.HandleBatch(ctx, ms)
+	return ms
 }
 
 // hasBatch reports whether rt has a batch handler.
