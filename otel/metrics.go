@@ -28,6 +28,7 @@ const (
 	MetricLag             = "kavari.consumer.lag"                 // Gauge, {message}: high watermark − committed offset, per partition
 	MetricInFlight        = "kavari.consumer.in_flight"           // Gauge, {record}: records fetched and not finished
 	MetricRunning         = "kavari.consumer.running"             // Gauge, {record}: records being handled
+	MetricBatchSize       = "kavari.consumer.batch.size"          // Histogram, {message}: records of one batch handler attempt
 	MetricAsyncQueue      = "kavari.publisher.async_queue.depth"  // Gauge, {message}: messages waiting in the PublishAsync queues
 )
 
@@ -39,6 +40,7 @@ type instruments struct {
 	sent, retries, deadLetters, rebalances, invalidContext metric.Int64Counter
 	consumed                                               metric.Int64ObservableCounter
 	sendDuration, processDuration, commitDuration          metric.Float64Histogram
+	batchSize                                              metric.Int64Histogram
 }
 
 // durationBuckets suit messaging latencies, in seconds (the conventions'
@@ -64,6 +66,8 @@ func newInstruments(m metric.Meter) *instruments {
 	in.sendDuration = hist(MetricSendDuration, "Duration of a publish, retries included.")
 	in.processDuration = hist(MetricProcessDuration, "Duration of one handler attempt.")
 	in.commitDuration = hist(MetricCommitDuration, "Duration of an offset commit.")
+	in.batchSize, _ = m.Int64Histogram(MetricBatchSize, metric.WithUnit("{message}"), metric.WithDescription("Records handed to a batch handler in one attempt."),
+		metric.WithExplicitBucketBoundaries(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
 	return in
 }
 

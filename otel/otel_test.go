@@ -181,6 +181,12 @@ func (s *setup) sum(t *testing.T, name string, want ...attribute.KeyValue) int64
 						n += int64(p.Count)
 					}
 				}
+			case metricdata.Histogram[int64]:
+				for _, p := range d.DataPoints {
+					if has(p.Attributes, want) {
+						n += p.Sum
+					}
+				}
 			}
 		}
 	}

@@ -223,6 +223,9 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 		return func(ctx context.Context, msg any) error {
 			r, ok := kavari.RecordFromContext(ctx)
 			if !ok {
+				if first, isBatch := kavari.BatchRecordFromContext(ctx, 0); isBatch {
+					return i.processBatch(ctx, first, msg, next)
+				}
 				return next(ctx, msg)
 			}
 			handler := r.Handler
@@ -252,6 +255,44 @@ func (i *Instrumentation) Middleware() kavari.Middleware {
 			return err
 		}
 	}
+}
+
+// processBatch runs a batch handler's attempt (first is its first record)
+// in one "process" span linked to the producer span of each record that
+// carries one, as the messaging conventions ask of batch processing (no
+// record's producer span is its parent), and measures it and its size.
+func (i *Instrumentation) processBatch(ctx context.Context, first *kavari.Record, msg any, next kavari.AttemptFunc) error {
+	info := i.proc(first.Topic, first.Partition, first.Handler)
+	var links []trace.Link
+	n := 0
+	for r := first; r != nil; n++ {
+		if sc, malformed := i.remote(r.Headers); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		} else if malformed {
+			i.m.invalidContext.Add(ctx, 1, info.invalid)
+		}
+		r, _ = kavari.BatchRecordFromContext(ctx, n+1)
+	}
+	ctx, span := i.tracer.Start(ctx, info.name, consumerKind, info.start, trace.WithLinks(links...))
+	if span.IsRecording() {
+		span.SetAttributes(semconv.MessagingBatchMessageCount(n), AttrAttempt.Int(first.Attempt))
+	}
+	i.m.batchSize.Record(ctx, int64(n), info.ok)
+	start := time.Now()
+	err := next(ctx, msg)
+	took := time.Since(start).Seconds()
+	if err == nil {
+		i.m.processDuration.Record(ctx, took, info.ok)
+		span.End()
+		return nil
+	}
+	e := errorIndex(err)
+	i.m.processDuration.Record(ctx, took, info.failed[e])
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+	span.SetAttributes(semconv.ErrorTypeKey.String(errorTypes[e]))
+	span.End()
+	return err
 }
 
 // storeFailed keeps the span of a failed attempt until a hook ends it.
