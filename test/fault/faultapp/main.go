@@ -7,7 +7,7 @@
 // unbuffered write so that a line printed before a SIGKILL is never lost:
 //
 //	{"ev":"done","id":..,"key":..,"seq":..,"pid":..,"topic":..,"partition":..,"offset":..,"ts":<unix ns>,"attempt":..}
-//	{"ev":"start",...}   with -trace-start: a handler began (same fields)
+//	{"ev":"start",...}   with -trace-start: a handler began (same fields; a batch handler: one per record)
 //	{"ev":"health","connected":true,"generation":3,"assigned":{"topic":[0,1]},"ts":..}
 //	{"ev":"stopping","ts":..}  SIGTERM or SIGINT received
 //	{"ev":"stopped","err":"..","ms":..,"ts":..}  k.Stop returned
@@ -114,8 +114,57 @@ func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
 	return nil
 }
 
+// handleBatch is handle for a batch handler: a "start" line per record of
+// the run, one sleep for the batch (a bulk write), then a "done" line per
+// record.
+func (a *app) handleBatch(ctx context.Context, bodies []*faultmsg.Body) error {
+	var evs []event
+	for i, b := range bodies {
+		if b.Run != a.run {
+			continue
+		}
+		ev := event{ID: b.ID, Key: b.Key, Seq: b.Seq}
+		if rec, ok := kavari.BatchRecordFromContext(ctx, i); ok {
+			ev.Topic, ev.Partition, ev.Offset, ev.Attempt = rec.Topic, rec.Partition, rec.Offset, rec.Attempt
+		}
+		if a.traceStart {
+			ev.Ev = "start"
+			emit(ev)
+			ev.TS = 0
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	if a.sleep > 0 {
+		t := time.NewTimer(a.sleep)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	for _, ev := range evs {
+		ev.Ev = "done"
+		emit(ev)
+	}
+	return nil
+}
+
 func register[T any, PT kavari.MsgPtr[T]](reg *kavari.Registry, msg PT, body func(*T) *faultmsg.Body, a *app) error {
 	return kavari.RegisterFuncOn(reg, msg, func(ctx context.Context, m *T) error { return a.handle(ctx, body(m)) })
+}
+
+func registerBatch[T any, PT kavari.MsgPtr[T]](reg *kavari.Registry, msg PT, body func(*T) *faultmsg.Body, a *app) error {
+	return kavari.RegisterBatchFuncOn(reg, msg, func(ctx context.Context, ms []*T) error {
+		bodies := make([]*faultmsg.Body, len(ms))
+		for i, m := range ms {
+			bodies[i] = body(m)
+		}
+		return a.handleBatch(ctx, bodies)
+	})
 }
 
 func main() { os.Exit(realMain()) }
@@ -125,7 +174,7 @@ func realMain() int {
 		brokers    = flag.String("brokers", os.Getenv("KAVARI_BROKERS"), "comma-separated brokers")
 		group      = flag.String("group", "", "consumer group")
 		run        = flag.String("run", "", "run id: records of other runs are ignored")
-		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, head, stop, storm or static")
+		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, batch-crash (a batch handler, -sleep per batch), head, stop, storm or static")
 		topics     = flag.Int("topics", 1, "storm: how many storm topics to consume (1 or 2)")
 		sleep      = flag.Duration("sleep", 0, "handler sleep per message (a message's sleep_ms wins)")
 		inflight   = flag.Int("max-inflight", 64, "Config.Consume.MaxInFlight")
@@ -160,6 +209,8 @@ func realMain() int {
 	switch *scenario {
 	case "crash":
 		err = register(reg, &faultmsg.Crash{}, func(m *faultmsg.Crash) *faultmsg.Body { return &m.Body }, a)
+	case "batch-crash":
+		err = registerBatch(reg, &faultmsg.BatchCrash{}, func(m *faultmsg.BatchCrash) *faultmsg.Body { return &m.Body }, a)
 	case "head":
 		err = register(reg, &faultmsg.Head{}, func(m *faultmsg.Head) *faultmsg.Body { return &m.Body }, a)
 	case "stop":

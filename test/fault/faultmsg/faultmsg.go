@@ -27,6 +27,13 @@ type Crash struct {
 	Body
 }
 
+// BatchCrash is consumed by a batch handler in a process that gets
+// SIGKILLed during a batch (batch consumer crash test).
+type BatchCrash struct {
+	kavari.Message `kavari:"topic=kavari-fault-batch-crash,key=Key"`
+	Body
+}
+
 // Stop is consumed by a process stopped gracefully mid-processing.
 type Stop struct {
 	kavari.Message `kavari:"topic=kavari-fault-stop,key=Key"`
