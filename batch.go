@@ -389,7 +389,7 @@ func (e *engine) runUnit(p *partition, u *batchUnit) {
 // was dead-lettered and completed, or left open when its dead letter could
 // not be written.
 func (e *engine) decodeJob(p *partition, bj *batchJob) bool {
-	_, msg, err := e.table.decode(bj.rec)
+	msg, err := bj.rt.decode(bj.rec) // routed by enqueue
 	if err == nil {
 		bj.msg = msg
 		return true

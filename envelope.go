@@ -237,15 +237,26 @@ func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
 	if rt == nil {
 		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, rec.Topic))
 	}
+	msg, err := rt.decode(rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rt, msg, nil
+}
+
+// decode turns rec, whose msg_type names rt, into a new message of rt's
+// type, validated; a failure is a *DecodeError.
+func (rt *route) decode(rec *transport.Record) (any, error) {
 	ptr := reflect.New(rt.info.typ)
 	if err := rt.codec.unmarshal(rec.Value, ptr.Interface()); err != nil {
-		return fail(KindDecode, string(name), fmt.Errorf("value is not %s of %s: %w", rt.codec.what, rt.info.goName, err))
+		return nil, &DecodeError{Kind: KindDecode, Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, MsgType: rt.info.name,
+			Err: fmt.Errorf("value is not %s of %s: %w", rt.codec.what, rt.info.goName, err)}
 	}
 	msg := ptr.Interface()
 	if err := validate.Struct(msg); err != nil {
-		return fail(KindValidation, string(name), err)
+		return nil, &DecodeError{Kind: KindValidation, Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, MsgType: rt.info.name, Err: err}
 	}
-	return rt, msg, nil
+	return msg, nil
 }
 
 // recordOf describes rec for a handler's context (handler: its name) or a
