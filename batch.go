@@ -42,6 +42,7 @@ type batchQueue struct {
 	// (form): once MaxBatchRecords came, a batch may be full.
 	added  int
 	closed bool // the feeder ended: nothing more is handed out
+	flush  bool // form hands out batches that are not full (flushBatches)
 	timer  *time.Timer
 	due    time.Time // when timer fires; zero: not armed
 }
@@ -139,14 +140,28 @@ func (e *engine) lingered(p *partition) {
 	e.handOut(p, units)
 }
 
+// flushBatches hands out what may go now, full or not: p's feeder waits
+// for room (the partition has its share of MaxBuffered open, or no buffer
+// slot is left), so the waiting batches cannot grow until some go.
+func (e *engine) flushBatches(p *partition) {
+	bq := p.bq
+	bq.mu.Lock()
+	bq.flush = true
+	units := e.formLocked(p, time.Now())
+	bq.flush = false
+	bq.mu.Unlock()
+	e.handOut(p, units)
+}
+
 // formLocked takes from p's queue the units that may be handed out now and
 // accounts for them (running, busy); under bq.mu. It walks the queue in
 // offset order: a record whose key is busy, or has an earlier record still
 // waiting, stays; a record of a type without batch handlers, or alone, is
 // a unit of its own; the first record of a batch gathers the later ones of
 // its type and handler (skipping keys that must wait) up to the bounds,
-// and the batch is handed out when full or when its first record waited
-// MaxBatchWait, else the queue looks again then.
+// and the batch is handed out when full, when its first record waited
+// MaxBatchWait, or when the partition can take no more records
+// (flushBatches), else the queue looks again then.
 func (e *engine) formLocked(p *partition, now time.Time) []*batchUnit {
 	bq := p.bq
 	bq.added = 0
@@ -227,7 +242,7 @@ func (e *engine) formLocked(p *partition, now time.Time) []*batchUnit {
 			n, size = n+1, size+o.size
 			full = n >= c.MaxBatchRecords || size >= c.MaxBatchBytes
 		}
-		if full || now.Sub(bj.at) >= c.MaxBatchWait {
+		if full || bq.flush || now.Sub(bj.at) >= c.MaxBatchWait {
 			jobs := make([]*batchJob, len(sel))
 			for x, j := range sel {
 				out[j] = true

@@ -935,3 +935,34 @@ func TestBatchMiddlewareSeesTheBatch(t *testing.T) {
 }
 
 type ctxMark struct{}
+
+// A batch is handed over without waiting MaxBatchWait when the partition
+// can take no more records (its share of MaxBuffered is open): the batch
+// could not grow.
+func TestBatchHandedOverWhenThePartitionIsFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		for i := 0; i < 40; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		start := time.Now()
+		var late atomic.Int64
+		var calls batchCalls
+		k := memBatchKavari(t, b, "g", func(ctx context.Context, ms []*engMsg) error {
+			if time.Since(start) >= time.Hour {
+				late.Add(1)
+			}
+			return calls.add(ms, nil)
+		}, func(c *kavari.Config) {
+			c.Consume.MaxInFlight = 4
+			c.Consume.MaxBuffered = 8
+			c.Consume.MaxBatchRecords = 100
+			c.Consume.MaxBatchWait = time.Hour
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g", 0, 40)
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, calls.handled(), 40)
+		assert.LessOrEqual(t, late.Load(), int64(1), "batches waited MaxBatchWait though the partition could take no more records")
+	})
+}

@@ -264,7 +264,9 @@ type ConsumeConfig struct {
 	// Default 1 MiB.
 	MaxBatchBytes int
 	// MaxBatchWait is how long a batch that is not full waits for more
-	// records (the linger) after its first record arrived.
+	// records (the linger) after its first record arrived; it goes at once
+	// when its partition can take no more records (its share of
+	// MaxBuffered is open).
 	// Default 10 ms.
 	MaxBatchWait time.Duration
 	// Retry is the handler retry policy before dead-lettering; each zero

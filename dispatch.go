@@ -509,6 +509,9 @@ func (e *engine) feed(p *partition) {
 		// transport back.
 		stall := false
 		if !e.hasRoom(p) {
+			if p.bq != nil {
+				e.flushBatches(p) // they cannot grow while the partition waits
+			}
 			if e.caps.WaitsForBacklog {
 				stall = true
 			} else {
@@ -527,6 +530,9 @@ func (e *engine) feed(p *partition) {
 			// is set before waiting and only then, so Health never shows a
 			// waiting feeder as fetching.
 			p.bufferFull.Store(true)
+			if p.bq != nil {
+				e.flushBatches(p)
+			}
 			if e.caps.WaitsForBacklog {
 				sctx, cancel := context.WithTimeout(ctx, stallPause)
 				used, ok = e.deps.buf.acquire(sctx, p)
