@@ -27,7 +27,8 @@ type MessageType struct {
 	KeyMethod bool
 	// Handlers names the type's handlers, in registration order: the
 	// handler type for Register and RegisterProvided, the function's name
-	// for RegisterFunc (as in the kavari_handler header). It is empty for a type that is only declared
+	// for RegisterFunc (as in the kavari_handler header), and so for their
+	// RegisterBatch forms. It is empty for a type that is only declared
 	// (Declare), that is, published but not handled by this service.
 	Handlers []string
 	// Codec is the codec the type is written and read with: the tag's
