@@ -58,6 +58,7 @@ func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 	t.Run("Admin", s.testAdmin)
 	t.Run("CommitResume", s.testCommitResume)
 	t.Run("StartLatest", s.testStartLatest)
+	t.Run("StartLatestFixedAtAssigned", s.testStartLatestFixed)
 	t.Run("OutOfRange", s.testOutOfRange)
 	t.Run("Rebalance", s.testRebalance)
 	t.Run("PauseResume", s.testPauseResume)
@@ -72,6 +73,15 @@ func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 		t.Run("DrainBeyondSession", s.testDrainBeyondSession)
 		t.Run("CloseDrainBeyondSession", s.testCloseDrainBeyondSession)
 	}
+}
+
+// RunStart runs the cases of where a group with no committed offset
+// starts, which need nothing of a Kafka broker but topics, producing and a
+// group: the in-memory transport's tests run them (brokers may be nil).
+func RunStart(t *testing.T, tr transport.Adapter, brokers []string) {
+	s := &suite{tr: tr, brokers: brokers, caps: tr.Capabilities()}
+	t.Run("StartLatest", s.testStartLatest)
+	t.Run("StartLatestFixedAtAssigned", s.testStartLatestFixed)
 }
 
 type suite struct {
@@ -430,6 +440,74 @@ func (s *suite) testStartLatest(t *testing.T) {
 	})
 	if first := m.h.records(tp)[0]; first.Offset == 0 || string(first.Value) != "after" {
 		t.Fatalf("first record delivered: offset %d %q; want one written after the join", first.Offset, first.Value)
+	}
+}
+
+// testStartLatestFixed: with StartOffset Latest and nothing committed,
+// where a partition starts is fixed by the time Assigned is called (the
+// engine then shows the partition as assigned in Health): a record
+// produced from inside Assigned is delivered, and it is the first one.
+// A client that resolves the log end lazily, at its first fetch after
+// Assigned returned, skips it. Five fresh groups, each one record: a lazy
+// resolution fails every time; a record not delivered within the suite's
+// generous wait fails the test.
+func (s *suite) testStartLatestFixed(t *testing.T) {
+	topic := s.topic(t, 1)
+	tp := transport.TopicPartition{Topic: topic, Partition: 0}
+	p := s.producer(t, s.cfg())
+	produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("before")})
+	for i := range 5 {
+		cfg := s.cfg()
+		cfg.GroupID, cfg.Topics, cfg.StartOffset = testenv.ID("conf-g"), []string{topic}, transport.Latest
+		c, err := s.tr.NewConsumer(cfg)
+		if err != nil {
+			t.Fatalf("NewConsumer: %v", err)
+		}
+		m := &member{c: c, h: NewRecorder(), done: make(chan error, 1)}
+		want := fmt.Appendf(nil, "produced inside Assigned, group %d", i)
+		produced := make(chan *transport.Record, 1)
+		var once sync.Once
+		m.h.OnAssigned = func(_ transport.Generation, parts []transport.Assignment) {
+			if len(parts) == 0 {
+				return
+			}
+			once.Do(func() {
+				rec := &transport.Record{Topic: topic, Key: []byte("k"), Value: want}
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				if errs := p.Produce(ctx, []*transport.Record{rec}); errs != nil {
+					rec = nil
+				}
+				produced <- rec
+			})
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { m.done <- c.Run(ctx, m.h) }()
+		var rec *transport.Record
+		select {
+		case rec = <-produced:
+		case <-time.After(waitTimeout):
+		}
+		if rec == nil {
+			m.close(t)
+			cancel()
+			t.Fatalf("group %d: Assigned was not called, or the record produced inside it was not acknowledged", i)
+		}
+		deadline := time.Now().Add(waitTimeout)
+		for len(m.h.records(tp)) == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := m.h.records(tp)
+		m.close(t)
+		cancel()
+		switch {
+		case len(got) == 0:
+			t.Fatalf("group %d (Latest, nothing committed): the record produced inside Assigned (offset %d) was not delivered: the start was resolved after Assigned",
+				i, rec.Offset)
+		case got[0].Offset != rec.Offset || !bytes.Equal(got[0].Value, want):
+			t.Fatalf("group %d: first record delivered at offset %d %q, want the one produced inside Assigned at %d",
+				i, got[0].Offset, got[0].Value, rec.Offset)
+		}
 	}
 }
 
@@ -831,6 +909,9 @@ type Recorder struct {
 	// OnRevoked, when set, runs inside Revoked (as the engine's drain and
 	// commit would).
 	OnRevoked func(gen transport.Generation, parts []transport.TopicPartition)
+	// OnAssigned, when set, runs inside Assigned, after the partitions
+	// are recorded as owned.
+	OnAssigned func(gen transport.Generation, parts []transport.Assignment)
 }
 
 // NewRecorder returns an empty Recorder.
@@ -842,8 +923,18 @@ func NewRecorder() *Recorder {
 	}
 }
 
-// Assigned records parts as owned.
+// Assigned records parts as owned, then runs OnAssigned.
 func (r *Recorder) Assigned(gen transport.Generation, parts []transport.Assignment) {
+	r.assigned(gen, parts)
+	r.mu.Lock()
+	fn := r.OnAssigned
+	r.mu.Unlock()
+	if fn != nil {
+		fn(gen, parts)
+	}
+}
+
+func (r *Recorder) assigned(gen transport.Generation, parts []transport.Assignment) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.g = gen
