@@ -52,6 +52,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		paused:      map[transport.TopicPartition]bool{},
 		owned:       map[transport.TopicPartition]int32{},
 		committed:   map[transport.TopicPartition]commitPoint{},
+		starts:      map[transport.TopicPartition]int64{},
 		deliverable: map[transport.TopicPartition]bool{},
 		closing:     make(chan struct{}),
 	}
@@ -76,6 +77,7 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.Balancers(balancers()...),
 		kgo.OnPartitionsAssigned(c.onAssigned),
+		kgo.AdjustFetchOffsetsFn(c.adjustStarts),
 		kgo.OnPartitionsRevoked(c.onRevoked),
 		kgo.OnPartitionsLost(c.onLost),
 		kgo.WithHooks(consumerHooks{c}),
@@ -131,6 +133,10 @@ type consumer struct {
 	paused    map[transport.TopicPartition]bool
 	owned     map[transport.TopicPartition]int32 // generation in which the partition was assigned
 	committed map[transport.TopicPartition]commitPoint
+	// starts is where each partition assigned with no committed offset
+	// starts, as listed before Assigned, until kgo has fetched the
+	// group's offsets (adjustStarts).
+	starts map[transport.TopicPartition]int64
 
 	// deliverMu is held while records are handed to the engine, and by a
 	// revoke while it takes partitions out of deliverable: once Revoked or
@@ -370,14 +376,23 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 	gen := generation(cl)
 	var parts []transport.Assignment
 	var moved []error // committed offsets out of the log's range
+	var starts map[transport.TopicPartition]int64
 	if len(tps) > 0 {
 		var err error
 		parts, err = c.fetchCommitted(ctx, cl, tps)
-		if err != nil {
-			c.h.Error(err)
+		for i := range parts {
+			parts[i].Start = -1
 		}
-		if moved, err = clampOutOfRange(ctx, cl, parts); err != nil {
+		if err != nil {
+			// Offset -1 may hide a committed offset: kgo finds it.
 			c.h.Error(err)
+		} else {
+			if moved, err = clampOutOfRange(ctx, cl, parts); err != nil {
+				c.h.Error(err)
+			}
+			if starts, err = resolveStarts(ctx, cl, parts, c.cfg.StartOffset == transport.Latest); err != nil {
+				c.h.Error(err)
+			}
 		}
 	}
 	c.groupMu.Lock()
@@ -395,6 +410,10 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 	c.mu.Lock()
 	for _, a := range parts {
 		c.owned[a.TopicPartition] = gen.ID
+		delete(c.starts, a.TopicPartition)
+		if s, ok := starts[a.TopicPartition]; ok && a.Start >= 0 {
+			c.starts[a.TopicPartition] = s
+		}
 		if a.Offset >= 0 {
 			c.committed[a.TopicPartition] = commitPoint{a.Offset, a.Metadata}
 		} else {
@@ -719,6 +738,7 @@ func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost 
 	for _, tp := range tps {
 		delete(c.owned, tp)
 		delete(c.committed, tp)
+		delete(c.starts, tp)
 		if c.paused[tp] {
 			delete(c.paused, tp)
 			unpause = append(unpause, tp)

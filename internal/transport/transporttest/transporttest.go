@@ -358,8 +358,8 @@ func (s *suite) testCommitResume(t *testing.T) {
 	a := s.join(t, cfg)
 	waitFor(t, "member A owns both partitions", func() bool { return len(a.h.owned()) == 2 })
 	for _, as := range a.h.assignments() {
-		if as.Offset != -1 || as.Metadata != "" {
-			t.Fatalf("fresh group: Assigned %+v, want offset -1 and no metadata", as)
+		if as.Offset != -1 || as.Metadata != "" || as.Start != 0 {
+			t.Fatalf("fresh group (Earliest): Assigned %+v, want offset -1, no metadata and start 0 (the log start)", as)
 		}
 	}
 	waitFor(t, "A receives all 10 records", func() bool { return a.h.count(topic) == 10 })
@@ -381,8 +381,8 @@ func (s *suite) testCommitResume(t *testing.T) {
 	for _, as := range b.h.assignments() {
 		got[as.TopicPartition] = as
 	}
-	if got[tp0].Offset != 2 || got[tp1].Offset != 5 {
-		t.Fatalf("B's Assigned offsets %+v, want 2 and 5", got)
+	if got[tp0].Offset != 2 || got[tp1].Offset != 5 || got[tp0].Start != 2 || got[tp1].Start != 5 {
+		t.Fatalf("B's Assigned offsets %+v, want 2 and 5, where each starts", got)
 	}
 	if s.caps.CommitMetadata && got[tp0].Metadata != "v1:3" {
 		t.Fatalf("B's Assigned metadata %q, want %q", got[tp0].Metadata, "v1:3")
@@ -507,6 +507,11 @@ func (s *suite) testStartLatestFixed(t *testing.T) {
 		case got[0].Offset != rec.Offset || !bytes.Equal(got[0].Value, want):
 			t.Fatalf("group %d: first record delivered at offset %d %q, want the one produced inside Assigned at %d",
 				i, got[0].Offset, got[0].Value, rec.Offset)
+		}
+		// The engine is told where delivery starts: the log end when
+		// Assigned was called.
+		if as := m.h.assignments(); len(as) != 1 || as[0].Offset != -1 || as[0].Start != rec.Offset {
+			t.Errorf("group %d: Assigned %+v, want offset -1 (none committed) and start %d (the log end)", i, as, rec.Offset)
 		}
 	}
 }
