@@ -63,6 +63,9 @@ func TestLatestStartSurvivesMove(t *testing.T) {
 	})
 	require.NoError(t, a.Start(context.Background()))
 	waitUntil(t, time.Minute, func() bool { return owns(a) == parts }, "A owns every partition")
+	// Where A starts is committed with the assignment (CommitInterval is
+	// an hour: no other commit comes before Stop).
+	waitUntil(t, time.Minute, func() bool { return a.Health().Commits > 0 }, "A commits where its partitions start")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
