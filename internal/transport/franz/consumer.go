@@ -390,7 +390,12 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 			if moved, err = clampOutOfRange(ctx, cl, parts); err != nil {
 				c.h.Error(err)
 			}
-			if starts, err = resolveStarts(ctx, cl, parts, c.cfg.StartOffset == transport.Latest); err != nil {
+			latest := c.cfg.StartOffset == transport.Latest
+			if starts, err = resolveStarts(ctx, cl, parts, latest); err != nil && latest {
+				// With Earliest kgo, resolving the log start itself,
+				// starts at the same place; with Latest, records
+				// published before its first fetch are skipped.
+				c.cfg.Logger.Warn(err.Error())
 				c.h.Error(err)
 			}
 		}

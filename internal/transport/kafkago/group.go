@@ -49,8 +49,11 @@ type membership struct {
 	// its partition's log and was moved to the log start.
 	outOfRange []error
 	// starts is where each assigned partition with no committed offset
-	// starts (topic → partition → offset), listed at join.
-	starts map[string]map[int]int64
+	// starts (topic → partition → offset), listed at join; startErr says
+	// why they could not be listed (the readers then resolve them at their
+	// first fetch, as StartOffset says).
+	starts   map[string]map[int]int64
+	startErr error
 
 	// lastOK is when the last heartbeat answered without error was sent
 	// (unix ns; at first, when the join was answered): the coordinator
@@ -164,9 +167,7 @@ func (c *Consumer) join(ctx, joinCtx context.Context) (*membership, error) {
 	if m.outOfRange, err = c.clampOutOfRange(ctx, m); err != nil {
 		return nil, err
 	}
-	if err := c.resolveStarts(ctx, m); err != nil {
-		return nil, err
-	}
+	m.startErr = c.resolveStarts(ctx, m)
 	return m, nil
 }
 

@@ -58,7 +58,8 @@ func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error,
 // kafka-go's reader would resolve it at its first fetch, after Assigned:
 // with Latest, records produced in between were skipped. Listed here,
 // before Assigned, the start is fixed when the engine is told of the
-// partition.
+// partition. When the offsets cannot be listed, the error is returned and
+// the readers resolve the start themselves.
 func (c *Consumer) resolveStarts(ctx context.Context, m *membership) error {
 	parts := map[string][]int{}
 	for t, ps := range m.assigned {
