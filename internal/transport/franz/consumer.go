@@ -391,7 +391,7 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 				c.h.Error(err)
 			}
 			latest := c.cfg.StartOffset == transport.Latest
-			if starts, err = resolveStarts(ctx, cl, parts, latest); err != nil && latest {
+			if starts, err = resolveStarts(ctx, cl, parts, latest, c.rebalanceBudget()); err != nil && latest {
 				// With Earliest kgo, resolving the log start itself,
 				// starts at the same place; with Latest, records
 				// published before its first fetch are skipped.
@@ -457,11 +457,7 @@ func (c *consumer) fetchCommitted(ctx context.Context, cl *kgo.Client, tps []tra
 	for i, tp := range tps {
 		out[i] = transport.Assignment{TopicPartition: tp, Offset: -1}
 	}
-	budget := c.cfg.RebalanceTimeout
-	if budget <= 0 {
-		budget = 60 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, budget)
+	ctx, cancel := context.WithTimeout(ctx, c.rebalanceBudget())
 	defer cancel()
 	req := kmsg.NewPtrOffsetFetchRequest()
 	req.Group = c.cfg.GroupID
@@ -518,6 +514,15 @@ func (c *consumer) fetchCommitted(ctx context.Context, cl *kgo.Client, tps []tra
 		}
 		delay = min(2*delay, time.Second)
 	}
+}
+
+// rebalanceBudget is how long onAssigned may try a request again: the
+// rebalance timeout (kgo's default when not configured).
+func (c *consumer) rebalanceBudget() time.Duration {
+	if c.cfg.RebalanceTimeout > 0 {
+		return c.cfg.RebalanceTimeout
+	}
+	return 60 * time.Second
 }
 
 // onRevoked lets the engine drain and commit the revoked partitions (kgo

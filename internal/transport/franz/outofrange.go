@@ -2,7 +2,9 @@ package franz
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -63,9 +65,11 @@ func clampOutOfRange(ctx context.Context, cl *kgo.Client, parts []transport.Assi
 // after Assigned: with Latest, records produced in between were skipped.
 // Listed before Assigned, the start is fixed when the engine is told of
 // the partition; AdjustFetchOffsetsFn (adjustStarts) makes kgo start
-// there. When the offsets cannot be listed, the error is returned and
-// those partitions keep Start -1 (kgo resolves them itself).
-func resolveStarts(ctx context.Context, cl *kgo.Client, parts []transport.Assignment, latest bool) (map[transport.TopicPartition]int64, error) {
+// there. A listing that fails (a partition of a topic just created may not
+// be loaded on its leader yet) is tried again, with backoff, until budget
+// ends (kgo heartbeats meanwhile); then the error is returned and those
+// partitions keep Start -1 (kgo resolves them itself).
+func resolveStarts(ctx context.Context, cl *kgo.Client, parts []transport.Assignment, latest bool, budget time.Duration) (map[transport.TopicPartition]int64, error) {
 	var none []transport.TopicPartition
 	for i := range parts {
 		parts[i].Start = -1
@@ -82,9 +86,21 @@ func resolveStarts(ctx context.Context, cl *kgo.Client, parts []transport.Assign
 	if latest {
 		ts = -1
 	}
-	starts, err := listOffsets(ctx, cl, none, ts)
-	if err != nil {
-		return nil, fmt.Errorf("kavari: franz-go consumer: list where partitions with no committed offset start: %w", err)
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	var starts map[transport.TopicPartition]int64
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		var err error
+		if starts, err = listOffsets(ctx, cl, none, ts); err == nil {
+			break
+		}
+		if errors.Is(err, kgo.ErrClientClosed) || ctx.Err() != nil {
+			return nil, fmt.Errorf("kavari: franz-go consumer: list where partitions with no committed offset start: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
 	}
 	for i := range parts {
 		if s, ok := starts[parts[i].TopicPartition]; ok && parts[i].Offset < 0 && s >= 0 {

@@ -182,13 +182,6 @@ func (c *Consumer) generation(ctx context.Context, m *membership, h transport.Gr
 		c.cfg.Logger.Warn(err.Error())
 		h.Error(err)
 	}
-	if m.startErr != nil && c.cfg.StartOffset == transport.Latest {
-		// With Earliest a reader resolving the log start itself starts
-		// at the same place; with Latest, records published before its
-		// first fetch are skipped.
-		c.cfg.Logger.Warn(m.startErr.Error())
-		h.Error(m.startErr)
-	}
 
 	gctx, end := context.WithCancel(ctx)
 	defer end()

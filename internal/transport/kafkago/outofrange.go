@@ -3,6 +3,7 @@ package kafkago
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 
@@ -58,8 +59,9 @@ func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error,
 // kafka-go's reader would resolve it at its first fetch, after Assigned:
 // with Latest, records produced in between were skipped. Listed here,
 // before Assigned, the start is fixed when the engine is told of the
-// partition. When the offsets cannot be listed, the error is returned and
-// the readers resolve the start themselves.
+// partition. A listing that fails (a partition of a topic just created
+// may not be loaded on its leader yet) is tried again every retryBackoff
+// while more than half the session is left; then the error is returned.
 func (c *Consumer) resolveStarts(ctx context.Context, m *membership) error {
 	parts := map[string][]int{}
 	for t, ps := range m.assigned {
@@ -73,12 +75,22 @@ func (c *Consumer) resolveStarts(ctx context.Context, m *membership) error {
 		return nil
 	}
 	latest := c.cfg.StartOffset == transport.Latest
-	starts, err := c.listOffsets(ctx, parts, latest)
-	if err != nil {
-		return fmt.Errorf("kavari: kafka-go consumer: list where partitions with no committed offset start: %w", err)
+	for {
+		starts, err := c.listOffsets(ctx, parts, latest)
+		if err == nil {
+			m.starts = starts
+			return nil
+		}
+		if ctx.Err() != nil || m.sessionLeft(c.cfg.SessionTimeout) < c.cfg.SessionTimeout/2 {
+			return fmt.Errorf("kavari: kafka-go consumer: list where partitions with no committed offset start: %w", err)
+		}
+		t := time.NewTimer(retryBackoff)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 	}
-	m.starts = starts
-	return nil
 }
 
 // listOffsets returns the log start (last false) or end (last true) of
