@@ -44,9 +44,39 @@ func (e *engine) commitLoop() {
 	}
 }
 
+// startCommitTimeout bounds the commit of where Latest partitions start
+// (commitStarts), made while the transport waits for Assigned: at most a
+// quarter of the session timeout, so the member's session never depends
+// on it.
+const startCommitTimeout = 5 * time.Second
+
+// commitStarts commits, fenced by gen, where the partitions ps, assigned
+// with no committed offset under AutoOffsetReset Latest, start: the log
+// end the transport listed before Assigned (their trackers start there).
+// A partition that moves before its owner committed any progress (a
+// revoke, a crash, a lost session) then starts at the same place on its
+// next owner, not at the log end of that owner's join, which would skip
+// the records published in between. Called from Assigned, before the
+// partitions' records are dispatched; a commit that fails is logged and
+// made again by the next commit (commitLoop, revoke, Stop).
+func (e *engine) commitStarts(gen transport.Generation, ps []*partition) {
+	d := min(startCommitTimeout, e.deps.cfg.Consume.SessionTimeout/4)
+	if d <= 0 {
+		d = startCommitTimeout
+	}
+	if err := e.commitWithin(gen, ps, d); err != nil {
+		e.deps.log.Warn("kavari: committing where partitions with no committed offset start (Latest) failed; the next commit makes it", "err", err)
+	}
+}
+
 // commit commits, fenced by gen, every partition of ps whose completed
 // prefix moved forward.
 func (e *engine) commit(gen transport.Generation, ps []*partition) error {
+	return e.commitWithin(gen, ps, 30*time.Second)
+}
+
+// commitWithin is commit, bounded by timeout.
+func (e *engine) commitWithin(gen transport.Generation, ps []*partition, timeout time.Duration) error {
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
 	var offsets []transport.Offset
@@ -60,7 +90,7 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 	if len(moved) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	e.sending.Store(&offsets)
 	start := time.Now()
@@ -188,6 +218,17 @@ type trackEntry struct {
 }
 
 func newOffsetTracker() *offsetTracker { return &offsetTracker{next: -1} }
+
+// startAt makes offset committable before any record completed: where the
+// partition starts when nothing is committed for it (with Latest, the log
+// end when it was assigned). Records fetched later have offsets from there.
+func (t *offsetTracker) startAt(offset int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.next < 0 && len(t.entries) == 0 {
+		t.next = offset
+	}
+}
 
 // add records a fetched record (offsets must increase) and returns its
 // sequence number for done.

@@ -55,7 +55,12 @@ type OffsetReset int
 const (
 	// Earliest starts from the oldest record (the Python kavari example's choice).
 	Earliest OffsetReset = iota
-	// Latest starts from records published after the group joined.
+	// Latest starts from records published after the partition was
+	// assigned: its log end, listed before the partition is reported
+	// assigned (Health, the OnAssigned hook), so every record published
+	// from then on is delivered. That start is committed at once, so a
+	// partition that moves before the group committed any progress resumes
+	// there on its next owner, not at the log end of that owner's join.
 	Latest
 )
 
@@ -223,7 +228,10 @@ type ConsumeConfig struct {
 	// Default ClassicProtocol.
 	GroupProtocol GroupProtocol
 	// AutoOffsetReset says where the group starts on a partition with no
-	// committed offset. A committed offset outside the partition's log is
+	// committed offset: the log start (Earliest) or end (Latest), listed
+	// when the partition is assigned; with Latest the start is committed
+	// then, so the group's start is the first member's, whichever member
+	// owns the partition later. A committed offset outside the partition's log is
 	// not "no offset": below the log start (records deleted by retention
 	// before the group handled them) or past its end (the log truncated or
 	// the topic recreated), the group resumes at the log start on every

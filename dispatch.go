@@ -201,7 +201,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	d := &e.deps
 	e.mu.Lock()
 	e.gen = gen
-	var started []*partition
+	var started, fresh []*partition
 	for _, a := range parts {
 		if e.parts[a.TopicPartition] != nil {
 			continue // kept across a cooperative rebalance
@@ -214,6 +214,15 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		p.lag.init(a.Offset)
 		if e.batchTopics[a.Topic] {
 			p.bq = &batchQueue{busy: map[string]int{}}
+		}
+		if a.Offset < 0 && a.Start >= 0 {
+			// No committed offset: the group's position is where the
+			// transport starts.
+			p.lag.init(a.Start)
+			if d.cfg.Consume.AutoOffsetReset == Latest {
+				p.tracker.startAt(a.Start)
+				fresh = append(fresh, p)
+			}
 		}
 		if e.caps.CommitMetadata {
 			p.committedMeta = a.Metadata
@@ -246,6 +255,9 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	d.health.joined(e, gen, assigned)
 	d.log.Info("kavari: joined group", "group", d.cfg.Consume.GroupID, "generation", gen.ID, "partitions", assigned)
 	d.hooks.onAssigned(assigned)
+	if len(fresh) > 0 {
+		e.commitStarts(gen, fresh)
+	}
 	for _, p := range started {
 		go e.feed(p)
 	}

@@ -69,16 +69,17 @@ type HookCommitted interface {
 }
 
 // HookRetryScheduled is called when a handler attempt failed and will be
-// retried after wait. r.Attempt is the attempt that failed.
+// retried after wait. r.Attempt is the attempt that failed, r.Handler the
+// handler that failed it.
 type HookRetryScheduled interface {
-	OnRetryScheduled(r *Record, handler string, wait time.Duration, err error)
+	OnRetryScheduled(r *Record, wait time.Duration, err error)
 }
 
 // HookDeadLettered is called once a record's dead letter was written: kind
-// says why, handler names the handler that gave up (empty for poison
+// says why, r.Handler names the handler that gave up (empty for poison
 // records), err is the cause written into the dead letter.
 type HookDeadLettered interface {
-	OnDeadLettered(r *Record, kind ErrorKind, handler string, err error)
+	OnDeadLettered(r *Record, kind ErrorKind, err error)
 }
 
 // HookFetched is called when the consumer received records of a partition:
@@ -285,7 +286,7 @@ func (h *hooks) onRetry(rec *transport.Record, attempt int, handler string, wait
 	}
 	r := recordOf(rec, attempt, handler)
 	for _, x := range h.retry {
-		x.OnRetryScheduled(r, handler, wait, err)
+		x.OnRetryScheduled(r, wait, err)
 	}
 }
 
@@ -295,7 +296,7 @@ func (h *hooks) onDeadLettered(rec *transport.Record, attempts int, kind ErrorKi
 	}
 	r := recordOf(rec, attempts, handler)
 	for _, x := range h.dead {
-		x.OnDeadLettered(r, kind, handler, err)
+		x.OnDeadLettered(r, kind, err)
 	}
 }
 

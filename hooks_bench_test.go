@@ -34,11 +34,11 @@ func (h *countHook) OnPublishAfter(context.Context, *kavari.Record, time.Time, e
 func (h *countHook) OnAssigned(map[string][]int)                                { h.n.Add(1) }
 func (h *countHook) OnRevoked(map[string][]int, bool)                           { h.n.Add(1) }
 func (h *countHook) OnCommitted(map[string]map[int]int64, time.Duration, error) { h.n.Add(1) }
-func (h *countHook) OnRetryScheduled(*kavari.Record, string, time.Duration, error) {
+func (h *countHook) OnRetryScheduled(*kavari.Record, time.Duration, error) {
 	h.n.Add(1)
 }
-func (h *countHook) OnDeadLettered(*kavari.Record, kavari.ErrorKind, string, error) { h.n.Add(1) }
-func (h *countHook) OnFetched(string, int, int, int64, int64)                       { h.n.Add(1) }
+func (h *countHook) OnDeadLettered(*kavari.Record, kavari.ErrorKind, error) { h.n.Add(1) }
+func (h *countHook) OnFetched(string, int, int, int64, int64)               { h.n.Add(1) }
 
 func BenchmarkDispatchMemoryHooks(b *testing.B) {
 	const topic = "kt-mem-bench"

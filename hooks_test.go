@@ -59,10 +59,10 @@ func (r *recorder) OnRevoked(m map[string][]int, lost bool) {
 func (r *recorder) OnCommitted(o map[string]map[int]int64, _ time.Duration, err error) {
 	r.add("committed %v err=%v", o, err != nil)
 }
-func (r *recorder) OnRetryScheduled(rec *kavari.Record, h string, wait time.Duration, err error) {
+func (r *recorder) OnRetryScheduled(rec *kavari.Record, wait time.Duration, err error) {
 	r.add("retry @%d attempt=%d wait=%v err=%v", rec.Offset, rec.Attempt, wait, err)
 }
-func (r *recorder) OnDeadLettered(rec *kavari.Record, kind kavari.ErrorKind, h string, err error) {
+func (r *recorder) OnDeadLettered(rec *kavari.Record, kind kavari.ErrorKind, err error) {
 	r.add("dead @%d attempt=%d kind=%v", rec.Offset, rec.Attempt, kind)
 }
 func (r *recorder) OnFetched(topic string, p, n int, last, hw int64) {

@@ -94,7 +94,7 @@ func main() {
 	flag.DurationVar(&o.workerTO, "worker-timeout", 5*time.Minute, "kill a workload that runs longer than this")
 	flag.IntVar(&o.reps, "reps", 3, "repetitions of each publish and consume workload, interleaved; the fastest counts")
 	flag.StringVar(&o.toolchains, "toolchains", "", "comma-separated Go toolchains (e.g. go1.26.8,go1.27.3): run every Go workload and the microbenchmarks once per toolchain, workers built with GOTOOLCHAIN set, into one report; empty runs the toolchain that built the bench")
-	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of every Go worker into this directory (<workload>.pprof)")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of every Go worker into this directory (<workload>.pprof), and a heap profile taken at its highest live heap (<workload>.heap.pprof)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: go run ./bench [flags]\n\nRuns the kavari benchmarks against one real Apache Kafka broker and writes docs/benchmarks.md.\nSee bench/README.md.\n\nFlags:\n")
 		flag.PrintDefaults()

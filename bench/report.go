@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -190,6 +191,7 @@ func (r *report) evaluate() {
 			add(name, m, status(q >= conTarget))
 		}
 	}
+	r.evaluateConsumeCost(add)
 	r.evaluateScale(add)
 	r.evaluateOtel(add)
 	for _, size := range sizes {
@@ -227,14 +229,18 @@ func (r *report) evaluate() {
 		}
 		add(name, m, status(ok))
 	}
-	for _, impl := range []string{"kavari", implKavariFranz} {
-		name := fmt.Sprintf("%s end-to-end p99 ≤ 10 ms at 1,000 msg/s", implName(impl))
-		if x := r.res["e2e/1000/"+impl]; x != nil && x.Latency != nil && x.Latency.Received > 0 {
-			ok := x.Latency.P99 <= 10 && x.Latency.Received == x.Latency.Sent
-			m := fmt.Sprintf("p99 %.2f ms (%d/%d received)", x.Latency.P99, x.Latency.Received, x.Latency.Sent)
+	for _, rate := range []int{1000, 10_000} {
+		for _, t := range transportPairs {
+			name := fmt.Sprintf("%s end-to-end p99 ≤ %.1f× raw %s's p99 at %s msg/s", implName(t.kavari), e2eTarget, t.raw, thousands(rate))
+			k, raw := r.res[fmt.Sprintf("e2e/%d/%s", rate, t.kavari)], r.res[fmt.Sprintf("e2e/%d/%s", rate, t.raw)]
+			if k == nil || k.Latency == nil || k.Latency.Received == 0 || raw == nil || raw.Latency == nil || raw.Latency.P99 <= 0 {
+				add(name, "", notMeasured)
+				continue
+			}
+			q := k.Latency.P99 / raw.Latency.P99
+			ok := q <= e2eTarget && k.Latency.Received == k.Latency.Sent
+			m := fmt.Sprintf("%.2f ms ÷ %.2f ms = %.2f× (%d/%d received)", k.Latency.P99, raw.Latency.P99, q, k.Latency.Received, k.Latency.Sent)
 			add(name, m, status(ok))
-		} else {
-			add(name, "", notMeasured)
 		}
 	}
 	// BenchmarkEncodeValidate (bench_test.go) may have sub-benchmarks, one
@@ -275,7 +281,47 @@ const (
 	// pubFastTarget: kavari on franz-go ÷ the fastest raw franz-go
 	// configuration, for batch and async publishing.
 	pubFastTarget = 0.9
+	// e2eTarget: kavari's end-to-end p99 ÷ the raw client's in the same run.
+	e2eTarget = 1.1
+	// rssExtraMiB: kavari's consume peak RSS may exceed the raw client's
+	// (doing the same decode and validation) by this much.
+	rssExtraMiB = 32
 )
+
+// evaluateConsumeCost adds the consume targets beside the rate: peak RSS
+// within rssExtraMiB of the raw client doing the same work, and a
+// run-to-run spread of the rate ((fastest − slowest) ÷ fastest over the
+// repetitions) no wider than the raw client's.
+func (r *report) evaluateConsumeCost(add func(name, measured, st string)) {
+	for _, size := range sizes {
+		for _, t := range transportPairs {
+			k, raw := r.res[conID(size, t.kavari)], r.res[conID(size, t.raw+"+json+validate")]
+			name := fmt.Sprintf("%s consume peak RSS ≤ raw %s's + %d MiB (%s)", implName(t.kavari), t.raw, rssExtraMiB, sizeName(size))
+			if k == nil || raw == nil || k.PeakRSSMiB <= 0 || raw.PeakRSSMiB <= 0 {
+				add(name, "", notMeasured)
+			} else {
+				d := k.PeakRSSMiB - raw.PeakRSSMiB
+				add(name, fmt.Sprintf("%.1f MiB ÷ %.1f MiB: %+.1f MiB", k.PeakRSSMiB, raw.PeakRSSMiB, d), status(d <= rssExtraMiB))
+			}
+			name = fmt.Sprintf("%s consume rate's run-to-run spread ≤ raw %s's (%s)", implName(t.kavari), t.raw, sizeName(size))
+			if k == nil || raw == nil || len(k.Runs) < 2 || len(raw.Runs) < 2 {
+				add(name, "", notMeasured)
+				continue
+			}
+			sk, sr := spread(k.Runs), spread(raw.Runs)
+			add(name, fmt.Sprintf("%.0f %% vs %.0f %% over %d runs", 100*sk, 100*sr, len(k.Runs)), status(sk <= sr))
+		}
+	}
+}
+
+// spread is (fastest − slowest) ÷ fastest.
+func spread(runs []float64) float64 {
+	lo, hi := slices.Min(runs), slices.Max(runs)
+	if hi <= 0 {
+		return 0
+	}
+	return (hi - lo) / hi
+}
 
 // publishPairs pair kavari on each transport with the raw client configured
 // as its transport configures it: for franz-go, idempotent and no linger.

@@ -99,3 +99,57 @@ func TestMultiReportPutsEachToolchainUnderItsHeading(t *testing.T) {
 		t.Error("a toolchain's section is not one level down")
 	}
 }
+
+func TestE2ETargetComparesWithTheRawClientsP99(t *testing.T) {
+	r := testReport(t, nil)
+	lat := func(id string, p99 float64) {
+		r.res[id] = &result{ID: id, Count: 10, Latency: &latencyStats{Sent: 10, Received: 10, P99: p99}}
+	}
+	lat("e2e/1000/kavari", 11)
+	lat("e2e/1000/kafka-go", 10)
+	lat("e2e/10000/kavari", 12)
+	lat("e2e/10000/kafka-go", 10)
+	r.targets = nil
+	r.evaluate()
+	if x := targetOf(t, r, "kavari on kafka-go end-to-end p99 ≤ 1.1× raw kafka-go's p99 at 1,000 msg/s"); x.Status != "**met**" || !strings.Contains(x.Measured, "1.10×") {
+		t.Fatalf("1,000: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on kafka-go end-to-end p99 ≤ 1.1× raw kafka-go's p99 at 10,000 msg/s"); x.Status != "**missed**" || !strings.Contains(x.Measured, "1.20×") {
+		t.Fatalf("10,000: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on franz-go end-to-end p99 ≤ 1.1× raw franz-go's p99 at 1,000 msg/s"); x.Status != notMeasured {
+		t.Fatalf("franz-go: got %q %s", x.Measured, x.Status)
+	}
+}
+
+func TestConsumeRSSAndSpreadTargets(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"consume/100B/kavari":                 90,
+		"consume/100B/kafka-go+json+validate": 100,
+		"consume/1KiB/kavari":                 90,
+		"consume/1KiB/kafka-go+json+validate": 100,
+	})
+	set := func(id string, rss float64, runs ...float64) {
+		r.res[id].PeakRSSMiB = rss
+		r.res[id].Runs = runs
+	}
+	set("consume/100B/kavari", 60, 80, 90)
+	set("consume/100B/kafka-go+json+validate", 28, 90, 100)
+	set("consume/1KiB/kavari", 61, 50, 90)
+	set("consume/1KiB/kafka-go+json+validate", 28, 95, 100)
+	r.targets = nil
+	r.evaluate()
+	if x := targetOf(t, r, "kavari on kafka-go consume peak RSS ≤ raw kafka-go's + 32 MiB (100B)"); x.Status != "**met**" {
+		t.Fatalf("RSS 100B: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on kafka-go consume peak RSS ≤ raw kafka-go's + 32 MiB (1KiB)"); x.Status != "**missed**" || !strings.Contains(x.Measured, "+33.0 MiB") {
+		t.Fatalf("RSS 1KiB: got %q %s", x.Measured, x.Status)
+	}
+	// spread = (fastest − slowest) ÷ fastest: 11 % vs 10 % is wider.
+	if x := targetOf(t, r, "kavari on kafka-go consume rate's run-to-run spread ≤ raw kafka-go's (100B)"); x.Status != "**missed**" || !strings.Contains(x.Measured, "11 %") {
+		t.Fatalf("spread 100B: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on franz-go consume rate's run-to-run spread ≤ raw franz-go's (100B)"); x.Status != notMeasured {
+		t.Fatalf("spread franz-go: got %q %s", x.Measured, x.Status)
+	}
+}

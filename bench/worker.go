@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -147,6 +148,8 @@ func workerMain(specJSON string) int {
 			return 1
 		}
 		defer pprof.StopCPUProfile()
+		stop := peakHeapProfile(strings.TrimSuffix(s.Profile, ".pprof") + ".heap.pprof")
+		defer stop()
 	}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
@@ -258,4 +261,37 @@ func procStatusKiB(field string) int64 {
 		return ru.Maxrss
 	}
 	return 0
+}
+
+// peakHeapProfile samples the live heap every 20 ms and keeps the heap
+// profile taken at its highest (the in-use figures of the last GC), which
+// stop writes to path: what a client holds when its memory peaks.
+func peakHeapProfile(path string) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	var best bytes.Buffer
+	go func() {
+		defer close(finished)
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		var peak uint64
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			metrics.Read(sample)
+			if live := sample[0].Value.Uint64(); live > peak+peak/10 {
+				peak = live
+				best.Reset()
+				_ = pprof.Lookup("heap").WriteTo(&best, 0)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		_ = os.WriteFile(path, best.Bytes(), 0o644)
+	}
 }

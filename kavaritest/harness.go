@@ -388,12 +388,12 @@ func (o *observer) OnAssigned(partitions map[string][]int) {
 }
 
 // OnDeadLettered notes a record's dead letter.
-func (o *observer) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, handler string, err error) {
+func (o *observer) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, err error) {
 	h := (*Harness)(o)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	tr := h.trackLocked(recordKey{r.Topic, int32(r.Partition), r.Offset})
-	tr.dead = append(tr.dead, deadLettered{kind, handler, err})
+	tr.dead = append(tr.dead, deadLettered{kind, r.Handler, err})
 }
 
 // recording is the in-memory transport with producers that note what they

@@ -352,9 +352,9 @@ func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, in
 
 // OnRetryScheduled adds a retry event to the failed attempt's span and ends
 // it, and counts the retry. It implements kavari.HookRetryScheduled.
-func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, handler string, wait time.Duration, err error) {
+func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, wait time.Duration, err error) {
 	i.m.retries.Add(context.Background(), 1, i.consumerSet(r.Topic, -1))
-	if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, handler}); ok {
+	if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, r.Handler}); ok {
 		span.AddEvent(EventRetryScheduled, trace.WithAttributes(AttrAttempt.Int(r.Attempt), AttrRetryWait.Int64(wait.Milliseconds())))
 		span.End()
 	}
@@ -363,7 +363,8 @@ func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, handler string, wai
 // OnDeadLettered adds a dead-letter event to the last attempt's span (a
 // span of its own for a record no handler could take: poison) and ends it,
 // and counts the dead letter. It implements kavari.HookDeadLettered.
-func (i *Instrumentation) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, handler string, err error) {
+func (i *Instrumentation) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, err error) {
+	handler := r.Handler
 	attrs := append(i.consumerAttrs(r.Topic), AttrErrorKind.String(string(kind)))
 	i.m.deadLetters.Add(context.Background(), 1, metricSet(attribute.NewSet(attrs...)))
 	ev := trace.WithAttributes(AttrErrorKind.String(string(kind)), AttrAttempt.Int(r.Attempt))

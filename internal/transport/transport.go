@@ -192,6 +192,13 @@ type Assignment struct {
 	// Metadata is the committed offset's metadata ("" when none or when the
 	// adapter cannot read it).
 	Metadata string
+	// Start is where delivery of the partition starts, fixed before
+	// Assigned is called: Offset when one is committed, else the log
+	// start or end that StartOffset chose, listed then (so with Latest
+	// every record produced once Assigned was called is delivered). -1
+	// when the adapter could not list it: its client then starts as
+	// StartOffset says, at its first fetch.
+	Start int64
 }
 
 // Offset is one partition's commit.

@@ -164,11 +164,13 @@ func (c *Consumer) generation(ctx context.Context, m *membership, h transport.Gr
 	var parts []transport.Assignment
 	for _, t := range slices.Sorted(maps.Keys(m.assigned)) {
 		for _, p := range m.assigned[t] {
-			off, ok := m.offsets[t][p]
-			if !ok || off < 0 {
-				off = -1
+			a := transport.Assignment{TopicPartition: transport.TopicPartition{Topic: t, Partition: int32(p)}, Offset: -1, Start: -1}
+			if off, ok := m.offsets[t][p]; ok && off >= 0 {
+				a.Offset, a.Start = off, off
+			} else if start, ok := m.starts[t][p]; ok && start >= 0 {
+				a.Start = start
 			}
-			parts = append(parts, transport.Assignment{TopicPartition: transport.TopicPartition{Topic: t, Partition: int32(p)}, Offset: off})
+			parts = append(parts, a)
 		}
 	}
 	c.mu.Lock()
@@ -191,7 +193,7 @@ func (c *Consumer) generation(ctx context.Context, m *membership, h transport.Gr
 	closes := make([]chan struct{}, len(parts))
 	readers.Add(len(parts))
 	for i, a := range parts {
-		start := a.Offset
+		start := a.Start
 		if start < 0 {
 			start = kafka.FirstOffset
 			if c.cfg.StartOffset == transport.Latest {

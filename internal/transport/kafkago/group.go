@@ -48,6 +48,11 @@ type membership struct {
 	// outOfRange has an error for each committed offset that was outside
 	// its partition's log and was moved to the log start.
 	outOfRange []error
+	// starts is where each assigned partition with no committed offset
+	// starts (topic → partition → offset), listed at join; nil when they
+	// could not be listed with Earliest (the readers then resolve the log
+	// start at their first fetch).
+	starts map[string]map[int]int64
 
 	// lastOK is when the last heartbeat answered without error was sent
 	// (unix ns; at first, when the join was answered): the coordinator
@@ -159,6 +164,12 @@ func (c *Consumer) join(ctx, joinCtx context.Context) (*membership, error) {
 		}
 	}
 	if m.outOfRange, err = c.clampOutOfRange(ctx, m); err != nil {
+		return nil, err
+	}
+	if err := c.resolveStarts(ctx, m); err != nil && c.cfg.StartOffset == transport.Latest {
+		// With Earliest the readers, resolving the log start themselves,
+		// start at the same place; with Latest they would skip what is
+		// published before their first fetch: join again.
 		return nil, err
 	}
 	return m, nil

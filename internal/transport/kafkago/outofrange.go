@@ -3,6 +3,7 @@ package kafkago
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 
@@ -22,39 +23,17 @@ func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error,
 	if len(m.offsets) == 0 {
 		return nil, nil
 	}
-	bounds := func(ts func(int) kafka.OffsetRequest, last bool) (map[string]map[int]int64, error) {
-		req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-		for t, ps := range m.offsets {
-			for p := range ps {
-				req.Topics[t] = append(req.Topics[t], ts(p))
-			}
+	parts := map[string][]int{}
+	for t, ps := range m.offsets {
+		for p := range ps {
+			parts[t] = append(parts[t], p)
 		}
-		lctx, cancel := context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-		res, err := c.cl.ListOffsets(lctx, req)
-		if err != nil {
-			return nil, err
-		}
-		out := map[string]map[int]int64{}
-		for t, ps := range res.Topics {
-			out[t] = map[int]int64{}
-			for _, p := range ps {
-				if p.Error != nil {
-					return nil, fmt.Errorf("%s/%d: %w", t, p.Partition, p.Error)
-				}
-				out[t][p.Partition] = p.FirstOffset
-				if last {
-					out[t][p.Partition] = p.LastOffset
-				}
-			}
-		}
-		return out, nil
 	}
-	first, err := bounds(kafka.FirstOffsetOf, false)
+	first, err := c.listOffsets(ctx, parts, false)
 	if err != nil {
 		return nil, fmt.Errorf("kavari: kafka-go consumer: list log start offsets: %w", err)
 	}
-	end, err := bounds(kafka.LastOffsetOf, true)
+	end, err := c.listOffsets(ctx, parts, true)
 	if err != nil {
 		return nil, fmt.Errorf("kavari: kafka-go consumer: list log end offsets: %w", err)
 	}
@@ -73,4 +52,78 @@ func (c *Consumer) clampOutOfRange(ctx context.Context, m *membership) ([]error,
 		}
 	}
 	return moved, nil
+}
+
+// resolveStarts lists where each assigned partition of m with no committed
+// offset starts, the log start or end as StartOffset says, into m.starts.
+// kafka-go's reader would resolve it at its first fetch, after Assigned:
+// with Latest, records produced in between were skipped. Listed here,
+// before Assigned, the start is fixed when the engine is told of the
+// partition. A listing that fails (a partition of a topic just created
+// may not be loaded on its leader yet) is tried again every retryBackoff
+// while more than half the session is left; then the error is returned.
+func (c *Consumer) resolveStarts(ctx context.Context, m *membership) error {
+	parts := map[string][]int{}
+	for t, ps := range m.assigned {
+		for _, p := range ps {
+			if _, ok := m.offsets[t][p]; !ok {
+				parts[t] = append(parts[t], p)
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	latest := c.cfg.StartOffset == transport.Latest
+	for {
+		starts, err := c.listOffsets(ctx, parts, latest)
+		if err == nil {
+			m.starts = starts
+			return nil
+		}
+		if ctx.Err() != nil || m.sessionLeft(c.cfg.SessionTimeout) < c.cfg.SessionTimeout/2 {
+			return fmt.Errorf("kavari: kafka-go consumer: list where partitions with no committed offset start: %w", err)
+		}
+		t := time.NewTimer(retryBackoff)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// listOffsets returns the log start (last false) or end (last true) of
+// each partition of parts (topic → partitions).
+func (c *Consumer) listOffsets(ctx context.Context, parts map[string][]int, last bool) (map[string]map[int]int64, error) {
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for t, ps := range parts {
+		for _, p := range ps {
+			o := kafka.FirstOffsetOf(p)
+			if last {
+				o = kafka.LastOffsetOf(p)
+			}
+			req.Topics[t] = append(req.Topics[t], o)
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	res, err := c.cl.ListOffsets(lctx, req)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[int]int64{}
+	for t, ps := range res.Topics {
+		out[t] = map[int]int64{}
+		for _, p := range ps {
+			if p.Error != nil {
+				return nil, fmt.Errorf("%s/%d: %w", t, p.Partition, p.Error)
+			}
+			out[t][p.Partition] = p.FirstOffset
+			if last {
+				out[t][p.Partition] = p.LastOffset
+			}
+		}
+	}
+	return out, nil
 }

@@ -694,14 +694,24 @@ func (c *Consumer) assign(gen transport.Generation, tps []transport.TopicPartiti
 			continue
 		}
 		a := transport.Assignment{TopicPartition: tp, Offset: -1}
+		c.b.mu.Lock()
+		end := int64(len(c.b.topics[tp.Topic][tp.Partition]))
+		c.b.mu.Unlock()
 		if o, ok := committed[tp]; ok {
 			a.Offset, a.Metadata = o.Offset, o.Metadata
-			c.b.mu.Lock()
-			end := int64(len(c.b.topics[tp.Topic][tp.Partition]))
-			c.b.mu.Unlock()
 			if a.Offset > end { // past the log's end, as on Kafka: its start, without the metadata
 				a.Offset, a.Metadata = 0, ""
 			}
+		}
+		// Where delivery starts is fixed now, before Assigned: a record
+		// appended once Assigned was called is delivered.
+		switch {
+		case a.Offset >= 0:
+			a.Start = a.Offset
+		case c.cfg.StartOffset == transport.Latest:
+			a.Start = end
+		default:
+			a.Start = 0
 		}
 		added = append(added, a)
 	}
@@ -715,17 +725,7 @@ func (c *Consumer) assign(gen transport.Generation, tps []transport.TopicPartiti
 		c.pos = map[transport.TopicPartition]int64{}
 	}
 	for _, a := range added {
-		c.b.mu.Lock()
-		end := int64(len(c.b.topics[a.Topic][a.Partition]))
-		c.b.mu.Unlock()
-		start := a.Offset
-		switch {
-		case start < 0 && c.cfg.StartOffset == transport.Latest:
-			start = end
-		case start < 0:
-			start = 0
-		}
-		c.pos[a.TopicPartition] = start
+		c.pos[a.TopicPartition] = a.Start
 		c.assigned = append(c.assigned, a.TopicPartition)
 	}
 	c.mu.Unlock()

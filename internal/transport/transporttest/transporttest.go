@@ -58,6 +58,7 @@ func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 	t.Run("Admin", s.testAdmin)
 	t.Run("CommitResume", s.testCommitResume)
 	t.Run("StartLatest", s.testStartLatest)
+	t.Run("StartLatestFixedAtAssigned", s.testStartLatestFixed)
 	t.Run("OutOfRange", s.testOutOfRange)
 	t.Run("Rebalance", s.testRebalance)
 	t.Run("PauseResume", s.testPauseResume)
@@ -72,6 +73,15 @@ func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 		t.Run("DrainBeyondSession", s.testDrainBeyondSession)
 		t.Run("CloseDrainBeyondSession", s.testCloseDrainBeyondSession)
 	}
+}
+
+// RunStart runs the cases of where a group with no committed offset
+// starts, which need nothing of a Kafka broker but topics, producing and a
+// group: the in-memory transport's tests run them (brokers may be nil).
+func RunStart(t *testing.T, tr transport.Adapter, brokers []string) {
+	s := &suite{tr: tr, brokers: brokers, caps: tr.Capabilities()}
+	t.Run("StartLatest", s.testStartLatest)
+	t.Run("StartLatestFixedAtAssigned", s.testStartLatestFixed)
 }
 
 type suite struct {
@@ -348,8 +358,8 @@ func (s *suite) testCommitResume(t *testing.T) {
 	a := s.join(t, cfg)
 	waitFor(t, "member A owns both partitions", func() bool { return len(a.h.owned()) == 2 })
 	for _, as := range a.h.assignments() {
-		if as.Offset != -1 || as.Metadata != "" {
-			t.Fatalf("fresh group: Assigned %+v, want offset -1 and no metadata", as)
+		if as.Offset != -1 || as.Metadata != "" || as.Start != 0 {
+			t.Fatalf("fresh group (Earliest): Assigned %+v, want offset -1, no metadata and start 0 (the log start)", as)
 		}
 	}
 	waitFor(t, "A receives all 10 records", func() bool { return a.h.count(topic) == 10 })
@@ -371,8 +381,8 @@ func (s *suite) testCommitResume(t *testing.T) {
 	for _, as := range b.h.assignments() {
 		got[as.TopicPartition] = as
 	}
-	if got[tp0].Offset != 2 || got[tp1].Offset != 5 {
-		t.Fatalf("B's Assigned offsets %+v, want 2 and 5", got)
+	if got[tp0].Offset != 2 || got[tp1].Offset != 5 || got[tp0].Start != 2 || got[tp1].Start != 5 {
+		t.Fatalf("B's Assigned offsets %+v, want 2 and 5, where each starts", got)
 	}
 	if s.caps.CommitMetadata && got[tp0].Metadata != "v1:3" {
 		t.Fatalf("B's Assigned metadata %q, want %q", got[tp0].Metadata, "v1:3")
@@ -418,18 +428,85 @@ func (s *suite) testStartLatest(t *testing.T) {
 	cfg.GroupID, cfg.Topics, cfg.StartOffset = testenv.ID("conf-g"), []string{topic}, transport.Latest
 	m := s.join(t, cfg)
 	waitFor(t, "the member owns the partition", func() bool { return len(m.h.owned()) == 1 })
-	// The member may resolve "latest" a moment after Assigned: write until
-	// something arrives.
-	waitFor(t, "a record written after the join arrives", func() bool {
-		if len(m.h.records(tp)) > 0 {
-			return true
-		}
-		produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("after")})
-		time.Sleep(100 * time.Millisecond)
-		return len(m.h.records(tp)) > 0
-	})
+	// Where it starts was fixed before Assigned (StartLatestFixedAtAssigned):
+	// one record written now arrives.
+	produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("after")})
+	waitFor(t, "a record written after the join arrives", func() bool { return len(m.h.records(tp)) > 0 })
 	if first := m.h.records(tp)[0]; first.Offset == 0 || string(first.Value) != "after" {
 		t.Fatalf("first record delivered: offset %d %q; want one written after the join", first.Offset, first.Value)
+	}
+}
+
+// testStartLatestFixed: with StartOffset Latest and nothing committed,
+// where a partition starts is fixed by the time Assigned is called (the
+// engine then shows the partition as assigned in Health): a record
+// produced from inside Assigned is delivered, and it is the first one.
+// A client that resolves the log end lazily, at its first fetch after
+// Assigned returned, skips it. Five fresh groups, each one record: a lazy
+// resolution fails every time; a record not delivered within the suite's
+// generous wait fails the test.
+func (s *suite) testStartLatestFixed(t *testing.T) {
+	topic := s.topic(t, 1)
+	tp := transport.TopicPartition{Topic: topic, Partition: 0}
+	p := s.producer(t, s.cfg())
+	produce(t, p, &transport.Record{Topic: topic, Key: []byte("k"), Value: []byte("before")})
+	for i := range 5 {
+		cfg := s.cfg()
+		cfg.GroupID, cfg.Topics, cfg.StartOffset = testenv.ID("conf-g"), []string{topic}, transport.Latest
+		c, err := s.tr.NewConsumer(cfg)
+		if err != nil {
+			t.Fatalf("NewConsumer: %v", err)
+		}
+		m := &member{c: c, h: NewRecorder(), done: make(chan error, 1)}
+		want := fmt.Appendf(nil, "produced inside Assigned, group %d", i)
+		produced := make(chan *transport.Record, 1)
+		var once sync.Once
+		m.h.OnAssigned = func(_ transport.Generation, parts []transport.Assignment) {
+			if len(parts) == 0 {
+				return
+			}
+			once.Do(func() {
+				rec := &transport.Record{Topic: topic, Key: []byte("k"), Value: want}
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				if errs := p.Produce(ctx, []*transport.Record{rec}); errs != nil {
+					rec = nil
+				}
+				produced <- rec
+			})
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { m.done <- c.Run(ctx, m.h) }()
+		var rec *transport.Record
+		select {
+		case rec = <-produced:
+		case <-time.After(waitTimeout):
+		}
+		if rec == nil {
+			m.close(t)
+			cancel()
+			t.Fatalf("group %d: Assigned was not called, or the record produced inside it was not acknowledged", i)
+		}
+		deadline := time.Now().Add(waitTimeout)
+		for len(m.h.records(tp)) == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := m.h.records(tp)
+		m.close(t)
+		cancel()
+		switch {
+		case len(got) == 0:
+			t.Fatalf("group %d (Latest, nothing committed): the record produced inside Assigned (offset %d) was not delivered: the start was resolved after Assigned",
+				i, rec.Offset)
+		case got[0].Offset != rec.Offset || !bytes.Equal(got[0].Value, want):
+			t.Fatalf("group %d: first record delivered at offset %d %q, want the one produced inside Assigned at %d",
+				i, got[0].Offset, got[0].Value, rec.Offset)
+		}
+		// The engine is told where delivery starts: the log end when
+		// Assigned was called.
+		if as := m.h.assignments(); len(as) != 1 || as[0].Offset != -1 || as[0].Start != rec.Offset {
+			t.Errorf("group %d: Assigned %+v, want offset -1 (none committed) and start %d (the log end)", i, as, rec.Offset)
+		}
 	}
 }
 
@@ -831,6 +908,9 @@ type Recorder struct {
 	// OnRevoked, when set, runs inside Revoked (as the engine's drain and
 	// commit would).
 	OnRevoked func(gen transport.Generation, parts []transport.TopicPartition)
+	// OnAssigned, when set, runs inside Assigned, after the partitions
+	// are recorded as owned.
+	OnAssigned func(gen transport.Generation, parts []transport.Assignment)
 }
 
 // NewRecorder returns an empty Recorder.
@@ -842,8 +922,18 @@ func NewRecorder() *Recorder {
 	}
 }
 
-// Assigned records parts as owned.
+// Assigned records parts as owned, then runs OnAssigned.
 func (r *Recorder) Assigned(gen transport.Generation, parts []transport.Assignment) {
+	r.assigned(gen, parts)
+	r.mu.Lock()
+	fn := r.OnAssigned
+	r.mu.Unlock()
+	if fn != nil {
+		fn(gen, parts)
+	}
+}
+
+func (r *Recorder) assigned(gen transport.Generation, parts []transport.Assignment) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.g = gen
