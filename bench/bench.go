@@ -153,6 +153,7 @@ func (b *bench) all() {
 	b.otel()
 	b.idle()
 	b.io()
+	b.bulk()
 	b.latency()
 	b.parallel()
 	b.rss()
@@ -216,7 +217,7 @@ var publishImpls = []string{"kafka-go", "franz-go", implFranzIdem, "kavari", imp
 // consumeImpls are the consuming clients; "+json" decodes each value with
 // json.Unmarshal into the struct kavari decodes, "+json+validate" also runs
 // the validator on it, as kavari does.
-var consumeImpls = []string{"kafka-go", "kafka-go+json", "kafka-go+json+validate", "franz-go", "franz-go+json", "franz-go+json+validate", "kavari", implKavariFranz}
+var consumeImpls = append([]string{"kafka-go", "kafka-go+json", "kafka-go+json+validate", "franz-go", "franz-go+json", "franz-go+json+validate", "kavari", implKavariFranz}, batchImpls...)
 
 // e2eImpls are the clients of the end-to-end latency workload.
 var e2eImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}

@@ -45,6 +45,17 @@ func (c *counter) hit() {
 	}
 }
 
+// hitN counts n records handled at once (a batch).
+func (c *counter) hitN(n int) {
+	now := time.Now().UnixNano()
+	c.first.CompareAndSwap(0, now)
+	if v := c.n.Add(int64(n)); v >= c.want && v-int64(n) < c.want {
+		c.last.Store(now)
+		c.cpuLast.Store(int64(cpuTime()))
+		close(c.done)
+	}
+}
+
 func (c *counter) wait(ctx context.Context) error {
 	select {
 	case <-c.done:
@@ -115,6 +126,8 @@ func runConsume(ctx context.Context, s *spec) (*result, error) {
 				c.hit()
 			}
 		})
+	case "kavari" + batchSuffix, implKavariFranz + batchSuffix, "kavari" + poisonSuffix, implKavariFranz + poisonSuffix:
+		stop, err = runBatchConsume(ctx, s, c)
 	default:
 		stop, err = runOtelConsume(ctx, s, c)
 	}

@@ -165,7 +165,7 @@ func kavariConfig(s *spec, reg *kavari.Registry) kavari.Config {
 			GroupID: s.Group,
 		},
 	}
-	if s.Impl == implKavariFranz {
+	if kavariBase(s.Impl) == implKavariFranz {
 		cfg.Transport = kavari.FranzGo
 		cfg.Publish.BatchTimeout = 0 // FranzGo refuses one: it does not linger
 	}

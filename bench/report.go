@@ -193,6 +193,7 @@ func (r *report) evaluate() {
 	}
 	r.evaluateConsumeCost(add)
 	r.evaluateScale(add)
+	r.evaluateBatch(add)
 	r.evaluateOtel(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
@@ -614,6 +615,7 @@ func (r *report) body() string {
 	w("`Struct` on it, the validator configured as kavari's (required structs enabled, JSON field names): the work kavari does\n")
 	w("before its handler, without its dispatch, ordering and commit tracking. The target compares kavari with these rows.\n\n")
 	r.writeScale(w)
+	r.writeBatch(w)
 	r.writeOtel(w)
 
 	r.writePython(w)

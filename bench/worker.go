@@ -75,6 +75,7 @@ type result struct {
 	RSS         *rssStats      `json:"rss,omitempty"`
 	Idle        *idleStats     `json:"idle,omitempty"`
 	IO          *ioStats       `json:"io,omitempty"`
+	Bulk        *bulkStats     `json:"bulk,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
@@ -171,6 +172,8 @@ func workerMain(specJSON string) int {
 		res, err = runIdle(ctx, &s)
 	case "io":
 		res, err = runIO(ctx, &s)
+	case "bulk":
+		res, err = runBulk(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}
