@@ -1,11 +1,6 @@
 package kavari
 
-import (
-	"context"
-	"errors"
-
-	"github.com/kavari-go/kavari/internal/transport"
-)
+import "context"
 
 // Encoded is a message validated and encoded as Publish would send it: its
 // topic (after Config.Topics.Name), partition key, value (the type's codec)
@@ -37,15 +32,7 @@ func (e *Encoded) ID() string {
 // not called (a message that is never sent would leave them without their
 // HookPublishAfter call); PublishEncoded calls the HookPublishAfter hooks.
 func (k *Client) Encode(ctx context.Context, msg Msg) (Encoded, error) {
-	rec, err := k.pub.enc.encode(ctx, msg)
-	if err != nil {
-		return Encoded{}, err
-	}
-	e := Encoded{Topic: rec.Topic, Key: rec.Key, Value: rec.Value, Headers: make([]Header, len(rec.Headers))}
-	for i, h := range rec.Headers {
-		e.Headers[i] = Header{Key: h.Key, Value: h.Value}
-	}
-	return e, nil
+	return k.pub.encodeOnly(ctx, msg)
 }
 
 // PublishEncoded sends messages returned by Encode as PublishBatch sends
@@ -56,52 +43,5 @@ func (k *Client) Encode(ctx context.Context, msg Msg) (Encoded, error) {
 // the broker's limit matches ErrTooLarge, a topic the brokers do not know
 // ErrUnknownTopic). The messages are not validated again.
 func (k *Client) PublishEncoded(ctx context.Context, msgs ...Encoded) ([]Receipt, error) {
-	receipts := make([]Receipt, len(msgs))
-	recs := make([]*transport.Record, len(msgs))
-	for i := range msgs {
-		m := &msgs[i]
-		rec := &transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: make([]transport.Header, len(m.Headers))}
-		for j, h := range m.Headers {
-			rec.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
-		}
-		recs[i] = rec
-		receipts[i] = receiptOf(nil, rec, false)
-	}
-	if k.pub.isClosed() {
-		be := &BatchError{}
-		for i, rec := range recs {
-			pe := publishErrorOf(rec, ErrClosed)
-			pe.Index = i
-			be.Failed = append(be.Failed, pe)
-		}
-		return receipts, be
-	}
-	if len(recs) == 0 {
-		return receipts, nil
-	}
-	errs := k.pub.writeObserved(ctx, nil, recs)
-	var be *BatchError
-	for i, rec := range recs {
-		var err error
-		if errs != nil {
-			err = errs[i]
-		}
-		if err == nil {
-			receipts[i] = receiptOf(nil, rec, true)
-			continue
-		}
-		if be == nil {
-			be = &BatchError{}
-		}
-		var pe *PublishError
-		if !errors.As(err, &pe) {
-			pe = publishErrorOf(rec, err)
-		}
-		pe.Index = i
-		be.Failed = append(be.Failed, pe)
-	}
-	if be != nil {
-		return receipts, be
-	}
-	return receipts, nil
+	return k.pub.publishEncoded(ctx, msgs)
 }
