@@ -34,8 +34,9 @@ type RelayConfig struct {
 	MaxBackoff time.Duration
 	// Lease is how long an SQLite relay keeps a shard it claimed (default
 	// 30s); a relay that dies holding one leaves it to the others once it
-	// expired. A batch's publish is cut at 80 % of it. PostgreSQL relays
-	// hold row locks instead, which end with their connection.
+	// expired. A batch's publish is cut at 80 % of it (for both dialects).
+	// PostgreSQL relays hold row locks instead, which end with their
+	// connection.
 	Lease time.Duration
 	// Permanent reports whether a publish error is a refusal for good: the
 	// row is then moved to the dead table (Table+"_dead") and not retried.
@@ -260,12 +261,12 @@ func (r *Relay) step(ctx context.Context, start int) (int, error) {
 		encs = append(encs, e)
 		sent = append(sent, rw)
 	}
-	pctx := ctx
-	if r.o.d == SQLite {
-		var cancel context.CancelFunc
-		pctx, cancel = context.WithTimeout(ctx, r.cfg.Lease*8/10)
-		defer cancel()
-	}
+	// A batch that began is finished when Run's context ends, so that a
+	// stopping relay does not leave acknowledged rows to be published
+	// again; its publish is bounded by 80 % of Lease (an SQLite lease must
+	// not expire under it), its marking by 10 s.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Lease*8/10)
+	defer cancel()
 	var acked []int64
 	var transient error
 	if len(encs) > 0 {
@@ -313,7 +314,10 @@ func (r *Relay) step(ctx context.Context, start int) (int, error) {
 		return 0, errCrashed
 	}
 	if len(acked) > 0 || len(parked) > 0 {
-		if err := c.finish(ctx, acked, parked); err != nil {
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := c.finish(mctx, acked, parked)
+		cancel()
+		if err != nil {
 			return 0, fmt.Errorf("outbox: marking %d published rows (they will be published again, same ce_id): %w", len(acked), err)
 		}
 	} else {
@@ -377,7 +381,10 @@ func (r *Relay) rows(ctx context.Context, c claim, shard int) ([]row, error) {
 func (r *Relay) claim(ctx context.Context, start int) (claim, int, bool, error) {
 	t := r.o.table
 	if r.o.d == Postgres {
-		tx, err := r.db.BeginTx(ctx, nil)
+		// Not ctx: database/sql rolls a transaction back when the context
+		// of BeginTx ends, and a batch acknowledged while Run stops must
+		// still be marked. Every path ends the transaction (finish, abort).
+		tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
 		if err != nil {
 			return nil, 0, false, err
 		}
