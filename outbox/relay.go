@@ -304,7 +304,7 @@ func (r *Relay) step(ctx context.Context, start int) (int, error) {
 				acked = append(acked, rw.id)
 			case r.cfg.Permanent(err):
 				r.log.Error("kavari outbox: the broker refused a row for good; parked in the dead table", "table", r.o.table, "id", rw.id, "topic", rw.topic, "ce_id", rw.ceID.String, "err", err)
-				parked = append(parked, parkedRow{rw, err.Error()})
+				parked = append(parked, parkedRow{rw, refusal(err)})
 			default:
 				transient = &kafkaError{err}
 			}
@@ -333,6 +333,18 @@ func (r *Relay) step(ctx context.Context, start int) (int, error) {
 		}
 	}
 	return len(acked) + len(parked), transient
+}
+
+// refusal is the error column of a row refused for good: "too large: ",
+// "unknown topic: " or "refused: ", then the error.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, kavari.ErrTooLarge):
+		return "too large: " + err.Error()
+	case errors.Is(err, kavari.ErrUnknownTopic):
+		return "unknown topic: " + err.Error()
+	}
+	return "refused: " + err.Error()
 }
 
 func decodeRow(rw row) (kavari.Encoded, error) {
