@@ -16,9 +16,10 @@ import (
 	"github.com/kavari-go/kavari/internal/testkit"
 )
 
-// BenchmarkPublishInTx: what Outbox.Publish costs the caller's transaction
-// per message (encode, advisory lock on PostgreSQL, insert), the
-// transaction's begin and commit amortised over 100 messages.
+// BenchmarkPublishInTx: what Outbox.Publish (per-call=1) or PublishBatch
+// of 10 costs the caller's transaction per message (encode, advisory locks
+// on PostgreSQL, insert), the transaction's begin and commit amortised over
+// 100 messages.
 func BenchmarkPublishInTx(b *testing.B) {
 	for _, d := range []Dialect{SQLite, Postgres} {
 		b.Run(d.String(), func(b *testing.B) {
@@ -42,16 +43,23 @@ func BenchmarkPublishInTx(b *testing.B) {
 			require.NoError(b, err)
 			ctx := context.Background()
 			require.NoError(b, ob.CreateSchema(ctx, db))
-			b.ResetTimer()
-			for i := 0; i < b.N; {
-				tx, err := db.BeginTx(ctx, nil)
-				require.NoError(b, err)
-				for j := 0; j < 100 && i < b.N; j, i = j+1, i+1 {
-					if _, err := ob.Publish(ctx, tx, &OrderPlaced{OrderID: fmt.Sprintf("k%d", i%64), Seq: i, Amount: 1}); err != nil {
-						b.Fatal(err)
+			for _, per := range []int{1, 10} {
+				b.Run(fmt.Sprintf("per-call=%d", per), func(b *testing.B) {
+					for i := 0; i < b.N; {
+						tx, err := db.BeginTx(ctx, nil)
+						require.NoError(b, err)
+						for j := 0; j < 100 && i < b.N; j += per {
+							msgs := make([]kavari.Msg, 0, per)
+							for ; len(msgs) < per && i < b.N; i++ {
+								msgs = append(msgs, &OrderPlaced{OrderID: fmt.Sprintf("k%d", i%64), Seq: i, Amount: 1})
+							}
+							if _, err := ob.PublishBatch(ctx, tx, msgs...); err != nil {
+								b.Fatal(err)
+							}
+						}
+						require.NoError(b, tx.Commit())
 					}
-				}
-				require.NoError(b, tx.Commit())
+				})
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,7 +67,6 @@ type Outbox struct {
 	client *kavari.Client
 	d      Dialect
 	table  string
-	insert string // the INSERT statement, in the dialect's placeholders
 }
 
 var tableRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$`)
@@ -85,9 +85,7 @@ func New(client *kavari.Client, cfg Config) (*Outbox, error) {
 	if !tableRE.MatchString(cfg.Table) {
 		return nil, fmt.Errorf("outbox: invalid table name %q", cfg.Table)
 	}
-	o := &Outbox{client: client, d: cfg.Dialect, table: cfg.Table}
-	o.insert = o.q("INSERT INTO " + o.table + " (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-	return o, nil
+	return &Outbox{client: client, d: cfg.Dialect, table: cfg.Table}, nil
 }
 
 // q rewrites the ? placeholders of query for the dialect.
@@ -200,7 +198,8 @@ func (o *Outbox) CreateSchema(ctx context.Context, db *sql.DB) error {
 // the second waits at Publish until the first commits or rolls back. A
 // transaction publishing several keys can deadlock with another publishing
 // them in the opposite order (PostgreSQL then aborts one); PublishBatch
-// takes its locks in a fixed order.
+// takes its locks in a fixed order (per 1,000 messages: a larger batch is
+// inserted in statements of 1,000).
 func (o *Outbox) Publish(ctx context.Context, tx Execer, msg kavari.Msg) (string, error) {
 	ids, err := o.PublishBatch(ctx, tx, msg)
 	if err != nil {
@@ -233,6 +232,30 @@ func (o *Outbox) PublishBatch(ctx context.Context, tx Execer, msgs ...kavari.Msg
 		}
 		return nil, be
 	}
+	ids := make([]string, 0, len(encs))
+	for len(encs) > 0 {
+		// At most insertChunk messages a statement (the drivers' limits
+		// on parameters).
+		n := min(len(encs), insertChunk)
+		got, err := o.insertRows(ctx, tx, encs[:n])
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, got...)
+		encs = encs[n:]
+	}
+	return ids, nil
+}
+
+// insertChunk is the most messages PublishBatch inserts with one statement.
+const insertChunk = 1000
+
+// insertRows inserts encs with one statement, after taking their keys'
+// locks on PostgreSQL, and returns their ce_ids.
+func (o *Outbox) insertRows(ctx context.Context, tx Execer, encs []kavari.Encoded) ([]string, error) {
+	// One statement: the key locks (PostgreSQL), then every row.
+	var q strings.Builder
+	args := make([]any, 0, 7*len(encs)+len(encs))
 	if o.d == Postgres {
 		locks := make([]int64, 0, len(encs))
 		for i := range encs {
@@ -241,14 +264,27 @@ func (o *Outbox) PublishBatch(ctx context.Context, tx Execer, msgs ...kavari.Msg
 			}
 		}
 		sort.Slice(locks, func(i, j int) bool { return locks[i] < locks[j] })
-		for i, l := range locks {
-			if i > 0 && locks[i-1] == l {
-				continue
+		locks = slices.Compact(locks)
+		if len(locks) > 0 {
+			// Taken in id order (a fixed order across transactions), all
+			// before the insert reads the subquery's single row.
+			q.WriteString("WITH l AS (SELECT count(pg_advisory_xact_lock(x)) FROM (SELECT x FROM (VALUES ")
+			for i, l := range locks {
+				if i > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString("(?::bigint)")
+				args = append(args, l)
 			}
-			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", l); err != nil {
-				return nil, fmt.Errorf("outbox: lock key: %w", err)
-			}
+			q.WriteString(") v(x) ORDER BY x OFFSET 0) s) ")
 		}
+	}
+	q.WriteString("INSERT INTO " + o.table + " (shard, topic, msg_key, value, headers, ce_id, created_at) ")
+	locked := len(args) > 0
+	if locked {
+		q.WriteString("SELECT r.* FROM (VALUES ")
+	} else {
+		q.WriteString("VALUES ")
 	}
 	now := time.Now().UnixMicro()
 	ids := make([]string, len(encs))
@@ -263,9 +299,21 @@ func (o *Outbox) PublishBatch(ctx context.Context, tx Execer, msgs ...kavari.Msg
 		if e.Key != nil {
 			key = e.Key
 		}
-		if _, err := tx.ExecContext(ctx, o.insert, shardOf(e.Topic, e.Key), e.Topic, key, e.Value, string(hs), ids[i], now); err != nil {
-			return nil, fmt.Errorf("outbox: insert: %w", err)
+		if i > 0 {
+			q.WriteString(", ")
 		}
+		if o.d == Postgres {
+			q.WriteString("(?::integer, ?::text, ?::bytea, ?::bytea, ?::text, ?::text, ?::bigint)")
+		} else {
+			q.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+		}
+		args = append(args, shardOf(e.Topic, e.Key), e.Topic, key, e.Value, string(hs), ids[i], now)
+	}
+	if locked {
+		q.WriteString(") r CROSS JOIN l WHERE l.count >= 0")
+	}
+	if _, err := tx.ExecContext(ctx, o.q(q.String()), args...); err != nil {
+		return nil, fmt.Errorf("outbox: insert: %w", err)
 	}
 	return ids, nil
 }
