@@ -233,7 +233,7 @@ type claim interface {
 // step claims a shard with rows, publishes up to BatchSize of them and
 // marks the outcome. It returns how many rows it took care of.
 func (r *Relay) step(ctx context.Context, start int) (int, error) {
-	c, shard, ok, err := r.claim(ctx, start)
+	c, shards, ok, err := r.claim(ctx, start)
 	if err != nil || !ok {
 		return 0, err
 	}
@@ -243,7 +243,7 @@ func (r *Relay) step(ctx context.Context, start int) (int, error) {
 			c.abort()
 		}
 	}()
-	rows, err := r.rows(ctx, c, shard)
+	rows, err := r.rows(ctx, c, shards)
 	if err != nil {
 		return 0, err
 	}
@@ -371,8 +371,10 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 	return e, nil
 }
 
-func (r *Relay) rows(ctx context.Context, c claim, shard int) ([]row, error) {
-	rs, err := c.query(ctx, r.o.q("SELECT id, topic, msg_key, value, headers, ce_id, created_at FROM "+r.o.table+" WHERE shard = ? ORDER BY id LIMIT ?"), shard, r.cfg.BatchSize)
+// rows reads the first BatchSize rows of shards in id order: a prefix of
+// each shard's rows.
+func (r *Relay) rows(ctx context.Context, c claim, shards []int) ([]row, error) {
+	rs, err := c.query(ctx, r.o.q("SELECT id, topic, msg_key, value, headers, ce_id, created_at FROM "+r.o.table+" WHERE shard IN ("+inList(shards)+") ORDER BY id LIMIT ?"), r.cfg.BatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -388,9 +390,22 @@ func (r *Relay) rows(ctx context.Context, c claim, shard int) ([]row, error) {
 	return out, rs.Err()
 }
 
-// claim finds a shard with rows that no other worker holds, starting the
-// search at shard start.
-func (r *Relay) claim(ctx context.Context, start int) (claim, int, bool, error) {
+// inList is shards as an SQL list (integers only).
+func inList(shards []int) string {
+	var b strings.Builder
+	for i, s := range shards {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(s))
+	}
+	return b.String()
+}
+
+// claim takes up to Shards/Workers shards with rows that no other worker
+// holds, starting the search at shard start.
+func (r *Relay) claim(ctx context.Context, start int) (claim, []int, bool, error) {
+	per := max(1, Shards/r.cfg.Workers)
 	t := r.o.table
 	if r.o.d == Postgres {
 		// Not ctx: database/sql rolls a transaction back when the context
@@ -398,36 +413,45 @@ func (r *Relay) claim(ctx context.Context, start int) (claim, int, bool, error) 
 		// still be marked. Every path ends the transaction (finish, abort).
 		tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
 		if err != nil {
-			return nil, 0, false, err
+			return nil, nil, false, err
 		}
-		var shard int
-		err = tx.QueryRowContext(ctx, `SELECT s.shard FROM `+t+`_shards s
+		shards, err := scanInts(tx.QueryContext(ctx, `SELECT s.shard FROM `+t+`_shards s
 WHERE EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
 ORDER BY (s.shard + $1) % `+strconv.Itoa(Shards)+`
-LIMIT 1 FOR UPDATE OF s SKIP LOCKED`, start).Scan(&shard)
-		if err != nil {
+LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
+		if err != nil || len(shards) == 0 {
 			_ = tx.Rollback()
-			if errors.Is(err, sql.ErrNoRows) {
-				return nil, 0, false, nil
-			}
-			return nil, 0, false, err
+			return nil, nil, false, err
 		}
-		return &pgClaim{r: r, tx: tx}, shard, true, nil
+		return &pgClaim{r: r, tx: tx}, shards, true, nil
 	}
 	now := time.Now().UnixMilli()
-	var shard int
-	err := r.db.QueryRowContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard = (
+	shards, err := scanInts(r.db.QueryContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard IN (
 SELECT s.shard FROM `+t+`_shards s
 WHERE (s.owner IS NULL OR s.lease_until < ?) AND EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
-ORDER BY (s.shard + ?) % `+strconv.Itoa(Shards)+` LIMIT 1)
-RETURNING shard`, r.cfg.ID, now+r.cfg.Lease.Milliseconds(), now, start).Scan(&shard)
-	if err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil, 0, false, nil
-		}
-		return nil, 0, false, err
+ORDER BY (s.shard + ?) % `+strconv.Itoa(Shards)+` LIMIT ?)
+RETURNING shard`, r.cfg.ID, now+r.cfg.Lease.Milliseconds(), now, start, per))
+	if err != nil || len(shards) == 0 {
+		return nil, nil, false, err
 	}
-	return &leaseClaim{r: r, shard: shard}, shard, true, nil
+	return &leaseClaim{r: r, shards: shards}, shards, true, nil
+}
+
+// scanInts reads one integer column.
+func scanInts(rs *sql.Rows, err error) ([]int, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []int
+	for rs.Next() {
+		var v int
+		if err := rs.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
 }
 
 // pgClaim holds a shard's row lock in a transaction.
@@ -453,7 +477,7 @@ func (c *pgClaim) abort() { _ = c.tx.Rollback() }
 // leaseClaim holds a shard's lease (SQLite).
 type leaseClaim struct {
 	r     *Relay
-	shard int
+	shards []int
 }
 
 func (c *leaseClaim) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
@@ -476,7 +500,7 @@ func (c *leaseClaim) finish(ctx context.Context, acked []int64, parked []parkedR
 }
 
 func (c *leaseClaim) release(ctx context.Context, ex Execer) error {
-	_, err := ex.ExecContext(ctx, `UPDATE `+c.r.o.table+`_shards SET owner = NULL, lease_until = 0 WHERE shard = ? AND owner = ?`, c.shard, c.r.cfg.ID)
+	_, err := ex.ExecContext(ctx, `UPDATE `+c.r.o.table+`_shards SET owner = NULL, lease_until = 0 WHERE shard IN (`+inList(c.shards)+`) AND owner = ?`, c.r.cfg.ID)
 	return err
 }
 
