@@ -476,7 +476,7 @@ func (c *pgClaim) abort() { _ = c.tx.Rollback() }
 
 // leaseClaim holds a shard's lease (SQLite).
 type leaseClaim struct {
-	r     *Relay
+	r      *Relay
 	shards []int
 }
 
