@@ -19,9 +19,9 @@ import (
 
 // RelayConfig configures a Relay. The zero value is usable.
 type RelayConfig struct {
-	// Workers is how many shards the relay publishes at once (default 4,
-	// at most Shards). Each holds one database connection while it
-	// publishes a batch.
+	// Workers is how many batches the relay publishes at once (default 4,
+	// at most Shards); a worker claims up to Shards/Workers shards for a
+	// batch. Each holds one database connection while it publishes.
 	Workers int
 	// BatchSize is the most rows a worker publishes at once (default 500).
 	BatchSize int
