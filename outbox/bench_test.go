@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -113,17 +114,33 @@ func TestRelayThroughputFigures(t *testing.T) {
 			}
 			e.write(false, batch...)
 		}
-		r := e.relay(RelayConfig{Workers: 4, BatchSize: 500})
+		workers := 4
+		if v, err := strconv.Atoi(os.Getenv("KAVARI_BENCH_WORKERS")); err == nil {
+			workers = v
+		}
+		r := e.relay(RelayConfig{Workers: workers, BatchSize: 500})
 		start = time.Now()
-		e.run(r)
-		e.drained(r)
+		stop, _ := e.run(r)
+		// Empty? (a cheap probe: Health counts the rows)
+		testkit.Eventually(t, 3*time.Minute, func() bool {
+			var one int
+			return db.QueryRow("SELECT 1 FROM "+e.ob.table+" LIMIT 1").Scan(&one) == sql.ErrNoRows
+		}, "not drained")
 		relayed := time.Since(start)
-		t.Logf("%s: %d messages: PublishEncoded (4 senders, batches of 500) %v = %.0f msg/s; relay (4 workers, batches of 500) %v = %.0f msg/s; ratio %.2f",
-			d, n, direct.Round(time.Millisecond), n/direct.Seconds(), relayed.Round(time.Millisecond), n/relayed.Seconds(), direct.Seconds()/relayed.Seconds())
+		t.Logf("%s: %d messages: PublishEncoded (4 senders, batches of 500) %v = %.0f msg/s; relay (%d workers, batches of 500) %v = %.0f msg/s; ratio %.2f",
+			d, n, direct.Round(time.Millisecond), n/direct.Seconds(), workers, relayed.Round(time.Millisecond), n/relayed.Seconds(), direct.Seconds()/relayed.Seconds())
+		stop()
+		r = e.relay(RelayConfig{Workers: 4, BatchSize: 500})
+		e.run(r)
 
 		// Latency at 1,000 orders/s for 10 s, from ce_time (set by
 		// Publish, just before the commit) to the record's timestamp (set
-		// when the relay sent it; millisecond resolution).
+		// when the relay sent it; millisecond resolution). PostgreSQL only:
+		// SQLite serialises its writers, and on a busy machine 1,000
+		// transactions/s pile up behind the write lock.
+		if d == SQLite {
+			return
+		}
 		const rate, secs = 1000, 10
 		tick := time.NewTicker(time.Second / rate)
 		defer tick.Stop()
