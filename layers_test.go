@@ -35,6 +35,7 @@ var apiFiles = []string{
 	"health.go",     // Health, PartitionHealth, Client.Health
 	"backoff.go",    // RetryPolicy, Strategy, RetryError
 	"deadletter.go", // dead-letter headers, MaxErrorText
+	"encoded.go",    // Encoded, Client.Encode, Client.PublishEncoded (the outbox module's)
 }
 
 // TestExportedIdentifiersLiveInAPIFiles: every exported identifier of

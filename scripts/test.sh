@@ -6,7 +6,8 @@
 # and -short test of the library and of kavaritest with the oldest Go the
 # library declares and with the newest supported release (Go 1.27); then it
 # starts a
-# real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl, runs
+# real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl
+# (inside a real PostgreSQL for the outbox, via pgctl), runs
 # all the Go tests against it, then the broker tests again on franz-go (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
 # KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
 #
@@ -32,20 +33,27 @@ STATICCHECK_VERSION=v0.8.2
 
 # A fresh Debian/Ubuntu machine may lack Java or Maven: install them when we
 # can (root + apt-get), otherwise say what is missing.
-if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+# (xz unpacks the PostgreSQL binaries of the outbox's tests.)
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1 || ! command -v xz >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing a JDK and Maven (apt-get)..." >&2
+    echo "test.sh: installing a JDK, Maven and xz (apt-get)..." >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends default-jdk-headless maven >/dev/null
+    apt-get install -y -qq --no-install-recommends default-jdk-headless maven xz-utils >/dev/null
   else
-    echo "test.sh: java and mvn are required (JDK 17+, Maven 3.6+)" >&2
+    echo "test.sh: java, mvn and xz are required (JDK 17+, Maven 3.6+, xz-utils)" >&2
     exit 1
   fi
 fi
 
+# A real PostgreSQL for the outbox's tests (outbox/internal/pgproc: the
+# binaries come through Maven into .cache/postgres/; the server runs on
+# 127.0.0.1, as nobody when we are root) around the Kafka of kafkactl:
+# pgctl exports KAVARI_PG_DSN and KAVARI_PG_HOME.
+pgctl=(go run ./outbox/internal/pgproc/cmd/pgctl run --)
+
 if [ "$#" -gt 0 ]; then
-  exec go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$@"
+  exec "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$@"
 fi
 
 # Every module of the workspace: "./..." would stop at the nested go.mod files.
@@ -94,13 +102,14 @@ step "build, vet and go test -short of the library and kavaritest with ${gonew}"
 # The whole suite against the real broker on kafka-go (the default
 # transport)...
 step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka-go)"
-KAVARI_TRANSPORT=kafka-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all"
+KAVARI_TRANSPORT=kafka-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all"
 # ...the broker tests once more on franz-go (every test that builds a Config
 # reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
 broker_pkgs=(. github.com/kavari-go/kavari/test/engine/... github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
-  github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/... github.com/kavari-go/kavari/otel/...)
+  github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/... github.com/kavari-go/kavari/otel/...
+  github.com/kavari-go/kavari/outbox/...)
 step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
-KAVARI_TRANSPORT=franz-go go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"
+KAVARI_TRANSPORT=franz-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"
 # ...then a short fuzzing run of record decoding (no broker needed).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .

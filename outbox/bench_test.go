@@ -1,0 +1,171 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testkit"
+)
+
+// BenchmarkPublishInTx: what Outbox.Publish (per-call=1) or PublishBatch
+// of 10 costs the caller's transaction per message (encode, advisory locks
+// on PostgreSQL, insert), the transaction's begin and commit amortised over
+// 100 messages.
+func BenchmarkPublishInTx(b *testing.B) {
+	for _, d := range []Dialect{SQLite, Postgres} {
+		b.Run(d.String(), func(b *testing.B) {
+			var db *sql.DB
+			if d == SQLite {
+				db = openSQLiteB(b)
+			} else {
+				dsn := os.Getenv("KAVARI_PG_DSN")
+				if dsn == "" {
+					b.Skip("KAVARI_PG_DSN unset")
+				}
+				var err error
+				db, err = sql.Open("pgx", dsn)
+				require.NoError(b, err)
+				defer db.Close()
+			}
+			k, err := kavari.New(kavari.Config{Brokers: []string{"127.0.0.1:1"}, Logger: testkit.Logger()})
+			require.NoError(b, err)
+			defer k.Stop(context.Background())
+			ob, err := New(k, Config{Dialect: d, Table: fmt.Sprintf("bench_%d", time.Now().UnixNano())})
+			require.NoError(b, err)
+			ctx := context.Background()
+			require.NoError(b, ob.CreateSchema(ctx, db))
+			for _, per := range []int{1, 10} {
+				b.Run(fmt.Sprintf("per-call=%d", per), func(b *testing.B) {
+					for i := 0; i < b.N; {
+						tx, err := db.BeginTx(ctx, nil)
+						require.NoError(b, err)
+						for j := 0; j < 100 && i < b.N; j += per {
+							msgs := make([]kavari.Msg, 0, per)
+							for ; len(msgs) < per && i < b.N; i++ {
+								msgs = append(msgs, &OrderPlaced{OrderID: fmt.Sprintf("k%d", i%64), Seq: i, Amount: 1})
+							}
+							if _, err := ob.PublishBatch(ctx, tx, msgs...); err != nil {
+								b.Fatal(err)
+							}
+						}
+						require.NoError(b, tx.Commit())
+					}
+				})
+			}
+		})
+	}
+}
+
+func openSQLiteB(b *testing.B) *sql.DB {
+	db, err := sql.Open("sqlite", "file:"+b.TempDir()+"/bench.db?_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_txlock=immediate")
+	require.NoError(b, err)
+	b.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestRelayThroughputFigures (KAVARI_BENCH=1, real Kafka and PostgreSQL):
+// the relay's throughput draining N committed rows against PublishEncoded
+// of the same messages in batches of the same size on the same broker, and
+// commit→acknowledged latency at a steady 1,000 orders/s. It reports; it
+// asserts nothing about time.
+func TestRelayThroughputFigures(t *testing.T) {
+	if os.Getenv("KAVARI_BENCH") == "" {
+		t.Skip("set KAVARI_BENCH=1 to measure")
+	}
+	const n = 20000
+	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+		e := newEnv(t, d, db, nil)
+		ctx := context.Background()
+		msgs := make([]kavari.Encoded, 0, n)
+		for i := 0; i < n; i++ {
+			m, err := e.client.Encode(ctx, &OrderPlaced{OrderID: fmt.Sprintf("k%d", i%64), Seq: i, Amount: 1})
+			require.NoError(t, err)
+			msgs = append(msgs, m)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ { // as many senders as relay workers
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w * 500; i < n; i += 4 * 500 {
+					_, err := e.client.PublishEncoded(ctx, msgs[i:min(i+500, n)]...)
+					require.NoError(t, err)
+				}
+			}()
+		}
+		wg.Wait()
+		direct := time.Since(start)
+
+		for i := 0; i < n; i += 500 {
+			batch := make([]kavari.Msg, 0, 500)
+			for j := i; j < min(i+500, n); j++ {
+				batch = append(batch, &OrderPlaced{OrderID: fmt.Sprintf("k%d", j%64), Seq: j, Amount: 1})
+			}
+			e.write(false, batch...)
+		}
+		workers := 4
+		if v, err := strconv.Atoi(os.Getenv("KAVARI_BENCH_WORKERS")); err == nil {
+			workers = v
+		}
+		r := e.relay(RelayConfig{Workers: workers, BatchSize: 500})
+		start = time.Now()
+		stop, _ := e.run(r)
+		// Empty? (a cheap probe: Health counts the rows)
+		testkit.Eventually(t, 3*time.Minute, func() bool {
+			var one int
+			return db.QueryRow("SELECT 1 FROM "+e.ob.table+" LIMIT 1").Scan(&one) == sql.ErrNoRows
+		}, "not drained")
+		relayed := time.Since(start)
+		t.Logf("%s: %d messages: PublishEncoded (4 senders, batches of 500) %v = %.0f msg/s; relay (%d workers, batches of 500) %v = %.0f msg/s; ratio %.2f",
+			d, n, direct.Round(time.Millisecond), n/direct.Seconds(), workers, relayed.Round(time.Millisecond), n/relayed.Seconds(), direct.Seconds()/relayed.Seconds())
+		stop()
+		r = e.relay(RelayConfig{Workers: 4, BatchSize: 500})
+		e.run(r)
+
+		// Latency at 1,000 orders/s for 10 s, from ce_time (set by
+		// Publish, just before the commit) to the record's timestamp (set
+		// when the relay sent it; millisecond resolution). PostgreSQL only:
+		// SQLite serialises its writers, and on a busy machine 1,000
+		// transactions/s pile up behind the write lock.
+		if d == SQLite {
+			return
+		}
+		const rate, secs = 1000, 10
+		tick := time.NewTicker(time.Second / rate)
+		defer tick.Stop()
+		var pending sync.WaitGroup
+		for i := 0; i < rate*secs; i++ {
+			<-tick.C
+			pending.Add(1)
+			go func() {
+				defer pending.Done()
+				e.write(false, &OrderPlaced{OrderID: fmt.Sprintf("l%d", i%64), Seq: i, Amount: 1})
+			}()
+		}
+		pending.Wait()
+		e.drained(r)
+		var lat []time.Duration
+		for _, rec := range readAll(t, e.brokers, e.topic) {
+			if rec.key[0] != 'l' {
+				continue
+			}
+			ct, err := time.Parse(time.RFC3339Nano, testkit.Header(rec.msg, kavari.HeaderTime))
+			require.NoError(t, err)
+			lat = append(lat, rec.msg.Time.Sub(ct))
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		t.Logf("%s: %d orders at %d/s: publish→sent latency p50 %v, p99 %v, max %v", d, len(lat), rate,
+			lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*99/100].Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond))
+	})
+}

@@ -1,0 +1,586 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kavari-go/kavari"
+)
+
+// RelayConfig configures a Relay. The zero value is usable.
+type RelayConfig struct {
+	// Workers is how many batches the relay publishes at once (default 4,
+	// at most Shards); a worker claims up to Shards/Workers shards for a
+	// batch. Each holds one database connection while it publishes.
+	Workers int
+	// BatchSize is the most rows a worker publishes at once (default 500).
+	BatchSize int
+	// PollInterval is how long a worker that found nothing to publish
+	// waits before it looks again (default 100ms).
+	PollInterval time.Duration
+	// MaxBackoff bounds the wait between attempts while Kafka or the
+	// database fails (default 30s); the wait starts at PollInterval and
+	// doubles.
+	MaxBackoff time.Duration
+	// Lease is how long an SQLite relay keeps a shard it claimed (default
+	// 30s); a relay that dies holding one leaves it to the others once it
+	// expired. A batch's publish is cut at 80 % of it (for both dialects).
+	// PostgreSQL relays hold row locks instead, which end with their
+	// connection.
+	Lease time.Duration
+	// Permanent reports whether a publish error is a refusal for good: the
+	// row is then moved to the dead table (Table+"_dead") and not retried.
+	// Default: the error matches kavari.ErrTooLarge or
+	// kavari.ErrUnknownTopic.
+	Permanent func(error) bool
+	// Logger receives the relay's logs (default slog.Default()).
+	Logger *slog.Logger
+	// ID names the relay in SQLite leases (default a random id).
+	ID string
+}
+
+// Relay publishes the committed rows of an outbox through its Client.
+type Relay struct {
+	o   *Outbox
+	db  *sql.DB
+	cfg RelayConfig
+	log *slog.Logger
+
+	published atomic.Int64
+	parked    atomic.Int64
+	corrupt   atomic.Int64
+	down      atomic.Bool
+	lastErr   atomic.Pointer[string]
+	logMu     sync.Mutex
+	lastLog   time.Time
+
+	// beforeMark, set by tests, runs after a batch was acknowledged and
+	// before its rows are deleted; returning false abandons the batch as a
+	// crash would (the rows stay, the relay stops).
+	beforeMark func(ids []int64) bool
+}
+
+// NewRelay returns a relay of o's rows in db. Run starts it.
+func (o *Outbox) NewRelay(db *sql.DB, cfg RelayConfig) *Relay {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	cfg.Workers = min(cfg.Workers, Shards)
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 500
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 30 * time.Second
+	}
+	if cfg.Permanent == nil {
+		cfg.Permanent = func(err error) bool {
+			return errors.Is(err, kavari.ErrTooLarge) || errors.Is(err, kavari.ErrUnknownTopic)
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ID == "" {
+		cfg.ID = "relay-" + strconv.FormatUint(rand.Uint64(), 36)
+	}
+	return &Relay{o: o, db: db, cfg: cfg, log: cfg.Logger}
+}
+
+// errCrashed ends Run when a test's beforeMark abandoned a batch.
+var errCrashed = errors.New("outbox: relay abandoned a batch (test crash)")
+
+// Run publishes committed rows until ctx ends, then returns ctx's error
+// (nil when it was canceled). Failures of Kafka or of the database are
+// logged and retried with back-off, however long they last; rows the broker
+// refuses for good are parked in the dead table. Several relays, in one
+// process or many, may run on one outbox.
+func (r *Relay) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, r.cfg.Workers)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for w := 0; w < r.cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.worker(wctx, w); err != nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil
+	}
+	return ctx.Err()
+}
+
+func (r *Relay) worker(ctx context.Context, w int) error {
+	wait := r.cfg.PollInterval
+	for ctx.Err() == nil {
+		start := rand.IntN(Shards)
+		n, err := r.step(ctx, start)
+		switch {
+		case errors.Is(err, errCrashed):
+			return err
+		case err != nil && ctx.Err() == nil:
+			r.failed(ctx, err)
+			sleep(ctx, wait)
+			wait = min(2*wait, r.cfg.MaxBackoff)
+			continue
+		}
+		wait = r.cfg.PollInterval
+		if n == 0 {
+			sleep(ctx, r.cfg.PollInterval)
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// kafkaError is a publish failure that is not a refusal for good.
+type kafkaError struct{ err error }
+
+func (e *kafkaError) Error() string { return e.err.Error() }
+func (e *kafkaError) Unwrap() error { return e.err }
+
+// failed records and logs a failed step, at most every 5 seconds.
+func (r *Relay) failed(ctx context.Context, err error) {
+	s := err.Error()
+	r.lastErr.Store(&s)
+	var ke *kafkaError
+	isKafka := errors.As(err, &ke)
+	if isKafka {
+		r.down.Store(true)
+	}
+	r.logMu.Lock()
+	due := time.Since(r.lastLog) >= 5*time.Second
+	if due {
+		r.lastLog = time.Now()
+	}
+	r.logMu.Unlock()
+	if !due {
+		return
+	}
+	h, herr := r.backlog(ctx)
+	attrs := []any{"err", err}
+	if herr == nil {
+		attrs = append(attrs, "backlog_rows", h.Backlog, "oldest_age", h.OldestAge.Round(time.Millisecond))
+	}
+	if isKafka {
+		r.log.Warn("kavari outbox: Kafka is unavailable, the relay backs off and keeps the rows", attrs...)
+	} else {
+		r.log.Warn("kavari outbox: relay step failed (database?), retrying", attrs...)
+	}
+}
+
+// row is one outbox row.
+type row struct {
+	id      int64
+	topic   string
+	key     []byte
+	value   []byte
+	headers sql.NullString
+	ceID    sql.NullString
+	created int64
+}
+
+// parkedRow is a row moved to the dead table, with why.
+type parkedRow struct {
+	row
+	reason string
+}
+
+// claim is a shard a worker has the right to publish.
+type claim interface {
+	query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	// finish deletes acked, parks parked and releases the shard.
+	finish(ctx context.Context, acked []int64, parked []parkedRow) error
+	// abort releases the shard without changing its rows.
+	abort()
+}
+
+// step claims a shard with rows, publishes up to BatchSize of them and
+// marks the outcome. It returns how many rows it took care of.
+func (r *Relay) step(ctx context.Context, start int) (int, error) {
+	c, shards, ok, err := r.claim(ctx, start)
+	if err != nil || !ok {
+		return 0, err
+	}
+	done := false
+	defer func() {
+		if !done {
+			c.abort()
+		}
+	}()
+	rows, err := r.rows(ctx, c, shards)
+	if err != nil {
+		return 0, err
+	}
+	var parked []parkedRow
+	var encs []kavari.Encoded
+	var sent []row
+	for _, rw := range rows {
+		e, err := decodeRow(rw)
+		if err != nil {
+			r.corrupt.Add(1)
+			r.log.Error("kavari outbox: corrupt row parked in the dead table", "table", r.o.table, "id", rw.id, "err", err)
+			parked = append(parked, parkedRow{rw, "corrupt: " + err.Error()})
+			continue
+		}
+		encs = append(encs, e)
+		sent = append(sent, rw)
+	}
+	// A batch that began is finished when Run's context ends, so that a
+	// stopping relay does not leave acknowledged rows to be published
+	// again; its publish is bounded by 80 % of Lease (an SQLite lease must
+	// not expire under it), its marking by 10 s.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Lease*8/10)
+	defer cancel()
+	var acked []int64
+	var transient error
+	if len(encs) > 0 {
+		_, perr := r.o.client.PublishEncoded(pctx, encs...)
+		failed := make(map[int]error)
+		var be *kavari.BatchError
+		if errors.As(perr, &be) {
+			for _, pe := range be.Failed {
+				failed[pe.Index] = pe
+			}
+		} else if perr != nil {
+			for i := range encs {
+				failed[i] = perr
+			}
+		}
+		// A refusal for good may fail the other records of the request
+		// (an unknown topic does on kafka-go): such rows are sent again
+		// one at a time, in order, and only those refused alone are
+		// parked.
+		if len(sent) > 1 {
+			for i := range sent {
+				if err, bad := failed[i]; bad && r.cfg.Permanent(err) {
+					if _, err := r.o.client.PublishEncoded(pctx, encs[i]); err != nil {
+						failed[i] = err
+					} else {
+						delete(failed, i)
+					}
+				}
+			}
+		}
+		for i, rw := range sent {
+			err, bad := failed[i]
+			switch {
+			case !bad:
+				acked = append(acked, rw.id)
+			case r.cfg.Permanent(err):
+				r.log.Error("kavari outbox: the broker refused a row for good; parked in the dead table", "table", r.o.table, "id", rw.id, "topic", rw.topic, "ce_id", rw.ceID.String, "err", err)
+				parked = append(parked, parkedRow{rw, refusal(err)})
+			default:
+				transient = &kafkaError{err}
+			}
+		}
+	}
+	if r.beforeMark != nil && !r.beforeMark(acked) {
+		return 0, errCrashed
+	}
+	if len(acked) > 0 || len(parked) > 0 {
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := c.finish(mctx, acked, parked)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("outbox: marking %d published rows (they will be published again, same ce_id): %w", len(acked), err)
+		}
+	} else {
+		c.abort()
+	}
+	done = true
+	r.published.Add(int64(len(acked)))
+	r.parked.Add(int64(len(parked)))
+	if len(acked) > 0 && transient == nil && r.down.Swap(false) {
+		h, err := r.backlog(ctx)
+		if err == nil {
+			r.log.Info("kavari outbox: Kafka is reachable again, catching up", "backlog_rows", h.Backlog, "oldest_age", h.OldestAge.Round(time.Millisecond))
+		}
+	}
+	return len(acked) + len(parked), transient
+}
+
+// refusal is the error column of a row refused for good: "too large: ",
+// "unknown topic: " or "refused: ", then the error.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, kavari.ErrTooLarge):
+		return "too large: " + err.Error()
+	case errors.Is(err, kavari.ErrUnknownTopic):
+		return "unknown topic: " + err.Error()
+	}
+	return "refused: " + err.Error()
+}
+
+func decodeRow(rw row) (kavari.Encoded, error) {
+	if rw.topic == "" {
+		return kavari.Encoded{}, errors.New("empty topic")
+	}
+	if !rw.headers.Valid {
+		return kavari.Encoded{}, errors.New("no headers")
+	}
+	var hs []storedHeader
+	if err := json.Unmarshal([]byte(rw.headers.String), &hs); err != nil {
+		return kavari.Encoded{}, fmt.Errorf("headers: %w", err)
+	}
+	e := kavari.Encoded{Topic: rw.topic, Key: rw.key, Value: rw.value, Headers: make([]kavari.Header, len(hs))}
+	for i, h := range hs {
+		e.Headers[i] = kavari.Header{Key: h.K, Value: h.V}
+	}
+	if e.ID() == "" {
+		return kavari.Encoded{}, errors.New("no ce_id header")
+	}
+	if e.Value == nil {
+		e.Value = []byte{}
+	}
+	return e, nil
+}
+
+// rows reads the first BatchSize rows of shards in id order: a prefix of
+// each shard's rows.
+func (r *Relay) rows(ctx context.Context, c claim, shards []int) ([]row, error) {
+	rs, err := c.query(ctx, r.o.q("SELECT id, topic, msg_key, value, headers, ce_id, created_at FROM "+r.o.table+" WHERE shard IN ("+inList(shards)+") ORDER BY id LIMIT ?"), r.cfg.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []row
+	for rs.Next() {
+		var rw row
+		if err := rs.Scan(&rw.id, &rw.topic, &rw.key, &rw.value, &rw.headers, &rw.ceID, &rw.created); err != nil {
+			return nil, err
+		}
+		out = append(out, rw)
+	}
+	return out, rs.Err()
+}
+
+// inList is shards as an SQL list (integers only).
+func inList(shards []int) string {
+	var b strings.Builder
+	for i, s := range shards {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(s))
+	}
+	return b.String()
+}
+
+// claim takes up to Shards/Workers shards with rows that no other worker
+// holds, starting the search at shard start.
+func (r *Relay) claim(ctx context.Context, start int) (claim, []int, bool, error) {
+	per := max(1, Shards/r.cfg.Workers)
+	t := r.o.table
+	if r.o.d == Postgres {
+		// Not ctx: database/sql rolls a transaction back when the context
+		// of BeginTx ends, and a batch acknowledged while Run stops must
+		// still be marked. Every path ends the transaction (finish, abort).
+		tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		shards, err := scanInts(tx.QueryContext(ctx, `SELECT s.shard FROM `+t+`_shards s
+WHERE EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
+ORDER BY (s.shard + $1) % `+strconv.Itoa(Shards)+`
+LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
+		if err != nil || len(shards) == 0 {
+			_ = tx.Rollback()
+			return nil, nil, false, err
+		}
+		return &pgClaim{r: r, tx: tx}, shards, true, nil
+	}
+	now := time.Now().UnixMilli()
+	shards, err := scanInts(r.db.QueryContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard IN (
+SELECT s.shard FROM `+t+`_shards s
+WHERE (s.owner IS NULL OR s.lease_until < ?) AND EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
+ORDER BY (s.shard + ?) % `+strconv.Itoa(Shards)+` LIMIT ?)
+RETURNING shard`, r.cfg.ID, now+r.cfg.Lease.Milliseconds(), now, start, per))
+	if err != nil || len(shards) == 0 {
+		return nil, nil, false, err
+	}
+	return &leaseClaim{r: r, shards: shards}, shards, true, nil
+}
+
+// scanInts reads one integer column.
+func scanInts(rs *sql.Rows, err error) ([]int, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []int
+	for rs.Next() {
+		var v int
+		if err := rs.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
+}
+
+// pgClaim holds a shard's row lock in a transaction.
+type pgClaim struct {
+	r  *Relay
+	tx *sql.Tx
+}
+
+func (c *pgClaim) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return c.tx.QueryContext(ctx, q, args...)
+}
+
+func (c *pgClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
+	if err := c.r.mark(ctx, c.tx, acked, parked); err != nil {
+		_ = c.tx.Rollback()
+		return err
+	}
+	return c.tx.Commit()
+}
+
+func (c *pgClaim) abort() { _ = c.tx.Rollback() }
+
+// leaseClaim holds a shard's lease (SQLite).
+type leaseClaim struct {
+	r      *Relay
+	shards []int
+}
+
+func (c *leaseClaim) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return c.r.db.QueryContext(ctx, q, args...)
+}
+
+func (c *leaseClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
+	tx, err := c.r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := c.r.mark(ctx, tx, acked, parked); err != nil {
+		return err
+	}
+	if err := c.release(ctx, tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (c *leaseClaim) release(ctx context.Context, ex Execer) error {
+	_, err := ex.ExecContext(ctx, `UPDATE `+c.r.o.table+`_shards SET owner = NULL, lease_until = 0 WHERE shard IN (`+inList(c.shards)+`) AND owner = ?`, c.r.cfg.ID)
+	return err
+}
+
+func (c *leaseClaim) abort() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = c.release(ctx, c.r.db)
+}
+
+// mark deletes the acknowledged rows and moves the parked ones to the dead
+// table, through tx.
+func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []parkedRow) error {
+	t := r.o.table
+	now := time.Now().UnixMicro()
+	for _, p := range parked {
+		if _, err := tx.ExecContext(ctx, r.o.q(`INSERT INTO `+t+`_dead (id, topic, msg_key, value, headers, ce_id, created_at, parked_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			p.id, p.topic, p.key, p.value, p.headers, p.ceID, p.created, now, p.reason); err != nil {
+			return err
+		}
+		acked = append(acked, p.id)
+	}
+	for len(acked) > 0 {
+		n := min(len(acked), 500)
+		args := make([]any, n)
+		for i := range args {
+			args[i] = acked[i]
+		}
+		ph := strings.TrimSuffix(strings.Repeat("?,", n), ",")
+		if _, err := tx.ExecContext(ctx, r.o.q(`DELETE FROM `+t+` WHERE id IN (`+ph+`)`), args...); err != nil {
+			return err
+		}
+		acked = acked[n:]
+	}
+	return nil
+}
+
+// Health is what a relay reports about its outbox.
+type Health struct {
+	// Backlog is the number of rows waiting to be published, OldestAge
+	// the age of the oldest (0 when none).
+	Backlog   int64
+	OldestAge time.Duration
+	// Dead is the number of rows in the dead table (refused for good, or
+	// corrupt).
+	Dead int64
+	// KafkaDown is true while the relay's last publish failed for a
+	// reason other than a refusal for good.
+	KafkaDown bool
+	// LastError is the relay's last failure ("" when none).
+	LastError string
+	// Published, Parked and Corrupt count this relay's rows since it was
+	// made: acknowledged by the broker and deleted, moved to the dead
+	// table, and of those the corrupt ones.
+	Published, Parked, Corrupt int64
+}
+
+// Health reports the outbox's backlog and the relay's state; it queries
+// the database.
+func (r *Relay) Health(ctx context.Context) (Health, error) {
+	h, err := r.backlog(ctx)
+	h.KafkaDown = r.down.Load()
+	if s := r.lastErr.Load(); s != nil {
+		h.LastError = *s
+	}
+	h.Published, h.Parked, h.Corrupt = r.published.Load(), r.parked.Load(), r.corrupt.Load()
+	return h, err
+}
+
+func (r *Relay) backlog(ctx context.Context) (Health, error) {
+	var h Health
+	var oldest sql.NullInt64
+	t := r.o.table
+	if err := r.db.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM `+t).Scan(&h.Backlog, &oldest); err != nil {
+		return h, fmt.Errorf("outbox: backlog: %w", err)
+	}
+	if oldest.Valid {
+		h.OldestAge = max(0, time.Since(time.UnixMicro(oldest.Int64)))
+	}
+	if err := r.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+t+`_dead`).Scan(&h.Dead); err != nil {
+		return h, fmt.Errorf("outbox: backlog: %w", err)
+	}
+	return h, nil
+}

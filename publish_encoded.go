@@ -1,0 +1,73 @@
+package kavari
+
+import (
+	"context"
+	"errors"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// encodeOnly is Client.Encode: msg encoded and validated, no hook called.
+func (p *publisher) encodeOnly(ctx context.Context, msg Msg) (Encoded, error) {
+	rec, err := p.enc.encode(ctx, msg)
+	if err != nil {
+		return Encoded{}, err
+	}
+	e := Encoded{Topic: rec.Topic, Key: rec.Key, Value: rec.Value, Headers: make([]Header, len(rec.Headers))}
+	for i, h := range rec.Headers {
+		e.Headers[i] = Header{Key: h.Key, Value: h.Value}
+	}
+	return e, nil
+}
+
+// publishEncoded is Client.PublishEncoded.
+func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Receipt, error) {
+	receipts := make([]Receipt, len(msgs))
+	recs := make([]*transport.Record, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		rec := &transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: make([]transport.Header, len(m.Headers))}
+		for j, h := range m.Headers {
+			rec.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+		}
+		recs[i] = rec
+		receipts[i] = receiptOf(nil, rec, false)
+	}
+	if p.isClosed() {
+		be := &BatchError{}
+		for i, rec := range recs {
+			pe := publishErrorOf(rec, ErrClosed)
+			pe.Index = i
+			be.Failed = append(be.Failed, pe)
+		}
+		return receipts, be
+	}
+	if len(recs) == 0 {
+		return receipts, nil
+	}
+	errs := p.writeObserved(ctx, nil, recs)
+	var be *BatchError
+	for i, rec := range recs {
+		var err error
+		if errs != nil {
+			err = errs[i]
+		}
+		if err == nil {
+			receipts[i] = receiptOf(nil, rec, true)
+			continue
+		}
+		if be == nil {
+			be = &BatchError{}
+		}
+		var pe *PublishError
+		if !errors.As(err, &pe) {
+			pe = publishErrorOf(rec, err)
+		}
+		pe.Index = i
+		be.Failed = append(be.Failed, pe)
+	}
+	if be != nil {
+		return receipts, be
+	}
+	return receipts, nil
+}
