@@ -71,6 +71,8 @@ func runBatchConsume(ctx context.Context, s *spec, c *counter) (stop func(), err
 // ends when every record was handled or dead-lettered.
 type deadCounter struct{ c *counter }
 
+var _ kavari.HookDeadLettered = deadCounter{}
+
 func (d deadCounter) OnDeadLettered(*kavari.Record, kavari.ErrorKind, error) { d.c.hit() }
 
 // kavariConsumeBatch is kavariConsume with a batch handler.

@@ -94,7 +94,11 @@ type deadLetters struct {
 	seen []string
 }
 
-func (d *deadLetters) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, handler string, err error) {
+// The compiler checks the hook's method: a method that drifted from the
+// interface would make New refuse the hook at run time.
+var _ kavari.HookDeadLettered = (*deadLetters)(nil)
+
+func (d *deadLetters) OnDeadLettered(r *kavari.Record, kind kavari.ErrorKind, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.seen = append(d.seen, fmt.Sprintf("%s (%s@%d, %s after %d attempts)", r.Key, r.Topic, r.Offset, kind, r.Attempt))

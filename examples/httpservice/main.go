@@ -188,6 +188,7 @@ func run() int {
 	timeout := flag.Duration("timeout", time.Minute, "with -selftest: how long to wait for the orders to be handled")
 	verbose := flag.Bool("v", false, "log kavari's info messages")
 	traceTo := flag.String("trace", "none", "where spans go: none, stdout or otlp (OTEL_EXPORTER_OTLP_ENDPOINT)")
+	group := flag.String("group", "httpservice", "consumer group: the replicas of one service share it and split the partitions")
 	flag.Parse()
 	if *selftest {
 		*addr = "127.0.0.1:0"
@@ -236,7 +237,7 @@ func run() int {
 		Hooks:      []kavari.Hook{tel.inst},
 		Middleware: []kavari.Middleware{tel.inst.Middleware()},
 		Consume: kavari.ConsumeConfig{
-			GroupID: "httpservice",
+			GroupID: *group,
 		},
 		Topics: kavari.TopicConfig{
 			Create: true, // Start creates the topics
