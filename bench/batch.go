@@ -102,33 +102,7 @@ func kavariConsumeBatch(ctx context.Context, s *spec, fn func(context.Context, [
 
 // bulk runs the bulk2ms workload: 10,000 keys, 3 partitions, a batch
 // handler sleeping bulkWrite per call, kavari's default batch bounds.
-func (b *bench) bulk() {
-	const keys = 10_000
-	var ids []string
-	for _, impl := range scaleImpls {
-		if id := "bulk2ms/" + impl; b.want(id) {
-			ids = append(ids, id)
-		}
-	}
-	if len(ids) == 0 {
-		return
-	}
-	if err := b.fill(b.o.ioN, 100, 3, func(i int, v *benchValue) { v.ID = parallelKey(i, keys) }); err != nil {
-		b.fail("bulk2ms", err)
-		return
-	}
-	for rep := 0; rep < max(b.o.reps, 1); rep++ {
-		for _, impl := range scaleImpls {
-			id := "bulk2ms/" + impl
-			if !b.want(id) {
-				continue
-			}
-			s := b.base(id, "bulk", impl)
-			s.Size, s.Count, s.Partitions, s.Keys = 100, b.o.ioN, 3, keys
-			b.runSpec(s, false)
-		}
-	}
-}
+func (b *bench) bulk() { b.keyed("bulk2ms", "bulk", nil) }
 
 // bulkStats is what the bulk2ms workload measured beside the rate.
 type bulkStats struct {

@@ -98,10 +98,17 @@ func (b *bench) idle() {
 // io consumes -io-n records of 10,000 keys on 3 partitions with a handler
 // that sleeps 1 ms, kavari with MaxInFlight -io-max-in-flight.
 func (b *bench) io() {
+	b.keyed("io1ms", "io", func(s *spec) { s.MaxInFlight = b.o.ioInFlight })
+}
+
+// keyed runs workload (ids prefix/<impl>, once per scaleImpls client and
+// repetition) on -io-n records of 100 B over 10,000 keys and 3 partitions;
+// set adjusts each spec.
+func (b *bench) keyed(prefix, workload string, set func(*spec)) {
 	const keys = 10_000
 	var ids []string
 	for _, impl := range scaleImpls {
-		if id := "io1ms/" + impl; b.want(id) {
+		if id := prefix + "/" + impl; b.want(id) {
 			ids = append(ids, id)
 		}
 	}
@@ -109,17 +116,20 @@ func (b *bench) io() {
 		return
 	}
 	if err := b.fill(b.o.ioN, 100, 3, func(i int, v *benchValue) { v.ID = parallelKey(i, keys) }); err != nil {
-		b.fail("io1ms", err)
+		b.fail(prefix, err)
 		return
 	}
 	for rep := 0; rep < max(b.o.reps, 1); rep++ {
 		for _, impl := range scaleImpls {
-			id := "io1ms/" + impl
+			id := prefix + "/" + impl
 			if !b.want(id) {
 				continue
 			}
-			s := b.base(id, "io", impl)
-			s.Size, s.Count, s.Partitions, s.Keys, s.MaxInFlight = 100, b.o.ioN, 3, keys, b.o.ioInFlight
+			s := b.base(id, workload, impl)
+			s.Size, s.Count, s.Partitions, s.Keys = 100, b.o.ioN, 3, keys
+			if set != nil {
+				set(&s)
+			}
 			b.runSpec(s, false)
 		}
 	}
