@@ -70,7 +70,7 @@ func FetchVersion(ctx context.Context, cacheDir, version string) (libDir string,
 		return "", fmt.Errorf("kafkaproc: %w", err)
 	}
 
-	unlock, err := lockFile(ctx, filepath.Join(vdir, ".lock"))
+	unlock, err := LockFile(ctx, filepath.Join(vdir, ".lock"))
 	if err != nil {
 		return "", err
 	}
@@ -211,9 +211,11 @@ func LibVersion(libDir string) (string, error) {
 	return kafkaJarRE.FindStringSubmatch(filepath.Base(jar))[1], nil
 }
 
-// lockFile takes an exclusive flock on path, polling so ctx can cancel the
-// wait. The returned function releases it.
-func lockFile(ctx context.Context, path string) (func(), error) {
+// LockFile takes an exclusive flock on path, polling so ctx can cancel the
+// wait. The returned function releases it. It guards a download into a
+// shared cache (the Kafka jars here, the PostgreSQL binaries of the outbox's
+// tests) against concurrent test processes.
+func LockFile(ctx context.Context, path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("kafkaproc: %w", err)

@@ -34,6 +34,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kavari-go/kavari/internal/kafkaproc"
 )
 
 // DefaultVersion is the version of the PostgreSQL binaries artifact fetched
@@ -79,7 +81,7 @@ func Fetch(ctx context.Context, cacheDir, version string) (string, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", fmt.Errorf("pgproc: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(cacheDir, ".lock-"+version))
+	unlock, err := kafkaproc.LockFile(ctx, filepath.Join(cacheDir, ".lock-"+version))
 	if err != nil {
 		return "", err
 	}
@@ -405,32 +407,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// lockFile takes an exclusive flock on path, polling so ctx can cancel the
-// wait. The returned function releases it.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("pgproc: %w", err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() {
-				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-				_ = f.Close()
-			}, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("pgproc: locking %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("pgproc: waiting for lock %s: %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
