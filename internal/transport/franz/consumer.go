@@ -1051,15 +1051,15 @@ func keys(m map[transport.TopicPartition]bool) []transport.TopicPartition {
 	return out
 }
 
-// fetchPartitionBytes is the most a fetch asks of one partition (kgo's
-// default is 1 MiB; a larger record batch still comes whole). A record kgo
-// hands over keeps the whole fetch response it was read from in memory, and
-// the engine holds records of several fetches at once (a partition's pending
-// records and those in flight), so the response size multiplies into the
-// peak heap: consuming 1 KiB records from 3 partitions, kavari held about
-// 21 MiB of responses at 1 MiB (a heap profile at the peak, go run ./bench
-// -cpuprofile) and peaked at 108–121 MiB RSS against raw franz-go's 45; at
-// 512 KiB it peaks at 58–63 MiB (100 B records: 58–60 against 76–93) and
-// consumed as fast, alternating runs of both; at 256 KiB 100 B records were
-// consumed 10–15 % slower.
-const fetchPartitionBytes = 512 << 10
+// fetchPartitionBytes is the most a fetch asks of one partition: kgo's
+// default, 1 MiB. A record kgo hands over keeps the whole fetch response it
+// was read from in memory, and the engine holds records of several fetches
+// at once (a partition's pending records and those in flight), so the
+// response size multiplies into the peak heap: consuming 1 KiB records from
+// 3 partitions, kavari held about 21 MiB of responses (a heap profile at the
+// peak, go run ./bench -cpuprofile) and peaked at 105–127 MiB RSS against
+// raw franz-go's 42. 512 KiB halved that (58–63 MiB) but, alternated on a
+// quiet machine, consumed 1 KiB records 20 % slower (96,000 msg/s against
+// 116,000–122,000, raw franz-go 115,000–120,000), so the default stays; the
+// memory is to be bounded where the engine holds the records instead.
+const fetchPartitionBytes = 1 << 20
