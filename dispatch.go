@@ -646,19 +646,21 @@ func (e *engine) dispatch(p *partition, rec *transport.Record) {
 }
 
 // runLane handles j, then, when ordered, every record queued behind it for
-// key.
-func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job) {
-	for {
+// key; it counts each record it starts in beat and returns how many it
+// handled.
+func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, beat *atomic.Uint64) int {
+	for n := 1; ; n++ {
+		beat.Add(1)
 		e.process(p, j)
 		if !ordered {
-			return
+			return n
 		}
 		p.mu.Lock()
 		q := p.lanes[string(key)]
 		if len(q) == 0 {
 			delete(p.lanes, string(key))
 			p.mu.Unlock()
-			return
+			return n
 		}
 		j = q[0]
 		q[0] = nil

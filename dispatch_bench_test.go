@@ -183,7 +183,23 @@ type memBenchMsg struct {
 // in-memory transport with a no-op handler and a near-free decode:
 //
 //	go test -run '^$' -bench BenchmarkDispatchMemory -benchmem .
-func BenchmarkDispatchMemory(b *testing.B) {
+func BenchmarkDispatchMemory(b *testing.B) { dispatchMemoryBench(b) }
+
+// BenchmarkDispatchMemoryPool compares the worker pool's two ways of
+// running quick lanes, alternated in one run: "capped" (the default: at most
+// GOMAXPROCS workers run quick lanes, the others queue) and "eager" (a worker
+// woken or started for every lane, as for slow records).
+//
+//	go test -run '^$' -bench BenchmarkDispatchMemoryPool -benchtime 20x -count 5 .
+func BenchmarkDispatchMemoryPool(b *testing.B) {
+	b.Run("capped", dispatchMemoryBench)
+	b.Run("eager", func(b *testing.B) {
+		defer kavari.SetWorkerSlowRecord(0)()
+		dispatchMemoryBench(b)
+	})
+}
+
+func dispatchMemoryBench(b *testing.B) {
 	const topic = "kt-mem-bench"
 	broker := memory.NewBroker()
 	broker.CreateTopic(topic, dispatchBenchPartitions)

@@ -146,3 +146,12 @@ var (
 	ErrNoHandlers = errNoHandlers
 	ErrStarted    = errStarted
 )
+
+// SetWorkerSlowRecord sets the average record time from which every lane
+// gets a worker at once (0: always, as if every record were slow), and
+// returns a function restoring the previous value.
+func SetWorkerSlowRecord(d time.Duration) (restore func()) {
+	prev := workerSlowRecord
+	workerSlowRecord = d
+	return func() { workerSlowRecord = prev }
+}

@@ -2,13 +2,28 @@ package kavari
 
 import (
 	"context"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // workerIdle is how long an idle worker waits for a lane before it exits
 // (consumer.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
+
+// workerSlowRecord and workerWatch steer how many workers run lanes at once
+// (workerPool.canStartLocked): while records take less than workerSlowRecord
+// on average, at most GOMAXPROCS workers run lanes, besides those the pool
+// saw blocked for a workerWatch tick; slower ones get a worker each at once.
+var (
+	workerSlowRecord = 50 * time.Microsecond
+	workerWatch      = 200 * time.Microsecond
+)
+
+// workerWatchQuiet is how many ticks the watcher goes on with no lane
+// waiting before it ends (a lane waiting starts it again).
+const workerWatchQuiet = 50
 
 // task is a lane to run: its first record j, then, when ordered, whatever
 // queues behind it for key (the partition's lane when key is nil).
@@ -30,8 +45,20 @@ type task struct {
 // not a timer per worker set each time it goes idle, once per record). As a dispatched lane holds a buffer
 // slot, max (MaxBuffered) workers are enough; at the bound a lane waits in
 // queue for the first worker done with its own, and submit never blocks.
+//
+// Waking an idle worker for every lane costs more than a quick handler (a
+// parked goroutine made runnable, often a thread woken to run it), so while
+// records are quick (their average handling time, avgNs, is below
+// workerSlowRecord) at most base (GOMAXPROCS) workers run lanes and the
+// others queue: a worker done with its lane takes the next without parking.
+// A watcher, running while lanes wait, counts the workers that handled no
+// new record for a whole workerWatch tick (blocked on I/O, or stuck) and lets
+// as many more run, so a lane never waits long behind blocked handlers. Slow
+// records (I/O-bound handlers) get a worker each at once, as waking one costs
+// little beside the handler.
 type workerPool struct {
 	max     int
+	base    int // workers running quick lanes at once, besides blocked ones
 	idleFor time.Duration
 	wg      *sync.WaitGroup // one per worker goroutine
 
@@ -40,11 +67,20 @@ type workerPool struct {
 	// (Client.inHandler); nil: not recorded.
 	ids *sync.Map
 
+	// avgNs is a moving average of a record's handling time in
+	// nanoseconds, which each worker updates after its lane.
+	avgNs atomic.Int64
+
 	mu     sync.Mutex
+	all    []*poolWorker // every running worker
 	idle   []*poolWorker // waiting for a lane, the last idle last
-	queue  []task        // lanes waiting for a worker, at the bound
-	n      int           // workers running
+	queue  []task        // lanes waiting for a worker
+	n      int           // workers running (len(all))
 	closed bool
+	// blocked is how many busy workers started no record during the
+	// watcher's last tick; watching says the watcher runs.
+	blocked  int
+	watching bool
 	// epoch counts the reaper's ticks; reaping says the reaper runs, and
 	// closing done ends it.
 	epoch   int64
@@ -53,69 +89,127 @@ type workerPool struct {
 }
 
 // poolWorker is one worker; next hands it a lane while it is idle, and is
-// closed to end it. idleAt is the epoch it went idle in (under mu).
+// closed to end it. Under the pool's mu: idleAt is the epoch it went idle
+// in, idle says it is, at is its index in all, seen is beat at the
+// watcher's last tick. beat counts the records it started.
 type poolWorker struct {
 	next   chan task
 	idleAt int64
+	idle   bool
+	at     int
+	seen   uint64
+	beat   atomic.Uint64
 }
 
 func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPool {
-	return &workerPool{max: max, idleFor: idleFor, wg: wg, done: make(chan struct{})}
+	return &workerPool{max: max, base: runtime.GOMAXPROCS(0), idleFor: idleFor, wg: wg, done: make(chan struct{})}
 }
 
-// submit hands t to the last idle worker, or starts one, or, at the bound,
+// submit runs t on a worker when one may start (canStartLocked), else
 // queues it.
 func (wp *workerPool) submit(t task) {
 	wp.mu.Lock()
+	defer wp.mu.Unlock()
+	if len(wp.queue) == 0 && wp.canStartLocked() {
+		wp.startLocked(t)
+		return
+	}
+	wp.queue = append(wp.queue, t)
+	for len(wp.queue) > 1 && wp.canStartLocked() {
+		wp.startLocked(wp.popLocked()) // records turned slow since they queued
+	}
+	if !wp.watching {
+		wp.watching = true
+		for _, w := range wp.all {
+			w.seen = w.beat.Load()
+		}
+		wp.wg.Add(1) // Stop waits for it as for the workers
+		go wp.watch()
+	}
+}
+
+// canStartLocked reports whether a worker may start a lane now: one is idle
+// or fewer than max run, and records are slow or fewer than base workers
+// run lanes besides the blocked ones. Under mu.
+func (wp *workerPool) canStartLocked() bool {
+	if len(wp.idle) == 0 && wp.n >= wp.max {
+		return false
+	}
+	if time.Duration(wp.avgNs.Load()) >= workerSlowRecord {
+		return true
+	}
+	return wp.n-len(wp.idle)-wp.blocked < wp.base
+}
+
+// startLocked hands t to the last idle worker, or starts one. Under mu.
+func (wp *workerPool) startLocked(t task) {
 	if n := len(wp.idle); n > 0 {
 		w := wp.idle[n-1]
 		wp.idle[n-1] = nil
 		wp.idle = wp.idle[:n-1]
-		wp.mu.Unlock()
+		w.idle = false
 		w.next <- t // buffered and empty: an idle worker has no lane
 		return
 	}
-	if wp.n < wp.max {
-		wp.n++
-		wp.wg.Add(1)
-		wp.mu.Unlock()
-		go wp.work(t)
-		return
-	}
-	wp.queue = append(wp.queue, t)
-	wp.mu.Unlock()
+	w := &poolWorker{next: make(chan task, 1), at: len(wp.all)}
+	wp.all = append(wp.all, w)
+	wp.n++
+	wp.wg.Add(1)
+	go wp.work(w, t)
+}
+
+// popLocked takes the first queued lane. Under mu.
+func (wp *workerPool) popLocked() task {
+	t := wp.queue[0]
+	wp.queue[0] = task{}
+	wp.queue = wp.queue[1:]
+	return t
+}
+
+// removeLocked forgets w, which ends. Under mu.
+func (wp *workerPool) removeLocked(w *poolWorker) {
+	last := wp.all[len(wp.all)-1]
+	wp.all[w.at] = last
+	last.at = w.at
+	wp.all[len(wp.all)-1] = nil
+	wp.all = wp.all[:len(wp.all)-1]
+	wp.n--
 }
 
 // work runs t's lane, then queued lanes, then waits idle for more, until
 // the pool closes or no lane came for idleFor.
-func (wp *workerPool) work(t task) {
+func (wp *workerPool) work(w *poolWorker, t task) {
 	defer wp.wg.Done()
 	if wp.ids != nil {
 		id := goroutineID() // once per worker, which runs many lanes
 		wp.ids.Store(id, struct{}{})
 		defer wp.ids.Delete(id)
 	}
-	w := &poolWorker{next: make(chan task, 1)}
 	for {
+		start := time.Now()
+		n := 1
 		if t.u != nil {
+			w.beat.Add(1)
 			t.e.runUnit(t.p, t.u)
 		} else {
-			t.e.runLane(t.p, t.key, t.ordered, t.j)
+			n = t.e.runLane(t.p, t.key, t.ordered, t.j, &w.beat)
 		}
+		d := int64(time.Since(start)) / int64(n)
+		avg := wp.avgNs.Load()
+		wp.avgNs.Store(avg + (d-avg)/8) // lost updates between workers do no harm
 		wp.mu.Lock()
 		if len(wp.queue) > 0 {
-			t = wp.queue[0]
-			wp.queue[0] = task{}
-			wp.queue = wp.queue[1:]
+			t = wp.popLocked()
 			wp.mu.Unlock()
 			continue
 		}
 		if wp.closed {
-			wp.n--
+			wp.removeLocked(w)
 			wp.mu.Unlock()
 			return
 		}
 		w.idleAt = wp.epoch
+		w.idle = true
 		wp.idle = append(wp.idle, w)
 		if !wp.reaping {
 			wp.reaping = true
@@ -126,6 +220,56 @@ func (wp *workerPool) work(t task) {
 		if t, ok = <-w.next; !ok {
 			return // retired (reap) or the pool closed
 		}
+	}
+}
+
+// watch runs while lanes wait: every workerWatch it counts the busy workers
+// that started no record since its last tick (blocked), and starts queued
+// lanes as far as canStartLocked allows with them discounted. It ends when
+// no lane waited for workerWatchQuiet ticks, or none waits once the pool
+// closed (the lanes queued at close still get workers beside blocked ones).
+func (wp *workerPool) watch() {
+	defer wp.wg.Done()
+	tick := time.NewTimer(workerWatch)
+	defer tick.Stop()
+	done := wp.done
+	quiet := 0
+	for {
+		ticked := false
+		select {
+		case <-tick.C:
+			ticked = true
+			tick.Reset(workerWatch)
+		case <-done:
+			done = nil // ticks only from now on
+		}
+		wp.mu.Lock()
+		if ticked && len(wp.queue) == 0 {
+			quiet++
+		} else if ticked {
+			quiet = 0
+		}
+		if quiet >= workerWatchQuiet || wp.closed && len(wp.queue) == 0 {
+			wp.watching = false
+			wp.blocked = 0
+			wp.mu.Unlock()
+			return
+		}
+		if ticked {
+			blocked := 0
+			for _, w := range wp.all {
+				b := w.beat.Load()
+				if !w.idle && b == w.seen {
+					blocked++
+				}
+				w.seen = b
+			}
+			wp.blocked = blocked
+			for len(wp.queue) > 0 && wp.canStartLocked() {
+				wp.startLocked(wp.popLocked())
+			}
+		}
+		wp.mu.Unlock()
 	}
 }
 
@@ -148,7 +292,7 @@ func (wp *workerPool) reap() {
 		for _, w := range wp.idle {
 			if wp.epoch-w.idleAt >= 2 {
 				close(w.next)
-				wp.n--
+				wp.removeLocked(w)
 				continue
 			}
 			kept = append(kept, w)
@@ -185,7 +329,7 @@ func (wp *workerPool) close() {
 	wp.closed = true
 	for _, w := range wp.idle {
 		close(w.next)
-		wp.n--
+		wp.removeLocked(w)
 	}
 	wp.idle = nil
 }
