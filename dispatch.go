@@ -168,6 +168,10 @@ type partition struct {
 	// delivers nothing more to anyone until the feeder took pending down
 	// to half the share (or paused the partition, or ended).
 	pending []*transport.Record
+	// fetched says when the pending records were delivered: each entry
+	// covers the pending records up to its offset (one clock read per
+	// delivery, not per record). Under mu.
+	fetched []fetchStamp
 	paused  bool
 	backlog chan struct{} // closed by clearBacklogLocked
 	wake    chan struct{} // records were added to pending
@@ -184,6 +188,12 @@ type partition struct {
 	feederDone chan struct{}
 
 	lag lagState // for Health
+}
+
+// fetchStamp is when the records up to offset last were delivered.
+type fetchStamp struct {
+	last int64
+	at   time.Time
 }
 
 // job is one dispatched record.
@@ -380,6 +390,7 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 	e.deps.hooks.onFetched(tp, recs, hw)
 	p.mu.Lock()
 	p.pending = append(p.pending, recs...)
+	p.fetched = append(p.fetched, fetchStamp{last: recs[len(recs)-1].Offset, at: time.Now()})
 	if !p.paused && int64(len(p.pending)) >= p.share.Load() {
 		switch {
 		case !e.caps.WaitsForBacklog:
@@ -452,28 +463,33 @@ func (e *engine) Error(err error) {
 	}
 }
 
-// next returns p's next record, waiting for one; false when p's fetching
-// ended. While none is waiting and the partition is paused, it resumes the
-// partition as soon as the partition has room.
-func (e *engine) next(p *partition) (*transport.Record, bool) {
+// next returns p's next record and when it was delivered, waiting for one;
+// false when p's fetching ended. While none is waiting and the partition is
+// paused, it resumes the partition as soon as the partition has room.
+func (e *engine) next(p *partition) (*transport.Record, time.Time, bool) {
 	for {
 		p.mu.Lock()
 		if len(p.pending) > 0 {
 			rec := p.pending[0]
 			p.pending[0] = nil
 			p.pending = p.pending[1:]
+			for len(p.fetched) > 1 && p.fetched[0].last < rec.Offset {
+				p.fetched = p.fetched[1:]
+			}
+			at := p.fetched[0].at
 			if p.backlog != nil && int64(len(p.pending)) <= p.share.Load()/2 {
 				p.clearBacklogLocked()
 			}
 			p.mu.Unlock()
-			return rec, true
+			return rec, at, true
 		}
 		p.pending = nil
+		p.fetched = p.fetched[:0]
 		paused := p.paused
 		p.mu.Unlock()
 		if paused {
 			if !e.waitRoom(p.fetch, p) {
-				return nil, false
+				return nil, time.Time{}, false
 			}
 			p.mu.Lock()
 			if p.paused && len(p.pending) == 0 {
@@ -486,7 +502,7 @@ func (e *engine) next(p *partition) (*transport.Record, bool) {
 		select {
 		case <-p.wake:
 		case <-p.fetch.Done():
-			return nil, false
+			return nil, time.Time{}, false
 		}
 	}
 }
@@ -502,12 +518,12 @@ func (e *engine) feed(p *partition) {
 	}()
 	ctx := p.fetch
 	for {
-		rec, ok := e.next(p)
+		rec, at, ok := e.next(p)
 		if !ok {
 			break
 		}
 		if p.skipped(rec.Offset) {
-			p.tracker.done(p.tracker.add(rec.Offset, time.Now()))
+			p.tracker.done(p.tracker.add(rec.Offset, at))
 			continue
 		}
 		// A buffer slot is taken once a record is in hand, so idle
@@ -563,7 +579,7 @@ func (e *engine) feed(p *partition) {
 		if p.bq != nil {
 			e.enqueue(p, rec)
 		} else {
-			e.dispatch(p, rec)
+			e.dispatch(p, rec, at)
 		}
 	}
 	if p.bq != nil {
@@ -616,10 +632,11 @@ func (e *engine) done(p *partition, j *job) {
 	}
 }
 
-// dispatch hands rec to its lane: behind an earlier record with the same key
-// (PerKey) or partition (PerPartition), or straight to a goroutine.
-func (e *engine) dispatch(p *partition, rec *transport.Record) {
-	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, time.Now())}
+// dispatch hands rec, delivered at fetched, to its lane: behind an earlier
+// record with the same key (PerKey) or partition (PerPartition), or straight
+// to a goroutine.
+func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time) {
+	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, fetched)}
 	j.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
 	p.inflight.Add(1)
 	var key []byte
