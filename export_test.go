@@ -147,9 +147,10 @@ var (
 	ErrStarted    = errStarted
 )
 
-// SetWorkerSlowRecord sets the average record time from which every lane
-// gets a worker at once (0: always, as if every record were slow), and
-// returns a function restoring the previous value.
+// SetWorkerSlowRecord sets the time per record from which a lane counts as
+// slow for the worker pool (0: every lane, so that the pool mostly gives
+// every lane a worker at once), and returns a function restoring the
+// previous value.
 func SetWorkerSlowRecord(d time.Duration) (restore func()) {
 	prev := workerSlowRecord
 	workerSlowRecord = d

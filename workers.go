@@ -12,13 +12,18 @@ import (
 // (consumer.workerIdle, taken at New).
 var workerIdle = 10 * time.Second
 
-// workerSlowRecord and workerWatch steer how many workers run lanes at once
-// (workerPool.canStartLocked): while records take less than workerSlowRecord
-// on average, at most GOMAXPROCS workers run lanes, besides those the pool
-// saw blocked for a workerWatch tick; slower ones get a worker each at once.
+// workerSlowRecord, workerWatch and workerProbe steer how many workers run
+// lanes at once (workerPool.canStartLocked): while most records take less
+// than workerSlowRecord, at most GOMAXPROCS workers run lanes, besides those
+// the pool saw blocked for a workerWatch tick; while most take longer, each
+// lane gets a worker at once. Every workerProbe the pool forgets what it
+// measured and measures again from the capped way: a lane's time is wall
+// time, so with a worker for every lane, CPU-bound records that wait for a
+// core look slow too.
 var (
 	workerSlowRecord = 50 * time.Microsecond
 	workerWatch      = 200 * time.Microsecond
+	workerProbe      = 100 * time.Millisecond
 )
 
 // workerSample: a worker times one lane in workerSample for the pool's
@@ -52,9 +57,10 @@ type task struct {
 //
 // Waking an idle worker for every lane costs more than a quick handler (a
 // parked goroutine made runnable, often a thread woken to run it), so while
-// records are quick (their average handling time, avgNs, is below
-// workerSlowRecord) at most base (GOMAXPROCS) workers run lanes and the
-// others queue: a worker done with its lane takes the next without parking.
+// records are quick (fewer than half of the timed lanes took more than
+// workerSlowRecord per record: slow) at most base (GOMAXPROCS) workers run
+// lanes and the others queue: a worker done with its lane takes the next
+// without parking.
 // A watcher, running while lanes wait, counts the workers that handled no
 // new record for a whole workerWatch tick (blocked on I/O, or stuck) and lets
 // as many more run, so a lane never waits long behind blocked handlers. Slow
@@ -71,9 +77,11 @@ type workerPool struct {
 	// (Client.inHandler); nil: not recorded.
 	ids *sync.Map
 
-	// avgNs is a moving average of a record's handling time in
-	// nanoseconds, which each worker updates after its lane.
-	avgNs atomic.Int64
+	// slow is a moving average, in 1/1024ths, of how many timed lanes took
+	// more than workerSlowRecord per record (each worker updates it after a
+	// timed lane); probeAt (Unix ns) is when it is next reset.
+	slow    atomic.Int32
+	probeAt atomic.Int64
 
 	mu     sync.Mutex
 	all    []*poolWorker // every running worker
@@ -103,6 +111,7 @@ type poolWorker struct {
 	at     int
 	seen   uint64
 	beat   atomic.Uint64
+	lanes  int // lanes run, for workerSample; only the worker uses it
 }
 
 func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPool {
@@ -139,7 +148,7 @@ func (wp *workerPool) canStartLocked() bool {
 	if len(wp.idle) == 0 && wp.n >= wp.max {
 		return false
 	}
-	if time.Duration(wp.avgNs.Load()) >= workerSlowRecord {
+	if wp.slow.Load() > slowHalf {
 		return true
 	}
 	return wp.n-len(wp.idle)-wp.blocked < wp.base
@@ -189,34 +198,8 @@ func (wp *workerPool) work(w *poolWorker, t task) {
 		wp.ids.Store(id, struct{}{})
 		defer wp.ids.Delete(id)
 	}
-	var pad [workerStackPad]byte
-	keepStack(&pad)
-	for lanes := 0; ; lanes++ {
-		// Every workerSample-th lane is timed, for the average (a clock
-		// read costs about as much as a tenth of a quick record).
-		var start time.Time
-		timed := lanes%workerSample == 0
-		if timed {
-			start = time.Now()
-		}
-		n := 1
-		if t.u != nil {
-			w.beat.Add(1)
-			t.e.runUnit(t.p, t.u)
-		} else {
-			n = t.e.runLane(t.p, t.key, t.ordered, t.j, &w.beat)
-		}
-		if timed {
-			d := int64(time.Since(start)) / int64(n)
-			avg := wp.avgNs.Load()
-			wp.avgNs.Store(avg + (d-avg)/4) // lost updates between workers do no harm
-		}
-		wp.mu.Lock()
-		if len(wp.queue) > 0 {
-			t = wp.popLocked()
-			wp.mu.Unlock()
-			continue
-		}
+	for {
+		wp.runLanes(w, t) // returns holding mu, with no lane queued
 		if wp.closed {
 			wp.removeLocked(w)
 			wp.mu.Unlock()
@@ -237,7 +220,60 @@ func (wp *workerPool) work(w *poolWorker, t task) {
 	}
 }
 
-// workerStackPad is stack a worker holds below its lanes, so that the
+// runLanes runs t's lane, then the queued lanes, and returns holding mu
+// once none is queued. Its frame holds workerStackPad while the worker is
+// busy; an idle worker, back in work, holds none, so the collector shrinks
+// the stacks of the idle ones.
+func (wp *workerPool) runLanes(w *poolWorker, t task) {
+	var pad [workerStackPad]byte
+	keepStack(&pad)
+	for ; ; w.lanes++ {
+		// Every workerSample-th lane is timed, for the average (a clock
+		// read costs about as much as a tenth of a quick record).
+		var start time.Time
+		timed := w.lanes%workerSample == 0
+		if timed {
+			start = time.Now()
+		}
+		n := 1
+		if t.u != nil {
+			w.beat.Add(1)
+			t.e.runUnit(t.p, t.u)
+		} else {
+			n = t.e.runLane(t.p, t.key, t.ordered, t.j, &w.beat)
+		}
+		if timed {
+			wp.timed(start, n)
+		}
+		wp.mu.Lock()
+		if len(wp.queue) == 0 {
+			return
+		}
+		t = wp.popLocked()
+		wp.mu.Unlock()
+	}
+}
+
+// slowHalf is half of workerPool.slow's scale.
+const slowHalf = 512
+
+// timed notes a lane of n records that started at start.
+func (wp *workerPool) timed(start time.Time, n int) {
+	now := time.Now()
+	if at := now.UnixNano(); at >= wp.probeAt.Load() {
+		wp.probeAt.Store(at + int64(workerProbe))
+		wp.slow.Store(0)
+		return
+	}
+	var x int32
+	if now.Sub(start) > workerSlowRecord*time.Duration(n) {
+		x = 2 * slowHalf
+	}
+	v := wp.slow.Load()
+	wp.slow.Store(v + (x-v)/16) // lost updates between workers do no harm
+}
+
+// workerStackPad is stack a busy worker holds below its lanes, so that the
 // garbage collector does not shrink its stack between records (it halves a
 // stack that is less than a quarter used) for the next record's JSON decode
 // to grow it again: without it, copying grown stacks took about 6 % of the
