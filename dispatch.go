@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/kavari-go/kavari/internal/transport"
 )
@@ -651,13 +652,14 @@ func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time
 		}
 		key = rec.Key
 	}
+	lk := laneKey(key)
 	p.mu.Lock()
-	if q, busy := p.lanes[string(key)]; busy {
-		p.lanes[string(key)] = append(q, j)
+	if q, busy := p.lanes[lk]; busy {
+		p.lanes[lk] = append(q, j)
 		p.mu.Unlock()
 		return
 	}
-	p.lanes[string(key)] = nil
+	p.lanes[lk] = nil
 	p.mu.Unlock()
 	e.deps.pool.submit(task{e: e, p: p, key: key, ordered: true, j: j})
 }
@@ -666,6 +668,7 @@ func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time
 // key; it counts each record it starts in beat and returns how many it
 // handled.
 func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, beat *atomic.Uint64) int {
+	lk := laneKey(key)
 	for n := 1; ; n++ {
 		beat.Add(1)
 		e.process(p, j)
@@ -673,17 +676,28 @@ func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, beat *a
 			return n
 		}
 		p.mu.Lock()
-		q := p.lanes[string(key)]
+		q := p.lanes[lk]
 		if len(q) == 0 {
-			delete(p.lanes, string(key))
+			delete(p.lanes, lk)
 			p.mu.Unlock()
 			return n
 		}
 		j = q[0]
 		q[0] = nil
-		p.lanes[string(key)] = q[1:]
+		p.lanes[lk] = q[1:]
 		p.mu.Unlock()
 	}
+}
+
+// laneKey is key as a lane's map key, without a copy: a map assignment with
+// string(key) would copy it every time. The string shares the record's key
+// bytes, which nothing changes: it keeps the first record of a lane in
+// memory until the lane empties.
+func laneKey(key []byte) string {
+	if len(key) == 0 {
+		return ""
+	}
+	return unsafe.String(&key[0], len(key))
 }
 
 // parts returns the assigned partitions, ordered by topic and partition.
