@@ -67,8 +67,8 @@ type task struct {
 // records (I/O-bound handlers) get a worker each at once, as waking one costs
 // little beside the handler.
 type workerPool struct {
-	max     int
-	base    int // workers running quick lanes at once, besides blocked ones
+	max     atomic.Int64 // raised by fit without the lock, once per record
+	base    int          // workers running quick lanes at once, besides blocked ones
 	idleFor time.Duration
 	wg      *sync.WaitGroup // one per worker goroutine
 
@@ -115,7 +115,9 @@ type poolWorker struct {
 }
 
 func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPool {
-	return &workerPool{max: max, base: runtime.GOMAXPROCS(0), idleFor: idleFor, wg: wg, done: make(chan struct{})}
+	wp := &workerPool{base: runtime.GOMAXPROCS(0), idleFor: idleFor, wg: wg, done: make(chan struct{})}
+	wp.max.Store(int64(max))
+	return wp
 }
 
 // submit runs t on a worker when one may start (canStartLocked), else
@@ -145,7 +147,7 @@ func (wp *workerPool) submit(t task) {
 // or fewer than max run, and records are slow or fewer than base workers
 // run lanes besides the blocked ones. Under mu.
 func (wp *workerPool) canStartLocked() bool {
-	if len(wp.idle) == 0 && wp.n >= wp.max {
+	if len(wp.idle) == 0 && int64(wp.n) >= wp.max.Load() {
 		return false
 	}
 	if wp.slow.Load() > slowHalf {
@@ -375,9 +377,11 @@ func (wp *workerPool) reap() {
 // lanes whose handlers are stuck. The buffer may hold more than MaxBuffered
 // (recordBuffer: every partition has its floor).
 func (wp *workerPool) fit(n int) {
-	wp.mu.Lock()
-	defer wp.mu.Unlock()
-	wp.max = max(wp.max, n)
+	for m := wp.max.Load(); int64(n) > m; m = wp.max.Load() {
+		if wp.max.CompareAndSwap(m, int64(n)) {
+			return
+		}
+	}
 }
 
 // close ends the idle workers and lets the busy ones end after their lane
