@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -148,19 +149,38 @@ type producer struct {
 }
 
 // write is one kgo produce of a record, kept in transport.Record.InFlight
-// while its outcome is unknown. The promise sets kr and err, then closes
-// done; they are read only after done is closed. leader is the broker kgo
-// queued it for (-1 until kgo partitioned it).
+// while its outcome is unknown. kr is the record kgo gets; it is the first
+// field, so that the promise and the hooks find the write from it
+// (writeOf) without a context value and a closure per record. The promise
+// (settle) sets err, then closes done; kr's results and err are read only
+// after done is closed. leader is the broker kgo queued it for (-1 until kgo
+// partitioned it).
 type write struct {
+	kr     kgo.Record
 	done   chan struct{}
-	kr     *kgo.Record
 	err    error
 	leader atomic.Int32
 }
 
-// writeKey is the key of a record's *write in its kgo.Record.Context, for
-// producerHooks.
-type writeKey struct{}
+// writesKey marks, in the context of every record Produce gives kgo (one
+// value per call), that the record is the kr of a write.
+type writesKey struct{}
+
+// writeOf returns the write whose kr is kr, or nil when kr is not one
+// (its context does not carry writesKey).
+func writeOf(kr *kgo.Record) *write {
+	if kr.Context == nil || kr.Context.Value(writesKey{}) == nil {
+		return nil
+	}
+	return (*write)(unsafe.Pointer(kr)) // kr is the first field of a write
+}
+
+// settle is the promise of every write.
+func settle(kr *kgo.Record, err error) {
+	w := writeOf(kr)
+	w.err = err
+	close(w.done)
+}
 
 // producerHooks are the producer's kgo hooks: they note which broker each
 // write was queued for, and count the failed dials of each broker, waking
@@ -179,10 +199,7 @@ func newProducerHooks() *producerHooks {
 
 // OnProduceRecordPartitioned implements kgo.HookProduceRecordPartitioned.
 func (h *producerHooks) OnProduceRecordPartitioned(kr *kgo.Record, leader int32) {
-	if kr.Context == nil {
-		return
-	}
-	if w, ok := kr.Context.Value(writeKey{}).(*write); ok {
+	if w := writeOf(kr); w != nil {
 		w.leader.Store(leader)
 	}
 }
@@ -258,6 +275,7 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		ctx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
+	rctx := context.WithValue(ctx, writesKey{}, true)
 	start, _ := p.hooks.state()
 	results := make([]error, len(recs))
 	writes := make([]*write, len(recs))
@@ -275,12 +293,9 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		w := &write{done: make(chan struct{})}
 		w.leader.Store(-1)
-		kr := kgoRecord(r)
-		kr.Context = context.WithValue(ctx, writeKey{}, w)
-		p.cl.Produce(ctx, kr, func(kr *kgo.Record, err error) {
-			w.kr, w.err = kr, err
-			close(w.done)
-		})
+		setKgoRecord(&w.kr, r)
+		w.kr.Context = rctx
+		p.cl.Produce(ctx, &w.kr, settle)
 		r.InFlight, writes[i] = w, w
 	}
 	refused := p.wait(ctx, writes, start)
@@ -344,14 +359,20 @@ func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error 
 
 // kgoRecord converts r for kgo.
 func kgoRecord(r *transport.Record) *kgo.Record {
-	kr := &kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
+	kr := &kgo.Record{}
+	setKgoRecord(kr, r)
+	return kr
+}
+
+// setKgoRecord sets kr to r, converted for kgo.
+func setKgoRecord(kr *kgo.Record, r *transport.Record) {
+	*kr = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
 	if len(r.Headers) > 0 {
 		kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
 		for j, h := range r.Headers {
 			kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
 		}
 	}
-	return kr
 }
 
 // classify turns a failure kgo reports for one record into a ProduceError.
