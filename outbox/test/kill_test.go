@@ -1,4 +1,4 @@
-package outbox
+package outbox_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testkit"
+	"github.com/kavari-go/kavari/outbox"
 )
 
 // The child process of TestRelaySIGKILL: a relay on the outbox the
@@ -27,9 +28,9 @@ func TestHelperRelayProcess(t *testing.T) {
 	k := testkit.NewClient(t, kavari.NewRegistry(), strings.Split(os.Getenv("KAVARI_BROKERS"), ","), func(c *kavari.Config) {
 		c.Topics.Name = func(topic string) string { return prefix + "-" + topic }
 	})
-	ob, err := New(k, Config{Dialect: Postgres, Table: table})
+	ob, err := outbox.New(k, outbox.Config{Dialect: outbox.Postgres, Table: table})
 	require.NoError(t, err)
-	r := ob.NewRelay(db, RelayConfig{Workers: 4, BatchSize: 200, PollInterval: 20 * time.Millisecond, Logger: testkit.Logger()})
+	r := ob.NewRelay(db, outbox.RelayConfig{Workers: 4, BatchSize: 200, PollInterval: 20 * time.Millisecond, Logger: testkit.Logger()})
 	_ = r.Run(context.Background())
 }
 
@@ -40,17 +41,17 @@ func TestHelperRelayProcess(t *testing.T) {
 func TestRelaySIGKILL(t *testing.T) {
 	db := openPG(t)
 	needEnv(t, "KAVARI_BROKERS", "run through kafkactl (scripts/test.sh)")
-	e := newEnv(t, Postgres, db, nil)
+	e := newEnv(t, outbox.Postgres, db, nil)
 	ids := writeKeys(e, 16, 500) // 8,000 rows before any relay runs
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperRelayProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "OUTBOX_CHILD_TABLE="+e.ob.table, "OUTBOX_CHILD_PREFIX="+e.prefix)
+	cmd.Env = append(os.Environ(), "OUTBOX_CHILD_TABLE="+e.table, "OUTBOX_CHILD_PREFIX="+e.prefix)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	testkit.Eventually(t, time.Minute, func() bool { return count(t, db, e.ob.table) < len(ids)-1000 }, "the child relay published nothing")
-	r := e.relay(RelayConfig{Workers: 4, BatchSize: 200})
+	testkit.Eventually(t, time.Minute, func() bool { return count(t, db, e.table) < len(ids)-1000 }, "the child relay published nothing")
+	r := e.relay(outbox.RelayConfig{Workers: 4, BatchSize: 200})
 	e.run(r)
-	testkit.Eventually(t, time.Minute, func() bool { return count(t, db, e.ob.table) < len(ids)-3000 }, "the relays stalled")
+	testkit.Eventually(t, time.Minute, func() bool { return count(t, db, e.table) < len(ids)-3000 }, "the relays stalled")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
 	e.drained(r)

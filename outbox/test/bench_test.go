@@ -1,8 +1,9 @@
-package outbox
+package outbox_test
 
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -15,17 +16,18 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testkit"
+	"github.com/kavari-go/kavari/outbox"
 )
 
-// BenchmarkPublishInTx: what Outbox.Publish (per-call=1) or PublishBatch
+// BenchmarkPublishInTx: what outbox.Outbox.Publish (per-call=1) or PublishBatch
 // of 10 costs the caller's transaction per message (encode, advisory locks
 // on PostgreSQL, insert), the transaction's begin and commit amortised over
 // 100 messages.
 func BenchmarkPublishInTx(b *testing.B) {
-	for _, d := range []Dialect{SQLite, Postgres} {
+	for _, d := range []outbox.Dialect{outbox.SQLite, outbox.Postgres} {
 		b.Run(d.String(), func(b *testing.B) {
 			var db *sql.DB
-			if d == SQLite {
+			if d == outbox.SQLite {
 				db = openSQLiteB(b)
 			} else {
 				dsn := os.Getenv("KAVARI_PG_DSN")
@@ -43,18 +45,20 @@ func BenchmarkPublishInTx(b *testing.B) {
 			ctx := context.Background()
 			// Each sub-benchmark on a table of its own: a table that grew
 			// under the previous one would cost the next one more.
-			fresh := func(b *testing.B) *Outbox {
-				ob, err := New(k, Config{Dialect: d, Table: fmt.Sprintf("bench_%d", time.Now().UnixNano())})
+			fresh := func(b *testing.B) (*outbox.Outbox, string) {
+				table := fmt.Sprintf("bench_%d", time.Now().UnixNano())
+				ob, err := outbox.New(k, outbox.Config{Dialect: d, Table: table})
 				require.NoError(b, err)
 				require.NoError(b, ob.CreateSchema(ctx, db))
-				return ob
+				return ob, table
 			}
 			// What the database alone costs here, for comparison: one
 			// round trip (SELECT 1) and a plain insert of a row of the
 			// same size, one statement each, in transactions of 100.
-			floor := func(name string, q func(ob *Outbox) string, args func(i int) []any) {
+			floor := func(name string, q func(table string) string, args func(i int) []any) {
 				b.Run(name, func(b *testing.B) {
-					stmt := q(fresh(b))
+					_, table := fresh(b)
+					stmt := q(table)
 					b.ResetTimer()
 					for i := 0; i < b.N; {
 						tx, err := db.BeginTx(ctx, nil)
@@ -68,18 +72,31 @@ func BenchmarkPublishInTx(b *testing.B) {
 					}
 				})
 			}
-			floor("floor=select-1", func(*Outbox) string { return "SELECT 1" }, func(int) []any { return nil })
+			floor("floor=select-1", func(string) string { return "SELECT 1" }, func(int) []any { return nil })
 			enc, err := k.Encode(ctx, &OrderPlaced{OrderID: "k1", Seq: 1, Amount: 1})
 			require.NoError(b, err)
-			hs := string(appendHeaders(nil, enc.Headers))
-			floor("floor=plain-insert", func(ob *Outbox) string {
-				return ob.q("INSERT INTO " + ob.table + " (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+			type header struct {
+				K string `json:"k"`
+				V []byte `json:"v"`
+			}
+			var stored []header
+			for _, h := range enc.Headers {
+				stored = append(stored, header{h.Key, h.Value})
+			}
+			hs, err := json.Marshal(stored) // the headers column's format
+			require.NoError(b, err)
+			floor("floor=plain-insert", func(table string) string {
+				ph := "?, ?, ?, ?, ?, ?, ?"
+				if d == outbox.Postgres {
+					ph = "$1, $2, $3, $4, $5, $6, $7"
+				}
+				return "INSERT INTO " + table + " (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (" + ph + ")"
 			}, func(i int) []any {
-				return []any{i % Shards, enc.Topic, enc.Key, enc.Value, hs, enc.ID(), time.Now().UnixMicro()}
+				return []any{i % outbox.Shards, enc.Topic, enc.Key, enc.Value, string(hs), enc.ID(), time.Now().UnixMicro()}
 			})
 			for _, per := range []int{1, 10} {
 				b.Run(fmt.Sprintf("per-call=%d", per), func(b *testing.B) {
-					ob := fresh(b)
+					ob, _ := fresh(b)
 					b.ResetTimer()
 					for i := 0; i < b.N; {
 						tx, err := db.BeginTx(ctx, nil)
@@ -118,7 +135,7 @@ func TestRelayThroughputFigures(t *testing.T) {
 		t.Skip("set KAVARI_BENCH=1 to measure")
 	}
 	const n = 20000
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		ctx := context.Background()
 		workers := 4
@@ -181,13 +198,13 @@ func TestRelayThroughputFigures(t *testing.T) {
 			for _, b := range batches {
 				e.write(false, b...)
 			}
-			r := e.relay(RelayConfig{Workers: workers, BatchSize: 500})
+			r := e.relay(outbox.RelayConfig{Workers: workers, BatchSize: 500})
 			start := time.Now()
 			stop, _ := e.run(r)
 			// Empty? (a cheap probe: Health counts the rows)
 			testkit.Eventually(t, 3*time.Minute, func() bool {
 				var one int
-				return db.QueryRow("SELECT 1 FROM "+e.ob.table+" LIMIT 1").Scan(&one) == sql.ErrNoRows
+				return db.QueryRow("SELECT 1 FROM "+e.table+" LIMIT 1").Scan(&one) == sql.ErrNoRows
 			}, "not drained")
 			relayed := time.Since(start)
 			stop()
@@ -201,15 +218,15 @@ func TestRelayThroughputFigures(t *testing.T) {
 		sort.Float64s(ratiosEnc)
 		t.Logf("%s: relay throughput over %d alternated rounds: median %.2f× PublishBatch (min %.2f, max %.2f), median %.2f× PublishEncoded (min %.2f, max %.2f)",
 			d, rounds, ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1], ratiosEnc[len(ratiosEnc)/2], ratiosEnc[0], ratiosEnc[len(ratiosEnc)-1])
-		r := e.relay(RelayConfig{Workers: 4, BatchSize: 500})
+		r := e.relay(outbox.RelayConfig{Workers: 4, BatchSize: 500})
 		e.run(r)
 
 		// Latency at 1,000 orders/s for 10 s, from ce_time (set by
 		// Publish, just before the commit) to the record's timestamp (set
 		// when the relay sent it; millisecond resolution). PostgreSQL only:
-		// SQLite serialises its writers, and on a busy machine 1,000
+		// outbox.SQLite serialises its writers, and on a busy machine 1,000
 		// transactions/s pile up behind the write lock.
-		if d == SQLite {
+		if d == outbox.SQLite {
 			return
 		}
 		const rate, secs = 1000, 10
