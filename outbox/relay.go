@@ -558,6 +558,8 @@ func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []pa
 
 // Health is what a relay reports about its outbox.
 type Health struct {
+	// Table is the outbox table (Config.Table).
+	Table string
 	// Backlog is the number of rows waiting to be published, OldestAge
 	// the age of the oldest (0 when none).
 	Backlog   int64
@@ -589,7 +591,7 @@ func (r *Relay) Health(ctx context.Context) (Health, error) {
 }
 
 func (r *Relay) backlog(ctx context.Context) (Health, error) {
-	var h Health
+	h := Health{Table: r.o.table}
 	var oldest sql.NullInt64
 	t := r.o.table
 	if err := r.db.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM `+t).Scan(&h.Backlog, &oldest); err != nil {
