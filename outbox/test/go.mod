@@ -7,6 +7,7 @@ require (
 	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
 	github.com/kavari-go/kavari/otel v0.0.0-00010101000000-000000000000
 	github.com/kavari-go/kavari/outbox v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/test v0.0.0-00010101000000-000000000000
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/stretchr/testify v1.12.1
 	go.opentelemetry.io/otel/sdk/metric v1.47.0
