@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/kavari-go/kavari v0.0.0-00010101000000-000000000000
 	github.com/kavari-go/kavari/kavaritest v0.0.0-00010101000000-000000000000
+	github.com/kavari-go/kavari/outbox v0.0.0-00010101000000-000000000000
 	github.com/stretchr/testify v1.12.1
 	go.opentelemetry.io/otel v1.47.0
 	go.opentelemetry.io/otel/metric v1.47.0

@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -290,10 +289,7 @@ func (o *Outbox) insertRows(ctx context.Context, tx Execer, encs []kavari.Encode
 	ids := make([]string, len(encs))
 	for i := range encs {
 		e := &encs[i]
-		hs, err := json.Marshal(toStored(e.Headers))
-		if err != nil {
-			return nil, fmt.Errorf("outbox: %w", err)
-		}
+		hs := appendHeaders(nil, e.Headers)
 		ids[i] = e.ID()
 		var key any
 		if e.Key != nil {
@@ -316,21 +312,6 @@ func (o *Outbox) insertRows(ctx context.Context, tx Execer, encs []kavari.Encode
 		return nil, fmt.Errorf("outbox: insert: %w", err)
 	}
 	return ids, nil
-}
-
-// storedHeader is a header as the headers column holds it (JSON: value in
-// base64).
-type storedHeader struct {
-	K string `json:"k"`
-	V []byte `json:"v"`
-}
-
-func toStored(hs []kavari.Header) []storedHeader {
-	out := make([]storedHeader, len(hs))
-	for i, h := range hs {
-		out[i] = storedHeader{K: h.Key, V: h.Value}
-	}
-	return out
 }
 
 // shardOf is the shard of a row: a hash of topic and key, or random

@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,8 +139,11 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) worker(ctx context.Context, w int) error {
 	wait := r.cfg.PollInterval
 	for ctx.Err() == nil {
-		start := rand.IntN(Shards)
-		n, err := r.step(ctx, start)
+		c, rows, err := r.claim(ctx, rand.IntN(Shards))
+		n := 0
+		if err == nil && c != nil {
+			n, err = r.step(ctx, c, rows)
+		}
 		switch {
 		case errors.Is(err, errCrashed):
 			return err
@@ -223,30 +225,21 @@ type parkedRow struct {
 
 // claim is a shard a worker has the right to publish.
 type claim interface {
-	query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 	// finish deletes acked, parks parked and releases the shard.
 	finish(ctx context.Context, acked []int64, parked []parkedRow) error
 	// abort releases the shard without changing its rows.
 	abort()
 }
 
-// step claims a shard with rows, publishes up to BatchSize of them and
-// marks the outcome. It returns how many rows it took care of.
-func (r *Relay) step(ctx context.Context, start int) (int, error) {
-	c, shards, ok, err := r.claim(ctx, start)
-	if err != nil || !ok {
-		return 0, err
-	}
+// step publishes the rows of claim c and marks the outcome. It returns
+// how many rows it took care of.
+func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 	done := false
 	defer func() {
 		if !done {
 			c.abort()
 		}
 	}()
-	rows, err := r.rows(ctx, c, shards)
-	if err != nil {
-		return 0, err
-	}
 	var parked []parkedRow
 	var encs []kavari.Encoded
 	var sent []row
@@ -354,14 +347,11 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 	if !rw.headers.Valid {
 		return kavari.Encoded{}, errors.New("no headers")
 	}
-	var hs []storedHeader
-	if err := json.Unmarshal([]byte(rw.headers.String), &hs); err != nil {
+	hs, err := parseHeaders([]byte(rw.headers.String))
+	if err != nil {
 		return kavari.Encoded{}, fmt.Errorf("headers: %w", err)
 	}
-	e := kavari.Encoded{Topic: rw.topic, Key: rw.key, Value: rw.value, Headers: make([]kavari.Header, len(hs))}
-	for i, h := range hs {
-		e.Headers[i] = kavari.Header{Key: h.K, Value: h.V}
-	}
+	e := kavari.Encoded{Topic: rw.topic, Key: rw.key, Value: rw.value, Headers: hs}
 	if e.ID() == "" {
 		return kavari.Encoded{}, errors.New("no ce_id header")
 	}
@@ -371,10 +361,11 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 	return e, nil
 }
 
-// rows reads the first BatchSize rows of shards in id order: a prefix of
-// each shard's rows.
-func (r *Relay) rows(ctx context.Context, c claim, shards []int) ([]row, error) {
-	rs, err := c.query(ctx, r.o.q("SELECT id, topic, msg_key, value, headers, ce_id, created_at FROM "+r.o.table+" WHERE shard IN ("+inList(shards)+") ORDER BY id LIMIT ?"), r.cfg.BatchSize)
+// rowColumns are the columns of a row, as scanRows reads them.
+const rowColumns = "id, topic, msg_key, value, headers, ce_id, created_at"
+
+// scanRows reads rows of rowColumns.
+func scanRows(rs *sql.Rows, err error) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -403,8 +394,10 @@ func inList(shards []int) string {
 }
 
 // claim takes up to Shards/Workers shards with rows that no other worker
-// holds, starting the search at shard start.
-func (r *Relay) claim(ctx context.Context, start int) (claim, []int, bool, error) {
+// holds, starting the search at shard start, and reads their first
+// BatchSize rows in id order (a prefix of each shard's rows). It returns a
+// nil claim when it found no such shard.
+func (r *Relay) claim(ctx context.Context, start int) (claim, []row, error) {
 	per := max(1, Shards/r.cfg.Workers)
 	t := r.o.table
 	if r.o.d == Postgres {
@@ -413,7 +406,7 @@ func (r *Relay) claim(ctx context.Context, start int) (claim, []int, bool, error
 		// still be marked. Every path ends the transaction (finish, abort).
 		tx, err := r.db.BeginTx(context.WithoutCancel(ctx), nil)
 		if err != nil {
-			return nil, nil, false, err
+			return nil, nil, err
 		}
 		shards, err := scanInts(tx.QueryContext(ctx, `SELECT s.shard FROM `+t+`_shards s
 WHERE EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
@@ -421,9 +414,20 @@ ORDER BY (s.shard + $1) % `+strconv.Itoa(Shards)+`
 LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
 		if err != nil || len(shards) == 0 {
 			_ = tx.Rollback()
-			return nil, nil, false, err
+			return nil, nil, err
 		}
-		return &pgClaim{r: r, tx: tx}, shards, true, nil
+		// A statement of its own: its snapshot, taken once the locks are
+		// held, sees the deletions of the batch that held them before (in
+		// the claim's snapshot they may still be rows). Its text is fixed
+		// (the shards are one parameter, an array literal), so drivers
+		// that cache prepared statements prepare it once per connection.
+		rows, err := scanRows(tx.QueryContext(ctx, `SELECT `+rowColumns+` FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2`,
+			"{"+inList(shards)+"}", r.cfg.BatchSize))
+		if err != nil || len(rows) == 0 {
+			_ = tx.Rollback()
+			return nil, nil, err
+		}
+		return &pgClaim{r: r, tx: tx}, rows, nil
 	}
 	now := time.Now().UnixMilli()
 	shards, err := scanInts(r.db.QueryContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard IN (
@@ -432,9 +436,15 @@ WHERE (s.owner IS NULL OR s.lease_until < ?) AND EXISTS (SELECT 1 FROM `+t+` o W
 ORDER BY (s.shard + ?) % `+strconv.Itoa(Shards)+` LIMIT ?)
 RETURNING shard`, r.cfg.ID, now+r.cfg.Lease.Milliseconds(), now, start, per))
 	if err != nil || len(shards) == 0 {
-		return nil, nil, false, err
+		return nil, nil, err
 	}
-	return &leaseClaim{r: r, shards: shards}, shards, true, nil
+	c := &leaseClaim{r: r, shards: shards}
+	rows, err := scanRows(r.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM `+t+` WHERE shard IN (`+inList(shards)+`) ORDER BY id LIMIT ?`, r.cfg.BatchSize))
+	if err != nil {
+		c.abort()
+		return nil, nil, err
+	}
+	return c, rows, nil
 }
 
 // scanInts reads one integer column.
@@ -460,10 +470,6 @@ type pgClaim struct {
 	tx *sql.Tx
 }
 
-func (c *pgClaim) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return c.tx.QueryContext(ctx, q, args...)
-}
-
 func (c *pgClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
 	if err := c.r.mark(ctx, c.tx, acked, parked); err != nil {
 		_ = c.tx.Rollback()
@@ -478,10 +484,6 @@ func (c *pgClaim) abort() { _ = c.tx.Rollback() }
 type leaseClaim struct {
 	r      *Relay
 	shards []int
-}
-
-func (c *leaseClaim) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return c.r.db.QueryContext(ctx, q, args...)
 }
 
 func (c *leaseClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
@@ -522,6 +524,23 @@ func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []pa
 		}
 		acked = append(acked, p.id)
 	}
+	if len(acked) == 0 {
+		return nil
+	}
+	if r.o.d == Postgres {
+		// One parameter, a fixed text: the ids as an array literal.
+		b := make([]byte, 0, 1+len(acked)*8)
+		b = append(b, '{')
+		for i, id := range acked {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, id, 10)
+		}
+		b = append(b, '}')
+		_, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE id = ANY($1::text::bigint[])`, string(b))
+		return err
+	}
 	for len(acked) > 0 {
 		n := min(len(acked), 500)
 		args := make([]any, n)
@@ -529,7 +548,7 @@ func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []pa
 			args[i] = acked[i]
 		}
 		ph := strings.TrimSuffix(strings.Repeat("?,", n), ",")
-		if _, err := tx.ExecContext(ctx, r.o.q(`DELETE FROM `+t+` WHERE id IN (`+ph+`)`), args...); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE id IN (`+ph+`)`, args...); err != nil {
 			return err
 		}
 		acked = acked[n:]
@@ -539,6 +558,8 @@ func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []pa
 
 // Health is what a relay reports about its outbox.
 type Health struct {
+	// Table is the outbox table (Config.Table).
+	Table string
 	// Backlog is the number of rows waiting to be published, OldestAge
 	// the age of the oldest (0 when none).
 	Backlog   int64
@@ -570,7 +591,7 @@ func (r *Relay) Health(ctx context.Context) (Health, error) {
 }
 
 func (r *Relay) backlog(ctx context.Context) (Health, error) {
-	var h Health
+	h := Health{Table: r.o.table}
 	var oldest sql.NullInt64
 	t := r.o.table
 	if err := r.db.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM `+t).Scan(&h.Backlog, &oldest); err != nil {

@@ -18,6 +18,12 @@
 # go.mod has one (`go install github.com/kavari-go/kavari/cmd/kavari@latest`),
 # and the modules are tied together by go.work instead.
 #
+# Then the same for a program that imports github.com/kavari-go/kavari/outbox:
+# it fails when that program's list holds any module beyond the first
+# program's (the outbox module's go.mod must require only the library: its
+# drivers live in the modules of its tests, outbox/test, and of its example,
+# outbox/example).
+#
 # testify and gopkg.in/yaml.v3 stay in the list whatever kavari does:
 # segmentio/kafka-go's and leodido/go-urn's (validator's) go.mod files require
 # them. kavari's go.mod requires no newer testify than those do, so the
@@ -114,3 +120,39 @@ if [ -s "$tmp/bad.txt" ]; then
   exit 1
 fi
 echo "modgraph: ok: no replace line in the workspace's go.mod files; none of $(tr '\n' ' ' <"$tmp/deny.txt")and no module that only kavari's go.mod brings" >&2
+
+# A program importing the outbox module gets nothing beyond the library's
+# graph (its database drivers are the user's choice).
+ob="$lib/outbox"
+mkdir "$tmp/ob"
+cat >"$tmp/ob/main.go" <<'EOF'
+package main
+
+import (
+	"fmt"
+
+	"github.com/kavari-go/kavari/outbox"
+)
+
+func main() { fmt.Println(outbox.Shards) }
+EOF
+cat >"$tmp/ob/go.mod" <<EOF
+module example.com/outboxuser
+
+$(grep -m1 '^go ' "$root/go.mod")
+
+require $ob v0.0.0
+
+replace $lib => $root
+
+replace $ob => $root/outbox
+EOF
+(cd "$tmp/ob" && go mod tidy && go build -o /dev/null . && go list -m all) >"$tmp/obuser.txt"
+paths <"$tmp/obuser.txt" | grep -vx "example.com/outboxuser\|$ob\|$lib" | comm -23 - "$tmp/userpaths.txt" >"$tmp/obextra.txt" || true
+if [ -s "$tmp/obextra.txt" ]; then
+  echo "modgraph: FAIL: a program importing the outbox module gets modules a program importing only kavari does not (the outbox's go.mod must require only the library):" >&2
+  (cd "$tmp/ob" && go mod graph) >"$tmp/obgraph.txt"
+  while read -r m; do grep -F " $m@" "$tmp/obgraph.txt" | sed 's/^/  /' >&2; done <"$tmp/obextra.txt"
+  exit 1
+fi
+echo "modgraph: ok: a program importing the outbox module has $(($(wc -l <"$tmp/obuser.txt") - 1)) modules, none beyond the library's graph" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command. Without arguments, for every module of the
 # workspace (go.work: the library, kavaritest, otel, contract, cmd/kavari,
+# outbox with its tests outbox/test and its example outbox/example,
 # examples, bench, test): gofmt, go vet, staticcheck, the module-graph check
 # (scripts/modgraph.sh: also that no go.mod has a replace line), a build, vet
 # and -short test of the library and of kavaritest with the oldest Go the

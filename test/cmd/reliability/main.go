@@ -9,8 +9,11 @@
 // It runs, once per transport (-transports, default kafka-go,franz-go, each
 // as KAVARI_TRANSPORT),
 //
-//	go run ./internal/kafkaproc/cmd/kafkactl run -- go test ./test/fault/ -count=1 -v -timeout 30m
+//	go run ./outbox/internal/pgproc/cmd/pgctl run -- go run ./internal/kafkaproc/cmd/kafkactl run -- \
+//	  go test ./test/fault/ github.com/kavari-go/kavari/outbox/test -count=1 -v -timeout 30m
 //
+// (pgctl starts the PostgreSQL of the outbox's tests and exports
+// KAVARI_PG_DSN and KAVARI_PG_HOME),
 // with KAVARI_RELIABILITY_DIR set to a temporary directory (kafkactl fetches
 // and starts the broker and exports KAVARI_BROKERS and KAVARI_KAFKA_LIB; tests
 // that kill brokers start their own), streams the output, reads the JSON row
@@ -65,14 +68,16 @@ func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	testArgs := []string{"go", "test", "./test/fault/", "-count=1", "-v", "-timeout", timeout.String()}
+	// The outbox's fault tests (outbox/test: those that keep a ledger
+	// write rows) run in the same go test, inside a PostgreSQL of pgctl.
+	testArgs := []string{"go", "test", "./test/fault/", "github.com/kavari-go/kavari/outbox/test", "-count=1", "-v", "-timeout", timeout.String()}
 	if *race {
 		testArgs = append(testArgs, "-race")
 	}
 	if *run != "" {
 		testArgs = append(testArgs, "-run", *run)
 	}
-	suite := append([]string{"go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
+	suite := append([]string{"go", "run", "./outbox/internal/pgproc/cmd/pgctl", "run", "--", "go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
 	rep := report{began: time.Now(), long: *longRun, results: map[string]string{}}
 	var allRows []ledger.Row
 	for _, tr := range strings.Split(*trs, ",") {

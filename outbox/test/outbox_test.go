@@ -1,4 +1,4 @@
-package outbox
+package outbox_test
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testkit"
+	"github.com/kavari-go/kavari/outbox"
+	"github.com/kavari-go/kavari/outbox/internal/relaytest"
 )
 
 func count(t *testing.T, q interface {
@@ -28,7 +30,7 @@ func count(t *testing.T, q interface {
 // and the headers, key and value Client.Publish would send; rolled-back
 // ones never are.
 func TestCommitPublishesRollbackDoesNot(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		committed := map[string]int{}
 		rolledBack := map[string]bool{}
@@ -42,7 +44,7 @@ func TestCommitPublishesRollbackDoesNot(t *testing.T) {
 			}
 			committed[e.write(false, m)[0]] = i
 		}
-		r := e.relay(RelayConfig{})
+		r := e.relay(outbox.RelayConfig{})
 		e.run(r)
 		h := e.drained(r)
 		require.Equal(t, int64(len(committed)), h.Published)
@@ -64,7 +66,7 @@ func TestCommitPublishesRollbackDoesNot(t *testing.T) {
 // An invalid message is refused inside the transaction and inserts
 // nothing; a batch with one invalid message inserts none of them.
 func TestInvalidRefusedInTransaction(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		ctx := context.Background()
 		tx, err := db.BeginTx(ctx, nil)
@@ -79,12 +81,12 @@ func TestInvalidRefusedInTransaction(t *testing.T) {
 		require.Len(t, be.Failed, 1)
 		require.Equal(t, 1, be.Failed[0].Index)
 		require.ErrorIs(t, err, kavari.ErrInvalid)
-		require.Equal(t, 0, count(t, tx, e.ob.table), "rows inserted by refused publishes")
+		require.Equal(t, 0, count(t, tx, e.table), "rows inserted by refused publishes")
 		// The transaction is still usable: a valid message goes in.
 		id, err := e.ob.Publish(ctx, tx, &OrderPlaced{OrderID: "o-1", Amount: 1})
 		require.NoError(t, err)
 		require.NotEmpty(t, id)
-		require.Equal(t, 1, count(t, tx, e.ob.table))
+		require.Equal(t, 1, count(t, tx, e.table))
 	})
 }
 
@@ -122,17 +124,17 @@ func writeKeys(e *env, keys, perKey int) map[string]bool {
 // Two relays (each with its own client) share the outbox while writers
 // go on: every row is published once, in order per key.
 func TestPerKeyOrderTwoRelays(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		e2 := *e
 		e2.client = testkit.NewClient(t, kavari.NewRegistry(), e.brokers, func(c *kavari.Config) {
 			c.Topics.Name = func(topic string) string { return e.prefix + "-" + topic }
 		})
-		ob2, err := New(e2.client, Config{Dialect: d, Table: e.ob.table})
+		ob2, err := outbox.New(e2.client, outbox.Config{Dialect: d, Table: e.table})
 		require.NoError(t, err)
 		e2.ob = ob2
-		r1 := e.relay(RelayConfig{Workers: 3, BatchSize: 50})
-		r2 := e2.relay(RelayConfig{Workers: 3, BatchSize: 50})
+		r1 := e.relay(outbox.RelayConfig{Workers: 3, BatchSize: 50})
+		r2 := e2.relay(outbox.RelayConfig{Workers: 3, BatchSize: 50})
 		e.run(r1)
 		e.run(r2)
 		ids := writeKeys(e, 8, 150)
@@ -154,23 +156,23 @@ func TestPerKeyOrderTwoRelays(t *testing.T) {
 // marked the rows leaves them to the next relay, which publishes them again
 // with the same ce_ids; nothing is lost and order per key holds.
 func TestCrashBetweenAckAndMark(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		ids := writeKeys(e, 4, 40)
-		r1 := e.relay(RelayConfig{Workers: 1, BatchSize: 25})
+		r1 := e.relay(outbox.RelayConfig{Workers: 1, BatchSize: 25})
 		var crashed []int64
-		r1.beforeMark = func(acked []int64) bool {
+		relaytest.SetBeforeMark(r1, func(acked []int64) bool {
 			if len(acked) == 0 {
 				return true
 			}
 			crashed = append([]int64(nil), acked...)
 			return false
-		}
+		})
 		_, done := e.run(r1)
-		require.ErrorIs(t, <-done, errCrashed)
+		require.ErrorIs(t, <-done, relaytest.ErrCrashed)
 		require.NotEmpty(t, crashed)
-		require.Equal(t, len(ids), count(t, db, e.ob.table), "rows left by the crashed relay")
-		r2 := e.relay(RelayConfig{})
+		require.Equal(t, len(ids), count(t, db, e.table), "rows left by the crashed relay")
+		r2 := e.relay(outbox.RelayConfig{})
 		e.run(r2)
 		e.drained(r2)
 		recs := readAll(t, e.brokers, e.topic)
@@ -190,7 +192,7 @@ func TestCrashBetweenAckAndMark(t *testing.T) {
 // A row the broker refuses for good (its topic does not exist) is moved to
 // the dead table with the reason, once, while the other rows flow.
 func TestPermanentRefusalParked(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		good := map[string]bool{}
 		var bad []string
@@ -200,13 +202,13 @@ func TestPermanentRefusalParked(t *testing.T) {
 			}
 			good[e.write(false, &OrderPlaced{OrderID: fmt.Sprintf("o-%d", i%4), Seq: i, Amount: 1})[0]] = true
 		}
-		r := e.relay(RelayConfig{Workers: 2})
+		r := e.relay(outbox.RelayConfig{Workers: 2})
 		e.run(r)
 		h := e.drained(r)
 		require.Equal(t, int64(len(bad)), h.Dead)
 		require.Equal(t, int64(len(bad)), h.Parked)
 		require.Equal(t, int64(len(good)), h.Published)
-		rows, err := db.Query("SELECT ce_id, error FROM " + e.ob.table + "_dead ORDER BY id")
+		rows, err := db.Query("SELECT ce_id, error FROM " + e.table + "_dead ORDER BY id")
 		require.NoError(t, err)
 		defer rows.Close()
 		var parked []string
@@ -225,21 +227,21 @@ func TestPermanentRefusalParked(t *testing.T) {
 
 // A row that cannot be decoded is reported and parked, not fatal.
 func TestCorruptRowParked(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1})
-		_, err := db.Exec(e.ob.q("INSERT INTO "+e.ob.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-			shardOf(e.topic, []byte("o-1")), e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
+		_, err := db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+			7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
 		require.NoError(t, err)
 		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
-		r := e.relay(RelayConfig{})
+		r := e.relay(outbox.RelayConfig{})
 		e.run(r)
 		h := e.drained(r)
 		require.Equal(t, int64(1), h.Corrupt)
 		require.Equal(t, int64(1), h.Dead)
 		require.Equal(t, int64(2), h.Published)
 		var reason string
-		require.NoError(t, db.QueryRow("SELECT error FROM "+e.ob.table+"_dead").Scan(&reason))
+		require.NoError(t, db.QueryRow("SELECT error FROM "+e.table+"_dead").Scan(&reason))
 		require.True(t, strings.HasPrefix(reason, "corrupt: "), reason)
 		require.Len(t, readAll(t, e.brokers, e.topic), 2)
 	})
@@ -247,11 +249,11 @@ func TestCorruptRowParked(t *testing.T) {
 
 // The schema is created only by CreateSchema, and twice is harmless.
 func TestCreateSchemaIdempotent(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		require.NoError(t, e.ob.CreateSchema(context.Background(), db))
-		require.Equal(t, Shards, count(t, db, e.ob.table+"_shards"))
-		other, err := New(e.client, Config{Dialect: d, Table: e.ob.table + "_none"})
+		require.Equal(t, outbox.Shards, count(t, db, e.table+"_shards"))
+		other, err := outbox.New(e.client, outbox.Config{Dialect: d, Table: e.table + "_none"})
 		require.NoError(t, err)
 		tx, err := db.Begin()
 		require.NoError(t, err)
@@ -264,19 +266,19 @@ func TestCreateSchemaIdempotent(t *testing.T) {
 // A relay stopped (Run's context canceled) while a batch is in flight
 // finishes and marks it: a graceful stop publishes nothing twice.
 func TestStopMarksInFlightBatch(t *testing.T) {
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		ids := writeKeys(e, 4, 30)
-		r1 := e.relay(RelayConfig{Workers: 1, BatchSize: 20})
+		r1 := e.relay(outbox.RelayConfig{Workers: 1, BatchSize: 20})
 		ctx, cancel := context.WithCancel(context.Background())
 		var once sync.Once
-		r1.beforeMark = func(acked []int64) bool {
+		relaytest.SetBeforeMark(r1, func(acked []int64) bool {
 			once.Do(cancel) // the stop arrives between the ack and the mark
 			return true
-		}
+		})
 		require.NoError(t, r1.Run(ctx))
-		require.Equal(t, len(ids)-20, count(t, db, e.ob.table), "rows left after the stop")
-		r2 := e.relay(RelayConfig{})
+		require.Equal(t, len(ids)-20, count(t, db, e.table), "rows left after the stop")
+		r2 := e.relay(outbox.RelayConfig{})
 		e.run(r2)
 		e.drained(r2)
 		recs := readAll(t, e.brokers, e.topic)

@@ -1,4 +1,4 @@
-package outbox
+package outbox_test
 
 import (
 	"context"
@@ -14,7 +14,9 @@ import (
 
 	"github.com/kavari-go/kavari/internal/kafkaproc"
 	"github.com/kavari-go/kavari/internal/testkit"
+	"github.com/kavari-go/kavari/outbox"
 	"github.com/kavari-go/kavari/outbox/internal/pgproc"
+	"github.com/kavari-go/kavari/outbox/internal/relaytest"
 )
 
 // needEnv returns the variable's value; without it the test is skipped in
@@ -84,20 +86,20 @@ func (w *writer) finish() map[string]bool {
 // and order per key holds.
 func TestKafkaOutage(t *testing.T) {
 	needEnv(t, kafkaproc.EnvLib, "run through kafkactl (scripts/test.sh), which exports the Kafka jars")
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		cl, err := kafkaproc.Start(ctx, kafkaproc.Options{Nodes: 1})
 		require.NoError(t, err)
 		defer cl.Stop()
 		e := newEnv(t, d, db, cl.Brokers())
-		r := e.relay(RelayConfig{BatchSize: 100})
+		r := e.relay(outbox.RelayConfig{BatchSize: 100})
 		e.run(r)
 		w := startWriter(e)
 		testkit.Eventually(t, time.Minute, func() bool { return w.n.Load() >= 100 }, "writes before the outage")
 		require.NoError(t, cl.Kill(0))
 		atKill := w.n.Load()
-		var h Health
+		var h outbox.Health
 		testkit.Eventually(t, 2*time.Minute, func() bool {
 			h, _ = r.Health(context.Background())
 			return h.KafkaDown && w.n.Load() >= atKill+200
@@ -131,8 +133,8 @@ func TestPostgresRestart(t *testing.T) {
 	require.NoError(t, err)
 	defer srv.Stop()
 	db := openDSN(t, srv.DSN)
-	e := newEnv(t, Postgres, db, nil)
-	r := e.relay(RelayConfig{BatchSize: 50})
+	e := newEnv(t, outbox.Postgres, db, nil)
+	r := e.relay(outbox.RelayConfig{BatchSize: 50})
 	e.run(r)
 	w := startWriter(e)
 	testkit.Eventually(t, time.Minute, func() bool { return w.n.Load() >= 100 }, "writes before the restart")
@@ -165,21 +167,21 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 	if os.Getenv("KAVARI_LONG") != "" {
 		total = 20000
 	}
-	dialects(t, func(t *testing.T, d Dialect, db *sql.DB) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
 		var crashed []int64
 		var crashOnce sync.Once
-		r1 := e.relay(RelayConfig{Workers: 2, BatchSize: 100})
+		r1 := e.relay(outbox.RelayConfig{Workers: 2, BatchSize: 100})
 		var batches atomic.Int64
-		r1.beforeMark = func(acked []int64) bool {
+		relaytest.SetBeforeMark(r1, func(acked []int64) bool {
 			if len(acked) == 0 || batches.Add(1) < 5 {
 				return true
 			}
 			ok := true
 			crashOnce.Do(func() { crashed, ok = append([]int64(nil), acked...), false })
 			return ok
-		}
-		r2 := e.relay(RelayConfig{Workers: 2, BatchSize: 100})
+		})
+		r2 := e.relay(outbox.RelayConfig{Workers: 2, BatchSize: 100})
 		_, done1 := e.run(r1)
 		e.run(r2)
 		var mu sync.Mutex
@@ -210,7 +212,7 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		require.ErrorIs(t, <-done1, errCrashed)
+		require.ErrorIs(t, <-done1, relaytest.ErrCrashed)
 		e.drained(r2)
 		recs := readAll(t, e.brokers, e.topic)
 		seen := map[string]bool{}

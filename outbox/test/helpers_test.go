@@ -1,9 +1,10 @@
-package outbox
+package outbox_test
 
 import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/testkit"
+	"github.com/kavari-go/kavari/outbox"
 	"github.com/kavari-go/kavari/outbox/internal/pgproc"
 )
 
@@ -37,11 +39,11 @@ type Missing struct {
 	ID             string `json:"id" validate:"required"`
 }
 
-// dialects are the databases a test runs on: SQLite always, PostgreSQL
+// dialects are the databases a test runs on: outbox.SQLite always, PostgreSQL
 // from KAVARI_PG_DSN (pgctl, scripts/test.sh).
-func dialects(t *testing.T, f func(t *testing.T, d Dialect, db *sql.DB)) {
-	t.Run("sqlite", func(t *testing.T) { f(t, SQLite, openSQLite(t)) })
-	t.Run("postgres", func(t *testing.T) { f(t, Postgres, openPG(t)) })
+func dialects(t *testing.T, f func(t *testing.T, d outbox.Dialect, db *sql.DB)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, outbox.SQLite, openSQLite(t)) })
+	t.Run("postgres", func(t *testing.T) { f(t, outbox.Postgres, openPG(t)) })
 }
 
 func openSQLite(t *testing.T) *sql.DB {
@@ -82,13 +84,15 @@ type env struct {
 	t       *testing.T
 	brokers []string
 	client  *kavari.Client
-	ob      *Outbox
+	ob      *outbox.Outbox
 	db      *sql.DB
+	d       outbox.Dialect
+	table   string // the outbox table
 	topic   string // real topic of OrderPlaced
 	prefix  string
 }
 
-func newEnv(t *testing.T, d Dialect, db *sql.DB, brokers []string, mutate ...func(*kavari.Config)) *env {
+func newEnv(t *testing.T, d outbox.Dialect, db *sql.DB, brokers []string, mutate ...func(*kavari.Config)) *env {
 	t.Helper()
 	if brokers == nil {
 		brokers, _ = testenv.Brokers(t)
@@ -100,10 +104,29 @@ func newEnv(t *testing.T, d Dialect, db *sql.DB, brokers []string, mutate ...fun
 		c.Topics.Name = func(topic string) string { return prefix + "-" + topic }
 	}}, mutate...)
 	k := testkit.NewClient(t, reg, brokers, mut...)
-	ob, err := New(k, Config{Dialect: d, Table: strings.ReplaceAll(prefix, "-", "_")})
+	table := strings.ReplaceAll(prefix, "-", "_")
+	ob, err := outbox.New(k, outbox.Config{Dialect: d, Table: table})
 	require.NoError(t, err)
 	require.NoError(t, ob.CreateSchema(context.Background(), db))
-	return &env{t: t, brokers: brokers, client: k, ob: ob, db: db, topic: prefix + "-orders", prefix: prefix}
+	return &env{t: t, brokers: brokers, client: k, ob: ob, db: db, d: d, table: table, topic: prefix + "-orders", prefix: prefix}
+}
+
+// q rewrites the ? placeholders of query for PostgreSQL ($1, $2, ...).
+func (e *env) q(query string) string {
+	if e.d != outbox.Postgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
 
 // write publishes msgs in one transaction and commits it (rollback: rolls
@@ -116,7 +139,7 @@ func (e *env) write(rollback bool, msgs ...kavari.Msg) []string {
 		if err == nil {
 			return ids
 		}
-		// SQLite: a busy database under concurrent writers; PostgreSQL: a
+		// outbox.SQLite: a busy database under concurrent writers; PostgreSQL: a
 		// deadlock victim. The caller's retry, as an application's.
 		if attempt > 20 {
 			require.NoError(e.t, err)
@@ -141,7 +164,7 @@ func (e *env) tryWrite(ctx context.Context, rollback bool, msgs ...kavari.Msg) (
 	return ids, tx.Commit()
 }
 
-func (e *env) relay(cfg RelayConfig) *Relay {
+func (e *env) relay(cfg outbox.RelayConfig) *outbox.Relay {
 	if cfg.Logger == nil {
 		cfg.Logger = testkit.Logger()
 	}
@@ -156,7 +179,7 @@ func (e *env) relay(cfg RelayConfig) *Relay {
 
 // run starts r until the test ends; the returned channel yields Run's
 // result.
-func (e *env) run(r *Relay) (stop func(), done <-chan error) {
+func (e *env) run(r *outbox.Relay) (stop func(), done <-chan error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
 	fin := make(chan struct{})
@@ -173,9 +196,9 @@ func (e *env) run(r *Relay) (stop func(), done <-chan error) {
 }
 
 // drained waits until the outbox table is empty.
-func (e *env) drained(r *Relay) Health {
+func (e *env) drained(r *outbox.Relay) outbox.Health {
 	e.t.Helper()
-	var h Health
+	var h outbox.Health
 	testkit.Eventually(e.t, 3*time.Minute, func() bool {
 		var err error
 		h, err = r.Health(context.Background())

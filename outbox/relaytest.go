@@ -1,0 +1,8 @@
+package outbox
+
+import "github.com/kavari-go/kavari/outbox/internal/relaytest"
+
+func init() {
+	relaytest.SetBeforeMark = func(r any, f func(ids []int64) bool) { r.(*Relay).beforeMark = f }
+	relaytest.ErrCrashed = errCrashed
+}
