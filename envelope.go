@@ -223,6 +223,12 @@ func headerValue(hs []transport.Header, key string) ([]byte, bool) {
 // Record (RecordFromContext) reports that one. Every failure is a *DecodeError saying where the record is and what kind of
 // failure it was.
 func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
+	return t.decodeOn(rec, rec.Topic)
+}
+
+// decodeOn is decode with the types registered on topic (a retry topic's
+// record is decoded as its main topic's).
+func (t *routeTable) decodeOn(rec *transport.Record, topic string) (*route, any, error) {
 	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
 		return nil, nil, &DecodeError{Kind: kind, Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, MsgType: msgType, Err: err}
 	}
@@ -233,9 +239,9 @@ func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
 		}
 		return fail(KindUnknownType, "", fmt.Errorf("%w: no %s header", ErrUnknownType, HeaderMsgType))
 	}
-	rt := t.lookup(rec.Topic, string(name))
+	rt := t.lookup(topic, string(name))
 	if rt == nil {
-		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, rec.Topic))
+		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, topic))
 	}
 	msg, err := rt.decode(rec)
 	if err != nil {

@@ -308,6 +308,7 @@ func (k *Client) registeredTopics() ([]string, error) {
 		if !seen[real] {
 			seen[real] = true
 			names = append(names, real, real+k.cfg.Topics.DeadLetterSuffix)
+			names = append(names, k.cfg.retryTopicsOf([]string{real})...)
 		}
 	}
 	return names, nil
