@@ -65,19 +65,19 @@ func (e *engine) process(p *partition, j *job) {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
 		start := time.Now()
-		first := e.invoke(p, b, msg, j, 1)
+		first := e.invoke(p, b, msg, j, rs.attempt())
 		if first == nil {
 			continue
 		}
 		if rs != nil {
 			// One attempt per retry tier.
-			herr := &HandlerError{Handler: b.name, Attempts: rs.attempts + 1, Err: first}
+			herr := &HandlerError{Handler: b.name, Attempts: rs.attempt(), Err: first}
 			if retriableHandler(first) {
-				failed = append(failed, tierFailure{handler: b.name, attempts: rs.attempts + 1, err: herr})
+				failed = append(failed, tierFailure{handler: b.name, attempts: rs.attempt(), err: herr})
 				continue
 			}
 			e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
-			if !e.deadLetter(p, j, KindHandler, b.name, rs.attempts+1, herr) {
+			if !e.deadLetter(p, j, KindHandler, b.name, rs.attempt(), herr) {
 				return
 			}
 			continue

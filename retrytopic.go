@@ -153,6 +153,15 @@ func (s *retryState) topic(rec *transport.Record) string {
 	return s.main
 }
 
+// attempt is the number of the record's next handler attempt: 1 on its
+// main topic, one more than its attempts so far in a tier.
+func (s *retryState) attempt() int {
+	if s == nil {
+		return 1
+	}
+	return s.attempts + 1
+}
+
 // runs reports whether handler name runs on the record.
 func (s *retryState) runs(name string) bool {
 	if s == nil || s.handlers == nil {
