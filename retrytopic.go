@@ -380,3 +380,38 @@ func (r *retryTiers) heldUntil() map[transport.TopicPartition]time.Time {
 	}
 	return out
 }
+
+// retryHealth describes the tiers of which partitions are assigned, from
+// their positions (Health.Positions).
+func (e *engine) retryHealth(positions []PartitionHealth) []RetryTierHealth {
+	r := e.retry
+	if r == nil {
+		return nil
+	}
+	held := r.heldUntil()
+	var out []RetryTierHealth
+	at := map[string]int{} // topic -> index in out
+	for _, ph := range positions {
+		ref, ok := r.tiers[ph.Topic]
+		if !ok {
+			continue
+		}
+		i, ok := at[ph.Topic]
+		if !ok {
+			i = len(out)
+			at[ph.Topic] = i
+			out = append(out, RetryTierHealth{Topic: ph.Topic, Main: ref.main, Tier: ref.n, Delay: r.delays[ref.n-1]})
+		}
+		t := &out[i]
+		switch {
+		case ph.Lag < 0 || t.Waiting < 0:
+			t.Waiting = -1
+		default:
+			t.Waiting += ph.Lag
+		}
+		if due, ok := held[transport.TopicPartition{Topic: ph.Topic, Partition: int32(ph.Partition)}]; ok && (t.OldestDue.IsZero() || due.Before(t.OldestDue)) {
+			t.OldestDue = due
+		}
+	}
+	return out
+}

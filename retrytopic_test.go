@@ -393,3 +393,50 @@ func TestRetryTopicsRebalanceWhileATierWaits(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryTopicsHealthShowsTheTiers: Health.RetryTiers shows, per tier,
+// the records waiting in it and the due time the consumer holds its
+// partition for; both clear once they were handled.
+func TestRetryTopicsHealthShowsTheTiers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var log attemptLog
+		k := memKavari(t, b, transport.Capabilities{}, "g-rthealth", func(ctx context.Context, m *engMsg) error {
+			if log.add(m.N) <= 2 {
+				return errors.New("twice")
+			}
+			return nil
+		}, rtConfig)
+		for n := 0; n < 3; n++ {
+			b.Append(engRecord(0, "k", n))
+		}
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the tier records", func() bool { return len(b.Records("eng.retry.1", 0)) == 3 })
+		var tier kavari.RetryTierHealth
+		waitFor(t, "Health to show tier 1", func() bool {
+			for _, x := range k.Health().RetryTiers {
+				if x.Tier == 1 {
+					tier = x
+				}
+			}
+			return tier.Waiting >= 1 && !tier.OldestDue.IsZero() // the lag as of the last fetch
+		})
+		assert.Equal(t, "eng.retry.1", tier.Topic)
+		assert.Equal(t, "eng", tier.Main)
+		assert.Equal(t, time.Second, tier.Delay)
+		assert.Equal(t, rtDue(t, b.Records("eng.retry.1", 0)[0]), tier.OldestDue)
+		assert.Len(t, k.Health().RetryTiers, 3, "every tier, with nothing waiting in 2 and 3")
+		waitFor(t, "the tier handled", func() bool {
+			for _, x := range k.Health().RetryTiers {
+				if x.Tier == 1 && x.Waiting == 0 && x.OldestDue.IsZero() {
+					return true
+				}
+			}
+			return false
+		})
+		require.NoError(t, stopNow(t, k))
+		for n := 0; n < 3; n++ {
+			assert.Len(t, log.of(n), 3, "record %d", n)
+		}
+	})
+}
