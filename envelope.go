@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -68,6 +69,11 @@ type Record struct {
 	// kavari_handler header of dead letters ("" outside a handler's attempt,
 	// as in a publish hook's Record).
 	Handler string
+	// RetryTier is the retry tier (Consume.RetryTopics) the record is
+	// handled in: 0 on its main topic, n in tier n's topic (its
+	// kavari_retry_tier header). In HookRetryScheduled it is the tier the
+	// retry runs in: 0 for an in-place retry, the next tier for a move to it.
+	RetryTier int
 }
 
 type recordKey struct{}
@@ -287,6 +293,9 @@ func recordOf(rec *transport.Record, attempt int, handler string) *Record {
 		if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
 			r.Time = t
 		}
+	}
+	if v, ok := headerValue(rec.Headers, HeaderRetryTier); ok {
+		r.RetryTier, _ = strconv.Atoi(string(v))
 	}
 	return r
 }

@@ -305,7 +305,7 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 		e.deps.log.Warn("kavari: handler failed, record moved to a retry topic", "handler", f.handler, "topic", j.rec.Topic,
 			"partition", j.rec.Partition, "offset", j.rec.Offset, "to", topic, "due", now.Add(delay).UTC().Format(stampMs), "err", logErr(f.err))
 		e.deps.health.retried.Add(1)
-		e.deps.hooks.onRetry(j.rec, f.attempts, f.handler, delay, f.err)
+		e.deps.hooks.onRetryTier(j.rec, f.attempts, f.handler, next, delay, f.err)
 	}
 	return true
 }

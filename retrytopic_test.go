@@ -7,6 +7,7 @@ package kavari_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,8 +150,14 @@ func TestRetryTopicsDeadLetterAfterTheLastTier(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
 		var log attemptLog
+		var mu sync.Mutex
+		var seen []string // Record.RetryTier/Attempt of each attempt
 		k := memKavari(t, b, transport.Capabilities{}, "g-rtdl", func(ctx context.Context, m *engMsg) error {
 			log.add(m.N)
+			r, _ := kavari.RecordFromContext(ctx)
+			mu.Lock()
+			seen = append(seen, fmt.Sprintf("%d/%d", r.RetryTier, r.Attempt))
+			mu.Unlock()
 			return errors.New("always")
 		}, rtConfig)
 		b.Append(engRecord(0, "a", 1))
@@ -160,6 +167,7 @@ func TestRetryTopicsDeadLetterAfterTheLastTier(t *testing.T) {
 		h := k.Health()
 		require.NoError(t, stopNow(t, k))
 		assert.Len(t, log.of(1), 5)
+		assert.Equal(t, []string{"0/1", "0/2", "1/3", "2/4", "3/5"}, seen, "RetryTier/Attempt")
 		dl := rtHeaders(b.Records("eng.dlq", 0)[0])
 		assert.Equal(t, "eng", dl[kavari.HeaderOriginalTopic])
 		assert.Equal(t, "0", dl[kavari.HeaderOriginalPartition])
