@@ -448,3 +448,37 @@ func TestRetryTopicsHealthShowsTheTiers(t *testing.T) {
 		}
 	})
 }
+
+// TestRetryTopicsTooLargeForTheTierIsDeadLettered: a record the retry
+// topic refuses as too large is dead-lettered (in the smaller form a dead
+// letter takes), not retried unchanged and not left holding the partition.
+func TestRetryTopicsTooLargeForTheTierIsDeadLettered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var tries atomic.Int64
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" {
+				tries.Add(1)
+				return &transport.ProduceError{Kind: transport.TooLarge, Err: errors.New("MESSAGE_TOO_LARGE")}
+			}
+			if rec.Topic == "eng.dlq" && len(rec.Value) > 0 {
+				return &transport.ProduceError{Kind: transport.TooLarge, Err: errors.New("MESSAGE_TOO_LARGE")}
+			}
+			return nil
+		}
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtbig", func(ctx context.Context, m *engMsg) error {
+			return errors.New("fails")
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtbig", 0) == 1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 1, tries.Load(), "not resent unchanged")
+		assert.Empty(t, b.Records("eng.retry.1", 0))
+		dls := b.Records("eng.dlq", 0)
+		require.Len(t, dls, 1)
+		h := rtHeaders(dls[0])
+		assert.NotEmpty(t, h[kavari.HeaderTruncated], "the dead letter left the value out to fit")
+		assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
+	})
+}
