@@ -1,6 +1,7 @@
 package kavari
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -202,10 +203,18 @@ func retryDue(rec *transport.Record) (time.Time, bool) {
 // stampMs formats the times of the retry headers.
 const stampMs = "2006-01-02T15:04:05.000Z07:00"
 
+// dueLead is how long before a held record is due its partition fetches
+// again: the records after it are fetched meanwhile (a resumed partition
+// waits for the next fetch request, up to the fetch wait, 500 ms on both
+// transports, and kgo drops what it had fetched for a paused partition), so
+// that they are on hand when they are due.
+const dueLead = time.Second
+
 // awaitDue holds rec, the next record of partition p, until it is due when
-// p is a tier partition: the partition is paused meanwhile (resumed by the
-// feeder once it took what was fetched, see next). False when p's fetching
-// ended first (revoke, loss, Stop): rec was not dispatched, so it is not
+// p is a tier partition: the partition is paused meanwhile, until dueLead
+// before that (or, when it is paused for back-pressure too, until the
+// feeder took what was fetched, see next). False when p's fetching ended
+// first (revoke, loss, Stop): rec was not dispatched, so it is not
 // committed and is delivered again.
 func (e *engine) awaitDue(p *partition, rec *transport.Record) bool {
 	r := e.retry
@@ -231,13 +240,49 @@ func (e *engine) awaitDue(p *partition, rec *transport.Record) bool {
 		delete(r.holding, p.tp)
 		r.mu.Unlock()
 	}()
-	e.pause(p)
+	if wait > dueLead {
+		e.pause(p)
+		if !sleepCtx(p.fetch, wait-dueLead) {
+			return false
+		}
+		p.mu.Lock()
+		if p.paused && int64(len(p.pending)) < p.share.Load() {
+			p.paused = false
+			e.cons.Resume(p.tp)
+		}
+		p.mu.Unlock()
+		wait = time.Until(due)
+	}
+	// Fetching meanwhile: records delivered wait in pending. At the share,
+	// a transport that waits for backlogs would hold every partition back
+	// until this feeder takes them (Backlog): pause this one instead.
 	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-p.fetch.Done():
+			return false
+		case <-p.wake:
+			p.mu.Lock()
+			full := p.backlog != nil || int64(len(p.pending)) >= p.share.Load()
+			p.mu.Unlock()
+			if full {
+				e.pause(p)
+			}
+		}
+	}
+}
+
+// sleepCtx waits d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-p.fetch.Done():
+	case <-ctx.Done():
 		return false
 	}
 }

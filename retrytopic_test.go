@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -481,4 +482,54 @@ func TestRetryTopicsTooLargeForTheTierIsDeadLettered(t *testing.T) {
 		assert.NotEmpty(t, h[kavari.HeaderTruncated], "the dead letter left the value out to fit")
 		assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
 	})
+}
+
+// TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic: while a tier
+// partition's head waits for its due time, its partition fetches again
+// shortly before (dueLead) and its records pile up; on a transport that
+// waits for backlogs that must not hold back the main topic: records
+// published to it then are handled before the tier's head is due.
+func TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic(t *testing.T) {
+	for name, caps := range map[string]transport.Capabilities{"backlog": {WaitsForBacklog: true}, "pause": {}} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := rtBroker(1)
+				b.Batch = 1 // a delivery per record: the tier's pile up after the early resume
+				due := time.Now().Add(3 * time.Second)
+				for n := 0; n < 40; n++ {
+					rec := engRecord(0, "t"+strconv.Itoa(n), 1000+n)
+					rec.Topic = "eng.retry.1"
+					rec.Headers = append(rec.Headers,
+						transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
+						transport.Header{Key: kavari.HeaderRetryDue, Value: []byte(due.UTC().Format(time.RFC3339Nano))})
+					b.Append(rec)
+				}
+				var mu sync.Mutex
+				handled := map[int]time.Time{}
+				k := memKavari(t, b, caps, "g-rtlead-"+name, func(ctx context.Context, m *engMsg) error {
+					mu.Lock()
+					handled[m.N] = time.Now()
+					mu.Unlock()
+					return nil
+				}, rtConfig, func(c *kavari.Config) { c.Consume.MaxInFlight = 2; c.Consume.MaxBuffered = 8 })
+				require.NoError(t, k.Start(context.Background()))
+				time.Sleep(2500 * time.Millisecond) // within dueLead of the head's due time
+				for n := 0; n < 20; n++ {
+					b.Append(engRecord(0, "m"+strconv.Itoa(n), n))
+				}
+				waitFor(t, "everything handled", func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(handled) == 60
+				})
+				require.NoError(t, stopNow(t, k))
+				for n := 0; n < 20; n++ {
+					assert.True(t, handled[n].Before(due), "main record %d handled at %v, the tier's head due %v", n, handled[n], due)
+				}
+				for n := 1000; n < 1040; n++ {
+					assert.False(t, handled[n].Before(due), "tier record %d handled before due", n)
+				}
+			})
+		})
+	}
 }

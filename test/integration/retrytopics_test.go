@@ -79,7 +79,9 @@ func rtClient(t *testing.T, reg *kavari.Registry, brokers []string, run string, 
 	}}, mutate...)...)
 }
 
-// TestRetryTopicsOnBroker: three tiers (300 ms, 600 ms, 1.2 s). Of 30
+// TestRetryTopicsOnBroker: three tiers (300 ms, 1.5 s, 2 s: shorter and
+// longer than the lead, 1 s, with which a held tier partition fetches again
+// before its head is due). Of 30
 // records, those with n%10 == 0 fail their two in-place attempts and
 // tiers 1 and 2 and succeed in tier 3, those with n%10 == 1 succeed in tier
 // 1, the others at once; record 99 always fails. Each record is handled
@@ -90,7 +92,7 @@ func TestRetryTopicsOnBroker(t *testing.T) {
 	brokers, _ := testenv.Brokers(t)
 	run := testenv.ID("rt")
 	topic := "it-rt-" + run
-	delays := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond}
+	delays := []time.Duration{300 * time.Millisecond, 1500 * time.Millisecond, 2 * time.Second}
 	failures := func(n int) int {
 		switch {
 		case n == 99:
