@@ -119,8 +119,15 @@ func (e *engine) process(p *partition, j *job) {
 			return
 		}
 	}
-	if failed != nil && !e.retryLater(p, j, rs, failed) {
-		return
+	if failed != nil {
+		ok, moved := e.retryLater(p, j, rs, failed)
+		if !ok {
+			return
+		}
+		if moved { // counted as handled once it is finished in its tier
+			e.done(p, j)
+			return
+		}
 	}
 	e.deps.health.handled.Add(1)
 	e.done(p, j)

@@ -45,8 +45,10 @@ type Health struct {
 	// LastCommit is when offsets were last committed; zero before the first.
 	LastCommit time.Time `json:"last_commit,omitzero"`
 	// Counters since New: records every handler finished with (succeeded,
-	// or gave up on and dead-lettered), handler retries scheduled, and dead
-	// letters written (poison records included).
+	// or gave up on and dead-lettered; a record moved to a retry topic
+	// counts once it is finished there), handler retries scheduled (moves
+	// to retry topics included), and dead letters written (poison records
+	// included).
 	Handled      int64 `json:"handled"`
 	Retried      int64 `json:"retried"`
 	DeadLettered int64 `json:"dead_lettered"`

@@ -296,12 +296,12 @@ type tierFailure struct {
 }
 
 // retryLater moves j's record on after the handlers failed it, retriably:
-// to the next tier's topic, or after the last tier to the dead-letter topic
-// (a dead letter per failed handler). It returns true once that was written
-// and acknowledged; false when the write did not succeed before p's drain
-// budget ended: the record stays open, the partition holds there, and
-// Health says why.
-func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierFailure) bool {
+// to the next tier's topic (moved), or after the last tier, or when it is
+// too large for its tier, to the dead-letter topic (a dead letter per
+// failed handler). It returns ok once that was written and acknowledged;
+// false when the write did not succeed before p's drain budget ended: the
+// record stays open, the partition holds there, and Health says why.
+func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierFailure) (ok, moved bool) {
 	r := e.retry
 	next := 1
 	main := j.rec.Topic
@@ -312,17 +312,17 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 		for _, f := range failed {
 			e.deps.log.Error("kavari: handler gave up after the last retry tier, dead-lettering", "err", logErr(f.err), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "attempts", f.attempts)
 			if !e.deadLetter(p, j, KindHandler, f.handler, f.attempts, f.err) {
-				return false
+				return false, false
 			}
 		}
-		return true
+		return true, false
 	}
 	topic := e.deps.cfg.retryTopic(main, next)
 	delay := r.delays[next-1]
 	now := time.Now()
 	rec := tierRecord(j.rec, rs, topic, next, now.Add(delay), now, failed)
 	if limit := e.deps.cfg.Publish.MaxMessageBytes; limit > 0 && recordSize(&rec) > limit {
-		return e.tooLargeForTier(p, j, topic, failed, fmt.Errorf("%d bytes, over Publish.MaxMessageBytes", recordSize(&rec)))
+		return e.tooLargeForTier(p, j, topic, failed, fmt.Errorf("%d bytes, over Publish.MaxMessageBytes", recordSize(&rec))), false
 	}
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
@@ -341,9 +341,9 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 	})
 	if err != nil {
 		if !retriableHandler(err) {
-			return e.tooLargeForTier(p, j, topic, failed, last)
+			return e.tooLargeForTier(p, j, topic, failed, last), false
 		}
-		return false
+		return false, false
 	}
 	p.setStuck(j.rec.Offset, "")
 	for _, f := range failed {
@@ -352,7 +352,7 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 		e.deps.health.retried.Add(1)
 		e.deps.hooks.onRetryTier(j.rec, f.attempts, f.handler, next, delay, f.err)
 	}
-	return true
+	return true, true
 }
 
 // tooLargeForTier dead-letters a record that does not fit in its retry

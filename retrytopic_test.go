@@ -111,6 +111,9 @@ func TestRetryTopicsHandleOnceAfterTheRightTiers(t *testing.T) {
 		waitFor(t, "every partition committed", func() bool {
 			return memCommitted(b, "g-rt", 0) == 2 && rtCommitted(b, "g-rt", "eng.retry.3") == 1
 		})
+		h := k.Health()
+		assert.EqualValues(t, 2, h.Handled, "a record counts as handled once, when it is finished")
+		assert.EqualValues(t, 1+3, h.Retried, "one in-place retry and three moves")
 		require.NoError(t, stopNow(t, k))
 
 		att := log.of(1)
