@@ -536,3 +536,21 @@ func TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryTopicsNamesAreChecked: New refuses a Topics.Name mapping whose
+// retry topic names would be invalid (too long here), as it does for
+// dead-letter topics.
+func TestRetryTopicsNamesAreChecked(t *testing.T) {
+	reg := kavari.NewRegistry()
+	require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, func(context.Context, *engMsg) error { return nil }))
+	long := strings.Repeat("x", 240)
+	cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg,
+		Consume: kavari.ConsumeConfig{RetryTopics: []time.Duration{time.Second}},
+		Topics:  kavari.TopicConfig{Name: func(t string) string { return long + t }}} // 243 + ".dlq" fits, + ".retry.1" does not
+	_, err := kavari.NewOnTransport(cfg, memory.NewBroker().Transport(transport.Capabilities{}))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "retry topic")
+	cfg.Consume.RetryTopics = nil
+	_, err = kavari.NewOnTransport(cfg, memory.NewBroker().Transport(transport.Capabilities{}))
+	require.NoError(t, err, "without retry topics the name fits")
+}
