@@ -255,7 +255,18 @@ func (e *engine) awaitDue(p *partition, rec *transport.Record) bool {
 	}
 	// Fetching meanwhile: records delivered wait in pending. At the share,
 	// a transport that waits for backlogs would hold every partition back
-	// until this feeder takes them (Backlog): pause this one instead.
+	// until this feeder takes them (Backlog): pause this one instead, also
+	// when that happened before the record was held (the delivery that
+	// filled the share may be the one next was woken for).
+	full := func() {
+		p.mu.Lock()
+		full := p.backlog != nil || int64(len(p.pending)) >= p.share.Load()
+		p.mu.Unlock()
+		if full {
+			e.pause(p)
+		}
+	}
+	full()
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
@@ -265,12 +276,7 @@ func (e *engine) awaitDue(p *partition, rec *transport.Record) bool {
 		case <-p.fetch.Done():
 			return false
 		case <-p.wake:
-			p.mu.Lock()
-			full := p.backlog != nil || int64(len(p.pending)) >= p.share.Load()
-			p.mu.Unlock()
-			if full {
-				e.pause(p)
-			}
+			full()
 		}
 	}
 }

@@ -493,30 +493,56 @@ func TestRetryTopicsTooLargeForTheTierIsDeadLettered(t *testing.T) {
 // waits for backlogs that must not hold back the main topic: records
 // published to it then are handled before the tier's head is due.
 func TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic(t *testing.T) {
-	for name, caps := range map[string]transport.Capabilities{"backlog": {WaitsForBacklog: true}, "pause": {}} {
-		t.Run(name, func(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		caps  transport.Capabilities
+		due   time.Duration // the tier's records are due then
+		batch int           // records per delivery
+		main  time.Duration // main records are published then
+	}{
+		// Held paused, fetching again dueLead before, a record per delivery.
+		{"backlog/long", transport.Capabilities{WaitsForBacklog: true}, 3 * time.Second, 1, 2500 * time.Millisecond},
+		{"pause/long", transport.Capabilities{}, 3 * time.Second, 1, 2500 * time.Millisecond},
+		// Due within dueLead: never paused; one delivery, to an idle
+		// partition, fills the share.
+		{"backlog/short", transport.Capabilities{WaitsForBacklog: true}, 800 * time.Millisecond, 64, 300 * time.Millisecond},
+		{"pause/short", transport.Capabilities{}, 800 * time.Millisecond, 64, 300 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				b := rtBroker(1)
-				b.Batch = 1 // a delivery per record: the tier's pile up after the early resume
-				due := time.Now().Add(3 * time.Second)
-				for n := 0; n < 40; n++ {
-					rec := engRecord(0, "t"+strconv.Itoa(n), 1000+n)
-					rec.Topic = "eng.retry.1"
-					rec.Headers = append(rec.Headers,
-						transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
-						transport.Header{Key: kavari.HeaderRetryDue, Value: []byte(due.UTC().Format(time.RFC3339Nano))})
-					b.Append(rec)
+				b.Batch = c.batch
+				var due time.Time
+				tier := func() {
+					due = time.Now().Add(c.due)
+					for n := 0; n < 40; n++ {
+						rec := engRecord(0, "t"+strconv.Itoa(n), 1000+n)
+						rec.Topic = "eng.retry.1"
+						rec.Headers = append(rec.Headers,
+							transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
+							transport.Header{Key: kavari.HeaderRetryDue, Value: []byte(due.UTC().Format(time.RFC3339Nano))})
+						b.Append(rec)
+					}
+				}
+				if c.batch == 1 {
+					tier()
 				}
 				var mu sync.Mutex
 				handled := map[int]time.Time{}
-				k := memKavari(t, b, caps, "g-rtlead-"+name, func(ctx context.Context, m *engMsg) error {
+				k := memKavari(t, b, c.caps, "g-rtlead", func(ctx context.Context, m *engMsg) error {
 					mu.Lock()
 					handled[m.N] = time.Now()
 					mu.Unlock()
 					return nil
 				}, rtConfig, func(c *kavari.Config) { c.Consume.MaxInFlight = 2; c.Consume.MaxBuffered = 8 })
 				require.NoError(t, k.Start(context.Background()))
-				time.Sleep(2500 * time.Millisecond) // within dueLead of the head's due time
+				if c.batch > 1 {
+					// Delivered at once to an idle feeder (waiting in next).
+					time.Sleep(100 * time.Millisecond)
+					synctest.Wait()
+					tier()
+				}
+				time.Sleep(c.main)
 				for n := 0; n < 20; n++ {
 					b.Append(engRecord(0, "m"+strconv.Itoa(n), n))
 				}
