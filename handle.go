@@ -57,6 +57,7 @@ func (e *engine) process(p *partition, j *job) {
 		e.done(p, j)
 		return
 	}
+	rs.keepHandlers(rt.bindings, e.deps.log)
 	var failed []tierFailure // handlers whose failures go to a retry tier
 	for _, b := range rt.bindings {
 		if !rs.runs(b.name) {

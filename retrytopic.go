@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,6 +175,22 @@ func (s *retryState) runs(name string) bool {
 		}
 	}
 	return false
+}
+
+// keepHandlers makes a record whose failed handlers are none of bs (they
+// were renamed or removed since it moved) run every handler of bs:
+// duplicates rather than a record nobody handles.
+func (s *retryState) keepHandlers(bs []*binding, log *slog.Logger) {
+	if s == nil || s.handlers == nil {
+		return
+	}
+	for _, b := range bs {
+		if s.runs(b.name) {
+			return
+		}
+	}
+	log.Warn("kavari: the handlers that failed a retried record are not registered; running every handler of its type", "handlers", s.handlers, "topic", s.main)
+	s.handlers = nil
 }
 
 // source returns the record a dead letter of rec describes: rec, or for a

@@ -580,3 +580,28 @@ func TestRetryTopicsNamesAreChecked(t *testing.T) {
 	_, err = kavari.NewOnTransport(cfg, memory.NewBroker().Transport(transport.Capabilities{}))
 	require.NoError(t, err, "without retry topics the name fits")
 }
+
+// TestRetryTopicsUnknownFailedHandlerRunsEveryHandler: a tier's record
+// names handlers that failed it; when none of them is registered any more,
+// every handler of the type runs (a duplicate rather than a record nobody
+// handles).
+func TestRetryTopicsUnknownFailedHandlerRunsEveryHandler(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		rec := engRecord(0, "a", 7)
+		rec.Topic = "eng.retry.1"
+		rec.Headers = append(rec.Headers,
+			transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
+			transport.Header{Key: kavari.HeaderRetryHandlers, Value: []byte("*main.Renamed")})
+		b.Append(rec)
+		var got atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtgone", func(ctx context.Context, m *engMsg) error {
+			got.Add(int64(m.N))
+			return nil
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the tier committed", func() bool { return rtCommitted(b, "g-rtgone", "eng.retry.1") == 1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 7, got.Load())
+	})
+}
