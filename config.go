@@ -324,7 +324,26 @@ type ConsumeConfig struct {
 	// dead-lettering them.
 	// Default false: dead-letter them.
 	SkipUnknownTypes bool
+	// RetryTopics turns on non-blocking retries through retry topics, one
+	// tier per delay: a record whose handler still fails after Retry's
+	// in-place attempts is written to tier 1's topic (see
+	// TopicConfig.RetrySuffix) and its offset may then be committed; the
+	// same Client consumes the tier topics and runs the handlers that
+	// failed once the record is due (RetryTopics[n-1] after it entered tier
+	// n), one attempt per tier; a failure there moves it to the next tier,
+	// and after the last tier to the dead-letter topic. Permanent errors
+	// and poison records go to the dead-letter topic at once. A record that
+	// leaves for a tier leaves its key's order: later records of the key
+	// are handled before it. A batch handler's failures (RegisterBatch) are
+	// dead-lettered as without it. Each delay must be positive; at most
+	// 16 tiers.
+	// Default none: in-place retries only.
+	RetryTopics []time.Duration
 }
+
+// maxRetryTiers bounds Consume.RetryTopics, and with it the history a
+// retried record carries in its headers.
+const maxRetryTiers = 16
 
 // TopicConfig is Config.Topics: topic names and their creation.
 type TopicConfig struct {
@@ -343,6 +362,12 @@ type TopicConfig struct {
 	// topic T go to T + DeadLetterSuffix.
 	// Default ".dlq".
 	DeadLetterSuffix string
+	// RetrySuffix names retry topics (Consume.RetryTopics): tier n (from 1)
+	// of real topic T is T + RetrySuffix + "." + n, e.g. "orders.retry.1".
+	// They are created and checked with the dead-letter topics, with the
+	// same Partitions and ReplicationFactor.
+	// Default ".retry".
+	RetrySuffix string
 	// Name maps a tag's topic to the real topic name (a prefix per
 	// environment, say) for publishing, subscribing, dead letters (real
 	// topic + DeadLetterSuffix), Create and EnsureTopics. It is called once
@@ -431,6 +456,9 @@ func (c *Config) setDefaults() {
 	if c.Topics.DeadLetterSuffix == "" {
 		c.Topics.DeadLetterSuffix = ".dlq"
 	}
+	if c.Topics.RetrySuffix == "" {
+		c.Topics.RetrySuffix = ".retry"
+	}
 	if c.Topics.Partitions == 0 {
 		c.Topics.Partitions = 3
 	}
@@ -497,6 +525,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.DrainTimeout >= c.Consume.SessionTimeout {
 		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.SessionTimeout: on KafkaGo no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
+	}
+	if err := c.validateRetryTopics(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Consume.GroupProtocol < ClassicProtocol || c.Consume.GroupProtocol > ConsumerProtocol {
 		errs = append(errs, fmt.Errorf("unknown Consume.GroupProtocol %d", int(c.Consume.GroupProtocol)))

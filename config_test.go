@@ -103,9 +103,11 @@ func TestConfigExplicitValuesKept(t *testing.T) {
 			RebalanceTimeout:  50 * time.Second,
 			HeartbeatInterval: 5 * time.Second,
 			SkipUnknownTypes:  true,
+			RetryTopics:       []time.Duration{time.Second},
 		},
 		Topics: kavari.TopicConfig{
 			DeadLetterSuffix:  "-dead",
+			RetrySuffix:       "-again",
 			Create:            true,
 			Partitions:        12,
 			ReplicationFactor: -1,

@@ -53,6 +53,9 @@ type engine struct {
 	// batchTopics are the topics with a batch handler: their partitions
 	// queue records for batches (batch.go); nil when none has one.
 	batchTopics map[string]bool
+	// retry are the retry topics' tiers (retrytopic.go); nil without
+	// Consume.RetryTopics. Set before run.
+	retry *retryTiers
 }
 
 // engineDeps is everything the engine uses of the client it runs on:
@@ -526,6 +529,9 @@ func (e *engine) feed(p *partition) {
 		if p.skipped(rec.Offset) {
 			p.tracker.done(p.tracker.add(rec.Offset, at))
 			continue
+		}
+		if !e.awaitDue(p, rec) { // a retry tier's record waits for its due time
+			break
 		}
 		// A buffer slot is taken once a record is in hand, so idle
 		// partitions hold none; while all are taken, or this partition has

@@ -12,7 +12,7 @@ import (
 // but lifecycle.go, the Client's side of Start and Stop: the consumer engine
 // runs on the engineDeps that launch hands it, the publisher on what New
 // hands it, never on the Client.
-var engineFiles = []string{"dispatch.go", "handle.go", "commit.go", "buffer.go", "workers.go", "lag.go", "publish.go", "asyncqueue.go"}
+var engineFiles = []string{"dispatch.go", "handle.go", "commit.go", "buffer.go", "workers.go", "lag.go", "publish.go", "asyncqueue.go", "retrytopic.go"}
 
 // TestEngineFilesDoNotReachTheClient: the engine files name no Client (no
 // *Client field, receiver, parameter or conversion) and select no field k

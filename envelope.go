@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -68,6 +69,11 @@ type Record struct {
 	// kavari_handler header of dead letters ("" outside a handler's attempt,
 	// as in a publish hook's Record).
 	Handler string
+	// RetryTier is the retry tier (Consume.RetryTopics) the record is
+	// handled in: 0 on its main topic, n in tier n's topic (its
+	// kavari_retry_tier header). In HookRetryScheduled it is the tier the
+	// retry runs in: 0 for an in-place retry, the next tier for a move to it.
+	RetryTier int
 }
 
 type recordKey struct{}
@@ -223,6 +229,12 @@ func headerValue(hs []transport.Header, key string) ([]byte, bool) {
 // Record (RecordFromContext) reports that one. Every failure is a *DecodeError saying where the record is and what kind of
 // failure it was.
 func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
+	return t.decodeOn(rec, rec.Topic)
+}
+
+// decodeOn is decode with the types registered on topic (a retry topic's
+// record is decoded as its main topic's).
+func (t *routeTable) decodeOn(rec *transport.Record, topic string) (*route, any, error) {
 	fail := func(kind ErrorKind, msgType string, err error) (*route, any, error) {
 		return nil, nil, &DecodeError{Kind: kind, Topic: rec.Topic, Partition: int(rec.Partition), Offset: rec.Offset, MsgType: msgType, Err: err}
 	}
@@ -233,9 +245,9 @@ func (t *routeTable) decode(rec *transport.Record) (*route, any, error) {
 		}
 		return fail(KindUnknownType, "", fmt.Errorf("%w: no %s header", ErrUnknownType, HeaderMsgType))
 	}
-	rt := t.lookup(rec.Topic, string(name))
+	rt := t.lookup(topic, string(name))
 	if rt == nil {
-		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, rec.Topic))
+		return fail(KindUnknownType, string(name), fmt.Errorf("%w: %q is not registered on topic %q", ErrUnknownType, name, topic))
 	}
 	msg, err := rt.decode(rec)
 	if err != nil {
@@ -281,6 +293,9 @@ func recordOf(rec *transport.Record, attempt int, handler string) *Record {
 		if t, err := time.Parse(time.RFC3339Nano, string(v)); err == nil {
 			r.Time = t
 		}
+	}
+	if v, ok := headerValue(rec.Headers, HeaderRetryTier); ok {
+		r.RetryTier, _ = strconv.Atoi(string(v))
 	}
 	return r
 }

@@ -35,7 +35,8 @@ func (e *engine) process(p *partition, j *job) {
 			e.deps.running.give()
 		}
 	}()
-	rt, msg, err := e.table.decode(j.rec)
+	rs := e.retry.stateOf(j.rec) // nil unless the record is in a retry topic
+	rt, msg, err := e.table.decodeOn(j.rec, rs.topic(j.rec))
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
@@ -56,12 +57,30 @@ func (e *engine) process(p *partition, j *job) {
 		e.done(p, j)
 		return
 	}
+	rs.keepHandlers(rt.bindings, e.deps.log)
+	var failed []tierFailure // handlers whose failures go to a retry tier
 	for _, b := range rt.bindings {
+		if !rs.runs(b.name) {
+			continue // a retry tier runs the handlers that failed only
+		}
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
 		start := time.Now()
-		first := e.invoke(p, b, msg, j, 1)
+		first := e.invoke(p, b, msg, j, rs.attempt())
 		if first == nil {
+			continue
+		}
+		if rs != nil {
+			// One attempt per retry tier.
+			herr := &HandlerError{Handler: b.name, Attempts: rs.attempt(), Err: first}
+			if retriableHandler(first) {
+				failed = append(failed, tierFailure{handler: b.name, attempts: rs.attempt(), err: herr})
+				continue
+			}
+			e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+			if !e.deadLetter(p, j, KindHandler, b.name, rs.attempt(), herr) {
+				return
+			}
 			continue
 		}
 		attempts := 0
@@ -92,8 +111,22 @@ func (e *engine) process(p *partition, j *job) {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
+		if e.retry != nil && retriableHandler(err) {
+			failed = append(failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
+			continue
+		}
 		e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
 		if !e.deadLetter(p, j, KindHandler, b.name, attempts, herr) {
+			return
+		}
+	}
+	if failed != nil {
+		ok, moved := e.retryLater(p, j, rs, failed)
+		if !ok {
+			return
+		}
+		if moved { // counted as handled once it is finished in its tier
+			e.done(p, j)
 			return
 		}
 	}
@@ -178,13 +211,14 @@ var dlqRetry = RetryPolicy{Strategy: Exponential, BaseDelay: 200 * time.Millisec
 // stays open, so partition p holds there (it is redelivered to the next
 // owner), and Health says why.
 func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string, attempts int, cause error) bool {
-	topic := j.rec.Topic + e.deps.cfg.Topics.DeadLetterSuffix
+	src := e.retry.source(j.rec) // a retry topic's record: as its main topic's
+	topic := src.Topic + e.deps.cfg.Topics.DeadLetterSuffix
 	form := dlFull
-	rec := deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+	rec := deadLetterForm(src, topic, kind, handler, attempts, cause, form)
 	// Known too large for the publisher: skip the forms it would refuse.
 	for limit := e.deps.cfg.Publish.MaxMessageBytes; limit > 0 && form < dlSmallest && recordSize(&rec) > limit; {
 		form++
-		rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+		rec = deadLetterForm(src, topic, kind, handler, attempts, cause, form)
 	}
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
@@ -203,7 +237,7 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 			}
 			form++
 			e.deps.log.Warn("kavari: dead letter too large, leaving out more of the record", "topic", topic, "offset", j.rec.Offset, "size", recordSize(&rec), "err", logErr(last))
-			rec = deadLetterForm(j.rec, topic, kind, handler, attempts, cause, form)
+			rec = deadLetterForm(src, topic, kind, handler, attempts, cause, form)
 		}
 	}, retriableHandler, func(attempt int, err error, wait time.Duration) {
 		e.deps.log.Error("kavari: dead-letter write failed, retrying", "topic", topic, "attempt", attempt, "wait", wait, "err", logErr(err))

@@ -45,8 +45,10 @@ type Health struct {
 	// LastCommit is when offsets were last committed; zero before the first.
 	LastCommit time.Time `json:"last_commit,omitzero"`
 	// Counters since New: records every handler finished with (succeeded,
-	// or gave up on and dead-lettered), handler retries scheduled, and dead
-	// letters written (poison records included).
+	// or gave up on and dead-lettered; a record moved to a retry topic
+	// counts once it is finished there), handler retries scheduled (moves
+	// to retry topics included), and dead letters written (poison records
+	// included).
 	Handled      int64 `json:"handled"`
 	Retried      int64 `json:"retried"`
 	DeadLettered int64 `json:"dead_lettered"`
@@ -63,6 +65,29 @@ type Health struct {
 	AsyncFailedNoCallback int64 `json:"async_failed_no_callback"`
 	// StuckAfter is the age past which an open record makes Ready false.
 	StuckAfter time.Duration `json:"stuck_after_ns"`
+	// RetryTiers describes the retry topics (Consume.RetryTopics) of which
+	// this member is assigned partitions, by topic and tier.
+	RetryTiers []RetryTierHealth `json:"retry_tiers,omitempty"`
+}
+
+// RetryTierHealth is one retry topic's state on this member (its
+// assigned partitions of it).
+type RetryTierHealth struct {
+	Topic string `json:"topic"` // the tier's topic, e.g. "orders.retry.1"
+	Main  string `json:"main"`  // the main topic, e.g. "orders"
+	Tier  int    `json:"tier"`  // from 1
+	// Delay is the tier's delay (Consume.RetryTopics).
+	Delay time.Duration `json:"delay_ns"`
+	// Waiting counts the records written to the tier and not yet
+	// committed past: the lag of its assigned partitions (see
+	// PartitionHealth.Lag: as of the last fetch, or of the end offsets
+	// kavari asks for when a partition fetched nothing for 10 s, as a held
+	// one does not); -1 while unknown.
+	Waiting int64 `json:"waiting"`
+	// OldestDue is the earliest due time among the records the consumer
+	// holds its partitions for (paused until then); zero when it holds
+	// none.
+	OldestDue time.Time `json:"oldest_due,omitzero"`
 }
 
 // PartitionHealth is the state of one assigned partition: where the group
@@ -218,6 +243,7 @@ func (k *Client) Health() Health {
 		}
 		out.Partitions = g.partitionHealth()
 		out.Positions = g.positions()
+		out.RetryTiers = g.retryHealth(out.Positions)
 	}
 	return out
 }

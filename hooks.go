@@ -290,6 +290,18 @@ func (h *hooks) onRetry(rec *transport.Record, attempt int, handler string, wait
 	}
 }
 
+// onRetryTier is onRetry for a move to retry tier tier.
+func (h *hooks) onRetryTier(rec *transport.Record, attempt int, handler string, tier int, wait time.Duration, err error) {
+	if h == nil || len(h.retry) == 0 {
+		return
+	}
+	r := recordOf(rec, attempt, handler)
+	r.RetryTier = tier
+	for _, x := range h.retry {
+		x.OnRetryScheduled(r, wait, err)
+	}
+}
+
 func (h *hooks) onDeadLettered(rec *transport.Record, attempts int, kind ErrorKind, handler string, err error) {
 	if h == nil || len(h.dead) == 0 {
 		return

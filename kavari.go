@@ -75,6 +75,9 @@ func newWith(cfg Config, tr transport.Adapter) (*Client, error) {
 		return nil, err
 	}
 	names := newTopicNames(cfg.Topics.Name, cfg.Topics.DeadLetterSuffix)
+	if n := len(cfg.Consume.RetryTopics); n > 0 {
+		names.tier = cfg.retryTopic("", n) // the longest tier name checked with the others
+	}
 	if err := names.checkConfig(cfg.Registry.Topics()); err != nil {
 		return nil, err
 	}
@@ -308,6 +311,7 @@ func (k *Client) registeredTopics() ([]string, error) {
 		if !seen[real] {
 			seen[real] = true
 			names = append(names, real, real+k.cfg.Topics.DeadLetterSuffix)
+			names = append(names, k.cfg.retryTopicsOf([]string{real})...)
 		}
 	}
 	return names, nil

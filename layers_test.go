@@ -36,6 +36,8 @@ var apiFiles = []string{
 	"backoff.go",    // RetryPolicy, Strategy, RetryError
 	"deadletter.go", // dead-letter headers, MaxErrorText
 	"encoded.go",    // Encoded, Client.Encode, Client.PublishEncoded (the outbox module's)
+
+	"retryheaders.go", // retry-topic headers (Consume.RetryTopics)
 }
 
 // TestExportedIdentifiersLiveInAPIFiles: every exported identifier of

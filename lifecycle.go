@@ -142,6 +142,7 @@ func (k *Client) checkDeadLetterTopics(ctx context.Context, subscribed []string)
 	for i, t := range subscribed {
 		names[i] = t + k.cfg.Topics.DeadLetterSuffix
 	}
+	names = append(names, k.cfg.retryTopicsOf(subscribed)...) // Consume.RetryTopics
 	k.consumer.dlqUnchecked = nil
 	missing, err := k.missingTopics(ctx, names)
 	if err != nil {
@@ -186,7 +187,7 @@ func (k *Client) missingTopics(ctx context.Context, names []string) ([]string, e
 // launch creates the consumer and starts its goroutines. Called under
 // lifecycle.mu, after prepare.
 func (k *Client) launch(table *routeTable) error {
-	topics := table.subscribed()
+	topics := append(table.subscribed(), k.cfg.retryTopicsOf(table.subscribed())...)
 	cons, err := k.tr.NewConsumer(k.cfg.transportConfig(topics))
 	if err != nil {
 		return fmt.Errorf("kavari: consumer: %w", err)
@@ -201,6 +202,7 @@ func (k *Client) launch(table *routeTable) error {
 	k.consumer.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.consumer.workerIdle, &k.consumer.workers) // workers start on demand
 	k.consumer.pool.ids = &k.consumer.workerIDs
 	e := newEngine(k.engineDeps(), table, cons, k.tr.Capabilities())
+	e.retry = newRetryTiers(&k.cfg, table.subscribed())
 	k.consumer.eng.Store(e)
 	go e.run()
 	return nil

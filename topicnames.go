@@ -16,6 +16,7 @@ import (
 type topicNames struct {
 	fn     func(topic string) string
 	suffix string                               // Config.Topics.DeadLetterSuffix
+	tier   string                               // the last retry tier's topic suffix (Consume.RetryTopics); "" without
 	mu     sync.Mutex                           // serialises misses
 	m      atomic.Pointer[map[string]topicName] // tag topic -> result; copied on write
 }
@@ -78,6 +79,8 @@ func (n *topicNames) miss(t string) (string, error) {
 			r.err = &topicNameError{tag: t, real: r.real, reason: checkTopicName(r.real).Error()}
 		case checkTopicName(r.real+n.suffix) != nil:
 			r.err = &topicNameError{tag: t, real: r.real, reason: fmt.Sprintf("its dead-letter topic %q: %v", r.real+n.suffix, checkTopicName(r.real+n.suffix))}
+		case n.tier != "" && checkTopicName(r.real+n.tier) != nil:
+			r.err = &topicNameError{tag: t, real: r.real, reason: fmt.Sprintf("its retry topic %q: %v", r.real+n.tier, checkTopicName(r.real+n.tier))}
 		}
 		m := make(map[string]topicName, len(*old)+1)
 		for k, v := range *old {

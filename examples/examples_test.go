@@ -40,7 +40,7 @@ func build(t *testing.T) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./quickstart", "./di", "./httpservice", "./batch")
+	args = append(args, "./quickstart", "./di", "./httpservice", "./batch", "./retrytopics")
 	cmd := exec.Command(goBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -99,6 +99,21 @@ func TestExamples(t *testing.T) {
 				"dead-lettered 001000 (batch.orders@",
 				"handler after 3 attempts)",
 				"OK: every order but the refused one inserted; the refused one dead-lettered",
+			},
+		},
+		{
+			name: "retrytopics",
+			args: []string{"-n", "200"},
+			want: []string{
+				"published 200 notifications",
+				"delivered 176 at once",
+				"delivered 16 from tier 1 (.retry.1)",
+				"delivered 0 from tier 2 (.retry.2)",
+				"delivered 7 from tier 3 (.retry.3)",
+				"retried calls: 40, none before due: true",
+				"after 5 attempts; failed in main -> .retry.1 -> .retry.2 -> .retry.3",
+				"moves to retry tiers: 40;",
+				"OK: every notification delivered once, the gone endpoint's dead-lettered after the last tier",
 			},
 		},
 		{

@@ -78,13 +78,14 @@ func metricSet(s attribute.Set) metric.MeasurementOption { return metric.WithAtt
 type setKey struct {
 	topic     string
 	partition int
+	retryTier int // retries: the tier a retry runs in (kavari.Record.RetryTier), partition -1
 }
 
 // consumerSet returns the cached measurement option of the consumer's
 // attributes for topic (and partition, unless -1): building an attribute
 // set per record would cost more than the measurement.
 func (i *Instrumentation) consumerSet(topic string, partition int) metric.MeasurementOption {
-	k := setKey{topic, partition}
+	k := setKey{topic: topic, partition: partition}
 	if v, ok := i.sets.Load(k); ok {
 		return v.(metric.MeasurementOption)
 	}
@@ -93,6 +94,17 @@ func (i *Instrumentation) consumerSet(topic string, partition int) metric.Measur
 		attrs = append(attrs, semconv.MessagingOperationName("receive"), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)))
 	}
 	v, _ := i.sets.LoadOrStore(k, metricSet(attribute.NewSet(attrs...)))
+	return v.(metric.MeasurementOption)
+}
+
+// retrySet returns the cached measurement option of a retry of a record of
+// topic that runs in retry tier tier (0: in place).
+func (i *Instrumentation) retrySet(topic string, tier int) metric.MeasurementOption {
+	k := setKey{topic: topic, partition: -1, retryTier: tier + 1}
+	if v, ok := i.sets.Load(k); ok {
+		return v.(metric.MeasurementOption)
+	}
+	v, _ := i.sets.LoadOrStore(k, metricSet(attribute.NewSet(append(i.consumerAttrs(topic), AttrRetryTier.Int(tier))...)))
 	return v.(metric.MeasurementOption)
 }
 
@@ -114,7 +126,7 @@ type fetchCount struct {
 
 // OnFetched counts consumed records. It implements kavari.HookFetched.
 func (i *Instrumentation) OnFetched(topic string, partition, count int, _, _ int64) {
-	k := setKey{topic, partition}
+	k := setKey{topic: topic, partition: partition}
 	v, ok := i.fetched.Load(k)
 	if !ok {
 		attrs := append(i.consumerAttrs(topic), semconv.MessagingOperationName("receive"), semconv.MessagingDestinationPartitionID(strconv.Itoa(partition)))

@@ -32,6 +32,11 @@ const (
 	AttrMessageType     = attribute.Key("kavari.message.type")
 	AttrRetryWait       = attribute.Key("kavari.retry.wait_ms")
 	AttrErrorKind       = attribute.Key("kavari.error.kind")
+
+	// AttrRetryTier is the retry tier (kavari.Record.RetryTier) a retry
+	// runs in: 0 in place, n for a move to retry topic tier n. On
+	// kavari.consumer.retries and the retry event.
+	AttrRetryTier = attribute.Key("kavari.retry.tier")
 )
 
 // injector collects the headers a propagator writes.
@@ -353,9 +358,9 @@ func (i *Instrumentation) startProcess(ctx context.Context, r *kavari.Record, in
 // OnRetryScheduled adds a retry event to the failed attempt's span and ends
 // it, and counts the retry. It implements kavari.HookRetryScheduled.
 func (i *Instrumentation) OnRetryScheduled(r *kavari.Record, wait time.Duration, err error) {
-	i.m.retries.Add(context.Background(), 1, i.consumerSet(r.Topic, -1))
+	i.m.retries.Add(context.Background(), 1, i.retrySet(r.Topic, r.RetryTier))
 	if span, ok := i.takeFailed(attemptKey{r.Topic, r.Partition, r.Offset, r.Handler}); ok {
-		span.AddEvent(EventRetryScheduled, trace.WithAttributes(AttrAttempt.Int(r.Attempt), AttrRetryWait.Int64(wait.Milliseconds())))
+		span.AddEvent(EventRetryScheduled, trace.WithAttributes(AttrAttempt.Int(r.Attempt), AttrRetryWait.Int64(wait.Milliseconds()), AttrRetryTier.Int(r.RetryTier)))
 		span.End()
 	}
 }

@@ -38,6 +38,9 @@ type dlqKey struct {
 	Handler       string `json:"handler"`
 	Type          string `json:"type"`
 	Error         string `json:"error"`
+	// RetryTier is the last retry tier (Consume.RetryTopics) a dead letter
+	// went through before it was dead-lettered; "" when none.
+	RetryTier string `json:"retry_tier,omitempty"`
 }
 
 // dlqGroup is one line of "dlq ls".
@@ -63,6 +66,7 @@ func keyOf(r *record) dlqKey {
 	}
 	k.Handler, _ = r.header(kavari.HeaderHandler)
 	k.Type, _ = r.header(kavari.HeaderMsgType)
+	k.RetryTier, _ = r.header(kavari.HeaderRetryTier)
 	k.Error, _ = r.header(kavari.HeaderOriginalError)
 	k.Error = durations.ReplaceAllString(k.Error, "<duration>")
 	k.Error = positions.ReplaceAllString(k.Error, "/<partition>@<offset>")
@@ -184,10 +188,24 @@ func writeGroups(w io.Writer, topic string, total int, groups []*dlqGroup) error
 		_, err := fmt.Fprintf(w, "%s: no dead letters\n", topic)
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "COUNT\tTOPIC\tKIND\tHANDLER\tTYPE\tOLDEST\tNEWEST\tREPLAYED\tERROR")
+	// A TIER column (the last retry tier, Consume.RetryTopics) only when
+	// some dead letter went through retry topics.
+	tiers := false
 	for _, g := range groups {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", g.Count, dash(g.OriginalTopic), dash(g.Kind),
+		tiers = tiers || g.RetryTier != ""
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if tiers {
+		fmt.Fprintln(tw, "COUNT\tTOPIC\tKIND\tTIER\tHANDLER\tTYPE\tOLDEST\tNEWEST\tREPLAYED\tERROR")
+	} else {
+		fmt.Fprintln(tw, "COUNT\tTOPIC\tKIND\tHANDLER\tTYPE\tOLDEST\tNEWEST\tREPLAYED\tERROR")
+	}
+	for _, g := range groups {
+		kind := dash(g.Kind)
+		if tiers {
+			kind += "\t" + dash(g.RetryTier)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", g.Count, dash(g.OriginalTopic), kind,
 			dash(g.Handler), dash(g.Type), g.Oldest.UTC().Format(time.RFC3339), g.Newest.UTC().Format(time.RFC3339),
 			g.Replayed, dash(g.Error))
 	}

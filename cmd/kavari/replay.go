@@ -43,6 +43,10 @@ var deadLetterHeaders = map[string]bool{
 	kavari.HeaderHandler:           true,
 	kavari.HeaderTruncated:         true,
 	kavari.HeaderDroppedHeaders:    true,
+	kavari.HeaderRetryTier:         true, // retry topics' (Consume.RetryTopics): a replay starts afresh
+	kavari.HeaderRetryDue:          true,
+	kavari.HeaderRetryHandlers:     true,
+	kavari.HeaderRetryHistory:      true,
 	headerReplayCount:              true,
 	headerReplayedFrom:             true,
 }

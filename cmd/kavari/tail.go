@@ -231,6 +231,9 @@ func textRecord(r *record) []byte {
 	for _, h := range r.Headers {
 		fmt.Fprintf(&b, "  %s: %s\n", h.Key, printable(h.Value))
 	}
+	if line := retryLine(r, time.Now()); line != "" {
+		b.WriteString(line)
+	}
 	switch {
 	case r.Value == nil:
 		b.WriteString("  (null value)\n")
@@ -245,6 +248,46 @@ func textRecord(r *record) []byte {
 		fmt.Fprintf(&b, "  %s\n", printable(r.Value))
 	}
 	return b.Bytes()
+}
+
+// retryLine sums up the retry-topic headers (Consume.RetryTopics) of r, a
+// record in a retry topic or a dead letter that went through one:
+//
+//	(retry tier 2 of orders: due in 8.1s; failed in orders[0]@17, orders.retry.1[0]@3)
+//
+// "" when r has none.
+func retryLine(r *record, now time.Time) string {
+	tier, ok := r.header(kavari.HeaderRetryTier)
+	if !ok {
+		return ""
+	}
+	main, _ := r.header(kavari.HeaderOriginalTopic)
+	var b strings.Builder
+	fmt.Fprintf(&b, "  (retry tier %s of %s", tier, dash(main))
+	if v, ok := r.header(kavari.HeaderRetryDue); ok {
+		if due, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			if d := due.Sub(now).Round(100 * time.Millisecond); d > 0 {
+				fmt.Fprintf(&b, ": due in %v", d)
+			} else {
+				fmt.Fprintf(&b, ": due %v ago", -d)
+			}
+		}
+	}
+	if v, ok := r.header(kavari.HeaderRetryHistory); ok && v != "" {
+		var places []string
+		for _, e := range strings.Split(v, ",") {
+			place, _, _ := strings.Cut(e, "@")
+			if i := strings.LastIndexByte(place, '/'); i > 0 {
+				if j := strings.LastIndexByte(place[:i], '/'); j > 0 {
+					place = place[:j] + "[" + place[j+1:i] + "]@" + place[i+1:]
+				}
+			}
+			places = append(places, place)
+		}
+		fmt.Fprintf(&b, "; failed in %s", strings.Join(places, ", "))
+	}
+	b.WriteString(")\n")
+	return b.String()
 }
 
 // printable returns b as text, quoted when it is not printable UTF-8.

@@ -77,6 +77,10 @@ func emit(ev event) {
 }
 
 type app struct {
+	// fails, when set, says whether attempt (Record.Attempt, which counts
+	// the attempts of earlier retry tiers too) of a message fails: the
+	// handler then returns an error after its "start" line.
+	fails       func(b *faultmsg.Body, attempt int) bool
 	run         string
 	sleep       time.Duration
 	traceStart  bool
@@ -95,6 +99,9 @@ func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
 		ev.Ev = "start"
 		emit(ev)
 		ev.TS = 0
+	}
+	if a.fails != nil && a.fails(b, ev.Attempt) {
+		return fmt.Errorf("faultapp: attempt %d of %s fails on purpose", ev.Attempt, b.ID)
 	}
 	d := a.sleep
 	if b.SleepMs > 0 && !a.ignoreSleep {
@@ -174,7 +181,7 @@ func realMain() int {
 		brokers    = flag.String("brokers", os.Getenv("KAVARI_BROKERS"), "comma-separated brokers")
 		group      = flag.String("group", "", "consumer group")
 		run        = flag.String("run", "", "run id: records of other runs are ignored")
-		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, batch-crash (a batch handler, -sleep per batch), head, stop, storm or static")
+		scenario   = flag.String("scenario", "crash", "which messages to consume: crash, batch-crash (a batch handler, -sleep per batch), retry-crash (retry topics: 2 s and 4 s tiers, faultmsg.RetryFailures), head, stop, storm or static")
 		topics     = flag.Int("topics", 1, "storm: how many storm topics to consume (1 or 2)")
 		sleep      = flag.Duration("sleep", 0, "handler sleep per message (a message's sleep_ms wins)")
 		inflight   = flag.Int("max-inflight", 64, "Config.Consume.MaxInFlight")
@@ -215,6 +222,9 @@ func realMain() int {
 		err = register(reg, &faultmsg.Head{}, func(m *faultmsg.Head) *faultmsg.Body { return &m.Body }, a)
 	case "stop":
 		err = register(reg, &faultmsg.Stop{}, func(m *faultmsg.Stop) *faultmsg.Body { return &m.Body }, a)
+	case "retry-crash":
+		a.fails = func(b *faultmsg.Body, attempt int) bool { return attempt <= faultmsg.RetryFailures(b.Seq) }
+		err = register(reg, &faultmsg.RetryCrash{}, func(m *faultmsg.RetryCrash) *faultmsg.Body { return &m.Body }, a)
 	case "static":
 		err = register(reg, &faultmsg.Static{}, func(m *faultmsg.Static) *faultmsg.Body { return &m.Body }, a)
 	case "storm":
@@ -245,6 +255,12 @@ func realMain() int {
 		return 2
 	}
 
+	retry := kavari.FibonacciRetry(50*time.Millisecond, 3)
+	var tiers []time.Duration
+	if *scenario == "retry-crash" {
+		retry = kavari.ConstantRetry(20*time.Millisecond, 2)
+		tiers = []time.Duration{2 * time.Second, 4 * time.Second}
+	}
 	k, err := kavari.New(kavari.Config{
 		Brokers:   strings.Split(*brokers, ","),
 		Transport: tr,
@@ -261,8 +277,10 @@ func realMain() int {
 			SessionTimeout:    *session,
 			RebalanceTimeout:  *rebalance,
 			HeartbeatInterval: *heartbeat,
-			Retry:             kavari.FibonacciRetry(50*time.Millisecond, 3),
+			Retry:             retry,
+			RetryTopics:       tiers,
 		},
+		Topics: kavari.TopicConfig{Create: tiers != nil}, // the tiers' topics
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faultapp:", err)

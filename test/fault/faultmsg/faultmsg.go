@@ -111,3 +111,23 @@ type Async struct {
 	kavari.Message `kavari:"topic=kavari-fault-async,key=Key"`
 	Body
 }
+
+// RetryCrash is consumed with retry topics (Consume.RetryTopics) by a
+// process that gets SIGKILLed while records wait in the tiers.
+type RetryCrash struct {
+	kavari.Message `kavari:"topic=kavari-fault-retry-crash,key=Key"`
+	Body
+}
+
+// RetryFailures is how many attempts of a RetryCrash message fail: those
+// of seq%10 == 0 fail their 2 in-place attempts (handled in tier 1), those
+// of seq%10 == 1 also tier 1's (handled in tier 2); the others none.
+func RetryFailures(seq int) int {
+	switch seq % 10 {
+	case 0:
+		return 2
+	case 1:
+		return 3
+	}
+	return 0
+}

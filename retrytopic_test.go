@@ -1,0 +1,607 @@
+package kavari_test
+
+// Retry topics (Consume.RetryTopics) on the in-memory transport, in a
+// synctest bubble: the tiers' delays are the bubble's fake clock, so a
+// one-minute tier costs nothing.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/memory"
+)
+
+var rtDelays = []time.Duration{time.Second, 10 * time.Second, time.Minute}
+
+// rtBroker is engBroker with the tiers' topics of rtDelays.
+func rtBroker(partitions int) *memory.Broker {
+	b := engBroker(partitions)
+	for _, t := range []string{"eng.retry.1", "eng.retry.2", "eng.retry.3"} {
+		b.CreateTopic(t, 1)
+	}
+	return b
+}
+
+// rtConfig turns on the three tiers, with two in-place attempts.
+func rtConfig(c *kavari.Config) {
+	c.Consume.RetryTopics = rtDelays
+	c.Consume.Retry = kavari.ConstantRetry(10*time.Millisecond, 2)
+}
+
+func rtHeaders(rec transport.Record) map[string]string {
+	m := map[string]string{}
+	for _, h := range rec.Headers {
+		m[h.Key] = string(h.Value)
+	}
+	return m
+}
+
+func rtDue(t *testing.T, rec transport.Record) time.Time {
+	t.Helper()
+	due, err := time.Parse(time.RFC3339Nano, rtHeaders(rec)[kavari.HeaderRetryDue])
+	require.NoError(t, err, "%s header", kavari.HeaderRetryDue)
+	return due
+}
+
+// attemptLog records when each record (by N) was attempted.
+type attemptLog struct {
+	mu    sync.Mutex
+	times map[int][]time.Time
+}
+
+func (l *attemptLog) add(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.times == nil {
+		l.times = map[int][]time.Time{}
+	}
+	l.times[n] = append(l.times[n], time.Now())
+	return len(l.times[n])
+}
+
+func (l *attemptLog) of(n int) []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Time(nil), l.times[n]...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Hour); !cond(); {
+		require.True(t, time.Now().Before(deadline), "timed out waiting for %s", what)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRetryTopicsHandleOnceAfterTheRightTiers: a handler failing its two
+// in-place attempts and the attempts of tiers 1 and 2 succeeds in tier 3:
+// the record went through each tier once, was never attempted before it was
+// due, and was not dead-lettered; meanwhile the next record of the same key
+// was handled at once (the failing one left its key's order), and every
+// partition is committed to its end.
+func TestRetryTopicsHandleOnceAfterTheRightTiers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var log attemptLog
+		var succeeded atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rt", func(ctx context.Context, m *engMsg) error {
+			if log.add(m.N) <= 4 && m.N == 1 {
+				return errors.New("not yet")
+			}
+			succeeded.Add(1)
+			return nil
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		b.Append(engRecord(0, "a", 2))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "both records handled", func() bool { return succeeded.Load() == 2 })
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rt", 0) == 2 && rtCommitted(b, "g-rt", "eng.retry.3") == 1
+		})
+		h := k.Health()
+		assert.EqualValues(t, 2, h.Handled, "a record counts as handled once, when it is finished")
+		assert.EqualValues(t, 1+3, h.Retried, "one in-place retry and three moves")
+		require.NoError(t, stopNow(t, k))
+
+		att := log.of(1)
+		require.Len(t, att, 5, "2 in place, then one per tier")
+		assert.Len(t, log.of(2), 1)
+		assert.True(t, log.of(2)[0].Before(att[2]), "the next record of the key did not wait for the retried one")
+		for n, topic := range []string{"eng.retry.1", "eng.retry.2", "eng.retry.3"} {
+			recs := b.Records(topic, 0)
+			require.Len(t, recs, 1, topic)
+			h := rtHeaders(recs[0])
+			assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
+			assert.Equal(t, "0", h[kavari.HeaderOriginalOffset])
+			assert.Equal(t, []string{"2", "3", "4"}[n], h[kavari.HeaderAttempts], topic)
+			assert.Contains(t, h[kavari.HeaderOriginalError], "not yet")
+			due := rtDue(t, recs[0])
+			attempt := att[2+n]
+			assert.False(t, attempt.Before(due), "%s: attempted at %v, due %v", topic, attempt, due)
+			t.Logf("%s: delay %v, attempted %v after due (fake clock)", topic, rtDelays[n], attempt.Sub(due))
+			assert.Len(t, strings.Split(h[kavari.HeaderRetryHistory], ","), n+1, "history %q", h[kavari.HeaderRetryHistory])
+		}
+		assert.Empty(t, b.Records("eng.dlq", 0))
+		assert.Positive(t, b.Pauses(transport.TopicPartition{Topic: "eng.retry.3"}), "a tier partition waits paused")
+	})
+}
+
+func rtCommitted(b *memory.Broker, group, topic string) int64 {
+	o, ok := b.Committed(group, transport.TopicPartition{Topic: topic})
+	if !ok {
+		return -1
+	}
+	return o.Offset
+}
+
+// TestRetryTopicsDeadLetterAfterTheLastTier: a record that always fails is
+// dead-lettered after the last tier, once, to the main topic's dead-letter
+// topic, naming the main topic's record and carrying its tier history.
+func TestRetryTopicsDeadLetterAfterTheLastTier(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var log attemptLog
+		var mu sync.Mutex
+		var seen []string // Record.RetryTier/Attempt of each attempt
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtdl", func(ctx context.Context, m *engMsg) error {
+			log.add(m.N)
+			r, _ := kavari.RecordFromContext(ctx)
+			mu.Lock()
+			seen = append(seen, fmt.Sprintf("%d/%d", r.RetryTier, r.Attempt))
+			mu.Unlock()
+			return errors.New("always")
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the dead letter", func() bool { return len(b.Records("eng.dlq", 0)) == 1 })
+		waitFor(t, "tier 3 committed", func() bool { return rtCommitted(b, "g-rtdl", "eng.retry.3") == 1 })
+		h := k.Health()
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, log.of(1), 5)
+		assert.Equal(t, []string{"0/1", "0/2", "1/3", "2/4", "3/5"}, seen, "RetryTier/Attempt")
+		dl := rtHeaders(b.Records("eng.dlq", 0)[0])
+		assert.Equal(t, "eng", dl[kavari.HeaderOriginalTopic])
+		assert.Equal(t, "0", dl[kavari.HeaderOriginalPartition])
+		assert.Equal(t, "0", dl[kavari.HeaderOriginalOffset])
+		assert.Equal(t, "5", dl[kavari.HeaderAttempts])
+		assert.Equal(t, "3", dl[kavari.HeaderRetryTier])
+		assert.Equal(t, "handler", dl[kavari.HeaderErrorKind])
+		hist := strings.Split(dl[kavari.HeaderRetryHistory], ",")
+		require.Len(t, hist, 3, "the main topic and tiers 1 and 2 (tier 3's failure is the dead letter's)")
+		for i, prefix := range []string{"eng/0/0@", "eng.retry.1/0/0@", "eng.retry.2/0/0@"} {
+			assert.True(t, strings.HasPrefix(hist[i], prefix), "history %d: %q", i, hist[i])
+		}
+		assert.EqualValues(t, 1, h.DeadLettered)
+		assert.EqualValues(t, 4, h.Retried, "one in-place retry and three tier moves")
+	})
+}
+
+// TestRetryTopicsPermanentAndPoisonGoStraightToTheDeadLetterTopic: a
+// Permanent error and a record without headers skip the tiers.
+func TestRetryTopicsPermanentAndPoisonGoStraightToTheDeadLetterTopic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtperm", func(ctx context.Context, m *engMsg) error {
+			return kavari.Permanent(errors.New("never"))
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		b.Append(transport.Record{Topic: engTopic, Key: []byte("b"), Value: []byte("junk")})
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "committed", func() bool { return memCommitted(b, "g-rtperm", 0) == 2 })
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.dlq", 0), 2)
+		for _, tier := range []string{"eng.retry.1", "eng.retry.2", "eng.retry.3"} {
+			assert.Empty(t, b.Records(tier, 0), tier)
+		}
+	})
+}
+
+// TestRetryTopicWriteFailureHoldsThePartition: while the retry topic
+// refuses writes (deleted), the failing record stays open, the main
+// partition commits nothing past it although a later record was handled,
+// and Health says why; once the topic is back the record moves on and
+// the partition commits.
+func TestRetryTopicWriteFailureHoldsThePartition(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var refusing atomic.Bool
+		refusing.Store(true)
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" && refusing.Load() {
+				return &transport.ProduceError{Kind: transport.UnknownTopic, Err: errors.New("unknown topic eng.retry.1")}
+			}
+			return nil
+		}
+		var second atomic.Bool
+		var log attemptLog
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtfail", func(ctx context.Context, m *engMsg) error {
+			if log.add(m.N) <= 2 && m.N == 1 {
+				return errors.New("once")
+			}
+			if m.N == 2 {
+				second.Store(true)
+			}
+			return nil
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		b.Append(engRecord(0, "b", 2))
+		require.NoError(t, k.Start(context.Background()))
+		var stuck string
+		waitFor(t, "Health to say why", func() bool {
+			for _, p := range k.Health().Partitions {
+				if p.Topic == engTopic && p.Stuck != "" {
+					stuck = p.Stuck
+					return true
+				}
+			}
+			return false
+		})
+		waitFor(t, "the later record", second.Load)
+		time.Sleep(30 * time.Second) // the write is retried meanwhile
+		assert.Contains(t, stuck, "eng.retry.1")
+		assert.Contains(t, stuck, "unknown topic")
+		assert.LessOrEqual(t, memCommitted(b, "g-rtfail", 0), int64(0), "nothing committed past the record")
+		assert.Empty(t, b.Records("eng.retry.1", 0))
+
+		refusing.Store(false)
+		waitFor(t, "the partition to commit", func() bool { return memCommitted(b, "g-rtfail", 0) == 2 })
+		waitFor(t, "the retried record", func() bool { return len(log.of(1)) == 3 })
+		for _, p := range k.Health().Partitions {
+			assert.Empty(t, p.Stuck, "%s/%d", p.Topic, p.Partition)
+		}
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), 1, "written once")
+	})
+}
+
+type rtNamed struct {
+	kavari.Message `kavari:"topic=rtn,key=Key"`
+	Key            string `json:"key"`
+}
+
+// TestRetryTopicsFollowTopicsName: the tiers are named from the real topic
+// (Config.Topics.Name), created by Topics.Create with the dead-letter
+// topic, and consumed under that name.
+func TestRetryTopicsFollowTopicsName(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := memory.NewBroker()
+		reg := kavari.NewRegistry()
+		var calls atomic.Int64
+		require.NoError(t, kavari.RegisterFuncOn(reg, &rtNamed{}, func(ctx context.Context, m *rtNamed) error {
+			if calls.Add(1) == 1 {
+				return errors.New("once")
+			}
+			return nil
+		}))
+		cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg, Logger: testLogger(),
+			Consume: kavari.ConsumeConfig{GroupID: "g-rtn", CommitInterval: 100 * time.Millisecond,
+				Retry: kavari.ConstantRetry(time.Millisecond, 1), RetryTopics: []time.Duration{time.Second, time.Minute}},
+			Topics: kavari.TopicConfig{Create: true, Partitions: 2, Name: func(t string) string { return "dev-" + t }}}
+		k, err := kavari.NewOnTransport(cfg, b.Transport(transport.Capabilities{}))
+		require.NoError(t, err)
+		require.NoError(t, k.Start(context.Background()))
+		assert.ElementsMatch(t, []string{"dev-rtn", "dev-rtn.retry.1", "dev-rtn.retry.2"}, k.Health().Topics)
+		_, err = k.Publish(context.Background(), &rtNamed{Key: "a"})
+		require.NoError(t, err)
+		waitFor(t, "the retry", func() bool { return calls.Load() == 2 })
+		require.NoError(t, stopNow(t, k))
+		n := 0
+		for p := int32(0); p < 2; p++ {
+			n += len(b.Records("dev-rtn.retry.1", p))
+			assert.Empty(t, b.Records("rtn.retry.1", p))
+		}
+		assert.Equal(t, 1, n)
+		for _, topic := range []string{"dev-rtn.dlq", "dev-rtn.retry.2"} {
+			assert.Len(t, b.Records(topic, 1), 0, topic) // created, with the dead-letter topic's partitions
+			assert.Len(t, b.Records(topic, 0), 0, topic)
+		}
+	})
+}
+
+// TestRetryTopicsStartChecksThem: Start fails, naming it, when a tier's
+// topic is missing, as for a dead-letter topic.
+func TestRetryTopicsStartChecksThem(t *testing.T) {
+	b := engBroker(1)
+	b.CreateTopic("eng.retry.1", 1)
+	k := memKavari(t, b, transport.Capabilities{}, "g-rtmiss", func(ctx context.Context, m *engMsg) error { return nil }, rtConfig)
+	err := k.Start(context.Background())
+	var missing *kavari.MissingTopicsError
+	require.ErrorAs(t, err, &missing)
+	assert.Equal(t, []string{"eng.retry.2", "eng.retry.3"}, missing.Topics)
+}
+
+// TestRetryTopicsConfigValidation: New rejects bad tiers.
+func TestRetryTopicsConfigValidation(t *testing.T) {
+	for name, c := range map[string]struct {
+		delays []time.Duration
+		suffix string
+		want   string
+	}{
+		"zero delay":     {[]time.Duration{time.Second, 0}, "", "Consume.RetryTopics[1]"},
+		"negative delay": {[]time.Duration{-time.Second}, "", "Consume.RetryTopics[0]"},
+		"too many tiers": {make([]time.Duration, 17), "", "at most 16"},
+		"bad suffix":     {[]time.Duration{time.Second}, "/r", "Topics.RetrySuffix"},
+		"dlq suffix":     {[]time.Duration{time.Second}, ".dlq", "is Topics.DeadLetterSuffix"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			for i := range c.delays {
+				if name == "too many tiers" {
+					c.delays[i] = time.Second
+				}
+			}
+			_, err := kavari.New(kavari.Config{Brokers: []string{"localhost:9092"},
+				Consume: kavari.ConsumeConfig{RetryTopics: c.delays}, Topics: kavari.TopicConfig{RetrySuffix: c.suffix}})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), c.want)
+		})
+	}
+}
+
+// TestRetryTopicsRebalanceWhileATierWaits: a member holds a tier partition
+// paused until its record is due; another member joins (the partitions
+// are revoked and dealt again) before then. The record is handled once,
+// not before it is due, and every partition is committed.
+func TestRetryTopicsRebalanceWhileATierWaits(t *testing.T) {
+	for name, caps := range map[string]transport.Capabilities{
+		"eager":       {},
+		"cooperative": {Cooperative: true, CommitMetadata: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(2)
+				b.CreateTopic("eng.retry.1", 2)
+				var log attemptLog
+				h := func(ctx context.Context, m *engMsg) error {
+					if log.add(m.N) == 1 && m.N == 1 {
+						return errors.New("once")
+					}
+					return nil
+				}
+				one := func(c *kavari.Config) {
+					c.Consume.RetryTopics = []time.Duration{time.Minute}
+					c.Consume.Retry = kavari.ConstantRetry(time.Millisecond, 1)
+				}
+				k1 := memKavari(t, b, caps, "g-rtreb", h, one)
+				b.Append(engRecord(0, "a", 1))
+				require.NoError(t, k1.Start(context.Background()))
+				waitFor(t, "the tier record", func() bool {
+					return len(b.Records("eng.retry.1", 0))+len(b.Records("eng.retry.1", 1)) == 1
+				})
+				time.Sleep(10 * time.Second) // k1's feeder holds it, paused
+				gen := b.Generation("g-rtreb")
+				k2 := memKavari(t, b, caps, "g-rtreb", h, one)
+				require.NoError(t, k2.Start(context.Background()))
+				waitFor(t, "the rebalance", func() bool { return b.Generation("g-rtreb") > gen })
+				waitFor(t, "the retried record", func() bool { return len(log.of(1)) == 2 })
+				time.Sleep(5 * time.Second) // a duplicate would show now
+				assert.Len(t, log.of(1), 2, "handled once in the tier")
+				var due time.Time
+				for p := int32(0); p < 2; p++ {
+					for _, r := range b.Records("eng.retry.1", p) {
+						due = rtDue(t, r)
+						waitFor(t, "the tier committed", func() bool {
+							o, _ := b.Committed("g-rtreb", transport.TopicPartition{Topic: "eng.retry.1", Partition: p})
+							return o.Offset == 1
+						})
+					}
+				}
+				assert.False(t, log.of(1)[1].Before(due), "not before due")
+				require.NoError(t, stopNow(t, k2))
+				require.NoError(t, stopNow(t, k1))
+			})
+		})
+	}
+}
+
+// TestRetryTopicsHealthShowsTheTiers: Health.RetryTiers shows, per tier,
+// the records waiting in it and the due time the consumer holds its
+// partition for; both clear once they were handled.
+func TestRetryTopicsHealthShowsTheTiers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var log attemptLog
+		k := memKavari(t, b, transport.Capabilities{}, "g-rthealth", func(ctx context.Context, m *engMsg) error {
+			if log.add(m.N) <= 2 {
+				return errors.New("twice")
+			}
+			return nil
+		}, rtConfig)
+		for n := 0; n < 3; n++ {
+			b.Append(engRecord(0, "k", n))
+		}
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the tier records", func() bool { return len(b.Records("eng.retry.1", 0)) == 3 })
+		var tier kavari.RetryTierHealth
+		waitFor(t, "Health to show tier 1", func() bool {
+			for _, x := range k.Health().RetryTiers {
+				if x.Tier == 1 {
+					tier = x
+				}
+			}
+			return tier.Waiting >= 1 && !tier.OldestDue.IsZero() // the lag as of the last fetch
+		})
+		assert.Equal(t, "eng.retry.1", tier.Topic)
+		assert.Equal(t, "eng", tier.Main)
+		assert.Equal(t, time.Second, tier.Delay)
+		assert.Equal(t, rtDue(t, b.Records("eng.retry.1", 0)[0]), tier.OldestDue)
+		assert.Len(t, k.Health().RetryTiers, 3, "every tier, with nothing waiting in 2 and 3")
+		waitFor(t, "the tier handled", func() bool {
+			for _, x := range k.Health().RetryTiers {
+				if x.Tier == 1 && x.Waiting == 0 && x.OldestDue.IsZero() {
+					return true
+				}
+			}
+			return false
+		})
+		require.NoError(t, stopNow(t, k))
+		for n := 0; n < 3; n++ {
+			assert.Len(t, log.of(n), 3, "record %d", n)
+		}
+	})
+}
+
+// TestRetryTopicsTooLargeForTheTierIsDeadLettered: a record the retry
+// topic refuses as too large is dead-lettered (in the smaller form a dead
+// letter takes), not retried unchanged and not left holding the partition.
+func TestRetryTopicsTooLargeForTheTierIsDeadLettered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		var tries atomic.Int64
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" {
+				tries.Add(1)
+				return &transport.ProduceError{Kind: transport.TooLarge, Err: errors.New("MESSAGE_TOO_LARGE")}
+			}
+			if rec.Topic == "eng.dlq" && len(rec.Value) > 0 {
+				return &transport.ProduceError{Kind: transport.TooLarge, Err: errors.New("MESSAGE_TOO_LARGE")}
+			}
+			return nil
+		}
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtbig", func(ctx context.Context, m *engMsg) error {
+			return errors.New("fails")
+		}, rtConfig)
+		b.Append(engRecord(0, "a", 1))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtbig", 0) == 1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 1, tries.Load(), "not resent unchanged")
+		assert.Empty(t, b.Records("eng.retry.1", 0))
+		dls := b.Records("eng.dlq", 0)
+		require.Len(t, dls, 1)
+		h := rtHeaders(dls[0])
+		assert.NotEmpty(t, h[kavari.HeaderTruncated], "the dead letter left the value out to fit")
+		assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
+	})
+}
+
+// TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic: while a tier
+// partition's head waits for its due time, its partition fetches again
+// shortly before (dueLead) and its records pile up; on a transport that
+// waits for backlogs that must not hold back the main topic: records
+// published to it then are handled before the tier's head is due.
+func TestRetryTopicsHeldTierDoesNotHoldBackTheMainTopic(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		caps  transport.Capabilities
+		due   time.Duration // the tier's records are due then
+		batch int           // records per delivery
+		main  time.Duration // main records are published then
+	}{
+		// Held paused, fetching again dueLead before, a record per delivery.
+		{"backlog/long", transport.Capabilities{WaitsForBacklog: true}, 3 * time.Second, 1, 2500 * time.Millisecond},
+		{"pause/long", transport.Capabilities{}, 3 * time.Second, 1, 2500 * time.Millisecond},
+		// Due within dueLead: never paused; one delivery, to an idle
+		// partition, fills the share.
+		{"backlog/short", transport.Capabilities{WaitsForBacklog: true}, 800 * time.Millisecond, 64, 300 * time.Millisecond},
+		{"pause/short", transport.Capabilities{}, 800 * time.Millisecond, 64, 300 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := rtBroker(1)
+				b.Batch = c.batch
+				var due time.Time
+				tier := func() {
+					due = time.Now().Add(c.due)
+					for n := 0; n < 40; n++ {
+						rec := engRecord(0, "t"+strconv.Itoa(n), 1000+n)
+						rec.Topic = "eng.retry.1"
+						rec.Headers = append(rec.Headers,
+							transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
+							transport.Header{Key: kavari.HeaderRetryDue, Value: []byte(due.UTC().Format(time.RFC3339Nano))})
+						b.Append(rec)
+					}
+				}
+				if c.batch == 1 {
+					tier()
+				}
+				var mu sync.Mutex
+				handled := map[int]time.Time{}
+				k := memKavari(t, b, c.caps, "g-rtlead", func(ctx context.Context, m *engMsg) error {
+					mu.Lock()
+					handled[m.N] = time.Now()
+					mu.Unlock()
+					return nil
+				}, rtConfig, func(c *kavari.Config) { c.Consume.MaxInFlight = 2; c.Consume.MaxBuffered = 8 })
+				require.NoError(t, k.Start(context.Background()))
+				if c.batch > 1 {
+					// Delivered at once to an idle feeder (waiting in next).
+					time.Sleep(100 * time.Millisecond)
+					synctest.Wait()
+					tier()
+				}
+				time.Sleep(c.main)
+				for n := 0; n < 20; n++ {
+					b.Append(engRecord(0, "m"+strconv.Itoa(n), n))
+				}
+				waitFor(t, "everything handled", func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(handled) == 60
+				})
+				require.NoError(t, stopNow(t, k))
+				for n := 0; n < 20; n++ {
+					assert.True(t, handled[n].Before(due), "main record %d handled at %v, the tier's head due %v", n, handled[n], due)
+				}
+				for n := 1000; n < 1040; n++ {
+					assert.False(t, handled[n].Before(due), "tier record %d handled before due", n)
+				}
+			})
+		})
+	}
+}
+
+// TestRetryTopicsNamesAreChecked: New refuses a Topics.Name mapping whose
+// retry topic names would be invalid (too long here), as it does for
+// dead-letter topics.
+func TestRetryTopicsNamesAreChecked(t *testing.T) {
+	reg := kavari.NewRegistry()
+	require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, func(context.Context, *engMsg) error { return nil }))
+	long := strings.Repeat("x", 240)
+	cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg,
+		Consume: kavari.ConsumeConfig{RetryTopics: []time.Duration{time.Second}},
+		Topics:  kavari.TopicConfig{Name: func(t string) string { return long + t }}} // 243 + ".dlq" fits, + ".retry.1" does not
+	_, err := kavari.NewOnTransport(cfg, memory.NewBroker().Transport(transport.Capabilities{}))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "retry topic")
+	cfg.Consume.RetryTopics = nil
+	_, err = kavari.NewOnTransport(cfg, memory.NewBroker().Transport(transport.Capabilities{}))
+	require.NoError(t, err, "without retry topics the name fits")
+}
+
+// TestRetryTopicsUnknownFailedHandlerRunsEveryHandler: a tier's record
+// names handlers that failed it; when none of them is registered any more,
+// every handler of the type runs (a duplicate rather than a record nobody
+// handles).
+func TestRetryTopicsUnknownFailedHandlerRunsEveryHandler(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		rec := engRecord(0, "a", 7)
+		rec.Topic = "eng.retry.1"
+		rec.Headers = append(rec.Headers,
+			transport.Header{Key: kavari.HeaderRetryTier, Value: []byte("1")},
+			transport.Header{Key: kavari.HeaderRetryHandlers, Value: []byte("*main.Renamed")})
+		b.Append(rec)
+		var got atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtgone", func(ctx context.Context, m *engMsg) error {
+			got.Add(int64(m.N))
+			return nil
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the tier committed", func() bool { return rtCommitted(b, "g-rtgone", "eng.retry.1") == 1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 7, got.Load())
+	})
+}
