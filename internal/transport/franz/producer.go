@@ -357,13 +357,6 @@ func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error 
 	}
 }
 
-// kgoRecord converts r for kgo.
-func kgoRecord(r *transport.Record) *kgo.Record {
-	kr := &kgo.Record{}
-	setKgoRecord(kr, r)
-	return kr
-}
-
 // setKgoRecord sets kr to r, converted for kgo.
 func setKgoRecord(kr *kgo.Record, r *transport.Record) {
 	*kr = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
