@@ -239,6 +239,10 @@ type ConsumeConfig struct {
 	// broker, a warning names the partition.
 	// Default Earliest.
 	AutoOffsetReset OffsetReset
+	// Isolation says whether records of aborted or still open Kafka
+	// transactions are handed to handlers (see Isolation).
+	// Default ReadUncommitted.
+	Isolation Isolation
 	// Ordering says which records may be handled at the same time.
 	// Default PerKey.
 	Ordering Ordering
@@ -457,6 +461,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.Ordering < PerKey || c.Consume.Ordering > Unordered {
 		errs = append(errs, fmt.Errorf("unknown Consume.Ordering %d", c.Consume.Ordering))
+	}
+	if c.Consume.Isolation < ReadUncommitted || c.Consume.Isolation > ReadCommitted {
+		errs = append(errs, fmt.Errorf("unknown Consume.Isolation %d", c.Consume.Isolation))
 	}
 	if c.Publish.Partitioner < Murmur2 || c.Publish.Partitioner > CRC32 {
 		errs = append(errs, fmt.Errorf("unknown Publish.Partitioner %d", c.Publish.Partitioner))

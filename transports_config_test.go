@@ -39,6 +39,10 @@ func TestNewRejectsWhatTheTransportCannotHonour(t *testing.T) {
 		{"FranzGo ConsumerProtocol HeartbeatInterval", kavari.FranzGo, func(c *kavari.Config) {
 			c.Consume.GroupProtocol, c.Consume.HeartbeatInterval = kavari.ConsumerProtocol, time.Second
 		}, "Consume.HeartbeatInterval"},
+		{"KafkaGo ReadCommitted", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadCommitted }, "Consume.Isolation ReadCommitted"},
+		{"KafkaGo ReadUncommitted", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadUncommitted }, ""},
+		{"FranzGo ReadCommitted", kavari.FranzGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadCommitted }, ""},
+		{"unknown Isolation", kavari.FranzGo, func(c *kavari.Config) { c.Consume.Isolation = 5 }, "unknown Consume.Isolation"},
 		{"unknown GroupProtocol", kavari.FranzGo, func(c *kavari.Config) { c.Consume.GroupProtocol = 7 }, "unknown Consume.GroupProtocol"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

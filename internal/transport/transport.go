@@ -107,6 +107,10 @@ type Config struct {
 	SessionTimeout    time.Duration
 	RebalanceTimeout  time.Duration
 	HeartbeatInterval time.Duration
+	// ReadCommitted reads only committed transactional records (Kafka's
+	// read_committed): up to the last stable offset, never a record of an
+	// aborted transaction. False reads every record (read_uncommitted).
+	ReadCommitted bool
 }
 
 // Capabilities says what an adapter's client can do; the engine adapts to it
@@ -125,6 +129,10 @@ type Capabilities struct {
 	// waits for room, not whenever its queue is full: pausing makes some
 	// clients (kgo) drop what they fetched for it, which is fetched again.
 	WaitsForBacklog bool
+	// ReadCommitted: the consumer honours Config.ReadCommitted, never
+	// delivering a record of an aborted transaction (nor a transaction
+	// marker).
+	ReadCommitted bool
 }
 
 // Producer writes records. It is safe for concurrent use.

@@ -86,6 +86,9 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 	if t.kip848 {
 		opts = append(opts, kgo.ServerSideBalancer())
 	}
+	if cfg.ReadCommitted {
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
 	}

@@ -69,6 +69,7 @@ func (t *franzTransport) Capabilities() transport.Capabilities {
 		StaticMembership:      true,
 		CommitMetadata:        true,
 		WaitsForBacklog:       true,
+		ReadCommitted:         true,
 	}
 }
 
