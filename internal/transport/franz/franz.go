@@ -70,6 +70,7 @@ func (t *franzTransport) Capabilities() transport.Capabilities {
 		CommitMetadata:        true,
 		WaitsForBacklog:       true,
 		ReadCommitted:         true,
+		Transactions:          true,
 	}
 }
 
