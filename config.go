@@ -243,6 +243,11 @@ type ConsumeConfig struct {
 	// transactions are handed to handlers (see Isolation).
 	// Default ReadUncommitted.
 	Isolation Isolation
+	// ExactlyOnce makes consume → process → publish exactly-once on
+	// FranzGo: a handler's writes with its context and its record's
+	// offset commit in one Kafka transaction (see ExactlyOnceConfig).
+	// Default off.
+	ExactlyOnce ExactlyOnceConfig
 	// Ordering says which records may be handled at the same time.
 	// Default PerKey.
 	Ordering Ordering
@@ -432,6 +437,14 @@ func (c *Config) setDefaults() {
 	if c.Consume.DrainTimeout == 0 && c.Consume.HeartbeatInterval < c.Consume.SessionTimeout {
 		c.Consume.DrainTimeout = min(10*time.Second, c.Consume.RebalanceTimeout/3, c.protocolDrain())
 	}
+	if c.Consume.ExactlyOnce.enabled() {
+		if c.Consume.ExactlyOnce.Interval == 0 {
+			c.Consume.ExactlyOnce.Interval = 100 * time.Millisecond
+		}
+		if c.Consume.ExactlyOnce.TransactionTimeout == 0 {
+			c.Consume.ExactlyOnce.TransactionTimeout = c.Consume.SessionTimeout / 2
+		}
+	}
 	if c.Topics.DeadLetterSuffix == "" {
 		c.Topics.DeadLetterSuffix = ".dlq"
 	}
@@ -504,6 +517,17 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.DrainTimeout >= c.Consume.SessionTimeout {
 		errs = append(errs, errors.New("Consume.DrainTimeout must be shorter than Consume.SessionTimeout: on KafkaGo no heartbeats are sent during a drain, so a longer one gets the member expelled and its final commit refused"))
+	}
+	if eo := c.Consume.ExactlyOnce; eo.enabled() {
+		if eo.Interval < 0 || eo.TransactionTimeout < 0 {
+			errs = append(errs, errors.New("Consume.ExactlyOnce: Interval or TransactionTimeout is negative"))
+		}
+		if eo.TransactionTimeout >= c.Consume.SessionTimeout && c.Consume.SessionTimeout > 0 {
+			errs = append(errs, errors.New("Consume.ExactlyOnce.TransactionTimeout must be shorter than Consume.SessionTimeout: a crashed member's open transaction would hold back the partitions' next owner longer than its session"))
+		}
+		if eo.TransactionTimeout > 0 && eo.Interval >= eo.TransactionTimeout {
+			errs = append(errs, errors.New("Consume.ExactlyOnce.Interval must be shorter than its TransactionTimeout"))
+		}
 	}
 	if c.Consume.GroupProtocol < ClassicProtocol || c.Consume.GroupProtocol > ConsumerProtocol {
 		errs = append(errs, fmt.Errorf("unknown Consume.GroupProtocol %d", int(c.Consume.GroupProtocol)))

@@ -52,6 +52,8 @@ type engine struct {
 	// batchTopics are the topics with a batch handler: their partitions
 	// queue records for batches (batch.go); nil when none has one.
 	batchTopics map[string]bool
+	// eos runs the exactly-once windows (eos.go); nil in at-least-once mode.
+	eos *window
 }
 
 // engineDeps is everything the engine uses of the client it runs on:
@@ -107,7 +109,12 @@ func newEngine(deps engineDeps, table *routeTable, cons transport.Consumer, caps
 // backoff, and errors are logged and shown in Health.
 func (e *engine) run() {
 	defer close(e.deps.loopDone)
-	go e.commitLoop()
+	if e.eos != nil {
+		go e.windowLoop()
+		defer func() { <-e.eos.done }()
+	} else {
+		go e.commitLoop()
+	}
 	go e.lagLoop()
 	_ = e.cons.Run(e.deps.runCtx, e)
 	close(e.runDone)
@@ -270,6 +277,10 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartition) {
 	ps := e.take(tps)
 	if len(ps) == 0 {
+		return
+	}
+	if e.eos != nil {
+		e.revokedInWindow(ps)
 		return
 	}
 	for _, p := range ps {

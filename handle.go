@@ -23,6 +23,12 @@ func (e *engine) process(p *partition, j *job) {
 	if p.hard.Err() != nil {
 		return
 	}
+	if w := e.eos; w != nil { // exactly-once: the attempts run in one window (eos.go)
+		if !w.enter(p.hard) {
+			return
+		}
+		defer w.leave()
+	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
 	// between retries gives its run slot back too (held says).

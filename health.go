@@ -63,6 +63,9 @@ type Health struct {
 	AsyncFailedNoCallback int64 `json:"async_failed_no_callback"`
 	// StuckAfter is the age past which an open record makes Ready false.
 	StuckAfter time.Duration `json:"stuck_after_ns"`
+	// Transaction is the state of the exactly-once transactions
+	// (Consume.ExactlyOnce): nil when off or before Start.
+	Transaction *TransactionHealth `json:"transaction,omitempty"`
 }
 
 // PartitionHealth is the state of one assigned partition: where the group
@@ -207,6 +210,10 @@ func (k *Client) Health() Health {
 	g := k.health.current
 	k.health.mu.Unlock()
 	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
+	if e := k.consumer.eng.Load(); e != nil && e.eos != nil {
+		t := e.eos.snapshot()
+		out.Transaction = &t
+	}
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
 	out.AsyncFailedNoCallback = k.pub.failedNoCallback.Load()

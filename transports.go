@@ -79,6 +79,9 @@ func (c *Config) checkTransport(caps transport.Capabilities) error {
 	if c.Consume.Isolation == ReadCommitted && !caps.ReadCommitted {
 		errs = append(errs, fmt.Errorf("Consume.Isolation ReadCommitted: %v cannot read committed: its reader hands over the records of aborted transactions (use FranzGo)", c.Transport))
 	}
+	if c.Consume.ExactlyOnce.enabled() && !caps.Transactions {
+		errs = append(errs, fmt.Errorf("Consume.ExactlyOnce: %v has no transactional producer, so a handler's writes and its record's offset cannot commit together (use FranzGo)", c.Transport))
+	}
 	if c.Transport == FranzGo {
 		if c.Publish.BatchTimeout != 0 {
 			errs = append(errs, errors.New("Publish.BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
@@ -136,7 +139,7 @@ func (c *Config) transportConfig(topics []string) transport.Config {
 		SessionTimeout:    c.Consume.SessionTimeout,
 		RebalanceTimeout:  c.Consume.RebalanceTimeout,
 		HeartbeatInterval: c.Consume.HeartbeatInterval,
-		ReadCommitted:     c.Consume.Isolation == ReadCommitted,
+		ReadCommitted:     c.Consume.Isolation == ReadCommitted || c.Consume.ExactlyOnce.enabled(),
 	}
 	if c.SASL != nil {
 		tc.SASL = &transport.SASL{Mechanism: c.SASL.Mechanism, Username: c.SASL.Username, Password: c.SASL.Password}

@@ -1,0 +1,401 @@
+package kavari
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// Exactly-once consume → process → publish (Config.Consume.ExactlyOnce).
+//
+// The engine runs in windows. While a window is open, records are
+// dispatched and handled as always (concurrently per key); every write a
+// handler makes with its context (Publish, PublishBatch, PublishAsync, and
+// the dead letters of its record) goes into the window's Kafka
+// transaction. When the window's interval has passed, no new handler
+// attempt starts, those running finish, and the transaction commits with
+// the offsets of every record finished so far (the completed prefix of each
+// partition, and the completed offsets beyond it in the commit metadata):
+// a record's outputs and its offset become visible together, or, when the
+// transaction aborts, neither does and the records are handed over again.
+// Then the next window opens. A record still queued when a window closes
+// belongs to the next one.
+
+// ExactlyOnceConfig is Config.Consume.ExactlyOnce.
+type ExactlyOnceConfig struct {
+	// TransactionalIDPrefix turns exactly-once on: each member produces in
+	// transactions under the id TransactionalIDPrefix + "-" +
+	// Consume.InstanceID (a static member, whose restart fences the
+	// transactions of its previous run), or + "-" + a random suffix. The
+	// group generation fences a member whose partitions moved (KIP-447).
+	// FranzGo only: New rejects it on KafkaGo, which has no transactional
+	// producer. It implies Consume.Isolation ReadCommitted. Batch handlers
+	// are not supported in this mode: Start rejects them.
+	// Default "": off (at-least-once).
+	TransactionalIDPrefix string
+	// Interval is how long a window stays open before its transaction
+	// commits (Kafka Streams commits every 100 ms under exactly-once). A
+	// record's outputs become visible to read_committed consumers at the
+	// end of its window; a longer interval means fewer, larger
+	// transactions and a later visibility.
+	// Default 100 ms.
+	Interval time.Duration
+	// TransactionTimeout is how long the broker lets a transaction stay
+	// open before aborting it (transaction.timeout.ms). It bounds how long a
+	// crashed member's open transaction holds back read_committed readers
+	// of its outputs and the partitions' next owner. It must be shorter
+	// than Consume.SessionTimeout, and longer than a window: Interval plus
+	// the longest handler attempt and its retries in place.
+	// Default SessionTimeout/2 (5 s).
+	TransactionTimeout time.Duration
+}
+
+// enabled reports whether exactly-once is on.
+func (c ExactlyOnceConfig) enabled() bool { return c.TransactionalIDPrefix != "" }
+
+// TransactionHealth is Health.Transaction: the exactly-once windows.
+type TransactionHealth struct {
+	// State is "open" (handlers run and write into the transaction),
+	// "committing" (the window closed: running handlers finish, then the
+	// transaction ends), "closed" (no transaction: before the first, after
+	// Stop, or while one cannot begin).
+	State string `json:"state"`
+	// Committed and Aborted count the transactions since Start.
+	Committed int64 `json:"committed"`
+	Aborted   int64 `json:"aborted"`
+	// LastAbort is why the last transaction aborted; its records were
+	// handed over again. Empty when none aborted.
+	LastAbort   string    `json:"last_abort,omitempty"`
+	LastAbortAt time.Time `json:"last_abort_at,omitzero"`
+}
+
+// TransactionEvent is what a HookTransaction hears at the end of each
+// exactly-once transaction.
+type TransactionEvent struct {
+	Committed bool // false: aborted (Err says why)
+	// Offsets are the offsets the transaction committed (or would have),
+	// by topic and partition.
+	Offsets  map[string]map[int]int64
+	Duration time.Duration // from the window's close to the transaction's end
+	Err      error
+}
+
+// HookTransaction hears the end of each exactly-once transaction, committed
+// or aborted. It runs on the engine's window goroutine: keep it short.
+type HookTransaction interface {
+	OnTransaction(TransactionEvent)
+}
+
+// ctxTxnKey is the context key of the window a handler's context belongs to.
+type ctxTxnKey struct{}
+
+// txnOf returns the window ctx's handler writes into, nil outside
+// exactly-once handlers.
+func txnOf(ctx context.Context) *window {
+	w, _ := ctx.Value(ctxTxnKey{}).(*window)
+	return w
+}
+
+// window is the exactly-once state of an engine.
+type window struct {
+	tx       transport.Transactional
+	interval time.Duration
+	hooks    []HookTransaction
+
+	mu      sync.Mutex
+	open    bool          // handlers may start attempts
+	running int           // attempts running in the window
+	reopen  chan struct{} // closed when the window opens again
+	idle    chan struct{} // closed when running drops to 0 while the window is shut
+	health  TransactionHealth
+
+	committed, aborted atomic.Int64
+	done               chan struct{} // closed when the window loop ended
+	final              chan struct{} // closed by finish: commit what finished, open no more
+	finalOnce          sync.Once
+}
+
+func newWindow(tx transport.Transactional, interval time.Duration, hooks []Hook) *window {
+	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{})}
+	w.health.State = "closed"
+	for _, h := range hooks {
+		if th, ok := h.(HookTransaction); ok {
+			w.hooks = append(w.hooks, th)
+		}
+	}
+	return w
+}
+
+// transactionalID is the id of this member's transactions.
+func (c *Config) transactionalID() string {
+	suffix := c.Consume.InstanceID
+	if suffix == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		suffix = hex.EncodeToString(b[:])
+	}
+	return c.Consume.ExactlyOnce.TransactionalIDPrefix + "-" + suffix
+}
+
+// enter waits until the window is open and counts an attempt in it; false
+// when ctx ended first (the partition was revoked or lost, or Stop).
+func (w *window) enter(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		if w.open {
+			w.running++
+			w.mu.Unlock()
+			return true
+		}
+		ch := w.reopen
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// leave ends an attempt counted by enter.
+func (w *window) leave() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.running--
+	if w.running == 0 && w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+}
+
+// shut closes the window and waits for the running attempts to finish, or
+// for ctx to end (then false).
+func (w *window) shut(ctx context.Context) bool {
+	w.mu.Lock()
+	w.open = false
+	w.health.State = "committing"
+	if w.running == 0 {
+		w.mu.Unlock()
+		return true
+	}
+	if w.idle == nil {
+		w.idle = make(chan struct{})
+	}
+	idle := w.idle
+	w.mu.Unlock()
+	select {
+	case <-idle:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// openUp opens the window (a transaction has begun).
+func (w *window) openUp() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.open = true
+	w.health.State = "open"
+	close(w.reopen)
+	w.reopen = make(chan struct{})
+}
+
+// state notes the window's state when it stays closed.
+func (w *window) state(s string) {
+	w.mu.Lock()
+	w.health.State = s
+	w.mu.Unlock()
+}
+
+// snapshot is Health.Transaction.
+func (w *window) snapshot() TransactionHealth {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	h := w.health
+	h.Committed, h.Aborted = w.committed.Load(), w.aborted.Load()
+	return h
+}
+
+// produce writes recs into the open transaction: a handler's publishes and
+// dead letters.
+func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
+	return w.tx.Produce(ctx, recs)
+}
+
+// finish makes the window loop end its transaction (committing what
+// finished) and open no other, and waits for that, bounded by ctx.
+func (w *window) finish(ctx context.Context) {
+	w.finalOnce.Do(func() { close(w.final) })
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+	}
+}
+
+// windowLoop runs the windows until Stop: begin a transaction, open the
+// window for Interval, shut it, commit. It replaces commitLoop under
+// exactly-once.
+func (e *engine) windowLoop() {
+	w := e.eos
+	defer close(w.done)
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	began := false
+	for {
+		if !began {
+			if err := w.tx.Begin(); err != nil {
+				w.state("closed")
+				e.deps.health.note(err)
+			} else {
+				began = true
+				w.openUp()
+			}
+		}
+		final := false
+		select {
+		case <-t.C:
+		case <-w.final:
+			final = true
+		case <-e.runDone:
+			final = true
+		}
+		if !began {
+			if final {
+				return
+			}
+			continue
+		}
+		// Stop's drain budget ends hardCtx: running handlers are cancelled.
+		w.shut(e.deps.hardCtx)
+		e.endWindow(final)
+		began = false
+		if final {
+			w.state("closed")
+			return
+		}
+	}
+}
+
+// endWindow commits the window's transaction with the offsets of every
+// record finished in it; when it cannot, the transaction aborts and the
+// transport rewinds the partitions (Lost, then Assigned at the committed
+// offsets), so their records are handled again.
+func (e *engine) endWindow(final bool) {
+	w := e.eos
+	e.mu.Lock()
+	gen := e.gen
+	ps := make([]*partition, 0, len(e.parts))
+	for _, p := range e.parts {
+		ps = append(ps, p)
+	}
+	e.mu.Unlock()
+	e.commitMu.Lock()
+	var offsets []transport.Offset
+	var moved []*partition
+	for _, p := range ps {
+		if o, ok := e.toCommit(p); ok {
+			offsets = append(offsets, o)
+			moved = append(moved, p)
+		}
+	}
+	e.commitMu.Unlock()
+	timeout := 30 * time.Second
+	if final {
+		timeout = max(e.deps.stopGrace(), time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	// End calls Lost and Assigned after an abort: commitMu is not held.
+	ok, err := w.tx.End(ctx, gen, offsets, true)
+	if ok {
+		e.commitMu.Lock()
+		for i, p := range moved {
+			p.committed = offsets[i].Offset
+			p.lag.committed.Store(p.committed)
+			p.committedMeta = offsets[i].Metadata
+			for len(p.inherited) > 0 && p.inherited[0].from+p.inherited[0].n <= p.committed {
+				p.inherited = p.inherited[1:]
+			}
+		}
+		e.commitMu.Unlock()
+		w.committed.Add(1)
+		if len(offsets) > 0 {
+			e.deps.health.committed()
+		}
+	} else {
+		if err == nil {
+			err = errors.New("kavari: transaction aborted")
+		}
+		w.aborted.Add(1)
+		w.mu.Lock()
+		w.health.LastAbort, w.health.LastAbortAt = err.Error(), time.Now()
+		w.mu.Unlock()
+		e.deps.health.note(err)
+		e.deps.log.Warn("kavari: exactly-once transaction aborted; its records are handled again", "err", err)
+	}
+	if len(offsets) > 0 || !ok {
+		e.deps.hooks.onCommitted(offsets, time.Since(start), err)
+	}
+	if len(w.hooks) > 0 {
+		ev := TransactionEvent{Committed: ok, Offsets: offsetMap(offsets), Duration: time.Since(start), Err: err}
+		for _, h := range w.hooks {
+			h.OnTransaction(ev)
+		}
+	}
+}
+
+// checkExactlyOnce rejects what exactly-once cannot serve: batch handlers.
+func checkExactlyOnce(table *routeTable) error {
+	if len(table.batchTopics()) > 0 {
+		return fmt.Errorf("kavari: Consume.ExactlyOnce: batch handlers (RegisterBatch) are not supported in exactly-once mode")
+	}
+	return nil
+}
+
+// revokedInWindow is Revoked under exactly-once: the open transaction holds
+// outputs of the revoked partitions' records, and it cannot commit any more
+// (the rebalance makes it abort), so their handlers are cancelled at once
+// and nothing is committed: the next owner handles the records again, and
+// their outputs here never become visible.
+func (e *engine) revokedInWindow(ps []*partition) {
+	for _, p := range ps {
+		p.stopFetch()
+		p.hardCancel()
+	}
+	for _, p := range ps {
+		<-p.feederDone
+	}
+	e.release(ps)
+	e.deps.hooks.onRevoked(ps, false)
+}
+
+// produce writes recs: into the window's transaction when ctx is an
+// exactly-once handler's (its publishes and dead letters), else with the
+// publisher's producer.
+func (p *publisher) produce(ctx context.Context, recs []*transport.Record) []error {
+	if w := txnOf(ctx); w != nil {
+		return w.produce(ctx, recs)
+	}
+	return p.prod.Produce(ctx, recs)
+}
+
+// publishInWindow is PublishAsync with an exactly-once handler's context:
+// the message is written before it returns, so that it is in the handler's
+// transaction, and callback runs then, on the handler's goroutine.
+func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Receipt, error)) {
+	r, err := k.Publish(ctx, msg)
+	if callback != nil {
+		callback(r, err)
+	} else if err != nil {
+		k.log.Error("kavari: exactly-once PublishAsync failed", "err", err)
+	}
+}

@@ -1,0 +1,259 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/testenv"
+	"github.com/kavari-go/kavari/internal/testkit"
+)
+
+type eoIn struct {
+	kavari.Message `kavari:"topic=it-eo-in,key=Key"`
+	Key            string `json:"key"`
+	Seq            int    `json:"seq"`
+	Mode           string `json:"mode"` // one, two, async, failonce, dlq
+}
+
+type eoOut struct {
+	kavari.Message `kavari:"topic=it-eo-out,key=Key"`
+	Key            string `json:"key"`
+	Seq            int    `json:"seq"`
+	N              int    `json:"n"`
+}
+
+func eoMode(seq int) string {
+	switch seq % 10 {
+	case 3:
+		return "two"
+	case 5:
+		return "failonce"
+	case 7:
+		return "dlq"
+	case 9:
+		return "async"
+	}
+	return "one"
+}
+
+// eoWant is what input seq must produce in the committed log: outputs (by
+// n) and dead letters.
+func eoWant(seq int) (outputs, deadLetters int) {
+	switch eoMode(seq) {
+	case "two":
+		return 2, 0
+	case "dlq":
+		return 0, 1
+	}
+	return 1, 0
+}
+
+// eoPipeline is the exactly-once handler of the pipeline tests: one output
+// per input (two for "two"; "async" with PublishAsync), "failonce" fails its
+// first attempt (retried in place), "dlq" always fails (dead-lettered).
+type eoPipeline struct {
+	failed sync.Map // seq → failed once
+	slow   time.Duration
+}
+
+func (p *eoPipeline) handle(k func() *kavari.Client) func(context.Context, *eoIn) error {
+	return func(ctx context.Context, m *eoIn) error {
+		if p.slow > 0 {
+			time.Sleep(p.slow)
+		}
+		switch m.Mode {
+		case "dlq":
+			return errors.New("always fails")
+		case "failonce":
+			if _, again := p.failed.LoadOrStore(m.Seq, true); !again {
+				return errors.New("fails once")
+			}
+		case "two":
+			_, err := k().PublishBatch(ctx, &eoOut{Key: m.Key, Seq: m.Seq, N: 0}, &eoOut{Key: m.Key, Seq: m.Seq, N: 1})
+			return err
+		case "async":
+			errc := make(chan error, 1)
+			k().PublishAsync(ctx, &eoOut{Key: m.Key, Seq: m.Seq}, func(_ kavari.Receipt, err error) { errc <- err })
+			return <-errc
+		}
+		_, err := k().Publish(ctx, &eoOut{Key: m.Key, Seq: m.Seq})
+		return err
+	}
+}
+
+// eoMember is one exactly-once member of group on the run's topics.
+func eoMember(t *testing.T, brokers []string, run, group string, h *eoPipeline) *kavari.Client {
+	t.Helper()
+	reg := kavari.NewRegistry()
+	var k *kavari.Client
+	require.NoError(t, kavari.RegisterFuncOn(reg, &eoIn{}, h.handle(func() *kavari.Client { return k })))
+	require.NoError(t, reg.Declare(&eoOut{}))
+	k = testkit.NewClient(t, reg, brokers, func(c *kavari.Config) {
+		c.Transport = kavari.FranzGo
+		c.Consume.GroupID = group
+		c.Consume.ExactlyOnce = kavari.ExactlyOnceConfig{TransactionalIDPrefix: "it-eo-" + run}
+		c.Topics.Partitions = 3
+		c.Topics.Name = func(topic string) string { return topic + "-" + run }
+		c.Topics.Create = true
+	})
+	return k
+}
+
+// committedLog reads topic's committed records (read_committed) on every
+// partition up to an end marker written after the run, and decodes them.
+func committedLog(t *testing.T, brokers []string, topic string, partitions int) []eoOut {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	require.NoError(t, err)
+	defer p.Close()
+	for i := range partitions {
+		require.NoError(t, p.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: int32(i), Value: []byte("END")}).FirstErr())
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	require.NoError(t, err)
+	defer cl.Close()
+	var out []eoOut
+	ended := map[int32]bool{}
+	for len(ended) < partitions {
+		fs := cl.PollFetches(ctx)
+		require.NoError(t, ctx.Err(), "end markers of %s: %d of %d read", topic, len(ended), partitions)
+		for _, r := range fs.Records() {
+			if string(r.Value) == "END" {
+				ended[r.Partition] = true
+				continue
+			}
+			var o eoOut
+			require.NoError(t, json.Unmarshal(r.Value, &o))
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// checkExactlyOnce counts, from the committed log, the outputs and dead
+// letters of inputs 0..n-1: every one expected exactly once.
+func checkExactlyOnce(t *testing.T, brokers []string, run string, n int) {
+	t.Helper()
+	outs := committedLog(t, brokers, "it-eo-out-"+run, 3)
+	dls := committedLog(t, brokers, "it-eo-in-"+run+".dlq", 3)
+	got := map[[2]int]int{}
+	for _, o := range outs {
+		got[[2]int{o.Seq, o.N}]++
+	}
+	dl := map[int]int{}
+	for _, o := range dls { // a dead letter's value is the input's
+		dl[o.Seq]++
+	}
+	dups, lost := 0, 0
+	for seq := range n {
+		wo, wd := eoWant(seq)
+		for i := range wo {
+			switch c := got[[2]int{seq, i}]; {
+			case c == 0:
+				lost++
+			case c > 1:
+				dups += c - 1
+			}
+		}
+		switch c := dl[seq]; {
+		case c < wd:
+			lost++
+		case c > wd:
+			dups += c - wd
+		}
+	}
+	t.Logf("committed log: %d outputs, %d dead letters for %d inputs: %d duplicates, %d lost", len(outs), len(dls), n, dups, lost)
+	assert.Zero(t, dups, "duplicates in the committed output")
+	assert.Zero(t, lost, "inputs without their committed output")
+}
+
+// publishInputs publishes inputs from..to-1 (plain, not transactional).
+func publishInputs(t *testing.T, k *kavari.Client, from, to int) {
+	t.Helper()
+	var batch []kavari.Msg
+	for s := from; s < to; s++ {
+		batch = append(batch, &eoIn{Key: fmt.Sprintf("k%d", s%20), Seq: s, Mode: eoMode(s)})
+	}
+	_, err := k.PublishBatch(context.Background(), batch...)
+	require.NoError(t, err)
+}
+
+// handledAll waits until the group committed every input: each input
+// partition's committed offset reached its high watermark.
+func handledAll(t *testing.T, what string, ks ...*kavari.Client) {
+	t.Helper()
+	waitUntil(t, 2*time.Minute, func() bool {
+		n := 0
+		for _, k := range ks {
+			for _, p := range k.Health().Positions {
+				if p.HighWatermark < 0 || p.Committed < p.HighWatermark {
+					return false
+				}
+				n++
+			}
+		}
+		return n == 3
+	}, what)
+}
+
+// TestExactlyOncePipeline: input → exactly-once handler publishing one
+// output per input (two for some, with PublishAsync for some, one failing
+// once and retried in place, one dead-lettered) → a read_committed count
+// from the log: every output and dead letter exactly once.
+func TestExactlyOncePipeline(t *testing.T) {
+	brokers := testenv.RequireReal(t)
+	run := testenv.ID("eo")
+	k := eoMember(t, brokers, run, testenv.ID("eo-g"), &eoPipeline{})
+	require.NoError(t, k.Start(context.Background()))
+	const n = 500
+	publishInputs(t, k, 0, n)
+	handledAll(t, "every input committed", k)
+	h := k.Health()
+	require.NotNil(t, h.Transaction)
+	t.Logf("transactions: %+v", *h.Transaction)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, k.Stop(ctx))
+	checkExactlyOnce(t, brokers, run, n)
+}
+
+// TestExactlyOnceRebalance: a second member joins while the first is
+// handling (slowly, so windows are open at the rebalance); the revoked
+// partitions' open transaction aborts and the new owner handles their
+// records again: no duplicate and nothing lost in the committed output.
+func TestExactlyOnceRebalance(t *testing.T) {
+	brokers := testenv.RequireReal(t)
+	run, group := testenv.ID("eo"), testenv.ID("eo-g")
+	start := time.Now()
+	a := eoMember(t, brokers, run, group, &eoPipeline{slow: 2 * time.Millisecond})
+	require.NoError(t, a.Start(context.Background()))
+	const n = 1200
+	publishInputs(t, a, 0, n)
+	waitUntil(t, time.Minute, func() bool { return a.Health().Handled > n/4 }, "a quarter handled by the first member")
+	b := eoMember(t, brokers, run, group, &eoPipeline{slow: 2 * time.Millisecond})
+	require.NoError(t, b.Start(context.Background()))
+	waitUntil(t, time.Minute, func() bool { return len(b.Health().Positions) > 0 }, "the second member owns partitions")
+	t.Logf("the second member owns partitions after %s", time.Since(start).Round(time.Millisecond))
+	handledAll(t, "every input committed", a, b)
+	t.Logf("every input committed after %s", time.Since(start).Round(time.Millisecond))
+	ha, hb := a.Health().Transaction, b.Health().Transaction
+	t.Logf("member 1: %+v; member 2: %+v", *ha, *hb)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, a.Stop(ctx))
+	require.NoError(t, b.Stop(ctx))
+	checkExactlyOnce(t, brokers, run, n)
+}
