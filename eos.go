@@ -117,6 +117,7 @@ type window struct {
 	health  TransactionHealth
 
 	committed, aborted atomic.Int64
+	produced           atomic.Int64 // records written in the open transaction
 	done               chan struct{} // closed when the window loop ended
 	final              chan struct{} // closed by finish: commit what finished, open no more
 	finalOnce          sync.Once
@@ -227,6 +228,7 @@ func (w *window) snapshot() TransactionHealth {
 // produce writes recs into the open transaction: a handler's publishes and
 // dead letters.
 func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
+	w.produced.Add(int64(len(recs)))
 	return w.tx.Produce(ctx, recs)
 }
 
@@ -275,7 +277,10 @@ func (e *engine) windowLoop() {
 		}
 		// Stop's drain budget ends hardCtx: running handlers are cancelled.
 		w.shut(e.deps.hardCtx)
-		e.endWindow(final)
+		if !e.endWindow(final) {
+			w.openUp() // nothing to commit: the transaction goes on
+			continue
+		}
 		began = false
 		if final {
 			w.state("closed")
@@ -287,8 +292,10 @@ func (e *engine) windowLoop() {
 // endWindow commits the window's transaction with the offsets of every
 // record finished in it; when it cannot, the transaction aborts and the
 // transport rewinds the partitions (Lost, then Assigned at the committed
-// offsets), so their records are handled again.
-func (e *engine) endWindow(final bool) {
+// offsets), so their records are handled again. False when the window
+// finished nothing and wrote nothing: the transaction stays open (an empty
+// one is not worth a round trip to the coordinator), unless final.
+func (e *engine) endWindow(final bool) bool {
 	w := e.eos
 	e.mu.Lock()
 	gen := e.gen
@@ -306,7 +313,21 @@ func (e *engine) endWindow(final bool) {
 			moved = append(moved, p)
 		}
 	}
+	if len(offsets) == 0 && w.produced.Load() > 0 {
+		// Writes but no offset moved: commit the offsets as they are, so
+		// that the transaction carries the group's offsets.
+		for _, p := range ps {
+			if p.committed >= 0 {
+				offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: p.committed, Metadata: p.committedMeta})
+				moved = append(moved, p)
+			}
+		}
+	}
 	e.commitMu.Unlock()
+	if len(offsets) == 0 && w.produced.Load() == 0 && !final {
+		return false
+	}
+	w.produced.Store(0)
 	timeout := 30 * time.Second
 	if final {
 		timeout = max(e.deps.stopGrace(), time.Second)
@@ -351,6 +372,7 @@ func (e *engine) endWindow(final bool) {
 			h.OnTransaction(ev)
 		}
 	}
+	return true
 }
 
 // checkExactlyOnce rejects what exactly-once cannot serve: batch handlers.

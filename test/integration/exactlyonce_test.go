@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -195,18 +196,32 @@ func publishInputs(t *testing.T, k *kavari.Client, from, to int) {
 // partition's committed offset reached its high watermark.
 func handledAll(t *testing.T, what string, ks ...*kavari.Client) {
 	t.Helper()
-	waitUntil(t, 2*time.Minute, func() bool {
-		n := 0
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n, done := 0, true
 		for _, k := range ks {
 			for _, p := range k.Health().Positions {
 				if p.HighWatermark < 0 || p.Committed < p.HighWatermark {
-					return false
+					done = false
 				}
 				n++
 			}
 		}
-		return n == 3
-	}, what)
+		if done && n == 3 {
+			return
+		}
+		if time.Now().After(deadline) || os.Getenv("KAVARI_EO_TRACE") != "" && time.Now().UnixMilli()%3000 < 20 {
+			for i, k := range ks {
+				h := k.Health()
+				b, _ := json.Marshal(h)
+				t.Logf("member %d: %s", i+1, b)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gave up waiting: %s", what)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestExactlyOncePipeline: input → exactly-once handler publishing one

@@ -283,9 +283,21 @@ func (c *consumer) rewind() {
 			set[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: a.Start}
 		}
 	}
+	// A pause belongs to the engine's handling of the partition, which
+	// Lost ends: the partition starts again unpaused, as after a release.
+	var unpause []transport.TopicPartition
+	for tp := range c.owned {
+		if c.paused[tp] {
+			delete(c.paused, tp)
+			unpause = append(unpause, tp)
+		}
+	}
 	c.mu.Unlock()
 	if cl == nil || len(tps) == 0 {
 		return
+	}
+	if len(unpause) > 0 {
+		cl.ResumeFetchPartitions(byTopic(unpause))
 	}
 	cl.SetOffsets(set)
 	gen := generation(cl)
