@@ -117,7 +117,7 @@ type window struct {
 	health  TransactionHealth
 
 	committed, aborted atomic.Int64
-	produced           atomic.Int64 // records written in the open transaction
+	produced           atomic.Int64  // records written in the open transaction
 	done               chan struct{} // closed when the window loop ended
 	final              chan struct{} // closed by finish: commit what finished, open no more
 	finalOnce          sync.Once
