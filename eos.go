@@ -96,6 +96,15 @@ type HookTransaction interface {
 // ctxTxnKey is the context key of the window a handler's context belongs to.
 type ctxTxnKey struct{}
 
+// ctxRecKey is the context key of the record a handler's attempt handles.
+type ctxRecKey struct{}
+
+// recID names a record across its deliveries.
+type recID struct {
+	tp     transport.TopicPartition
+	offset int64
+}
+
 // txnOf returns the window ctx's handler writes into, nil outside
 // exactly-once handlers.
 func txnOf(ctx context.Context) *window {
@@ -116,6 +125,18 @@ type window struct {
 	idle    chan struct{} // closed when running drops to 0 while the window is shut
 	health  TransactionHealth
 
+	// wrote are the records whose attempts wrote into the open
+	// transaction; doomed is set when one of them failed after writing
+	// (a transaction cannot take back a write, so the window aborts and
+	// the record comes again), with why. Under mu.
+	wrote  map[*transport.Record]bool
+	doomed error
+	// redo counts, per record, the windows its failed attempts aborted,
+	// with the last error: at Consume.Retry.MaxAttempts it is
+	// dead-lettered without another attempt. Under mu.
+	redo    map[recID]int
+	redoErr map[recID]error
+
 	committed, aborted atomic.Int64
 	produced           atomic.Int64  // records written in the open transaction
 	done               chan struct{} // closed when the window loop ended
@@ -124,7 +145,8 @@ type window struct {
 }
 
 func newWindow(tx transport.Transactional, interval time.Duration, hooks []Hook) *window {
-	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{})}
+	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{}),
+		wrote: map[*transport.Record]bool{}, redo: map[recID]int{}, redoErr: map[recID]error{}}
 	w.health.State = "closed"
 	for _, h := range hooks {
 		if th, ok := h.(HookTransaction); ok {
@@ -229,6 +251,11 @@ func (w *window) snapshot() TransactionHealth {
 // dead letters.
 func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
 	w.produced.Add(int64(len(recs)))
+	if rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record); ok {
+		w.mu.Lock()
+		w.wrote[rec] = true
+		w.mu.Unlock()
+	}
 	return w.tx.Produce(ctx, recs)
 }
 
@@ -324,7 +351,12 @@ func (e *engine) endWindow(final bool) bool {
 		}
 	}
 	e.commitMu.Unlock()
-	if len(offsets) == 0 && w.produced.Load() == 0 && !final {
+	w.mu.Lock()
+	doomed := w.doomed
+	w.doomed = nil
+	clear(w.wrote)
+	w.mu.Unlock()
+	if doomed == nil && len(offsets) == 0 && w.produced.Load() == 0 && !final {
 		return false
 	}
 	w.produced.Store(0)
@@ -336,7 +368,10 @@ func (e *engine) endWindow(final bool) bool {
 	defer cancel()
 	start := time.Now()
 	// End calls Lost and Assigned after an abort: commitMu is not held.
-	ok, err := w.tx.End(ctx, gen, offsets, true)
+	ok, err := w.tx.End(ctx, gen, offsets, doomed == nil)
+	if !ok && err == nil {
+		err = doomed
+	}
 	if ok {
 		e.commitMu.Lock()
 		for i, p := range moved {
@@ -348,6 +383,16 @@ func (e *engine) endWindow(final bool) bool {
 			}
 		}
 		e.commitMu.Unlock()
+		w.mu.Lock()
+		for i, p := range moved { // records committed need no count any more
+			for id := range w.redo {
+				if id.tp == p.tp && id.offset < offsets[i].Offset {
+					delete(w.redo, id)
+					delete(w.redoErr, id)
+				}
+			}
+		}
+		w.mu.Unlock()
 		w.committed.Add(1)
 		if len(offsets) > 0 {
 			e.deps.health.committed()
@@ -420,4 +465,56 @@ func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Rec
 	} else if err != nil {
 		k.log.Error("kavari: exactly-once PublishAsync failed", "err", err)
 	}
+}
+
+// failed is called with each failed attempt's error: when the attempt's
+// record wrote into the transaction, the window is doomed (its writes
+// cannot be taken back) and the error becomes permanent, so the record is
+// not retried in place: the transaction aborts and the record comes again.
+func (w *window) failed(rec *transport.Record, err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.wrote[rec] {
+		return err
+	}
+	if w.doomed == nil {
+		w.doomed = fmt.Errorf("kavari: a handler failed after writing into the transaction (%s/%d@%d): %w", rec.Topic, rec.Partition, rec.Offset, err)
+	}
+	id := recID{transport.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}, rec.Offset}
+	w.redo[id]++
+	w.redoErr[id] = err
+	return &permanentError{err: err}
+}
+
+// dooms reports whether rec's failed attempt doomed the window.
+func (w *window) dooms(rec *transport.Record) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.doomed != nil && w.wrote[rec]
+}
+
+// eosGaveUp dead-letters j's record, without another attempt, once its
+// failed attempts aborted Consume.Retry.MaxAttempts windows (the retries
+// of a record whose attempts write before they fail). True when j is
+// finished so.
+func (e *engine) eosGaveUp(p *partition, j *job) bool {
+	w := e.eos
+	id := recID{p.tp, j.rec.Offset}
+	w.mu.Lock()
+	n, last := w.redo[id], w.redoErr[id]
+	w.mu.Unlock()
+	max := e.deps.cfg.Consume.Retry.MaxAttempts
+	if n == 0 || max <= 0 || n < max {
+		return false
+	}
+	herr := &HandlerError{Attempts: n, Err: last}
+	e.deps.log.Error("kavari: handler failed after writing in every window it ran in, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+	// The count stays until a commit passes the record (endWindow): the
+	// window of this dead letter may still abort.
+	if !e.deadLetter(p, j, KindHandler, "", n, herr) {
+		return true
+	}
+	e.deps.health.handled.Add(1)
+	e.done(p, j)
+	return true
 }

@@ -62,6 +62,9 @@ func (e *engine) process(p *partition, j *job) {
 		e.done(p, j)
 		return
 	}
+	if e.eos != nil && e.eosGaveUp(p, j) {
+		return
+	}
 	for _, b := range rt.bindings {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
@@ -96,6 +99,9 @@ func (e *engine) process(p *partition, j *job) {
 		}
 		if p.hard.Err() != nil {
 			return // interrupted by revoke or Stop: leave it for redelivery
+		}
+		if e.eos != nil && e.eos.dooms(j.rec) {
+			return // its failed attempt wrote into the transaction: the window aborts, the record comes again
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
 		e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
@@ -134,6 +140,9 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		if err != nil && e.eos != nil {
+			err = e.eos.failed(j.rec, err)
+		}
 	}()
 	h, err := e.deps.resolve(b)
 	if err != nil {
@@ -158,6 +167,9 @@ type handlerCtx struct {
 }
 
 func (c *handlerCtx) Value(key any) any {
+	if _, ok := key.(ctxRecKey); ok { // exactly-once: whose writes (eos.go)
+		return c.rec
+	}
 	if _, ok := key.(recordKey); ok {
 		var name string
 		if c.b != nil {

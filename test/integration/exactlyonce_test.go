@@ -33,7 +33,22 @@ type eoOut struct {
 	N              int    `json:"n"`
 }
 
+// eoMissing goes to a topic that does not exist.
+type eoMissing struct {
+	kavari.Message `kavari:"topic=it-eo-missing,key=Key"`
+	Key            string `json:"key"`
+	Seq            int    `json:"seq"`
+}
+
 func eoMode(seq int) string {
+	switch seq % 50 {
+	case 11:
+		return "panicafter"
+	case 21:
+		return "failafter"
+	case 41:
+		return "missing"
+	}
 	switch seq % 10 {
 	case 3:
 		return "two"
@@ -53,7 +68,7 @@ func eoWant(seq int) (outputs, deadLetters int) {
 	switch eoMode(seq) {
 	case "two":
 		return 2, 0
-	case "dlq":
+	case "dlq", "failafter", "missing":
 		return 0, 1
 	}
 	return 1, 0
@@ -61,7 +76,10 @@ func eoWant(seq int) (outputs, deadLetters int) {
 
 // eoPipeline is the exactly-once handler of the pipeline tests: one output
 // per input (two for "two"; "async" with PublishAsync), "failonce" fails its
-// first attempt (retried in place), "dlq" always fails (dead-lettered).
+// first attempt (retried in place), "dlq" always fails (dead-lettered);
+// "panicafter" publishes its output and panics, once; "failafter"
+// publishes and fails, always (dead-lettered, its outputs never visible);
+// "missing" publishes to a topic that does not exist (dead-lettered).
 type eoPipeline struct {
 	failed sync.Map // seq → failed once
 	slow   time.Duration
@@ -79,6 +97,22 @@ func (p *eoPipeline) handle(k func() *kavari.Client) func(context.Context, *eoIn
 			if _, again := p.failed.LoadOrStore(m.Seq, true); !again {
 				return errors.New("fails once")
 			}
+		case "panicafter":
+			if _, err := k().Publish(ctx, &eoOut{Key: m.Key, Seq: m.Seq}); err != nil {
+				return err
+			}
+			if _, again := p.failed.LoadOrStore(m.Seq, true); !again {
+				panic("after publishing")
+			}
+			return nil
+		case "failafter":
+			if _, err := k().Publish(ctx, &eoOut{Key: m.Key, Seq: m.Seq}); err != nil {
+				return err
+			}
+			return errors.New("fails after publishing")
+		case "missing":
+			_, err := k().Publish(ctx, &eoMissing{Key: m.Key, Seq: m.Seq})
+			return err
 		case "two":
 			_, err := k().PublishBatch(ctx, &eoOut{Key: m.Key, Seq: m.Seq, N: 0}, &eoOut{Key: m.Key, Seq: m.Seq, N: 1})
 			return err
@@ -269,6 +303,36 @@ func TestExactlyOnceRebalance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	require.NoError(t, a.Stop(ctx))
+	require.NoError(t, b.Stop(ctx))
+	checkExactlyOnce(t, brokers, run, n)
+}
+
+// TestExactlyOnceStopThenResume: a member stops while its windows commit
+// (records still coming), another takes over the group: the committed
+// output has every input's outputs once.
+func TestExactlyOnceStopThenResume(t *testing.T) {
+	brokers := testenv.RequireReal(t)
+	run, group := testenv.ID("eo"), testenv.ID("eo-g")
+	a := eoMember(t, brokers, run, group, &eoPipeline{slow: time.Millisecond})
+	require.NoError(t, a.Start(context.Background()))
+	const n = 1000
+	publishInputs(t, a, 0, n)
+	waitUntil(t, time.Minute, func() bool { return a.Health().Handled > n/3 }, "a third handled")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stopAt := time.Now()
+	require.NoError(t, a.Stop(ctx))
+	t.Logf("Stop took %s", time.Since(stopAt).Round(time.Millisecond))
+	ha := a.Health()
+	require.NotNil(t, ha.Transaction)
+	assert.Equal(t, "closed", ha.Transaction.State, "no transaction left open by Stop")
+	t.Logf("first member at Stop: handled %d, transactions %+v", ha.Handled, *ha.Transaction)
+	b := eoMember(t, brokers, run, group, &eoPipeline{})
+	require.NoError(t, b.Start(context.Background()))
+	handledAll(t, "every input committed", b)
+	t.Logf("the second member committed every input %s after the Stop", time.Since(stopAt).Round(time.Millisecond))
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	require.NoError(t, b.Stop(ctx))
 	checkExactlyOnce(t, brokers, run, n)
 }
