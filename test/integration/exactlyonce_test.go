@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -335,4 +336,80 @@ func TestExactlyOnceStopThenResume(t *testing.T) {
 	defer cancel()
 	require.NoError(t, b.Stop(ctx))
 	checkExactlyOnce(t, brokers, run, n)
+}
+
+type costIn struct {
+	kavari.Message `kavari:"topic=it-eo-cost-in,key=Key"`
+	Key            string `json:"key"`
+	Seq            int    `json:"seq"`
+	At             int64  `json:"at"` // unix ns when published
+}
+
+type costOut struct {
+	kavari.Message `kavari:"topic=it-eo-cost-out,key=Key"`
+	Key            string `json:"key"`
+	Seq            int    `json:"seq"`
+}
+
+// TestExactlyOnceCost measures (it asserts nothing) the same consume →
+// publish pipeline, one output per input, in at-least-once and in
+// exactly-once mode on FranzGo: the time to handle and commit every input,
+// and the latency from an input's publish to its handler. Run with
+// KAVARI_EO_COST=1.
+func TestExactlyOnceCost(t *testing.T) {
+	if os.Getenv("KAVARI_EO_COST") == "" {
+		t.Skip("a measurement: set KAVARI_EO_COST=1")
+	}
+	brokers := testenv.RequireReal(t)
+	const n = 20000
+	for _, eo := range []bool{false, true, false, true} {
+		run := testenv.ID("cost")
+		reg := kavari.NewRegistry()
+		var k *kavari.Client
+		var mu sync.Mutex
+		var lat []time.Duration
+		require.NoError(t, kavari.RegisterFuncOn(reg, &costIn{}, func(ctx context.Context, m *costIn) error {
+			mu.Lock()
+			lat = append(lat, time.Since(time.Unix(0, m.At)))
+			mu.Unlock()
+			_, err := k.Publish(ctx, &costOut{Key: m.Key, Seq: m.Seq})
+			return err
+		}))
+		require.NoError(t, reg.Declare(&costOut{}))
+		k = testkit.NewClient(t, reg, brokers, func(c *kavari.Config) {
+			c.Transport = kavari.FranzGo
+			if eo {
+				c.Consume.ExactlyOnce = kavari.ExactlyOnceConfig{TransactionalIDPrefix: "cost-" + run}
+			}
+			c.Topics.Partitions = 3
+			c.Topics.Name = func(topic string) string { return topic + "-" + run }
+			c.Topics.Create = true
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitUntil(t, time.Minute, func() bool { return len(k.Health().Positions) == 3 }, "assigned")
+		start := time.Now()
+		for from := 0; from < n; from += 1000 {
+			var batch []kavari.Msg
+			for s := from; s < from+1000; s++ {
+				batch = append(batch, &costIn{Key: fmt.Sprintf("k%d", s%100), Seq: s, At: time.Now().UnixNano()})
+			}
+			_, err := k.PublishBatch(context.Background(), batch...)
+			require.NoError(t, err)
+		}
+		handledAll(t, "every input committed", k)
+		took := time.Since(start)
+		mu.Lock()
+		slices.Sort(lat)
+		p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+		mu.Unlock()
+		mode := "at-least-once"
+		if eo {
+			mode = "exactly-once"
+		}
+		t.Logf("%s: %d inputs handled and committed in %s (%.0f/s); publish→handler p50 %s p99 %s",
+			mode, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), p50.Round(time.Millisecond), p99.Round(time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		require.NoError(t, k.Stop(ctx))
+		cancel()
+	}
 }
