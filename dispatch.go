@@ -328,7 +328,9 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 		}
 	}
 	e.commitMu.Unlock()
-	if len(offsets) > 0 {
+	// Under exactly-once what was not committed was in a transaction that
+	// aborts (Lost is also how an aborted window rewinds): nothing to report.
+	if len(offsets) > 0 && e.eos == nil {
 		err := &CommitError{Offsets: offsetMap(offsets), Err: fmt.Errorf("kavari: partitions lost (the member's session ended) before their completed records were committed")}
 		e.deps.log.Error("kavari: partitions lost; completed records not committed will be redelivered", "err", err)
 		e.deps.health.commitFailed(err)

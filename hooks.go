@@ -172,6 +172,9 @@ func newHooks(hs []Hook) (*hooks, error) {
 		if v, ok := x.(HookBatchAttempt); ok {
 			h.batch, any = append(h.batch, v), true
 		}
+		if _, ok := x.(HookTransaction); ok {
+			any = true // the exactly-once windows find it in Config.Hooks (eos.go)
+		}
 		if !any {
 			return nil, fmt.Errorf("kavari: Config.Hooks[%d] (%T) implements no HookXxx interface", i, x)
 		}
@@ -193,6 +196,7 @@ var hookInterfaces = map[string]reflect.Type{
 	"OnDeadLettered":   reflect.TypeFor[HookDeadLettered](),
 	"OnFetched":        reflect.TypeFor[HookFetched](),
 	"OnBatchAttempt":   reflect.TypeFor[HookBatchAttempt](),
+	"OnTransaction":    reflect.TypeFor[HookTransaction](),
 }
 
 // checkHookMethods refuses a hook with a method named as a hook method but

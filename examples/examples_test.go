@@ -40,7 +40,7 @@ func build(t *testing.T) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./quickstart", "./di", "./httpservice", "./batch")
+	args = append(args, "./quickstart", "./di", "./httpservice", "./batch", "./exactlyonce")
 	cmd := exec.Command(goBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -99,6 +99,15 @@ func TestExamples(t *testing.T) {
 				"dead-lettered 001000 (batch.orders@",
 				"handler after 3 attempts)",
 				"OK: every order but the refused one inserted; the refused one dead-lettered",
+			},
+		},
+		{
+			name: "exactlyonce",
+			args: []string{"-n", "500"},
+			want: []string{
+				"published 500 orders; the handler of one panics after publishing its invoice, once",
+				"invoices read committed: 500 orders with one, 0 with more, 0 without",
+				"OK: one invoice per order",
 			},
 		},
 		{
