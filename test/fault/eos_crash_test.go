@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,4 +154,84 @@ func committedOutputs(t *testing.T, brokers []string, run, topic string, partiti
 		}
 	}
 	return ids
+}
+
+// TestExactlyOnceZombie: two exactly-once faultapp processes; one is
+// SIGSTOPped while its window is open (its handlers writing), its
+// partitions move to the other, which handles every input; then it gets
+// SIGCONT. None of the frozen member's writes of that window may become
+// visible: the committed output has every input once.
+func TestExactlyOnceZombie(t *testing.T) {
+	brokers := testenv.RequireReal(t)
+	bin := buildFaultApp(t)
+	led := ledger.ForTest(t, "exactly-once: a member SIGSTOPped with its transaction open until its partitions moved, then SIGCONT")
+	led.SetTransport("franz-go")
+	led.Mode("exactly-once")
+	run, group := testenv.ID("run"), testenv.ID("eoz")
+	const partitions, keys, n = 6, 60, 3000
+	led.Setup("shared broker; FranzGo; 2 faultapp processes in exactly-once mode, handler 5 ms then Publish of one output; %d inputs, %d partitions; SessionTimeout 6 s", n, partitions)
+	pub := publisher(t, brokers, partitions, &faultmsg.EOIn{}, &faultmsg.EOOut{})
+	args := appArgs(brokers, group, run, "eo", "-sleep", "5ms", "-transport", "franz-go", "-exactly-once", "fault-"+run)
+	a := startApp(t, bin, "consumer-1", led, args...)
+	b := startApp(t, bin, "consumer-2", led, args...)
+	waitFor(t, time.Minute, func() bool { return a.joined() && b.joined() }, "the consumers did not join")
+	ctx := context.Background()
+	for from := 0; from < n; from += 500 {
+		var batch []kavari.Msg
+		for i := from; i < min(from+500, n); i++ {
+			batch = append(batch, &faultmsg.EOIn{Body: faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}})
+			led.Sent(msgID(i), msgKey(i, keys), msgSeq(i, keys))
+		}
+		if _, err := pub.PublishBatch(ctx, batch...); err != nil {
+			t.Fatal(err)
+		}
+		for i := from; i < min(from+500, n); i++ {
+			led.Acked(msgID(i))
+		}
+	}
+	waitFor(t, 2*time.Minute, func() bool { return len(a.handledIDs()) >= n/6 }, "consumer-1 did not handle a sixth of the inputs")
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := len(a.handledIDs())
+	waitFor(t, 3*time.Minute, func() bool {
+		all := a.handledIDs()
+		for id := range b.handledIDs() {
+			all[id] = true
+		}
+		return len(all) == n
+	}, "consumer-2 did not take over every input")
+	gen := a.gen()
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// The zombie wakes, finds its generation gone and rejoins (a new
+	// generation): by then its open transaction was ended.
+	waitFor(t, 2*time.Minute, func() bool { return a.gen() != gen }, "consumer-1 did not rejoin after SIGCONT")
+	for _, x := range []*app{a, b} {
+		if _, err := x.term(30 * time.Second); err != nil {
+			t.Errorf("%s: stop: %v", x.name, err)
+		}
+	}
+	outs := committedOutputs(t, brokers, run, "kavari-fault-eo-out", partitions)
+	per := map[string]int{}
+	for _, id := range outs {
+		per[id]++
+	}
+	dups, lost := 0, 0
+	for i := range n {
+		switch c := per[msgID(i)]; {
+		case c == 0:
+			lost++
+		case c > 1:
+			dups += c - 1
+		}
+	}
+	t.Logf("consumer-1 SIGSTOPped after handling %d; committed output: %d records for %d inputs, %d duplicates, %d lost", frozenAt, len(outs), n, dups, lost)
+	led.Set("handled_before_sigstop", frozenAt)
+	led.Set("output_duplicates", dups)
+	led.Set("output_lost", lost)
+	if dups > 0 || lost > 0 {
+		t.Errorf("the committed output has %d duplicates and %d inputs without output", dups, lost)
+	}
 }
