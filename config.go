@@ -443,6 +443,9 @@ func (c *Config) setDefaults() {
 		}
 		if c.Consume.ExactlyOnce.TransactionTimeout == 0 {
 			c.Consume.ExactlyOnce.TransactionTimeout = c.Consume.SessionTimeout / 2
+			if c.Consume.SessionTimeout == 0 { // ConsumerProtocol: the broker's session
+				c.Consume.ExactlyOnce.TransactionTimeout = 10 * time.Second
+			}
 		}
 	}
 	if c.Topics.DeadLetterSuffix == "" {

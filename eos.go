@@ -53,7 +53,8 @@ type ExactlyOnceConfig struct {
 	// of its outputs and the partitions' next owner. It must be shorter
 	// than Consume.SessionTimeout, and longer than a window: Interval plus
 	// the longest handler attempt and its retries in place.
-	// Default SessionTimeout/2 (5 s).
+	// Default SessionTimeout/2 (5 s); 10 s under ConsumerProtocol, whose
+	// session timeout is the broker's.
 	TransactionTimeout time.Duration
 }
 
@@ -250,6 +251,16 @@ func (w *window) snapshot() TransactionHealth {
 // produce writes recs into the open transaction: a handler's publishes and
 // dead letters.
 func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
+	if err := ctx.Err(); err != nil {
+		// The record's partition was revoked or lost, or Stop cut its
+		// handler: a write now could land in a later window's transaction
+		// without the record's offset.
+		errs := make([]error, len(recs))
+		for i := range errs {
+			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended: %w", err)}
+		}
+		return errs
+	}
 	w.produced.Add(int64(len(recs)))
 	if rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record); ok {
 		w.mu.Lock()
@@ -303,7 +314,17 @@ func (e *engine) windowLoop() {
 			continue
 		}
 		// Stop's drain budget ends hardCtx: running handlers are cancelled.
-		w.shut(e.deps.hardCtx)
+		// Handlers still running then (they ignore their context) may
+		// write into the transaction while it ends, without their
+		// offsets: it aborts instead of committing.
+		if !w.shut(e.deps.hardCtx) {
+			w.mu.Lock()
+			if w.doomed == nil {
+				w.doomed = errors.New("kavari: handlers were still running when Stop's drain budget ended")
+			}
+			w.mu.Unlock()
+			final = true
+		}
 		if !e.endWindow(final) {
 			w.openUp() // nothing to commit: the transaction goes on
 			continue
