@@ -289,7 +289,7 @@ func TestExactlyOnceRebalance(t *testing.T) {
 	start := time.Now()
 	a := eoMember(t, brokers, run, group, &eoPipeline{slow: 2 * time.Millisecond})
 	require.NoError(t, a.Start(context.Background()))
-	const n = 1200
+	const n = 600
 	publishInputs(t, a, 0, n)
 	waitUntil(t, time.Minute, func() bool { return a.Health().Handled > n/4 }, "a quarter handled by the first member")
 	b := eoMember(t, brokers, run, group, &eoPipeline{slow: 2 * time.Millisecond})
@@ -315,7 +315,7 @@ func TestExactlyOnceStopThenResume(t *testing.T) {
 	run, group := testenv.ID("eo"), testenv.ID("eo-g")
 	a := eoMember(t, brokers, run, group, &eoPipeline{slow: time.Millisecond})
 	require.NoError(t, a.Start(context.Background()))
-	const n = 1000
+	const n = 500
 	publishInputs(t, a, 0, n)
 	waitUntil(t, time.Minute, func() bool { return a.Health().Handled > n/3 }, "a third handled")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
