@@ -77,6 +77,9 @@ func (e *engine) commit(gen transport.Generation, ps []*partition) error {
 
 // commitWithin is commit, bounded by timeout.
 func (e *engine) commitWithin(gen transport.Generation, ps []*partition, timeout time.Duration) error {
+	if e.eos != nil {
+		return nil // offsets are committed in the windows' transactions (eos.go)
+	}
 	e.commitMu.Lock()
 	defer e.commitMu.Unlock()
 	var offsets []transport.Offset

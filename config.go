@@ -239,6 +239,15 @@ type ConsumeConfig struct {
 	// broker, a warning names the partition.
 	// Default Earliest.
 	AutoOffsetReset OffsetReset
+	// Isolation says whether records of aborted or still open Kafka
+	// transactions are handed to handlers (see Isolation).
+	// Default ReadUncommitted.
+	Isolation Isolation
+	// ExactlyOnce makes consume → process → publish exactly-once on
+	// FranzGo: a handler's writes with its context and its record's
+	// offset commit in one Kafka transaction (see ExactlyOnceConfig).
+	// Default off.
+	ExactlyOnce ExactlyOnceConfig
 	// Ordering says which records may be handled at the same time.
 	// Default PerKey.
 	Ordering Ordering
@@ -453,6 +462,17 @@ func (c *Config) setDefaults() {
 	if c.Consume.DrainTimeout == 0 && c.Consume.HeartbeatInterval < c.Consume.SessionTimeout {
 		c.Consume.DrainTimeout = min(10*time.Second, c.Consume.RebalanceTimeout/3, c.protocolDrain())
 	}
+	if c.Consume.ExactlyOnce.enabled() {
+		if c.Consume.ExactlyOnce.Interval == 0 {
+			c.Consume.ExactlyOnce.Interval = 100 * time.Millisecond
+		}
+		if c.Consume.ExactlyOnce.TransactionTimeout == 0 {
+			c.Consume.ExactlyOnce.TransactionTimeout = c.Consume.SessionTimeout / 2
+			if c.Consume.SessionTimeout == 0 { // ConsumerProtocol: the broker's session
+				c.Consume.ExactlyOnce.TransactionTimeout = 10 * time.Second
+			}
+		}
+	}
 	if c.Topics.DeadLetterSuffix == "" {
 		c.Topics.DeadLetterSuffix = ".dlq"
 	}
@@ -485,6 +505,9 @@ func (c *Config) validate() error {
 	}
 	if c.Consume.Ordering < PerKey || c.Consume.Ordering > Unordered {
 		errs = append(errs, fmt.Errorf("unknown Consume.Ordering %d", c.Consume.Ordering))
+	}
+	if c.Consume.Isolation < ReadUncommitted || c.Consume.Isolation > ReadCommitted {
+		errs = append(errs, fmt.Errorf("unknown Consume.Isolation %d", c.Consume.Isolation))
 	}
 	if c.Publish.Partitioner < Murmur2 || c.Publish.Partitioner > CRC32 {
 		errs = append(errs, fmt.Errorf("unknown Publish.Partitioner %d", c.Publish.Partitioner))
@@ -528,6 +551,20 @@ func (c *Config) validate() error {
 	}
 	if err := c.validateRetryTopics(); err != nil {
 		errs = append(errs, err)
+	}
+	if eo := c.Consume.ExactlyOnce; eo.enabled() {
+		if eo.Interval < 0 || eo.TransactionTimeout < 0 {
+			errs = append(errs, errors.New("Consume.ExactlyOnce: Interval or TransactionTimeout is negative"))
+		}
+		if eo.TransactionTimeout >= c.Consume.SessionTimeout && c.Consume.SessionTimeout > 0 {
+			errs = append(errs, errors.New("Consume.ExactlyOnce.TransactionTimeout must be shorter than Consume.SessionTimeout: a crashed member's open transaction would hold back the partitions' next owner longer than its session"))
+		}
+		if eo.TransactionTimeout > 0 && eo.Interval >= eo.TransactionTimeout {
+			errs = append(errs, errors.New("Consume.ExactlyOnce.Interval must be shorter than its TransactionTimeout"))
+		}
+		if len(c.Consume.RetryTopics) > 0 {
+			errs = append(errs, errors.New("Consume.ExactlyOnce and Consume.RetryTopics cannot be combined yet: a record's move to a retry tier is not part of the window's transaction"))
+		}
 	}
 	if c.Consume.GroupProtocol < ClassicProtocol || c.Consume.GroupProtocol > ConsumerProtocol {
 		errs = append(errs, fmt.Errorf("unknown Consume.GroupProtocol %d", int(c.Consume.GroupProtocol)))
@@ -574,3 +611,36 @@ func (c *Config) drainBound(heartbeats bool) time.Duration {
 func (c *Config) drainReserve() time.Duration {
 	return min(2*time.Second, (c.Consume.SessionTimeout-c.Consume.HeartbeatInterval)/3)
 }
+
+// ExactlyOnceConfig is Config.Consume.ExactlyOnce.
+type ExactlyOnceConfig struct {
+	// TransactionalIDPrefix turns exactly-once on: each member produces in
+	// transactions under the id TransactionalIDPrefix + "-" +
+	// Consume.InstanceID (a static member, whose restart fences the
+	// transactions of its previous run), or + "-" + a random suffix. The
+	// group generation fences a member whose partitions moved (KIP-447).
+	// FranzGo only: New rejects it on KafkaGo, which has no transactional
+	// producer. It implies Consume.Isolation ReadCommitted. Batch handlers
+	// are not supported in this mode: Start rejects them.
+	// Default "": off (at-least-once).
+	TransactionalIDPrefix string
+	// Interval is how long a window stays open before its transaction
+	// commits (Kafka Streams commits every 100 ms under exactly-once). A
+	// record's outputs become visible to read_committed consumers at the
+	// end of its window; a longer interval means fewer, larger
+	// transactions and a later visibility.
+	// Default 100 ms.
+	Interval time.Duration
+	// TransactionTimeout is how long the broker lets a transaction stay
+	// open before aborting it (transaction.timeout.ms). It bounds how long a
+	// crashed member's open transaction holds back read_committed readers
+	// of its outputs and the partitions' next owner. It must be shorter
+	// than Consume.SessionTimeout, and longer than a window: Interval plus
+	// the longest handler attempt and its retries in place.
+	// Default SessionTimeout/2 (5 s); 10 s under ConsumerProtocol, whose
+	// session timeout is the broker's.
+	TransactionTimeout time.Duration
+}
+
+// enabled reports whether exactly-once is on.
+func (c ExactlyOnceConfig) enabled() bool { return c.TransactionalIDPrefix != "" }

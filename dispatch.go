@@ -56,6 +56,8 @@ type engine struct {
 	// retry are the retry topics' tiers (retrytopic.go); nil without
 	// Consume.RetryTopics. Set before run.
 	retry *retryTiers
+	// eos runs the exactly-once windows (eos.go); nil in at-least-once mode.
+	eos *window
 }
 
 // engineDeps is everything the engine uses of the client it runs on:
@@ -111,7 +113,12 @@ func newEngine(deps engineDeps, table *routeTable, cons transport.Consumer, caps
 // backoff, and errors are logged and shown in Health.
 func (e *engine) run() {
 	defer close(e.deps.loopDone)
-	go e.commitLoop()
+	if e.eos != nil {
+		go e.windowLoop()
+		defer func() { <-e.eos.done }()
+	} else {
+		go e.commitLoop()
+	}
 	go e.lagLoop()
 	_ = e.cons.Run(e.deps.runCtx, e)
 	close(e.runDone)
@@ -286,6 +293,10 @@ func (e *engine) Revoked(gen transport.Generation, tps []transport.TopicPartitio
 	if len(ps) == 0 {
 		return
 	}
+	if e.eos != nil {
+		e.revokedInWindow(ps)
+		return
+	}
 	for _, p := range ps {
 		p.stopFetch()
 	}
@@ -331,7 +342,9 @@ func (e *engine) Lost(gen transport.Generation, tps []transport.TopicPartition) 
 		}
 	}
 	e.commitMu.Unlock()
-	if len(offsets) > 0 {
+	// Under exactly-once what was not committed was in a transaction that
+	// aborts (Lost is also how an aborted window rewinds): nothing to report.
+	if len(offsets) > 0 && e.eos == nil {
 		err := &CommitError{Offsets: offsetMap(offsets), Err: fmt.Errorf("kavari: partitions lost (the member's session ended) before their completed records were committed")}
 		e.deps.log.Error("kavari: partitions lost; completed records not committed will be redelivered", "err", err)
 		e.deps.health.commitFailed(err)

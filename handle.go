@@ -23,6 +23,12 @@ func (e *engine) process(p *partition, j *job) {
 	if p.hard.Err() != nil {
 		return
 	}
+	if w := e.eos; w != nil { // exactly-once: the attempts run in one window (eos.go)
+		if !w.enter(p.hard) {
+			return
+		}
+		defer w.leave()
+	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
 	// between retries gives its run slot back too (held says).
@@ -55,6 +61,9 @@ func (e *engine) process(p *partition, j *job) {
 		// A type declared without handlers: this service publishes it but
 		// does not consume it.
 		e.done(p, j)
+		return
+	}
+	if e.eos != nil && e.eosGaveUp(p, j) {
 		return
 	}
 	rs.keepHandlers(rt.bindings, e.deps.log)
@@ -110,6 +119,9 @@ func (e *engine) process(p *partition, j *job) {
 		if p.hard.Err() != nil {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
+		if e.eos != nil && e.eos.dooms(j.rec) {
+			return // its failed attempt wrote into the transaction: the window aborts, the record comes again
+		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
 		if e.retry != nil && retriableHandler(err) {
 			failed = append(failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
@@ -161,6 +173,9 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		if err != nil && e.eos != nil {
+			err = e.eos.failed(j.rec, err)
+		}
 	}()
 	h, err := e.deps.resolve(b)
 	if err != nil {
@@ -185,6 +200,9 @@ type handlerCtx struct {
 }
 
 func (c *handlerCtx) Value(key any) any {
+	if _, ok := key.(ctxRecKey); ok { // exactly-once: whose writes (eos.go)
+		return c.rec
+	}
 	if _, ok := key.(recordKey); ok {
 		var name string
 		if c.b != nil {

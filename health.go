@@ -68,6 +68,9 @@ type Health struct {
 	// RetryTiers describes the retry topics (Consume.RetryTopics) of which
 	// this member is assigned partitions, by topic and tier.
 	RetryTiers []RetryTierHealth `json:"retry_tiers,omitempty"`
+	// Transaction is the state of the exactly-once transactions
+	// (Consume.ExactlyOnce): nil when off or before Start.
+	Transaction *TransactionHealth `json:"transaction,omitempty"`
 }
 
 // RetryTierHealth is one retry topic's state on this member (its
@@ -232,6 +235,10 @@ func (k *Client) Health() Health {
 	g := k.health.current
 	k.health.mu.Unlock()
 	out.Handled, out.Retried, out.DeadLettered = k.health.handled.Load(), k.health.retried.Load(), k.health.deadLettered.Load()
+	if e := k.consumer.eng.Load(); e != nil && e.eos != nil {
+		t := e.eos.snapshot()
+		out.Transaction = &t
+	}
 	out.StuckAfter = k.cfg.stuckAfter()
 	out.AsyncQueued = k.pub.queued()
 	out.AsyncFailedNoCallback = k.pub.failedNoCallback.Load()
@@ -262,4 +269,20 @@ func (c *Config) stuckAfter() time.Duration {
 		wait = max(30*time.Second, r.BaseDelay)
 	}
 	return time.Duration(r.MaxAttempts)*(c.Consume.HandlerTimeout+wait) + time.Minute
+}
+
+// TransactionHealth is Health.Transaction: the exactly-once windows.
+type TransactionHealth struct {
+	// State is "open" (handlers run and write into the transaction),
+	// "committing" (the window closed: running handlers finish, then the
+	// transaction ends), "closed" (no transaction: before the first, after
+	// Stop, or while one cannot begin).
+	State string `json:"state"`
+	// Committed and Aborted count the transactions since Start.
+	Committed int64 `json:"committed"`
+	Aborted   int64 `json:"aborted"`
+	// LastAbort is why the last transaction aborted; its records were
+	// handed over again. Empty when none aborted.
+	LastAbort   string    `json:"last_abort,omitempty"`
+	LastAbortAt time.Time `json:"last_abort_at,omitzero"`
 }

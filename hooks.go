@@ -172,6 +172,9 @@ func newHooks(hs []Hook) (*hooks, error) {
 		if v, ok := x.(HookBatchAttempt); ok {
 			h.batch, any = append(h.batch, v), true
 		}
+		if _, ok := x.(HookTransaction); ok {
+			any = true // the exactly-once windows find it in Config.Hooks (eos.go)
+		}
 		if !any {
 			return nil, fmt.Errorf("kavari: Config.Hooks[%d] (%T) implements no HookXxx interface", i, x)
 		}
@@ -193,6 +196,7 @@ var hookInterfaces = map[string]reflect.Type{
 	"OnDeadLettered":   reflect.TypeFor[HookDeadLettered](),
 	"OnFetched":        reflect.TypeFor[HookFetched](),
 	"OnBatchAttempt":   reflect.TypeFor[HookBatchAttempt](),
+	"OnTransaction":    reflect.TypeFor[HookTransaction](),
 }
 
 // checkHookMethods refuses a hook with a method named as a hook method but
@@ -328,4 +332,21 @@ func (h *hooks) onFetched(tp transport.TopicPartition, recs []*transport.Record,
 	for _, x := range h.fetched {
 		x.OnFetched(tp.Topic, int(tp.Partition), len(recs), recs[len(recs)-1].Offset, hw)
 	}
+}
+
+// TransactionEvent is what a HookTransaction hears at the end of each
+// exactly-once transaction.
+type TransactionEvent struct {
+	Committed bool // false: aborted (Err says why)
+	// Offsets are the offsets the transaction committed (or would have),
+	// by topic and partition.
+	Offsets  map[string]map[int]int64
+	Duration time.Duration // from the window's close to the transaction's end
+	Err      error
+}
+
+// HookTransaction hears the end of each exactly-once transaction, committed
+// or aborted. It runs on the engine's window goroutine: keep it short.
+type HookTransaction interface {
+	OnTransaction(TransactionEvent)
 }

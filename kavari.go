@@ -206,6 +206,10 @@ func (k *Client) PublishBatch(ctx context.Context, msgs ...Msg) ([]Receipt, erro
 // with PublishAsync, and must not call Stop. A callback that panics is
 // recovered and logged.
 func (k *Client) PublishAsync(ctx context.Context, msg Msg, callback func(Receipt, error)) {
+	if txnOf(ctx) != nil {
+		k.publishInWindow(ctx, msg, callback)
+		return
+	}
 	k.pub.enqueue(ctx, msg, callback)
 }
 
@@ -215,6 +219,10 @@ func (k *Client) PublishAsync(ctx context.Context, msg Msg, callback func(Receip
 // callback is never called; when it returns nil, callback (which may be nil)
 // runs exactly once, as for PublishAsync.
 func (k *Client) TryPublishAsync(ctx context.Context, msg Msg, callback func(Receipt, error)) error {
+	if txnOf(ctx) != nil {
+		k.publishInWindow(ctx, msg, callback)
+		return nil
+	}
 	return k.pub.tryEnqueue(ctx, msg, callback)
 }
 

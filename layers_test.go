@@ -38,6 +38,7 @@ var apiFiles = []string{
 	"encoded.go",    // Encoded, Client.Encode, Client.PublishEncoded (the outbox module's)
 
 	"retryheaders.go", // retry-topic headers (Consume.RetryTopics)
+	"isolation.go",    // Isolation, ReadUncommitted, ReadCommitted
 }
 
 // TestExportedIdentifiersLiveInAPIFiles: every exported identifier of

@@ -188,7 +188,14 @@ func (k *Client) missingTopics(ctx context.Context, names []string) ([]string, e
 // lifecycle.mu, after prepare.
 func (k *Client) launch(table *routeTable) error {
 	topics := append(table.subscribed(), k.cfg.retryTopicsOf(table.subscribed())...)
-	cons, err := k.tr.NewConsumer(k.cfg.transportConfig(topics))
+	tc := k.cfg.transportConfig(topics)
+	if eo := k.cfg.Consume.ExactlyOnce; eo.enabled() {
+		if err := checkExactlyOnce(table); err != nil {
+			return err
+		}
+		tc.TransactionalID, tc.TransactionTimeout = k.cfg.transactionalID(), eo.TransactionTimeout
+	}
+	cons, err := k.tr.NewConsumer(tc)
 	if err != nil {
 		return fmt.Errorf("kavari: consumer: %w", err)
 	}
@@ -201,7 +208,18 @@ func (k *Client) launch(table *routeTable) error {
 	}
 	k.consumer.pool = newWorkerPool(k.cfg.Consume.MaxBuffered, k.consumer.workerIdle, &k.consumer.workers) // workers start on demand
 	k.consumer.pool.ids = &k.consumer.workerIDs
-	e := newEngine(k.engineDeps(), table, cons, k.tr.Capabilities())
+	deps := k.engineDeps()
+	var w *window
+	if k.cfg.Consume.ExactlyOnce.enabled() {
+		tx, ok := cons.(transport.Transactional)
+		if !ok {
+			return errors.New("kavari: Consume.ExactlyOnce: the transport's consumer is not transactional")
+		}
+		w = newWindow(tx, k.cfg.Consume.ExactlyOnce.Interval, k.cfg.Hooks)
+		deps.hardCtx = context.WithValue(deps.hardCtx, ctxTxnKey{}, w) // every handler's context, and its dead letters'
+	}
+	e := newEngine(deps, table, cons, k.tr.Capabilities())
+	e.eos = w
 	e.retry = newRetryTiers(&k.cfg, table.subscribed())
 	k.consumer.eng.Store(e)
 	go e.run()
@@ -377,6 +395,10 @@ func (k *Client) shutdown(ctx context.Context, starting <-chan struct{}) {
 	if k.life.started.Load() {
 		closed := make(chan struct{})
 		go func() {
+			// Exactly-once: the last window commits what finished first.
+			if e := k.consumer.eng.Load(); e != nil && e.eos != nil {
+				e.eos.finish(ctx)
+			}
 			// The transport revokes every partition (drain, final
 			// commit), leaves the group and returns from Run.
 			_ = k.consumer.cons.Close(ctx)

@@ -167,7 +167,7 @@ func (p *publisher) write(ctx context.Context, recs []*transport.Record) []error
 	if ctx.Err() != nil {
 		return p.retryWrite(ctx, start, recs, nil)
 	}
-	errs := p.prod.Produce(ctx, recs)
+	errs := p.produce(ctx, recs)
 	if errs == nil {
 		return nil
 	}
@@ -201,7 +201,7 @@ func (p *publisher) retryWrite(ctx context.Context, start time.Time, recs []*tra
 			if err := ctx.Err(); err != nil {
 				return err // an ended context sends nothing
 			}
-			we = p.prod.Produce(ctx, batch)
+			we = p.produce(ctx, batch)
 		}
 		if we == nil {
 			pending = pending[:0]

@@ -76,6 +76,12 @@ func (c *Config) checkTransport(caps transport.Capabilities) error {
 	if c.Consume.GroupProtocol == ConsumerProtocol && c.Transport != FranzGo {
 		errs = append(errs, fmt.Errorf("Consume.GroupProtocol ConsumerProtocol (KIP-848): %v speaks only the classic protocol (use FranzGo)", c.Transport))
 	}
+	if c.Consume.Isolation == ReadCommitted && !caps.ReadCommitted {
+		errs = append(errs, fmt.Errorf("Consume.Isolation ReadCommitted: %v cannot read committed: its reader hands over the records of aborted transactions (use FranzGo)", c.Transport))
+	}
+	if c.Consume.ExactlyOnce.enabled() && !caps.Transactions {
+		errs = append(errs, fmt.Errorf("Consume.ExactlyOnce: %v has no transactional producer, so a handler's writes and its record's offset cannot commit together (use FranzGo)", c.Transport))
+	}
 	if c.Transport == FranzGo {
 		if c.Publish.BatchTimeout != 0 {
 			errs = append(errs, errors.New("Publish.BatchTimeout: FranzGo publishes without linger (a synchronous Publish would wait for it); it batches what is buffered while a request is in flight"))
@@ -133,6 +139,7 @@ func (c *Config) transportConfig(topics []string) transport.Config {
 		SessionTimeout:    c.Consume.SessionTimeout,
 		RebalanceTimeout:  c.Consume.RebalanceTimeout,
 		HeartbeatInterval: c.Consume.HeartbeatInterval,
+		ReadCommitted:     c.Consume.Isolation == ReadCommitted || c.Consume.ExactlyOnce.enabled(),
 	}
 	if c.SASL != nil {
 		tc.SASL = &transport.SASL{Mechanism: c.SASL.Mechanism, Username: c.SASL.Username, Password: c.SASL.Password}

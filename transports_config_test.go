@@ -39,6 +39,18 @@ func TestNewRejectsWhatTheTransportCannotHonour(t *testing.T) {
 		{"FranzGo ConsumerProtocol HeartbeatInterval", kavari.FranzGo, func(c *kavari.Config) {
 			c.Consume.GroupProtocol, c.Consume.HeartbeatInterval = kavari.ConsumerProtocol, time.Second
 		}, "Consume.HeartbeatInterval"},
+		{"KafkaGo ReadCommitted", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadCommitted }, "Consume.Isolation ReadCommitted"},
+		{"KafkaGo ReadUncommitted", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadUncommitted }, ""},
+		{"FranzGo ReadCommitted", kavari.FranzGo, func(c *kavari.Config) { c.Consume.Isolation = kavari.ReadCommitted }, ""},
+		{"KafkaGo ExactlyOnce", kavari.KafkaGo, func(c *kavari.Config) { c.Consume.ExactlyOnce.TransactionalIDPrefix = "p" }, "no transactional producer"},
+		{"FranzGo ExactlyOnce", kavari.FranzGo, func(c *kavari.Config) { c.Consume.ExactlyOnce.TransactionalIDPrefix = "p" }, ""},
+		{"FranzGo ExactlyOnce timeout past the session", kavari.FranzGo, func(c *kavari.Config) {
+			c.Consume.ExactlyOnce = kavari.ExactlyOnceConfig{TransactionalIDPrefix: "p", TransactionTimeout: 10 * time.Second}
+		}, "TransactionTimeout must be shorter than Consume.SessionTimeout"},
+		{"FranzGo ExactlyOnce interval past the timeout", kavari.FranzGo, func(c *kavari.Config) {
+			c.Consume.ExactlyOnce = kavari.ExactlyOnceConfig{TransactionalIDPrefix: "p", Interval: 3 * time.Second, TransactionTimeout: 2 * time.Second}
+		}, "Interval must be shorter"},
+		{"unknown Isolation", kavari.FranzGo, func(c *kavari.Config) { c.Consume.Isolation = 5 }, "unknown Consume.Isolation"},
 		{"unknown GroupProtocol", kavari.FranzGo, func(c *kavari.Config) { c.Consume.GroupProtocol = 7 }, "unknown Consume.GroupProtocol"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -40,7 +40,7 @@ func build(t *testing.T) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./quickstart", "./di", "./httpservice", "./batch", "./retrytopics")
+	args = append(args, "./quickstart", "./di", "./httpservice", "./batch", "./retrytopics", "./exactlyonce")
 	cmd := exec.Command(goBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -114,6 +114,15 @@ func TestExamples(t *testing.T) {
 				"after 5 attempts; failed in main -> .retry.1 -> .retry.2 -> .retry.3",
 				"moves to retry tiers: 40;",
 				"OK: every notification delivered once, the gone endpoint's dead-lettered after the last tier",
+			},
+		},
+		{
+			name: "exactlyonce",
+			args: []string{"-n", "500"},
+			want: []string{
+				"published 500 orders; the handler of one panics after publishing its invoice, once",
+				"invoices read committed: 500 orders with one, 0 with more, 0 without",
+				"OK: one invoice per order",
 			},
 		},
 		{

@@ -132,4 +132,5 @@ var (
 	_ kavari.HookRetryScheduled = (*Instrumentation)(nil)
 	_ kavari.HookDeadLettered   = (*Instrumentation)(nil)
 	_ kavari.HookFetched        = (*Instrumentation)(nil)
+	_ kavari.HookTransaction    = (*Instrumentation)(nil)
 )

@@ -24,6 +24,7 @@ const (
 	MetricDeadLetters     = "kavari.consumer.dead_letters"        // Counter, {message}: dead letters written, by kavari.error.kind
 	MetricRebalances      = "kavari.consumer.rebalances"          // Counter, {rebalance}: by kavari.rebalance.type (assigned, revoked, lost)
 	MetricCommitDuration  = "kavari.consumer.commit.duration"     // Histogram, s: offset commits (error.type when failed)
+	MetricTransactions    = "kavari.consumer.transactions"        // Counter, {transaction}: exactly-once transactions, by kavari.transaction.outcome (committed, aborted)
 	MetricInvalidContext  = "kavari.trace.context.invalid"        // Counter, {record}: records with a malformed traceparent, ignored
 	MetricLag             = "kavari.consumer.lag"                 // Gauge, {message}: high watermark − committed offset, per partition
 	MetricInFlight        = "kavari.consumer.in_flight"           // Gauge, {record}: records fetched and not finished
@@ -35,9 +36,14 @@ const (
 // AttrRebalanceType says what a rebalance did to this member's partitions.
 const AttrRebalanceType = attribute.Key("kavari.rebalance.type")
 
+// AttrTransactionOutcome says how an exactly-once transaction ended:
+// committed or aborted.
+const AttrTransactionOutcome = attribute.Key("kavari.transaction.outcome")
+
 type instruments struct {
 	meter                                                  metric.Meter
 	sent, retries, deadLetters, rebalances, invalidContext metric.Int64Counter
+	transactions                                           metric.Int64Counter
 	consumed                                               metric.Int64ObservableCounter
 	sendDuration, processDuration, commitDuration          metric.Float64Histogram
 	batchSize                                              metric.Int64Histogram
@@ -62,6 +68,7 @@ func newInstruments(m metric.Meter) *instruments {
 	in.retries = counter(MetricRetries, "{retry}", "Handler retries scheduled.")
 	in.deadLetters = counter(MetricDeadLetters, "{message}", "Dead letters written, by kavari.error.kind.")
 	in.rebalances = counter(MetricRebalances, "{rebalance}", "Partitions assigned, revoked or lost, by kavari.rebalance.type.")
+	in.transactions = counter(MetricTransactions, "{transaction}", "Exactly-once transactions ended, by kavari.transaction.outcome.")
 	in.invalidContext = counter(MetricInvalidContext, "{record}", "Records whose trace context header is malformed (ignored).")
 	in.sendDuration = hist(MetricSendDuration, "Duration of a publish, retries included.")
 	in.processDuration = hist(MetricProcessDuration, "Duration of one handler attempt.")
@@ -168,6 +175,19 @@ func (i *Instrumentation) OnCommitted(_ map[string]map[int]int64, took time.Dura
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(err)))
 	}
 	i.m.commitDuration.Record(context.Background(), took.Seconds(), metric.WithAttributes(attrs...))
+}
+
+// OnTransaction counts an exactly-once transaction that ended, by outcome
+// (error.type when aborted). It implements kavari.HookTransaction.
+func (i *Instrumentation) OnTransaction(ev kavari.TransactionEvent) {
+	attrs := []attribute.KeyValue{semconv.MessagingSystemKafka, AttrTransactionOutcome.String("committed")}
+	if !ev.Committed {
+		attrs[1] = AttrTransactionOutcome.String("aborted")
+		if ev.Err != nil {
+			attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(ev.Err)))
+		}
+	}
+	i.m.transactions.Add(context.Background(), 1, metric.WithAttributes(attrs...))
 }
 
 // Observe registers the gauges read from k.Health() at each collection:

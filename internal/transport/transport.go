@@ -107,6 +107,18 @@ type Config struct {
 	SessionTimeout    time.Duration
 	RebalanceTimeout  time.Duration
 	HeartbeatInterval time.Duration
+	// ReadCommitted reads only committed transactional records (Kafka's
+	// read_committed): up to the last stable offset, never a record of an
+	// aborted transaction. False reads every record (read_uncommitted).
+	ReadCommitted bool
+
+	// TransactionalID makes the consumer Transactional: it reads committed
+	// and produces in transactions under this id. "" for none.
+	TransactionalID string
+	// TransactionTimeout is how long the broker lets a transaction stay
+	// open before it aborts it (transaction.timeout.ms); 0 keeps the
+	// client's default.
+	TransactionTimeout time.Duration
 }
 
 // Capabilities says what an adapter's client can do; the engine adapts to it
@@ -125,6 +137,13 @@ type Capabilities struct {
 	// waits for room, not whenever its queue is full: pausing makes some
 	// clients (kgo) drop what they fetched for it, which is fetched again.
 	WaitsForBacklog bool
+	// ReadCommitted: the consumer honours Config.ReadCommitted, never
+	// delivering a record of an aborted transaction (nor a transaction
+	// marker).
+	ReadCommitted bool
+	// Transactions: a consumer built with Config.TransactionalID is
+	// Transactional.
+	Transactions bool
 }
 
 // Producer writes records. It is safe for concurrent use.

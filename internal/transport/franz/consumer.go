@@ -86,6 +86,13 @@ func (t *franzTransport) NewConsumer(cfg transport.Config) (transport.Consumer, 
 	if t.kip848 {
 		opts = append(opts, kgo.ServerSideBalancer())
 	}
+	if cfg.ReadCommitted {
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	if cfg.TransactionalID != "" {
+		opts = append(opts, txnOpts(cfg)...)
+		c.txn = &txnSide{base: map[transport.TopicPartition]int64{}}
+	}
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
 	}
@@ -114,6 +121,7 @@ type consumer struct {
 	opts   []kgo.Opt
 	kip848 bool
 	conns  *conntrack.Set
+	txn    *txnSide // nil unless Config.TransactionalID is set (txn.go)
 
 	// groupMu is held while the engine is told of assigned, revoked or
 	// lost partitions, by kgo's callbacks and by Close's revoke, so that
@@ -198,7 +206,7 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 		return errors.New("kavari: franz consumer: Run called twice")
 	}
 	c.h = h
-	cl, err := kgo.NewClient(c.opts...)
+	cl, err := c.newClient()
 	if err != nil {
 		c.mu.Unlock()
 		return fmt.Errorf("kavari: franz consumer: %w", err)
@@ -243,8 +251,10 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 			}
 		}
 		backlogs = backlogs[:0]
-		fetches := cl.PollRecords(pollCtx, maxPollRecords)
+		ctx, endPoll := c.beginPoll(pollCtx)
+		fetches := cl.PollRecords(ctx, maxPollRecords)
 		if pollCtx.Err() != nil || fetches.IsClientClosed() {
+			endPoll()
 			return nil
 		}
 		fetches.EachError(func(topic string, partition int32, err error) {
@@ -264,6 +274,7 @@ func (c *consumer) Run(ctx context.Context, h transport.GroupHandler) error {
 				}
 			}
 		})
+		endPoll()
 	}
 }
 
@@ -432,6 +443,7 @@ func (c *consumer) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[
 		return
 	}
 	c.mu.Lock()
+	c.txnAssignedLocked(parts)
 	for _, a := range parts {
 		c.owned[a.TopicPartition] = gen.ID
 		delete(c.starts, a.TopicPartition)
@@ -768,6 +780,9 @@ func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost 
 		delete(c.owned, tp)
 		delete(c.committed, tp)
 		delete(c.starts, tp)
+		if c.txn != nil {
+			delete(c.txn.base, tp)
+		}
 		if c.paused[tp] {
 			delete(c.paused, tp)
 			unpause = append(unpause, tp)
@@ -790,6 +805,9 @@ func (c *consumer) release(cl *kgo.Client, tps []transport.TopicPartition, lost 
 // for its partition is not sent (nor is one equal to it with the same
 // metadata), so commits never move backwards.
 func (c *consumer) Commit(ctx context.Context, gen transport.Generation, offsets []transport.Offset) error {
+	if c.txn != nil {
+		return errTxnCommit
+	}
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()

@@ -69,6 +69,8 @@ func (t *franzTransport) Capabilities() transport.Capabilities {
 		StaticMembership:      true,
 		CommitMetadata:        true,
 		WaitsForBacklog:       true,
+		ReadCommitted:         true,
+		Transactions:          true,
 	}
 }
 

@@ -271,6 +271,9 @@ func (c *Consumer) read(ctx context.Context, h transport.GroupHandler, tp transp
 		if !c.wait(ctx, tp) {
 			break
 		}
+		if isMarker(m) {
+			continue
+		}
 		// One allocation for the record and the slice that delivers it.
 		f := &fetched{rec: transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
 			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time}}
@@ -400,4 +403,17 @@ func (c *Consumer) Close(ctx context.Context) error {
 		c.shutdown()
 		return context.Cause(ctx)
 	}
+}
+
+// isMarker reports whether m is a transaction marker (a control record
+// that commits or aborts a transaction), which kafka-go's reader hands over
+// like any record: it does not read the control flag of a record batch. A
+// marker has no headers, a 4-byte key (version 0, type 0 abort or 1
+// commit) and a 6-byte value (version 0, coordinator epoch). A record of a
+// producer with that shape and no headers is skipped as well: it has no
+// msg_type, so kavari would only have dead-lettered it.
+func isMarker(m kafka.Message) bool {
+	k, v := m.Key, m.Value
+	return len(m.Headers) == 0 && len(k) == 4 && k[0] == 0 && k[1] == 0 && k[2] == 0 && k[3] <= 1 &&
+		len(v) == 6 && v[0] == 0 && v[1] == 0
 }

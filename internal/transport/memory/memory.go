@@ -150,7 +150,10 @@ func (b *Broker) Transport(caps transport.Capabilities) transport.Adapter {
 	return &Transport{b: b, caps: caps}
 }
 
-// Transport is the in-memory transport.
+// Transport is the in-memory transport. Its broker has no transactions:
+// every record is committed, so Config.ReadCommitted changes nothing, and a
+// test that wants New to accept Isolation ReadCommitted on it sets
+// Capabilities.ReadCommitted.
 type Transport struct {
 	b    *Broker
 	caps transport.Capabilities

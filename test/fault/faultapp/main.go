@@ -85,6 +85,9 @@ type app struct {
 	sleep       time.Duration
 	traceStart  bool
 	ignoreSleep bool // a message's sleep_ms does not apply
+	// output, when set, publishes a message's output after it was handled
+	// (scenario eo), with the handler's context.
+	output func(ctx context.Context, b *faultmsg.Body) error
 }
 
 func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
@@ -114,6 +117,11 @@ func (a *app) handle(ctx context.Context, b *faultmsg.Body) error {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
+		}
+	}
+	if a.output != nil {
+		if err := a.output(ctx, b); err != nil {
+			return err
 		}
 	}
 	ev.Ev = "done"
@@ -197,6 +205,7 @@ func realMain() int {
 		logLevel   = flag.String("log", "warn", "log level on stderr: debug, info, warn, error")
 		trName     = flag.String("transport", "", "Config.Transport: kafka-go or franz-go (default: KAVARI_TRANSPORT, inherited from the test)")
 		instance   = flag.String("instance-id", "", "Config.Consume.InstanceID (static membership; franz-go)")
+		eosPrefix  = flag.String("exactly-once", "", "Config.Consume.ExactlyOnce.TransactionalIDPrefix (franz-go)")
 	)
 	flag.Parse()
 	if *brokers == "" || *group == "" || *run == "" {
@@ -227,6 +236,11 @@ func realMain() int {
 		err = register(reg, &faultmsg.RetryCrash{}, func(m *faultmsg.RetryCrash) *faultmsg.Body { return &m.Body }, a)
 	case "static":
 		err = register(reg, &faultmsg.Static{}, func(m *faultmsg.Static) *faultmsg.Body { return &m.Body }, a)
+	case "eo":
+		err = register(reg, &faultmsg.EOIn{}, func(m *faultmsg.EOIn) *faultmsg.Body { return &m.Body }, a)
+		if err == nil {
+			err = reg.Declare(&faultmsg.EOOut{})
+		}
 	case "storm":
 		err = register(reg, &faultmsg.Storm0{}, func(m *faultmsg.Storm0) *faultmsg.Body { return &m.Body }, a)
 		if err == nil && *topics > 1 {
@@ -279,12 +293,19 @@ func realMain() int {
 			HeartbeatInterval: *heartbeat,
 			Retry:             retry,
 			RetryTopics:       tiers,
+			ExactlyOnce:       kavari.ExactlyOnceConfig{TransactionalIDPrefix: *eosPrefix},
 		},
 		Topics: kavari.TopicConfig{Create: tiers != nil}, // the tiers' topics
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faultapp:", err)
 		return 2
+	}
+	if *scenario == "eo" {
+		a.output = func(ctx context.Context, b *faultmsg.Body) error {
+			_, err := k.Publish(ctx, &faultmsg.EOOut{Body: *b})
+			return err
+		}
 	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

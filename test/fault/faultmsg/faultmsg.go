@@ -131,3 +131,16 @@ func RetryFailures(seq int) int {
 	}
 	return 0
 }
+
+// EOIn is consumed by a handler that publishes one EOOut per message, in
+// exactly-once or at-least-once mode (exactly-once crash test).
+type EOIn struct {
+	kavari.Message `kavari:"topic=kavari-fault-eo-in,key=Key"`
+	Body
+}
+
+// EOOut is what the EOIn handler publishes: its output.
+type EOOut struct {
+	kavari.Message `kavari:"topic=kavari-fault-eo-out,key=Key"`
+	Body
+}

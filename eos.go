@@ -1,0 +1,475 @@
+package kavari
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// Exactly-once consume → process → publish (Config.Consume.ExactlyOnce).
+//
+// The engine runs in windows. While a window is open, records are
+// dispatched and handled as always (concurrently per key); every write a
+// handler makes with its context (Publish, PublishBatch, PublishAsync, and
+// the dead letters of its record) goes into the window's Kafka
+// transaction. When the window's interval has passed, no new handler
+// attempt starts, those running finish, and the transaction commits with
+// the offsets of every record finished so far (the completed prefix of each
+// partition, and the completed offsets beyond it in the commit metadata):
+// a record's outputs and its offset become visible together, or, when the
+// transaction aborts, neither does and the records are handed over again.
+// Then the next window opens. A record still queued when a window closes
+// belongs to the next one.
+
+// ctxTxnKey is the context key of the window a handler's context belongs to.
+type ctxTxnKey struct{}
+
+// ctxRecKey is the context key of the record a handler's attempt handles.
+type ctxRecKey struct{}
+
+// recID names a record across its deliveries.
+type recID struct {
+	tp     transport.TopicPartition
+	offset int64
+}
+
+// txnOf returns the window ctx's handler writes into, nil outside
+// exactly-once handlers.
+func txnOf(ctx context.Context) *window {
+	w, _ := ctx.Value(ctxTxnKey{}).(*window)
+	return w
+}
+
+// window is the exactly-once state of an engine.
+type window struct {
+	tx       transport.Transactional
+	interval time.Duration
+	hooks    []HookTransaction
+
+	mu      sync.Mutex
+	open    bool          // handlers may start attempts
+	running int           // attempts running in the window
+	reopen  chan struct{} // closed when the window opens again
+	idle    chan struct{} // closed when running drops to 0 while the window is shut
+	health  TransactionHealth
+
+	// wrote are the records whose attempts wrote into the open
+	// transaction; doomed is set when one of them failed after writing
+	// (a transaction cannot take back a write, so the window aborts and
+	// the record comes again), with why. Under mu.
+	wrote  map[*transport.Record]bool
+	doomed error
+	// redo counts, per record, the windows its failed attempts aborted,
+	// with the last error: at Consume.Retry.MaxAttempts it is
+	// dead-lettered without another attempt. Under mu.
+	redo    map[recID]int
+	redoErr map[recID]error
+
+	committed, aborted atomic.Int64
+	produced           atomic.Int64  // records written in the open transaction
+	done               chan struct{} // closed when the window loop ended
+	final              chan struct{} // closed by finish: commit what finished, open no more
+	finalOnce          sync.Once
+}
+
+func newWindow(tx transport.Transactional, interval time.Duration, hooks []Hook) *window {
+	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{}),
+		wrote: map[*transport.Record]bool{}, redo: map[recID]int{}, redoErr: map[recID]error{}}
+	w.health.State = "closed"
+	for _, h := range hooks {
+		if th, ok := h.(HookTransaction); ok {
+			w.hooks = append(w.hooks, th)
+		}
+	}
+	return w
+}
+
+// transactionalID is the id of this member's transactions.
+func (c *Config) transactionalID() string {
+	suffix := c.Consume.InstanceID
+	if suffix == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		suffix = hex.EncodeToString(b[:])
+	}
+	return c.Consume.ExactlyOnce.TransactionalIDPrefix + "-" + suffix
+}
+
+// enter waits until the window is open and counts an attempt in it; false
+// when ctx ended first (the partition was revoked or lost, or Stop).
+func (w *window) enter(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		if w.open {
+			w.running++
+			w.mu.Unlock()
+			return true
+		}
+		ch := w.reopen
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// leave ends an attempt counted by enter.
+func (w *window) leave() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.running--
+	if w.running == 0 && w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+}
+
+// shut closes the window and waits for the running attempts to finish, or
+// for ctx to end (then false).
+func (w *window) shut(ctx context.Context) bool {
+	w.mu.Lock()
+	w.open = false
+	w.health.State = "committing"
+	if w.running == 0 {
+		w.mu.Unlock()
+		return true
+	}
+	if w.idle == nil {
+		w.idle = make(chan struct{})
+	}
+	idle := w.idle
+	w.mu.Unlock()
+	select {
+	case <-idle:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// openUp opens the window (a transaction has begun).
+func (w *window) openUp() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.open = true
+	w.health.State = "open"
+	close(w.reopen)
+	w.reopen = make(chan struct{})
+}
+
+// state notes the window's state when it stays closed.
+func (w *window) state(s string) {
+	w.mu.Lock()
+	w.health.State = s
+	w.mu.Unlock()
+}
+
+// snapshot is Health.Transaction.
+func (w *window) snapshot() TransactionHealth {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	h := w.health
+	h.Committed, h.Aborted = w.committed.Load(), w.aborted.Load()
+	return h
+}
+
+// produce writes recs into the open transaction: a handler's publishes and
+// dead letters.
+func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
+	if err := ctx.Err(); err != nil {
+		// The record's partition was revoked or lost, or Stop cut its
+		// handler: a write now could land in a later window's transaction
+		// without the record's offset.
+		errs := make([]error, len(recs))
+		for i := range errs {
+			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended: %w", err)}
+		}
+		return errs
+	}
+	w.produced.Add(int64(len(recs)))
+	if rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record); ok {
+		w.mu.Lock()
+		w.wrote[rec] = true
+		w.mu.Unlock()
+	}
+	return w.tx.Produce(ctx, recs)
+}
+
+// finish makes the window loop end its transaction (committing what
+// finished) and open no other, and waits for that, bounded by ctx.
+func (w *window) finish(ctx context.Context) {
+	w.finalOnce.Do(func() { close(w.final) })
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+	}
+}
+
+// windowLoop runs the windows until Stop: begin a transaction, open the
+// window for Interval, shut it, commit. It replaces commitLoop under
+// exactly-once.
+func (e *engine) windowLoop() {
+	w := e.eos
+	defer close(w.done)
+	t := time.NewTicker(w.interval)
+	defer t.Stop()
+	began := false
+	for {
+		if !began {
+			if err := w.tx.Begin(); err != nil {
+				w.state("closed")
+				e.deps.health.note(err)
+			} else {
+				began = true
+				w.openUp()
+			}
+		}
+		final := false
+		select {
+		case <-t.C:
+		case <-w.final:
+			final = true
+		case <-e.runDone:
+			final = true
+		}
+		if !began {
+			if final {
+				return
+			}
+			continue
+		}
+		// Stop's drain budget ends hardCtx: running handlers are cancelled.
+		// Handlers still running then (they ignore their context) may
+		// write into the transaction while it ends, without their
+		// offsets: it aborts instead of committing.
+		if !w.shut(e.deps.hardCtx) {
+			w.mu.Lock()
+			if w.doomed == nil {
+				w.doomed = errors.New("kavari: handlers were still running when Stop's drain budget ended")
+			}
+			w.mu.Unlock()
+			final = true
+		}
+		if !e.endWindow(final) {
+			w.openUp() // nothing to commit: the transaction goes on
+			continue
+		}
+		began = false
+		if final {
+			w.state("closed")
+			return
+		}
+	}
+}
+
+// endWindow commits the window's transaction with the offsets of every
+// record finished in it; when it cannot, the transaction aborts and the
+// transport rewinds the partitions (Lost, then Assigned at the committed
+// offsets), so their records are handled again. False when the window
+// finished nothing and wrote nothing: the transaction stays open (an empty
+// one is not worth a round trip to the coordinator), unless final.
+func (e *engine) endWindow(final bool) bool {
+	w := e.eos
+	e.mu.Lock()
+	gen := e.gen
+	ps := make([]*partition, 0, len(e.parts))
+	for _, p := range e.parts {
+		ps = append(ps, p)
+	}
+	e.mu.Unlock()
+	e.commitMu.Lock()
+	var offsets []transport.Offset
+	var moved []*partition
+	for _, p := range ps {
+		if o, ok := e.toCommit(p); ok {
+			offsets = append(offsets, o)
+			moved = append(moved, p)
+		}
+	}
+	if len(offsets) == 0 && w.produced.Load() > 0 {
+		// Writes but no offset moved: commit the offsets as they are, so
+		// that the transaction carries the group's offsets.
+		for _, p := range ps {
+			if p.committed >= 0 {
+				offsets = append(offsets, transport.Offset{TopicPartition: p.tp, Offset: p.committed, Metadata: p.committedMeta})
+				moved = append(moved, p)
+			}
+		}
+	}
+	e.commitMu.Unlock()
+	w.mu.Lock()
+	doomed := w.doomed
+	w.doomed = nil
+	clear(w.wrote)
+	w.mu.Unlock()
+	if doomed == nil && len(offsets) == 0 && w.produced.Load() == 0 && !final {
+		return false
+	}
+	w.produced.Store(0)
+	timeout := 30 * time.Second
+	if final {
+		timeout = max(e.deps.stopGrace(), time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	// End calls Lost and Assigned after an abort: commitMu is not held.
+	ok, err := w.tx.End(ctx, gen, offsets, doomed == nil)
+	if !ok && err == nil {
+		err = doomed
+	}
+	if ok {
+		e.commitMu.Lock()
+		for i, p := range moved {
+			p.committed = offsets[i].Offset
+			p.lag.committed.Store(p.committed)
+			p.committedMeta = offsets[i].Metadata
+			for len(p.inherited) > 0 && p.inherited[0].from+p.inherited[0].n <= p.committed {
+				p.inherited = p.inherited[1:]
+			}
+		}
+		e.commitMu.Unlock()
+		w.mu.Lock()
+		for i, p := range moved { // records committed need no count any more
+			for id := range w.redo {
+				if id.tp == p.tp && id.offset < offsets[i].Offset {
+					delete(w.redo, id)
+					delete(w.redoErr, id)
+				}
+			}
+		}
+		w.mu.Unlock()
+		w.committed.Add(1)
+		if len(offsets) > 0 {
+			e.deps.health.committed()
+		}
+	} else {
+		if err == nil {
+			err = errors.New("kavari: transaction aborted")
+		}
+		w.aborted.Add(1)
+		w.mu.Lock()
+		w.health.LastAbort, w.health.LastAbortAt = err.Error(), time.Now()
+		w.mu.Unlock()
+		e.deps.health.note(err)
+		e.deps.log.Warn("kavari: exactly-once transaction aborted; its records are handled again", "err", err)
+	}
+	if len(offsets) > 0 || !ok {
+		e.deps.hooks.onCommitted(offsets, time.Since(start), err)
+	}
+	if len(w.hooks) > 0 {
+		ev := TransactionEvent{Committed: ok, Offsets: offsetMap(offsets), Duration: time.Since(start), Err: err}
+		for _, h := range w.hooks {
+			h.OnTransaction(ev)
+		}
+	}
+	return true
+}
+
+// checkExactlyOnce rejects what exactly-once cannot serve: batch handlers.
+func checkExactlyOnce(table *routeTable) error {
+	if len(table.batchTopics()) > 0 {
+		return fmt.Errorf("kavari: Consume.ExactlyOnce: batch handlers (RegisterBatch) are not supported in exactly-once mode")
+	}
+	return nil
+}
+
+// revokedInWindow is Revoked under exactly-once: the open transaction holds
+// outputs of the revoked partitions' records, and it cannot commit any more
+// (the rebalance makes it abort), so their handlers are cancelled at once
+// and nothing is committed: the next owner handles the records again, and
+// their outputs here never become visible.
+func (e *engine) revokedInWindow(ps []*partition) {
+	for _, p := range ps {
+		p.stopFetch()
+		p.hardCancel()
+	}
+	for _, p := range ps {
+		<-p.feederDone
+	}
+	e.release(ps)
+	e.deps.hooks.onRevoked(ps, false)
+}
+
+// produce writes recs: into the window's transaction when ctx is an
+// exactly-once handler's (its publishes and dead letters), else with the
+// publisher's producer.
+func (p *publisher) produce(ctx context.Context, recs []*transport.Record) []error {
+	if w := txnOf(ctx); w != nil {
+		return w.produce(ctx, recs)
+	}
+	return p.prod.Produce(ctx, recs)
+}
+
+// publishInWindow is PublishAsync with an exactly-once handler's context:
+// the message is written before it returns, so that it is in the handler's
+// transaction, and callback runs then, on the handler's goroutine.
+func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Receipt, error)) {
+	r, err := k.Publish(ctx, msg)
+	if callback != nil {
+		callback(r, err)
+	} else if err != nil {
+		k.log.Error("kavari: exactly-once PublishAsync failed", "err", err)
+	}
+}
+
+// failed is called with each failed attempt's error: when the attempt's
+// record wrote into the transaction, the window is doomed (its writes
+// cannot be taken back) and the error becomes permanent, so the record is
+// not retried in place: the transaction aborts and the record comes again.
+func (w *window) failed(rec *transport.Record, err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.wrote[rec] {
+		return err
+	}
+	if w.doomed == nil {
+		w.doomed = fmt.Errorf("kavari: a handler failed after writing into the transaction (%s/%d@%d): %w", rec.Topic, rec.Partition, rec.Offset, err)
+	}
+	id := recID{transport.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}, rec.Offset}
+	w.redo[id]++
+	w.redoErr[id] = err
+	return &permanentError{err: err}
+}
+
+// dooms reports whether rec's failed attempt doomed the window.
+func (w *window) dooms(rec *transport.Record) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.doomed != nil && w.wrote[rec]
+}
+
+// eosGaveUp dead-letters j's record, without another attempt, once its
+// failed attempts aborted Consume.Retry.MaxAttempts windows (the retries
+// of a record whose attempts write before they fail). True when j is
+// finished so.
+func (e *engine) eosGaveUp(p *partition, j *job) bool {
+	w := e.eos
+	id := recID{p.tp, j.rec.Offset}
+	w.mu.Lock()
+	n, last := w.redo[id], w.redoErr[id]
+	w.mu.Unlock()
+	max := e.deps.cfg.Consume.Retry.MaxAttempts
+	if n == 0 || max <= 0 || n < max {
+		return false
+	}
+	herr := &HandlerError{Attempts: n, Err: last}
+	e.deps.log.Error("kavari: handler failed after writing in every window it ran in, dead-lettering", "err", logErr(herr), "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset)
+	// The count stays until a commit passes the record (endWindow): the
+	// window of this dead letter may still abort.
+	if !e.deadLetter(p, j, KindHandler, "", n, herr) {
+		return true
+	}
+	e.deps.health.handled.Add(1)
+	e.done(p, j)
+	return true
+}

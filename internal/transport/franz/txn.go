@@ -1,0 +1,308 @@
+package franz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
+
+// The transactional side of a consumer (transport.Transactional), used when
+// Config.TransactionalID is set. The consumer's client is then a kgo
+// GroupTransactSession: one client consumes the group, produces in
+// transactions and commits the consumed offsets inside them
+// (TxnOffsetCommit, fenced by the group generation, KIP-447), so that a
+// transaction's records and offsets become visible together or not at all.
+// The session aborts the transaction of a member whose partitions were
+// revoked or lost since it began.
+//
+// What kavari commits is not what kgo polled: records still queued in the
+// engine are polled but not handled. End therefore rewrites the offset
+// commit the session sends (kgo's PreTxnCommitFnContext) to exactly the
+// engine's offsets, with their metadata, fenced to the engine's generation.
+
+// txnSide is a transactional consumer's state.
+type txnSide struct {
+	sess *kgo.GroupTransactSession // set by Run, with consumer.cl
+
+	// pollMu is held by a poll and the delivery of what it returned: End
+	// holds it, so no record is fetched or delivered while a transaction
+	// ends and the partitions are rewound after an abort (kgo forbids
+	// polling concurrently with End). cancelPoll ends the poll under way.
+	pollMu     sync.Mutex
+	cancelMu   sync.Mutex
+	cancelPoll context.CancelFunc // under cancelMu
+	holds      int                // callers of holdPolls, under cancelMu
+
+	// base is where each owned partition resumes after an abort: its
+	// committed offset, else the offset its delivery started at (-1 when
+	// unknown). Under consumer.mu.
+	base map[transport.TopicPartition]int64
+}
+
+var errTxnCommit = errors.New("kavari: franz consumer: exactly-once: offsets are committed by End, inside a transaction")
+
+// txnOpts are the client options of a transactional consumer: reading
+// committed, producing as the publisher does (all in-sync replicas, no
+// linger, kavari's partitioner, a missing topic found fast), in
+// transactions.
+func txnOpts(cfg transport.Config) []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.TransactionalID(cfg.TransactionalID),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(partitioner(cfg.Partitioner)),
+		// kgo's own retries, not the publisher's single try: a produce
+		// right after a transaction ended may be told the previous one is
+		// still completing (CONCURRENT_TRANSACTIONS), and a failed record
+		// can only abort the transaction, never be retried in it.
+		kgo.UnknownTopicRetries(unknownTopicTries),
+	}
+	if cfg.TransactionTimeout > 0 {
+		opts = append(opts, kgo.TransactionTimeout(cfg.TransactionTimeout))
+	}
+	if b := cfg.BatchBytes; b > 0 {
+		opts = append(opts, kgo.ProducerBatchMaxBytes(int32(b)))
+	}
+	if cfg.AllowAutoCreate {
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	return opts
+}
+
+// newClient builds the consumer's client: a transact session's when the
+// consumer is transactional.
+func (c *consumer) newClient() (*kgo.Client, error) {
+	if c.txn == nil {
+		return kgo.NewClient(c.opts...)
+	}
+	s, err := kgo.NewGroupTransactSession(c.opts...)
+	if err != nil {
+		return nil, err
+	}
+	c.txn.sess = s
+	return s.Client(), nil
+}
+
+// beginPoll returns the context of the next poll and the function ending
+// it (after the delivery of what it returned). A transactional consumer
+// holds pollMu in between, and End can cancel the poll; while End holds
+// polls, a poll that gets pollMu first is cancelled at once.
+func (c *consumer) beginPoll(ctx context.Context) (context.Context, func()) {
+	if c.txn == nil {
+		return ctx, func() {}
+	}
+	t := c.txn
+	t.pollMu.Lock()
+	pctx, cancel := context.WithCancel(ctx)
+	t.cancelMu.Lock()
+	t.cancelPoll = cancel
+	if t.holds > 0 {
+		cancel()
+	}
+	t.cancelMu.Unlock()
+	return pctx, func() {
+		t.cancelMu.Lock()
+		t.cancelPoll = nil
+		t.cancelMu.Unlock()
+		cancel()
+		t.pollMu.Unlock()
+	}
+}
+
+// holdPolls ends the poll under way and keeps the next from starting until
+// the returned function is called.
+func (t *txnSide) holdPolls() func() {
+	t.cancelMu.Lock()
+	t.holds++
+	if t.cancelPoll != nil {
+		t.cancelPoll()
+	}
+	t.cancelMu.Unlock()
+	t.pollMu.Lock()
+	return func() {
+		t.cancelMu.Lock()
+		t.holds--
+		t.cancelMu.Unlock()
+		t.pollMu.Unlock()
+	}
+}
+
+// txnAssigned notes where the assigned parts resume after an abort.
+// Called with c.mu held.
+func (c *consumer) txnAssignedLocked(parts []transport.Assignment) {
+	if c.txn == nil {
+		return
+	}
+	for _, a := range parts {
+		switch {
+		case a.Offset >= 0:
+			c.txn.base[a.TopicPartition] = a.Offset
+		case a.Start >= 0:
+			c.txn.base[a.TopicPartition] = a.Start
+		default:
+			c.txn.base[a.TopicPartition] = -1
+		}
+	}
+}
+
+func (c *consumer) session() (*kgo.GroupTransactSession, error) {
+	if c.txn == nil {
+		return nil, errors.New("kavari: franz consumer: not transactional (no TransactionalID)")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.txn.sess == nil {
+		return nil, errNotRunning
+	}
+	return c.txn.sess, nil
+}
+
+// Begin opens a transaction.
+func (c *consumer) Begin() error {
+	s, err := c.session()
+	if err != nil {
+		return err
+	}
+	defer c.txn.holdPolls()()
+	if err := s.Begin(); err != nil {
+		return fmt.Errorf("kavari: begin transaction: %w", err)
+	}
+	return nil
+}
+
+// Produce writes recs in the open transaction.
+func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []error {
+	s, err := c.session()
+	classify := (&producer{autoCreate: c.cfg.AllowAutoCreate}).classify
+	errs := make([]error, len(recs))
+	if err != nil {
+		for i := range errs {
+			errs[i] = &transport.ProduceError{Kind: transport.Closed, Err: err}
+		}
+		return errs
+	}
+	krs := make([]*kgo.Record, len(recs))
+	kv := make([]kgo.Record, len(recs)) // one allocation for the records
+	for i, r := range recs {
+		setKgoRecord(&kv[i], r)
+		krs[i] = &kv[i]
+	}
+	failed := false
+	for i, res := range s.ProduceSync(ctx, krs...) {
+		if res.Err != nil {
+			errs[i], failed = classify(res.Err), true
+			continue
+		}
+		recs[i].Partition, recs[i].Offset = res.Record.Partition, res.Record.Offset
+	}
+	if !failed {
+		return nil
+	}
+	return errs
+}
+
+// End ends the open transaction: see transport.Transactional.
+func (c *consumer) End(ctx context.Context, gen transport.Generation, offsets []transport.Offset, commit bool) (bool, error) {
+	s, err := c.session()
+	if err != nil {
+		return false, err
+	}
+	release := c.txn.holdPolls()
+	defer release()
+	fence := func(req *kmsg.TxnOffsetCommitRequest) error {
+		req.Generation, req.MemberID = gen.ID, gen.MemberID
+		req.Topics = req.Topics[:0]
+		byTopic := map[string]int{}
+		for _, o := range offsets {
+			i, ok := byTopic[o.Topic]
+			if !ok {
+				t := kmsg.NewTxnOffsetCommitRequestTopic()
+				t.Topic = o.Topic
+				req.Topics = append(req.Topics, t)
+				i = len(req.Topics) - 1
+				byTopic[o.Topic] = i
+			}
+			p := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			p.Partition, p.Offset, p.LeaderEpoch = o.Partition, o.Offset, -1
+			meta := o.Metadata
+			p.Metadata = &meta
+			req.Topics[i].Partitions = append(req.Topics[i].Partitions, p)
+		}
+		return nil
+	}
+	committed, err := s.End(kgo.PreTxnCommitFnContext(ctx, fence), kgo.TransactionEndTry(commit))
+	if committed {
+		c.mu.Lock()
+		for _, o := range offsets {
+			if _, ok := c.owned[o.TopicPartition]; ok {
+				c.committed[o.TopicPartition] = commitPoint{o.Offset, o.Metadata}
+				c.txn.base[o.TopicPartition] = o.Offset
+			}
+		}
+		c.mu.Unlock()
+		return true, nil
+	}
+	c.rewind()
+	if err == nil && commit {
+		err = errors.New("the commit could not happen: partitions were revoked or lost since the transaction began, or the group refused the offsets (another generation or member)")
+	}
+	if err != nil {
+		return false, fmt.Errorf("kavari: transaction aborted: %w", err)
+	}
+	return false, nil
+}
+
+// rewind, after an abort, moves every owned partition back to where it
+// resumes (its committed offset) and has the engine drop what it held of
+// them and start them again there: Lost, then Assigned. Called with polls
+// held.
+func (c *consumer) rewind() {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	c.mu.Lock()
+	cl := c.cl
+	var tps []transport.TopicPartition
+	var parts []transport.Assignment
+	set := map[string]map[int32]kgo.EpochOffset{}
+	for tp := range c.owned {
+		tps = append(tps, tp)
+		a := transport.Assignment{TopicPartition: tp, Offset: -1, Start: c.txn.base[tp]}
+		if cp, ok := c.committed[tp]; ok {
+			a.Offset, a.Metadata = cp.offset, cp.metadata
+		}
+		parts = append(parts, a)
+		if a.Start >= 0 {
+			if set[tp.Topic] == nil {
+				set[tp.Topic] = map[int32]kgo.EpochOffset{}
+			}
+			set[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: a.Start}
+		}
+	}
+	// A pause belongs to the engine's handling of the partition, which
+	// Lost ends: the partition starts again unpaused, as after a release.
+	var unpause []transport.TopicPartition
+	for tp := range c.owned {
+		if c.paused[tp] {
+			delete(c.paused, tp)
+			unpause = append(unpause, tp)
+		}
+	}
+	c.mu.Unlock()
+	if cl == nil || len(tps) == 0 {
+		return
+	}
+	if len(unpause) > 0 {
+		cl.ResumeFetchPartitions(byTopic(unpause))
+	}
+	cl.SetOffsets(set)
+	gen := generation(cl)
+	c.h.Lost(gen, tps)
+	c.h.Assigned(gen, parts)
+}
