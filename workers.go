@@ -124,14 +124,17 @@ func newWorkerPool(max int, idleFor time.Duration, wg *sync.WaitGroup) *workerPo
 // queues it.
 func (wp *workerPool) submit(t task) {
 	wp.mu.Lock()
-	defer wp.mu.Unlock()
 	if len(wp.queue) == 0 && wp.canStartLocked() {
-		wp.startLocked(t)
+		s := wp.takeLocked(t)
+		wp.mu.Unlock()
+		wp.hand(s)
 		return
 	}
 	wp.queue = append(wp.queue, t)
-	for len(wp.queue) > 1 && wp.canStartLocked() {
-		wp.startLocked(wp.popLocked()) // records turned slow since they queued
+	var buf [4]handoff
+	more := buf[:0]
+	for len(wp.queue) > 1 && len(more) < len(buf) && wp.canStartLocked() {
+		more = append(more, wp.takeLocked(wp.popLocked())) // records turned slow since they queued
 	}
 	if !wp.watching {
 		wp.watching = true
@@ -140,6 +143,10 @@ func (wp *workerPool) submit(t task) {
 		}
 		wp.wg.Add(1) // Stop waits for it as for the workers
 		go wp.watch()
+	}
+	wp.mu.Unlock()
+	for _, s := range more {
+		wp.hand(s)
 	}
 }
 
@@ -156,21 +163,38 @@ func (wp *workerPool) canStartLocked() bool {
 	return wp.n-len(wp.idle)-wp.blocked < wp.base
 }
 
-// startLocked hands t to the last idle worker, or starts one. Under mu.
-func (wp *workerPool) startLocked(t task) {
+// handoff is a lane given to a worker: w runs t, a new worker when fresh.
+type handoff struct {
+	w     *poolWorker
+	t     task
+	fresh bool
+}
+
+// takeLocked gives t to the last idle worker, or to a new one; hand, after
+// mu is released, hands it over (waking or starting a goroutine under the
+// lock would make every worker and feeder wait for it). Under mu.
+func (wp *workerPool) takeLocked(t task) handoff {
 	if n := len(wp.idle); n > 0 {
 		w := wp.idle[n-1]
 		wp.idle[n-1] = nil
 		wp.idle = wp.idle[:n-1]
-		w.idle = false
-		w.next <- t // buffered and empty: an idle worker has no lane
-		return
+		w.idle = false // no longer idle: neither reap nor close touches w.next now
+		return handoff{w: w, t: t}
 	}
 	w := &poolWorker{next: make(chan task, 1), at: len(wp.all)}
 	wp.all = append(wp.all, w)
 	wp.n++
 	wp.wg.Add(1)
-	go wp.work(w, t)
+	return handoff{w: w, t: t, fresh: true}
+}
+
+// hand hands over what takeLocked took. Not under mu.
+func (wp *workerPool) hand(s handoff) {
+	if s.fresh {
+		go wp.work(s.w, s.t)
+		return
+	}
+	s.w.next <- s.t // buffered and empty: an idle worker has no lane
 }
 
 // popLocked takes the first queued lane. Under mu.
@@ -201,7 +225,11 @@ func (wp *workerPool) work(w *poolWorker, t task) {
 		defer wp.ids.Delete(id)
 	}
 	for {
-		wp.runLanes(w, t) // returns holding mu, with no lane queued
+		if wp.slow.Load() > slowHalf {
+			wp.runLanes(w, t) // returns holding mu, with no lane queued
+		} else {
+			wp.runLanesPadded(w, t) // likewise
+		}
 		if wp.closed {
 			wp.removeLocked(w)
 			wp.mu.Unlock()
@@ -222,13 +250,21 @@ func (wp *workerPool) work(w *poolWorker, t task) {
 	}
 }
 
-// runLanes runs t's lane, then the queued lanes, and returns holding mu
-// once none is queued. Its frame holds workerStackPad while the worker is
-// busy; an idle worker, back in work, holds none, so the collector shrinks
-// the stacks of the idle ones.
-func (wp *workerPool) runLanes(w *poolWorker, t task) {
+// runLanesPadded is runLanes with workerStackPad of stack below it, for
+// quick records: a worker runs them one after the other, and its stack
+// stays grown while it is busy; an idle worker, back in work, holds none, so
+// the collector shrinks the stacks of the idle ones. Slow records skip it:
+// a worker per lane would zero and grow it for every lane, for a stack copy
+// that costs little beside a slow record.
+func (wp *workerPool) runLanesPadded(w *poolWorker, t task) {
 	var pad [workerStackPad]byte
 	keepStack(&pad)
+	wp.runLanes(w, t)
+}
+
+// runLanes runs t's lane, then the queued lanes, and returns holding mu
+// once none is queued.
+func (wp *workerPool) runLanes(w *poolWorker, t task) {
 	for ; ; w.lanes++ {
 		// Every workerSample-th lane is timed, for the average (a clock
 		// read costs about as much as a tenth of a quick record).
@@ -298,6 +334,7 @@ func (wp *workerPool) watch() {
 	defer tick.Stop()
 	done := wp.done
 	quiet := 0
+	var starts []handoff
 	for {
 		ticked := false
 		select {
@@ -330,10 +367,15 @@ func (wp *workerPool) watch() {
 			}
 			wp.blocked = blocked
 			for len(wp.queue) > 0 && wp.canStartLocked() {
-				wp.startLocked(wp.popLocked())
+				starts = append(starts, wp.takeLocked(wp.popLocked()))
 			}
 		}
 		wp.mu.Unlock()
+		for i, s := range starts {
+			wp.hand(s)
+			starts[i] = handoff{}
+		}
+		starts = starts[:0]
 	}
 }
 
