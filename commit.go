@@ -30,13 +30,7 @@ func (e *engine) commitLoop() {
 	for {
 		select {
 		case <-t.C:
-			e.mu.Lock()
-			gen := e.gen
-			ps := make([]*partition, 0, len(e.parts))
-			for _, p := range e.parts {
-				ps = append(ps, p)
-			}
-			e.mu.Unlock()
+			gen, ps := e.assigned()
 			_ = e.commit(gen, ps)
 		case <-e.runDone:
 			return

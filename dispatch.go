@@ -719,14 +719,21 @@ func laneKey(key []byte) string {
 	return unsafe.String(&key[0], len(key))
 }
 
-// parts returns the assigned partitions, ordered by topic and partition.
-func (e *engine) partitions() []*partition {
+// assigned returns the member's generation and its assigned partitions,
+// in no order.
+func (e *engine) assigned() (transport.Generation, []*partition) {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	ps := make([]*partition, 0, len(e.parts))
 	for _, p := range e.parts {
 		ps = append(ps, p)
 	}
-	e.mu.Unlock()
+	return e.gen, ps
+}
+
+// partitions returns the assigned partitions, ordered by topic and partition.
+func (e *engine) partitions() []*partition {
+	_, ps := e.assigned()
 	sort.Slice(ps, func(i, j int) bool {
 		if ps[i].topic != ps[j].topic {
 			return ps[i].topic < ps[j].topic

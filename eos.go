@@ -279,13 +279,7 @@ func (e *engine) windowLoop() {
 // one is not worth a round trip to the coordinator), unless final.
 func (e *engine) endWindow(final bool) bool {
 	w := e.eos
-	e.mu.Lock()
-	gen := e.gen
-	ps := make([]*partition, 0, len(e.parts))
-	for _, p := range e.parts {
-		ps = append(ps, p)
-	}
-	e.mu.Unlock()
+	gen, ps := e.assigned()
 	e.commitMu.Lock()
 	var offsets []transport.Offset
 	var moved []*partition
