@@ -173,8 +173,14 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 		var crashOnce sync.Once
 		r1 := e.relay(outbox.RelayConfig{Workers: 2, BatchSize: 100})
 		var batches atomic.Int64
+		first := make(chan struct{})
+		var firstOnce sync.Once
 		relaytest.SetBeforeMark(r1, func(acked []int64) bool {
-			if len(acked) == 0 || batches.Add(1) < 5 {
+			if len(acked) == 0 {
+				return true
+			}
+			firstOnce.Do(func() { close(first) })
+			if batches.Add(1) < 5 {
 				return true
 			}
 			ok := true
@@ -183,7 +189,6 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 		})
 		r2 := e.relay(outbox.RelayConfig{Workers: 2, BatchSize: 100})
 		_, done1 := e.run(r1)
-		e.run(r2)
 		var mu sync.Mutex
 		committed, rolledBack := map[string]bool{}, map[string]bool{}
 		var wg sync.WaitGroup
@@ -211,8 +216,23 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 				}
 			}()
 		}
+		// The second relay starts once the first published a batch: the
+		// first holds shards then, so it gets the batches it crashes in
+		// (started together, the second could take every shard and the
+		// first never reach its crash).
+		select {
+		case <-first:
+		case <-time.After(5 * time.Minute): // a guard against a hang, not a measure
+			t.Fatal("relay 1 published no batch")
+		}
+		e.run(r2)
 		wg.Wait()
-		require.ErrorIs(t, <-done1, relaytest.ErrCrashed)
+		select {
+		case err := <-done1:
+			require.ErrorIs(t, err, relaytest.ErrCrashed)
+		case <-time.After(5 * time.Minute): // a guard against a hang, not a measure
+			t.Fatalf("relay 1 never reached its crash point (%d batches)", batches.Load())
+		}
 		e.drained(r2)
 		recs := readAll(t, e.brokers, e.topic)
 		seen := map[string]bool{}
