@@ -142,7 +142,11 @@ func (r *result) oneLine() string {
 	case r.RSS != nil:
 		return fmt.Sprintf("RSS reference %.1f MiB, final %.1f MiB, flat %v", r.RSS.ReferenceMiB, r.RSS.FinalMiB, r.RSS.Flat)
 	}
-	return fmt.Sprintf("%.0f msg/s, %d errors, RSS %.1f MiB, %.1f allocs/msg", r.MsgsPerSec, r.Errors, r.PeakRSSMiB, r.AllocsPerMsg)
+	line := fmt.Sprintf("%.0f msg/s, %d errors, RSS %.1f MiB, %.1f allocs/msg", r.MsgsPerSec, r.Errors, r.PeakRSSMiB, r.AllocsPerMsg)
+	if r.CPUNsPerMsg > 0 {
+		line += fmt.Sprintf(", %.2f µs CPU/msg", r.CPUNsPerMsg/1000)
+	}
+	return line
 }
 
 func (b *bench) all() {
