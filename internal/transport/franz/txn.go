@@ -208,6 +208,30 @@ func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	return errs
 }
 
+// Send writes recs in the open transaction without waiting: see
+// transport.Transactional.
+func (c *consumer) Send(ctx context.Context, recs []*transport.Record, done func(i int, partition int32, offset int64, err error)) {
+	s, err := c.session()
+	if err != nil {
+		for i := range recs {
+			done(i, -1, -1, &transport.ProduceError{Kind: transport.Closed, Err: err})
+		}
+		return
+	}
+	classify := (&producer{autoCreate: c.cfg.AllowAutoCreate}).classify
+	kv := make([]kgo.Record, len(recs)) // one allocation for the records
+	for i, r := range recs {
+		setKgoRecord(&kv[i], r)
+		s.Produce(ctx, &kv[i], func(kr *kgo.Record, err error) {
+			if err != nil {
+				done(i, -1, -1, classify(err))
+				return
+			}
+			done(i, kr.Partition, kr.Offset, nil)
+		})
+	}
+}
+
 // End ends the open transaction: see transport.Transactional.
 func (c *consumer) End(ctx context.Context, gen transport.Generation, offsets []transport.Offset, commit bool) (bool, error) {
 	s, err := c.session()
