@@ -19,8 +19,11 @@ import (
 // dispatched and handled as always (concurrently per key); every write a
 // handler makes with its context (Publish, PublishBatch, PublishAsync, and
 // the dead letters of its record) goes into the window's Kafka
-// transaction. When the window's interval has passed, no new handler
-// attempt starts, those running finish, and the transaction commits with
+// transaction; its publishes are sent without waiting for their acks
+// (send; a dead letter waits for its own). When the window's
+// interval has passed, no new handler attempt starts, those running finish,
+// the window waits once for the acks of its writes (awaitAcks: a failed
+// write aborts it), and the transaction commits with
 // the offsets of every record finished so far (the completed prefix of each
 // partition, and the completed offsets beyond it in the commit metadata):
 // a record's outputs and its offset become visible together, or, when the
