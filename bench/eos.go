@@ -400,8 +400,12 @@ func (r *report) writeEOS(w func(string, ...any)) {
 		if x == nil {
 			continue
 		}
-		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %.2f s | %.1f MiB |", m, fmtRate(r.rate(eosID(m))),
-			fmtRatio(r.ratio(eosID(m), eosID("raw-txn"))), fmtRatio(r.ratio(eosID(m), eosID("at-least-once"))), x.FirstSeconds, x.PeakRSSMiB))
+		cpu := "–"
+		if x.CPUNsPerMsg > 0 {
+			cpu = fmt.Sprintf("%.1f µs", x.CPUNsPerMsg/1000)
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %.2f s | %.1f MiB |", m, fmtRate(r.rate(eosID(m))),
+			fmtRatio(r.ratio(eosID(m), eosID("raw-txn"))), fmtRatio(r.ratio(eosID(m), eosID("at-least-once"))), cpu, x.FirstSeconds, x.PeakRSSMiB))
 	}
 	var lat []string
 	for _, rate := range eosRates {
@@ -419,15 +423,16 @@ func (r *report) writeEOS(w func(string, ...any)) {
 	}
 	w("## Exactly-once consume → publish (franz-go)\n\n")
 	if len(rows) > 0 {
-		w("| pipeline | inputs/s | ÷ raw GroupTransactSession loop | ÷ kavari at-least-once | join and first fetch | peak RSS |\n")
-		w("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		w("| pipeline | inputs/s | ÷ raw GroupTransactSession loop | ÷ kavari at-least-once | CPU per input | join and first fetch | peak RSS |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, l := range rows {
 			w("%s\n", l)
 		}
 		w("\n%s inputs of 100 B, pre-filled; the handler decodes each and publishes one output (`Publish` with its context).\n", thousands(r.o.eosN))
 		w("Rate = inputs ÷ (first input handled → last output visible: acknowledged at-least-once, committed in its transaction\n")
 		w("exactly-once). kavari: defaults on FranzGo, exactly-once with `Consume.ExactlyOnce` (100 ms windows). raw GroupTransactSession\n")
-		w("loop: read committed, acks all, no linger; per poll Begin, decode and produce each output without waiting, End.\n\n")
+		w("loop: read committed, acks all, no linger; per poll Begin, decode and produce each output without waiting, End.\n")
+		w("CPU per input: the worker's user + system CPU time from creating the client to the last output visible, ÷ inputs.\n\n")
 	}
 	if len(lat) > 0 {
 		w("| rate | pipeline | p50 | p99 | p99.9 | max | received / sent |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
