@@ -159,6 +159,7 @@ func (b *bench) all() {
 	b.io()
 	b.bulk()
 	b.latency()
+	b.eos()
 	b.parallel()
 	b.rss()
 	b.python()
@@ -168,7 +169,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")

@@ -195,6 +195,7 @@ func (r *report) evaluate() {
 	r.evaluateScale(add)
 	r.evaluateBatch(add)
 	r.evaluateOtel(add)
+	r.evaluateEOS(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
 		x := r.res[pubID(size, "sync1", implKavariFranz)]
@@ -617,6 +618,7 @@ func (r *report) body() string {
 	r.writeScale(w)
 	r.writeBatch(w)
 	r.writeOtel(w)
+	r.writeEOS(w)
 
 	r.writePython(w)
 

@@ -174,6 +174,10 @@ func workerMain(specJSON string) int {
 		res, err = runIO(ctx, &s)
 	case "bulk":
 		res, err = runBulk(ctx, &s)
+	case "eos":
+		res, err = runEOS(ctx, &s)
+	case "eos-e2e":
+		res, err = runEOSE2E(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}
