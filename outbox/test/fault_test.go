@@ -13,9 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kavari-go/kavari/internal/kafkaproc"
+	"github.com/kavari-go/kavari/internal/pgproc"
 	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/outbox"
-	"github.com/kavari-go/kavari/outbox/internal/pgproc"
 	"github.com/kavari-go/kavari/outbox/internal/relaytest"
 )
 
