@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,6 +215,7 @@ func (r *Relay) failed(ctx context.Context, err error) {
 // row is one outbox row.
 type row struct {
 	id      int64
+	shard   int
 	topic   string
 	key     []byte
 	value   []byte
@@ -396,6 +398,18 @@ func (r *Relay) publish(ctx context.Context, c claim, sent []row, encs []kavari.
 	return acked, parked, transient
 }
 
+// park inserts the parked rows into the dead table, through tx.
+func (r *Relay) park(ctx context.Context, tx *sql.Tx, parked []parkedRow) error {
+	now := time.Now().UnixMicro()
+	for _, p := range parked {
+		if _, err := tx.ExecContext(ctx, r.o.q(`INSERT INTO `+r.o.table+`_dead (id, topic, msg_key, value, headers, ce_id, created_at, parked_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			p.id, p.topic, p.key, p.value, p.headers, p.ceID, p.created, now, p.reason); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // refusal is the error column of a row refused for good: "too large: ",
 // "unknown topic: " or "refused: ", then the error.
 func refusal(err error) string {
@@ -430,7 +444,7 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 }
 
 // rowColumns are the columns of a row, as scanRows reads them.
-const rowColumns = "id, topic, msg_key, value, headers, ce_id, created_at"
+const rowColumns = "id, shard, topic, msg_key, value, headers, ce_id, created_at"
 
 // scanRows reads rows of rowColumns.
 func scanRows(rs *sql.Rows, err error) ([]row, error) {
@@ -441,7 +455,7 @@ func scanRows(rs *sql.Rows, err error) ([]row, error) {
 	var out []row
 	for rs.Next() {
 		var rw row
-		if err := rs.Scan(&rw.id, &rw.topic, &rw.key, &rw.value, &rw.headers, &rw.ceID, &rw.created); err != nil {
+		if err := rs.Scan(&rw.id, &rw.shard, &rw.topic, &rw.key, &rw.value, &rw.headers, &rw.ceID, &rw.created); err != nil {
 			return nil, err
 		}
 		out = append(out, rw)
@@ -489,13 +503,17 @@ LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
 		// the claim's snapshot they may still be rows). Its text is fixed
 		// (the shards are one parameter, an array literal), so drivers
 		// that cache prepared statements prepare it once per connection.
-		rows, err := scanRows(tx.QueryContext(ctx, `SELECT `+rowColumns+` FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2`,
+		// The rows are deleted here, in the claim's transaction, which
+		// saves a statement per batch: finish puts back those neither
+		// acknowledged nor parked and commits; abort rolls back.
+		rows, err := scanRows(tx.QueryContext(ctx, `DELETE FROM `+t+` WHERE id IN (SELECT id FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2) RETURNING `+rowColumns,
 			"{"+inList(shards)+"}", r.cfg.BatchSize))
 		if err != nil || len(rows) == 0 {
 			_ = tx.Rollback()
 			return nil, nil, err
 		}
-		return &pgClaim{r: r, tx: tx}, rows, nil
+		sort.Slice(rows, func(i, j int) bool { return rows[i].id < rows[j].id })
+		return &pgClaim{r: r, tx: tx, rows: rows}, rows, nil
 	}
 	now := time.Now().UnixMilli()
 	shards, err := scanInts(r.db.QueryContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard IN (
@@ -532,18 +550,60 @@ func scanInts(rs *sql.Rows, err error) ([]int, error) {
 	return out, rs.Err()
 }
 
-// pgClaim holds a shard's row lock in a transaction.
+// pgClaim holds a shard's row lock in a transaction, in which its rows
+// are deleted.
 type pgClaim struct {
-	r  *Relay
-	tx *sql.Tx
+	r    *Relay
+	tx   *sql.Tx
+	rows []row // deleted by the claim
 }
 
 func (c *pgClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
-	if err := c.r.mark(ctx, c.tx, acked, parked); err != nil {
+	done := make(map[int64]bool, len(acked)+len(parked))
+	for _, id := range acked {
+		done[id] = true
+	}
+	for _, p := range parked {
+		done[p.id] = true
+	}
+	var back []row
+	for _, rw := range c.rows {
+		if !done[rw.id] {
+			back = append(back, rw)
+		}
+	}
+	err := c.r.park(ctx, c.tx, parked)
+	if err == nil {
+		err = c.r.putBack(ctx, c.tx, back)
+	}
+	if err != nil {
 		_ = c.tx.Rollback()
 		return err
 	}
 	return c.tx.Commit()
+}
+
+// putBack inserts rows again, as they were (PostgreSQL: rows its claim
+// deleted that were not published).
+func (r *Relay) putBack(ctx context.Context, tx *sql.Tx, rows []row) error {
+	for len(rows) > 0 {
+		n := min(len(rows), 500)
+		var q strings.Builder
+		q.WriteString(`INSERT INTO ` + r.o.table + ` (id, shard, topic, msg_key, value, headers, ce_id, created_at) VALUES `)
+		args := make([]any, 0, 8*n)
+		for i, rw := range rows[:n] {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?::bigint, ?::integer, ?::text, ?::bytea, ?::bytea, ?::text, ?::text, ?::bigint)")
+			args = append(args, rw.id, rw.shard, rw.topic, rw.key, rw.value, rw.headers, rw.ceID, rw.created)
+		}
+		if _, err := tx.ExecContext(ctx, r.o.q(q.String()), args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
+	}
+	return nil
 }
 
 func (c *pgClaim) abort() { _ = c.tx.Rollback() }
@@ -597,33 +657,14 @@ func (c *leaseClaim) abort() {
 }
 
 // mark deletes the acknowledged rows and moves the parked ones to the dead
-// table, through tx.
+// table, through tx (SQLite: a PostgreSQL claim deletes its rows itself).
 func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []parkedRow) error {
 	t := r.o.table
-	now := time.Now().UnixMicro()
-	for _, p := range parked {
-		if _, err := tx.ExecContext(ctx, r.o.q(`INSERT INTO `+t+`_dead (id, topic, msg_key, value, headers, ce_id, created_at, parked_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-			p.id, p.topic, p.key, p.value, p.headers, p.ceID, p.created, now, p.reason); err != nil {
-			return err
-		}
-		acked = append(acked, p.id)
-	}
-	if len(acked) == 0 {
-		return nil
-	}
-	if r.o.d == Postgres {
-		// One parameter, a fixed text: the ids as an array literal.
-		b := make([]byte, 0, 1+len(acked)*8)
-		b = append(b, '{')
-		for i, id := range acked {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, id, 10)
-		}
-		b = append(b, '}')
-		_, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE id = ANY($1::text::bigint[])`, string(b))
+	if err := r.park(ctx, tx, parked); err != nil {
 		return err
+	}
+	for _, p := range parked {
+		acked = append(acked, p.id)
 	}
 	for len(acked) > 0 {
 		n := min(len(acked), 500)
