@@ -61,7 +61,8 @@ func (k *Client) Encode(ctx context.Context, msg Msg) (Encoded, error) {
 // publishing the same value again waits for that write instead of sending
 // a second copy, so the message is stored once. An Encoded built anew
 // (say, read again from a store) knows nothing of an earlier write: the
-// message may then be stored twice, with the same ce_id.
+// message may then be stored twice, with the same ce_id. A value must not
+// be published by two calls at once.
 func (k *Client) PublishEncoded(ctx context.Context, msgs ...Encoded) ([]Receipt, error) {
 	return k.pub.publishEncoded(ctx, msgs)
 }
