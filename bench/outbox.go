@@ -161,6 +161,7 @@ func runOutbox(ctx context.Context, s *spec) (*result, error) {
 		if err := ob.CreateSchema(ctx, db); err != nil {
 			return nil, err
 		}
+		defer dropOutbox(db, table)
 	}
 	payload := payloadFor(s.Size)
 	msg := func(i int) kavari.Msg { return &BenchMessage{ID: msgID(i), Seq: int64(i), Payload: payload} }
@@ -213,6 +214,12 @@ func runOutbox(ctx context.Context, s *spec) (*result, error) {
 		return outboxInsert(ctx, s, db, k, msg)
 	}
 	return nil, fmt.Errorf("unknown outbox mode %q", s.Mode)
+}
+
+// dropOutbox drops the tables of an outbox the workload made (the
+// database may be the caller's, -pg-dsn).
+func dropOutbox(db *sql.DB, table string) {
+	_, _ = db.Exec("DROP TABLE IF EXISTS " + table + ", " + table + "_dead, " + table + "_shards")
 }
 
 // inParallel runs f(0..n-1) on workers goroutines and returns the first
@@ -364,13 +371,15 @@ func outboxInsert(ctx context.Context, s *spec, db *sql.DB, k *kavari.Client, ms
 	st := &outboxStats{Messages: s.Count}
 	var total time.Duration
 	measure := func(per int) (float64, error) {
-		ob, err := outbox.New(k, outbox.Config{Dialect: outbox.Postgres, Table: fmt.Sprintf("bench_outbox_%d", time.Now().UnixNano())})
+		table := fmt.Sprintf("bench_outbox_%d", time.Now().UnixNano())
+		ob, err := outbox.New(k, outbox.Config{Dialect: outbox.Postgres, Table: table})
 		if err != nil {
 			return 0, err
 		}
 		if err := ob.CreateSchema(ctx, db); err != nil {
 			return 0, err
 		}
+		defer dropOutbox(db, table)
 		start := time.Now()
 		for i := 0; i < s.Count; {
 			err := inTx(ctx, db, func(tx *sql.Tx) error {
