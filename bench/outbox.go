@@ -27,7 +27,8 @@ import (
 //     first (not timed), then drained by a relay of outboxWorkers workers
 //     and batches of outboxBatch: from Run to an empty table. The two
 //     alternate -reps times on fresh topics; the target is relay ≥ 0.8×
-//     direct;
+//     direct; outbox/postgres/relay-batch2000 is the same relay with
+//     batches of 2,000, beside them;
 //   - outbox/postgres/latency: orders written at a steady 1,000/s, one a
 //     transaction, with the relay running: from the commit call to the
 //     broker's acknowledgement (HookPublishAfter), p50/p99;
@@ -56,10 +57,13 @@ const (
 )
 
 const (
-	outboxDirectID  = "outbox/direct-publishbatch"
-	outboxRelayID   = "outbox/postgres/relay"
-	outboxLatencyID = "outbox/postgres/latency"
-	outboxInsertID  = "outbox/postgres/insert"
+	outboxDirectID = "outbox/direct-publishbatch"
+	outboxRelayID  = "outbox/postgres/relay"
+	// outboxRelay2000ID: the relay with batches of 2,000 (the per-batch
+	// round trips amortised over more rows), beside the target's row.
+	outboxRelay2000ID = "outbox/postgres/relay-batch2000"
+	outboxLatencyID   = "outbox/postgres/latency"
+	outboxInsertID    = "outbox/postgres/insert"
 )
 
 // outboxStats are the insert run's figures, µs per message.
@@ -71,7 +75,7 @@ type outboxStats struct {
 }
 
 func (b *bench) outbox() {
-	ids := []string{outboxDirectID, outboxRelayID, outboxLatencyID, outboxInsertID}
+	ids := []string{outboxDirectID, outboxRelayID, outboxRelay2000ID, outboxLatencyID, outboxInsertID}
 	if !b.wantAny(ids...) {
 		return
 	}
@@ -98,6 +102,11 @@ func (b *bench) outbox() {
 		}
 		if b.want(outboxRelayID) {
 			b.runSpec(spec(outboxRelayID, "relay"), true)
+		}
+		if b.want(outboxRelay2000ID) {
+			s := spec(outboxRelay2000ID, "relay")
+			s.Batch = 2000
+			b.runSpec(s, true)
 		}
 	}
 	if b.want(outboxLatencyID) {
