@@ -161,6 +161,7 @@ func (b *bench) all() {
 	b.latency()
 	b.eos()
 	b.parallel()
+	b.outbox()
 	b.rss()
 	b.python()
 	b.microbench()
@@ -169,7 +170,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) && !b.wantAny(outboxDirectID, outboxRelayID, outboxLatencyID) {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")

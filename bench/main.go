@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari/internal/kafkaproc"
+	"github.com/kavari-go/kavari/internal/pgproc"
 )
 
 // options are the command's flags.
@@ -61,6 +62,7 @@ type options struct {
 	eosN        int
 	ioInFlight  int
 	toolchains  string
+	pgDSN       string
 
 	onlyRE *regexp.Regexp
 	root   string // repository root (holds go.work)
@@ -71,7 +73,8 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", os.Getenv(kafkaproc.EnvBrokers), "bootstrap brokers host:port,...; empty starts one Apache Kafka broker (env KAVARI_BROKERS)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write, relative to the repository root unless absolute; empty writes none")
-	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., parallel/..., rss, python/..., micro)")
+	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., parallel/..., outbox/..., rss, python/..., micro)")
+	flag.StringVar(&o.pgDSN, "pg-dsn", os.Getenv(pgproc.EnvDSN), "PostgreSQL of the outbox/ workloads (a postgres:// DSN); empty starts one (env KAVARI_PG_DSN)")
 	flag.BoolVar(&o.long, "long", false, "RSS check over 1,000,000 messages instead of -rss-n")
 	flag.BoolVar(&o.skipPython, "skip-python", false, "skip the Python kavari runs (and the venv creation)")
 	flag.BoolVar(&o.skipMicro, "skip-micro", false, "skip the go test microbenchmarks (encode+validate, dispatch)")

@@ -196,6 +196,7 @@ func (r *report) evaluate() {
 	r.evaluateBatch(add)
 	r.evaluateOtel(add)
 	r.evaluateEOS(add)
+	r.evaluateOutbox(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
 		x := r.res[pubID(size, "sync1", implKavariFranz)]
@@ -619,6 +620,7 @@ func (r *report) body() string {
 	r.writeBatch(w)
 	r.writeOtel(w)
 	r.writeEOS(w)
+	r.writeOutbox(w)
 
 	r.writePython(w)
 

@@ -76,6 +76,7 @@ type result struct {
 	Idle        *idleStats     `json:"idle,omitempty"`
 	IO          *ioStats       `json:"io,omitempty"`
 	Bulk        *bulkStats     `json:"bulk,omitempty"`
+	Outbox      *outboxStats   `json:"outbox,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
@@ -178,6 +179,8 @@ func workerMain(specJSON string) int {
 		res, err = runEOS(ctx, &s)
 	case "eos-e2e":
 		res, err = runEOSE2E(ctx, &s)
+	case "outbox":
+		res, err = runOutbox(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}

@@ -1,5 +1,8 @@
 // Package pgproc runs a real PostgreSQL server as a local process for the
-// outbox's tests, as internal/kafkaproc runs Apache Kafka.
+// outbox's tests and benchmarks (the root module's internal/, so that the
+// outbox/test and bench modules may import it), as internal/kafkaproc runs
+// Apache Kafka. It imports the standard library and internal/kafkaproc only:
+// it adds nothing to the library's go.mod.
 //
 // [Fetch] materialises the PostgreSQL binaries into a cache directory
 // (normally <repo>/.cache/postgres): Maven resolves the artifact
