@@ -15,10 +15,22 @@ import (
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/kafkaproc"
 	"github.com/kavari-go/kavari/internal/pgproc"
+	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/outbox"
 	"github.com/kavari-go/kavari/outbox/internal/relaytest"
 )
+
+// ownTransport is for a test that sets its client's transport itself: it
+// runs once, in the kafka-go pass of scripts/test.sh (KAVARI_TRANSPORT
+// unset or kafka-go), and is skipped in the franz-go pass, which would run
+// the same test again.
+func ownTransport(t *testing.T) {
+	t.Helper()
+	if tr := testenv.Transport(); tr != "kafka-go" {
+		t.Skipf("sets its transport itself; runs in the kafka-go pass (this is %s)", tr)
+	}
+}
 
 // needEnv returns the variable's value; without it the test is skipped in
 // -short runs and fails otherwise.
@@ -255,6 +267,7 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 // (on PostgreSQL the claim deleted them: they are put back), to be
 // published once Kafka is back, in order.
 func TestPartlyParkedBatchKeepsTheRest(t *testing.T) {
+	ownTransport(t)
 	needEnv(t, kafkaproc.EnvLib, "run through kafkactl (scripts/test.sh), which exports the Kafka jars")
 	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -150,6 +150,7 @@ func TestKafkaOutageRelayRSS(t *testing.T) {
 // still holds them and writes them once the broker is back, so the relay
 // must not publish them again as new records.
 func TestKafkaOutageNoDuplicates(t *testing.T) {
+	ownTransport(t)
 	needEnv(t, kafkaproc.EnvLib, "run through kafkactl (scripts/test.sh), which exports the Kafka jars")
 	outage := 15 * time.Second
 	if v, err := time.ParseDuration(os.Getenv("KAVARI_OUTBOX_OUTAGE")); err == nil {
