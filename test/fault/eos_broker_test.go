@@ -105,29 +105,8 @@ func eoBrokerFault(t *testing.T, c *kafkaproc.Cluster, led *ledger.Ledger, rf in
 		apps = append(apps, a)
 	}
 	waitFor(t, time.Minute, func() bool { return apps[0].joined() && apps[1].joined() }, "the consumers did not join")
-	ctx := context.Background()
-	for from := 0; from < n; from += 500 {
-		var batch []kavari.Msg
-		for i := from; i < min(from+500, n); i++ {
-			batch = append(batch, &faultmsg.EOIn{Body: faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}})
-			led.Sent(msgID(i), msgKey(i, keys), msgSeq(i, keys))
-		}
-		if _, err := pub.PublishBatch(ctx, batch...); err != nil {
-			t.Fatal(err)
-		}
-		for i := from; i < min(from+500, n); i++ {
-			led.Acked(msgID(i))
-		}
-	}
-	handled := func() int {
-		all := map[string]bool{}
-		for _, a := range apps {
-			for id := range a.handledIDs() {
-				all[id] = true
-			}
-		}
-		return len(all)
-	}
+	publishEOInputs(t, pub, led, run, n, keys)
+	handled := func() int { return handledByAny(apps) }
 	waitFor(t, 2*time.Minute, func() bool { return handled() >= n/5 }, "a fifth of the inputs was not handled")
 	atFault := handled()
 	faultAt := time.Now()

@@ -51,29 +51,8 @@ func TestExactlyOnceConsumerKilled(t *testing.T) {
 				apps = append(apps, startApp(t, bin, fmt.Sprintf("consumer-%d", i+1), led, args...))
 			}
 			waitFor(t, time.Minute, func() bool { return apps[0].joined() && apps[1].joined() && apps[2].joined() }, "the three consumers did not join")
-			ctx := context.Background()
-			for from := 0; from < n; from += 500 {
-				var batch []kavari.Msg
-				for i := from; i < min(from+500, n); i++ {
-					batch = append(batch, &faultmsg.EOIn{Body: faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}})
-					led.Sent(msgID(i), msgKey(i, keys), msgSeq(i, keys))
-				}
-				if _, err := pub.PublishBatch(ctx, batch...); err != nil {
-					t.Fatal(err)
-				}
-				for i := from; i < min(from+500, n); i++ {
-					led.Acked(msgID(i))
-				}
-			}
-			handled := func() int {
-				all := map[string]bool{}
-				for _, a := range apps {
-					for id := range a.handledIDs() {
-						all[id] = true
-					}
-				}
-				return len(all)
-			}
+			publishEOInputs(t, pub, led, run, n, keys)
+			handled := func() int { return handledByAny(apps) }
 			waitFor(t, 2*time.Minute, func() bool { return len(apps[0].handledIDs()) >= n/9 }, "consumer-1 did not handle a ninth of the inputs")
 			apps[0].kill()
 			killedHandled := len(apps[0].handledIDs())
@@ -175,20 +154,7 @@ func TestExactlyOnceZombie(t *testing.T) {
 	a := startApp(t, bin, "consumer-1", led, args...)
 	b := startApp(t, bin, "consumer-2", led, args...)
 	waitFor(t, time.Minute, func() bool { return a.joined() && b.joined() }, "the consumers did not join")
-	ctx := context.Background()
-	for from := 0; from < n; from += 500 {
-		var batch []kavari.Msg
-		for i := from; i < min(from+500, n); i++ {
-			batch = append(batch, &faultmsg.EOIn{Body: faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}})
-			led.Sent(msgID(i), msgKey(i, keys), msgSeq(i, keys))
-		}
-		if _, err := pub.PublishBatch(ctx, batch...); err != nil {
-			t.Fatal(err)
-		}
-		for i := from; i < min(from+500, n); i++ {
-			led.Acked(msgID(i))
-		}
-	}
+	publishEOInputs(t, pub, led, run, n, keys)
 	waitFor(t, 2*time.Minute, func() bool { return len(a.handledIDs()) >= n/6 }, "consumer-1 did not handle a sixth of the inputs")
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -234,4 +200,34 @@ func TestExactlyOnceZombie(t *testing.T) {
 	if dups > 0 || lost > 0 {
 		t.Errorf("the committed output has %d duplicates and %d inputs without output", dups, lost)
 	}
+}
+
+// publishEOInputs publishes inputs 0..n-1 of run over keys keys, in
+// batches of 500, noting each in led as sent, then as acknowledged.
+func publishEOInputs(t *testing.T, pub *kavari.Client, led *ledger.Ledger, run string, n, keys int) {
+	t.Helper()
+	for from := 0; from < n; from += 500 {
+		var batch []kavari.Msg
+		for i := from; i < min(from+500, n); i++ {
+			batch = append(batch, &faultmsg.EOIn{Body: faultmsg.Body{Run: run, ID: msgID(i), Key: msgKey(i, keys), Seq: msgSeq(i, keys)}})
+			led.Sent(msgID(i), msgKey(i, keys), msgSeq(i, keys))
+		}
+		if _, err := pub.PublishBatch(context.Background(), batch...); err != nil {
+			t.Fatal(err)
+		}
+		for i := from; i < min(from+500, n); i++ {
+			led.Acked(msgID(i))
+		}
+	}
+}
+
+// handledByAny returns the number of distinct ids the apps handled.
+func handledByAny(apps []*app) int {
+	all := map[string]bool{}
+	for _, a := range apps {
+		for id := range a.handledIDs() {
+			all[id] = true
+		}
+	}
+	return len(all)
 }
