@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -344,27 +343,7 @@ func runEOSE2E(ctx context.Context, s *spec) (*result, error) {
 	case <-time.After(30 * time.Second):
 	case <-ctx.Done():
 	}
-	got := int(received.Load())
-	var ls []int64
-	for _, l := range lat {
-		if l > 0 {
-			ls = append(ls, l)
-		}
-	}
-	slices.Sort(ls)
-	st := &latencyStats{
-		Rate: s.Rate, Sent: n, Received: got,
-		AchievedRate: float64(n) / lastIssued.Sub(start).Seconds(),
-		P50:          pct(ls, 0.50), P99: pct(ls, 0.99), P999: pct(ls, 0.999),
-	}
-	if len(ls) > 0 {
-		st.Max = float64(ls[len(ls)-1]) / 1e6
-	}
-	res := &result{Count: got, Errors: n - got + int(failed.Load()), Seconds: lastIssued.Sub(start).Seconds(), Latency: st}
-	if failed.Load() > 0 {
-		res.Note = fmt.Sprintf("%d publishes failed", failed.Load())
-	}
-	return res, nil
+	return pacedResult(s, lat, int(received.Load()), int(failed.Load()), start, lastIssued), nil
 }
 
 // eosTarget and eosALOTarget are the targets: exactly-once ≥ 0.9×

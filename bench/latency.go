@@ -154,7 +154,15 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 	case <-time.After(30 * time.Second):
 	case <-ctx.Done():
 	}
-	got := int(received.Load())
+	return pacedResult(s, lat, int(received.Load()), int(failed.Load()), start, lastIssued), nil
+}
+
+// pacedResult is the result of a paced latency run of rate s.Rate that
+// issued len(lat) messages from start to lastIssued: lat holds each
+// received message's latency in ns (0: not received), got of them
+// received, failed publishes failed.
+func pacedResult(s *spec, lat []int64, got, failed int, start, lastIssued time.Time) *result {
+	n := len(lat)
 	var ls []int64
 	for _, l := range lat {
 		if l > 0 {
@@ -170,11 +178,11 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 	if len(ls) > 0 {
 		st.Max = float64(ls[len(ls)-1]) / 1e6
 	}
-	res := &result{Count: got, Errors: n - got + int(failed.Load()), Seconds: lastIssued.Sub(start).Seconds(), Latency: st}
-	if failed.Load() > 0 {
-		res.Note = fmt.Sprintf("%d publishes failed", failed.Load())
+	res := &result{Count: got, Errors: n - got + failed, Seconds: lastIssued.Sub(start).Seconds(), Latency: st}
+	if failed > 0 {
+		res.Note = fmt.Sprintf("%d publishes failed", failed)
 	}
-	return res, nil
+	return res
 }
 
 // pct returns the q-quantile of sorted ns values in milliseconds (nearest rank).
