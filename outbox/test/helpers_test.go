@@ -259,6 +259,17 @@ func readAll(t *testing.T, brokers []string, topic string) []published {
 	return out
 }
 
+// checkPublished fails unless recs hold every id of ids and no other.
+func checkPublished(t *testing.T, recs []published, ids map[string]bool) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, rec := range recs {
+		require.True(t, ids[rec.id], "unknown ce_id %s", rec.id)
+		seen[rec.id] = true
+	}
+	require.Len(t, seen, len(ids), "committed rows published")
+}
+
 // checkOrder fails unless, per key, the sequence numbers on the topic never
 // go back (duplicates of the last one aside, a re-sent batch starts over
 // from its first row: allowed when dupOK).

@@ -114,12 +114,7 @@ func TestKafkaOutageRelayRSS(t *testing.T) {
 	<-sampled
 
 	recs := readAll(t, e.brokers, e.topic)
-	seen := map[string]bool{}
-	for _, rec := range recs {
-		require.True(t, ids[rec.id], "unknown ce_id %s", rec.id)
-		seen[rec.id] = true
-	}
-	require.Len(t, seen, len(ids), "committed rows published")
+	checkPublished(t, recs, ids)
 	checkOrder(t, recs, true)
 	mib := func(b int64) float64 { return float64(b) / (1 << 20) }
 	mu.Lock()
@@ -179,12 +174,7 @@ func TestKafkaOutageNoDuplicates(t *testing.T) {
 		ids := w.finish()
 		e.drained(r)
 		recs := readAll(t, e.brokers, e.topic)
-		seen := map[string]bool{}
-		for _, rec := range recs {
-			require.True(t, ids[rec.id], "unknown ce_id %s", rec.id)
-			seen[rec.id] = true
-		}
-		require.Len(t, seen, len(ids), "committed rows published")
+		checkPublished(t, recs, ids)
 		t.Logf("%d rows committed, %d records (%d duplicates)", len(ids), len(recs), len(recs)-len(ids))
 		checkOrder(t, recs, false)
 		require.Len(t, recs, len(ids), "duplicates without a crash")
