@@ -3,9 +3,10 @@
 # workspace (go.work: the library, kavaritest, otel, contract, cmd/kavari,
 # outbox with its tests outbox/test and its example outbox/example,
 # examples, bench, test): gofmt, go vet, staticcheck, the module-graph check
-# (scripts/modgraph.sh: also that no go.mod has a replace line), a build, vet
-# and -short test of the library and of kavaritest with the oldest Go the
-# library declares and with the newest supported release (Go 1.27); then it
+# (scripts/modgraph.sh: also that no go.mod has a replace line), a build and
+# vet of the library and of kavaritest with the oldest Go the library
+# declares, and a build, vet and -short test with the newest supported
+# release (Go 1.27); then it
 # starts a
 # real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl
 # (inside a real PostgreSQL for the outbox, via pgctl), runs
@@ -82,12 +83,15 @@ bash scripts/modgraph.sh
 kavaritest=github.com/kavari-go/kavari/kavaritest/...
 gomin="go$(go mod edit -json go.mod | sed -n 's/^\t"Go": "\(.*\)",$/\1/p')"
 case "$gomin" in go*.*.*) ;; *) gomin="$gomin.0" ;; esac # "go 1.26" means go1.26.0
-step "build, vet and go test -short of the library and kavaritest with ${gomin}"
+# On the oldest Go, a build and vet (which compiles the tests) suffice: the
+# tests run on a 1.26 release in the broker passes below, and patch releases
+# add no API.
+step "build and vet of the library and kavaritest with ${gomin}"
 (
   export GOTOOLCHAIN="$gomin"
   unset CI
-  GOWORK=off go build ./... && GOWORK=off go vet ./... && GOWORK=off go test -short -count=1 ./...
-  go build "$kavaritest" && go vet "$kavaritest" && go test -short -count=1 "$kavaritest"
+  GOWORK=off go build ./... && GOWORK=off go vet ./...
+  go build "$kavaritest" && go vet "$kavaritest"
 )
 # ...and on the newest supported release (Go 1.27, whose encoding/json is the
 # v2 implementation), the go line of go.mod staying the oldest.
