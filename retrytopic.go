@@ -347,9 +347,12 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 	if limit := e.deps.cfg.Publish.MaxMessageBytes; limit > 0 && recordSize(&rec) > limit {
 		return e.tooLargeForTier(p, j, topic, failed, fmt.Errorf("%d bytes, over Publish.MaxMessageBytes", recordSize(&rec))), false
 	}
+	// The partition's commits wait for this write: it does not wait for a
+	// batch to fill (kafka-go's BatchTimeout).
+	wctx := transport.WithoutLinger(p.hard)
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
-		errs := e.deps.write(p.hard, []*transport.Record{&rec})
+		errs := e.deps.write(wctx, []*transport.Record{&rec})
 		if errs == nil {
 			return nil
 		}

@@ -133,6 +133,7 @@ func TestRetryTopicsHandleOnceAfterTheRightTiers(t *testing.T) {
 			assert.False(t, attempt.Before(due), "%s: attempted at %v, due %v", topic, attempt, due)
 			t.Logf("%s: delay %v, attempted %v after due (fake clock)", topic, rtDelays[n], attempt.Sub(due))
 			assert.Len(t, strings.Split(h[kavari.HeaderRetryHistory], ","), n+1, "history %q", h[kavari.HeaderRetryHistory])
+			assert.EqualValues(t, 1, b.Unlingered(topic), "%s: the move, which the partition's commits wait for, is written without waiting for a batch to fill", topic)
 		}
 		assert.Empty(t, b.Records("eng.dlq", 0))
 		assert.Positive(t, b.Pauses(transport.TopicPartition{Topic: "eng.retry.3"}), "a tier partition waits paused")
