@@ -195,6 +195,7 @@ func (r *report) evaluate() {
 	r.evaluateScale(add)
 	r.evaluateBatch(add)
 	r.evaluateOtel(add)
+	r.evaluateRetry(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
 		x := r.res[pubID(size, "sync1", implKavariFranz)]
@@ -618,6 +619,7 @@ func (r *report) body() string {
 	r.writeBatch(w)
 	r.writeOtel(w)
 
+	r.writeRetry(w)
 	r.writePython(w)
 
 	w("## End-to-end latency (publish call → handler start)\n\n")

@@ -23,7 +23,7 @@ import (
 // spec describes one workload run in a worker subprocess.
 type spec struct {
 	ID          string        `json:"id"`       // e.g. publish/100B/sync/kavari
-	Workload    string        `json:"workload"` // publish, consume, e2e, parallel, rss
+	Workload    string        `json:"workload"` // publish, consume, e2e, parallel, rss, retry, ...
 	Impl        string        `json:"impl"`     // kavari, kafka-go, franz-go
 	Mode        string        `json:"mode"`     // publish: sync, batch, async
 	Brokers     []string      `json:"brokers"`
@@ -76,6 +76,7 @@ type result struct {
 	Idle        *idleStats     `json:"idle,omitempty"`
 	IO          *ioStats       `json:"io,omitempty"`
 	Bulk        *bulkStats     `json:"bulk,omitempty"`
+	Retry       *retryStats    `json:"retry,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
@@ -174,6 +175,8 @@ func workerMain(specJSON string) int {
 		res, err = runIO(ctx, &s)
 	case "bulk":
 		res, err = runBulk(ctx, &s)
+	case "retry":
+		res, err = runRetry(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}
