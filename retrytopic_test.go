@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -604,5 +605,99 @@ func TestRetryTopicsUnknownFailedHandlerRunsEveryHandler(t *testing.T) {
 		waitFor(t, "the tier committed", func() bool { return rtCommitted(b, "g-rtgone", "eng.retry.1") == 1 })
 		require.NoError(t, stopNow(t, k))
 		assert.EqualValues(t, 7, got.Load())
+	})
+}
+
+// TestRetryTopicsBatchHandlerFailureMovesToTheTier: with retry topics, a
+// record a batch handler names as failed (BatchFailed), after its in-place
+// attempts alone, moves to the first tier as a single record's failure
+// does, and is committed only then; in the tier the batch handler gets it
+// in a batch of one, and it is handled there once, never dead-lettered.
+// The batch's other records are handled at once.
+func TestRetryTopicsBatchHandlerFailureMovesToTheTier(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		for i := 0; i < 10; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		var calls batchCalls
+		var tiers sync.Map // N → Record.RetryTier of its successful call
+		k := memBatchKavari(t, b, "g-rtb", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N != 5 {
+					continue
+				}
+				r, ok := kavari.BatchRecordFromContext(ctx, i)
+				require.True(t, ok)
+				if r.Topic == "eng" {
+					return calls.add(ms, kavari.BatchFailed(i, errors.New("bad row")))
+				}
+				tiers.Store(m.N, r.Topic)
+			}
+			return calls.add(ms, nil)
+		}, rtConfig, func(c *kavari.Config) { c.Consume.MaxBatchRecords = 10 })
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtb", 0) == 10 && rtCommitted(b, "g-rtb", "eng.retry.1") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.Empty(t, deadLettered(b), "a retriable failure goes to the tier, not the dead-letter topic")
+		recs := b.Records("eng.retry.1", 0)
+		require.Len(t, recs, 1)
+		h := rtHeaders(recs[0])
+		assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
+		assert.Equal(t, "5", h[kavari.HeaderOriginalOffset])
+		assert.Equal(t, "2", h[kavari.HeaderAttempts], "the batch's attempt, then one alone (rtConfig: two in place)")
+		assert.Contains(t, h[kavari.HeaderOriginalError], "bad row")
+		handled := calls.handled()
+		calls.mu.Lock()
+		require.NotEmpty(t, calls.calls)
+		assert.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, calls.calls[0], "BatchFailed(5): records 0-4 handled by the first call")
+		for _, ns := range calls.calls[1:] {
+			assert.False(t, slices.ContainsFunc(ns, func(n int) bool { return n < 5 }), "records 0-4 handed over again: %v", ns)
+		}
+		calls.mu.Unlock()
+		for n := 5; n < 10; n++ {
+			assert.Equal(t, 1, handled[n], "record %d handled once", n)
+		}
+		topic, _ := tiers.Load(5)
+		assert.Equal(t, "eng.retry.1", topic, "record 5 handled in the tier")
+		assert.Empty(t, b.Records("eng.retry.2", 0))
+	})
+}
+
+// TestRetryTopicsBatchHandlerAlwaysFailingIsDeadLetteredAfterTheLastTier:
+// a record a batch handler always fails goes through every tier (one
+// attempt each, in a batch of one), then to the dead-letter topic with its
+// history.
+func TestRetryTopicsBatchHandlerAlwaysFailingIsDeadLetteredAfterTheLastTier(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		b.Append(engRecord(0, "a", 1))
+		b.Append(engRecord(0, "b", 2))
+		var calls batchCalls
+		k := memBatchKavari(t, b, "g-rtbd", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 1 {
+					return calls.add(ms, kavari.BatchFailed(i, errors.New("never")))
+				}
+			}
+			return calls.add(ms, nil)
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the dead letter", func() bool { return len(b.Records("eng.dlq", 0)) == 1 })
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtbd", 0) == 2 && rtCommitted(b, "g-rtbd", "eng.retry.3") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		for _, topic := range []string{"eng.retry.1", "eng.retry.2", "eng.retry.3"} {
+			assert.Len(t, b.Records(topic, 0), 1, topic)
+		}
+		dl := rtHeaders(b.Records("eng.dlq", 0)[0])
+		assert.Equal(t, "eng", dl[kavari.HeaderOriginalTopic])
+		assert.Equal(t, "0", dl[kavari.HeaderOriginalOffset])
+		assert.Equal(t, "5", dl[kavari.HeaderAttempts], "two in place, then one per tier")
+		assert.Len(t, strings.Split(dl[kavari.HeaderRetryHistory], ","), 3, "history %q", dl[kavari.HeaderRetryHistory])
+		assert.Equal(t, 1, calls.handled()[2])
 	})
 }
