@@ -493,7 +493,7 @@ func (e *engine) runAlone(p *partition, bj *batchJob) []*batchJob {
 			return nil
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		if e.retry != nil && retriableHandler(err) {
+		if e.retry != nil && !bj.rt.inPlace && retriableHandler(err) {
 			// To a retry tier once its other handlers ran (advance).
 			bj.failed = append(bj.failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
 			return e.advance(p, bj, nil)

@@ -123,7 +123,7 @@ func (e *engine) process(p *partition, j *job) {
 			return // its failed attempt wrote into the transaction: the window aborts, the record comes again
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		if e.retry != nil && retriableHandler(err) {
+		if e.retry != nil && !rt.inPlace && retriableHandler(err) {
 			failed = append(failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
 			continue
 		}

@@ -701,3 +701,84 @@ func TestRetryTopicsBatchHandlerAlwaysFailingIsDeadLetteredAfterTheLastTier(t *t
 		assert.Equal(t, 1, calls.handled()[2])
 	})
 }
+
+// rtOrdered is a second type on the engine's topic, kept out of the retry
+// topics (RetryInPlace).
+type rtOrdered struct {
+	kavari.Message `kavari:"topic=eng,key=Key,name=rtOrdered"`
+	Key            string `json:"key"`
+	N              int    `json:"n"`
+}
+
+// TestRetryTopicsRetryInPlaceKeepsATypeOut: with retry topics, a type
+// registered with RetryInPlace is retried in place and then dead-lettered,
+// never moved to a tier, while another type on the same topic moves.
+func TestRetryTopicsRetryInPlaceKeepsATypeOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		reg := kavari.NewRegistry()
+		var ordered, moved atomic.Int64
+		require.NoError(t, kavari.RegisterFuncOn(reg, &rtOrdered{}, func(ctx context.Context, m *rtOrdered) error {
+			ordered.Add(1)
+			return errors.New("ordered fails")
+		}))
+		require.NoError(t, reg.RetryInPlace(&rtOrdered{}))
+		require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" {
+				return errors.New("fails in the main topic")
+			}
+			moved.Add(1)
+			return nil
+		}))
+		cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg, Logger: testLogger(),
+			Consume: kavari.ConsumeConfig{GroupID: "g-rtip", CommitInterval: 100 * time.Millisecond}}
+		rtConfig(&cfg)
+		k, err := kavari.NewOnTransport(cfg, b.Transport(transport.Capabilities{}))
+		require.NoError(t, err)
+		b.Append(transport.Record{Topic: "eng", Key: []byte("a"), Value: []byte(`{"key":"a","n":1}`),
+			Headers: []transport.Header{{Key: kavari.HeaderMsgType, Value: []byte("rtOrdered")}}})
+		b.Append(engRecord(0, "b", 2))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "both records finished", func() bool {
+			return memCommitted(b, "g-rtip", 0) == 2 && rtCommitted(b, "g-rtip", "eng.retry.1") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 2, ordered.Load(), "rtOrdered: its two in-place attempts (rtConfig), no tier")
+		assert.EqualValues(t, 1, moved.Load(), "engMsg: handled in its tier")
+		recs := b.Records("eng.retry.1", 0)
+		require.Len(t, recs, 1, "only engMsg moved")
+		assert.Equal(t, "engMsg", rtHeaders(recs[0])[kavari.HeaderMsgType])
+		assert.Equal(t, map[string]string{"0": "handler/2"}, deadLettered(b), "rtOrdered dead-lettered after its in-place attempts")
+
+		// Once a consumer on it started, the registry is frozen.
+		assert.ErrorIs(t, reg.RetryInPlace(&rtOrdered{}), kavari.ErrFrozen)
+	})
+}
+
+// TestRetryTopicsRetryInPlaceBatchHandler: a batch handler's type kept out
+// of the retry topics dead-letters the record it names failed after its
+// in-place attempts, as without retry topics.
+func TestRetryTopicsRetryInPlaceBatchHandler(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		for i := 0; i < 4; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		k := memBatchKavari(t, b, "g-rtipb", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 2 {
+					return kavari.BatchFailed(i, errors.New("bad row"))
+				}
+			}
+			return nil
+		}, rtConfig, func(c *kavari.Config) {
+			c.Consume.MaxBatchRecords = 4
+			require.NoError(t, c.Registry.RetryInPlace(&engMsg{}))
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g-rtipb", 0, 4)
+		require.NoError(t, stopNow(t, k))
+		assert.Equal(t, map[string]string{"2": "handler/2"}, deadLettered(b))
+		assert.Empty(t, b.Records("eng.retry.1", 0))
+	})
+}
