@@ -782,3 +782,44 @@ func TestRetryTopicsRetryInPlaceBatchHandler(t *testing.T) {
 		assert.Empty(t, b.Records("eng.retry.1", 0))
 	})
 }
+
+// TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite: while a move's write
+// is under way, the moves that come meanwhile wait and go out together in
+// the next write (a write per move would queue behind the one under way).
+func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 20
+		for i := 0; i < n; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		release := make(chan struct{})
+		var first atomic.Bool
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" && first.CompareAndSwap(false, true) {
+				<-release // the first move's write is under way until then
+			}
+			return nil
+		}
+		var failed atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtmv", func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" {
+				if r.Attempt == 2 {
+					failed.Add(1)
+				}
+				return errors.New("fails in the main topic")
+			}
+			return nil
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "every record failed in place", func() bool { return failed.Load() == n })
+		synctest.Wait() // the moves are pending
+		close(release)
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtmv", 0) == n && rtCommitted(b, "g-rtmv", "eng.retry.1") == n
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), n)
+		assert.EqualValues(t, 2, b.Writes("eng.retry.1"), "the first move alone, the %d that came meanwhile in one write", n-1)
+	})
+}

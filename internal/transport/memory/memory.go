@@ -51,6 +51,7 @@ type Broker struct {
 	delivered map[transport.TopicPartition]int64
 	pauses    map[transport.TopicPartition]int64
 	unlinger  map[string]int64 // records written with transport.WithoutLinger, per topic
+	writes    map[string]int64 // Produce calls that wrote to a topic, per topic
 	topics    map[string][][]transport.Record
 	groups    map[string]*group
 	changed   chan struct{} // closed and replaced at every append
@@ -66,7 +67,7 @@ type group struct {
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
 	return &Broker{topics: map[string][][]transport.Record{}, groups: map[string]*group{}, changed: make(chan struct{}),
-		delivered: map[transport.TopicPartition]int64{}, pauses: map[transport.TopicPartition]int64{}, unlinger: map[string]int64{}}
+		delivered: map[transport.TopicPartition]int64{}, pauses: map[transport.TopicPartition]int64{}, unlinger: map[string]int64{}, writes: map[string]int64{}}
 }
 
 // CreateTopic creates topic with n partitions, if it does not exist.
@@ -123,6 +124,13 @@ func (b *Broker) Unlingered(topic string) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.unlinger[topic]
+}
+
+// Writes returns how many Produce calls wrote records to topic.
+func (b *Broker) Writes(topic string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writes[topic]
 }
 
 // Pauses returns how many times consumers were asked to pause tp.
@@ -227,9 +235,14 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		if err := p.append(r); err != nil {
 			fail(i, err)
-		} else if transport.NoLinger(ctx) {
+		} else {
 			p.b.mu.Lock()
-			p.b.unlinger[r.Topic]++
+			if transport.NoLinger(ctx) {
+				p.b.unlinger[r.Topic]++
+			}
+			if !slices.ContainsFunc(recs[:i], func(o *transport.Record) bool { return o.Topic == r.Topic }) {
+				p.b.writes[r.Topic]++
+			}
 			p.b.mu.Unlock()
 		}
 	}
