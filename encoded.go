@@ -1,6 +1,10 @@
 package kavari
 
-import "context"
+import (
+	"context"
+
+	"github.com/kavari-go/kavari/internal/transport"
+)
 
 // Encoded is a message validated and encoded as Publish would send it: its
 // topic (after Config.Topics.Name), partition key, value (the type's codec)
@@ -14,6 +18,11 @@ type Encoded struct {
 	Key     []byte // nil: no key
 	Value   []byte
 	Headers []Header
+
+	// pending is the record of a PublishEncoded of this value whose
+	// outcome is unknown and that the producer may still write (see
+	// PublishEncoded); nil otherwise.
+	pending *transport.Record
 }
 
 // ID returns the ce_id header of e ("" when it has none).
@@ -42,6 +51,18 @@ func (k *Client) Encode(ctx context.Context, msg Msg) (Encoded, error) {
 // nil or a *BatchError listing the messages not published (a message over
 // the broker's limit matches ErrTooLarge, a topic the brokers do not know
 // ErrUnknownTopic). The messages are not validated again.
+//
+// A message whose publish failed with its outcome unknown
+// (PublishError.MayHaveBeenWritten) may still be written by the producer:
+// on FranzGo the idempotent producer keeps a record it sent until the
+// broker answers, however long Kafka is down, and the Client's retry
+// policy gives up long before. PublishEncoded then keeps that write in the
+// Encoded value itself (the element of the slice passed as msgs...), and
+// publishing the same value again waits for that write instead of sending
+// a second copy, so the message is stored once. An Encoded built anew
+// (say, read again from a store) knows nothing of an earlier write: the
+// message may then be stored twice, with the same ce_id. A value must not
+// be published by two calls at once.
 func (k *Client) PublishEncoded(ctx context.Context, msgs ...Encoded) ([]Receipt, error) {
 	return k.pub.publishEncoded(ctx, msgs)
 }

@@ -19,8 +19,11 @@ import (
 // dispatched and handled as always (concurrently per key); every write a
 // handler makes with its context (Publish, PublishBatch, PublishAsync, and
 // the dead letters of its record) goes into the window's Kafka
-// transaction. When the window's interval has passed, no new handler
-// attempt starts, those running finish, and the transaction commits with
+// transaction; its publishes are sent without waiting for their acks
+// (send; a dead letter waits for its own). When the window's
+// interval has passed, no new handler attempt starts, those running finish,
+// the window waits once for the acks of its writes (awaitAcks: a failed
+// write aborts it), and the transaction commits with
 // the offsets of every record finished so far (the completed prefix of each
 // partition, and the completed offsets beyond it in the commit metadata):
 // a record's outputs and its offset become visible together, or, when the
@@ -71,6 +74,19 @@ type window struct {
 	// dead-lettered without another attempt. Under mu.
 	redo    map[recID]int
 	redoErr map[recID]error
+	// counted are the records whose redo was counted in the open window
+	// (once per window, whether the handler failed or its write did).
+	// Under mu.
+	counted map[recID]bool
+
+	// A handler's writes are sent without waiting for their acks (send):
+	// sending counts the writes not yet acknowledged, acked is closed when
+	// it drops to 0 while the window's end waits (awaitAcks), and
+	// sendFailed holds the records whose writes failed, with the first
+	// error. Under mu.
+	sending    int
+	acked      chan struct{}
+	sendFailed map[recID]error
 
 	committed, aborted atomic.Int64
 	produced           atomic.Int64  // records written in the open transaction
@@ -81,7 +97,8 @@ type window struct {
 
 func newWindow(tx transport.Transactional, interval time.Duration, hooks []Hook) *window {
 	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{}),
-		wrote: map[*transport.Record]bool{}, redo: map[recID]int{}, redoErr: map[recID]error{}}
+		wrote: map[*transport.Record]bool{}, redo: map[recID]int{}, redoErr: map[recID]error{},
+		counted: map[recID]bool{}, sendFailed: map[recID]error{}}
 	w.health.State = "closed"
 	for _, h := range hooks {
 		if th, ok := h.(HookTransaction); ok {
@@ -183,7 +200,10 @@ func (w *window) snapshot() TransactionHealth {
 }
 
 // produce writes recs into the open transaction: a handler's publishes and
-// dead letters.
+// dead letters. A handler's publishes are sent without waiting for their
+// acks (send: the window's end waits for them, and a write that failed
+// aborts the window); a dead letter waits for its ack, since its writer
+// needs the outcome (a dead letter too large is rebuilt smaller).
 func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
 	if err := ctx.Err(); err != nil {
 		// The record's partition was revoked or lost, or Stop cut its
@@ -195,13 +215,86 @@ func (w *window) produce(ctx context.Context, recs []*transport.Record) []error 
 		}
 		return errs
 	}
-	w.produced.Add(int64(len(recs)))
-	if rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record); ok {
-		w.mu.Lock()
-		w.wrote[rec] = true
-		w.mu.Unlock()
+	rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record)
+	if !ok {
+		w.produced.Add(int64(len(recs)))
+		return w.tx.Produce(ctx, recs)
 	}
-	return w.tx.Produce(ctx, recs)
+	w.send(ctx, rec, recs, nil)
+	for _, r := range recs { // not known until acknowledged: the receipt says -1
+		r.Partition, r.Offset = -1, -1
+	}
+	return nil
+}
+
+// send writes recs, written by the handler of rec, into the open
+// transaction without waiting for their acks; after (when not nil) runs
+// with each record's outcome. A write that fails dooms the window and
+// counts a failed attempt of rec (awaitAcks).
+func (w *window) send(ctx context.Context, rec *transport.Record, recs []*transport.Record, after func(i int, partition int32, offset int64, err error)) {
+	w.produced.Add(int64(len(recs)))
+	id := recID{transport.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}, rec.Offset}
+	w.mu.Lock()
+	w.wrote[rec] = true
+	w.sending += len(recs)
+	w.mu.Unlock()
+	// The handler's context ends when it returns (HandlerTimeout) while its
+	// writes may still be buffered: they must not be cancelled then. A
+	// revoke or Stop aborts the window instead.
+	w.tx.Send(context.WithoutCancel(ctx), recs, func(i int, partition int32, offset int64, err error) {
+		if after != nil {
+			after(i, partition, offset, err)
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if err != nil {
+			if _, seen := w.sendFailed[id]; !seen {
+				w.sendFailed[id] = err
+			}
+		}
+		w.sending--
+		if w.sending == 0 && w.acked != nil {
+			close(w.acked)
+			w.acked = nil
+		}
+	})
+}
+
+// awaitAcks waits, once the window is shut, until every write sent in it
+// was acknowledged or failed (or ctx ends: the window is doomed). A record
+// whose writes failed counts a failed attempt, as a handler that failed
+// after writing does (failed): the window aborts and the record comes
+// again, and after Consume.Retry.MaxAttempts such windows it is
+// dead-lettered instead of aborting every window.
+func (w *window) awaitAcks(ctx context.Context) {
+	w.mu.Lock()
+	if w.sending > 0 {
+		if w.acked == nil {
+			w.acked = make(chan struct{})
+		}
+		acked := w.acked
+		w.mu.Unlock()
+		select {
+		case <-acked:
+		case <-ctx.Done():
+		}
+		w.mu.Lock()
+	}
+	defer w.mu.Unlock()
+	if w.sending > 0 && w.doomed == nil {
+		w.doomed = fmt.Errorf("kavari: %d writes of the transaction were not acknowledged in time: %w", w.sending, context.Cause(ctx))
+	}
+	for id, err := range w.sendFailed {
+		if w.doomed == nil {
+			w.doomed = fmt.Errorf("kavari: a handler's write into the transaction failed (%s/%d@%d): %w", id.tp.Topic, id.tp.Partition, id.offset, err)
+		}
+		if !w.counted[id] {
+			w.counted[id] = true
+			w.redo[id]++
+			w.redoErr[id] = err
+		}
+	}
+	clear(w.sendFailed)
 }
 
 // finish makes the window loop end its transaction (committing what
@@ -279,6 +372,13 @@ func (e *engine) windowLoop() {
 // one is not worth a round trip to the coordinator), unless final.
 func (e *engine) endWindow(final bool) bool {
 	w := e.eos
+	timeout := 30 * time.Second
+	if final {
+		timeout = max(e.deps.stopGrace(), time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	w.awaitAcks(ctx)
 	gen, ps := e.assigned()
 	e.commitMu.Lock()
 	var offsets []transport.Offset
@@ -304,17 +404,12 @@ func (e *engine) endWindow(final bool) bool {
 	doomed := w.doomed
 	w.doomed = nil
 	clear(w.wrote)
+	clear(w.counted)
 	w.mu.Unlock()
 	if doomed == nil && len(offsets) == 0 && w.produced.Load() == 0 && !final {
 		return false
 	}
 	w.produced.Store(0)
-	timeout := 30 * time.Second
-	if final {
-		timeout = max(e.deps.stopGrace(), time.Second)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	start := time.Now()
 	// End calls Lost and Assigned after an abort: commitMu is not held.
 	ok, err := w.tx.End(ctx, gen, offsets, doomed == nil)
@@ -405,10 +500,39 @@ func (p *publisher) produce(ctx context.Context, recs []*transport.Record) []err
 }
 
 // publishInWindow is PublishAsync with an exactly-once handler's context:
-// the message is written before it returns, so that it is in the handler's
-// transaction, and callback runs then, on the handler's goroutine.
+// the message is sent into the handler's transaction before it returns,
+// and callback runs when it is acknowledged or failed (before the window
+// ends), on a goroutine of the transactional client's.
 func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Receipt, error)) {
-	r, err := k.Publish(ctx, msg)
+	w := txnOf(ctx)
+	src, ok := ctx.Value(ctxRecKey{}).(*transport.Record)
+	if !ok || ctx.Err() != nil || k.pub.isClosed() {
+		// Not a handler's attempt, or one that ended: Publish says why.
+		r, err := k.Publish(ctx, msg)
+		k.asyncDone(callback, r, err)
+		return
+	}
+	rec, err := k.pub.encode(ctx, msg)
+	if err != nil {
+		k.asyncDone(callback, receiptOf(msg, nil, false), err)
+		return
+	}
+	start := time.Now()
+	w.send(ctx, src, []*transport.Record{&rec}, func(_ int, partition int32, offset int64, err error) {
+		rec.Partition, rec.Offset = partition, offset // rec is this callback's alone now
+		if err != nil {
+			err = publishErrorOf(&rec, err)
+		}
+		if k.pub.hooks != nil {
+			k.pub.hooks.publishAfter(ctx, nil, []*transport.Record{&rec}, start, []error{err})
+		}
+		k.asyncDone(callback, receiptOf(msg, &rec, err == nil), err)
+	})
+}
+
+// asyncDone runs an exactly-once PublishAsync's callback, or logs its
+// failure when there is none.
+func (k *Client) asyncDone(callback func(Receipt, error), r Receipt, err error) {
 	if callback != nil {
 		callback(r, err)
 	} else if err != nil {
@@ -430,8 +554,11 @@ func (w *window) failed(rec *transport.Record, err error) error {
 		w.doomed = fmt.Errorf("kavari: a handler failed after writing into the transaction (%s/%d@%d): %w", rec.Topic, rec.Partition, rec.Offset, err)
 	}
 	id := recID{transport.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}, rec.Offset}
-	w.redo[id]++
-	w.redoErr[id] = err
+	if !w.counted[id] {
+		w.counted[id] = true
+		w.redo[id]++
+		w.redoErr[id] = err
+	}
 	return &permanentError{err: err}
 }
 

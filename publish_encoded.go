@@ -1,6 +1,7 @@
 package kavari
 
 import (
+	"bytes"
 	"context"
 	"errors"
 
@@ -26,10 +27,15 @@ func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Recei
 	recs := make([]*transport.Record, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
-		rec := &transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: make([]transport.Header, len(m.Headers))}
-		for j, h := range m.Headers {
-			rec.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+		rec := m.pending
+		if rec == nil || !samePending(rec, m) {
+			// A new message, or one changed since its earlier publish.
+			rec = &transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: make([]transport.Header, len(m.Headers))}
+			for j, h := range m.Headers {
+				rec.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+			}
 		}
+		m.pending = nil
 		recs[i] = rec
 		receipts[i] = receiptOf(nil, rec, false)
 	}
@@ -56,6 +62,11 @@ func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Recei
 			receipts[i] = receiptOf(nil, rec, true)
 			continue
 		}
+		if rec.InFlight != nil {
+			// The producer may still write it: a later publish of this
+			// value waits for that write (see PublishEncoded).
+			msgs[i].pending = rec
+		}
 		if be == nil {
 			be = &BatchError{}
 		}
@@ -70,4 +81,11 @@ func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Recei
 		return receipts, be
 	}
 	return receipts, nil
+}
+
+// samePending reports whether rec, the pending record of m, is still m's
+// (the caller may have changed m since).
+func samePending(rec *transport.Record, m *Encoded) bool {
+	return rec.Topic == m.Topic && bytes.Equal(rec.Key, m.Key) && (rec.Key == nil) == (m.Key == nil) &&
+		bytes.Equal(rec.Value, m.Value) && len(rec.Headers) == len(m.Headers)
 }

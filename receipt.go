@@ -6,7 +6,10 @@ import "github.com/kavari-go/kavari/internal/transport"
 // PublishBatch return one per message, and a PublishAsync callback receives
 // one. When the message was acknowledged, Partition and Offset say where all
 // in-sync replicas stored it (after retries, the write that was stored);
-// otherwise they are -1.
+// otherwise they are -1. A Publish or PublishBatch of an exactly-once
+// handler (Consume.ExactlyOnce, with its context) returns once the message
+// is in the window's transaction, before it is acknowledged: its Partition
+// and Offset are -1 (a PublishAsync callback gets them, at the ack).
 type Receipt struct {
 	Message   Msg    // the message published
 	Topic     string // the topic it was sent to; "" when it was refused before sending (invalid)

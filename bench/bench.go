@@ -145,7 +145,11 @@ func (r *result) oneLine() string {
 	case r.RSS != nil:
 		return fmt.Sprintf("RSS reference %.1f MiB, final %.1f MiB, flat %v", r.RSS.ReferenceMiB, r.RSS.FinalMiB, r.RSS.Flat)
 	}
-	return fmt.Sprintf("%.0f msg/s, %d errors, RSS %.1f MiB, %.1f allocs/msg", r.MsgsPerSec, r.Errors, r.PeakRSSMiB, r.AllocsPerMsg)
+	line := fmt.Sprintf("%.0f msg/s, %d errors, RSS %.1f MiB, %.1f allocs/msg", r.MsgsPerSec, r.Errors, r.PeakRSSMiB, r.AllocsPerMsg)
+	if r.CPUNsPerMsg > 0 {
+		line += fmt.Sprintf(", %.2f µs CPU/msg", r.CPUNsPerMsg/1000)
+	}
+	return line
 }
 
 func (b *bench) all() {
@@ -158,8 +162,10 @@ func (b *bench) all() {
 	b.io()
 	b.bulk()
 	b.latency()
+	b.eos()
 	b.retry()
 	b.parallel()
+	b.outbox()
 	b.rss()
 	b.python()
 	b.microbench()
@@ -168,7 +174,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want("retry/") {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) && !b.wantAny(outboxDirectID, outboxRelayID, outboxLatencyID) && !b.want("retry/") {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")

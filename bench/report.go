@@ -195,6 +195,8 @@ func (r *report) evaluate() {
 	r.evaluateScale(add)
 	r.evaluateBatch(add)
 	r.evaluateOtel(add)
+	r.evaluateEOS(add)
+	r.evaluateOutbox(add)
 	r.evaluateRetry(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
@@ -618,6 +620,8 @@ func (r *report) body() string {
 	r.writeScale(w)
 	r.writeBatch(w)
 	r.writeOtel(w)
+	r.writeEOS(w)
+	r.writeOutbox(w)
 
 	r.writeRetry(w)
 	r.writePython(w)

@@ -76,6 +76,7 @@ type result struct {
 	Idle        *idleStats     `json:"idle,omitempty"`
 	IO          *ioStats       `json:"io,omitempty"`
 	Bulk        *bulkStats     `json:"bulk,omitempty"`
+	Outbox      *outboxStats   `json:"outbox,omitempty"`
 	Retry       *retryStats    `json:"retry,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
@@ -175,6 +176,12 @@ func workerMain(specJSON string) int {
 		res, err = runIO(ctx, &s)
 	case "bulk":
 		res, err = runBulk(ctx, &s)
+	case "eos":
+		res, err = runEOS(ctx, &s)
+	case "eos-e2e":
+		res, err = runEOSE2E(ctx, &s)
+	case "outbox":
+		res, err = runOutbox(ctx, &s)
 	case "retry":
 		res, err = runRetry(ctx, &s)
 	default:

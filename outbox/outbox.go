@@ -66,6 +66,9 @@ type Outbox struct {
 	client *kavari.Client
 	d      Dialect
 	table  string
+	// insertOne and insertOneLocked insert one row (PostgreSQL: the
+	// second also takes its key's lock), texts made once.
+	insertOne, insertOneLocked string
 }
 
 var tableRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$`)
@@ -84,7 +87,17 @@ func New(client *kavari.Client, cfg Config) (*Outbox, error) {
 	if !tableRE.MatchString(cfg.Table) {
 		return nil, fmt.Errorf("outbox: invalid table name %q", cfg.Table)
 	}
-	return &Outbox{client: client, d: cfg.Dialect, table: cfg.Table}, nil
+	o := &Outbox{client: client, d: cfg.Dialect, table: cfg.Table}
+	cols := "INSERT INTO " + o.table + " (shard, topic, msg_key, value, headers, ce_id, created_at) "
+	if o.d == Postgres {
+		o.insertOne = cols + "VALUES ($1::integer, $2::text, $3::bytea, $4::bytea, $5::text, $6::text, $7::bigint)"
+		// The lock in a subquery of its own, evaluated once before the
+		// row is inserted: one statement, planned as simply as an insert.
+		o.insertOneLocked = cols + "SELECT $1::integer, $2::text, $3::bytea, $4::bytea, $5::text, $6::text, $7::bigint FROM (SELECT pg_advisory_xact_lock($8::bigint)) l"
+	} else {
+		o.insertOne = cols + "VALUES (?, ?, ?, ?, ?, ?, ?)"
+	}
+	return o, nil
 }
 
 // q rewrites the ? placeholders of query for the dialect.
@@ -252,6 +265,9 @@ const insertChunk = 1000
 // insertRows inserts encs with one statement, after taking their keys'
 // locks on PostgreSQL, and returns their ce_ids.
 func (o *Outbox) insertRows(ctx context.Context, tx Execer, encs []kavari.Encoded) ([]string, error) {
+	if len(encs) == 1 {
+		return o.insertRow(ctx, tx, &encs[0])
+	}
 	// One statement: the key locks (PostgreSQL), then every row.
 	var q strings.Builder
 	args := make([]any, 0, 7*len(encs)+len(encs))
@@ -312,6 +328,26 @@ func (o *Outbox) insertRows(ctx context.Context, tx Execer, encs []kavari.Encode
 		return nil, fmt.Errorf("outbox: insert: %w", err)
 	}
 	return ids, nil
+}
+
+// insertRow inserts one row (Publish) with a statement of a fixed text,
+// after taking its key's lock on PostgreSQL, and returns its ce_id.
+func (o *Outbox) insertRow(ctx context.Context, tx Execer, e *kavari.Encoded) ([]string, error) {
+	id := e.ID()
+	var key any
+	if e.Key != nil {
+		key = e.Key
+	}
+	args := []any{shardOf(e.Topic, e.Key), e.Topic, key, e.Value, string(appendHeaders(nil, e.Headers)), id, time.Now().UnixMicro()}
+	q := o.insertOne
+	if o.d == Postgres && e.Key != nil {
+		q = o.insertOneLocked
+		args = append(args, keyLock(e.Topic, e.Key))
+	}
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return nil, fmt.Errorf("outbox: insert: %w", err)
+	}
+	return []string{id}, nil
 }
 
 // shardOf is the shard of a row: a hash of topic and key, or random

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,8 +108,13 @@ var errCrashed = errors.New("outbox: relay abandoned a batch (test crash)")
 // Run publishes committed rows until ctx ends, then returns ctx's error
 // (nil when it was canceled). Failures of Kafka or of the database are
 // logged and retried with back-off, however long they last; rows the broker
-// refuses for good are parked in the dead table. Several relays, in one
-// process or many, may run on one outbox.
+// refuses for good are parked in the dead table. A batch whose publish
+// failed with its outcome unknown (the producer may still write it, as
+// franz-go's does once the broker is back) is held, its rows claimed, and
+// published again until that write settles, so that an outage alone
+// publishes no row twice; a relay stopped (or killed) meanwhile may leave
+// such rows to be published again, with the same ce_id. Several relays, in
+// one process or many, may run on one outbox.
 func (r *Relay) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, r.cfg.Workers)
@@ -209,6 +215,7 @@ func (r *Relay) failed(ctx context.Context, err error) {
 // row is one outbox row.
 type row struct {
 	id      int64
+	shard   int
 	topic   string
 	key     []byte
 	value   []byte
@@ -229,6 +236,9 @@ type claim interface {
 	finish(ctx context.Context, acked []int64, parked []parkedRow) error
 	// abort releases the shard without changing its rows.
 	abort()
+	// hold keeps the claim for another publish of its rows (an SQLite
+	// lease is renewed); an error means it was lost.
+	hold(ctx context.Context) error
 }
 
 // step publishes the rows of claim c and marks the outcome. It returns
@@ -254,55 +264,8 @@ func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 		encs = append(encs, e)
 		sent = append(sent, rw)
 	}
-	// A batch that began is finished when Run's context ends, so that a
-	// stopping relay does not leave acknowledged rows to be published
-	// again; its publish is bounded by 80 % of Lease (an SQLite lease must
-	// not expire under it), its marking by 10 s.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Lease*8/10)
-	defer cancel()
-	var acked []int64
-	var transient error
-	if len(encs) > 0 {
-		_, perr := r.o.client.PublishEncoded(pctx, encs...)
-		failed := make(map[int]error)
-		var be *kavari.BatchError
-		if errors.As(perr, &be) {
-			for _, pe := range be.Failed {
-				failed[pe.Index] = pe
-			}
-		} else if perr != nil {
-			for i := range encs {
-				failed[i] = perr
-			}
-		}
-		// A refusal for good may fail the other records of the request
-		// (an unknown topic does on kafka-go): such rows are sent again
-		// one at a time, in order, and only those refused alone are
-		// parked.
-		if len(sent) > 1 {
-			for i := range sent {
-				if err, bad := failed[i]; bad && r.cfg.Permanent(err) {
-					if _, err := r.o.client.PublishEncoded(pctx, encs[i]); err != nil {
-						failed[i] = err
-					} else {
-						delete(failed, i)
-					}
-				}
-			}
-		}
-		for i, rw := range sent {
-			err, bad := failed[i]
-			switch {
-			case !bad:
-				acked = append(acked, rw.id)
-			case r.cfg.Permanent(err):
-				r.log.Error("kavari outbox: the broker refused a row for good; parked in the dead table", "table", r.o.table, "id", rw.id, "topic", rw.topic, "ce_id", rw.ceID.String, "err", err)
-				parked = append(parked, parkedRow{rw, refusal(err)})
-			default:
-				transient = &kafkaError{err}
-			}
-		}
-	}
+	acked, more, transient := r.publish(ctx, c, sent, encs)
+	parked = append(parked, more...)
 	if r.beforeMark != nil && !r.beforeMark(acked) {
 		return 0, errCrashed
 	}
@@ -326,6 +289,125 @@ func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 		}
 	}
 	return len(acked) + len(parked), transient
+}
+
+// publish publishes encs, the rows sent, and returns the ids acknowledged,
+// the rows refused for good, and the error of those neither (nil when
+// none).
+//
+// A row whose publish failed with its outcome unknown
+// (kavari.PublishError.MayHaveBeenWritten) may still be written by the
+// producer (franz-go's idempotent producer keeps a record it sent until
+// the broker answers, however long Kafka is down, while the Client's
+// retry policy gives up after seconds). Read again and published anew, it
+// would be a second record: the duplicates of an outage. So while such
+// rows remain, publish keeps the claim and publishes the same Encoded
+// values again, with back-off, which waits for the producer's write
+// instead of sending a copy (see kavari.Client.PublishEncoded); it lets
+// go only when Run's context ends or the claim is lost (then the rows may
+// be published twice, with the same ce_id). Rows that failed otherwise
+// (never sent) are left to a later batch.
+//
+// A batch that began is finished when Run's context ends, so that a
+// stopping relay does not leave acknowledged rows to be published again;
+// each publish is bounded by 80 % of Lease (an SQLite lease must not
+// expire under it; it is renewed between two publishes).
+func (r *Relay) publish(ctx context.Context, c claim, sent []row, encs []kavari.Encoded) (acked []int64, parked []parkedRow, transient error) {
+	pending := make([]int, len(encs)) // indexes into sent and encs
+	for i := range pending {
+		pending[i] = i
+	}
+	wait := r.cfg.PollInterval
+	batch := make([]kavari.Encoded, 0, len(encs))
+	for len(pending) > 0 {
+		batch = batch[:0]
+		for _, i := range pending {
+			batch = append(batch, encs[i])
+		}
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Lease*8/10)
+		_, perr := r.o.client.PublishEncoded(pctx, batch...)
+		// PublishEncoded keeps in each value the write the producer may
+		// still make: the next attempt must pass that value.
+		for j, i := range pending {
+			encs[i] = batch[j]
+		}
+		failed := make(map[int]error)
+		var be *kavari.BatchError
+		if errors.As(perr, &be) {
+			for _, pe := range be.Failed {
+				failed[pe.Index] = pe
+			}
+		} else if perr != nil {
+			for j := range batch {
+				failed[j] = perr
+			}
+		}
+		// A refusal for good may fail the other records of the request
+		// (an unknown topic does on kafka-go): such rows are sent again
+		// one at a time, in order, and only those refused alone are
+		// parked.
+		if len(batch) > 1 {
+			for j := range batch {
+				if err, bad := failed[j]; bad && r.cfg.Permanent(err) {
+					if _, err := r.o.client.PublishEncoded(pctx, encs[pending[j]]); err != nil {
+						failed[j] = err
+					} else {
+						delete(failed, j)
+					}
+				}
+			}
+		}
+		cancel()
+		unsure := false
+		still := pending[:0]
+		for j, i := range pending {
+			rw := sent[i]
+			err, bad := failed[j]
+			switch {
+			case !bad:
+				acked = append(acked, rw.id)
+			case r.cfg.Permanent(err):
+				r.log.Error("kavari outbox: the broker refused a row for good; parked in the dead table", "table", r.o.table, "id", rw.id, "topic", rw.topic, "ce_id", rw.ceID.String, "err", err)
+				parked = append(parked, parkedRow{rw, refusal(err)})
+			default:
+				transient = &kafkaError{err}
+				var pe *kavari.PublishError
+				unsure = unsure || errors.As(err, &pe) && pe.MayHaveBeenWritten
+				still = append(still, i)
+			}
+		}
+		pending = still
+		if !unsure || ctx.Err() != nil {
+			break
+		}
+		// Rows the producer may still write: hold them and try again.
+		r.failed(ctx, transient)
+		sleep(ctx, wait)
+		wait = min(2*wait, r.cfg.MaxBackoff)
+		if ctx.Err() != nil {
+			break
+		}
+		if err := c.hold(ctx); err != nil {
+			r.log.Warn("kavari outbox: lost the claim on a batch the producer may still write; its rows may be published twice (same ce_id)", "table", r.o.table, "rows", len(pending), "err", err)
+			break
+		}
+	}
+	if len(pending) == 0 {
+		transient = nil
+	}
+	return acked, parked, transient
+}
+
+// park inserts the parked rows into the dead table, through tx.
+func (r *Relay) park(ctx context.Context, tx *sql.Tx, parked []parkedRow) error {
+	now := time.Now().UnixMicro()
+	for _, p := range parked {
+		if _, err := tx.ExecContext(ctx, r.o.q(`INSERT INTO `+r.o.table+`_dead (id, topic, msg_key, value, headers, ce_id, created_at, parked_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			p.id, p.topic, p.key, p.value, p.headers, p.ceID, p.created, now, p.reason); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // refusal is the error column of a row refused for good: "too large: ",
@@ -362,7 +444,7 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 }
 
 // rowColumns are the columns of a row, as scanRows reads them.
-const rowColumns = "id, topic, msg_key, value, headers, ce_id, created_at"
+const rowColumns = "id, shard, topic, msg_key, value, headers, ce_id, created_at"
 
 // scanRows reads rows of rowColumns.
 func scanRows(rs *sql.Rows, err error) ([]row, error) {
@@ -373,7 +455,7 @@ func scanRows(rs *sql.Rows, err error) ([]row, error) {
 	var out []row
 	for rs.Next() {
 		var rw row
-		if err := rs.Scan(&rw.id, &rw.topic, &rw.key, &rw.value, &rw.headers, &rw.ceID, &rw.created); err != nil {
+		if err := rs.Scan(&rw.id, &rw.shard, &rw.topic, &rw.key, &rw.value, &rw.headers, &rw.ceID, &rw.created); err != nil {
 			return nil, err
 		}
 		out = append(out, rw)
@@ -421,13 +503,17 @@ LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
 		// the claim's snapshot they may still be rows). Its text is fixed
 		// (the shards are one parameter, an array literal), so drivers
 		// that cache prepared statements prepare it once per connection.
-		rows, err := scanRows(tx.QueryContext(ctx, `SELECT `+rowColumns+` FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2`,
+		// The rows are deleted here, in the claim's transaction, which
+		// saves a statement per batch: finish puts back those neither
+		// acknowledged nor parked and commits; abort rolls back.
+		rows, err := scanRows(tx.QueryContext(ctx, `DELETE FROM `+t+` WHERE id IN (SELECT id FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2) RETURNING `+rowColumns,
 			"{"+inList(shards)+"}", r.cfg.BatchSize))
 		if err != nil || len(rows) == 0 {
 			_ = tx.Rollback()
 			return nil, nil, err
 		}
-		return &pgClaim{r: r, tx: tx}, rows, nil
+		sort.Slice(rows, func(i, j int) bool { return rows[i].id < rows[j].id })
+		return &pgClaim{r: r, tx: tx, rows: rows}, rows, nil
 	}
 	now := time.Now().UnixMilli()
 	shards, err := scanInts(r.db.QueryContext(ctx, `UPDATE `+t+`_shards SET owner = ?, lease_until = ? WHERE shard IN (
@@ -464,21 +550,66 @@ func scanInts(rs *sql.Rows, err error) ([]int, error) {
 	return out, rs.Err()
 }
 
-// pgClaim holds a shard's row lock in a transaction.
+// pgClaim holds a shard's row lock in a transaction, in which its rows
+// are deleted.
 type pgClaim struct {
-	r  *Relay
-	tx *sql.Tx
+	r    *Relay
+	tx   *sql.Tx
+	rows []row // deleted by the claim
 }
 
 func (c *pgClaim) finish(ctx context.Context, acked []int64, parked []parkedRow) error {
-	if err := c.r.mark(ctx, c.tx, acked, parked); err != nil {
+	done := make(map[int64]bool, len(acked)+len(parked))
+	for _, id := range acked {
+		done[id] = true
+	}
+	for _, p := range parked {
+		done[p.id] = true
+	}
+	var back []row
+	for _, rw := range c.rows {
+		if !done[rw.id] {
+			back = append(back, rw)
+		}
+	}
+	err := c.r.park(ctx, c.tx, parked)
+	if err == nil {
+		err = c.r.putBack(ctx, c.tx, back)
+	}
+	if err != nil {
 		_ = c.tx.Rollback()
 		return err
 	}
 	return c.tx.Commit()
 }
 
+// putBack inserts rows again, as they were (PostgreSQL: rows its claim
+// deleted that were not published).
+func (r *Relay) putBack(ctx context.Context, tx *sql.Tx, rows []row) error {
+	for len(rows) > 0 {
+		n := min(len(rows), 500)
+		var q strings.Builder
+		q.WriteString(`INSERT INTO ` + r.o.table + ` (id, shard, topic, msg_key, value, headers, ce_id, created_at) VALUES `)
+		args := make([]any, 0, 8*n)
+		for i, rw := range rows[:n] {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString("(?::bigint, ?::integer, ?::text, ?::bytea, ?::bytea, ?::text, ?::text, ?::bigint)")
+			args = append(args, rw.id, rw.shard, rw.topic, rw.key, rw.value, rw.headers, rw.ceID, rw.created)
+		}
+		if _, err := tx.ExecContext(ctx, r.o.q(q.String()), args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
+	}
+	return nil
+}
+
 func (c *pgClaim) abort() { _ = c.tx.Rollback() }
+
+// hold does nothing: the row locks last as long as the transaction.
+func (c *pgClaim) hold(context.Context) error { return nil }
 
 // leaseClaim holds a shard's lease (SQLite).
 type leaseClaim struct {
@@ -506,6 +637,19 @@ func (c *leaseClaim) release(ctx context.Context, ex Execer) error {
 	return err
 }
 
+// hold renews the lease of every shard of the claim.
+func (c *leaseClaim) hold(ctx context.Context) error {
+	res, err := c.r.db.ExecContext(ctx, `UPDATE `+c.r.o.table+`_shards SET lease_until = ? WHERE shard IN (`+inList(c.shards)+`) AND owner = ?`,
+		time.Now().Add(c.r.cfg.Lease).UnixMilli(), c.r.cfg.ID)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(c.shards)) {
+		return fmt.Errorf("outbox: the lease of shards %s expired (renewed %d)", inList(c.shards), n)
+	}
+	return nil
+}
+
 func (c *leaseClaim) abort() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -513,33 +657,14 @@ func (c *leaseClaim) abort() {
 }
 
 // mark deletes the acknowledged rows and moves the parked ones to the dead
-// table, through tx.
+// table, through tx (SQLite: a PostgreSQL claim deletes its rows itself).
 func (r *Relay) mark(ctx context.Context, tx *sql.Tx, acked []int64, parked []parkedRow) error {
 	t := r.o.table
-	now := time.Now().UnixMicro()
-	for _, p := range parked {
-		if _, err := tx.ExecContext(ctx, r.o.q(`INSERT INTO `+t+`_dead (id, topic, msg_key, value, headers, ce_id, created_at, parked_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-			p.id, p.topic, p.key, p.value, p.headers, p.ceID, p.created, now, p.reason); err != nil {
-			return err
-		}
-		acked = append(acked, p.id)
-	}
-	if len(acked) == 0 {
-		return nil
-	}
-	if r.o.d == Postgres {
-		// One parameter, a fixed text: the ids as an array literal.
-		b := make([]byte, 0, 1+len(acked)*8)
-		b = append(b, '{')
-		for i, id := range acked {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, id, 10)
-		}
-		b = append(b, '}')
-		_, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE id = ANY($1::text::bigint[])`, string(b))
+	if err := r.park(ctx, tx, parked); err != nil {
 		return err
+	}
+	for _, p := range parked {
+		acked = append(acked, p.id)
 	}
 	for len(acked) > 0 {
 		n := min(len(acked), 500)

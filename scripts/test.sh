@@ -47,11 +47,11 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1 || ! co
   fi
 fi
 
-# A real PostgreSQL for the outbox's tests (outbox/internal/pgproc: the
+# A real PostgreSQL for the outbox's tests (internal/pgproc: the
 # binaries come through Maven into .cache/postgres/; the server runs on
 # 127.0.0.1, as nobody when we are root) around the Kafka of kafkactl:
 # pgctl exports KAVARI_PG_DSN and KAVARI_PG_HOME.
-pgctl=(go run ./outbox/internal/pgproc/cmd/pgctl run --)
+pgctl=(go run ./internal/pgproc/cmd/pgctl run --)
 
 if [ "$#" -gt 0 ]; then
   exec "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$@"

@@ -19,6 +19,12 @@ type Transactional interface {
 	// is acknowledged or failed, like Producer.Produce. The records become
 	// visible to read_committed consumers only when End commits.
 	Produce(ctx context.Context, recs []*Record) []error
+	// Send writes recs inside the open transaction without waiting for
+	// them: done runs once per record (i, its index in recs) when it is
+	// acknowledged (err nil, with where it was stored) or failed, on a
+	// goroutine of the client's; it must not block. Send does not modify
+	// recs. The caller waits for every done before End.
+	Send(ctx context.Context, recs []*Record, done func(i int, partition int32, offset int64, err error))
 	// End ends the open transaction. With commit true it commits offsets
 	// (fenced to gen: a member that is not gen's any more is refused, and
 	// so is a transactional id another member took over) together with

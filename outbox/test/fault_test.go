@@ -12,12 +12,25 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/kafkaproc"
+	"github.com/kavari-go/kavari/internal/pgproc"
+	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/outbox"
-	"github.com/kavari-go/kavari/outbox/internal/pgproc"
 	"github.com/kavari-go/kavari/outbox/internal/relaytest"
 )
+
+// ownTransport is for a test that sets its client's transport itself: it
+// runs once, in the kafka-go pass of scripts/test.sh (KAVARI_TRANSPORT
+// unset or kafka-go), and is skipped in the franz-go pass, which would run
+// the same test again.
+func ownTransport(t *testing.T) {
+	t.Helper()
+	if tr := testenv.Transport(); tr != "kafka-go" {
+		t.Skipf("sets its transport itself; runs in the kafka-go pass (this is %s)", tr)
+	}
+}
 
 // needEnv returns the variable's value; without it the test is skipped in
 // -short runs and fails otherwise.
@@ -245,5 +258,47 @@ func TestManyWritersRollbacksRelayCrash(t *testing.T) {
 		t.Logf("%d committed, %d rolled back, %d records, %d duplicates, batch in flight at the crash: %d", len(committed), len(rolledBack), len(recs), len(recs)-len(committed), len(crashed))
 		require.Equal(t, len(crashed), len(recs)-len(committed))
 		checkOrder(t, recs, true)
+	})
+}
+
+// A batch whose rows are partly parked (a corrupt row) and partly not
+// published (Kafka down, a failure that left nothing in flight): the
+// parked row goes to the dead table and the others stay in the outbox
+// (on PostgreSQL the claim deleted them: they are put back), to be
+// published once Kafka is back, in order.
+func TestPartlyParkedBatchKeepsTheRest(t *testing.T) {
+	ownTransport(t)
+	needEnv(t, kafkaproc.EnvLib, "run through kafkactl (scripts/test.sh), which exports the Kafka jars")
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cl, err := kafkaproc.Start(ctx, kafkaproc.Options{Nodes: 1})
+		require.NoError(t, err)
+		defer cl.Stop()
+		// kafka-go: a refused dial fails a publish without leaving a
+		// write in flight, so the relay lets the batch go.
+		e := newEnv(t, d, db, cl.Brokers(), func(c *kavari.Config) { c.Transport = kavari.KafkaGo })
+		ids := e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1}, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
+		_, err = db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+			7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
+		require.NoError(t, err)
+		ids = append(ids, e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 3, Amount: 1})...)
+		require.NoError(t, cl.Kill(0))
+		r := e.relay(outbox.RelayConfig{Workers: 1})
+		e.run(r)
+		var h outbox.Health
+		testkit.Eventually(t, time.Minute, func() bool {
+			h, _ = r.Health(context.Background())
+			return h.Dead == 1 && h.KafkaDown
+		}, "the corrupt row was not parked with Kafka down: %+v", &h)
+		require.Equal(t, 3, count(t, db, e.table), "rows not published stay in the outbox")
+		require.NoError(t, cl.Restart(0))
+		e.drained(r)
+		recs := readAll(t, e.brokers, e.topic)
+		require.Len(t, recs, 3)
+		for i, rec := range recs {
+			require.Equal(t, ids[i], rec.id)
+			require.Equal(t, i+1, rec.seq)
+		}
 	})
 }

@@ -19,10 +19,10 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/kavari-go/kavari"
+	"github.com/kavari-go/kavari/internal/pgproc"
 	"github.com/kavari-go/kavari/internal/testenv"
 	"github.com/kavari-go/kavari/internal/testkit"
 	"github.com/kavari-go/kavari/outbox"
-	"github.com/kavari-go/kavari/outbox/internal/pgproc"
 )
 
 // OrderPlaced is the tests' message.
@@ -63,9 +63,9 @@ func openPG(t *testing.T) *sql.DB {
 	dsn := os.Getenv(pgproc.EnvDSN)
 	if dsn == "" {
 		if testing.Short() {
-			t.Skip("needs PostgreSQL: " + pgproc.EnvDSN + " is unset (scripts/test.sh, or go run ./outbox/internal/pgproc/cmd/pgctl run -- go test ..., sets it)")
+			t.Skip("needs PostgreSQL: " + pgproc.EnvDSN + " is unset (scripts/test.sh, or go run ./internal/pgproc/cmd/pgctl run -- go test ..., sets it)")
 		}
-		t.Fatal(pgproc.EnvDSN + " is unset: run through scripts/test.sh or `go run ./outbox/internal/pgproc/cmd/pgctl run -- go test ...` (with -short the PostgreSQL tests are skipped)")
+		t.Fatal(pgproc.EnvDSN + " is unset: run through scripts/test.sh or `go run ./internal/pgproc/cmd/pgctl run -- go test ...` (with -short the PostgreSQL tests are skipped)")
 	}
 	return openDSN(t, dsn)
 }

@@ -286,3 +286,53 @@ func TestStopMarksInFlightBatch(t *testing.T) {
 		checkOrder(t, recs, false)
 	})
 }
+
+// On PostgreSQL, a transaction publishing a key waits at Publish (and at
+// PublishBatch) while another open transaction published the same key,
+// so that rows of one key are inserted in commit order; another key does
+// not wait.
+func TestPublishSameKeyWaitsForCommit(t *testing.T) {
+	db := openPG(t)
+	e := newEnv(t, outbox.Postgres, db, nil)
+	ctx := context.Background()
+	waiting := func() bool {
+		var n int
+		require.NoError(t, db.QueryRow(`SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n))
+		return n > 0
+	}
+	for _, batch := range []bool{false, true} {
+		txA, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		_, err = e.ob.Publish(ctx, txA, &OrderPlaced{OrderID: "same", Seq: 1, Amount: 1})
+		require.NoError(t, err)
+		// Another key does not wait.
+		e.write(false, &OrderPlaced{OrderID: "other", Seq: 1, Amount: 1})
+		done := make(chan error, 1)
+		go func() {
+			txB, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				done <- err
+				return
+			}
+			if batch {
+				_, err = e.ob.PublishBatch(ctx, txB, &OrderPlaced{OrderID: "other2", Seq: 1, Amount: 1}, &OrderPlaced{OrderID: "same", Seq: 2, Amount: 1})
+			} else {
+				_, err = e.ob.Publish(ctx, txB, &OrderPlaced{OrderID: "same", Seq: 2, Amount: 1})
+			}
+			if err != nil {
+				_ = txB.Rollback()
+				done <- err
+				return
+			}
+			done <- txB.Commit()
+		}()
+		testkit.Eventually(t, 30*time.Second, waiting, "the second transaction (batch %v) did not wait for the key's lock", batch)
+		select {
+		case err := <-done:
+			t.Fatalf("the second transaction (batch %v) ended while the first held the key: %v", batch, err)
+		default:
+		}
+		require.NoError(t, txA.Commit())
+		require.NoError(t, <-done)
+	}
+}

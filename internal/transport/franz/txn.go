@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -43,6 +45,13 @@ type txnSide struct {
 	// committed offset, else the offset its delivery started at (-1 when
 	// unknown). Under consumer.mu.
 	base map[transport.TopicPartition]int64
+
+	// unsure is set when End failed partway (kgo gave up on the
+	// coordinator, the broker being down): the client may still be in
+	// that transaction, and whether it committed is not known. The next
+	// Begin settles it first (settle). Used by End and Begin only, which
+	// the caller runs one at a time.
+	unsure error
 }
 
 var errTxnCommit = errors.New("kavari: franz consumer: exactly-once: offsets are committed by End, inside a transaction")
@@ -171,10 +180,114 @@ func (c *consumer) Begin() error {
 		return err
 	}
 	defer c.txn.holdPolls()()
+	if c.txn.unsure != nil {
+		if err := c.settle(s); err != nil {
+			return fmt.Errorf("kavari: begin transaction: the last transaction ended in an unknown state (%v) and cannot be settled yet: %w", c.txn.unsure, err)
+		}
+		c.txn.unsure = nil
+	}
 	if err := s.Begin(); err != nil {
 		return fmt.Errorf("kavari: begin transaction: %w", err)
 	}
 	return nil
+}
+
+// settle ends a transaction whose End failed partway: it aborts it (kgo
+// retries the end of a transaction whose outcome it does not know as an
+// abort; the broker refuses to abort one that committed, which is then
+// committed), reads the group's committed offsets of the owned partitions,
+// waiting for pending transactional commits to settle (require stable),
+// and rewinds the partitions there: whatever the transaction's outcome was,
+// its records are handled again exactly from where the group's offsets
+// are. Called with polls held.
+func (c *consumer) settle(s *kgo.GroupTransactSession) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cl := s.Client()
+	if err := cl.AbortBufferedRecords(ctx); err != nil {
+		return err
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		return fmt.Errorf("abort: %w", err)
+	}
+	c.mu.Lock()
+	var tps []transport.TopicPartition
+	for tp := range c.owned {
+		tps = append(tps, tp)
+	}
+	c.mu.Unlock()
+	got, err := fetchCommitted(ctx, cl, c.cfg.GroupID, tps)
+	if err != nil {
+		return fmt.Errorf("committed offsets: %w", err)
+	}
+	c.mu.Lock()
+	for tp, cp := range got {
+		if _, ok := c.owned[tp]; ok && cp.offset >= 0 {
+			c.committed[tp] = cp
+			c.txn.base[tp] = cp.offset
+		}
+	}
+	c.mu.Unlock()
+	c.rewind()
+	return nil
+}
+
+// fetchCommitted reads group's committed offsets of tps, waiting for
+// pending transactional offset commits to settle (RequireStable).
+func fetchCommitted(ctx context.Context, cl *kgo.Client, group string, tps []transport.TopicPartition) (map[transport.TopicPartition]commitPoint, error) {
+	req := kmsg.NewPtrOffsetFetchRequest()
+	req.Group, req.RequireStable = group, true
+	idx := map[string]int{}
+	for _, tp := range tps {
+		i, ok := idx[tp.Topic]
+		if !ok {
+			t := kmsg.NewOffsetFetchRequestTopic()
+			t.Topic = tp.Topic
+			req.Topics = append(req.Topics, t)
+			i = len(req.Topics) - 1
+			idx[tp.Topic] = i
+		}
+		req.Topics[i].Partitions = append(req.Topics[i].Partitions, tp.Partition)
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	out := map[transport.TopicPartition]commitPoint{}
+	add := func(topic string, partition int32, offset int64, meta *string, code int16) error {
+		if err := kerr.ErrorForCode(code); err != nil {
+			return fmt.Errorf("%s/%d: %w", topic, partition, err)
+		}
+		cp := commitPoint{offset: offset}
+		if meta != nil {
+			cp.metadata = *meta
+		}
+		out[transport.TopicPartition{Topic: topic, Partition: partition}] = cp
+		return nil
+	}
+	if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+		return nil, err
+	}
+	for _, g := range resp.Groups {
+		if err := kerr.ErrorForCode(g.ErrorCode); err != nil {
+			return nil, err
+		}
+		for _, t := range g.Topics {
+			for _, p := range t.Partitions {
+				if err := add(t.Topic, p.Partition, p.Offset, p.Metadata, p.ErrorCode); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			if err := add(t.Topic, p.Partition, p.Offset, p.Metadata, p.ErrorCode); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }
 
 // Produce writes recs in the open transaction.
@@ -206,6 +319,30 @@ func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		return nil
 	}
 	return errs
+}
+
+// Send writes recs in the open transaction without waiting: see
+// transport.Transactional.
+func (c *consumer) Send(ctx context.Context, recs []*transport.Record, done func(i int, partition int32, offset int64, err error)) {
+	s, err := c.session()
+	if err != nil {
+		for i := range recs {
+			done(i, -1, -1, &transport.ProduceError{Kind: transport.Closed, Err: err})
+		}
+		return
+	}
+	classify := (&producer{autoCreate: c.cfg.AllowAutoCreate}).classify
+	kv := make([]kgo.Record, len(recs)) // one allocation for the records
+	for i, r := range recs {
+		setKgoRecord(&kv[i], r)
+		s.Produce(ctx, &kv[i], func(kr *kgo.Record, err error) {
+			if err != nil {
+				done(i, -1, -1, classify(err))
+				return
+			}
+			done(i, kr.Partition, kr.Offset, nil)
+		})
+	}
 }
 
 // End ends the open transaction: see transport.Transactional.
@@ -248,6 +385,14 @@ func (c *consumer) End(ctx context.Context, gen transport.Generation, offsets []
 		}
 		c.mu.Unlock()
 		return true, nil
+	}
+	if err != nil {
+		// kgo gave up partway (no coordinator, the broker down): the
+		// transaction may still be open, even committed. The next Begin
+		// settles it and rewinds to the group's committed offsets; until
+		// then no transaction begins.
+		c.txn.unsure = err
+		return false, fmt.Errorf("kavari: transaction ended in an unknown state (settled before the next one begins; its records are handled again unless it committed): %w", err)
 	}
 	c.rewind()
 	if err == nil && commit {

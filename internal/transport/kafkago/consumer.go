@@ -252,43 +252,111 @@ func (c *Consumer) read(ctx context.Context, h transport.GroupHandler, tp transp
 	if err := r.SetOffset(offset); err != nil {
 		log.Error("kavari: cannot position reader", "topic", tp.Topic, "partition", tp.Partition, "offset", offset, "err", err)
 	}
+	var run []*transport.Record // reused: the engine copies the pointers
 	for c.wait(ctx, tp) {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			h.Error(err)
-			log.Warn("kavari: fetch failed", "topic", tp.Topic, "partition", tp.Partition, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+			c.fetchFailed(ctx, h, tp, err)
 			continue
 		}
+		// The records kafka-go already holds go with this one, in one
+		// Records call: the engine then takes its locks and wakes the
+		// partition's feeder once per run, not once per record.
+		var hw int64
+		run, hw, err = c.gather(r, tp, m, run[:0])
 		// A fetch under way when the partition was paused may return a
-		// record fetched after the pause: hold it until Resume.
+		// record fetched after the pause: hold the run until Resume.
 		if !c.wait(ctx, tp) {
 			break
 		}
-		if isMarker(m) {
-			continue
+		if len(run) > 0 {
+			h.Records(tp, run, hw)
+			clear(run)
 		}
-		// One allocation for the record and the slice that delivers it.
-		f := &fetched{rec: transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
-			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time}}
-		f.one[0] = &f.rec
-		h.Records(tp, f.one[:], m.HighWaterMark)
+		if err != nil && ctx.Err() == nil {
+			c.fetchFailed(ctx, h, tp, err)
+		}
 	}
 	closed := make(chan struct{})
 	go func() { _ = r.Close(); close(closed) }()
 	return closed
 }
 
-// fetched is a fetched record and the one-element slice Records gets it in.
-type fetched struct {
-	rec transport.Record
-	one [1]*transport.Record
+// maxRun bounds the records one Records call delivers (the engine's
+// buffering beyond a partition's share is at most this many).
+const maxRun = 64
+
+// runMisses is how many times in a row gather may find nothing before it
+// ends a run: a FetchMessage with an ended context picks at random between
+// a record kafka-go holds and the context, so one miss does not mean there
+// is none.
+const runMisses = 4
+
+// readyNow is an ended context: FetchMessage with it returns a record only
+// if kafka-go holds one already.
+var readyNow = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// gather returns first and the records kafka-go already holds after it
+// (at most maxRun, without waiting), skipping transaction markers, and the
+// high watermark the last of them came with, and the error a FetchMessage
+// returned instead of a record, if any.
+func (c *Consumer) gather(r *kafka.Reader, tp transport.TopicPartition, first kafka.Message, run []*transport.Record) ([]*transport.Record, int64, error) {
+	batch := make([]transport.Record, 0, 8)
+	hw := first.HighWaterMark
+	add := func(m kafka.Message) {
+		hw = m.HighWaterMark
+		if isMarker(m) {
+			return
+		}
+		batch = append(batch, transport.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key,
+			Value: m.Value, Headers: fromHeaders(m.Headers), Time: m.Time})
+	}
+	add(first)
+	var err error
+	for misses := 0; len(batch) < maxRun && misses < runMisses && !c.paused(tp); {
+		m, ferr := r.FetchMessage(readyNow)
+		if ferr != nil {
+			if !errors.Is(ferr, context.Canceled) {
+				err = ferr
+				break
+			}
+			misses++
+			continue
+		}
+		misses = 0
+		add(m)
+	}
+	// batch may have grown past its first array: point into the last one.
+	for i := range batch {
+		run = append(run, &batch[i])
+	}
+	return run, hw, err
+}
+
+// paused reports whether tp is paused now.
+func (c *Consumer) paused(tp transport.TopicPartition) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g := c.gates[tp]
+	return g != nil && g.paused
+}
+
+// fetchFailed reports a failed fetch and waits a second (or until ctx
+// ends) before the next.
+func (c *Consumer) fetchFailed(ctx context.Context, h transport.GroupHandler, tp transport.TopicPartition, err error) {
+	h.Error(err)
+	c.cfg.Logger.Warn("kavari: fetch failed", "topic", tp.Topic, "partition", tp.Partition, "err", err)
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Second):
+	}
 }
 
 // wait waits while tp is paused; false when ctx ended.

@@ -9,7 +9,7 @@
 // It runs, once per transport (-transports, default kafka-go,franz-go, each
 // as KAVARI_TRANSPORT),
 //
-//	go run ./outbox/internal/pgproc/cmd/pgctl run -- go run ./internal/kafkaproc/cmd/kafkactl run -- \
+//	go run ./internal/pgproc/cmd/pgctl run -- go run ./internal/kafkaproc/cmd/kafkactl run -- \
 //	  go test ./test/fault/ github.com/kavari-go/kavari/outbox/test -count=1 -v -timeout 30m
 //
 // (pgctl starts the PostgreSQL of the outbox's tests and exports
@@ -77,7 +77,7 @@ func realMain() int {
 	if *run != "" {
 		testArgs = append(testArgs, "-run", *run)
 	}
-	suite := append([]string{"go", "run", "./outbox/internal/pgproc/cmd/pgctl", "run", "--", "go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
+	suite := append([]string{"go", "run", "./internal/pgproc/cmd/pgctl", "run", "--", "go", "run", "./internal/kafkaproc/cmd/kafkactl", "run", "--"}, testArgs...)
 	rep := report{began: time.Now(), long: *longRun, results: map[string]string{}}
 	var allRows []ledger.Row
 	for _, tr := range strings.Split(*trs, ",") {

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/kavari-go/kavari/internal/kafkaproc"
-	"github.com/kavari-go/kavari/outbox/internal/pgproc"
+	"github.com/kavari-go/kavari/internal/pgproc"
 )
 
 func main() {

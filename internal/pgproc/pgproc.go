@@ -1,5 +1,8 @@
 // Package pgproc runs a real PostgreSQL server as a local process for the
-// outbox's tests, as internal/kafkaproc runs Apache Kafka.
+// outbox's tests and benchmarks (the root module's internal/, so that the
+// outbox/test and bench modules may import it), as internal/kafkaproc runs
+// Apache Kafka. It imports the standard library and internal/kafkaproc only:
+// it adds nothing to the library's go.mod.
 //
 // [Fetch] materialises the PostgreSQL binaries into a cache directory
 // (normally <repo>/.cache/postgres): Maven resolves the artifact
@@ -205,6 +208,7 @@ type Server struct {
 	removeDir      bool
 	cred           *syscall.Credential
 	logw           io.Writer
+	logPath        string // the log file Start opened; "" with Options.Log
 	mu             sync.Mutex
 	proc           *exec.Cmd
 	done           chan struct{}
@@ -254,7 +258,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 	s.logw = o.Log
 	if s.logw == nil {
-		f, err := os.OpenFile(filepath.Join(s.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		s.logPath = filepath.Join(s.dir, "postgres.log")
+		f, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("pgproc: %w", err)
 		}
@@ -324,7 +329,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		select {
 		case <-done:
 			s.proc = nil
-			return errors.New("pgproc: postgres exited while starting (see its log)")
+			return fmt.Errorf("pgproc: postgres exited while starting; the end of its log:\n%s", s.logTail())
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -340,7 +345,14 @@ func ready(addr string) bool {
 		return false
 	}
 	defer c.Close()
+	return startup(c) == nil
+}
+
+// startup sends a startup message for user postgres on c and reads the
+// answer: nil when it is AuthenticationOk.
+func startup(c net.Conn) error {
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	defer c.SetDeadline(time.Time{})
 	var body bytes.Buffer
 	body.Write([]byte{0, 3, 0, 0}) // protocol 3.0
 	body.WriteString("user\x00postgres\x00database\x00postgres\x00\x00")
@@ -349,14 +361,17 @@ func ready(addr string) bool {
 	msg[0], msg[1], msg[2], msg[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 	msg = append(msg, body.Bytes()...)
 	if _, err := c.Write(msg); err != nil {
-		return false
+		return err
 	}
 	var hdr [9]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return false
+		return err
 	}
 	// 'R', length 8, code 0: AuthenticationOk.
-	return hdr[0] == 'R' && hdr[5] == 0 && hdr[6] == 0 && hdr[7] == 0 && hdr[8] == 0
+	if hdr[0] == 'R' && hdr[5] == 0 && hdr[6] == 0 && hdr[7] == 0 && hdr[8] == 0 {
+		return nil
+	}
+	return fmt.Errorf("pgproc: startup answered %q", hdr[:])
 }
 
 // Kill stops the server abruptly (SIGKILL of the postmaster's group, as a
@@ -380,8 +395,18 @@ func (s *Server) signal(sig syscall.Signal) {
 	if s.proc == nil {
 		return
 	}
+	var kids []int
 	if sig == syscall.SIGKILL {
-		_ = syscall.Kill(-s.proc.Process.Pid, sig) // the backends too
+		// A crash of the whole server: the postmaster and its children.
+		// Each backend and auxiliary process runs in a session of its own
+		// (PostgreSQL calls setsid in every child), so a kill of the
+		// postmaster's process group misses them, and while one lives it
+		// holds the shared memory a new postmaster refuses to share.
+		kids = children(s.proc.Process.Pid)
+		_ = syscall.Kill(-s.proc.Process.Pid, sig)
+		for _, pid := range kids {
+			_ = syscall.Kill(pid, sig)
+		}
 	} else {
 		_ = s.proc.Process.Signal(sig)
 	}
@@ -392,9 +417,7 @@ func (s *Server) signal(sig syscall.Signal) {
 		<-s.done
 	}
 	if sig == syscall.SIGKILL {
-		// Orphaned backends die when they notice the postmaster is gone;
-		// a new postmaster refuses to start while they hold the shared
-		// memory, so wait for the pid file's owner to be gone.
+		gone(kids, 30*time.Second)
 		_ = os.Remove(filepath.Join(s.data, "postmaster.pid"))
 	}
 	s.proc = nil
@@ -407,4 +430,75 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// logTail returns the last lines of the server's log when Start wrote it
+// to a file (Options.Log nil).
+func (s *Server) logTail() string {
+	if s.logPath == "" {
+		return "(the log went to Options.Log)"
+	}
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-10):], "\n")
+}
+
+// children returns the pids of the processes whose parent is pid, read
+// from /proc.
+func children(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var kids []int
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, _, ok := stat(n); ok && ppid == pid {
+			kids = append(kids, n)
+		}
+	}
+	return kids
+}
+
+// stat returns the parent pid and the state of process pid from
+// /proc/<pid>/stat.
+func stat(pid int) (ppid int, state byte, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	return ppid, f[0][0], true
+}
+
+// gone waits until every process in pids has exited (or is a zombie,
+// which holds no memory), at most for d.
+func gone(pids []int, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for _, pid := range pids {
+		for time.Now().Before(deadline) {
+			if _, state, ok := stat(pid); !ok || state == 'Z' {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }

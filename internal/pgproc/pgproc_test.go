@@ -1,0 +1,55 @@
+package pgproc
+
+import (
+	"context"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestKillThenRestartWithClientsConnected kills a server whose backends
+// serve open connections, then restarts it. PostgreSQL's backends are not
+// in the postmaster's process group, so a kill of the group alone left
+// them running, holding the shared memory, and the restart failed with
+// "pre-existing shared memory block is still in use".
+func TestKillThenRestartWithClientsConnected(t *testing.T) {
+	home := os.Getenv(EnvHome)
+	if home == "" {
+		t.Skip("run through pgctl (scripts/test.sh), which exports " + EnvHome)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := Start(ctx, Options{Home: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Port))
+	for round := range 3 {
+		for range 4 {
+			c := connect(t, addr)
+			defer c.Close()
+		}
+		srv.Kill()
+		if err := srv.Restart(ctx); err != nil {
+			t.Fatalf("round %d: Restart after Kill: %v", round, err)
+		}
+	}
+}
+
+// connect opens a connection that completed its startup, so a backend
+// serves it until it is closed.
+func connect(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := startup(c); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c
+}
