@@ -61,6 +61,11 @@ type batchJob struct {
 	// attempt.
 	alone bool
 	cause error
+	// failed are the handlers that gave up on it retriably, with retry
+	// topics: once its last handler ran it moves to the first tier
+	// (retryLater), and it is complete only once that write is
+	// acknowledged.
+	failed []tierFailure
 }
 
 // batchUnit is what the queue hands to a worker: a batch, or one record.
@@ -373,12 +378,26 @@ func (e *engine) abandon(p *partition, bj *batchJob) {
 }
 
 // advance moves bj past the handler it was at: to the next handler of its
-// type (appended to again, returned), or complete.
+// type (appended to again, returned), or complete. With handlers that
+// failed it (retry topics), completing it is moving it to the first tier:
+// when that write does not succeed it stays open, and the partition holds
+// there (retryLater).
 func (e *engine) advance(p *partition, bj *batchJob, again []*batchJob) []*batchJob {
 	bj.stage++
 	bj.alone, bj.cause = false, nil
 	if bj.stage < len(bj.rt.bindings) {
 		return append(again, bj)
+	}
+	if bj.failed != nil {
+		ok, moved := e.retryLater(p, &bj.job, nil, bj.failed)
+		if !ok {
+			e.abandon(p, bj)
+			return again
+		}
+		if moved { // counted as handled once it is finished in its tier
+			e.finishJob(p, bj)
+			return again
+		}
 	}
 	e.deps.health.handled.Add(1)
 	e.finishJob(p, bj)
@@ -474,6 +493,11 @@ func (e *engine) runAlone(p *partition, bj *batchJob) []*batchJob {
 			return nil
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
+		if e.retry != nil && !bj.rt.inPlace && retriableHandler(err) {
+			// To a retry tier once its other handlers ran (advance).
+			bj.failed = append(bj.failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
+			return e.advance(p, bj, nil)
+		}
 		e.deps.log.Error("kavari: handler gave up, dead-lettering", "err", logErr(herr), "topic", bj.rec.Topic, "partition", bj.rec.Partition, "offset", bj.rec.Offset)
 		if !e.deadLetter(p, &bj.job, KindHandler, b.name, attempts, herr) {
 			e.abandon(p, bj)

@@ -61,7 +61,9 @@ func main() {
 	_ = kavari.RegisterProvided(&Order{}, (*handler)(nil))
 	_ = kavari.Declare(&Order{})
 	_ = kavari.SetCodec(&Order{}, kavari.JSON)
-	_ = kavari.NewRegistry().SetCodec(&Order{}, kavari.JSON)`, true},
+	_ = kavari.NewRegistry().SetCodec(&Order{}, kavari.JSON)
+	_ = kavari.RetryInPlace(&Order{})
+	_ = kavari.NewRegistry().RetryInPlace(&Order{})`, true},
 		{"Publish a value", `_, _ = c.Publish(ctx, Order{ID: "1"})`, false},
 		{"Publish a non-message", `_, _ = c.Publish(ctx, &NotMessage{ID: "1"})`, false},
 		{"PublishBatch a value", `_, _ = c.PublishBatch(ctx, &Order{ID: "1"}, Order{ID: "2"})`, false},
@@ -72,6 +74,7 @@ func main() {
 		{"Declare a value", `_ = kavari.Declare(Order{})`, false},
 		{"SetCodec a value", `_ = kavari.SetCodec(Order{}, kavari.JSON)`, false},
 		{"Registry.SetCodec a non-message", `_ = kavari.NewRegistry().SetCodec(&NotMessage{}, kavari.JSON)`, false},
+		{"RetryInPlace a value", `_ = kavari.RetryInPlace(Order{})`, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -184,7 +184,8 @@ type PublishConfig struct {
 	// Default Murmur2.
 	Partitioner Partitioner
 	// BatchTimeout is how long a batch waits to fill. KafkaGo only: FranzGo
-	// publishes without linger, and New rejects a value.
+	// publishes without linger, and New rejects a value. The consumer's
+	// moves to retry topics (Consume.RetryTopics) do not wait.
 	// Default 2 ms.
 	BatchTimeout time.Duration
 	// BatchSize is how many messages a PublishAsync writer hands to the

@@ -113,6 +113,7 @@ func newEngine(deps engineDeps, table *routeTable, cons transport.Consumer, caps
 // backoff, and errors are logged and shown in Health.
 func (e *engine) run() {
 	defer close(e.deps.loopDone)
+	defer e.retry.waitMoves() // retry topics' writes (retrytopic.go)
 	if e.eos != nil {
 		go e.windowLoop()
 		defer func() { <-e.eos.done }()

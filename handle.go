@@ -123,7 +123,7 @@ func (e *engine) process(p *partition, j *job) {
 			return // its failed attempt wrote into the transaction: the window aborts, the record comes again
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
-		if e.retry != nil && retriableHandler(err) {
+		if e.retry != nil && !rt.inPlace && retriableHandler(err) {
 			failed = append(failed, tierFailure{handler: b.name, attempts: attempts, err: herr})
 			continue
 		}
@@ -148,6 +148,9 @@ func (e *engine) process(p *partition, j *job) {
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.
 func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) (err error) {
+	if b.batch {
+		return e.invokeBatchOf1(p, b, msg, j, attempt)
+	}
 	var ctx context.Context
 	var mc *middlewareCtx
 	if e.deps.middleware == nil {
@@ -188,6 +191,19 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 		return e.deps.middleware(ctx, msg)
 	}
 	return b.call(ctx, h, msg)
+}
+
+// invokeBatchOf1 runs one attempt of batch handler b on j's record alone (a
+// record in a retry tier: tier partitions have no batch queue), in a batch
+// of one; the error a BatchFailed of that record carries is the attempt's.
+func (e *engine) invokeBatchOf1(p *partition, b *binding, msg any, j *job, attempt int) error {
+	bj := &batchJob{msg: msg}
+	bj.rec, bj.seq = j.rec, j.seq
+	err := e.invokeBatch(p, b, []*batchJob{bj}, attempt)
+	if i, ok, _, inner := batchFailure(err, 1); ok && i == 0 {
+		return inner
+	}
+	return err
 }
 
 // handlerCtx is a handler's context: it answers RecordFromContext, building

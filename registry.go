@@ -59,6 +59,9 @@ type route struct {
 	bindings []*binding
 	codec    *codecUse // the tag's codec, or the one set with SetCodec
 	codecSet bool      // set with SetCodec
+	// inPlace keeps the type's records out of the retry topics
+	// (RetryInPlace): retried in place, then dead-lettered.
+	inPlace bool
 }
 
 // binding is one handler of a route, in the non-generic shape the dispatcher uses.
@@ -244,6 +247,40 @@ func (r *Registry) add(msg any, b *binding) error {
 		}
 	}
 	rt.bindings = append(rt.bindings, b)
+	return nil
+}
+
+// RetryInPlace keeps message type msg (a pointer to a kavari message
+// struct) out of the retry topics on DefaultRegistry. See
+// Registry.RetryInPlace.
+func RetryInPlace(msg Msg) error { return DefaultRegistry.RetryInPlace(msg) }
+
+// RetryInPlace keeps the records of message type msg (a pointer to a kavari
+// message struct) out of the retry topics of a Client whose
+// Config.Registry is r: with Consume.RetryTopics set, a record of the type
+// whose handlers fail is still retried in place with Consume.Retry (its
+// key's later records wait for it, in order) and then dead-lettered, as
+// without retry topics; the client's other types use the tiers. For a
+// type whose per-key order matters on a client whose other types prefer
+// non-blocking retries. Without Consume.RetryTopics it changes nothing; a
+// record of the type already in a tier (moved before RetryInPlace was
+// called, by an earlier deployment) finishes its tiers. It also declares
+// the type, as Declare does. Call it at start-up: after a consumer on r
+// started it fails with ErrFrozen.
+func (r *Registry) RetryInPlace(msg Msg) error {
+	info, _, err := messageValue(msg)
+	if err != nil {
+		return err
+	}
+	if err := r.add(msg, nil); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frozen.Load() != nil {
+		return ErrFrozen
+	}
+	r.byType[info.typ].inPlace = true
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -74,6 +75,8 @@ type retryTiers struct {
 
 	mu      sync.Mutex
 	holding map[transport.TopicPartition]time.Time // a feeder holds its head record until then
+
+	moves mover // the tier writes
 }
 
 // tierRef says which tier of which main topic a topic is.
@@ -349,11 +352,10 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 	}
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
-		errs := e.deps.write(p.hard, []*transport.Record{&rec})
-		if errs == nil {
+		last = r.moves.move(p.hard, &rec, e.deps.write)
+		if last == nil {
 			return nil
 		}
-		last = errs[0]
 		if tooLarge(last) {
 			return Permanent(last)
 		}
@@ -376,6 +378,108 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 		e.deps.hooks.onRetryTier(j.rec, f.attempts, f.handler, next, delay, f.err)
 	}
 	return true, true
+}
+
+// mover writes the records that move to a tier. The partition's commits
+// wait for each such write, so the moves pending at a moment go out as one
+// write (kafka-go sends a partition's records of one write in one request,
+// but its requests for a partition one after the other: a write per move
+// would queue behind the one under way), and without waiting for a batch
+// to fill (transport.WithoutLinger: kafka-go's BatchTimeout). A flush
+// goroutine runs while moves are pending: it takes every pending move,
+// writes them together, answers each, and goes on while more came
+// meanwhile. Each write ends when it is answered or when every mover
+// waiting for it gave up (their partitions' contexts ended); a mover gives
+// up on its own context's end without waiting for the write, which may
+// still store its record (the record stays open and comes again: a
+// duplicate in the tier, never a loss). The zero value is ready.
+type mover struct {
+	mu      sync.Mutex
+	pending []*moveReq
+	busy    bool           // a flush goroutine runs
+	wg      sync.WaitGroup // the flush goroutine
+}
+
+// moveReq is one move waiting for its write.
+type moveReq struct {
+	ctx  context.Context
+	rec  *transport.Record
+	err  error         // set before done is closed
+	done chan struct{} // closed once rec's write was answered
+}
+
+// move writes rec with write (the publisher's), together with the other
+// moves pending; nil once it was acknowledged, else its error, or ctx's
+// cause when ctx ended first.
+func (m *mover) move(ctx context.Context, rec *transport.Record, write func(context.Context, []*transport.Record) []error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx) // also: no flush goroutine after the engine's end
+	}
+	r := &moveReq{ctx: ctx, rec: rec, done: make(chan struct{})}
+	m.mu.Lock()
+	m.pending = append(m.pending, r)
+	if !m.busy {
+		m.busy = true
+		m.wg.Add(1)
+		go m.flush(write)
+	}
+	m.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// flush writes the pending moves, a write at a time, until none is left.
+func (m *mover) flush(write func(context.Context, []*transport.Record) []error) {
+	defer m.wg.Done()
+	for {
+		m.mu.Lock()
+		reqs := m.pending
+		m.pending = nil
+		if len(reqs) == 0 {
+			m.busy = false
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+		// The write ends when every mover waiting for it gave up.
+		ctx, cancel := context.WithCancel(transport.WithoutLinger(context.Background()))
+		var waiting atomic.Int64
+		waiting.Store(int64(len(reqs)))
+		recs := make([]*transport.Record, len(reqs))
+		stops := make([]func() bool, len(reqs))
+		for i, r := range reqs {
+			recs[i] = r.rec
+			stops[i] = context.AfterFunc(r.ctx, func() {
+				if waiting.Add(-1) == 0 {
+					cancel()
+				}
+			})
+		}
+		errs := write(ctx, recs)
+		for i, r := range reqs {
+			stops[i]()
+			if errs != nil {
+				r.err = errs[i]
+			}
+			close(r.done)
+		}
+		cancel()
+	}
+}
+
+// wait waits until no flush goroutine runs: once every partition's
+// context ended, its write ends too.
+func (m *mover) wait() { m.wg.Wait() }
+
+// waitMoves is mover.wait for the engine's retry tiers, if any.
+func (r *retryTiers) waitMoves() {
+	if r != nil {
+		r.moves.wait()
+	}
 }
 
 // tooLargeForTier dead-letters a record that does not fit in its retry

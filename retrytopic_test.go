@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,6 +134,7 @@ func TestRetryTopicsHandleOnceAfterTheRightTiers(t *testing.T) {
 			assert.False(t, attempt.Before(due), "%s: attempted at %v, due %v", topic, attempt, due)
 			t.Logf("%s: delay %v, attempted %v after due (fake clock)", topic, rtDelays[n], attempt.Sub(due))
 			assert.Len(t, strings.Split(h[kavari.HeaderRetryHistory], ","), n+1, "history %q", h[kavari.HeaderRetryHistory])
+			assert.EqualValues(t, 1, b.Unlingered(topic), "%s: the move, which the partition's commits wait for, is written without waiting for a batch to fill", topic)
 		}
 		assert.Empty(t, b.Records("eng.dlq", 0))
 		assert.Positive(t, b.Pauses(transport.TopicPartition{Topic: "eng.retry.3"}), "a tier partition waits paused")
@@ -603,5 +605,221 @@ func TestRetryTopicsUnknownFailedHandlerRunsEveryHandler(t *testing.T) {
 		waitFor(t, "the tier committed", func() bool { return rtCommitted(b, "g-rtgone", "eng.retry.1") == 1 })
 		require.NoError(t, stopNow(t, k))
 		assert.EqualValues(t, 7, got.Load())
+	})
+}
+
+// TestRetryTopicsBatchHandlerFailureMovesToTheTier: with retry topics, a
+// record a batch handler names as failed (BatchFailed), after its in-place
+// attempts alone, moves to the first tier as a single record's failure
+// does, and is committed only then; in the tier the batch handler gets it
+// in a batch of one, and it is handled there once, never dead-lettered.
+// The batch's other records are handled at once.
+func TestRetryTopicsBatchHandlerFailureMovesToTheTier(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		for i := 0; i < 10; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		var calls batchCalls
+		var tiers sync.Map // N → Record.RetryTier of its successful call
+		k := memBatchKavari(t, b, "g-rtb", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N != 5 {
+					continue
+				}
+				r, ok := kavari.BatchRecordFromContext(ctx, i)
+				require.True(t, ok)
+				if r.Topic == "eng" {
+					return calls.add(ms, kavari.BatchFailed(i, errors.New("bad row")))
+				}
+				tiers.Store(m.N, r.Topic)
+			}
+			return calls.add(ms, nil)
+		}, rtConfig, func(c *kavari.Config) { c.Consume.MaxBatchRecords = 10 })
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtb", 0) == 10 && rtCommitted(b, "g-rtb", "eng.retry.1") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.Empty(t, deadLettered(b), "a retriable failure goes to the tier, not the dead-letter topic")
+		recs := b.Records("eng.retry.1", 0)
+		require.Len(t, recs, 1)
+		h := rtHeaders(recs[0])
+		assert.Equal(t, "eng", h[kavari.HeaderOriginalTopic])
+		assert.Equal(t, "5", h[kavari.HeaderOriginalOffset])
+		assert.Equal(t, "2", h[kavari.HeaderAttempts], "the batch's attempt, then one alone (rtConfig: two in place)")
+		assert.Contains(t, h[kavari.HeaderOriginalError], "bad row")
+		handled := calls.handled()
+		calls.mu.Lock()
+		require.NotEmpty(t, calls.calls)
+		assert.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, calls.calls[0], "BatchFailed(5): records 0-4 handled by the first call")
+		for _, ns := range calls.calls[1:] {
+			assert.False(t, slices.ContainsFunc(ns, func(n int) bool { return n < 5 }), "records 0-4 handed over again: %v", ns)
+		}
+		calls.mu.Unlock()
+		for n := 5; n < 10; n++ {
+			assert.Equal(t, 1, handled[n], "record %d handled once", n)
+		}
+		topic, _ := tiers.Load(5)
+		assert.Equal(t, "eng.retry.1", topic, "record 5 handled in the tier")
+		assert.Empty(t, b.Records("eng.retry.2", 0))
+	})
+}
+
+// TestRetryTopicsBatchHandlerAlwaysFailingIsDeadLetteredAfterTheLastTier:
+// a record a batch handler always fails goes through every tier (one
+// attempt each, in a batch of one), then to the dead-letter topic with its
+// history.
+func TestRetryTopicsBatchHandlerAlwaysFailingIsDeadLetteredAfterTheLastTier(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		b.Append(engRecord(0, "a", 1))
+		b.Append(engRecord(0, "b", 2))
+		var calls batchCalls
+		k := memBatchKavari(t, b, "g-rtbd", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 1 {
+					return calls.add(ms, kavari.BatchFailed(i, errors.New("never")))
+				}
+			}
+			return calls.add(ms, nil)
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the dead letter", func() bool { return len(b.Records("eng.dlq", 0)) == 1 })
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtbd", 0) == 2 && rtCommitted(b, "g-rtbd", "eng.retry.3") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		for _, topic := range []string{"eng.retry.1", "eng.retry.2", "eng.retry.3"} {
+			assert.Len(t, b.Records(topic, 0), 1, topic)
+		}
+		dl := rtHeaders(b.Records("eng.dlq", 0)[0])
+		assert.Equal(t, "eng", dl[kavari.HeaderOriginalTopic])
+		assert.Equal(t, "0", dl[kavari.HeaderOriginalOffset])
+		assert.Equal(t, "5", dl[kavari.HeaderAttempts], "two in place, then one per tier")
+		assert.Len(t, strings.Split(dl[kavari.HeaderRetryHistory], ","), 3, "history %q", dl[kavari.HeaderRetryHistory])
+		assert.Equal(t, 1, calls.handled()[2])
+	})
+}
+
+// rtOrdered is a second type on the engine's topic, kept out of the retry
+// topics (RetryInPlace).
+type rtOrdered struct {
+	kavari.Message `kavari:"topic=eng,key=Key,name=rtOrdered"`
+	Key            string `json:"key"`
+	N              int    `json:"n"`
+}
+
+// TestRetryTopicsRetryInPlaceKeepsATypeOut: with retry topics, a type
+// registered with RetryInPlace is retried in place and then dead-lettered,
+// never moved to a tier, while another type on the same topic moves.
+func TestRetryTopicsRetryInPlaceKeepsATypeOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		reg := kavari.NewRegistry()
+		var ordered, moved atomic.Int64
+		require.NoError(t, kavari.RegisterFuncOn(reg, &rtOrdered{}, func(ctx context.Context, m *rtOrdered) error {
+			ordered.Add(1)
+			return errors.New("ordered fails")
+		}))
+		require.NoError(t, reg.RetryInPlace(&rtOrdered{}))
+		require.NoError(t, kavari.RegisterFuncOn(reg, &engMsg{}, func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" {
+				return errors.New("fails in the main topic")
+			}
+			moved.Add(1)
+			return nil
+		}))
+		cfg := kavari.Config{Brokers: []string{"memory"}, Registry: reg, Logger: testLogger(),
+			Consume: kavari.ConsumeConfig{GroupID: "g-rtip", CommitInterval: 100 * time.Millisecond}}
+		rtConfig(&cfg)
+		k, err := kavari.NewOnTransport(cfg, b.Transport(transport.Capabilities{}))
+		require.NoError(t, err)
+		b.Append(transport.Record{Topic: "eng", Key: []byte("a"), Value: []byte(`{"key":"a","n":1}`),
+			Headers: []transport.Header{{Key: kavari.HeaderMsgType, Value: []byte("rtOrdered")}}})
+		b.Append(engRecord(0, "b", 2))
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "both records finished", func() bool {
+			return memCommitted(b, "g-rtip", 0) == 2 && rtCommitted(b, "g-rtip", "eng.retry.1") == 1
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, 2, ordered.Load(), "rtOrdered: its two in-place attempts (rtConfig), no tier")
+		assert.EqualValues(t, 1, moved.Load(), "engMsg: handled in its tier")
+		recs := b.Records("eng.retry.1", 0)
+		require.Len(t, recs, 1, "only engMsg moved")
+		assert.Equal(t, "engMsg", rtHeaders(recs[0])[kavari.HeaderMsgType])
+		assert.Equal(t, map[string]string{"0": "handler/2"}, deadLettered(b), "rtOrdered dead-lettered after its in-place attempts")
+
+		// Once a consumer on it started, the registry is frozen.
+		assert.ErrorIs(t, reg.RetryInPlace(&rtOrdered{}), kavari.ErrFrozen)
+	})
+}
+
+// TestRetryTopicsRetryInPlaceBatchHandler: a batch handler's type kept out
+// of the retry topics dead-letters the record it names failed after its
+// in-place attempts, as without retry topics.
+func TestRetryTopicsRetryInPlaceBatchHandler(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		for i := 0; i < 4; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		k := memBatchKavari(t, b, "g-rtipb", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 2 {
+					return kavari.BatchFailed(i, errors.New("bad row"))
+				}
+			}
+			return nil
+		}, rtConfig, func(c *kavari.Config) {
+			c.Consume.MaxBatchRecords = 4
+			require.NoError(t, c.Registry.RetryInPlace(&engMsg{}))
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitCommitted(b, "g-rtipb", 0, 4)
+		require.NoError(t, stopNow(t, k))
+		assert.Equal(t, map[string]string{"2": "handler/2"}, deadLettered(b))
+		assert.Empty(t, b.Records("eng.retry.1", 0))
+	})
+}
+
+// TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite: while a move's write
+// is under way, the moves that come meanwhile wait and go out together in
+// the next write (a write per move would queue behind the one under way).
+func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 20
+		for i := 0; i < n; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		release := make(chan struct{})
+		var first atomic.Bool
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" && first.CompareAndSwap(false, true) {
+				<-release // the first move's write is under way until then
+			}
+			return nil
+		}
+		var failed atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtmv", func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" {
+				if r.Attempt == 2 {
+					failed.Add(1)
+				}
+				return errors.New("fails in the main topic")
+			}
+			return nil
+		}, rtConfig)
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "every record failed in place", func() bool { return failed.Load() == n })
+		synctest.Wait() // the moves are pending
+		close(release)
+		waitFor(t, "every partition committed", func() bool {
+			return memCommitted(b, "g-rtmv", 0) == n && rtCommitted(b, "g-rtmv", "eng.retry.1") == n
+		})
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), n)
+		assert.EqualValues(t, 2, b.Writes("eng.retry.1"), "the first move alone, the %d that came meanwhile in one write", n-1)
 	})
 }

@@ -127,6 +127,9 @@ func (b *bench) record(res *result) {
 
 func (r *result) oneLine() string {
 	switch {
+	case r.Retry != nil && r.Latency != nil:
+		return fmt.Sprintf("healthy %.0f msg/s; healthy e2e at %d msg/s: p50 %.2f ms, p99 %.2f ms; %d failed once, %d moves (failure → acknowledged move p50 %.2f ms, p99 %.2f ms)",
+			r.MsgsPerSec, r.Latency.Rate, r.Latency.P50, r.Latency.P99, r.Retry.Failed, r.Retry.Moves, r.Retry.MoveP50, r.Retry.MoveP99)
 	case r.Latency != nil:
 		l := r.Latency
 		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, %d/%d received", l.P50, l.P99, l.P999, l.Received, l.Sent)
@@ -160,6 +163,7 @@ func (b *bench) all() {
 	b.bulk()
 	b.latency()
 	b.eos()
+	b.retry()
 	b.parallel()
 	b.outbox()
 	b.rss()
@@ -170,7 +174,7 @@ func (b *bench) all() {
 // warmup publishes a little with franz-go so the broker's JIT is warm
 // before the first measured workload. Not reported.
 func (b *bench) warmup() {
-	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) && !b.wantAny(outboxDirectID, outboxRelayID, outboxLatencyID) {
+	if b.o.only != "" && !b.want("publish") && !b.want("consume") && !b.want("e2e") && !b.want("scale") && !b.want("io") && !b.want("otel") && !b.want(eosID("exactly-once")) && !b.wantAny(outboxDirectID, outboxRelayID, outboxLatencyID) && !b.want("retry/") {
 		return
 	}
 	s := b.base("warmup", "publish", "franz-go")
@@ -367,8 +371,31 @@ func newAdmin(brokers []string) *admin {
 }
 
 // fresh deletes topic (if it exists) and creates it again, empty, with
-// partitions, then waits until every partition has a leader.
+// partitions, then waits until every partition has a leader; it creates
+// topic's dead-letter topic if it does not exist.
 func (a *admin) fresh(ctx context.Context, topic string, partitions int) error {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if err := a.recreate(ctx, topic, partitions); err != nil {
+		return err
+	}
+	// A kavari consumer needs the dead-letter topic to exist; it stays
+	// (nothing is dead-lettered) and is created once.
+	resp, err := a.c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic + ".dlq", NumPartitions: 1, ReplicationFactor: 1,
+	}}})
+	if err == nil {
+		err = resp.Errors[topic+".dlq"]
+	}
+	if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s.dlq: %w", topic, err)
+	}
+	return nil
+}
+
+// recreate deletes topic (if it exists) and creates it again, empty, with
+// partitions, then waits until every partition has a leader that serves.
+func (a *admin) recreate(ctx context.Context, topic string, partitions int) error {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	if _, err := a.c.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}}); err != nil {
@@ -391,17 +418,6 @@ func (a *admin) fresh(ctx context.Context, topic string, partitions int) error {
 		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
 			return fmt.Errorf("create topic %s: still exists: %w", topic, err)
 		}
-	}
-	// A kavari consumer needs the dead-letter topic to exist; it stays
-	// (nothing is dead-lettered) and is created once.
-	resp, err := a.c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-		Topic: topic + ".dlq", NumPartitions: 1, ReplicationFactor: 1,
-	}}})
-	if err == nil {
-		err = resp.Errors[topic+".dlq"]
-	}
-	if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-		return fmt.Errorf("create topic %s.dlq: %w", topic, err)
 	}
 	for {
 		md, err := a.c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})

@@ -61,6 +61,8 @@ type options struct {
 	ioN         int
 	eosN        int
 	ioInFlight  int
+	retryN      int
+	retryRate   int
 	toolchains  string
 	pgDSN       string
 
@@ -73,7 +75,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", os.Getenv(kafkaproc.EnvBrokers), "bootstrap brokers host:port,...; empty starts one Apache Kafka broker (env KAVARI_BROKERS)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write, relative to the repository root unless absolute; empty writes none")
-	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., parallel/..., outbox/..., rss, python/..., micro)")
+	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., retry/..., parallel/..., outbox/..., rss, python/..., micro)")
 	flag.StringVar(&o.pgDSN, "pg-dsn", os.Getenv(pgproc.EnvDSN), "PostgreSQL of the outbox/ workloads (a postgres:// DSN); empty starts one (env KAVARI_PG_DSN)")
 	flag.BoolVar(&o.long, "long", false, "RSS check over 1,000,000 messages instead of -rss-n")
 	flag.BoolVar(&o.skipPython, "skip-python", false, "skip the Python kavari runs (and the venv creation)")
@@ -92,6 +94,8 @@ func main() {
 	flag.IntVar(&o.ioN, "io-n", 100_000, "messages of the 1 ms I/O handler workload (io1ms/...)")
 	flag.IntVar(&o.eosN, "eos-n", 300_000, "inputs of the exactly-once consume → publish workloads (eos/...)")
 	flag.IntVar(&o.ioInFlight, "io-max-in-flight", 256, "kavari MaxInFlight of the 1 ms I/O handler workload (kavari's default; the ceiling is it ÷ 1 ms)")
+	flag.IntVar(&o.retryN, "retry-n", 200_000, "messages of each retry workload's backlog (retry/...; 1 % fail once)")
+	flag.IntVar(&o.retryRate, "retry-rate", 1000, "rate of each retry workload's paced phase, messages per second (for -e2e-duration)")
 	flag.IntVar(&o.rssN, "rss-n", 200_000, "messages published and consumed by the RSS run without -long")
 	flag.IntVar(&o.rssSize, "rss-size", 1024, "message size of the RSS run, bytes")
 	flag.StringVar(&o.heap, "heap", "1g", "JVM heap of the broker the command starts")

@@ -197,6 +197,7 @@ func (r *report) evaluate() {
 	r.evaluateOtel(add)
 	r.evaluateEOS(add)
 	r.evaluateOutbox(add)
+	r.evaluateRetry(add)
 	for _, size := range sizes {
 		name := fmt.Sprintf("single-caller synchronous Publish on franz-go: p50 < 1 ms (%s)", sizeName(size))
 		x := r.res[pubID(size, "sync1", implKavariFranz)]
@@ -622,6 +623,7 @@ func (r *report) body() string {
 	r.writeEOS(w)
 	r.writeOutbox(w)
 
+	r.writeRetry(w)
 	r.writePython(w)
 
 	w("## End-to-end latency (publish call → handler start)\n\n")

@@ -153,3 +153,27 @@ func TestConsumeRSSAndSpreadTargets(t *testing.T) {
 		t.Fatalf("spread franz-go: got %q %s", x.Measured, x.Status)
 	}
 }
+
+func TestRetryTargetsDivideByTheCleanRun(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"retry/kafka-go/clean":  100,
+		"retry/kafka-go/tier1s": 96,
+		"retry/franz-go/clean":  100,
+		"retry/franz-go/tier1s": 90,
+	})
+	kg := targetOf(t, r, "kavari on kafka-go, 1 % of records failing once, retry topics (1 s tier): healthy throughput")
+	if kg.Measured != "96 ÷ 100 msg/s = 0.96×" || kg.Status != "**met**" {
+		t.Fatalf("kafka-go: got %q %s", kg.Measured, kg.Status)
+	}
+	fg := targetOf(t, r, "kavari on franz-go, 1 % of records failing once, retry topics (1 s tier): healthy throughput")
+	if fg.Status != "**missed**" {
+		t.Fatalf("franz-go: got %q %s", fg.Measured, fg.Status)
+	}
+	// No latency measured: not a division by zero.
+	if p := targetOf(t, r, "kavari on kafka-go, 1 % of records failing once, retry topics (1 s tier): healthy p99"); p.Status != notMeasured {
+		t.Fatalf("p99: got %q %s", p.Measured, p.Status)
+	}
+	if md := r.markdown(); !strings.Contains(md, "| kafka-go | retry topics, 1 s tier | 96 | 0.96× |") {
+		t.Fatalf("no retry row in the report:\n%s", md)
+	}
+}

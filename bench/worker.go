@@ -23,7 +23,7 @@ import (
 // spec describes one workload run in a worker subprocess.
 type spec struct {
 	ID          string        `json:"id"`       // e.g. publish/100B/sync/kavari
-	Workload    string        `json:"workload"` // publish, consume, e2e, parallel, rss
+	Workload    string        `json:"workload"` // publish, consume, e2e, parallel, rss, retry, ...
 	Impl        string        `json:"impl"`     // kavari, kafka-go, franz-go
 	Mode        string        `json:"mode"`     // publish: sync, batch, async
 	Brokers     []string      `json:"brokers"`
@@ -77,6 +77,7 @@ type result struct {
 	IO          *ioStats       `json:"io,omitempty"`
 	Bulk        *bulkStats     `json:"bulk,omitempty"`
 	Outbox      *outboxStats   `json:"outbox,omitempty"`
+	Retry       *retryStats    `json:"retry,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
@@ -181,6 +182,8 @@ func workerMain(specJSON string) int {
 		res, err = runEOSE2E(ctx, &s)
 	case "outbox":
 		res, err = runOutbox(ctx, &s)
+	case "retry":
+		res, err = runRetry(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}

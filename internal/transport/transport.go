@@ -163,6 +163,23 @@ type Producer interface {
 	Close() error
 }
 
+// noLingerKey marks a context made by WithoutLinger.
+type noLingerKey struct{}
+
+// WithoutLinger returns ctx marked so that a Producer sends the records of
+// a Produce call made with it at once, without waiting up to BatchTimeout
+// for more records to fill their batch: for writes that hold a partition's
+// commits until they are acknowledged (retry-topic moves). A Producer that
+// does not linger ignores the mark.
+func WithoutLinger(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noLingerKey{}, true)
+}
+
+// NoLinger reports whether ctx was marked by WithoutLinger.
+func NoLinger(ctx context.Context) bool {
+	return ctx.Value(noLingerKey{}) != nil
+}
+
 // ErrorKind classifies a produce failure for kavari's retry decision.
 type ErrorKind int
 

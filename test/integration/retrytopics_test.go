@@ -354,3 +354,107 @@ func TestRetryTopicsRebalanceWhileATierWaits(t *testing.T) {
 		assert.False(t, att[2].at.Before(att[2].due), "record %d attempted before it was due", n)
 	}
 }
+
+// TestRetryTopicsBatchHandlerOnBroker: a batch handler with two tiers
+// (300 ms, 600 ms). Of 20 records, those with n%10 == 3 are named failed
+// (BatchFailed) in the main topic (the batch's attempt, then one alone)
+// and in tier 1, and succeed in tier 2; record 19 always fails. Each
+// record is handled once, the failing ones in tier 2, in a batch of one;
+// record 19 is dead-lettered after the last tier with its history; the
+// main topic is committed to its end.
+func TestRetryTopicsBatchHandlerOnBroker(t *testing.T) {
+	brokers, _ := testenv.Brokers(t)
+	run := testenv.ID("rtb")
+	topic := "it-rt-" + run
+	failures := func(n int) int {
+		switch {
+		case n == 19:
+			return 1 << 30
+		case n%10 == 3:
+			return 3
+		}
+		return 0
+	}
+	var mu sync.Mutex
+	attempts := map[int]int{}
+	handled := map[int][]string{} // n → topics of its successful calls
+	sizes := map[int][]int{}      // n → batch sizes of its calls outside the main topic
+	reg := kavari.NewRegistry()
+	require.NoError(t, kavari.RegisterBatchFuncOn(reg, &rtEvent{}, func(ctx context.Context, ms []*rtEvent) error {
+		mu.Lock()
+		defer mu.Unlock()
+		failed := -1
+		for i, m := range ms {
+			r, ok := kavari.BatchRecordFromContext(ctx, i)
+			if !assert.True(t, ok, "record %d of the batch", i) {
+				return errors.New("no record")
+			}
+			if r.Topic != topic {
+				sizes[m.N] = append(sizes[m.N], len(ms))
+			}
+			attempts[m.N]++
+			if attempts[m.N] <= failures(m.N) {
+				failed = i
+				break
+			}
+		}
+		// Records before the failed one are handled by this call.
+		for i, m := range ms {
+			if failed >= 0 && i >= failed {
+				break
+			}
+			r, _ := kavari.BatchRecordFromContext(ctx, i)
+			handled[m.N] = append(handled[m.N], r.Topic)
+		}
+		if failed >= 0 {
+			return kavari.BatchFailed(failed, errors.New("row failed on purpose"))
+		}
+		return nil
+	}))
+	k := rtClient(t, reg, brokers, run, []time.Duration{300 * time.Millisecond, 600 * time.Millisecond}, func(c *kavari.Config) {
+		c.Consume.MaxBatchRecords = 8
+		c.Consume.MaxBatchWait = 50 * time.Millisecond
+	})
+	require.NoError(t, k.Start(context.Background()))
+	msgs := make([]kavari.Msg, 0, 20)
+	for n := 0; n < 20; n++ {
+		msgs = append(msgs, &rtEvent{Key: "k" + strconv.Itoa(n), N: n})
+	}
+	_, err := k.PublishBatch(context.Background(), msgs...)
+	require.NoError(t, err)
+	done := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handled) == 19
+	}
+	testkit.Eventually(t, 90*time.Second, done, "19 records handled")
+	dl := testkit.ReadTopic(t, brokers, topic+".dlq", 1, func(kafka.Message) bool { return true })[0]
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		var end int64
+		for _, p := range k.Health().Positions {
+			if p.Topic == topic {
+				end += p.Committed
+			}
+		}
+		return end == 20
+	}, "the main topic committed to its end")
+	time.Sleep(time.Second) // a duplicate would show now
+
+	mu.Lock()
+	defer mu.Unlock()
+	for n := 0; n < 19; n++ {
+		want := topic
+		if failures(n) > 0 {
+			want = topic + ".retry.2"
+			assert.Equal(t, []int{1, 1}, sizes[n], "record %d: in each tier, a batch of one", n)
+		}
+		assert.Equal(t, []string{want}, handled[n], "record %d handled once, in %s", n, want)
+	}
+	assert.Empty(t, handled[19])
+	assert.Equal(t, 4, attempts[19], "two in the main topic, one per tier")
+	assert.Equal(t, topic, testkit.Header(dl, kavari.HeaderOriginalTopic))
+	assert.Equal(t, "4", testkit.Header(dl, kavari.HeaderAttempts))
+	hist := strings.Split(testkit.Header(dl, kavari.HeaderRetryHistory), ",")
+	require.Len(t, hist, 2, "history %q", testkit.Header(dl, kavari.HeaderRetryHistory))
+	assert.EqualValues(t, 1, k.Health().DeadLettered)
+}

@@ -26,8 +26,16 @@ type MessageWriter interface {
 // acks from all in-sync replicas, Murmur2 or CRC32, MaxAttempts 1 (kavari
 // retries), bounded batches. Its connections are tracked, so Close cuts them
 // even when a broker does not answer.
+//
+// A Produce call whose context is marked transport.WithoutLinger goes
+// through a second Writer, configured alike but whose batches do not wait
+// to fill: a kafka-go Writer waits BatchTimeout for each batch that is not
+// full, and a write that holds a partition's commits (a retry-topic move)
+// should not wait for records that are not coming. The two Writers share
+// the Transport, so its connections.
 type Producer struct {
 	w         MessageWriter
+	now       MessageWriter // for transport.WithoutLinger
 	kw        *kafka.Writer
 	tr        *kafka.Transport
 	conns     *conntrack.Set
@@ -42,20 +50,24 @@ func (Adapter) NewProducer(cfg transport.Config) (transport.Producer, error) {
 		return nil, err
 	}
 	p := &Producer{tr: tr, conns: conns}
-	p.kw = &kafka.Writer{
-		Addr:                   kafka.TCP(cfg.Brokers...),
-		Balancer:               balancer(cfg.Partitioner),
-		RequiredAcks:           kafka.RequireAll,
-		MaxAttempts:            1, // kavari retries, per message, with its own policy
-		BatchTimeout:           cfg.BatchTimeout,
-		BatchSize:              cfg.BatchSize,
-		BatchBytes:             cfg.BatchBytes,
-		WriteTimeout:           10 * time.Second,
-		ReadTimeout:            10 * time.Second,
-		AllowAutoTopicCreation: cfg.AllowAutoCreate,
-		Transport:              tr,
-		Completion:             complete,
+	writer := func(batchTimeout time.Duration) *kafka.Writer {
+		return &kafka.Writer{
+			Addr:                   kafka.TCP(cfg.Brokers...),
+			Balancer:               balancer(cfg.Partitioner),
+			RequiredAcks:           kafka.RequireAll,
+			MaxAttempts:            1, // kavari retries, per message, with its own policy
+			BatchTimeout:           batchTimeout,
+			BatchSize:              cfg.BatchSize,
+			BatchBytes:             cfg.BatchBytes,
+			WriteTimeout:           10 * time.Second,
+			ReadTimeout:            10 * time.Second,
+			AllowAutoTopicCreation: cfg.AllowAutoCreate,
+			Transport:              tr,
+			Completion:             complete,
+		}
 	}
+	p.kw = writer(cfg.BatchTimeout)
+	p.now = writer(time.Nanosecond) // kafka-go reads 0 as its default, a second
 	p.w = p.kw
 	return p, nil
 }
@@ -64,7 +76,7 @@ func (Adapter) NewProducer(cfg transport.Config) (transport.Producer, error) {
 // for tests that inject faults; it classifies w's errors as the real one.
 func NewProducerWith(w MessageWriter) *Producer {
 	conns := newConnSet()
-	return &Producer{w: w, conns: conns, tr: &kafka.Transport{Dial: conns.Dial}}
+	return &Producer{w: w, now: w, conns: conns, tr: &kafka.Transport{Dial: conns.Dial}}
 }
 
 // Writer returns the kafka-go Writer (nil for NewProducerWith), for tests
@@ -95,7 +107,11 @@ func (p *Producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		// context sends nothing.
 		return p.all(len(recs), &transport.ProduceError{Kind: transport.Permanent, Err: err})
 	}
-	werr := p.w.WriteMessages(ctx, msgs...)
+	w := p.w
+	if transport.NoLinger(ctx) {
+		w = p.now
+	}
+	werr := w.WriteMessages(ctx, msgs...)
 	if werr == nil {
 		return nil
 	}
@@ -131,6 +147,9 @@ func (p *Producer) Close() error {
 	p.conns.Cut(true)
 	p.closeOnce.Do(func() {
 		_ = p.w.Close()
+		if p.now != p.w {
+			_ = p.now.Close()
+		}
 	})
 	// The Writer does not close a Transport it was given: its connection
 	// pools (a metadata poller and broker connections each) would outlive

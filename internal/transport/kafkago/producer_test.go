@@ -39,3 +39,29 @@ func TestProduceSetsPartitionAndOffset(t *testing.T) {
 		}
 	}
 }
+
+// A Produce call whose context is marked WithoutLinger is sent at once: with
+// a BatchTimeout of an hour, it is acknowledged all the same (without the
+// mark, the batch would wait for the hour, past the test's context).
+func TestProduceWithoutLingerSendsAtOnce(t *testing.T) {
+	b := testenv.NewEmbedded(t, testenv.Partitions(2), testenv.Topics("kg-nolinger"))
+	p, err := kafkago.New().NewProducer(transport.Config{Brokers: b.Addrs(), ClientID: "test", BatchTimeout: time.Hour, BatchSize: 100, BatchBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	recs := []*transport.Record{
+		{Topic: "kg-nolinger", Key: []byte("a"), Value: []byte("1"), Offset: -1, Partition: -1},
+		{Topic: "kg-nolinger", Key: []byte("b"), Value: []byte("2"), Offset: -1, Partition: -1},
+	}
+	if errs := p.Produce(transport.WithoutLinger(ctx), recs); errs != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	for i, r := range recs {
+		if r.Offset < 0 {
+			t.Errorf("record %d: offset %d, want it acknowledged", i, r.Offset)
+		}
+	}
+}

@@ -50,6 +50,8 @@ type Broker struct {
 	mu        sync.Mutex
 	delivered map[transport.TopicPartition]int64
 	pauses    map[transport.TopicPartition]int64
+	unlinger  map[string]int64 // records written with transport.WithoutLinger, per topic
+	writes    map[string]int64 // Produce calls that wrote to a topic, per topic
 	topics    map[string][][]transport.Record
 	groups    map[string]*group
 	changed   chan struct{} // closed and replaced at every append
@@ -65,7 +67,7 @@ type group struct {
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
 	return &Broker{topics: map[string][][]transport.Record{}, groups: map[string]*group{}, changed: make(chan struct{}),
-		delivered: map[transport.TopicPartition]int64{}, pauses: map[transport.TopicPartition]int64{}}
+		delivered: map[transport.TopicPartition]int64{}, pauses: map[transport.TopicPartition]int64{}, unlinger: map[string]int64{}, writes: map[string]int64{}}
 }
 
 // CreateTopic creates topic with n partitions, if it does not exist.
@@ -114,6 +116,21 @@ func (b *Broker) Delivered(tp transport.TopicPartition) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.delivered[tp]
+}
+
+// Unlingered returns how many records of topic were written with a context
+// marked transport.WithoutLinger (this broker does not linger either way).
+func (b *Broker) Unlingered(topic string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.unlinger[topic]
+}
+
+// Writes returns how many Produce calls wrote records to topic.
+func (b *Broker) Writes(topic string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writes[topic]
 }
 
 // Pauses returns how many times consumers were asked to pause tp.
@@ -218,6 +235,15 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		if err := p.append(r); err != nil {
 			fail(i, err)
+		} else {
+			p.b.mu.Lock()
+			if transport.NoLinger(ctx) {
+				p.b.unlinger[r.Topic]++
+			}
+			if !slices.ContainsFunc(recs[:i], func(o *transport.Record) bool { return o.Topic == r.Topic }) {
+				p.b.writes[r.Topic]++
+			}
+			p.b.mu.Unlock()
 		}
 	}
 	return errs
