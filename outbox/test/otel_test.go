@@ -5,11 +5,13 @@ import (
 	"database/sql"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/kavari-go/kavari/internal/testkit"
 	kavariotel "github.com/kavari-go/kavari/otel"
 	"github.com/kavari-go/kavari/outbox"
 )
@@ -38,7 +40,12 @@ func TestObserveOutbox(t *testing.T) {
 
 		e.run(r)
 		e.drained(r)
-		got = collect(t, reader)
+		// The relay counts rows as published once their deletion
+		// committed, so just after the backlog reached 0.
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			got = collect(t, reader)
+			return got[kavariotel.MetricOutboxPublished] == 5
+		}, "the published rows counted")
 		require.Equal(t, float64(0), got[kavariotel.MetricOutboxBacklog])
 		require.Equal(t, float64(0), got[kavariotel.MetricOutboxOldestAge])
 		require.Equal(t, float64(5), got[kavariotel.MetricOutboxPublished])
