@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,42 +307,13 @@ func runEOSE2E(ctx context.Context, s *spec) (*result, error) {
 	defer pub.close()
 	payload := payloadFor(s.Size)
 	// Warm up until 30 inputs with distinct keys made the round trip.
-	const warmups = 30
-	deadline := time.Now().Add(60 * time.Second)
-	for i := 0; i < warmups; i++ {
-		if err := pub.sync(ctx, &benchValue{ID: "warmup-" + strconv.Itoa(i), Seq: -1, Payload: payload}); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
+	if err := warmUp(ctx, payload, time.Now().Add(60*time.Second), &warm, pub.sync); err != nil {
+		return nil, err
 	}
-	for warm.Load() < warmups {
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("warm-up: %d of %d outputs came back", warm.Load(), warmups)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	var failed atomic.Int64
-	interval := time.Second / time.Duration(s.Rate)
-	start := time.Now().Add(5 * time.Millisecond)
-	var lastIssued time.Time
-	for i := 0; i < n; i++ {
-		at := start.Add(time.Duration(i) * interval)
-		if d := time.Until(at); d > 0 {
-			time.Sleep(d)
-		}
-		v := &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload, SentNs: at.UnixNano()}
-		go func() {
-			if err := pub.sync(ctx, v); err != nil {
-				failed.Add(1)
-			}
-		}()
-		lastIssued = time.Now()
-	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-	case <-ctx.Done():
-	}
-	return pacedResult(s, lat, int(received.Load()), int(failed.Load()), start, lastIssued), nil
+	start, lastIssued, failed := pace(ctx, s.Rate, n, done, func(ctx context.Context, i int, at time.Time) error {
+		return pub.sync(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload, SentNs: at.UnixNano()})
+	})
+	return pacedResult(s, lat, int(received.Load()), failed, start, lastIssued), nil
 }
 
 // eosTarget and eosALOTarget are the targets: exactly-once ≥ 0.9×

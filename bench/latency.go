@@ -119,32 +119,55 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	const warmups = 30
+	if err := warmUp(ctx, payload, deadline, &warm, publish); err != nil {
+		return nil, err
+	}
+	start, lastIssued, failed := pace(ctx, s.Rate, n, done, func(ctx context.Context, i int, at time.Time) error {
+		return publish(ctx, &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload, SentNs: at.UnixNano()})
+	})
+	return pacedResult(s, lat, int(received.Load()), failed, start, lastIssued), nil
+}
+
+// warmups is the number of round trips a paced run makes before its
+// measured messages: with distinct keys, very likely every partition.
+const warmups = 30
+
+// warmUp publishes the warm-up messages (Seq -1) and waits until warm
+// counted all of them coming back, until deadline (zero: until ctx ends).
+func warmUp(ctx context.Context, payload string, deadline time.Time, warm *atomic.Int64, publish func(context.Context, *benchValue) error) error {
 	for i := 0; i < warmups; i++ {
 		if err := publish(ctx, &benchValue{ID: "warmup-" + strconv.Itoa(i), Seq: -1, Payload: payload}); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
+			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
 	for warm.Load() < warmups {
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("warm-up: %d of %d messages came back", warm.Load(), warmups)
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return fmt.Errorf("warm-up: %d of %d came back", warm.Load(), warmups)
 		}
-		time.Sleep(10 * time.Millisecond)
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return fmt.Errorf("warm-up: %d of %d came back: %w", warm.Load(), warmups, err)
+		}
 	}
+	return nil
+}
 
-	var failed atomic.Int64
-	interval := time.Second / time.Duration(s.Rate)
-	start := time.Now().Add(5 * time.Millisecond)
-	var lastIssued time.Time
+// pace sends messages 0..n-1 at rate per second from an open-loop pacer
+// (message i is due at start + i/rate, each send in its own goroutine, so
+// a slow one never delays the next), then waits for done, at most 30 s.
+// It returns when the pacer started and issued its last message, and how
+// many sends failed.
+func pace(ctx context.Context, rate, n int, done <-chan struct{}, send func(ctx context.Context, i int, at time.Time) error) (start, lastIssued time.Time, failed int) {
+	var nfailed atomic.Int64
+	interval := time.Second / time.Duration(rate)
+	start = time.Now().Add(5 * time.Millisecond)
 	for i := 0; i < n; i++ {
 		at := start.Add(time.Duration(i) * interval)
 		if d := time.Until(at); d > 0 {
 			time.Sleep(d)
 		}
-		v := &benchValue{ID: msgID(i), Seq: int64(i), Payload: payload, SentNs: at.UnixNano()}
 		go func() {
-			if err := publish(ctx, v); err != nil {
-				failed.Add(1)
+			if err := send(ctx, i, at); err != nil {
+				nfailed.Add(1)
 			}
 		}()
 		lastIssued = time.Now()
@@ -154,7 +177,7 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 	case <-time.After(30 * time.Second):
 	case <-ctx.Done():
 	}
-	return pacedResult(s, lat, int(received.Load()), int(failed.Load()), start, lastIssued), nil
+	return start, lastIssued, int(nfailed.Load())
 }
 
 // pacedResult is the result of a paced latency run of rate s.Rate that

@@ -244,40 +244,18 @@ func runRetry(ctx context.Context, s *spec) (*result, error) {
 	// Warm up the publishing side (its connections and metadata) as the
 	// end-to-end workload does: 30 round trips of distinct keys.
 	payload := payloadFor(s.Size)
-	const warmups = 30
-	for i := 0; i < warmups; i++ {
-		if _, err := k.Publish(ctx, &BenchMessage{ID: "warmup-" + strconv.Itoa(i), Seq: -1, Payload: payload}); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
+	publish := func(ctx context.Context, v *benchValue) error {
+		_, err := k.Publish(ctx, toMessage(v))
+		return err
 	}
-	for warm.Load() < warmups {
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
-			return nil, fmt.Errorf("warm-up: %d of %d messages came back: %w", warm.Load(), warmups, err)
-		}
+	if err := warmUp(ctx, payload, time.Time{}, &warm, publish); err != nil {
+		return nil, err
 	}
-	var failedPub atomic.Int64
-	interval := time.Second / time.Duration(s.Rate)
-	start := time.Now().Add(5 * time.Millisecond)
-	var lastIssued time.Time
-	for i := 0; i < n; i++ {
-		at := start.Add(time.Duration(i) * interval)
-		if d := time.Until(at); d > 0 {
-			time.Sleep(d)
-		}
+	start, lastIssued, failedPub := pace(ctx, s.Rate, n, pacedDone, func(ctx context.Context, i int, at time.Time) error {
 		seq := s.Count + i
-		m := &BenchMessage{ID: parallelKey(seq, retryKeys), Seq: int64(seq), Payload: payload, SentNs: at.UnixNano()}
-		go func() {
-			if _, err := k.Publish(ctx, m); err != nil {
-				failedPub.Add(1)
-			}
-		}()
-		lastIssued = time.Now()
-	}
-	select {
-	case <-pacedDone:
-	case <-time.After(30 * time.Second):
-	case <-ctx.Done():
-	}
+		_, err := k.Publish(ctx, &BenchMessage{ID: parallelKey(seq, retryKeys), Seq: int64(seq), Payload: payload, SentNs: at.UnixNano()})
+		return err
+	})
 	var ls []int64
 	for i, l := range lat {
 		if l > 0 && (s.Mode == "clean" || !retryFails(int64(s.Count+i))) {
@@ -294,9 +272,9 @@ func runRetry(ctx context.Context, s *spec) (*result, error) {
 		st.Max = float64(ls[len(ls)-1]) / 1e6
 	}
 	res.Latency = st
-	res.Errors = int(wantPaced) - len(ls) + int(failedPub.Load())
-	if failedPub.Load() > 0 {
-		res.Note = fmt.Sprintf("%d publishes failed", failedPub.Load())
+	res.Errors = int(wantPaced) - len(ls) + failedPub
+	if failedPub > 0 {
+		res.Note = fmt.Sprintf("%d publishes failed", failedPub)
 	}
 	rs := &retryStats{}
 	seen.Range(func(any, any) bool { rs.Failed++; return true })
