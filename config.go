@@ -220,8 +220,11 @@ type ConsumeConfig struct {
 	GroupID string
 	// InstanceID makes the member static (KIP-345): restarted with the same
 	// id within SessionTimeout it gets its partitions back without a
-	// rebalance. Each member of the group needs its own. FranzGo only: New
-	// rejects it on KafkaGo.
+	// rebalance. One exception: when the restarted member is the group's
+	// leader, the broker returns the members' subscriptions of their last
+	// join, which may not show what they own now, and franz-go then forces
+	// one cooperative rebalance; it moves no partition. Each member of the
+	// group needs its own. FranzGo only: New rejects it on KafkaGo.
 	// Default "": a dynamic member.
 	InstanceID string
 	// GroupProtocol is the consumer group protocol. ConsumerProtocol

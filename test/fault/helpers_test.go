@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -463,6 +464,28 @@ func (a *app) joined() bool {
 		n += len(ps)
 	}
 	return a.connected && n > 0
+}
+
+// nPartitions returns how many partitions the process last reported.
+func (a *app) nPartitions() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, ps := range a.assigned {
+		n += len(ps)
+	}
+	return n
+}
+
+// assignment returns the partitions the process last reported, sorted.
+func (a *app) assignment() map[string][]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := make(map[string][]int, len(a.assigned))
+	for tp, ps := range a.assigned {
+		m[tp] = slices.Sorted(slices.Values(ps))
+	}
+	return m
 }
 
 // gen returns the group generation the process last reported.
