@@ -42,6 +42,14 @@ if [[ "${KAVARI_PYVENV_FORCE:-0}" == 1 ]]; then
   rm -rf "$venv"
 fi
 
+# One creation at a time: the test command runs two broker passes side by
+# side, and each may ask for the venv.
+mkdir -p "$(dirname "$venv")"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$venv.lock"
+  flock 9
+fi
+
 # Reuse the venv when it works and was populated from the current requirements.txt.
 if [[ -x "$py" ]] && check_version "$py" && [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$want" ]] \
    && "$py" -c 'import kavari, confluent_kafka, dacite' >/dev/null 2>&1; then

@@ -10,8 +10,10 @@
 # starts a
 # real single-node Apache Kafka (KRaft) broker on 127.0.0.1 via kafkactl
 # (inside a real PostgreSQL for the outbox, via pgctl), runs
-# all the Go tests against it, then the broker tests again on franz-go (KAVARI_BROKERS, KAVARI_KAFKA_VERSION,
-# KAVARI_KAFKA_LIB are exported), stops the broker, and fuzzes for 20 s.
+# all the Go tests against it, and at the same time the broker tests on
+# franz-go against a second broker and PostgreSQL (KAVARI_BROKERS,
+# KAVARI_KAFKA_VERSION, KAVARI_KAFKA_LIB are exported), stops them, and
+# fuzzes for 20 s.
 #
 #   bash scripts/test.sh                       # everything above
 #   bash scripts/test.sh ./internal/kafkaproc/...
@@ -104,17 +106,34 @@ step "build, vet and go test -short of the library and kavaritest with ${gonew}"
   go build "$kavaritest" && go vet "$kavaritest" && go test -short -count=1 "$kavaritest"
 )
 
-# The whole suite against the real broker on kafka-go (the default
-# transport)...
-step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka-go)"
-KAVARI_TRANSPORT=kafka-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all"
-# ...the broker tests once more on franz-go (every test that builds a Config
-# reads KAVARI_TRANSPORT; the adapters' own suites ran above)...
+# The whole suite against a real broker on kafka-go (the default
+# transport), and side by side with it, against a broker of its own, the
+# broker tests once more on franz-go (every test that builds a Config reads
+# KAVARI_TRANSPORT; the adapters' own suites run in the kafka-go pass). The
+# passes mostly wait (session timeouts, outages, restarts: the machine is
+# idle half of the time in one pass alone), and each is bound by its
+# slowest package, test/fault, whose tests run one after the other: side by
+# side they take little more than the longer one. The kafka-go pass prints
+# as it goes; the franz-go pass's output follows it.
 broker_pkgs=(. github.com/kavari-go/kavari/test/engine/... github.com/kavari-go/kavari/test/integration/... github.com/kavari-go/kavari/test/fault/...
   github.com/kavari-go/kavari/test/interop/... github.com/kavari-go/kavari/cmd/kavari/... github.com/kavari-go/kavari/otel/...
   github.com/kavari-go/kavari/outbox/...)
-step "go test -race of the broker tests against Apache Kafka (KAVARI_TRANSPORT=franz-go)"
-KAVARI_TRANSPORT=franz-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}"
+franz_log="$(mktemp -t kavari-franz-pass.XXXXXX)"
+step "go test -race of every module against Apache Kafka (KAVARI_TRANSPORT=kafka-go), and of the broker tests against another broker (KAVARI_TRANSPORT=franz-go, output in $franz_log until it ends)"
+KAVARI_TRANSPORT=franz-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "${broker_pkgs[@]}" >"$franz_log" 2>&1 &
+franz_pid=$!
+kafkago_rc=0
+KAVARI_TRANSPORT=kafka-go "${pgctl[@]}" go run ./internal/kafkaproc/cmd/kafkactl run -nodes "${KAVARI_TEST_NODES:-1}" -- go test -race -count=1 -timeout 30m "$all" || kafkago_rc=$?
+step "kafka-go pass ended (exit ${kafkago_rc}); waiting for the franz-go pass"
+franz_rc=0
+wait "$franz_pid" || franz_rc=$?
+step "franz-go pass ended (exit ${franz_rc}); its output:"
+cat "$franz_log"
+rm -f "$franz_log"
+if [ "$kafkago_rc" != 0 ] || [ "$franz_rc" != 0 ]; then
+  echo "test.sh: the broker tests failed: kafka-go pass exit ${kafkago_rc}, franz-go pass exit ${franz_rc}" >&2
+  exit 1
+fi
 # ...then a short fuzzing run of record decoding (no broker needed).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
 go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .
