@@ -28,7 +28,7 @@ import (
 // restarted: the open transactions are lost with it, the members abort and
 // handle their records again.
 func TestExactlyOnceBrokerRestart(t *testing.T) {
-	ownTransports(t) // FranzGo only: runs once, in the kafka-go pass
+	inPassOf(t, "franz-go")
 	parallelOwnCluster(t)
 	c := ownCluster(t, 1)
 	led := ledger.ForTest(t, "exactly-once: the broker SIGKILLed mid-run and restarted")
@@ -50,7 +50,7 @@ func TestExactlyOnceBrokerRestart(t *testing.T) {
 // transactions of one member is SIGKILLed mid-run and left down: the
 // coordinator moves to another broker and the members go on.
 func TestExactlyOnceTxnCoordinatorKilled(t *testing.T) {
-	ownTransports(t) // FranzGo only: runs once, in the kafka-go pass
+	inPassOf(t, "franz-go")
 	parallelOwnCluster(t)
 	c := ownCluster(t, 3)
 	led := ledger.ForTest(t, "exactly-once, 3-node cluster: the transaction coordinator's broker SIGKILLed mid-run")

@@ -23,7 +23,7 @@ import (
 // the inputs the killed process handled but had not committed come out
 // twice; in exactly-once mode every input comes out once.
 func TestExactlyOnceConsumerKilled(t *testing.T) {
-	ownTransports(t) // FranzGo only: runs once, in the kafka-go pass
+	inPassOf(t, "franz-go")
 	brokers := testenv.RequireReal(t)
 	bin := buildFaultApp(t)
 	for _, eo := range []bool{false, true} {
@@ -142,7 +142,7 @@ func committedOutputs(t *testing.T, brokers []string, run, topic string, partiti
 // SIGCONT. None of the frozen member's writes of that window may become
 // visible: the committed output has every input once.
 func TestExactlyOnceZombie(t *testing.T) {
-	ownTransports(t) // FranzGo only: runs once, in the kafka-go pass
+	inPassOf(t, "franz-go")
 	brokers := testenv.RequireReal(t)
 	bin := buildFaultApp(t)
 	led := ledger.ForTest(t, "exactly-once: a member SIGSTOPped with its transaction open until its partitions moved, then SIGCONT")

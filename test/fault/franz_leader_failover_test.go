@@ -11,7 +11,7 @@ import (
 // its leader died is stored once, so the row's producer duplicates (ids
 // stored at more than one offset) must be 0, where kafka-go's may not be.
 func TestLeaderKilledFranzGo(t *testing.T) {
-	ownTransports(t)
+	inPassOf(t, "franz-go")
 	parallelOwnCluster(t)
 	row := leaderKilled(t, func(c *kavari.Config) { c.Transport = kavari.FranzGo })
 	if row.ProducerDuplicates != 0 {

@@ -315,6 +315,16 @@ func ownTransports(t *testing.T) {
 	}
 }
 
+// inPassOf skips a test that runs on transport tr only in every pass but
+// tr's: the two passes of the test command run side by side, and each is as
+// long as its test/fault, so a test bound to one transport goes to that
+// transport's pass.
+func inPassOf(t *testing.T, tr string) {
+	if pass := testenv.Transport(); pass != tr {
+		t.Skipf("runs on %s only, in the %s pass (this is %s)", tr, tr, pass)
+	}
+}
+
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -12,7 +12,7 @@ import (
 // only when the broker fenced or forgot the member. The session timeout is
 // the broker's (45 s by default), so the cut beyond it is not run.
 func TestNetFaultFranzConsumerProtocol(t *testing.T) {
-	ownTransports(t)
+	inPassOf(t, "franz-go")
 	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	for _, tc := range netFaultCases() {

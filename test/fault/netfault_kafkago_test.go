@@ -38,7 +38,7 @@ type NetKafkaGo struct {
 // the revoke's final commit failed on the same dead connection, so the
 // records completed since the last commit were handled again.
 func TestKafkaGoNetworkFaultInsideSession(t *testing.T) {
-	ownTransports(t) // kafka-go only, whatever the pass
+	inPassOf(t, "kafka-go")
 	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	faults := []struct {
@@ -67,7 +67,7 @@ func TestKafkaGoNetworkFaultInsideSession(t *testing.T) {
 // and no handler is cancelled (the generation ends when no heartbeat was
 // answered for the session timeout; the revoke drains).
 func TestKafkaGoNetworkFaultBeyondSession(t *testing.T) {
-	ownTransports(t) // kafka-go only, whatever the pass
+	inPassOf(t, "kafka-go")
 	parallelOwnCluster(t)
 	c := ownProxiedCluster(t, 1)
 	kafkaGoNetFault(t, c, "15 s of refused (reset) consumer connections, beyond the session", false, func() { c.Proxy(0).Refuse(15 * time.Second) })
