@@ -31,7 +31,8 @@ func (e *engine) process(p *partition, j *job) {
 	}
 	// Records queued behind a busy key hold a buffer slot but no run slot,
 	// so other keys keep all MaxInFlight handlers busy. A record waiting
-	// between retries gives its run slot back too (held says).
+	// between retries or for its move to a retry tier gives its run slot
+	// back too (held says).
 	if !e.deps.running.take(p.hard) {
 		return
 	}
@@ -133,6 +134,14 @@ func (e *engine) process(p *partition, j *job) {
 		}
 	}
 	if failed != nil {
+		// The move waits for a broker write: the record gives its run slot
+		// back meanwhile, as between in-place retries (its lane keeps its
+		// key's later records waiting, its buffer slot and the partition's
+		// commits wait for it).
+		if held {
+			e.deps.running.give()
+			held = false
+		}
 		ok, moved := e.retryLater(p, j, rs, failed)
 		if !ok {
 			return

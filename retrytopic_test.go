@@ -823,3 +823,45 @@ func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
 		assert.EqualValues(t, 2, b.Writes("eng.retry.1"), "the first move alone, the %d that came meanwhile in one write", n-1)
 	})
 }
+
+// TestRetryTopicsPendingMoveHoldsNoRunSlot: a record whose move to a tier is
+// waiting for its write gives its run slot (MaxInFlight) back, as a record
+// waiting between in-place retries does: with MaxInFlight 1 and the move's
+// write held, the records of other keys are handled meanwhile, and the
+// partition commits past them only once the move was acknowledged.
+func TestRetryTopicsPendingMoveHoldsNoRunSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 10
+		b.Append(engRecord(0, "bad", 0))
+		for i := 1; i <= n; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		release := make(chan struct{})
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" {
+				<-release // the move's write is under way until then
+			}
+			return nil
+		}
+		var healthy atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtslot", func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
+				return errors.New("fails in the main topic")
+			}
+			healthy.Add(1)
+			return nil
+		}, rtConfig, func(c *kavari.Config) {
+			c.Consume.MaxInFlight, c.Consume.MaxBuffered = 1, 64
+			c.Consume.Retry = kavari.NoRetry()
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the other keys' records handled while the move is pending", func() bool { return healthy.Load() == n })
+		synctest.Wait()
+		assert.Less(t, memCommitted(b, "g-rtslot", 0), int64(1), "committed past a record whose move is not acknowledged")
+		close(release)
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtslot", 0) == n+1 })
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+	})
+}
