@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,13 +115,20 @@ func eoBrokerFault(t *testing.T, c *kafkaproc.Cluster, led *ledger.Ledger, rf in
 	t.Logf("%s after %d inputs handled", what, atFault)
 	// Every input committed: the group's offsets are the inputs' end
 	// offsets (the input topic is new and written without transactions).
-	waitFor(t, 4*time.Minute, func() bool {
+	committedAll := func() bool {
 		sum := int64(0)
 		for _, o := range committedNow(t, brokers, group, "kavari-fault-eo-in", partitions) {
 			sum += max(o, 0)
 		}
 		return sum == int64(n)
-	}, "the group did not commit every input")
+	}
+	for deadline := time.Now().Add(4 * time.Minute); !committedAll(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			// Whose is it: what the live brokers say of the cluster.
+			logClusterView(t, brokers, txnIDs, "kavari-fault-eo-in", "__transaction_state")
+			t.Fatalf("after 4m0s: the group did not commit every input")
+		}
+	}
 	led.Recovered(time.Since(faultAt), "fault → every input committed")
 	for _, a := range apps {
 		if _, err := a.term(30 * time.Second); err != nil {
@@ -186,4 +194,49 @@ func txnCoordinator(t *testing.T, brokers []string, txnID string) int {
 	}
 	t.Fatalf("FindCoordinator %s: %v", txnID, lastErr)
 	return 0
+}
+
+// logClusterView logs, as each broker that answers sees it, the cluster's
+// brokers, the leader and ISR of topics' partitions, and the coordinator of
+// each transactional id: a test that waited in vain says whether the
+// cluster moved on from a killed node.
+func logClusterView(t *testing.T, brokers, txnIDs []string, topics ...string) {
+	t.Helper()
+	for _, addr := range brokers {
+		client, closeClient := newClient([]string{addr}, 5*time.Second)
+		meta, err := client.Metadata(context.Background(), &kafka.MetadataRequest{Topics: topics})
+		if err != nil {
+			t.Logf("cluster view from %s: %v", addr, err)
+			closeClient()
+			continue
+		}
+		var ids []int
+		for _, b := range meta.Brokers {
+			ids = append(ids, b.ID)
+		}
+		t.Logf("cluster view from %s: brokers %v, controller %d", addr, ids, meta.Controller.ID)
+		for _, tp := range meta.Topics {
+			var parts []string
+			for _, p := range tp.Partitions {
+				var isr []int
+				for _, b := range p.Isr {
+					isr = append(isr, b.ID)
+				}
+				parts = append(parts, fmt.Sprintf("%d: leader %d isr %v", p.ID, p.Leader.ID, isr))
+			}
+			t.Logf("  %s (err %v): %s", tp.Name, tp.Error, strings.Join(parts, "; "))
+		}
+		for _, id := range txnIDs {
+			resp, err := client.FindCoordinator(context.Background(), &kafka.FindCoordinatorRequest{Key: id, KeyType: kafka.CoordinatorKeyTypeTransaction})
+			if err == nil {
+				err = resp.Error
+			}
+			if err != nil {
+				t.Logf("  coordinator of %s: %v", id, err)
+				continue
+			}
+			t.Logf("  coordinator of %s: node %d", id, resp.Coordinator.NodeID)
+		}
+		closeClient()
+	}
 }
