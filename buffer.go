@@ -204,8 +204,7 @@ const stallPause = 100 * time.Millisecond
 
 // hasRoom reports whether p may open a record now without waiting.
 func (e *engine) hasRoom(p *partition) bool {
-	_, open, _ := p.tracker.committable()
-	return int64(open) < p.share.Load() && e.deps.buf.canTake(p)
+	return int64(p.tracker.window()) < p.share.Load() && e.deps.buf.canTake(p)
 }
 
 // partitionShare is how many open records one of n partitions may have: all
@@ -236,13 +235,13 @@ func roomAt(share int64) int64 {
 // waitRoomStall is waitRoom that, with stall, pauses p once it waited
 // stallPause (only p's feeder calls it with stall).
 func (e *engine) waitRoomStall(ctx context.Context, p *partition, stall bool) bool {
-	if _, open, _ := p.tracker.committable(); int64(open) < p.share.Load() {
+	if int64(p.tracker.window()) < p.share.Load() {
 		return true
 	}
 	var stalled <-chan time.Time
 	for {
 		p.waiting.Store(true)
-		if _, open, _ := p.tracker.committable(); int64(open) <= roomAt(p.share.Load()) { // completed meanwhile
+		if int64(p.tracker.window()) <= roomAt(p.share.Load()) { // completed meanwhile
 			p.waiting.Store(false)
 			return true
 		}

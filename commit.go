@@ -199,10 +199,19 @@ func offsetMap(offsets []transport.Offset) map[string]map[int]int64 {
 // and says which offset may be committed: the one after the longest prefix of
 // fetched records that are all done. Records complete in any order; the
 // committable offset only moves forward. Safe for concurrent use.
+//
+// The partition's window of open records (window) starts at the first
+// record that is neither done nor moving: a record whose move to a retry
+// tier is under way (moving) holds the commits but not the window, so
+// that the records after it keep coming while its write is answered. The
+// window falls back to every open record once they reach spanCap: a
+// partition never runs further than that ahead of its commits.
 type offsetTracker struct {
 	mu      sync.Mutex
 	entries []trackEntry // entries[head:] are the records not yet committable
 	head    int
+	whead   int   // head ≤ whead: entries[whead:] are in the window
+	spanCap int   // open records past which the window is every open record; 0: no moving records count out
 	first   int64 // sequence number of entries[0]
 	next    int64 // committable offset; -1 while nothing completed
 }
@@ -211,6 +220,7 @@ type trackEntry struct {
 	offset int64
 	at     time.Time
 	done   bool
+	moving bool   // its move to a retry tier is under way (out of the window)
 	key    []byte // for Health: the key of the record the prefix waits for
 }
 
@@ -241,6 +251,7 @@ func (t *offsetTracker) addKey(offset int64, key []byte, at time.Time) int64 {
 		n := copy(t.entries, t.entries[t.head:])
 		t.entries = t.entries[:n]
 		t.first += int64(t.head)
+		t.whead -= t.head
 		t.head = 0
 	}
 	t.entries = append(t.entries, trackEntry{offset: offset, at: at, key: key})
@@ -256,12 +267,12 @@ func (t *offsetTracker) done(seq int64) int64 {
 }
 
 // finish marks the record with sequence number seq complete and returns the
-// number of records still open.
-func (t *offsetTracker) finish(seq int64) (open int) {
+// number of records in the window.
+func (t *offsetTracker) finish(seq int64) (window int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.doneLocked(seq)
-	return len(t.entries) - t.head
+	return t.windowLocked()
 }
 
 // doneLocked is done; under mu.
@@ -276,7 +287,57 @@ func (t *offsetTracker) doneLocked(seq int64) int64 {
 		t.entries[t.head].key = nil
 		t.head++
 	}
+	t.advanceWindowLocked()
 	return t.next
+}
+
+// setSpanCap sets spanCap (see offsetTracker).
+func (t *offsetTracker) setSpanCap(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.spanCap = n
+}
+
+// setMoving marks the open record with sequence number seq moving (on) or
+// not, and returns the number of records in the window.
+func (t *offsetTracker) setMoving(seq int64, on bool) (window int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := int(seq - t.first)
+	if i < t.head || i >= len(t.entries) || t.entries[i].done {
+		return t.windowLocked()
+	}
+	t.entries[i].moving = on
+	if !on && i < t.whead {
+		t.whead = i
+	}
+	t.advanceWindowLocked()
+	return t.windowLocked()
+}
+
+// advanceWindowLocked moves whead past the done and moving records; under
+// mu.
+func (t *offsetTracker) advanceWindowLocked() {
+	t.whead = max(t.whead, t.head)
+	for t.whead < len(t.entries) && (t.entries[t.whead].done || t.entries[t.whead].moving) {
+		t.whead++
+	}
+}
+
+// window returns the number of records in the window.
+func (t *offsetTracker) window() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.windowLocked()
+}
+
+// windowLocked is window; under mu.
+func (t *offsetTracker) windowLocked() int {
+	open := len(t.entries) - t.head
+	if t.spanCap <= 0 || open >= t.spanCap {
+		return open
+	}
+	return len(t.entries) - t.whead
 }
 
 // committable returns the offset to commit (-1 when nothing completed), the

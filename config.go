@@ -264,7 +264,10 @@ type ConsumeConfig struct {
 	// fetching pauses. At least MaxInFlight. One of n assigned partitions
 	// may have at most max(MaxBuffered/n, min(MaxInFlight, MaxBuffered/2))
 	// records open (fetched and not yet committable); then only its own
-	// fetching pauses. Each partition has max(MaxBuffered/2n, 1) of the
+	// fetching pauses. With RetryTopics, a record whose move to a tier is
+	// under way counts out of that while the partition has fewer than four
+	// times as many open: the records after it keep coming until its
+	// write is answered. Each partition has max(MaxBuffered/2n, 1) of the
 	// buffer reserved, which the others cannot take; beyond it a partition
 	// takes from the rest while some is left. So partitions whose keys are
 	// stuck never stall the others, as long as fewer than MaxInFlight

@@ -259,6 +259,9 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	share := partitionShare(d.cfg.Consume.MaxBuffered, d.cfg.Consume.MaxInFlight, len(e.parts))
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
+		if e.retry != nil {
+			p.tracker.setSpanCap(movingSpan * share)
+		}
 	}
 	d.buf.setPartitions(len(e.parts))
 	assigned := e.assignedLocked()
@@ -643,14 +646,32 @@ func (p *partition) skipped(offset int64) bool {
 // done marks j complete and wakes p's feeder if it waits for room and
 // there is enough (roomAt).
 func (e *engine) done(p *partition, j *job) {
-	open := p.tracker.finish(j.seq)
+	window := p.tracker.finish(j.seq)
 	e.deps.hooks.onFinished(j.rec)
-	if p.waiting.Load() && int64(open) <= roomAt(p.share.Load()) {
+	e.roomMade(p, window)
+}
+
+// roomMade wakes p's feeder if it waits for room and its window of window
+// records leaves enough (roomAt).
+func (e *engine) roomMade(p *partition, window int) {
+	if p.waiting.Load() && int64(window) <= roomAt(p.share.Load()) {
 		select {
 		case p.room <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// movingSpan × its share is how many open records a partition may have
+// while records of its window are moving to a retry tier (offsetTracker's
+// spanCap): the records after a moving one keep coming while its write is
+// answered, up to that many.
+const movingSpan = 4
+
+// moving marks j's record moving to a retry tier (on: its write is under
+// way) or not (its write failed: the partition holds at it again).
+func (e *engine) moving(p *partition, j *job, on bool) {
+	e.roomMade(p, p.tracker.setMoving(j.seq, on))
 }
 
 // dispatch hands rec, delivered at fetched, to its lane: behind an earlier

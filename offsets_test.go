@@ -96,3 +96,72 @@ func TestOffsetTrackerDoubleDoneIgnored(t *testing.T) {
 		t.Fatalf("second done moved the offset: %d", got)
 	}
 }
+
+// TestTrackerWindowSkipsMovingRecords: the window starts at the first record
+// that is neither done nor moving, falls back to every open record at
+// spanCap, takes a record whose move failed back, and survives the
+// entries' compaction.
+func TestTrackerWindowSkipsMovingRecords(t *testing.T) {
+	tr := newOffsetTracker()
+	seqs := make([]int64, 0, 1000)
+	for off := int64(0); off < 10; off++ {
+		seqs = append(seqs, tr.add(off, time.Time{}))
+	}
+	if got := tr.window(); got != 10 {
+		t.Fatalf("window %d, want 10 (no spanCap: every open record)", got)
+	}
+	tr.setSpanCap(100)
+	if got := tr.setMoving(seqs[0], true); got != 9 {
+		t.Fatalf("window %d with record 0 moving, want 9", got)
+	}
+	for _, s := range seqs[1:5] {
+		tr.done(s)
+	}
+	if next, open, _ := tr.committable(); next != -1 || open != 10 {
+		t.Fatalf("committable %d, open %d: want -1 and 10 (record 0 holds the commits)", next, open)
+	}
+	if got := tr.window(); got != 5 {
+		t.Fatalf("window %d, want 5 (records 5-9)", got)
+	}
+	if got := tr.setMoving(seqs[0], false); got != 10 {
+		t.Fatalf("window %d once record 0's move failed, want 10", got)
+	}
+	tr.setMoving(seqs[0], true)
+	for off := int64(10); off < 100; off++ {
+		seqs = append(seqs, tr.add(off, time.Time{}))
+	}
+	if got := tr.window(); got != 100 {
+		t.Fatalf("window %d at spanCap (100 open), want 100", got)
+	}
+	for _, s := range seqs[5:] {
+		tr.done(s)
+	}
+	if got := tr.window(); got != 100 {
+		t.Fatalf("window %d, want 100: at spanCap every open record counts, done or not", got)
+	}
+	if next := tr.done(seqs[0]); next != 100 {
+		t.Fatalf("committable %d once the move was acknowledged, want 100", next)
+	}
+	// Compaction (more than 256 committed entries) keeps the window.
+	for off := int64(100); off < 700; off++ {
+		s := tr.add(off, time.Time{})
+		if off != 650 {
+			tr.done(s)
+		} else {
+			seqs = append(seqs, s)
+		}
+	}
+	tr.setMoving(seqs[len(seqs)-1], true)
+	if got := tr.window(); got != 0 {
+		t.Fatalf("window %d after compaction, want 0", got)
+	}
+	s := tr.add(700, time.Time{})
+	if got := tr.window(); got != 1 {
+		t.Fatalf("window %d, want 1 (record 700)", got)
+	}
+	tr.done(s)
+	tr.done(seqs[len(seqs)-1])
+	if next, open, _ := tr.committable(); next != 701 || open != 0 {
+		t.Fatalf("committable %d, open %d: want 701 and 0", next, open)
+	}
+}

@@ -352,10 +352,14 @@ func (e *engine) retryLater(p *partition, j *job, rs *retryState, failed []tierF
 	}
 	var last error
 	err := dlqRetry.retry(p.hard, func(int) error {
+		// While the write is under way the records after this one keep
+		// coming (the window); the commits wait for it.
+		e.moving(p, j, true)
 		last = r.moves.move(p.hard, &rec, e.deps.write)
 		if last == nil {
 			return nil
 		}
+		e.moving(p, j, false) // the partition holds at it again
 		if tooLarge(last) {
 			return Permanent(last)
 		}

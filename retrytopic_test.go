@@ -865,3 +865,55 @@ func TestRetryTopicsPendingMoveHoldsNoRunSlot(t *testing.T) {
 		assert.Len(t, b.Records("eng.retry.1", 0), 1)
 	})
 }
+
+// TestRetryTopicsPendingMoveLeavesTheWindow: while a record's move to a tier
+// waits for its write, the records after it keep coming beyond the
+// partition's share of open records (the window starts after the moving
+// record), up to four shares open; the partition commits past the moving
+// record only once its write was acknowledged.
+func TestRetryTopicsPendingMoveLeavesTheWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 30
+		b.Append(engRecord(0, "bad", 0))
+		for i := 1; i <= n; i++ {
+			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		}
+		release := make(chan struct{})
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" {
+				<-release // the move's write is under way until then
+			}
+			return nil
+		}
+		var healthy atomic.Int64
+		k := memKavari(t, b, transport.Capabilities{}, "g-rtwin", func(ctx context.Context, m *engMsg) error {
+			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
+				return errors.New("fails in the main topic")
+			}
+			healthy.Add(1)
+			return nil
+		}, rtConfig, func(c *kavari.Config) {
+			// 4 partitions (the main one, 3 tiers): a share of 4 open
+			// records each, 16 while a record moves.
+			c.Consume.MaxInFlight, c.Consume.MaxBuffered = 4, 16
+			c.Consume.Retry = kavari.NoRetry()
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "15 records after the moving one handled", func() bool { return healthy.Load() >= 15 })
+		synctest.Wait()
+		assert.EqualValues(t, 15, healthy.Load(), "the partition runs four shares (16 open records) ahead of its commits, no further")
+		assert.Less(t, memCommitted(b, "g-rtwin", 0), int64(1), "committed past a record whose move is not acknowledged")
+		h := k.Health()
+		for _, ph := range h.Partitions {
+			if ph.Topic == "eng" {
+				assert.Equal(t, 16, ph.Open, "open records: the moving one and the 15 after it")
+			}
+		}
+		close(release)
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtwin", 0) == n+1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, n, healthy.Load())
+		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+	})
+}
