@@ -824,6 +824,38 @@ func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
 	})
 }
 
+// pendingMove starts a client on b (one partition, its tiers) with
+// MaxInFlight and MaxBuffered, no in-place retry, over a record of key
+// "bad", which fails in the main topic, then n records of other keys; the
+// write of its move to the first tier waits until release is closed.
+// healthy counts the other records handled.
+func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, maxBuffered int) (k *kavari.Client, healthy *atomic.Int64, release chan struct{}) {
+	b.Append(engRecord(0, "bad", 0))
+	for i := 1; i <= n; i++ {
+		b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+	}
+	release = make(chan struct{})
+	b.FailProduce = func(rec *transport.Record) error {
+		if rec.Topic == "eng.retry.1" {
+			<-release // the move's write is under way until then
+		}
+		return nil
+	}
+	healthy = new(atomic.Int64)
+	k = memKavari(t, b, transport.Capabilities{}, group, func(ctx context.Context, m *engMsg) error {
+		if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
+			return errors.New("fails in the main topic")
+		}
+		healthy.Add(1)
+		return nil
+	}, rtConfig, func(c *kavari.Config) {
+		c.Consume.MaxInFlight, c.Consume.MaxBuffered = maxInFlight, maxBuffered
+		c.Consume.Retry = kavari.NoRetry()
+	})
+	require.NoError(t, k.Start(context.Background()))
+	return k, healthy, release
+}
+
 // TestRetryTopicsPendingMoveHoldsNoRunSlot: a record whose move to a tier is
 // waiting for its write gives its run slot (MaxInFlight) back, as a record
 // waiting between in-place retries does: with MaxInFlight 1 and the move's
@@ -833,29 +865,7 @@ func TestRetryTopicsPendingMoveHoldsNoRunSlot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
 		const n = 10
-		b.Append(engRecord(0, "bad", 0))
-		for i := 1; i <= n; i++ {
-			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
-		}
-		release := make(chan struct{})
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "eng.retry.1" {
-				<-release // the move's write is under way until then
-			}
-			return nil
-		}
-		var healthy atomic.Int64
-		k := memKavari(t, b, transport.Capabilities{}, "g-rtslot", func(ctx context.Context, m *engMsg) error {
-			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
-				return errors.New("fails in the main topic")
-			}
-			healthy.Add(1)
-			return nil
-		}, rtConfig, func(c *kavari.Config) {
-			c.Consume.MaxInFlight, c.Consume.MaxBuffered = 1, 64
-			c.Consume.Retry = kavari.NoRetry()
-		})
-		require.NoError(t, k.Start(context.Background()))
+		k, healthy, release := pendingMove(t, b, "g-rtslot", n, 1, 64)
 		waitFor(t, "the other keys' records handled while the move is pending", func() bool { return healthy.Load() == n })
 		synctest.Wait()
 		assert.Less(t, memCommitted(b, "g-rtslot", 0), int64(1), "committed past a record whose move is not acknowledged")
@@ -875,31 +885,9 @@ func TestRetryTopicsPendingMoveLeavesTheWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
 		const n = 30
-		b.Append(engRecord(0, "bad", 0))
-		for i := 1; i <= n; i++ {
-			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
-		}
-		release := make(chan struct{})
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "eng.retry.1" {
-				<-release // the move's write is under way until then
-			}
-			return nil
-		}
-		var healthy atomic.Int64
-		k := memKavari(t, b, transport.Capabilities{}, "g-rtwin", func(ctx context.Context, m *engMsg) error {
-			if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
-				return errors.New("fails in the main topic")
-			}
-			healthy.Add(1)
-			return nil
-		}, rtConfig, func(c *kavari.Config) {
-			// 4 partitions (the main one, 3 tiers): a share of 4 open
-			// records each, 16 while a record moves.
-			c.Consume.MaxInFlight, c.Consume.MaxBuffered = 4, 16
-			c.Consume.Retry = kavari.NoRetry()
-		})
-		require.NoError(t, k.Start(context.Background()))
+		// 4 partitions (the main one, 3 tiers): a share of 4 open records
+		// each, 16 while a record moves.
+		k, healthy, release := pendingMove(t, b, "g-rtwin", n, 4, 16)
 		waitFor(t, "15 records after the moving one handled", func() bool { return healthy.Load() >= 15 })
 		synctest.Wait()
 		assert.EqualValues(t, 15, healthy.Load(), "the partition runs four shares (16 open records) ahead of its commits, no further")

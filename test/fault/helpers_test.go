@@ -468,12 +468,9 @@ func (a *app) event(led *ledger.Ledger, ev appEvent) {
 // at least one partition.
 func (a *app) joined() bool {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	n := 0
-	for _, ps := range a.assigned {
-		n += len(ps)
-	}
-	return a.connected && n > 0
+	connected := a.connected
+	a.mu.Unlock()
+	return connected && a.nPartitions() > 0
 }
 
 // nPartitions returns how many partitions the process last reported.
