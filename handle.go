@@ -18,8 +18,13 @@ import (
 // needed. The record is marked done only when it was handled, dead-lettered or
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
 func (e *engine) process(p *partition, j *job) {
-	defer p.inflight.Done()
-	defer e.deps.buf.release(p)
+	own := true // false once a move to a retry tier took the record over (moveOn)
+	defer func() {
+		if own {
+			e.deps.buf.release(p)
+			p.inflight.Done()
+		}
+	}()
 	if p.hard.Err() != nil {
 		return
 	}
@@ -134,25 +139,39 @@ func (e *engine) process(p *partition, j *job) {
 		}
 	}
 	if failed != nil {
-		// The move waits for a broker write: the record gives its run slot
-		// back meanwhile, as between in-place retries (its lane keeps its
-		// key's later records waiting, its buffer slot and the partition's
-		// commits wait for it).
+		// The record leaves its key's order for a retry tier: its move
+		// waits for a broker write beside the lane, which goes on with the
+		// key's next record at once. The move keeps the record's buffer
+		// slot and the partition's commits wait for it; it holds no run
+		// slot (the write waits, it does not run).
 		if held {
 			e.deps.running.give()
 			held = false
 		}
-		ok, moved := e.retryLater(p, j, rs, failed)
-		if !ok {
-			return
-		}
-		if moved { // counted as handled once it is finished in its tier
-			e.done(p, j)
-			return
-		}
+		own = false
+		go e.moveOn(p, j, rs, failed)
+		return
 	}
 	e.deps.health.handled.Add(1)
 	e.done(p, j)
+}
+
+// moveOn moves j's record on after its handlers failed it (retryLater) and
+// finishes it once that was acknowledged; it releases what process held
+// for the record (its buffer slot, the partition's count of records in
+// flight). A move that did not succeed before the partition's drain budget
+// ended leaves the record open: it comes again.
+func (e *engine) moveOn(p *partition, j *job, rs *retryState, failed []tierFailure) {
+	defer p.inflight.Done()
+	defer e.deps.buf.release(p)
+	ok, moved := e.retryLater(p, j, rs, failed)
+	if !ok {
+		return
+	}
+	if !moved { // dead-lettered after the last tier
+		e.deps.health.handled.Add(1)
+	}
+	e.done(p, j) // a moved record counts as handled once it is finished in its tier
 }
 
 // invoke runs one attempt of handler b on msg, turning a panic into an error.

@@ -826,13 +826,17 @@ func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
 
 // pendingMove starts a client on b (one partition, its tiers) with
 // MaxInFlight and MaxBuffered, no in-place retry, over a record of key
-// "bad", which fails in the main topic, then n records of other keys; the
-// write of its move to the first tier waits until release is closed.
-// healthy counts the other records handled.
-func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, maxBuffered int) (k *kavari.Client, healthy *atomic.Int64, release chan struct{}) {
+// "bad", which fails in the main topic, then n records of other keys (of
+// key "bad" too when sameKey); the write of its move to the first tier
+// waits until release is closed. healthy counts the other records handled.
+func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, maxBuffered int, sameKey bool) (k *kavari.Client, healthy *atomic.Int64, release chan struct{}) {
 	b.Append(engRecord(0, "bad", 0))
 	for i := 1; i <= n; i++ {
-		b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
+		key := "k" + strconv.Itoa(i)
+		if sameKey {
+			key = "bad"
+		}
+		b.Append(engRecord(0, key, i))
 	}
 	release = make(chan struct{})
 	b.FailProduce = func(rec *transport.Record) error {
@@ -843,7 +847,7 @@ func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, m
 	}
 	healthy = new(atomic.Int64)
 	k = memKavari(t, b, transport.Capabilities{}, group, func(ctx context.Context, m *engMsg) error {
-		if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" {
+		if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" && m.N == 0 {
 			return errors.New("fails in the main topic")
 		}
 		healthy.Add(1)
@@ -865,13 +869,33 @@ func TestRetryTopicsPendingMoveHoldsNoRunSlot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
 		const n = 10
-		k, healthy, release := pendingMove(t, b, "g-rtslot", n, 1, 64)
+		k, healthy, release := pendingMove(t, b, "g-rtslot", n, 1, 64, false)
 		waitFor(t, "the other keys' records handled while the move is pending", func() bool { return healthy.Load() == n })
 		synctest.Wait()
 		assert.Less(t, memCommitted(b, "g-rtslot", 0), int64(1), "committed past a record whose move is not acknowledged")
 		close(release)
 		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtslot", 0) == n+1 })
 		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+	})
+}
+
+// TestRetryTopicsPendingMoveFreesItsKey: a record that fails for a retry
+// tier leaves its key's order, so its key's later records do not wait for
+// its move's write: with the write held, they are all handled, and the
+// partition commits past them only once the move was acknowledged.
+func TestRetryTopicsPendingMoveFreesItsKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 10
+		k, healthy, release := pendingMove(t, b, "g-rtkey", n, 4, 64, true)
+		synctest.Wait()
+		assert.EqualValues(t, n, healthy.Load(), "the key's later records handled while its failed record's move is pending")
+		assert.Less(t, memCommitted(b, "g-rtkey", 0), int64(1), "committed past a record whose move is not acknowledged")
+		close(release)
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtkey", 0) == n+1 })
+		require.NoError(t, stopNow(t, k))
+		assert.EqualValues(t, n, healthy.Load())
 		assert.Len(t, b.Records("eng.retry.1", 0), 1)
 	})
 }
@@ -887,7 +911,7 @@ func TestRetryTopicsPendingMoveLeavesTheWindow(t *testing.T) {
 		const n = 30
 		// 4 partitions (the main one, 3 tiers): a share of 4 open records
 		// each, 16 while a record moves.
-		k, healthy, release := pendingMove(t, b, "g-rtwin", n, 4, 16)
+		k, healthy, release := pendingMove(t, b, "g-rtwin", n, 4, 16, false)
 		waitFor(t, "15 records after the moving one handled", func() bool { return healthy.Load() >= 15 })
 		synctest.Wait()
 		assert.EqualValues(t, 15, healthy.Load(), "the partition runs four shares (16 open records) ahead of its commits, no further")
