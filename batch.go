@@ -379,9 +379,9 @@ func (e *engine) abandon(p *partition, bj *batchJob) {
 
 // advance moves bj past the handler it was at: to the next handler of its
 // type (appended to again, returned), or complete. With handlers that
-// failed it (retry topics), completing it is moving it to the first tier:
-// when that write does not succeed it stays open, and the partition holds
-// there (retryLater).
+// failed it (retry topics), completing it is moving it to the first tier,
+// beside the unit (moveJob): the record has left its key's order, and its
+// write waits without a run slot.
 func (e *engine) advance(p *partition, bj *batchJob, again []*batchJob) []*batchJob {
 	bj.stage++
 	bj.alone, bj.cause = false, nil
@@ -389,19 +389,27 @@ func (e *engine) advance(p *partition, bj *batchJob, again []*batchJob) []*batch
 		return append(again, bj)
 	}
 	if bj.failed != nil {
-		ok, moved := e.retryLater(p, &bj.job, nil, bj.failed)
-		if !ok {
-			e.abandon(p, bj)
-			return again
-		}
-		if moved { // counted as handled once it is finished in its tier
-			e.finishJob(p, bj)
-			return again
-		}
+		go e.moveJob(p, bj)
+		return again
 	}
 	e.deps.health.handled.Add(1)
 	e.finishJob(p, bj)
 	return again
+}
+
+// moveJob moves bj to the first tier (retryLater) and completes it once
+// that write was acknowledged; when the write does not succeed it stays
+// open, and the partition holds there.
+func (e *engine) moveJob(p *partition, bj *batchJob) {
+	ok, moved := e.retryLater(p, &bj.job, nil, bj.failed)
+	switch {
+	case !ok:
+		e.abandon(p, bj)
+		return
+	case !moved: // dead-lettered after the last tier
+		e.deps.health.handled.Add(1)
+	}
+	e.finishJob(p, bj) // a moved record counts as handled once it is finished in its tier
 }
 
 // runUnit runs u on a worker.

@@ -900,6 +900,58 @@ func TestRetryTopicsPendingMoveFreesItsKey(t *testing.T) {
 	})
 }
 
+// TestRetryTopicsBatchPendingMoveHoldsNothing: a record a batch handler
+// gave up on moves to a tier without holding its run slot or its key:
+// with MaxInFlight 1 and the move's write held, the records after it, of
+// its key too, are handled meanwhile, and the partition commits past the
+// moving record only once its write was acknowledged.
+func TestRetryTopicsBatchPendingMoveHoldsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := rtBroker(1)
+		const n = 12
+		b.Append(engRecord(0, "bad", 0))
+		for i := 1; i <= n; i++ {
+			key := "k" + strconv.Itoa(i)
+			if i%3 == 0 {
+				key = "bad"
+			}
+			b.Append(engRecord(0, key, i))
+		}
+		release := make(chan struct{})
+		var once sync.Once
+		free := func() { once.Do(func() { close(release) }) }
+		defer free() // also when the test fails before it released the write
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "eng.retry.1" {
+				<-release // the move's write is under way until then
+			}
+			return nil
+		}
+		var healthy atomic.Int64
+		k := memBatchKavari(t, b, "g-rtbmv", func(ctx context.Context, ms []*engMsg) error {
+			for i, m := range ms {
+				if m.N == 0 {
+					healthy.Add(int64(i))
+					return kavari.BatchFailed(i, errors.New("bad row"))
+				}
+			}
+			healthy.Add(int64(len(ms)))
+			return nil
+		}, rtConfig, func(c *kavari.Config) {
+			c.Consume.MaxInFlight, c.Consume.MaxBuffered, c.Consume.MaxBatchRecords = 1, 64, 4
+			c.Consume.Retry = kavari.NoRetry()
+		})
+		require.NoError(t, k.Start(context.Background()))
+		waitFor(t, "the records after the moving one handled while its write is held", func() bool { return healthy.Load() == n })
+		synctest.Wait()
+		assert.Less(t, memCommitted(b, "g-rtbmv", 0), int64(1), "committed past a record whose move is not acknowledged")
+		free()
+		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtbmv", 0) == n+1 })
+		require.NoError(t, stopNow(t, k))
+		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+	})
+}
+
 // TestRetryTopicsPendingMoveLeavesTheWindow: while a record's move to a tier
 // waits for its write, the records after it keep coming beyond the
 // partition's share of open records (the window starts after the moving
