@@ -15,21 +15,36 @@ import (
 // exposed is set once Validator() returned the shared instance.
 var exposed atomic.Bool
 
-// untagged caches, per struct type, whether no `validate` tag is reachable
-// from it (bool).
-var untagged sync.Map
+// infos caches, per dynamic type of a value given to Struct, its *typeInfo.
+var infos sync.Map
 
-// hasNoRules reports whether struct type t can be skipped.
-func hasNoRules(t reflect.Type) bool {
-	if exposed.Load() {
-		return false
+// typeInfo is what Struct needs to know of a value's type, computed once.
+type typeInfo struct {
+	notStruct bool         // neither a struct (time.Time excluded) nor a pointer to one
+	ptr       bool         // a pointer to the struct
+	elem      reflect.Type // the struct type
+	noRules   bool         // no `validate` tag is reachable from it
+	plan      *fastPlan    // its required fields, when those are its only rules (fast.go)
+}
+
+// infoOf returns the typeInfo of t, the dynamic type of a value.
+func infoOf(t reflect.Type) *typeInfo {
+	if v, ok := infos.Load(t); ok {
+		return v.(*typeInfo)
 	}
-	if v, ok := untagged.Load(t); ok {
-		return v.(bool)
+	ti := &typeInfo{elem: t}
+	if t.Kind() == reflect.Pointer {
+		ti.ptr, ti.elem = true, t.Elem()
 	}
-	none := !tagged(t, map[reflect.Type]bool{})
-	untagged.Store(t, none)
-	return none
+	ti.notStruct = ti.elem.Kind() != reflect.Struct || ti.elem.ConvertibleTo(timeType)
+	if !ti.notStruct {
+		ti.noRules = !tagged(ti.elem, map[reflect.Type]bool{})
+		if !ti.noRules {
+			ti.plan = makePlan(ti.elem)
+		}
+	}
+	infos.Store(t, ti)
+	return ti
 }
 
 // tagged reports whether a `validate` tag is reachable from t through

@@ -81,24 +81,29 @@ func Validator() *validator.Validate {
 // A type with no `validate` tag reachable from it (through fields,
 // pointers, slices, arrays and maps; an interface field counts as tagged) is
 // valid without running the validator, unless Validator() was called: rules
-// registered on the shared instance may apply to any type.
+// registered on the shared instance may apply to any type. So is a value
+// whose only rules are `validate:"required"` on fields of basic kinds
+// (strings, booleans, numbers) when none of them is the zero value; when
+// one is, the validator runs and reports it.
 func Struct(v any) (err error) {
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
 		return notStruct(v)
 	}
-	t := rv.Type()
-	if t.Kind() == reflect.Pointer {
-		t = t.Elem()
-		if t.Kind() == reflect.Struct && !t.ConvertibleTo(timeType) && rv.IsNil() {
-			return &Error{Type: typeName(t)}
-		}
-	}
-	if t.Kind() != reflect.Struct || t.ConvertibleTo(timeType) {
+	ti := infoOf(rv.Type())
+	t := ti.elem
+	switch {
+	case ti.notStruct:
 		return notStruct(v)
+	case ti.ptr && rv.IsNil():
+		return &Error{Type: typeName(t)}
 	}
-	if hasNoRules(t) {
-		return nil
+	if !exposed.Load() {
+		// Without rules registered on the shared instance, a type
+		// without tags is valid, and so is a value its plan passes.
+		if ti.noRules || ti.plan != nil && ti.plan.passes(reflect.Indirect(rv)) {
+			return nil
+		}
 	}
 
 	defer func() {

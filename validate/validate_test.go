@@ -276,6 +276,24 @@ func BenchmarkStructValidSmall(b *testing.B) {
 	}
 }
 
+type benchRequired struct {
+	OrderID string `json:"order_id" validate:"required"`
+	Amount  int64  `json:"amount" validate:"required"`
+	Note    string `json:"note"`
+}
+
+// BenchmarkStructValidRequired: a type whose only rules are required
+// fields of basic kinds (the plan of fast.go).
+func BenchmarkStructValidRequired(b *testing.B) {
+	m := &benchRequired{OrderID: "o-1", Amount: 10}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := validate.Struct(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkStructNoTags(b *testing.B) {
 	m := &benchNoTags{OrderID: "o-1", Amount: 10}
 	b.ReportAllocs()
