@@ -1,21 +1,54 @@
 package validate
 
-import "reflect"
+import (
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
 
-// Most message types carry only `validate:"required"` on fields of basic
-// kinds (an id, a name, an amount). The validator checks those through its
-// generic machinery: it walks every field of the value and calls its rule
-// through a FieldLevel. A check planned once per type answers the same
-// question with a few comparisons. The plan only says "valid": when a
-// field fails it, Struct runs the validator, which builds the error, so the
-// errors are the validator's in every case.
+// Most message types carry a few simple rules on fields of basic kinds: an
+// id that is required, an amount greater than zero, a name of at most 64
+// characters. The validator checks those through its generic machinery: it
+// walks every field of the value and calls each rule through a FieldLevel.
+// A check planned once per type answers the same question with a few
+// comparisons. The plan only says "valid": when a field fails it, Struct
+// runs the validator, which builds the error, so the errors are the
+// validator's in every case.
+//
+// A plan covers a type whose every rule, on a field of kind string, bool,
+// integer (time.Duration excluded: its parameters are durations), float or
+// complex, is one of: omitempty (first), required, and on strings (their
+// length in runes) and numbers gt, gte, min, lt, lte, max, len with a
+// number parameter, with the meanings of the validator's baked-in rules
+// (isGt, isGte, hasMinOf, isLt, isLte, hasMaxOf, hasLengthOf, hasValue).
+// Any other rule, kind or tag syntax, or a rule deeper in the type, leaves
+// the type to the validator.
 
-// fastPlan lists the fields of a struct type that must not be zero: the
-// fields tagged exactly `validate:"required"`, of a kind whose required
-// check is "not the zero value" (strings, booleans, integers, floats). No
-// other rule is reachable from the type.
+// fastPlan lists the checks of a struct type's fields.
 type fastPlan struct {
-	required []int // field indexes
+	fields []fieldPlan
+}
+
+// fieldPlan is the checks of one field.
+type fieldPlan struct {
+	index     int
+	kind      reflect.Kind
+	omitEmpty bool // a zero value passes without the other checks
+	required  bool // a zero value fails
+	bounds    []bound
+}
+
+// bound is a comparison of the field's number (a string's length in runes)
+// with a parameter: op is one of > ≥ < ≤ =. The parameter is parsed as the
+// validator parses it for the field's kind (i for strings and signed
+// integers, u for unsigned ones, f for floats).
+type bound struct {
+	op rune
+	i  int64
+	u  uint64
+	f  float64
 }
 
 // makePlan builds struct type t's plan, nil when a rule of t is not one it
@@ -31,18 +64,64 @@ func makePlan(t reflect.Type) *fastPlan {
 			}
 			continue
 		}
-		if tag != "required" || !f.IsExported() || f.Anonymous || !zeroChecked(f.Type.Kind()) {
+		if !f.IsExported() || f.Anonymous {
 			return nil
 		}
-		p.required = append(p.required, i)
+		fp, ok := planField(i, f.Type, tag)
+		if !ok {
+			return nil
+		}
+		p.fields = append(p.fields, fp)
 	}
 	return p
 }
 
-// zeroChecked reports whether the validator's required check on a field of
-// kind k is "not the zero value" (hasValue, for a field that is not a
-// pointer).
-func zeroChecked(k reflect.Kind) bool {
+// opOf maps the rules a plan covers to their comparison.
+var opOf = map[string]rune{"gt": '>', "gte": '≥', "min": '≥', "lt": '<', "lte": '≤', "max": '≤', "len": '='}
+
+// planField plans field i of type ft with validate tag tag; false when the
+// plan does not cover it.
+func planField(i int, ft reflect.Type, tag string) (fieldPlan, bool) {
+	fp := fieldPlan{index: i, kind: ft.Kind()}
+	if !basicKind(fp.kind) || ft == reflect.TypeFor[time.Duration]() || strings.ContainsAny(tag, "|\\") {
+		return fp, false
+	}
+	for n, rule := range strings.Split(tag, ",") {
+		name, param, hasParam := strings.Cut(rule, "=")
+		switch {
+		case name == "omitempty" && n == 0 && !hasParam:
+			fp.omitEmpty = true
+			continue
+		case name == "required" && !hasParam:
+			fp.required = true
+			continue
+		}
+		op, known := opOf[name]
+		if !known || !hasParam || fp.kind == reflect.Bool || fp.kind == reflect.Complex64 || fp.kind == reflect.Complex128 {
+			return fp, false
+		}
+		b := bound{op: op}
+		var err error
+		switch fp.kind {
+		case reflect.String, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			b.i, err = strconv.ParseInt(param, 0, 64)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+			b.u, err = strconv.ParseUint(param, 0, 64)
+		case reflect.Float32:
+			b.f, err = strconv.ParseFloat(param, 32)
+		case reflect.Float64:
+			b.f, err = strconv.ParseFloat(param, 64)
+		}
+		if err != nil {
+			return fp, false // the validator panics on it: Struct reports that
+		}
+		fp.bounds = append(fp.bounds, b)
+	}
+	return fp, true
+}
+
+// basicKind reports whether the plan covers fields of kind k.
+func basicKind(k reflect.Kind) bool {
 	switch k {
 	case reflect.String, reflect.Bool,
 		reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
@@ -56,10 +135,51 @@ func zeroChecked(k reflect.Kind) bool {
 // passes reports whether struct value v satisfies the plan: then the
 // validator would find it valid.
 func (p *fastPlan) passes(v reflect.Value) bool {
-	for _, i := range p.required {
-		if v.Field(i).IsZero() {
+	for i := range p.fields {
+		if !p.fields[i].passes(v.Field(p.fields[i].index)) {
 			return false
 		}
 	}
 	return true
+}
+
+// passes reports whether field value v satisfies the field's checks. For
+// the kinds a plan covers, the validator's required (hasValue) and
+// omitempty test whether the value is the zero value.
+func (fp *fieldPlan) passes(v reflect.Value) bool {
+	if (fp.omitEmpty || fp.required) && v.IsZero() {
+		return fp.omitEmpty // omitempty comes first: it skips required too
+	}
+	for _, b := range fp.bounds {
+		var ok bool
+		switch fp.kind {
+		case reflect.String:
+			ok = cmp(b.op, int64(utf8.RuneCountInString(v.String())), b.i)
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			ok = cmp(b.op, v.Int(), b.i)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+			ok = cmp(b.op, v.Uint(), b.u)
+		default: // floats
+			ok = cmp(b.op, v.Float(), b.f)
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// cmp compares a with b by op.
+func cmp[T int64 | uint64 | float64](op rune, a, b T) bool {
+	switch op {
+	case '>':
+		return a > b
+	case '≥':
+		return a >= b
+	case '<':
+		return a < b
+	case '≤':
+		return a <= b
+	}
+	return a == b
 }

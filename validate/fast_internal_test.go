@@ -4,7 +4,10 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 type fastName string
@@ -97,7 +100,13 @@ func TestFastPlanAgreesWithTheValidator(t *testing.T) {
 
 type (
 	fastOtherRule struct {
-		S string `validate:"required,min=3"`
+		S string `validate:"required,email"`
+	}
+	fastOr struct {
+		S string `validate:"len=2|len=4"`
+	}
+	fastDuration struct {
+		D time.Duration `validate:"gt=1s"`
 	}
 	fastPointer struct {
 		S *string `validate:"required"`
@@ -120,23 +129,105 @@ type (
 		S string `validate:"required"`
 		s string `validate:"required"`
 	}
-	fastOmit struct {
-		S string `validate:"omitempty"`
+	fastOmitLater struct {
+		S string `validate:"required,omitempty"`
 	}
 )
 
-// A type with any other rule, a required field of another kind, a rule
-// deeper in, or an interface field has no plan: the validator checks it.
-func TestFastPlanOnlyForRequiredBasicFields(t *testing.T) {
-	for _, v := range []any{fastOtherRule{}, fastPointer{}, fastSlice{}, fastStruct{}, fastDeep{}, fastAny{}, fastUnexported{s: "x"}, fastOmit{}} {
+// A type with any other rule or tag syntax, a rule on a field of another
+// kind, a rule deeper in, or an interface field has no plan: the validator
+// checks it.
+func TestFastPlanOnlyForCoveredRules(t *testing.T) {
+	for _, v := range []any{fastOtherRule{}, fastOr{}, fastDuration{}, fastPointer{}, fastSlice{}, fastStruct{}, fastDeep{}, fastAny{}, fastUnexported{s: "x"}, fastOmitLater{}} {
 		if p := infoOf(reflect.TypeOf(v)).plan; p != nil {
 			t.Errorf("%T has a plan", v)
 		}
 	}
 	if err := Struct(&fastOtherRule{S: "ab"}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("min=3 not checked: %v", err)
+		t.Errorf("email not checked: %v", err)
 	}
 	if err := Struct(&fastDeep{S: "a"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("nested rule not checked: %v", err)
 	}
+}
+
+// Every rule a plan covers, on every kind it covers, alone and combined,
+// says valid exactly when the validator does, for values around each
+// bound (multi-byte strings, negative zero and NaN among them); a
+// parameter that does not parse, or a bound on a bool, leaves the type to
+// the validator.
+func TestFastPlanBoundsAgreeWithTheValidator(t *testing.T) {
+	was := exposed.Load()
+	exposed.Store(false)
+	defer exposed.Store(was)
+	values := map[reflect.Kind][]any{
+		reflect.String:  {"", "a", "ab", "abc", "héé", "日本語x", "abcdef"},
+		reflect.Int:     {-17, -2, -1, 0, 1, 2, 3, 5, 16, 17},
+		reflect.Int8:    {int8(-128), int8(-1), int8(0), int8(1), int8(2), int8(3), int8(127)},
+		reflect.Int64:   {int64(-1), int64(0), int64(2), int64(3), int64(16), int64(1) << 62},
+		reflect.Uint:    {uint(0), uint(1), uint(2), uint(3), uint(5), uint(16), uint(17)},
+		reflect.Uint8:   {uint8(0), uint8(1), uint8(2), uint8(3), uint8(255)},
+		reflect.Float32: {float32(math.NaN()), float32(-1), float32(0), float32(math.Copysign(0, -1)), float32(0.1), float32(1), float32(1.5), float32(2), float32(3)},
+		reflect.Float64: {math.NaN(), -1.0, 0.0, math.Copysign(0, -1), 0.1, 1.0, 1.5, 2.0, 3.0, 5.0},
+		reflect.Bool:    {false, true},
+	}
+	tags := []string{"required", "omitempty", "gt=0", "gte=1", "min=2", "lt=5", "lte=3", "max=3", "len=2",
+		"gt=-1", "lt=0x10", "min=0.1", "max=1.5", "required,gt=0", "omitempty,gt=2", "omitempty,required",
+		"omitempty,min=2,max=3", "required,len=3", "gte=0,lte=0"}
+	covered := 0
+	for kind, vals := range values {
+		for _, tag := range tags {
+			st := reflect.StructOf([]reflect.StructField{{Name: "V", Type: reflect.TypeOf(vals[0]), Tag: reflect.StructTag(`json:"v" validate:"` + tag + `"`)}})
+			p := infoOf(reflect.PointerTo(st)).plan
+			fullPanics := func(v reflect.Value) (ok, panicked bool) {
+				defer func() {
+					if recover() != nil {
+						panicked = true
+					}
+				}()
+				return shared().Struct(v.Interface()) == nil, false
+			}
+			for _, val := range vals {
+				v := reflect.New(st)
+				v.Elem().Field(0).Set(reflect.ValueOf(val))
+				full, panicked := fullPanics(v)
+				if p == nil {
+					continue
+				}
+				if panicked {
+					t.Fatalf("%v %q: planned, but the validator panics on it", kind, tag)
+				}
+				if fast := p.passes(v.Elem()); fast != full {
+					t.Fatalf("%v %q = %#v: plan says valid=%v, the validator %v", kind, tag, val, fast, full)
+				}
+			}
+			if p != nil {
+				covered++
+			}
+			bound := strings.Contains(tag, "=")
+			wantPlan := !(kind == reflect.Bool && bound)
+			if parses := func() bool {
+				_, param, _ := strings.Cut(strings.Split(tag, ",")[len(strings.Split(tag, ","))-1], "=")
+				if param == "" {
+					return true
+				}
+				switch kind {
+				case reflect.Float32, reflect.Float64:
+					_, err := strconv.ParseFloat(param, 64)
+					return err == nil
+				case reflect.Uint, reflect.Uint8:
+					_, err := strconv.ParseUint(param, 0, 64)
+					return err == nil
+				}
+				_, err := strconv.ParseInt(param, 0, 64)
+				return err == nil
+			}(); !parses {
+				wantPlan = false
+			}
+			if (p != nil) != wantPlan {
+				t.Errorf("%v %q: plan %v, want %v", kind, tag, p != nil, wantPlan)
+			}
+		}
+	}
+	t.Logf("%d kind × tag pairs planned and checked", covered)
 }

@@ -82,9 +82,10 @@ func Validator() *validator.Validate {
 // pointers, slices, arrays and maps; an interface field counts as tagged) is
 // valid without running the validator, unless Validator() was called: rules
 // registered on the shared instance may apply to any type. So is a value
-// whose only rules are `validate:"required"` on fields of basic kinds
-// (strings, booleans, numbers) when none of them is the zero value; when
-// one is, the validator runs and reports it.
+// of a type whose only rules are simple ones on fields of basic kinds
+// (omitempty, required, gt, gte, min, lt, lte, max, len on strings,
+// booleans and numbers) when it satisfies them, checked by a plan made
+// once per type; when it does not, the validator runs and reports it.
 func Struct(v any) (err error) {
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
