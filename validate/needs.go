@@ -24,7 +24,7 @@ type typeInfo struct {
 	ptr       bool         // a pointer to the struct
 	elem      reflect.Type // the struct type
 	noRules   bool         // no `validate` tag is reachable from it
-	plan      *fastPlan    // its required fields, when those are its only rules (fast.go)
+	plan      *fastPlan    // the checks of its rules, when a plan covers them all (fast.go)
 }
 
 // infoOf returns the typeInfo of t, the dynamic type of a value.
