@@ -134,6 +134,8 @@ if [ "$kafkago_rc" != 0 ] || [ "$franz_rc" != 0 ]; then
   echo "test.sh: the broker tests failed: kafka-go pass exit ${kafkago_rc}, franz-go pass exit ${franz_rc}" >&2
   exit 1
 fi
-# ...then a short fuzzing run of record decoding (no broker needed).
+# ...then a short fuzzing run of record decoding (no broker needed). Each
+# new corpus entry is minimised for at most 2 s (the default, 60 s, spent
+# most of the 20 s minimising: about 18,000 execs instead of 45,000).
 step "fuzzing record decoding for ${KAVARI_FUZZTIME:-20s}"
-go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" .
+go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime "${KAVARI_FUZZTIME:-20s}" -fuzzminimizetime 2s .
