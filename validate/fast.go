@@ -2,6 +2,7 @@ package validate
 
 import (
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,10 +20,11 @@ import (
 //
 // A plan covers a type whose every rule, on a field of kind string, bool,
 // integer (time.Duration excluded: its parameters are durations), float or
-// complex, is one of: omitempty (first), required, and on strings (their
+// complex, is one of: omitempty (first), required, on strings (their
 // length in runes) and numbers gt, gte, min, lt, lte, max, len with a
-// number parameter, with the meanings of the validator's baked-in rules
-// (isGt, isGte, hasMinOf, isLt, isLte, hasMaxOf, hasLengthOf, hasValue).
+// number parameter, and on strings and integers oneof with plain words,
+// with the meanings of the validator's baked-in rules (isGt, isGte,
+// hasMinOf, isLt, isLte, hasMaxOf, hasLengthOf, hasValue, isOneOf).
 // Any other rule, kind or tag syntax, or a rule deeper in the type, leaves
 // the type to the validator.
 
@@ -38,6 +40,7 @@ type fieldPlan struct {
 	omitEmpty bool // a zero value passes without the other checks
 	required  bool // a zero value fails
 	bounds    []bound
+	oneOf     [][]string // per oneof rule, the values the field's text must be one of
 }
 
 // bound is a comparison of the field's number (a string's length in runes)
@@ -96,6 +99,13 @@ func planField(i int, ft reflect.Type, tag string) (fieldPlan, bool) {
 			fp.required = true
 			continue
 		}
+		if name == "oneof" && hasParam {
+			if !oneOfKind(fp.kind) || !plainWords(param) {
+				return fp, false
+			}
+			fp.oneOf = append(fp.oneOf, strings.Fields(param))
+			continue
+		}
 		op, known := opOf[name]
 		if !known || !hasParam || fp.kind == reflect.Bool || fp.kind == reflect.Complex64 || fp.kind == reflect.Complex128 {
 			return fp, false
@@ -118,6 +128,29 @@ func planField(i int, ft reflect.Type, tag string) (fieldPlan, bool) {
 		fp.bounds = append(fp.bounds, b)
 	}
 	return fp, true
+}
+
+// oneOfKind reports whether the validator's oneof applies to kind k (it
+// panics on the others).
+func oneOfKind(k reflect.Kind) bool {
+	switch k {
+	case reflect.String, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+// plainWords reports whether a oneof parameter is printable ASCII words
+// separated by spaces, without quotes: then the validator's split (a
+// regular expression that also reads quoted values) gives strings.Fields.
+func plainWords(param string) bool {
+	for i := 0; i < len(param); i++ {
+		if c := param[i]; c == '\'' || (c != ' ' && (c < 0x21 || c > 0x7e)) {
+			return false
+		}
+	}
+	return true
 }
 
 // basicKind reports whether the plan covers fields of kind k.
@@ -164,6 +197,23 @@ func (fp *fieldPlan) passes(v reflect.Value) bool {
 		}
 		if !ok {
 			return false
+		}
+	}
+	if len(fp.oneOf) > 0 {
+		var buf [24]byte
+		var text []byte // the field as the validator's oneof reads it
+		switch fp.kind {
+		case reflect.String:
+			text = append(buf[:0], v.String()...)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			text = strconv.AppendUint(buf[:0], v.Uint(), 10)
+		default:
+			text = strconv.AppendInt(buf[:0], v.Int(), 10)
+		}
+		for _, vals := range fp.oneOf {
+			if !slices.ContainsFunc(vals, func(x string) bool { return string(text) == x }) {
+				return false
+			}
 		}
 	}
 	return true

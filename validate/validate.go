@@ -83,9 +83,9 @@ func Validator() *validator.Validate {
 // valid without running the validator, unless Validator() was called: rules
 // registered on the shared instance may apply to any type. So is a value
 // of a type whose only rules are simple ones on fields of basic kinds
-// (omitempty, required, gt, gte, min, lt, lte, max, len on strings,
-// booleans and numbers) when it satisfies them, checked by a plan made
-// once per type; when it does not, the validator runs and reports it.
+// (omitempty, required, gt, gte, min, lt, lte, max, len and oneof on
+// strings, booleans and numbers) when it satisfies them, checked by a plan
+// made once per type; when it does not, the validator runs and reports it.
 func Struct(v any) (err error) {
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
