@@ -64,10 +64,18 @@ type Relay struct {
 	logMu     sync.Mutex
 	lastLog   time.Time
 
+	// marking is held (read) from a batch's mark to its count in
+	// published, parked and corrupt, and taken (write) by Health between
+	// reading the table and the counters: a row Health no longer sees in
+	// the table is in its counters.
+	marking sync.RWMutex
+
 	// beforeMark, set by tests, runs after a batch was acknowledged and
 	// before its rows are deleted; returning false abandons the batch as a
-	// crash would (the rows stay, the relay stops).
+	// crash would (the rows stay, the relay stops). afterMark, set by
+	// tests, runs after a batch's mark committed and before it is counted.
 	beforeMark func(ids []int64) bool
+	afterMark  func()
 }
 
 // NewRelay returns a relay of o's rows in db. Run starts it.
@@ -253,10 +261,11 @@ func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 	var parked []parkedRow
 	var encs []kavari.Encoded
 	var sent []row
+	corrupt := 0
 	for _, rw := range rows {
 		e, err := decodeRow(rw)
 		if err != nil {
-			r.corrupt.Add(1)
+			corrupt++
 			r.log.Error("kavari outbox: corrupt row parked in the dead table", "table", r.o.table, "id", rw.id, "err", err)
 			parked = append(parked, parkedRow{rw, "corrupt: " + err.Error()})
 			continue
@@ -271,7 +280,17 @@ func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 	}
 	if len(acked) > 0 || len(parked) > 0 {
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		r.marking.RLock()
 		err := c.finish(mctx, acked, parked)
+		if err == nil {
+			if r.afterMark != nil {
+				r.afterMark()
+			}
+			r.published.Add(int64(len(acked)))
+			r.parked.Add(int64(len(parked)))
+			r.corrupt.Add(int64(corrupt))
+		}
+		r.marking.RUnlock()
 		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("outbox: marking %d published rows (they will be published again, same ce_id): %w", len(acked), err)
@@ -280,8 +299,6 @@ func (r *Relay) step(ctx context.Context, c claim, rows []row) (int, error) {
 		c.abort()
 	}
 	done = true
-	r.published.Add(int64(len(acked)))
-	r.parked.Add(int64(len(parked)))
 	if len(acked) > 0 && transient == nil && r.down.Swap(false) {
 		h, err := r.backlog(ctx)
 		if err == nil {
@@ -711,7 +728,11 @@ func (r *Relay) Health(ctx context.Context) (Health, error) {
 	if s := r.lastErr.Load(); s != nil {
 		h.LastError = *s
 	}
+	// A mark that committed before the backlog was read is counted once
+	// the marks under way are.
+	r.marking.Lock()
 	h.Published, h.Parked, h.Corrupt = r.published.Load(), r.parked.Load(), r.corrupt.Load()
+	r.marking.Unlock()
 	return h, err
 }
 

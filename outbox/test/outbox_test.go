@@ -247,6 +247,57 @@ func TestCorruptRowParked(t *testing.T) {
 	})
 }
 
+// Health never counts a row twice or not at all: a row it no longer sees
+// in the table is in its counters, also when it is read while a batch's
+// mark has just committed and is not counted yet.
+func TestHealthCountsWhatLeftTheTable(t *testing.T) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
+		e := newEnv(t, d, db, nil)
+		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1})
+		_, err := db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+			7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
+		require.NoError(t, err)
+		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
+		const rows = 3
+		r := e.relay(outbox.RelayConfig{Workers: 1, BatchSize: 2})
+		var mu sync.Mutex
+		var seen []outbox.Health
+		var reads sync.WaitGroup
+		relaytest.SetAfterMark(r, func() {
+			// Health read from elsewhere right after a mark committed:
+			// it waits for the mark's count (the wait is bounded so that
+			// the relay goes on when it does).
+			got := make(chan struct{})
+			reads.Add(1)
+			go func() {
+				defer reads.Done()
+				h, err := r.Health(context.Background())
+				if err == nil {
+					mu.Lock()
+					seen = append(seen, h)
+					mu.Unlock()
+				}
+				close(got)
+			}()
+			select {
+			case <-got:
+			case <-time.After(2 * time.Second):
+			}
+		})
+		e.run(r)
+		h := e.drained(r)
+		reads.Wait()
+		seen = append(seen, h)
+		require.Greater(t, len(seen), 1)
+		for _, h := range seen {
+			require.Equal(t, int64(rows), h.Backlog+h.Published+h.Parked, "every row in the table or in the counters: %+v", h)
+			require.LessOrEqual(t, h.Corrupt, h.Parked, "%+v", h)
+		}
+		require.Equal(t, int64(2), h.Published)
+		require.Equal(t, int64(1), h.Corrupt)
+	})
+}
+
 // The schema is created only by CreateSchema, and twice is harmless.
 func TestCreateSchemaIdempotent(t *testing.T) {
 	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {

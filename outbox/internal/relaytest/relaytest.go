@@ -9,6 +9,9 @@ var (
 	// false abandons the batch as a crash would (the rows stay, Run
 	// returns ErrCrashed).
 	SetBeforeMark func(r any, f func(ids []int64) bool)
+	// SetAfterMark installs f on r, a *outbox.Relay: f runs after a
+	// batch's mark committed and before the relay counts it (Health).
+	SetAfterMark func(r any, f func())
 	// ErrCrashed is what Run returns after f abandoned a batch.
 	ErrCrashed error
 )
