@@ -229,11 +229,7 @@ func TestPermanentRefusalParked(t *testing.T) {
 func TestCorruptRowParked(t *testing.T) {
 	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
-		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1})
-		_, err := db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-			7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
-		require.NoError(t, err)
-		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
+		writeAroundCorrupt(e)
 		r := e.relay(outbox.RelayConfig{})
 		e.run(r)
 		h := e.drained(r)
@@ -247,17 +243,24 @@ func TestCorruptRowParked(t *testing.T) {
 	})
 }
 
+// writeAroundCorrupt writes two rows of key o-1 with a corrupt row
+// (headers that are not JSON) between them.
+func writeAroundCorrupt(e *env) {
+	e.t.Helper()
+	e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1})
+	_, err := e.db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+		7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
+	require.NoError(e.t, err)
+	e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
+}
+
 // Health never counts a row twice or not at all: a row it no longer sees
 // in the table is in its counters, also when it is read while a batch's
 // mark has just committed and is not counted yet.
 func TestHealthCountsWhatLeftTheTable(t *testing.T) {
 	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
 		e := newEnv(t, d, db, nil)
-		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 1, Amount: 1})
-		_, err := db.Exec(e.q("INSERT INTO "+e.table+" (shard, topic, msg_key, value, headers, ce_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-			7, e.topic, []byte("o-1"), []byte("{}"), "{not json", "x", time.Now().UnixMicro())
-		require.NoError(t, err)
-		e.write(false, &OrderPlaced{OrderID: "o-1", Seq: 2, Amount: 1})
+		writeAroundCorrupt(e)
 		const rows = 3
 		r := e.relay(outbox.RelayConfig{Workers: 1, BatchSize: 2})
 		var mu sync.Mutex
