@@ -824,27 +824,56 @@ func TestRetryTopicsMovesPendingTogetherGoOutAsOneWrite(t *testing.T) {
 	})
 }
 
-// pendingMove starts a client on b (one partition, its tiers) with
-// MaxInFlight and MaxBuffered, no in-place retry, over a record of key
-// "bad", which fails in the main topic, then n records of other keys (of
-// key "bad" too when sameKey); the write of its move to the first tier
-// waits until release is closed. healthy counts the other records handled.
-func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, maxBuffered int, sameKey bool) (k *kavari.Client, healthy *atomic.Int64, release chan struct{}) {
+// appendBadThen appends to b's partition 0 a record of key "bad" (n 0),
+// then n records of keys k1..kn, of key "bad" instead where ofBad(i).
+func appendBadThen(b *memory.Broker, n int, ofBad func(i int) bool) {
 	b.Append(engRecord(0, "bad", 0))
 	for i := 1; i <= n; i++ {
 		key := "k" + strconv.Itoa(i)
-		if sameKey {
+		if ofBad(i) {
 			key = "bad"
 		}
 		b.Append(engRecord(0, key, i))
 	}
-	release = make(chan struct{})
+}
+
+// holdTierWrites makes every write to the first tier's topic wait until
+// release is called (once or more; the test defers it too, so that a
+// failing test does not leave the write blocked).
+func holdTierWrites(b *memory.Broker) (release func()) {
+	ch := make(chan struct{})
+	var once sync.Once
 	b.FailProduce = func(rec *transport.Record) error {
 		if rec.Topic == "eng.retry.1" {
-			<-release // the move's write is under way until then
+			<-ch // the move's write is under way until then
 		}
 		return nil
 	}
+	return func() { once.Do(func() { close(ch) }) }
+}
+
+// commitsOnceReleased checks, for a client k on group whose record 0 moves
+// to the first tier while its write is held: nothing is committed past it;
+// once release lets the write through, the partition commits its n+1
+// records, and the tier holds the one record.
+func commitsOnceReleased(t *testing.T, b *memory.Broker, k *kavari.Client, group string, n int, release func()) {
+	t.Helper()
+	assert.Less(t, memCommitted(b, group, 0), int64(1), "committed past a record whose move is not acknowledged")
+	release()
+	waitFor(t, "the partition committed", func() bool { return memCommitted(b, group, 0) == int64(n+1) })
+	require.NoError(t, stopNow(t, k))
+	assert.Len(t, b.Records("eng.retry.1", 0), 1)
+}
+
+// pendingMove starts a client on b (one partition, its tiers) with
+// MaxInFlight and MaxBuffered, no in-place retry, over a record of key
+// "bad", which fails in the main topic, then n records of other keys (of
+// key "bad" too when sameKey); the write of its move to the first tier
+// waits until release is called. healthy counts the other records handled.
+func pendingMove(t *testing.T, b *memory.Broker, group string, n, maxInFlight, maxBuffered int, sameKey bool) (k *kavari.Client, healthy *atomic.Int64, release func()) {
+	appendBadThen(b, n, func(int) bool { return sameKey })
+	release = holdTierWrites(b)
+	t.Cleanup(release)
 	healthy = new(atomic.Int64)
 	k = memKavari(t, b, transport.Capabilities{}, group, func(ctx context.Context, m *engMsg) error {
 		if r, _ := kavari.RecordFromContext(ctx); r.Topic == "eng" && m.Key == "bad" && m.N == 0 {
@@ -872,11 +901,7 @@ func TestRetryTopicsPendingMoveHoldsNoRunSlot(t *testing.T) {
 		k, healthy, release := pendingMove(t, b, "g-rtslot", n, 1, 64, false)
 		waitFor(t, "the other keys' records handled while the move is pending", func() bool { return healthy.Load() == n })
 		synctest.Wait()
-		assert.Less(t, memCommitted(b, "g-rtslot", 0), int64(1), "committed past a record whose move is not acknowledged")
-		close(release)
-		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtslot", 0) == n+1 })
-		require.NoError(t, stopNow(t, k))
-		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+		commitsOnceReleased(t, b, k, "g-rtslot", n, release)
 	})
 }
 
@@ -891,12 +916,8 @@ func TestRetryTopicsPendingMoveFreesItsKey(t *testing.T) {
 		k, healthy, release := pendingMove(t, b, "g-rtkey", n, 4, 64, true)
 		synctest.Wait()
 		assert.EqualValues(t, n, healthy.Load(), "the key's later records handled while its failed record's move is pending")
-		assert.Less(t, memCommitted(b, "g-rtkey", 0), int64(1), "committed past a record whose move is not acknowledged")
-		close(release)
-		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtkey", 0) == n+1 })
-		require.NoError(t, stopNow(t, k))
+		commitsOnceReleased(t, b, k, "g-rtkey", n, release)
 		assert.EqualValues(t, n, healthy.Load())
-		assert.Len(t, b.Records("eng.retry.1", 0), 1)
 	})
 }
 
@@ -909,24 +930,9 @@ func TestRetryTopicsBatchPendingMoveHoldsNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
 		const n = 12
-		b.Append(engRecord(0, "bad", 0))
-		for i := 1; i <= n; i++ {
-			key := "k" + strconv.Itoa(i)
-			if i%3 == 0 {
-				key = "bad"
-			}
-			b.Append(engRecord(0, key, i))
-		}
-		release := make(chan struct{})
-		var once sync.Once
-		free := func() { once.Do(func() { close(release) }) }
-		defer free() // also when the test fails before it released the write
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "eng.retry.1" {
-				<-release // the move's write is under way until then
-			}
-			return nil
-		}
+		appendBadThen(b, n, func(i int) bool { return i%3 == 0 })
+		release := holdTierWrites(b)
+		defer release() // also when the test fails before it released the write
 		var healthy atomic.Int64
 		k := memBatchKavari(t, b, "g-rtbmv", func(ctx context.Context, ms []*engMsg) error {
 			for i, m := range ms {
@@ -944,11 +950,7 @@ func TestRetryTopicsBatchPendingMoveHoldsNothing(t *testing.T) {
 		require.NoError(t, k.Start(context.Background()))
 		waitFor(t, "the records after the moving one handled while its write is held", func() bool { return healthy.Load() == n })
 		synctest.Wait()
-		assert.Less(t, memCommitted(b, "g-rtbmv", 0), int64(1), "committed past a record whose move is not acknowledged")
-		free()
-		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtbmv", 0) == n+1 })
-		require.NoError(t, stopNow(t, k))
-		assert.Len(t, b.Records("eng.retry.1", 0), 1)
+		commitsOnceReleased(t, b, k, "g-rtbmv", n, release)
 	})
 }
 
@@ -967,17 +969,13 @@ func TestRetryTopicsPendingMoveLeavesTheWindow(t *testing.T) {
 		waitFor(t, "15 records after the moving one handled", func() bool { return healthy.Load() >= 15 })
 		synctest.Wait()
 		assert.EqualValues(t, 15, healthy.Load(), "the partition runs four shares (16 open records) ahead of its commits, no further")
-		assert.Less(t, memCommitted(b, "g-rtwin", 0), int64(1), "committed past a record whose move is not acknowledged")
 		h := k.Health()
 		for _, ph := range h.Partitions {
 			if ph.Topic == "eng" {
 				assert.Equal(t, 16, ph.Open, "open records: the moving one and the 15 after it")
 			}
 		}
-		close(release)
-		waitFor(t, "the partition committed", func() bool { return memCommitted(b, "g-rtwin", 0) == n+1 })
-		require.NoError(t, stopNow(t, k))
+		commitsOnceReleased(t, b, k, "g-rtwin", n, release)
 		assert.EqualValues(t, n, healthy.Load())
-		assert.Len(t, b.Records("eng.retry.1", 0), 1)
 	})
 }
