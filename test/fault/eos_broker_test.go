@@ -106,22 +106,14 @@ func eoBrokerFault(t *testing.T, c *kafkaproc.Cluster, led *ledger.Ledger, rf in
 		apps = append(apps, a)
 	}
 	waitFor(t, time.Minute, func() bool { return apps[0].joined() && apps[1].joined() }, "the consumers did not join")
-	publishEOInputs(t, pub, led, run, n, keys)
+	ends := publishEOInputs(t, pub, led, run, n, keys)
 	handled := func() int { return handledByAny(apps) }
 	waitFor(t, 2*time.Minute, func() bool { return handled() >= n/5 }, "a fifth of the inputs was not handled")
 	atFault := handled()
 	faultAt := time.Now()
 	what := fault(txnIDs)
 	t.Logf("%s after %d inputs handled", what, atFault)
-	// Every input committed: the group's offsets are the inputs' end
-	// offsets (the input topic is new and written without transactions).
-	committedAll := func() bool {
-		sum := int64(0)
-		for _, o := range committedNow(t, brokers, group, "kavari-fault-eo-in", partitions) {
-			sum += max(o, 0)
-		}
-		return sum == int64(n)
-	}
+	committedAll := func() bool { return inputsCommitted(t, brokers, group, ends, partitions) }
 	for deadline := time.Now().Add(4 * time.Minute); !committedAll(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			// Whose is it: what the live brokers say of the cluster.
