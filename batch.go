@@ -100,7 +100,7 @@ func (e *engine) enqueue(p *partition, rec *transport.Record) {
 	bj := &batchJob{at: now, size: len(rec.Key) + len(rec.Value)}
 	bj.rec = rec
 	bj.seq = p.tracker.addKey(rec.Offset, rec.Key, now)
-	bj.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
+	bj.ctx = handlerCtx{Context: p.hard, j: &bj.job, attempt: 1}
 	p.inflight.Add(1)
 	if name, ok := headerValue(rec.Headers, HeaderMsgType); ok {
 		if rt := e.table.lookup(rec.Topic, string(name)); rt != nil && rt.hasBatch() {

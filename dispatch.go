@@ -215,6 +215,10 @@ type job struct {
 	// ctx is the context of the record's first handler attempt, allocated
 	// with the job and never changed (a handler may keep it).
 	ctx handlerCtx
+	// wroteIn is, under exactly-once, the window (window.epoch) in which
+	// an attempt of the record last wrote into the transaction; 0: none.
+	// Under window.mu.
+	wroteIn uint64
 }
 
 // Assigned starts the partitions parts in generation gen: their state,
@@ -679,7 +683,7 @@ func (e *engine) moving(p *partition, j *job, on bool) {
 // to a goroutine.
 func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time) {
 	j := &job{rec: rec, seq: p.tracker.addKey(rec.Offset, rec.Key, fetched)}
-	j.ctx = handlerCtx{Context: p.hard, rec: rec, attempt: 1}
+	j.ctx = handlerCtx{Context: p.hard, j: j, attempt: 1}
 	p.inflight.Add(1)
 	var key []byte
 	switch e.deps.cfg.Consume.Ordering {

@@ -63,11 +63,12 @@ type window struct {
 	idle    chan struct{} // closed when running drops to 0 while the window is shut
 	health  TransactionHealth
 
-	// wrote are the records whose attempts wrote into the open
-	// transaction; doomed is set when one of them failed after writing
-	// (a transaction cannot take back a write, so the window aborts and
-	// the record comes again), with why. Under mu.
-	wrote  map[*transport.Record]bool
+	// epoch numbers the transactions (from 1): a record whose attempt
+	// wrote into the open one has job.wroteIn == epoch. doomed is set
+	// when one of them failed after writing (a transaction cannot take
+	// back a write, so the window aborts and the record comes again),
+	// with why. Under mu.
+	epoch  uint64
 	doomed error
 	// redo counts, per record, the windows its failed attempts aborted,
 	// with the last error: at Consume.Retry.MaxAttempts it is
@@ -97,7 +98,7 @@ type window struct {
 
 func newWindow(tx transport.Transactional, interval time.Duration, hooks []Hook) *window {
 	w := &window{tx: tx, interval: interval, reopen: make(chan struct{}), done: make(chan struct{}), final: make(chan struct{}),
-		wrote: map[*transport.Record]bool{}, redo: map[recID]int{}, redoErr: map[recID]error{},
+		epoch: 1, redo: map[recID]int{}, redoErr: map[recID]error{},
 		counted: map[recID]bool{}, sendFailed: map[recID]error{}}
 	w.health.State = "closed"
 	for _, h := range hooks {
@@ -215,27 +216,28 @@ func (w *window) produce(ctx context.Context, recs []*transport.Record) []error 
 		}
 		return errs
 	}
-	rec, ok := ctx.Value(ctxRecKey{}).(*transport.Record)
+	j, ok := ctx.Value(ctxRecKey{}).(*job)
 	if !ok {
 		w.produced.Add(int64(len(recs)))
 		return w.tx.Produce(ctx, recs)
 	}
-	w.send(ctx, rec, recs, nil)
+	w.send(ctx, j, recs, nil)
 	for _, r := range recs { // not known until acknowledged: the receipt says -1
 		r.Partition, r.Offset = -1, -1
 	}
 	return nil
 }
 
-// send writes recs, written by the handler of rec, into the open
+// send writes recs, written by the handler of j's record, into the open
 // transaction without waiting for their acks; after (when not nil) runs
 // with each record's outcome. A write that fails dooms the window and
 // counts a failed attempt of rec (awaitAcks).
-func (w *window) send(ctx context.Context, rec *transport.Record, recs []*transport.Record, after func(i int, partition int32, offset int64, err error)) {
+func (w *window) send(ctx context.Context, j *job, recs []*transport.Record, after func(i int, partition int32, offset int64, err error)) {
 	w.produced.Add(int64(len(recs)))
+	rec := j.rec
 	id := recID{transport.TopicPartition{Topic: rec.Topic, Partition: rec.Partition}, rec.Offset}
 	w.mu.Lock()
-	w.wrote[rec] = true
+	j.wroteIn = w.epoch
 	w.sending += len(recs)
 	w.mu.Unlock()
 	// The handler's context ends when it returns (HandlerTimeout) while its
@@ -403,7 +405,7 @@ func (e *engine) endWindow(final bool) bool {
 	w.mu.Lock()
 	doomed := w.doomed
 	w.doomed = nil
-	clear(w.wrote)
+	w.epoch++ // what was written, was written in the transaction that ends now
 	clear(w.counted)
 	w.mu.Unlock()
 	if doomed == nil && len(offsets) == 0 && w.produced.Load() == 0 && !final {
@@ -505,7 +507,7 @@ func (p *publisher) produce(ctx context.Context, recs []*transport.Record) []err
 // ends), on a goroutine of the transactional client's.
 func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Receipt, error)) {
 	w := txnOf(ctx)
-	src, ok := ctx.Value(ctxRecKey{}).(*transport.Record)
+	src, ok := ctx.Value(ctxRecKey{}).(*job)
 	if !ok || ctx.Err() != nil || k.pub.isClosed() {
 		// Not a handler's attempt, or one that ended: Publish says why.
 		r, err := k.Publish(ctx, msg)
@@ -544,12 +546,13 @@ func (k *Client) asyncDone(callback func(Receipt, error), r Receipt, err error) 
 // record wrote into the transaction, the window is doomed (its writes
 // cannot be taken back) and the error becomes permanent, so the record is
 // not retried in place: the transaction aborts and the record comes again.
-func (w *window) failed(rec *transport.Record, err error) error {
+func (w *window) failed(j *job, err error) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.wrote[rec] {
+	if j.wroteIn != w.epoch {
 		return err
 	}
+	rec := j.rec
 	if w.doomed == nil {
 		w.doomed = fmt.Errorf("kavari: a handler failed after writing into the transaction (%s/%d@%d): %w", rec.Topic, rec.Partition, rec.Offset, err)
 	}
@@ -562,11 +565,12 @@ func (w *window) failed(rec *transport.Record, err error) error {
 	return &permanentError{err: err}
 }
 
-// dooms reports whether rec's failed attempt doomed the window.
-func (w *window) dooms(rec *transport.Record) bool {
+// dooms reports whether the failed attempt of j's record doomed the
+// window.
+func (w *window) dooms(j *job) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.doomed != nil && w.wrote[rec]
+	return w.doomed != nil && j.wroteIn == w.epoch
 }
 
 // eosGaveUp dead-letters j's record, without another attempt, once its

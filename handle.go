@@ -125,7 +125,7 @@ func (e *engine) process(p *partition, j *job) {
 		if p.hard.Err() != nil {
 			return // interrupted by revoke or Stop: leave it for redelivery
 		}
-		if e.eos != nil && e.eos.dooms(j.rec) {
+		if e.eos != nil && e.eos.dooms(j) {
 			return // its failed attempt wrote into the transaction: the window aborts, the record comes again
 		}
 		herr := &HandlerError{Handler: b.name, Attempts: attempts, Err: err}
@@ -189,10 +189,10 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 			j.ctx.b = b
 			ctx = &j.ctx
 		} else {
-			ctx = &handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}
+			ctx = &handlerCtx{Context: p.hard, j: j, attempt: attempt, b: b}
 		}
 	} else {
-		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, rec: j.rec, attempt: attempt, b: b}}
+		mc = &middlewareCtx{handlerCtx: handlerCtx{Context: p.hard, j: j, attempt: attempt, b: b}}
 		ctx = mc
 	}
 	if t := e.deps.cfg.Consume.HandlerTimeout; t > 0 {
@@ -205,7 +205,7 @@ func (e *engine) invoke(p *partition, b *binding, msg any, j *job, attempt int) 
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 		if err != nil && e.eos != nil {
-			err = e.eos.failed(j.rec, err)
+			err = e.eos.failed(j, err)
 		}
 	}()
 	h, err := e.deps.resolve(b)
@@ -238,21 +238,21 @@ func (e *engine) invokeBatchOf1(p *partition, b *binding, msg any, j *job, attem
 // the Record only when a handler asks for it.
 type handlerCtx struct {
 	context.Context
-	rec     *transport.Record
+	j       *job // the record's
 	attempt int
 	b       *binding // the handler of the attempt: Record.Handler
 }
 
 func (c *handlerCtx) Value(key any) any {
 	if _, ok := key.(ctxRecKey); ok { // exactly-once: whose writes (eos.go)
-		return c.rec
+		return c.j
 	}
 	if _, ok := key.(recordKey); ok {
 		var name string
 		if c.b != nil {
 			name = c.b.name
 		}
-		return recordOf(c.rec, c.attempt, name)
+		return recordOf(c.j.rec, c.attempt, name)
 	}
 	return c.Context.Value(key)
 }
