@@ -277,11 +277,13 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	if !since.IsZero() {
 		d.log.Info("kavari: consumer group available again", "group", d.cfg.Consume.GroupID, "after", time.Since(since).Round(time.Second))
 	}
+	d.health.joined(e, gen, assigned) // clears Health.LastError
 	if names := e.dlqUnchecked; names != nil {
+		// After joined: a missing topic the check reports must not be
+		// cleared by it.
 		e.dlqUnchecked = nil
 		go d.recheckDLQ(names) // ends with runCtx
 	}
-	d.health.joined(e, gen, assigned)
 	d.log.Info("kavari: joined group", "group", d.cfg.Consume.GroupID, "generation", gen.ID, "partitions", assigned)
 	d.hooks.onAssigned(assigned)
 	if len(fresh) > 0 {
