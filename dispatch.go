@@ -152,6 +152,10 @@ type partition struct {
 	// bq queues the records for batches when the topic has a batch
 	// handler (batch.go); nil otherwise, and then lanes take every record.
 	bq *batchQueue
+	// tier: the partition is of a retry topic (Consume.RetryTopics), whose
+	// records wait until due and carry a retryState; looked up once here
+	// rather than for every record.
+	tier bool
 
 	// stuck says, by offset, why records cannot complete, when kavari knows
 	// (a dead letter that cannot be written); Health shows the first. Under mu.
@@ -241,6 +245,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		if e.batchTopics[a.Topic] {
 			p.bq = &batchQueue{busy: map[string]int{}}
 		}
+		p.tier = e.retry.isTier(a.Topic)
 		if a.Offset < 0 && a.Start >= 0 {
 			// No committed offset: the group's position is where the
 			// transport starts.

@@ -47,7 +47,10 @@ func (e *engine) process(p *partition, j *job) {
 			e.deps.running.give()
 		}
 	}()
-	rs := e.retry.stateOf(j.rec) // nil unless the record is in a retry topic
+	var rs *retryState // nil unless the record is in a retry topic
+	if p.tier {
+		rs = e.retry.stateOf(j.rec)
+	}
 	rt, msg, err := e.table.decodeOn(j.rec, rs.topic(j.rec))
 	if err != nil {
 		var de *DecodeError

@@ -112,6 +112,15 @@ type retryState struct {
 	history   string   // HeaderRetryHistory
 }
 
+// isTier says whether topic is a retry tier's topic.
+func (r *retryTiers) isTier(topic string) bool {
+	if r == nil {
+		return false
+	}
+	_, ok := r.tiers[topic]
+	return ok
+}
+
 // stateOf returns rec's retry state: nil when rec is not in a tier topic.
 // Headers that are missing or garbled (a record written to a tier topic by
 // something else) take what rec itself says.
@@ -237,13 +246,10 @@ const dueLead = time.Second
 // first (revoke, loss, Stop): rec was not dispatched, so it is not
 // committed and is delivered again.
 func (e *engine) awaitDue(p *partition, rec *transport.Record) bool {
+	if !p.tier {
+		return true
+	}
 	r := e.retry
-	if r == nil {
-		return true
-	}
-	if _, ok := r.tiers[rec.Topic]; !ok {
-		return true
-	}
 	due, ok := retryDue(rec)
 	if !ok {
 		return true
