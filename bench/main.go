@@ -94,7 +94,7 @@ func main() {
 	flag.IntVar(&o.ioN, "io-n", 100_000, "messages of the 1 ms I/O handler workload (io1ms/...)")
 	flag.IntVar(&o.eosN, "eos-n", 300_000, "inputs of the exactly-once consume → publish workloads (eos/...)")
 	flag.IntVar(&o.ioInFlight, "io-max-in-flight", 256, "kavari MaxInFlight of the 1 ms I/O handler workload (kavari's default; the ceiling is it ÷ 1 ms)")
-	flag.IntVar(&o.retryN, "retry-n", 200_000, "messages of each retry workload's backlog (retry/...; 1 % fail once)")
+	flag.IntVar(&o.retryN, "retry-n", 1_000_000, "messages of each retry workload's backlog (retry/...; 1 % fail once)")
 	flag.IntVar(&o.retryRate, "retry-rate", 1000, "rate of each retry workload's paced phase, messages per second (for -e2e-duration)")
 	flag.IntVar(&o.rssN, "rss-n", 200_000, "messages published and consumed by the RSS run without -long")
 	flag.IntVar(&o.rssSize, "rss-size", 1024, "message size of the RSS run, bytes")
