@@ -372,7 +372,11 @@ func setKgoRecord(kr *kgo.Record, r *transport.Record) {
 // kgo fails an idempotent record only when it knows the record was not
 // written (never sent, or answered), so MayHaveBeenWritten is false except
 // when the client was closed under it.
-func (p *producer) classify(err error) error {
+func (p *producer) classify(err error) error { return classifyProduce(err, p.autoCreate) }
+
+// classifyProduce is producer.classify for a client that creates unknown
+// topics when autoCreate.
+func classifyProduce(err error, autoCreate bool) error {
 	pe := &transport.ProduceError{Kind: transport.Retriable, Err: fmt.Errorf("kavari: franz producer: %w", err)}
 	var ke *kerr.Error
 	switch {
@@ -383,7 +387,7 @@ func (p *producer) classify(err error) error {
 	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
 		pe.Kind = transport.TooLarge
 	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
-		if !p.autoCreate {
+		if !autoCreate {
 			pe.Kind = transport.UnknownTopic
 		}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),

@@ -293,7 +293,7 @@ func fetchCommitted(ctx context.Context, cl *kgo.Client, group string, tps []tra
 // Produce writes recs in the open transaction.
 func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []error {
 	s, err := c.session()
-	classify := (&producer{autoCreate: c.cfg.AllowAutoCreate}).classify
+	autoCreate := c.cfg.AllowAutoCreate
 	errs := make([]error, len(recs))
 	if err != nil {
 		for i := range errs {
@@ -310,7 +310,7 @@ func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	failed := false
 	for i, res := range s.ProduceSync(ctx, krs...) {
 		if res.Err != nil {
-			errs[i], failed = classify(res.Err), true
+			errs[i], failed = classifyProduce(res.Err, autoCreate), true
 			continue
 		}
 		recs[i].Partition, recs[i].Offset = res.Record.Partition, res.Record.Offset
@@ -331,13 +331,13 @@ func (c *consumer) Send(ctx context.Context, recs []*transport.Record, done func
 		}
 		return
 	}
-	classify := (&producer{autoCreate: c.cfg.AllowAutoCreate}).classify
+	autoCreate := c.cfg.AllowAutoCreate
 	kv := make([]kgo.Record, len(recs)) // one allocation for the records
 	for i, r := range recs {
 		setKgoRecord(&kv[i], r)
 		s.Produce(ctx, &kv[i], func(kr *kgo.Record, err error) {
 			if err != nil {
-				done(i, -1, -1, classify(err))
+				done(i, -1, -1, classifyProduce(err, autoCreate))
 				return
 			}
 			done(i, kr.Partition, kr.Offset, nil)
