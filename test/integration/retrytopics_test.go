@@ -474,12 +474,7 @@ func TestRetryTopicsBatchHandlerOnBroker(t *testing.T) {
 // create topics on demand, and returns its address.
 func noAutoCreateNode(t *testing.T) []string {
 	t.Helper()
-	if os.Getenv(kafkaproc.EnvLib) == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s is not set: run through scripts/test.sh", kafkaproc.EnvLib)
-		}
-		t.Skipf("%s is not set: this test starts its own Kafka node; run through scripts/test.sh", kafkaproc.EnvLib)
-	}
+	requireKafkaLib(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := kafkaproc.Start(ctx, kafkaproc.Options{Nodes: 1, Dir: t.TempDir(), Logf: t.Logf,
@@ -491,4 +486,16 @@ func noAutoCreateNode(t *testing.T) []string {
 		}
 	})
 	return c.Brokers()
+}
+
+// requireKafkaLib skips t (fails it with CI=true) unless the Kafka jars are
+// available to start a node of its own (scripts/test.sh exports them).
+func requireKafkaLib(t *testing.T) {
+	t.Helper()
+	if os.Getenv(kafkaproc.EnvLib) == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %s is not set: run through scripts/test.sh", kafkaproc.EnvLib)
+		}
+		t.Skipf("%s is not set: this test starts its own Kafka node; run through scripts/test.sh", kafkaproc.EnvLib)
+	}
 }

@@ -45,12 +45,7 @@ type secEvent struct {
 // an untrusted CA are clear errors that are not retried.
 func TestSecurity(t *testing.T) {
 	testenv.RequireReal(t)
-	if os.Getenv(kafkaproc.EnvLib) == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s is not set: run through scripts/test.sh", kafkaproc.EnvLib)
-		}
-		t.Skipf("%s is not set: this test starts its own Kafka node; run through scripts/test.sh", kafkaproc.EnvLib)
-	}
+	requireKafkaLib(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	begin := time.Now()
