@@ -265,7 +265,17 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 		e.parts[a.TopicPartition] = p
 		started = append(started, p)
 	}
-	share := partitionShare(d.cfg.Consume.MaxBuffered, d.cfg.Consume.MaxInFlight, len(e.parts))
+	// The share is split among the main topics' partitions only: a retry
+	// tier's partition holds a small part of the traffic (the records that
+	// failed), and counting it would cut every main partition's share
+	// (3 partitions and 3 tiers: 256 open records each instead of 341).
+	main := 0
+	for _, p := range e.parts {
+		if !p.tier {
+			main++
+		}
+	}
+	share := partitionShare(d.cfg.Consume.MaxBuffered, d.cfg.Consume.MaxInFlight, main)
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
 		if e.retry != nil {

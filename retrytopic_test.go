@@ -962,17 +962,18 @@ func TestRetryTopicsBatchPendingMoveHoldsNothing(t *testing.T) {
 func TestRetryTopicsPendingMoveLeavesTheWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := rtBroker(1)
-		const n = 30
-		// 4 partitions (the main one, 3 tiers): a share of 4 open records
-		// each, 16 while a record moves.
-		k, healthy, release := pendingMove(t, b, "g-rtwin", n, 4, 16, false)
-		waitFor(t, "15 records after the moving one handled", func() bool { return healthy.Load() >= 15 })
+		const n = 40
+		// One main partition: its share is all of MaxBuffered, 8 open
+		// records (the tiers' 3 partitions do not divide it: counted, they
+		// would make it 4), 32 while a record moves.
+		k, healthy, release := pendingMove(t, b, "g-rtwin", n, 4, 8, false)
+		waitFor(t, "31 records after the moving one handled", func() bool { return healthy.Load() >= 31 })
 		synctest.Wait()
-		assert.EqualValues(t, 15, healthy.Load(), "the partition runs four shares (16 open records) ahead of its commits, no further")
+		assert.EqualValues(t, 31, healthy.Load(), "the partition runs four shares (32 open records) ahead of its commits, no further")
 		h := k.Health()
 		for _, ph := range h.Partitions {
 			if ph.Topic == "eng" {
-				assert.Equal(t, 16, ph.Open, "open records: the moving one and the 15 after it")
+				assert.Equal(t, 32, ph.Open, "open records: the moving one and the 31 after it")
 			}
 		}
 		commitsOnceReleased(t, b, k, "g-rtwin", n, release)
