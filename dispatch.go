@@ -180,9 +180,11 @@ type partition struct {
 	// fetching the partition. Under mu. Pending is bounded by the share
 	// plus one delivery: at the share, the transport is asked to pause the
 	// partition, or, when it waits for backlogs
-	// (Capabilities.WaitsForBacklog), it is given backlog (Backlog) and
-	// delivers nothing more to anyone until the feeder took pending down
-	// to half the share (or paused the partition, or ended).
+	// (Capabilities.WaitsForBacklog), it is given backlog (Backlog) and,
+	// once it delivered what its client had already fetched (kgo: one
+	// fetch), delivers nothing more to anyone until the feeder took
+	// pending down to half the share (or paused the partition, or ended);
+	// there pending is bounded by the share plus one fetch.
 	pending []*transport.Record
 	// fetched says when the pending records were delivered: each entry
 	// covers the pending records up to its offset (one clock read per

@@ -132,8 +132,8 @@ type Capabilities struct {
 	CommitMetadata        bool // Commit stores Offset.Metadata and Assigned returns it
 	// WaitsForBacklog: after each delivery the consumer asks the handler
 	// (a Backlogger) whether the partitions it delivered to have enough
-	// queued and, if so, takes no more records from its client until they
-	// drained. The engine then pauses a partition only when its feeder
+	// queued and, if so, takes no more records from its client, beyond
+	// what the client had already fetched, until they drained. The engine then pauses a partition only when its feeder
 	// waits for room, not whenever its queue is full: pausing makes some
 	// clients (kgo) drop what they fetched for it, which is fetched again.
 	WaitsForBacklog bool
@@ -275,7 +275,8 @@ type GroupHandler interface {
 // Backlogger is a GroupHandler that queues what Records delivers. A
 // consumer whose Capabilities have WaitsForBacklog calls Backlog for each
 // partition it delivered records to, and before it takes more records from
-// its client waits until every channel returned is closed (or it stops).
+// its client than the client held fetched when the first channel was
+// returned, waits until every channel returned is closed (or it stops).
 // Backlog returns nil when the partition may take more now. The handler
 // closes the channel once the partition's queue drained enough, its
 // fetching was paused, or the partition was revoked or lost, so a partition

@@ -69,6 +69,9 @@ func RunWith(t *testing.T, tr transport.Adapter, brokers []string, o Options) {
 	if s.caps.StaticMembership {
 		t.Run("StaticRejoin", s.testStaticRejoin)
 	}
+	if s.caps.WaitsForBacklog {
+		t.Run("BacklogLeavesFetchedRecords", s.testBacklogLeavesFetched)
+	}
 	if s.caps.HeartbeatsDuringDrain {
 		t.Run("DrainBeyondSession", s.testDrainBeyondSession)
 		t.Run("CloseDrainBeyondSession", s.testCloseDrainBeyondSession)
@@ -600,6 +603,77 @@ func (s *suite) testPauseResume(t *testing.T) {
 	}
 	m.c.Resume(tp0)
 	waitFor(t, "partition 0 delivers after Resume", func() bool { return len(m.h.records(tp0)) == 2 })
+}
+
+// testBacklogLeavesFetchedRecords: a partition whose queue is full (its
+// Backlog channel stays open) holds back none of the records the client had
+// already fetched for the other partitions: with 600 records on each of two
+// partitions (more than one poll of the franz adapter) fetched together,
+// the partition delivered to first is held, and the other still gets all
+// of its records.
+func (s *suite) testBacklogLeavesFetched(t *testing.T) {
+	topic := s.topic(t, 2)
+	const n = 600
+	var recs []*transport.Record
+	for range n {
+		for part := range 2 {
+			recs = append(recs, &transport.Record{Topic: topic, Key: KeyFor(transport.Murmur2, part, 2), Value: []byte("queued")})
+		}
+	}
+	produce(t, s.producer(t, s.cfg()), recs...)
+	cfg := s.cfg()
+	cfg.GroupID, cfg.Topics = testenv.ID("conf-g"), []string{topic}
+	c, err := s.tr.NewConsumer(cfg)
+	if err != nil {
+		t.Fatalf("NewConsumer: %v", err)
+	}
+	h := &backlogHolder{Recorder: NewRecorder(), hold: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background(), h) }()
+	defer func() {
+		close(h.hold)
+		if err := c.Close(ctxT(t)); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, "a partition's backlog held", func() bool { _, ok := h.held(); return ok })
+	first, _ := h.held()
+	other := transport.TopicPartition{Topic: topic, Partition: 1 - first.Partition}
+	waitFor(t, "the other partition's records, fetched with the held one's, delivered", func() bool { return len(h.records(other)) == n })
+}
+
+// backlogHolder is a Recorder and Backlogger whose first partition asked
+// for has a backlog until hold is closed; the others never have one.
+type backlogHolder struct {
+	*Recorder
+	hold chan struct{}
+
+	mu    sync.Mutex
+	first *transport.TopicPartition
+}
+
+func (b *backlogHolder) Backlog(tp transport.TopicPartition) <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.first == nil {
+		b.first = &tp
+	}
+	if *b.first == tp {
+		return b.hold
+	}
+	return nil
+}
+
+func (b *backlogHolder) held() (transport.TopicPartition, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.first == nil {
+		return transport.TopicPartition{}, false
+	}
+	return *b.first, true
 }
 
 func (s *suite) testCloseLeaves(t *testing.T) {
