@@ -178,13 +178,13 @@ type partition struct {
 	// pending holds the records the transport delivered that the feeder has
 	// not dispatched yet; paused says the transport was asked to stop
 	// fetching the partition. Under mu. Pending is bounded by the share
-	// plus one delivery: at the share, the transport is asked to pause the
-	// partition, or, when it waits for backlogs
-	// (Capabilities.WaitsForBacklog), it is given backlog (Backlog) and,
-	// once it delivered what its client had already fetched (kgo: one
-	// fetch), delivers nothing more to anyone until the feeder took
-	// pending down to half the share (or paused the partition, or ended);
-	// there pending is bounded by the share plus one fetch.
+	// plus one delivery (with WaitsForBacklog, plus one fetch): at the
+	// share, the transport is asked to pause the partition, or, when it
+	// waits for backlogs (Capabilities.WaitsForBacklog), it is given
+	// backlog (Backlog) and, once it delivered what its client had
+	// already fetched (kgo: one fetch per broker), delivers nothing more
+	// to anyone until the feeder took pending down to half the share (or
+	// paused the partition, or ended).
 	pending []*transport.Record
 	// fetched says when the pending records were delivered: each entry
 	// covers the pending records up to its offset (one clock read per

@@ -133,9 +133,10 @@ type Capabilities struct {
 	// WaitsForBacklog: after each delivery the consumer asks the handler
 	// (a Backlogger) whether the partitions it delivered to have enough
 	// queued and, if so, takes no more records from its client, beyond
-	// what the client had already fetched, until they drained. The engine then pauses a partition only when its feeder
-	// waits for room, not whenever its queue is full: pausing makes some
-	// clients (kgo) drop what they fetched for it, which is fetched again.
+	// what the client had already fetched, until they drained. The engine
+	// then pauses a partition only when its feeder waits for room, not
+	// whenever its queue is full: pausing makes some clients (kgo) drop
+	// what they fetched for it, which is fetched again.
 	WaitsForBacklog bool
 	// ReadCommitted: the consumer honours Config.ReadCommitted, never
 	// delivering a record of an aborted transaction (nor a transaction
