@@ -2,6 +2,7 @@ package kavari_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -89,4 +90,56 @@ func TestEngineBacklogStuckKeyDoesNotStallOtherPartitions(t *testing.T) {
 		defer cancel()
 		_ = k.Stop(ctx)
 	})
+}
+
+// A slow key (not a stuck one) on partition 0: its records take 20 ms each,
+// one in four of the partition's, so the window's head frees room a few
+// records at a time, each time within stallPause, and the feeder never
+// waited stallPause at once. Partition 1's records, handled at once, must
+// not wait at the slow key's pace. Before, partition 0's backlog held the
+// transport back until the feeder took its pending records down to half
+// the share: partition 1 finished when the slow key had 16 of its 100
+// records left (1.68 s of 2 s); with a transport that pauses instead, and
+// now with one that waits for backlogs, it finishes while the slow key has
+// most of them left.
+func TestEngineBacklogSlowKeyDoesNotThrottleOtherPartitions(t *testing.T) {
+	for _, caps := range []transport.Capabilities{{}, {WaitsForBacklog: true}} {
+		t.Run(fmt.Sprintf("WaitsForBacklog=%v", caps.WaitsForBacklog), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(2)
+				const slowN, healthy = 100, 4000
+				for n := range 4 * slowN {
+					key := "k" + strconv.Itoa(n)
+					if n%4 == 0 {
+						key = "slow"
+					}
+					b.Append(engRecord(0, key, n))
+				}
+				for n := range healthy {
+					b.Append(engRecord(1, "k"+strconv.Itoa(n), n))
+				}
+				var slow, others, slowAtOthersDone atomic.Int64
+				k := memKavari(t, b, caps, "g", func(ctx context.Context, m *engMsg) error {
+					if m.Key == "slow" {
+						time.Sleep(20 * time.Millisecond)
+						slow.Add(1)
+						return nil
+					}
+					if r, _ := kavari.RecordFromContext(ctx); r.Partition == 1 && others.Add(1) == healthy {
+						slowAtOthersDone.Store(slow.Load())
+					}
+					return nil
+				}, func(c *kavari.Config) { c.Consume.MaxInFlight, c.Consume.MaxBuffered = 16, 64 })
+				require.NoError(t, k.Start(context.Background()))
+				time.Sleep(10 * time.Second)
+				synctest.Wait()
+				require.Equal(t, int64(healthy), others.Load())
+				require.Equal(t, int64(slowN), slow.Load())
+				assert.Less(t, slowAtOthersDone.Load(), int64(slowN/2), "slow-key records handled when partition 1 was done")
+				assert.Equal(t, int64(4*slowN), memCommitted(b, "g", 0))
+				assert.Equal(t, int64(healthy), memCommitted(b, "g", 1))
+				require.NoError(t, stopNow(t, k))
+			})
+		})
+	}
 }

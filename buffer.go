@@ -199,7 +199,8 @@ func (e *engine) pause(p *partition) {
 }
 
 // stallPause is how long a feeder waits for room before its partition is
-// paused, when the transport waits for backlogs (WaitsForBacklog).
+// paused, when the transport waits for backlogs (WaitsForBacklog), and how
+// long a partition's backlog may hold the transport back (pauseBacklog).
 const stallPause = 100 * time.Millisecond
 
 // hasRoom reports whether p may open a record now without waiting.

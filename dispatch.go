@@ -184,7 +184,8 @@ type partition struct {
 	// backlog (Backlog) and, once it delivered what its client had
 	// already fetched (kgo: one fetch per broker), delivers nothing more
 	// to anyone until the feeder took pending down to half the share (or
-	// paused the partition, or ended).
+	// paused the partition, or ended), for at most stallPause: then the
+	// partition is paused (pauseBacklog).
 	pending []*transport.Record
 	// fetched says when the pending records were delivered: each entry
 	// covers the pending records up to its offset (one clock read per
@@ -442,6 +443,8 @@ func (e *engine) Records(tp transport.TopicPartition, recs []*transport.Record, 
 			e.cons.Pause(tp)
 		case p.backlog == nil && p.fetch.Err() == nil: // an ended feeder clears no more
 			p.backlog = make(chan struct{})
+			ch := p.backlog
+			time.AfterFunc(stallPause, func() { e.pauseBacklog(p, ch) })
 		}
 	}
 	p.mu.Unlock()
@@ -467,6 +470,28 @@ func (e *engine) Backlog(tp transport.TopicPartition) <-chan struct{} {
 		return nil // a nil chan stays nil in the interface's result
 	}
 	return p.backlog
+}
+
+// pauseBacklog pauses partition p if its backlog ch still stands: a
+// backlog holds the transport back, every partition of it, for at most
+// stallPause. Its feeder may not drain it sooner: a slow key at the head of
+// the window frees room a few records at a time, each within stallPause
+// of the last, and the feeder's own stall (waitRoomStall) never fires. The
+// others' records would wait at the slow key's pace. Pausing makes the
+// client drop what it fetched for p, fetched again on resume. Under p.mu,
+// so it happens before the feeder's end (which clears the backlog) and so
+// before a revoke lets the transport unpause p.
+func (e *engine) pauseBacklog(p *partition, ch chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backlog != ch {
+		return // drained, paused or ended meanwhile
+	}
+	p.clearBacklogLocked()
+	if !p.paused {
+		p.paused = true
+		e.cons.Pause(p.tp)
+	}
 }
 
 // clearBacklogLocked lets the transport deliver again; under p.mu.
