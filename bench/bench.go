@@ -142,6 +142,9 @@ func (r *result) oneLine() string {
 	case r.IO != nil:
 		return fmt.Sprintf("%.0f msg/s, ceiling %.0f msg/s (%.2fx; %.0f msg/s with the measured mean sleep %.3f ms), peak concurrency %d, RSS %.1f MiB",
 			r.MsgsPerSec, r.IO.Ceiling, r.MsgsPerSec/r.IO.Ceiling, r.IO.SleptCeiling, r.IO.MeanSleptMs, r.IO.MaxConcurrent, r.PeakRSSMiB)
+	case r.SlowKey != nil:
+		return fmt.Sprintf("the other partitions %.0f msg/s, %d of the slow key's %d records done when they were, RSS %.1f MiB",
+			r.MsgsPerSec, r.SlowKey.SlowDone, r.SlowKey.SlowTotal, r.PeakRSSMiB)
 	case r.RSS != nil:
 		return fmt.Sprintf("RSS reference %.1f MiB, final %.1f MiB, flat %v", r.RSS.ReferenceMiB, r.RSS.FinalMiB, r.RSS.Flat)
 	}
@@ -160,6 +163,7 @@ func (b *bench) all() {
 	b.otel()
 	b.idle()
 	b.io()
+	b.slowKey()
 	b.bulk()
 	b.latency()
 	b.eos()

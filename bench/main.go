@@ -59,6 +59,7 @@ type options struct {
 	reps        int
 	pcInFlight  int
 	ioN         int
+	slowKeyN    int
 	eosN        int
 	ioInFlight  int
 	retryN      int
@@ -75,7 +76,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", os.Getenv(kafkaproc.EnvBrokers), "bootstrap brokers host:port,...; empty starts one Apache Kafka broker (env KAVARI_BROKERS)")
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write, relative to the repository root unless absolute; empty writes none")
-	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., retry/..., parallel/..., outbox/..., rss, python/..., micro)")
+	flag.StringVar(&o.only, "only", "", "run only workloads whose id matches this regexp (ids: publish/..., consume/... (with +batch and +batch+poison: batch handlers), scale/..., idle/..., io1ms/..., slowkey/..., bulk2ms/..., e2e/..., eos/..., eos-e2e/..., retry/..., parallel/..., outbox/..., rss, python/..., micro)")
 	flag.StringVar(&o.pgDSN, "pg-dsn", os.Getenv(pgproc.EnvDSN), "PostgreSQL of the outbox/ workloads (a postgres:// DSN); empty starts one (env KAVARI_PG_DSN)")
 	flag.BoolVar(&o.long, "long", false, "RSS check over 1,000,000 messages instead of -rss-n")
 	flag.BoolVar(&o.skipPython, "skip-python", false, "skip the Python kavari runs (and the venv creation)")
@@ -92,6 +93,7 @@ func main() {
 	flag.IntVar(&o.pcMessages, "pc-n", 10_000, "messages of the parallel-consumer workload")
 	flag.IntVar(&o.pcInFlight, "pc-max-in-flight", 100, "kavari MaxInFlight of the parallel-consumer workload (its concurrency; the floor divides by it)")
 	flag.IntVar(&o.ioN, "io-n", 100_000, "messages of the 1 ms I/O handler workload (io1ms/...)")
+	flag.IntVar(&o.slowKeyN, "slowkey-n", 400_000, "messages of the slow-key workload (slowkey/...)")
 	flag.IntVar(&o.eosN, "eos-n", 300_000, "inputs of the exactly-once consume → publish workloads (eos/...)")
 	flag.IntVar(&o.ioInFlight, "io-max-in-flight", 256, "kavari MaxInFlight of the 1 ms I/O handler workload (kavari's default; the ceiling is it ÷ 1 ms)")
 	flag.IntVar(&o.retryN, "retry-n", 1_000_000, "messages of each retry workload's backlog (retry/...; 1 % fail once)")

@@ -193,6 +193,7 @@ func (r *report) evaluate() {
 	}
 	r.evaluateConsumeCost(add)
 	r.evaluateScale(add)
+	r.evaluateSlowKey(add)
 	r.evaluateBatch(add)
 	r.evaluateOtel(add)
 	r.evaluateEOS(add)
@@ -618,6 +619,7 @@ func (r *report) body() string {
 	w("`Struct` on it, the validator configured as kavari's (required structs enabled, JSON field names): the work kavari does\n")
 	w("before its handler, without its dispatch, ordering and commit tracking. The target compares kavari with these rows.\n\n")
 	r.writeScale(w)
+	r.writeSlowKey(w)
 	r.writeBatch(w)
 	r.writeOtel(w)
 	r.writeEOS(w)

@@ -177,3 +177,21 @@ func TestRetryTargetsDivideByTheCleanRun(t *testing.T) {
 		t.Fatalf("no retry row in the report:\n%s", md)
 	}
 }
+
+func TestSlowKeyTargetDividesByTheCleanRun(t *testing.T) {
+	r := testReport(t, map[string]float64{
+		"slowkey/kavari/clean":       100,
+		"slowkey/kavari/slow":        79,
+		"slowkey/kavari-franz/clean": 100,
+	})
+	r.res["slowkey/kavari/slow"].SlowKey = &slowKeyStats{SlowDone: 7, SlowTotal: 2000}
+	if x := targetOf(t, r, "kavari on kafka-go: the other partitions' rate with one slow key"); x.Status != "**missed**" || !strings.HasSuffix(x.Measured, "= 0.79×") {
+		t.Fatalf("kafka-go: got %q %s", x.Measured, x.Status)
+	}
+	if x := targetOf(t, r, "kavari on franz-go: the other partitions' rate with one slow key"); x.Status != notMeasured {
+		t.Fatalf("franz-go: got %q %s", x.Measured, x.Status)
+	}
+	if md := r.markdown(); !strings.Contains(md, "| 0.79× | 7 of 2000 | **missed** |") {
+		t.Errorf("slow-key section lacks the kafka-go row:\n%s", md)
+	}
+}

@@ -37,9 +37,11 @@ type spec struct {
 	Group       string        `json:"group"`
 	Rate        int           `json:"rate"` // e2e: messages per second
 	Duration    time.Duration `json:"duration"`
-	Keys        int           `json:"keys"`              // parallel, scale, io: distinct keys
-	MaxInFlight int           `json:"max_in_flight"`     // parallel, io
-	Profile     string        `json:"profile,omitempty"` // CPU profile file
+	Keys        int           `json:"keys"`          // parallel, scale, io: distinct keys
+	MaxInFlight int           `json:"max_in_flight"` // parallel, io
+	// SlowPartition is the slow key's partition (slowkey).
+	SlowPartition int    `json:"slow_partition,omitempty"`
+	Profile       string `json:"profile,omitempty"` // CPU profile file
 }
 
 // result is what a worker measured.
@@ -78,6 +80,7 @@ type result struct {
 	Bulk        *bulkStats     `json:"bulk,omitempty"`
 	Outbox      *outboxStats   `json:"outbox,omitempty"`
 	Retry       *retryStats    `json:"retry,omitempty"`
+	SlowKey     *slowKeyStats  `json:"slow_key,omitempty"`
 	// GoVersion is runtime.Version() of the worker that measured this.
 	GoVersion string `json:"go_version"`
 	Note      string `json:"note,omitempty"`
@@ -184,6 +187,8 @@ func workerMain(specJSON string) int {
 		res, err = runOutbox(ctx, &s)
 	case "retry":
 		res, err = runRetry(ctx, &s)
+	case "slowkey":
+		res, err = runSlowKey(ctx, &s)
 	default:
 		err = fmt.Errorf("unknown workload %q", s.Workload)
 	}
