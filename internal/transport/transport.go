@@ -134,9 +134,10 @@ type Capabilities struct {
 	// (a Backlogger) whether the partitions it delivered to have enough
 	// queued and, if so, takes no more records from its client, beyond
 	// what the client had already fetched, until they drained. The engine
-	// then pauses a partition only when its feeder waits for room, not
-	// whenever its queue is full: pausing makes some clients (kgo) drop
-	// what they fetched for it, which is fetched again.
+	// then pauses a partition only when its feeder waits for room or its
+	// backlog has stood 100 ms, not whenever its queue is full: pausing
+	// makes some clients (kgo) drop what they fetched for it, which is
+	// fetched again.
 	WaitsForBacklog bool
 	// ReadCommitted: the consumer honours Config.ReadCommitted, never
 	// delivering a record of an aborted transaction (nor a transaction
@@ -281,7 +282,7 @@ type GroupHandler interface {
 // Backlog returns nil when the partition may take more now. The handler
 // closes the channel once the partition's queue drained enough, its
 // fetching was paused, or the partition was revoked or lost, so a partition
-// whose handlers are stuck never holds up the others for long.
+// whose handlers are stuck or slow never holds up the others for long.
 type Backlogger interface {
 	Backlog(tp TopicPartition) <-chan struct{}
 }
