@@ -76,6 +76,9 @@ type Relay struct {
 	// tests, runs after a batch's mark committed and before it is counted.
 	beforeMark func(ids []int64) bool
 	afterMark  func()
+
+	// claimSQL[n] is claimDelete for n shards (PostgreSQL).
+	claimSQL []string
 }
 
 // NewRelay returns a relay of o's rows in db. Run starts it.
@@ -107,8 +110,18 @@ func (o *Outbox) NewRelay(db *sql.DB, cfg RelayConfig) *Relay {
 	if cfg.ID == "" {
 		cfg.ID = "relay-" + strconv.FormatUint(rand.Uint64(), 36)
 	}
-	return &Relay{o: o, db: db, cfg: cfg, log: cfg.Logger}
+	r := &Relay{o: o, db: db, cfg: cfg, log: cfg.Logger}
+	if o.d == Postgres {
+		r.claimSQL = make([]string, r.perClaim()+1)
+		for n := 1; n < len(r.claimSQL); n++ {
+			r.claimSQL[n] = claimDelete(o.table, n)
+		}
+	}
+	return r
 }
+
+// perClaim is the most shards a worker claims at once.
+func (r *Relay) perClaim() int { return max(1, Shards/r.cfg.Workers) }
 
 // errCrashed ends Run when a test's beforeMark abandoned a batch.
 var errCrashed = errors.New("outbox: relay abandoned a batch (test crash)")
@@ -497,7 +510,7 @@ func inList(shards []int) string {
 // BatchSize rows in id order (a prefix of each shard's rows). It returns a
 // nil claim when it found no such shard.
 func (r *Relay) claim(ctx context.Context, start int) (claim, []row, error) {
-	per := max(1, Shards/r.cfg.Workers)
+	per := r.perClaim()
 	t := r.o.table
 	if r.o.d == Postgres {
 		// Not ctx: database/sql rolls a transaction back when the context
@@ -517,14 +530,11 @@ LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
 		}
 		// A statement of its own: its snapshot, taken once the locks are
 		// held, sees the deletions of the batch that held them before (in
-		// the claim's snapshot they may still be rows). Its text is fixed
-		// (the shards are one parameter, an array literal), so drivers
-		// that cache prepared statements prepare it once per connection.
-		// The rows are deleted here, in the claim's transaction, which
-		// saves a statement per batch: finish puts back those neither
+		// the claim's snapshot they may still be rows). The rows are
+		// deleted here, in the claim's transaction, which saves a
+		// statement per batch: finish puts back those neither
 		// acknowledged nor parked and commits; abort rolls back.
-		rows, err := scanRows(tx.QueryContext(ctx, `DELETE FROM `+t+` WHERE id IN (SELECT id FROM `+t+` WHERE shard = ANY($1::text::int[]) ORDER BY id LIMIT $2) RETURNING `+rowColumns,
-			"{"+inList(shards)+"}", r.cfg.BatchSize))
+		rows, err := scanRows(tx.QueryContext(ctx, r.claimSQL[len(shards)], claimArgs(shards, r.cfg.BatchSize)...))
 		if err != nil || len(rows) == 0 {
 			_ = tx.Rollback()
 			return nil, nil, err
@@ -548,6 +558,38 @@ RETURNING shard`, r.cfg.ID, now+r.cfg.Lease.Milliseconds(), now, start, per))
 		return nil, nil, err
 	}
 	return c, rows, nil
+}
+
+// claimDelete is the PostgreSQL statement that deletes and returns the
+// first BatchSize rows, in id order, of n shards (parameters $1..$n, then
+// the limit: claimArgs). Each shard's rows are read apart, from the
+// (shard, id) index in order and no further than the limit, then merged:
+// one scan of the primary key filtered by shard, or of the index and a
+// sort, reads every row of the shards up to the batch's last and the
+// deleted ones a concurrent claim left in the index. Its text depends on
+// n only (at most Shards/Workers), so drivers that cache prepared
+// statements prepare it once per connection and n.
+func claimDelete(table string, n int) string {
+	lim := "$" + strconv.Itoa(n+1)
+	var q strings.Builder
+	q.WriteString(`DELETE FROM ` + table + ` WHERE id IN (SELECT id FROM (`)
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			q.WriteString(` UNION ALL `)
+		}
+		q.WriteString(`(SELECT id FROM ` + table + ` WHERE shard = $` + strconv.Itoa(i) + `::integer ORDER BY id LIMIT ` + lim + `::bigint)`)
+	}
+	q.WriteString(`) first ORDER BY id LIMIT ` + lim + `::bigint) RETURNING ` + rowColumns)
+	return q.String()
+}
+
+// claimArgs are claimDelete's arguments.
+func claimArgs(shards []int, limit int) []any {
+	args := make([]any, 0, len(shards)+1)
+	for _, s := range shards {
+		args = append(args, s)
+	}
+	return append(args, limit)
 }
 
 // scanInts reads one integer column.
