@@ -80,6 +80,46 @@ func TestHeadersColumn(t *testing.T) {
 	}
 }
 
+// kavariHeaders are the headers of a message kavari encodes.
+var kavariHeaders = []kavari.Header{
+	{Key: kavari.HeaderMsgType, Value: []byte("OrderPlaced")},
+	{Key: kavari.HeaderSpecVersion, Value: []byte("1.0")},
+	{Key: kavari.HeaderID, Value: []byte("0190c0de-0000-7000-8000-000000000001")},
+	{Key: kavari.HeaderType, Value: []byte("OrderPlaced")},
+	{Key: kavari.HeaderSource, Value: []byte("kavari-go")},
+	{Key: kavari.HeaderTime, Value: []byte("2026-12-07T13:00:00.000Z")},
+	{Key: kavari.HeaderContentType, Value: []byte("application/json")},
+	{Key: "tenant", Value: []byte("t1")},
+}
+
+// A row's headers are read in two allocations (the slice and the values'
+// bytes), with kavari's own header names not copied: the relay reads
+// them for every row.
+func TestParseHeadersAllocations(t *testing.T) {
+	col := appendHeaders(nil, kavariHeaders)
+	// The one header kavari does not write costs its name's copy.
+	if n := testing.AllocsPerRun(100, func() { _, _ = parseHeaders(col) }); n > 3 {
+		t.Fatalf("parseHeaders: %v allocations for %d headers, want at most 3", n, len(kavariHeaders))
+	}
+}
+
+// The values read from one column share their bytes, but appending to one
+// never changes another.
+func TestParseHeadersValuesAreApart(t *testing.T) {
+	hs, err := parseHeaders(appendHeaders(nil, kavariHeaders))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range hs {
+		hs[i].Value = append(hs[i].Value, "!!!!"...)
+	}
+	for i, h := range hs {
+		if want := string(kavariHeaders[i].Value) + "!!!!"; string(h.Value) != want {
+			t.Fatalf("header %s: %q, want %q", h.Key, h.Value, want)
+		}
+	}
+}
+
 func FuzzHeadersColumn(f *testing.F) {
 	f.Add([]byte(`[{"k":"ce_id","v":"eA=="},{"k":"n","v":null}]`))
 	f.Add([]byte(`[{"k":"a","v":""}]`))

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/kavari-go/kavari"
 )
@@ -459,18 +460,31 @@ func decodeRow(rw row) (kavari.Encoded, error) {
 	if !rw.headers.Valid {
 		return kavari.Encoded{}, errors.New("no headers")
 	}
-	hs, err := parseHeaders([]byte(rw.headers.String))
+	// parseHeaders only reads its argument (the values it returns are
+	// its own bytes), so the column is not copied.
+	hs, err := parseHeaders(unsafe.Slice(unsafe.StringData(rw.headers.String), len(rw.headers.String)))
 	if err != nil {
 		return kavari.Encoded{}, fmt.Errorf("headers: %w", err)
 	}
 	e := kavari.Encoded{Topic: rw.topic, Key: rw.key, Value: rw.value, Headers: hs}
-	if e.ID() == "" {
+	if !hasID(hs) {
 		return kavari.Encoded{}, errors.New("no ce_id header")
 	}
 	if e.Value == nil {
 		e.Value = []byte{}
 	}
 	return e, nil
+}
+
+// hasID reports whether hs has a ce_id header that is not empty
+// (kavari.Encoded.ID, without its string).
+func hasID(hs []kavari.Header) bool {
+	for _, h := range hs {
+		if h.Key == kavari.HeaderID {
+			return len(h.Value) > 0
+		}
+	}
+	return false
 }
 
 // rowColumns are the columns of a row, as scanRows reads them.
