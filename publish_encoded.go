@@ -25,15 +25,29 @@ func (p *publisher) encodeOnly(ctx context.Context, msg Msg) (Encoded, error) {
 func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Receipt, error) {
 	receipts := make([]Receipt, len(msgs))
 	recs := make([]*transport.Record, len(msgs))
+	// The new records and their headers, in one allocation each.
+	var slab []transport.Record
+	var hslab []transport.Header
 	for i := range msgs {
 		m := &msgs[i]
 		rec := m.pending
 		if rec == nil || !samePending(rec, m) {
 			// A new message, or one changed since its earlier publish.
-			rec = &transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: make([]transport.Header, len(m.Headers))}
-			for j, h := range m.Headers {
-				rec.Headers[j] = transport.Header{Key: h.Key, Value: h.Value}
+			if slab == nil {
+				slab = make([]transport.Record, len(msgs)-i)
+				n := 0
+				for _, m := range msgs[i:] {
+					n += len(m.Headers)
+				}
+				hslab = make([]transport.Header, n)
 			}
+			rec, slab = &slab[0], slab[1:]
+			hs := hslab[:len(m.Headers):len(m.Headers)]
+			hslab = hslab[len(m.Headers):]
+			for j, h := range m.Headers {
+				hs[j] = transport.Header{Key: h.Key, Value: h.Value}
+			}
+			*rec = transport.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: hs}
 		}
 		m.pending = nil
 		recs[i] = rec
@@ -59,7 +73,7 @@ func (p *publisher) publishEncoded(ctx context.Context, msgs []Encoded) ([]Recei
 			err = errs[i]
 		}
 		if err == nil {
-			receipts[i] = receiptOf(nil, rec, true)
+			receipts[i].Partition, receipts[i].Offset = int(rec.Partition), rec.Offset // receiptOf(nil, rec, true)
 			continue
 		}
 		if rec.InFlight != nil {
