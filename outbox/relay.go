@@ -77,9 +77,14 @@ type Relay struct {
 	// tests, runs after a batch's mark committed and before it is counted.
 	beforeMark func(ids []int64) bool
 	afterMark  func()
+	// startAt, set by tests, is the shard a claim starts its search at
+	// (else a random one).
+	startAt func() int
 
+	// claimShards locks a claim's shards from $1 on, then below $1;
 	// claimSQL[n] is claimDelete for n shards (PostgreSQL).
-	claimSQL []string
+	claimShards [2]string
+	claimSQL    []string
 }
 
 // NewRelay returns a relay of o's rows in db. Run starts it.
@@ -113,6 +118,11 @@ func (o *Outbox) NewRelay(db *sql.DB, cfg RelayConfig) *Relay {
 	}
 	r := &Relay{o: o, db: db, cfg: cfg, log: cfg.Logger}
 	if o.d == Postgres {
+		for i, cmp := range []string{">=", "<"} {
+			r.claimShards[i] = `SELECT s.shard FROM ` + o.table + `_shards s
+WHERE s.shard ` + cmp + ` $1 AND EXISTS (SELECT 1 FROM ` + o.table + ` o WHERE o.shard = s.shard)
+ORDER BY s.shard LIMIT $2 FOR UPDATE OF s SKIP LOCKED`
+		}
 		r.claimSQL = make([]string, r.perClaim()+1)
 		for n := 1; n < len(r.claimSQL); n++ {
 			r.claimSQL[n] = claimDelete(o.table, n)
@@ -167,7 +177,11 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) worker(ctx context.Context, w int) error {
 	wait := r.cfg.PollInterval
 	for ctx.Err() == nil {
-		c, rows, err := r.claim(ctx, rand.IntN(Shards))
+		start := rand.IntN(Shards)
+		if r.startAt != nil {
+			start = r.startAt()
+		}
+		c, rows, err := r.claim(ctx, start)
 		n := 0
 		if err == nil && c != nil {
 			n, err = r.step(ctx, c, rows)
@@ -534,10 +548,18 @@ func (r *Relay) claim(ctx context.Context, start int) (claim, []row, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		shards, err := scanInts(tx.QueryContext(ctx, `SELECT s.shard FROM `+t+`_shards s
-WHERE EXISTS (SELECT 1 FROM `+t+` o WHERE o.shard = s.shard)
-ORDER BY (s.shard + $1) % `+strconv.Itoa(Shards)+`
-LIMIT $2 FOR UPDATE OF s SKIP LOCKED`, start, per))
+		// The first per shards with rows that no other claim holds, from
+		// start on, then from 0: in shard order, which the primary key
+		// gives, each shard is asked whether it has rows only until per
+		// are found (ordered by (shard - start) mod Shards instead, every
+		// shard was asked, each an index probe past the rows claims
+		// deleted lately).
+		shards, err := scanInts(tx.QueryContext(ctx, r.claimShards[0], start, per))
+		if err == nil && len(shards) < per && start > 0 {
+			var more []int
+			more, err = scanInts(tx.QueryContext(ctx, r.claimShards[1], start, per-len(shards)))
+			shards = append(shards, more...)
+		}
 		if err != nil || len(shards) == 0 {
 			_ = tx.Rollback()
 			return nil, nil, err

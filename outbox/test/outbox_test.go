@@ -189,6 +189,28 @@ func TestCrashBetweenAckAndMark(t *testing.T) {
 	})
 }
 
+// A claim takes the first shards with rows from where its search starts,
+// then from shard 0: started at the last shard, one worker's first batch
+// holds the rows of every shard.
+func TestClaimWrapsAroundTheShards(t *testing.T) {
+	dialects(t, func(t *testing.T, d outbox.Dialect, db *sql.DB) {
+		e := newEnv(t, d, db, nil)
+		ids := writeKeys(e, 40, 1) // 40 keys: rows in several shards below the last
+		r := e.relay(outbox.RelayConfig{Workers: 1, BatchSize: 500})
+		relaytest.SetStartAt(r, func() int { return outbox.Shards - 1 })
+		var first []int64
+		relaytest.SetBeforeMark(r, func(acked []int64) bool {
+			if first == nil {
+				first = append([]int64{}, acked...)
+			}
+			return true
+		})
+		e.run(r)
+		e.drained(r)
+		require.Len(t, first, len(ids), "the first batch holds every row")
+	})
+}
+
 // A row the broker refuses for good (its topic does not exist) is moved to
 // the dead table with the reason, once, while the other rows flow.
 func TestPermanentRefusalParked(t *testing.T) {

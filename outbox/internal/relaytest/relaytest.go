@@ -12,6 +12,9 @@ var (
 	// SetAfterMark installs f on r, a *outbox.Relay: f runs after a
 	// batch's mark committed and before the relay counts it (Health).
 	SetAfterMark func(r any, f func())
+	// SetStartAt installs f on r, a *outbox.Relay: a claim searches for
+	// shards from f() on (else from a random shard).
+	SetStartAt func(r any, f func() int)
 	// ErrCrashed is what Run returns after f abandoned a batch.
 	ErrCrashed error
 )
