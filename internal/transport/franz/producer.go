@@ -279,6 +279,7 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	start, _ := p.hooks.state()
 	results := make([]error, len(recs))
 	writes := make([]*write, len(recs))
+	var hs []kgo.RecordHeader // the new writes' headers, made at the first
 	for i, r := range recs {
 		if w, ok := r.InFlight.(*write); ok {
 			if !w.settled() || w.err == nil {
@@ -293,7 +294,10 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		w := &write{done: make(chan struct{})}
 		w.leader.Store(-1)
-		setKgoRecord(&w.kr, r)
+		if hs == nil {
+			hs = kgoHeaders(recs[i:])
+		}
+		hs = setKgoRecord(&w.kr, r, hs)
 		w.kr.Context = rctx
 		p.cl.Produce(ctx, &w.kr, settle)
 		r.InFlight, writes[i] = w, w
@@ -357,15 +361,29 @@ func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error 
 	}
 }
 
-// setKgoRecord sets kr to r, converted for kgo.
-func setKgoRecord(kr *kgo.Record, r *transport.Record) {
-	*kr = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Time}
-	if len(r.Headers) > 0 {
-		kr.Headers = make([]kgo.RecordHeader, len(r.Headers))
+// setKgoRecord sets kr, which must be zero, to r, converted for kgo; the
+// headers go into hs, which must be zero and have room for them, and
+// setKgoRecord returns what is left of it (kgoHeaders). Only the fields
+// kavari sets are written: assigning a whole kgo.Record copies every
+// field, with a write barrier for each pointer while the GC runs.
+func setKgoRecord(kr *kgo.Record, r *transport.Record, hs []kgo.RecordHeader) []kgo.RecordHeader {
+	kr.Topic, kr.Key, kr.Value, kr.Timestamp = r.Topic, r.Key, r.Value, r.Time
+	if n := len(r.Headers); n > 0 {
+		kr.Headers, hs = hs[:n:n], hs[n:]
 		for j, h := range r.Headers {
-			kr.Headers[j] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+			kr.Headers[j].Key, kr.Headers[j].Value = h.Key, h.Value
 		}
 	}
+	return hs
+}
+
+// kgoHeaders returns room for the headers of recs, in one allocation.
+func kgoHeaders(recs []*transport.Record) []kgo.RecordHeader {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Headers)
+	}
+	return make([]kgo.RecordHeader, n)
 }
 
 // classify turns a failure kgo reports for one record into a ProduceError.

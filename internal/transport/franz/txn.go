@@ -303,8 +303,9 @@ func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	}
 	krs := make([]*kgo.Record, len(recs))
 	kv := make([]kgo.Record, len(recs)) // one allocation for the records
+	hs := kgoHeaders(recs)              // and one for their headers
 	for i, r := range recs {
-		setKgoRecord(&kv[i], r)
+		hs = setKgoRecord(&kv[i], r, hs)
 		krs[i] = &kv[i]
 	}
 	failed := false
@@ -333,8 +334,9 @@ func (c *consumer) Send(ctx context.Context, recs []*transport.Record, done func
 	}
 	autoCreate := c.cfg.AllowAutoCreate
 	kv := make([]kgo.Record, len(recs)) // one allocation for the records
+	hs := kgoHeaders(recs)              // and one for their headers
 	for i, r := range recs {
-		setKgoRecord(&kv[i], r)
+		hs = setKgoRecord(&kv[i], r, hs)
 		s.Produce(ctx, &kv[i], func(kr *kgo.Record, err error) {
 			if err != nil {
 				done(i, -1, -1, classifyProduce(err, autoCreate))
