@@ -137,26 +137,17 @@ func parseHeadersFast(s []byte) (hs []kavari.Header, ok bool) {
 	return hs, true
 }
 
+// ownHeaders are the header names kavari writes.
+var ownHeaders = []string{kavari.HeaderMsgType, kavari.HeaderSpecVersion, kavari.HeaderID, kavari.HeaderType,
+	kavari.HeaderSource, kavari.HeaderTime, kavari.HeaderContentType, kavari.HeaderVersion}
+
 // headerKey is key as a string: kavari's own header names are its
 // constants (no allocation), others a copy.
 func headerKey(key []byte) string {
-	switch string(key) {
-	case kavari.HeaderID:
-		return kavari.HeaderID
-	case kavari.HeaderMsgType:
-		return kavari.HeaderMsgType
-	case kavari.HeaderSpecVersion:
-		return kavari.HeaderSpecVersion
-	case kavari.HeaderType:
-		return kavari.HeaderType
-	case kavari.HeaderSource:
-		return kavari.HeaderSource
-	case kavari.HeaderTime:
-		return kavari.HeaderTime
-	case kavari.HeaderContentType:
-		return kavari.HeaderContentType
-	case kavari.HeaderVersion:
-		return kavari.HeaderVersion
+	for _, k := range ownHeaders {
+		if string(key) == k {
+			return k
+		}
 	}
 	return string(key)
 }
