@@ -551,9 +551,9 @@ func (r *Relay) claim(ctx context.Context, start int) (claim, []row, error) {
 		// The first per shards with rows that no other claim holds, from
 		// start on, then from 0: in shard order, which the primary key
 		// gives, each shard is asked whether it has rows only until per
-		// are found (ordered by (shard - start) mod Shards instead, every
-		// shard was asked, each an index probe past the rows claims
-		// deleted lately).
+		// are found (ordered by a rotation of the shard numbers instead,
+		// every shard was asked, each an index probe past the rows
+		// claims deleted lately, before the sort).
 		shards, err := scanInts(tx.QueryContext(ctx, r.claimShards[0], start, per))
 		if err == nil && len(shards) < per && start > 0 {
 			var more []int
