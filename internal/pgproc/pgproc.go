@@ -402,8 +402,15 @@ func (s *Server) signal(sig syscall.Signal) {
 		// (PostgreSQL calls setsid in every child), so a kill of the
 		// postmaster's process group misses them, and while one lives it
 		// holds the shared memory a new postmaster refuses to share.
-		kids = children(s.proc.Process.Pid)
-		_ = syscall.Kill(-s.proc.Process.Pid, sig)
+		// The postmaster is stopped first, so that it forks no backend
+		// (a client connecting) after its children were listed: such a
+		// backend was not killed, ran on until it noticed the
+		// postmaster gone, and the restart failed meanwhile.
+		pid := s.proc.Process.Pid
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+		stopped(pid, 5*time.Second)
+		kids = children(pid)
+		_ = syscall.Kill(-pid, sig)
 		for _, pid := range kids {
 			_ = syscall.Kill(pid, sig)
 		}
@@ -487,6 +494,15 @@ func stat(pid int) (ppid int, state byte, ok bool) {
 		return 0, 0, false
 	}
 	return ppid, f[0][0], true
+}
+
+// stopped waits until process pid is stopped (or gone), at most for d.
+func stopped(pid int, d time.Duration) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, state, ok := stat(pid); !ok || state == 'T' || state == 'Z' {
+			return
+		}
+	}
 }
 
 // gone waits until every process in pids has exited (or is a zombie,

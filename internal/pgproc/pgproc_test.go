@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -52,4 +53,51 @@ func connect(t *testing.T, addr string) net.Conn {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestKillWhileClientsConnect kills a server while clients keep
+// connecting, then restarts it. A backend the postmaster forked after
+// Kill listed its children was not killed: it ran on until it noticed the
+// postmaster gone, holding the shared memory, and the restart failed with
+// "pre-existing shared memory block is still in use".
+func TestKillWhileClientsConnect(t *testing.T) {
+	home := os.Getenv(EnvHome)
+	if home == "" {
+		t.Skip("run through pgctl (scripts/test.sh), which exports " + EnvHome)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	srv, err := Start(ctx, Options{Home: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Port))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+					_ = startup(c)
+					c.Close()
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for round := range 50 {
+		time.Sleep(20 * time.Millisecond) // clients connect meanwhile
+		srv.Kill()
+		if err := srv.Restart(ctx); err != nil {
+			t.Fatalf("round %d: Restart after Kill: %v", round, err)
+		}
+	}
 }
