@@ -431,6 +431,17 @@ func startApp(t *testing.T, bin, name string, led *ledger.Ledger, args ...string
 		select {
 		case <-a.done:
 		default:
+			if t.Failed() {
+				// Still running when the test failed: where its
+				// goroutines wait says why (the Go runtime prints
+				// them on SIGQUIT, then exits).
+				a.stderr.grow(1 << 20)
+				_ = a.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case <-a.done:
+				case <-time.After(10 * time.Second):
+				}
+			}
 			_ = a.cmd.Process.Signal(syscall.SIGKILL)
 			<-a.done
 		}
@@ -556,6 +567,14 @@ func (t *tail) Write(p []byte) (int, error) {
 		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
 	}
 	return len(p), nil
+}
+
+// grow keeps the last n bytes written from now on, if more than it
+// keeps now.
+func (t *tail) grow(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.max = max(t.max, n)
 }
 
 func (t *tail) String() string {
