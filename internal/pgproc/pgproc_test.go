@@ -16,18 +16,7 @@ import (
 // them running, holding the shared memory, and the restart failed with
 // "pre-existing shared memory block is still in use".
 func TestKillThenRestartWithClientsConnected(t *testing.T) {
-	home := os.Getenv(EnvHome)
-	if home == "" {
-		t.Skip("run through pgctl (scripts/test.sh), which exports " + EnvHome)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	srv, err := Start(ctx, Options{Home: home})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Port))
+	ctx, srv, addr := startForTest(t, 2*time.Minute)
 	for round := range 3 {
 		for range 4 {
 			c := connect(t, addr)
@@ -38,6 +27,24 @@ func TestKillThenRestartWithClientsConnected(t *testing.T) {
 			t.Fatalf("round %d: Restart after Kill: %v", round, err)
 		}
 	}
+}
+
+// startForTest starts a server for t (skipped outside pgctl), stopped when
+// t ends, and returns a context ending after d, and its address.
+func startForTest(t *testing.T, d time.Duration) (context.Context, *Server, string) {
+	t.Helper()
+	home := os.Getenv(EnvHome)
+	if home == "" {
+		t.Skip("run through pgctl (scripts/test.sh), which exports " + EnvHome)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	srv, err := Start(ctx, Options{Home: home})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	return ctx, srv, net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Port))
 }
 
 // connect opens a connection that completed its startup, so a backend
@@ -61,18 +68,7 @@ func connect(t *testing.T, addr string) net.Conn {
 // postmaster gone, holding the shared memory, and the restart failed with
 // "pre-existing shared memory block is still in use".
 func TestKillWhileClientsConnect(t *testing.T) {
-	home := os.Getenv(EnvHome)
-	if home == "" {
-		t.Skip("run through pgctl (scripts/test.sh), which exports " + EnvHome)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	srv, err := Start(ctx, Options{Home: home})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Port))
+	ctx, srv, addr := startForTest(t, 5*time.Minute)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 32 {
