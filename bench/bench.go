@@ -234,7 +234,7 @@ var publishImpls = []string{"kafka-go", "franz-go", implFranzIdem, "kavari", imp
 var consumeImpls = append([]string{"kafka-go", "kafka-go+json", "kafka-go+json+validate", "franz-go", "franz-go+json", "franz-go+json+validate", "kavari", implKavariFranz}, batchImpls...)
 
 // e2eImpls are the clients of the end-to-end latency workload.
-var e2eImpls = []string{"kafka-go", "franz-go", "kavari", implKavariFranz}
+var e2eImpls = []string{"kafka-go", "franz-go", implFranzIdem, "kavari", implKavariFranz}
 
 func (b *bench) consume() {
 	for _, size := range sizes {

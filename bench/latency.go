@@ -85,7 +85,7 @@ func runE2E(ctx context.Context, s *spec) (*result, error) {
 		publish = func(ctx context.Context, v *benchValue) error { return w.WriteMessages(ctx, kafkaGoRecord(v)) }
 		assigned = func() bool { return true } // the warm-up below proves it
 		stop = func() { stopConsumer(); _ = w.Close() }
-	case "franz-go":
+	case "franz-go", implFranzIdem:
 		p, err := newFranzPublisher(s)
 		if err != nil {
 			return nil, err
