@@ -9,17 +9,20 @@ import (
 // recordBuffer bounds the records dispatched to lanes and not yet finished
 // (running, or queued behind a busy key or partition), Consume.MaxBuffered
 // all partitions together, so that stuck partitions can never take the room
-// of the others. Each of the n assigned partitions has a guaranteed
-// minimum, floor (partitionFloor: half the buffer split evenly, at least
-// one record); beyond its floor a partition borrows from the rest of the
-// buffer (MaxBuffered − n × floor), and only while some of it is left. A
-// partition below its floor always gets a slot at once: whatever the
-// others hold (stuck handlers and the records queued behind them), a
-// healthy partition keeps going. Each partition is bounded besides by its
-// share of open records (partitionShare).
+// of the others. Each of the n assigned main partitions has a guaranteed
+// minimum, floor (partitionFloor: half the buffer split evenly among them,
+// at least one record), and each of the t partitions of retry tiers a
+// smaller one, tierFloor (a tier holds the few records that failed: with
+// a main partition's floor, 3 partitions and 3 tiers would leave the main
+// ones 769 of 1,024 slots). Beyond its floor a partition borrows from the
+// rest of the buffer (MaxBuffered − n × floor − t × tierFloor), and only
+// while some of it is left. A partition below its floor always gets a slot
+// at once: whatever the others hold (stuck handlers and the records queued
+// behind them), a healthy partition keeps going. Each partition is bounded
+// besides by its share of open records (partitionShare).
 //
 // With more partitions than MaxBuffered every partition still has its one
-// record, so up to n records are buffered; after a rebalance that adds
+// record, so up to n + t records are buffered; after a rebalance that adds
 // partitions, what the partitions kept had borrowed may exceed the new
 // rest until it finishes (nothing more is borrowed meanwhile). Safe for
 // concurrent use.
@@ -27,8 +30,9 @@ type recordBuffer struct {
 	max int // Consume.MaxBuffered
 
 	mu       sync.Mutex
-	floor    int                // slots reserved to each assigned partition
-	pool     int                // slots beyond the floors: max − n × floor, at least 0
+	floor    int                // slots reserved to each assigned main partition
+	tier     int                // slots reserved to each assigned tier partition
+	pool     int                // slots beyond the floors: max − n × floor − t × tier, at least 0
 	used     int                // slots held, all partitions
 	borrowed int                // slots held beyond their partition's floor
 	held     map[*partition]int // slots held per partition (also by partitions released since)
@@ -37,7 +41,7 @@ type recordBuffer struct {
 
 func newRecordBuffer(max int) *recordBuffer {
 	b := &recordBuffer{max: max, held: map[*partition]int{}}
-	b.setPartitions(1)
+	b.setPartitions(1, 0)
 	return b
 }
 
@@ -47,23 +51,38 @@ func partitionFloor(maxBuffered, n int) int {
 	return max(maxBuffered/(2*max(n, 1)), 1)
 }
 
-// setPartitions sets the number of assigned partitions, which the floors
-// and the borrowable rest follow.
-func (b *recordBuffer) setPartitions(n int) {
+// tierFloor is the number of buffer slots reserved to each partition of a
+// retry tier when each main partition has floor: an eighth of it, at least 1.
+func tierFloor(floor int) int {
+	return max(floor/8, 1)
+}
+
+// setPartitions sets the number of assigned partitions, n of main topics
+// and tiers of retry tiers, which the floors and the borrowable rest follow.
+func (b *recordBuffer) setPartitions(n, tiers int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.floor = partitionFloor(b.max, n)
-	b.pool = max(b.max-max(n, 1)*b.floor, 0)
+	b.tier = tierFloor(b.floor)
+	b.pool = max(b.max-max(n, 1)*b.floor-tiers*b.tier, 0)
 	b.borrowed = 0
-	for _, h := range b.held {
-		b.borrowed += max(h-b.floor, 0)
+	for p, h := range b.held {
+		b.borrowed += max(h-b.floorOf(p), 0)
 	}
 	b.grantLocked()
 }
 
+// floorOf is the number of slots reserved to p; under mu.
+func (b *recordBuffer) floorOf(p *partition) int {
+	if p.tier {
+		return b.tier
+	}
+	return b.floor
+}
+
 // canTakeLocked reports whether p may take a slot now; under mu.
 func (b *recordBuffer) canTakeLocked(p *partition) bool {
-	if b.held[p] < b.floor {
+	if b.held[p] < b.floorOf(p) {
 		return true
 	}
 	return b.borrowed < b.pool && b.used < b.max
@@ -132,7 +151,7 @@ type bufferWaiter struct {
 // takeLocked takes a slot for p and returns the slots held; under mu.
 func (b *recordBuffer) takeLocked(p *partition) int {
 	h := b.held[p]
-	if h >= b.floor {
+	if h >= b.floorOf(p) {
 		b.borrowed++
 	}
 	b.held[p] = h + 1
@@ -148,7 +167,7 @@ func (b *recordBuffer) release(p *partition) {
 	if h <= 0 {
 		return
 	}
-	if h > b.floor {
+	if h > b.floorOf(p) {
 		b.borrowed--
 	}
 	if h == 1 {

@@ -272,12 +272,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 	// tier's partition holds a small part of the traffic (the records that
 	// failed), and counting it would cut every main partition's share
 	// (3 partitions and 3 tiers: 256 open records each instead of 341).
-	main := 0
-	for _, p := range e.parts {
-		if !p.tier {
-			main++
-		}
-	}
+	main := e.mainPartsLocked()
 	share := partitionShare(d.cfg.Consume.MaxBuffered, d.cfg.Consume.MaxInFlight, main)
 	for _, p := range e.parts {
 		p.share.Store(int64(share))
@@ -285,7 +280,7 @@ func (e *engine) Assigned(gen transport.Generation, parts []transport.Assignment
 			p.tracker.setSpanCap(movingSpan * share)
 		}
 	}
-	d.buf.setPartitions(len(e.parts))
+	d.buf.setPartitions(main, len(e.parts)-main)
 	assigned := e.assignedLocked()
 	since := e.failingSince
 	e.failingSince = time.Time{}
@@ -405,7 +400,20 @@ func (e *engine) release(ps []*partition) {
 			delete(e.parts, p.tp)
 		}
 	}
-	e.deps.buf.setPartitions(len(e.parts))
+	main := e.mainPartsLocked()
+	e.deps.buf.setPartitions(main, len(e.parts)-main)
+}
+
+// mainPartsLocked returns how many of the assigned partitions are of main
+// topics (not of retry tiers); under e.mu.
+func (e *engine) mainPartsLocked() int {
+	n := 0
+	for _, p := range e.parts {
+		if !p.tier {
+			n++
+		}
+	}
+	return n
 }
 
 // drainBudget is how long a revoke (or Stop) lets in-flight handlers run:
