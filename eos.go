@@ -309,6 +309,10 @@ func (w *window) finish(ctx context.Context) {
 	}
 }
 
+// beginFailedLogEvery is how often the window loop logs that it still
+// cannot begin a transaction.
+const beginFailedLogEvery = 10 * time.Second
+
 // windowLoop runs the windows until Stop: begin a transaction, open the
 // window for Interval, shut it, commit. It replaces commitLoop under
 // exactly-once.
@@ -318,12 +322,27 @@ func (e *engine) windowLoop() {
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
 	began := false
+	var failing, logged time.Time // since when Begin fails, when that was last logged
 	for {
 		if !began {
 			if err := w.tx.Begin(); err != nil {
+				// No record is handled until a transaction begins: say so,
+				// and why, at once and then every beginFailedLogEvery.
 				w.state("closed")
 				e.deps.health.note(err)
+				now := time.Now()
+				if failing.IsZero() {
+					failing = now
+				}
+				if logged.IsZero() || now.Sub(logged) >= beginFailedLogEvery {
+					logged = now
+					e.deps.log.Warn("kavari: exactly-once: cannot begin a transaction; no record is handled until one begins", "for", now.Sub(failing).Round(time.Second), "err", err)
+				}
 			} else {
+				if !failing.IsZero() {
+					e.deps.log.Info("kavari: exactly-once: transactions begin again", "after", time.Since(failing).Round(time.Second))
+					failing, logged = time.Time{}, time.Time{}
+				}
 				began = true
 				w.openUp()
 			}
