@@ -93,6 +93,7 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 		return receipts, errs
 	}
 	recs := make([]*transport.Record, 0, len(msgs))
+	slab := make([]transport.Record, len(msgs)) // one allocation for the records
 	idx := make([]int, 0, len(msgs))
 	failed := false
 	for i, m := range msgs {
@@ -101,7 +102,9 @@ func (p *publisher) publish(ctx context.Context, msgs []Msg) ([]Receipt, []error
 			errs[i], failed = err, true
 			continue
 		}
-		recs = append(recs, &rec)
+		r := &slab[len(recs)]
+		*r = rec
+		recs = append(recs, r)
 		idx = append(idx, i)
 	}
 	if failed {

@@ -280,6 +280,7 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	results := make([]error, len(recs))
 	writes := make([]*write, len(recs))
 	var hs []kgo.RecordHeader // the new writes' headers, made at the first
+	var ws []write            // the new writes, made at the first
 	for i, r := range recs {
 		if w, ok := r.InFlight.(*write); ok {
 			if !w.settled() || w.err == nil {
@@ -292,11 +293,14 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 			}
 			// kgo failed it as not written: produce it anew.
 		}
-		w := &write{done: make(chan struct{})}
-		w.leader.Store(-1)
-		if hs == nil {
+		if ws == nil {
+			ws = make([]write, len(recs)-i)
 			hs = kgoHeaders(recs[i:])
 		}
+		w := &ws[0]
+		ws = ws[1:]
+		w.done = make(chan struct{})
+		w.leader.Store(-1)
 		hs = setKgoRecord(&w.kr, r, hs)
 		w.kr.Context = rctx
 		p.cl.Produce(ctx, &w.kr, settle)
@@ -335,22 +339,28 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 // broker of a write still waiting failed after seq (start of the attempt);
 // it returns that dial's error in the last case.
 func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error {
+	from := 0 // the writes before it are settled (or nil): they stay so
 	for {
-		_, changed := p.hooks.state()
+		now, changed := p.hooks.state()
 		var next *write
-		for _, w := range writes {
-			if w == nil || w.settled() {
-				continue
-			}
-			if err := p.hooks.refusedSince(w.leader.Load(), seq); err != nil {
-				return err
-			}
-			if next == nil {
+		for ; from < len(writes); from++ {
+			if w := writes[from]; w != nil && !w.settled() {
 				next = w
+				break
 			}
 		}
 		if next == nil {
 			return nil
+		}
+		if now != seq { // a dial failed since seq: maybe a waiting write's broker
+			for _, w := range writes[from:] {
+				if w == nil || w.settled() {
+					continue
+				}
+				if err := p.hooks.refusedSince(w.leader.Load(), seq); err != nil {
+					return err
+				}
+			}
 		}
 		select {
 		case <-next.done:
