@@ -1,12 +1,10 @@
 package kavari_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,31 +16,13 @@ import (
 	"github.com/kavari-go/kavari/internal/transport"
 )
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A PublishAsync message with a nil callback that fails after all its
 // retries is not silently lost: it is logged at error level with its topic
 // and ce_id, and counted in Health.AsyncFailedNoCallback. A message with a
 // callback is not (the callback got the error), nor is one that succeeds.
 func TestPublishAsyncNilCallbackFailureIsLoggedAndCounted(t *testing.T) {
 	b := engBroker(1)
-	var logs syncBuffer
+	var logs kavari.SyncBuffer
 	var tries atomic.Int64
 	b.FailProduce = func(rec *transport.Record) error {
 		if string(rec.Key) == "doomed" {

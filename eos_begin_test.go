@@ -1,7 +1,6 @@
 package kavari
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -45,30 +44,12 @@ func (b *beginFails) End(context.Context, transport.Generation, []transport.Offs
 	return true, nil
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A member whose transactions cannot begin handles nothing: the window loop
 // says so in the log, with the error, and says when they begin again (it
 // only noted the error in Health, so a member stuck there, holding its
 // partitions, was silent).
 func TestWindowLoopLogsWhenBeginFails(t *testing.T) {
-	var logs syncBuffer
+	var logs SyncBuffer
 	tx := &beginFails{n: 3, began: make(chan struct{})}
 	hardCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()

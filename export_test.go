@@ -5,7 +5,9 @@ package kavari
 // Nothing here is part of the API.
 
 import (
+	"bytes"
 	"context"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -155,4 +157,23 @@ func SetWorkerSlowRecord(d time.Duration) (restore func()) {
 	prev := workerSlowRecord
 	workerSlowRecord = d
 	return func() { workerSlowRecord = prev }
+}
+
+// SyncBuffer is a bytes.Buffer safe for a logger's concurrent writes and a
+// test's reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

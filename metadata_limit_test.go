@@ -33,7 +33,7 @@ func TestCommitMetadataTooLargeFallsBack(t *testing.T) {
 		for i := 0; i < n; i++ {
 			b.Append(engRecord(0, "k"+strconv.Itoa(i), i))
 		}
-		var logs syncBuffer
+		var logs kavari.SyncBuffer
 		release := make(chan struct{})
 		var once sync.Once
 		free := func() { once.Do(func() { close(release) }) }
