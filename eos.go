@@ -334,7 +334,7 @@ func (e *engine) windowLoop() {
 				if failing.IsZero() {
 					failing = now
 				}
-				if logged.IsZero() || now.Sub(logged) >= beginFailedLogEvery {
+				if now.Sub(logged) >= beginFailedLogEvery { // a zero logged is long ago
 					logged = now
 					e.deps.log.Warn("kavari: exactly-once: cannot begin a transaction; no record is handled until one begins", "for", now.Sub(failing).Round(time.Second), "err", err)
 				}
