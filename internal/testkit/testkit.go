@@ -7,6 +7,7 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -30,15 +31,72 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// LoggerFor is Logger for the clients of test t: unless KAVARI_TEST_LOG is
+// set it keeps the last logTail bytes of the log (Info and above) and
+// writes them to t's log when t failed, after the test's other cleanups
+// (a client's Stop) ran, so that a failure seen once in CI says what the
+// client did.
+func LoggerFor(t testing.TB) *slog.Logger {
+	if os.Getenv("KAVARI_TEST_LOG") != "" {
+		return Logger()
+	}
+	tl := &tailLog{}
+	t.Cleanup(func() { // registered before the client's Stop: runs after it
+		if text, cut := tl.close(); t.Failed() && text != "" {
+			t.Logf("the client's log (the last %d bytes, %d before them left out):\n%s", len(text), cut, text)
+		}
+	})
+	return slog.New(slog.NewTextHandler(tl, nil))
+}
+
+// logTail is how much of a test client's log LoggerFor keeps.
+const logTail = 64 << 10
+
+// tailLog keeps the last logTail bytes written to it, whole lines, until
+// closed.
+type tailLog struct {
+	mu     sync.Mutex
+	buf    []byte
+	cut    int // bytes dropped from the front
+	closed bool
+}
+
+func (l *tailLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return len(p), nil
+	}
+	l.buf = append(l.buf, p...)
+	if over := len(l.buf) - logTail; over > 0 {
+		if i := bytes.IndexByte(l.buf[over:], '\n'); i >= 0 {
+			over += i + 1
+		}
+		l.cut += over
+		l.buf = append(l.buf[:0], l.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+// close stops keeping lines and returns the kept text and how many bytes
+// were dropped before it.
+func (l *tailLog) close() (string, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	return string(l.buf), l.cut
+}
+
 // NewClient builds a Client on reg against brokers (the transport
 // KAVARI_TRANSPORT names), creates its topics and stops it when the test
-// ends; mutate, if any, changes the Config last.
+// ends; mutate, if any, changes the Config last. A failed test shows the
+// client's log (LoggerFor).
 func NewClient(t testing.TB, reg *kavari.Registry, brokers []string, mutate ...func(*kavari.Config)) *kavari.Client {
 	t.Helper()
 	cfg := kavari.Config{
 		Brokers:  brokers,
 		Registry: reg,
-		Logger:   Logger(),
+		Logger:   LoggerFor(t),
 		Publish: kavari.PublishConfig{
 			Retry: kavari.FibonacciRetry(50*time.Millisecond, 10),
 		},

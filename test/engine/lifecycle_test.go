@@ -392,7 +392,9 @@ func TestRelaxedSkipsUnknownTypes(t *testing.T) {
 	group := testenv.ID("g")
 	k := newKavari(t, reg, b.Addrs(), func(c *kavari.Config) { c.Consume.GroupID = group; c.Consume.SkipUnknownTypes = true })
 	ctx := context.Background()
-	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-relaxed", BatchTimeout: time.Millisecond}
+	// RequireAll: kafka-go's default is fire-and-forget, which returns
+	// before the broker appended the record.
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-relaxed", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte(`{}`), Headers: []kafka.Header{{Key: "msg_type", Value: []byte("SomethingElse")}}}))
 	_, err := k.Publish(ctx, &relaxedMsg{ID: "a"})
@@ -488,7 +490,11 @@ func TestDeadLetterWriteFailureBlocksCommitUntilItSucceeds(t *testing.T) {
 		c.Publish.Retry = kavari.FibonacciRetry(time.Millisecond, 2)
 	})
 	ctx := context.Background()
-	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-dlqfail", BatchTimeout: time.Millisecond}
+	// RequireAll: the poison must be appended (at offset 0) before the good
+	// records are published. With kafka-go's default, fire-and-forget,
+	// WriteMessages returned before the broker read the request, and under
+	// load the poison landed after a good record, whose commit (1) is right.
+	w := &kafka.Writer{Addr: kafka.TCP(b.Addrs()...), Topic: "kavari-test-dlqfail", RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
 	defer w.Close()
 	require.NoError(t, w.WriteMessages(ctx, kafka.Message{Value: []byte("poison: no headers")}))
 	for i := 0; i < 5; i++ {
