@@ -705,8 +705,19 @@ func (e *engine) invokeBatch(p *partition, b *binding, jobs []*batchJob, attempt
 
 // callBatch runs one attempt of batch handler b on jobs, turning a panic
 // into an error.
+//
+// The messages the attempt publishes with PublishAsync and its context
+// are waited for before it counts (holding the run slot: one wait for the
+// whole batch); one that failed fails the attempt, as for a handler of one
+// record (asyncOuts).
 func (e *engine) callBatch(p *partition, b *binding, jobs []*batchJob, attempt int) (err error) {
-	var ctx context.Context = &batchCtx{Context: p.hard, jobs: jobs, attempt: attempt, b: b}
+	outs := &asyncOuts{}
+	var ctx context.Context = &batchCtx{Context: p.hard, jobs: jobs, attempt: attempt, b: b, outs: outs}
+	defer func() {
+		if oerr := outs.wait(p.hard); err == nil && oerr != nil {
+			err = oerr
+		}
+	}()
 	if t := e.deps.cfg.Consume.HandlerTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
@@ -727,7 +738,7 @@ func (e *engine) callBatch(p *partition, b *binding, jobs []*batchJob, attempt i
 		e.deps.hooks.observeBatchRecord(bj.rec)
 	}
 	if e.deps.middleware != nil {
-		mc := &batchMiddlewareCtx{batchCtx: batchCtx{Context: ctx, jobs: jobs, attempt: attempt, b: b}, h: h}
+		mc := &batchMiddlewareCtx{batchCtx: batchCtx{Context: ctx, jobs: jobs, attempt: attempt, b: b, outs: outs}, h: h}
 		return e.deps.middleware(mc, b.batchOf(msgs))
 	}
 	return b.callBatch(ctx, h, b.batchOf(msgs))
@@ -746,6 +757,8 @@ func (c *batchMiddlewareCtx) Value(key any) any {
 		return c
 	case batchKey:
 		return &c.batchCtx
+	case outsKey:
+		return c.outs
 	}
 	return c.batchCtx.Context.Value(key)
 }
@@ -756,11 +769,15 @@ type batchCtx struct {
 	jobs    []*batchJob
 	attempt int
 	b       *binding
+	outs    *asyncOuts // the attempt's PublishAsync messages
 }
 
 func (c *batchCtx) Value(key any) any {
-	if _, ok := key.(batchKey); ok {
+	switch key.(type) {
+	case batchKey:
 		return c
+	case outsKey:
+		return c.outs
 	}
 	return c.Context.Value(key)
 }

@@ -226,6 +226,9 @@ type job struct {
 	// an attempt of the record last wrote into the transaction; 0: none.
 	// Under window.mu.
 	wroteIn uint64
+	// outs counts the messages its handlers published with PublishAsync
+	// and their context (at-least-once), made at the first (handle.go).
+	outs atomic.Pointer[asyncOuts]
 }
 
 // Assigned starts the partitions parts in generation gen: their state,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/kavari-go/kavari/internal/transport"
@@ -47,6 +48,29 @@ func (e *engine) process(p *partition, j *job) {
 			e.deps.running.give()
 		}
 	}()
+	// attempt runs one attempt of b, taking a run slot first if the
+	// record gave its own back, and then waits, without a run slot, for
+	// the messages the attempt published with PublishAsync and its
+	// context: one that failed fails the attempt.
+	attempt := func(b *binding, msg any, n int) error {
+		if !held {
+			if !e.deps.running.take(p.hard) {
+				return context.Cause(p.hard)
+			}
+			held = true
+		}
+		err := e.invoke(p, b, msg, j, n)
+		if o := j.outs.Load(); o != nil {
+			if o.pending() {
+				e.deps.running.give() // the record waits, it does not run
+				held = false
+			}
+			if oerr := o.wait(p.hard); err == nil && oerr != nil {
+				err = oerr
+			}
+		}
+		return err
+	}
 	var rs *retryState // nil unless the record is in a retry topic
 	if p.tier {
 		rs = e.retry.stateOf(j.rec)
@@ -84,7 +108,7 @@ func (e *engine) process(p *partition, j *job) {
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
 		start := time.Now()
-		first := e.invoke(p, b, msg, j, rs.attempt())
+		first := attempt(b, msg, rs.attempt())
 		if first == nil {
 			continue
 		}
@@ -102,25 +126,21 @@ func (e *engine) process(p *partition, j *job) {
 			continue
 		}
 		attempts := 0
-		err := e.deps.cfg.Consume.Retry.retrySince(p.hard, start, func(attempt int) error {
-			attempts = attempt
-			if attempt == 1 {
+		err := e.deps.cfg.Consume.Retry.retrySince(p.hard, start, func(n int) error {
+			attempts = n
+			if n == 1 {
 				return first
 			}
-			if !held {
-				if !e.deps.running.take(p.hard) {
-					return context.Cause(p.hard)
-				}
-				held = true
-			}
-			return e.invoke(p, b, msg, j, attempt)
-		}, retriableHandler, func(attempt int, err error, wait time.Duration) {
+			return attempt(b, msg, n)
+		}, retriableHandler, func(n int, err error, wait time.Duration) {
 			e.deps.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
-				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", attempt, "wait", wait, "err", logErr(err))
-			e.deps.running.give() // free while waiting; the lane keeps the key's order
-			held = false
+				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", n, "wait", wait, "err", logErr(err))
+			if held {
+				e.deps.running.give() // free while waiting; the lane keeps the key's order
+				held = false
+			}
 			e.deps.health.retried.Add(1)
-			e.deps.hooks.onRetry(j.rec, attempt, b.name, wait, err)
+			e.deps.hooks.onRetry(j.rec, n, b.name, wait, err)
 		})
 		if err == nil {
 			continue
@@ -247,8 +267,11 @@ type handlerCtx struct {
 }
 
 func (c *handlerCtx) Value(key any) any {
-	if _, ok := key.(ctxRecKey); ok { // exactly-once: whose writes (eos.go)
+	switch key.(type) {
+	case ctxRecKey: // exactly-once: whose writes (eos.go)
 		return c.j
+	case outsKey: // at-least-once: what the record waits for
+		return c.j.outsOf()
 	}
 	if _, ok := key.(recordKey); ok {
 		var name string
@@ -319,6 +342,86 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 		e.deps.log.Error("kavari: dead letter cannot be written; not committing past the record", "topic", j.rec.Topic, "partition", j.rec.Partition, "offset", j.rec.Offset, "err", logErr(last))
 	}
 	return false
+}
+
+// asyncOuts counts the messages the handlers of one record published with
+// PublishAsync and their context, at-least-once (under exactly-once they
+// are in the transaction instead): the record completes only once they are
+// acknowledged, and one that failed fails the attempt that published it
+// (engine.process). A message published after the last attempt returned
+// (from a goroutine the handler left running) is sent, but nothing waits
+// for it.
+type asyncOuts struct {
+	mu   sync.Mutex
+	n    int           // published, not settled
+	err  error         // the first failure since the last wait
+	wake chan struct{} // closed when n reaches 0, while wait waits
+}
+
+// outsKey is the context key of the *asyncOuts a handler's PublishAsync
+// counts its message in.
+type outsKey struct{}
+
+// outsOf returns the counter of j's messages, making it at the first.
+func (j *job) outsOf() *asyncOuts {
+	if o := j.outs.Load(); o != nil {
+		return o
+	}
+	j.outs.CompareAndSwap(nil, &asyncOuts{})
+	return j.outs.Load()
+}
+
+func (o *asyncOuts) add() {
+	o.mu.Lock()
+	o.n++
+	o.mu.Unlock()
+}
+
+// settle notes the outcome of a message add counted.
+func (o *asyncOuts) settle(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n--
+	if err != nil && o.err == nil {
+		o.err = err
+	}
+	if o.n == 0 && o.wake != nil {
+		close(o.wake)
+		o.wake = nil
+	}
+}
+
+func (o *asyncOuts) pending() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n > 0
+}
+
+// wait waits until every message counted so far settled and returns the
+// first failure since the last wait, or the cause of
+// ctx when it ended first (the record is then left open).
+func (o *asyncOuts) wait(ctx context.Context) error {
+	o.mu.Lock()
+	if o.n > 0 {
+		if o.wake == nil {
+			o.wake = make(chan struct{})
+		}
+		wake := o.wake
+		o.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		o.mu.Lock()
+	}
+	err := o.err
+	o.err = nil
+	o.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("kavari: a message the handler published with PublishAsync was not written: %w", err)
+	}
+	return nil
 }
 
 // setStuck records why the record at offset cannot complete, for Health; an

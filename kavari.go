@@ -210,7 +210,12 @@ func (k *Client) PublishAsync(ctx context.Context, msg Msg, callback func(Receip
 		k.publishInWindow(ctx, msg, callback)
 		return
 	}
-	k.pub.enqueue(ctx, msg, callback)
+	if o, ok := ctx.Value(outsKey{}).(*asyncOuts); ok {
+		// A handler's: its record completes once this is acknowledged.
+		k.pub.enqueueFor(ctx, msg, k.pub.tie(o, callback), true)
+		return
+	}
+	k.pub.enqueueFor(ctx, msg, callback, false)
 }
 
 // TryPublishAsync is PublishAsync without waiting: when msg's queue is full
@@ -223,7 +228,14 @@ func (k *Client) TryPublishAsync(ctx context.Context, msg Msg, callback func(Rec
 		k.publishInWindow(ctx, msg, callback)
 		return nil
 	}
-	return k.pub.tryEnqueue(ctx, msg, callback)
+	if o, ok := ctx.Value(outsKey{}).(*asyncOuts); ok {
+		err := k.pub.tryEnqueue(ctx, msg, k.pub.tie(o, callback), true)
+		if err != nil {
+			o.settle(nil) // not queued: the caller has the error
+		}
+		return err
+	}
+	return k.pub.tryEnqueue(ctx, msg, callback, false)
 }
 
 // SetProvider sets the function that resolves handler instances, such as a DI

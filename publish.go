@@ -297,11 +297,33 @@ func retriablePublish(err error) bool {
 // enqueue puts one message on the async queue, blocking while it is full
 // (unless called from a callback) and ctx lasts, and reports failures to cb.
 func (p *publisher) enqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) {
+	p.enqueueFor(ctx, msg, cb, false)
+}
+
+// enqueueFor is enqueue; a tied message (a handler's, see tie) is sent even
+// when ctx ends after it was queued: its record waits for it, and a
+// handler's context ends when the handler returns if Consume.HandlerTimeout
+// is set.
+func (p *publisher) enqueueFor(ctx context.Context, msg Msg, cb func(Receipt, error), tied bool) {
 	if cb == nil {
 		cb = p.noCallback
 	}
-	if rec, err := p.push(ctx, msg, cb, pushWait); err != nil {
+	if rec, err := p.push(ctx, msg, cb, pushWait, tied); err != nil {
 		cb(receiptOf(msg, rec, false), err)
+	}
+}
+
+// tie returns the callback of a message a handler published with
+// PublishAsync and its context: cb (or, when nil, noCallback), then o
+// notes the outcome. o counts the message from now on.
+func (p *publisher) tie(o *asyncOuts, cb func(Receipt, error)) func(Receipt, error) {
+	if cb == nil {
+		cb = p.noCallback
+	}
+	o.add()
+	return func(r Receipt, err error) {
+		defer o.settle(err) // also when cb panics (callback recovers)
+		cb(r, err)
 	}
 }
 
@@ -318,22 +340,27 @@ func (p *publisher) noCallback(r Receipt, err error) {
 
 // tryEnqueue is enqueue without waiting: a full queue returns
 // ErrQueueFull. When it returns an error, cb is not called.
-func (p *publisher) tryEnqueue(ctx context.Context, msg Msg, cb func(Receipt, error)) error {
+func (p *publisher) tryEnqueue(ctx context.Context, msg Msg, cb func(Receipt, error), tied bool) error {
 	if cb == nil {
 		cb = p.noCallback
 	}
-	_, err := p.push(ctx, msg, cb, pushTry)
+	_, err := p.push(ctx, msg, cb, pushTry, tied)
 	return err
 }
 
 // push encodes msg and queues it. On failure it returns the encoded record,
-// or nil when msg could not be encoded.
-func (p *publisher) push(ctx context.Context, msg Msg, cb func(Receipt, error), mode pushMode) (*transport.Record, error) {
+// or nil when msg could not be encoded. ctx bounds the wait for room; the
+// queued message keeps it (its values, and its end unless tied).
+func (p *publisher) push(ctx context.Context, msg Msg, cb func(Receipt, error), mode pushMode, tied bool) (*transport.Record, error) {
 	rec, err := p.encode(ctx, msg)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.queueFor(rec.Key).push(ctx, asyncItem{ctx: ctx, msg: msg, rec: rec, cb: cb}, mode, p.writers.has); err != nil {
+	ictx := ctx
+	if tied {
+		ictx = context.WithoutCancel(ctx)
+	}
+	if err := p.queueFor(rec.Key).push(ctx, asyncItem{ctx: ictx, msg: msg, rec: rec, cb: cb}, mode, p.writers.has); err != nil {
 		p.notSent(ctx, &rec, err)
 		return &rec, err
 	}

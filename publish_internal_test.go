@@ -219,7 +219,7 @@ func TestPublishAsyncCallbackRepublishesWithQueueFull(t *testing.T) {
 	p.enqueue(context.Background(), &internalMsg{ID: "m0"}, record)
 	<-writing // m0 is being written
 	p.enqueue(context.Background(), &internalMsg{ID: "m1"}, record)
-	assert.ErrorIs(t, p.tryEnqueue(context.Background(), &internalMsg{ID: "x"}, record), ErrQueueFull, "the queue holds m1")
+	assert.ErrorIs(t, p.tryEnqueue(context.Background(), &internalMsg{ID: "x"}, record, false), ErrQueueFull, "the queue holds m1")
 	close(gate)
 	select {
 	case <-finished:
