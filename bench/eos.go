@@ -14,10 +14,14 @@ import (
 )
 
 // Exactly-once consume → publish (issue 20), on franz-go: a handler that
-// decodes each input and publishes one output, in three forms:
+// decodes each input and publishes one output, in four forms:
 //
-//	eos/franz-go/at-least-once  kavari, Consume.ExactlyOnce off
-//	eos/franz-go/exactly-once   kavari, Consume.ExactlyOnce on
+//	eos/franz-go/at-least-once        kavari, Consume.ExactlyOnce off,
+//	                                  the handler's Publish waits
+//	eos/franz-go/at-least-once+async  the same with PublishAsync: the
+//	                                  handler returns at once, its record
+//	                                  completes at the output's ack
+//	eos/franz-go/exactly-once         kavari, Consume.ExactlyOnce on
 //	eos/franz-go/raw-txn        a hand-written franz-go GroupTransactSession
 //	                            loop: poll, decode, produce without waiting,
 //	                            End after each poll
@@ -41,7 +45,7 @@ type BenchOutput struct {
 }
 
 // eosModes are the pipeline's forms, in the order they run.
-var eosModes = []string{"at-least-once", "exactly-once", "raw-txn"}
+var eosModes = []string{"at-least-once", "at-least-once+async", "exactly-once", "raw-txn"}
 
 // eosRates are the paced end-to-end rates (messages per second).
 var eosRates = []int{1000}
@@ -115,7 +119,17 @@ func startEOS(ctx context.Context, s *spec, handled func(), visible func(n int))
 	var k *kavari.Client
 	if err := kavari.RegisterFuncOn(reg, &BenchMessage{}, func(ctx context.Context, m *BenchMessage) error {
 		handled()
-		_, err := k.Publish(ctx, &BenchOutput{ID: m.ID, Seq: m.Seq, Payload: m.Payload, SentNs: m.SentNs})
+		out := &BenchOutput{ID: m.ID, Seq: m.Seq, Payload: m.Payload, SentNs: m.SentNs}
+		if s.Mode == "at-least-once+async" {
+			// The record completes once the output is acknowledged.
+			k.PublishAsync(ctx, out, func(_ kavari.Receipt, err error) {
+				if err == nil {
+					visible(1)
+				}
+			})
+			return nil
+		}
+		_, err := k.Publish(ctx, out)
 		if err == nil && s.Mode == "at-least-once" {
 			visible(1)
 		}
