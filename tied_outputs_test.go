@@ -230,3 +230,55 @@ func TestHandlerPublishAsyncTiedInEveryForm(t *testing.T) {
 		})
 	}
 }
+
+// TestStopWhileARecordWaitsForItsMessage: Stop while a record waits for a
+// message that keeps failing ends at its deadline's drain budget, leaves
+// the record uncommitted (it is redelivered), and Stop from the handler
+// itself does not wait for the handler's own record.
+func TestStopWhileARecordWaitsForItsMessage(t *testing.T) {
+	for _, from := range []string{"outside", "handler"} {
+		t.Run(from, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := engBroker(1)
+				b.CreateTopic("engout", 1)
+				b.Append(engRecord(0, "a", 0))
+				b.FailProduce = func(rec *transport.Record) error {
+					if rec.Topic == "engout" {
+						return errors.New("broker unavailable")
+					}
+					return nil
+				}
+				var k *kavari.Client
+				var runs atomic.Int64
+				stopped := make(chan error, 1)
+				k = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
+					k.PublishAsync(ctx, &engOut{Key: m.Key, N: m.N}, nil)
+					if runs.Add(1) == 1 && from == "handler" {
+						go func() {
+							sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+							defer cancel()
+							stopped <- k.Stop(sctx)
+						}()
+					}
+					return nil
+				}, func(c *kavari.Config) {
+					c.Consume.Retry = kavari.ConstantRetry(time.Second, 1000)
+					c.Publish.Retry = kavari.ConstantRetry(100*time.Millisecond, 1000)
+				})
+				require.NoError(t, k.Start(context.Background()))
+				for i := 0; i < 100 && runs.Load() < 1; i++ {
+					time.Sleep(100 * time.Millisecond)
+				}
+				start := time.Now()
+				if from == "outside" {
+					sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					stopped <- k.Stop(sctx)
+				}
+				<-stopped
+				assert.LessOrEqual(t, time.Since(start), 11*time.Second, "Stop ends by its deadline")
+				assert.LessOrEqual(t, memCommitted(b, "g", 0), int64(0), "the record waiting for its message stays uncommitted")
+			})
+		})
+	}
+}
