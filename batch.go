@@ -418,7 +418,7 @@ func (e *engine) runUnit(p *partition, u *batchUnit) {
 	first := u.jobs[0]
 	switch {
 	case first.rt == nil:
-		e.process(p, &first.job)
+		e.process(p, &first.job, nil, nil)
 	case len(u.jobs) == 1:
 		again = e.runAlone(p, first)
 	default:

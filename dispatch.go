@@ -207,6 +207,10 @@ type partition struct {
 	feederDone chan struct{}
 
 	lag lagState // for Health
+
+	// parked holds the records whose messages of PublishAsync are
+	// pending (engine.park); under mu.
+	parked map[*job]parkedRec
 }
 
 // fetchStamp is when the records up to offset last were delivered.
@@ -680,7 +684,9 @@ func (e *engine) feed(p *partition) {
 	case <-drained:
 	case <-p.hard.Done():
 		// Handlers were cancelled; give them a moment to return, then leave
-		// any that ignore their context behind. Their records stay uncommitted.
+		// any that ignore their context behind. Their records stay uncommitted,
+		// as do those parked for their messages.
+		e.cutParked(p)
 		select {
 		case <-drained:
 		case <-time.After(grace):
@@ -767,11 +773,15 @@ func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time
 // runLane handles j, then, when ordered, every record queued behind it for
 // key; it counts each record it starts in beat and returns how many it
 // handled.
-func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, beat *atomic.Uint64) int {
+func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, r *resume, beat *atomic.Uint64) int {
 	lk := laneKey(key)
+	lane := &laneRef{key: key, ordered: ordered}
 	for n := 1; ; n++ {
 		beat.Add(1)
-		e.process(p, j)
+		if e.process(p, j, lane, r) {
+			return n // parked: park goes on with the lane
+		}
+		r = nil
 		if !ordered {
 			return n
 		}

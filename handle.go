@@ -18,8 +18,15 @@ import (
 // process decodes and handles one record, retrying and dead-lettering as
 // needed. The record is marked done only when it was handled, dead-lettered or
 // deliberately skipped; otherwise it stays uncommitted and is redelivered.
-func (e *engine) process(p *partition, j *job) {
-	own := true // false once a move to a retry tier took the record over (moveOn)
+//
+// lane is the record's lane, when it runs on one (runLane): then a record
+// whose last handler returned with messages of PublishAsync not yet
+// acknowledged is parked instead of waited for (engine.park), and process
+// returns true: the lane stays busy, and park goes on with it once the
+// messages settled. r, when not nil, resumes a parked record whose messages
+// failed: its last handler's first attempt failed with r.err.
+func (e *engine) process(p *partition, j *job, lane *laneRef, r *resume) (parked bool) {
+	own := true // false once a move to a retry tier (moveOn) or park took the record over
 	defer func() {
 		if own {
 			e.deps.buf.release(p)
@@ -52,7 +59,9 @@ func (e *engine) process(p *partition, j *job) {
 	// record gave its own back, and then waits, without a run slot, for
 	// the messages the attempt published with PublishAsync and its
 	// context: one that failed fails the attempt.
-	attempt := func(b *binding, msg any, n int) error {
+	// With mayPark, an attempt that succeeded with messages pending
+	// returns errParked instead of waiting for them.
+	attempt := func(b *binding, msg any, n int, mayPark bool) error {
 		if !held {
 			if !e.deps.running.take(p.hard) {
 				return context.Cause(p.hard)
@@ -64,6 +73,9 @@ func (e *engine) process(p *partition, j *job) {
 			if o.pending() {
 				e.deps.running.give() // the record waits, it does not run
 				held = false
+				if err == nil && mayPark {
+					return errParked
+				}
 			}
 			if oerr := o.wait(p.hard); err == nil && oerr != nil {
 				err = oerr
@@ -75,7 +87,14 @@ func (e *engine) process(p *partition, j *job) {
 	if p.tier {
 		rs = e.retry.stateOf(j.rec)
 	}
-	rt, msg, err := e.table.decodeOn(j.rec, rs.topic(j.rec))
+	var rt *route
+	var msg any
+	var err error
+	if r != nil {
+		rt, msg = r.rt, r.msg
+	} else {
+		rt, msg, err = e.table.decodeOn(j.rec, rs.topic(j.rec))
+	}
 	if err != nil {
 		var de *DecodeError
 		errors.As(err, &de)
@@ -101,14 +120,29 @@ func (e *engine) process(p *partition, j *job) {
 	}
 	rs.keepHandlers(rt.bindings, e.deps.log)
 	var failed []tierFailure // handlers whose failures go to a retry tier
-	for _, b := range rt.bindings {
+	for i, b := range rt.bindings {
 		if !rs.runs(b.name) {
 			continue // a retry tier runs the handlers that failed only
+		}
+		if r != nil && i < r.idx {
+			continue // ran before the record was parked
 		}
 		// The first attempt runs directly; the retry machinery is set up
 		// only when it fails.
 		start := time.Now()
-		first := attempt(b, msg, rs.attempt())
+		var first error
+		if r != nil && i == r.idx {
+			start, first = r.start, r.err
+		} else {
+			// Only the last handler parks: the others run after it.
+			mayPark := lane != nil && rs == nil && e.eos == nil && i == len(rt.bindings)-1
+			first = attempt(b, msg, rs.attempt(), mayPark)
+			if first == errParked {
+				own = false
+				e.park(p, j, lane, resume{rt: rt, msg: msg, idx: i, start: start})
+				return true
+			}
+		}
 		if first == nil {
 			continue
 		}
@@ -131,7 +165,7 @@ func (e *engine) process(p *partition, j *job) {
 			if n == 1 {
 				return first
 			}
-			return attempt(b, msg, n)
+			return attempt(b, msg, n, false)
 		}, retriableHandler, func(n int, err error, wait time.Duration) {
 			e.deps.log.Warn("kavari: handler failed, retrying", "handler", b.name, "topic", j.rec.Topic,
 				"partition", j.rec.Partition, "offset", j.rec.Offset, "attempt", n, "wait", wait, "err", logErr(err))
@@ -177,6 +211,113 @@ func (e *engine) process(p *partition, j *job) {
 	}
 	e.deps.health.handled.Add(1)
 	e.done(p, j)
+	return false
+}
+
+// errParked is what process's attempt returns for an attempt that
+// succeeded with messages still pending, when it may park.
+var errParked = errors.New("kavari: parked")
+
+// laneRef is the lane a record runs on (runLane): its key, and whether
+// records of the key queue behind it.
+type laneRef struct {
+	key     []byte
+	ordered bool
+}
+
+// resume is where a parked record goes on (process): its last handler's
+// first attempt, which began at start, failed with err.
+type resume struct {
+	rt    *route
+	msg   any
+	idx   int // the handler's index in rt.bindings
+	start time.Time
+	err   error
+}
+
+// park takes over j's record, whose last handler returned with messages
+// of PublishAsync pending (process returned true): no goroutine waits for
+// them. When they are all acknowledged the record is done; when one
+// failed, the handler's retries run on a worker (process with r); when
+// p's handlers are cut (p.hard: the drain in feed calls cutParked) first,
+// the record stays open. Each way, unpark then releases what process held
+// for the record and goes on with its lane.
+func (e *engine) park(p *partition, j *job, lane *laneRef, r resume) {
+	p.mu.Lock()
+	if p.parked == nil {
+		p.parked = map[*job]parkedRec{}
+	}
+	p.parked[j] = parkedRec{lane: lane, r: r}
+	p.mu.Unlock()
+	if p.hard.Err() != nil {
+		e.unpark(p, j, nil, true) // cut before it was parked: cutParked may have run
+	}
+	j.outs.Load().then(func(err error) { e.unpark(p, j, err, false) })
+}
+
+// parkedRec is what park keeps of a parked record.
+type parkedRec struct {
+	lane *laneRef
+	r    resume
+}
+
+// unpark goes on with j's parked record, once: its messages settled with
+// err (nil: all acknowledged), or its handlers were cut.
+func (e *engine) unpark(p *partition, j *job, err error, cut bool) {
+	p.mu.Lock()
+	pr, ok := p.parked[j]
+	delete(p.parked, j)
+	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	switch {
+	case !cut && err != nil:
+		r := pr.r
+		r.err = err
+		e.deps.pool.submit(task{e: e, p: p, key: pr.lane.key, ordered: pr.lane.ordered, j: j, r: &r})
+		return // the worker releases the record and goes on with the lane
+	case !cut:
+		e.deps.health.handled.Add(1)
+		e.done(p, j)
+	}
+	e.deps.buf.release(p)
+	p.inflight.Done()
+	e.nextInLane(p, pr.lane)
+}
+
+// cutParked leaves p's parked records open: p's handlers were cut.
+func (e *engine) cutParked(p *partition) {
+	p.mu.Lock()
+	js := make([]*job, 0, len(p.parked))
+	for j := range p.parked {
+		js = append(js, j)
+	}
+	p.mu.Unlock()
+	for _, j := range js {
+		e.unpark(p, j, nil, true)
+	}
+}
+
+// nextInLane hands the record queued next on lane (ordered) to a worker,
+// or ends the lane when none is.
+func (e *engine) nextInLane(p *partition, lane *laneRef) {
+	if !lane.ordered {
+		return
+	}
+	lk := laneKey(lane.key)
+	p.mu.Lock()
+	q := p.lanes[lk]
+	if len(q) == 0 {
+		delete(p.lanes, lk)
+		p.mu.Unlock()
+		return
+	}
+	next := q[0]
+	q[0] = nil
+	p.lanes[lk] = q[1:]
+	p.mu.Unlock()
+	e.deps.pool.submit(task{e: e, p: p, key: lane.key, ordered: true, j: next})
 }
 
 // moveOn moves j's record on after its handlers failed it (retryLater) and
@@ -353,9 +494,10 @@ func (e *engine) deadLetter(p *partition, j *job, kind ErrorKind, handler string
 // for it.
 type asyncOuts struct {
 	mu   sync.Mutex
-	n    int           // published, not settled
-	err  error         // the first failure since the last wait
-	wake chan struct{} // closed when n reaches 0, while wait waits
+	n    int             // published, not settled
+	err  error           // the first failure since the last wait
+	wake chan struct{}   // closed when n reaches 0, while wait waits
+	next func(err error) // called once when n reaches 0 (then), with err
 }
 
 // outsKey is the context key of the *asyncOuts a handler's PublishAsync
@@ -380,15 +522,51 @@ func (o *asyncOuts) add() {
 // settle notes the outcome of a message add counted.
 func (o *asyncOuts) settle(err error) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	o.n--
 	if err != nil && o.err == nil {
 		o.err = err
 	}
-	if o.n == 0 && o.wake != nil {
+	if o.n > 0 {
+		o.mu.Unlock()
+		return
+	}
+	if o.wake != nil {
 		close(o.wake)
 		o.wake = nil
 	}
+	next := o.next
+	o.next = nil
+	if next == nil {
+		o.mu.Unlock()
+		return
+	}
+	err = o.take()
+	o.mu.Unlock()
+	next(err) // on the publisher's goroutine that settled the last message
+}
+
+// then calls next with what wait would return once every message counted
+// so far settled: at once when none is pending. Instead of wait.
+func (o *asyncOuts) then(next func(err error)) {
+	o.mu.Lock()
+	if o.n > 0 {
+		o.next = next
+		o.mu.Unlock()
+		return
+	}
+	err := o.take()
+	o.mu.Unlock()
+	next(err)
+}
+
+// take returns and clears the first failure, as wait's error; under mu.
+func (o *asyncOuts) take() error {
+	err := o.err
+	o.err = nil
+	if err != nil {
+		return fmt.Errorf("kavari: a message the handler published with PublishAsync was not written: %w", err)
+	}
+	return nil
 }
 
 func (o *asyncOuts) pending() bool {
@@ -415,13 +593,9 @@ func (o *asyncOuts) wait(ctx context.Context) error {
 		}
 		o.mu.Lock()
 	}
-	err := o.err
-	o.err = nil
+	err := o.take()
 	o.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("kavari: a message the handler published with PublishAsync was not written: %w", err)
-	}
-	return nil
+	return err
 }
 
 // setStuck records why the record at offset cannot complete, for Health; an

@@ -7,7 +7,10 @@ package kavari_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -281,4 +284,109 @@ func TestStopWhileARecordWaitsForItsMessage(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestParkedRecordKeepsItsKeysOrder: the first record of a key waits for
+// its message, which fails once; the key's next record runs only after the
+// first completed (its handler ran again), and records of other keys run
+// meanwhile.
+func TestParkedRecordKeepsItsKeysOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		b.CreateTopic("engout", 1)
+		b.Append(engRecord(0, "a", 0))
+		b.Append(engRecord(0, "a", 1))
+		b.Append(engRecord(0, "b", 0))
+		var fails atomic.Int64
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "engout" && string(rec.Key) == "a" && fails.Add(1) <= 2 {
+				return errors.New("broker unavailable") // both writes of the first message
+			}
+			return nil
+		}
+		var k *kavari.Client
+		var mu sync.Mutex
+		var order []string
+		k = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
+			mu.Lock()
+			order = append(order, m.Key+strconv.Itoa(m.N))
+			mu.Unlock()
+			k.PublishAsync(ctx, &engOut{Key: m.Key, N: m.N}, nil)
+			return nil
+		}, func(c *kavari.Config) {
+			c.Publish.Retry = kavari.ConstantRetry(10*time.Millisecond, 2)
+			c.Consume.Retry = kavari.ConstantRetry(time.Second, 3)
+		})
+		require.NoError(t, k.Start(context.Background()))
+		for i := 0; i < 100 && memCommitted(b, "g", 0) < 3; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		require.NoError(t, stopNow(t, k))
+		assert.Equal(t, int64(3), memCommitted(b, "g", 0))
+		mu.Lock()
+		defer mu.Unlock()
+		var a []string
+		for _, o := range order {
+			if o[0] == 'a' {
+				a = append(a, o)
+			}
+		}
+		assert.Equal(t, []string{"a0", "a0", "a1"}, a, "a1 ran after a0's second attempt")
+		assert.Less(t, slices.Index(order, "b0"), slices.Index(order, "a1"), "b ran while a0 waited")
+		assert.Len(t, b.Records("engout", 0), 3)
+	})
+}
+
+// TestParkedRecordOnRevokeStaysOpenForTheNextOwner: a member whose record
+// waits for a message that keeps failing has its partition revoked (a
+// second member joins); the record is not committed on revoke, and the
+// partition's next owner handles it again once the message can be written.
+func TestParkedRecordOnRevokeStaysOpenForTheNextOwner(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := engBroker(1)
+		b.CreateTopic("engout", 1)
+		b.Append(engRecord(0, "a", 0))
+		var failing atomic.Bool
+		failing.Store(true)
+		b.FailProduce = func(rec *transport.Record) error {
+			if rec.Topic == "engout" && failing.Load() {
+				return errors.New("broker unavailable")
+			}
+			return nil
+		}
+		var runs [2]atomic.Int64
+		var ks [2]*kavari.Client
+		for i := range ks {
+			ks[i] = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
+				runs[i].Add(1)
+				ks[i].PublishAsync(ctx, &engOut{Key: m.Key, N: m.N}, nil)
+				return nil
+			}, func(c *kavari.Config) {
+				c.Publish.Retry = kavari.ConstantRetry(100*time.Millisecond, 1000)
+				c.Consume.Retry = kavari.ConstantRetry(time.Second, 1000)
+				c.Consume.DrainTimeout = 2 * time.Second
+			})
+		}
+		require.NoError(t, ks[0].Start(context.Background()))
+		for i := 0; i < 100 && runs[0].Load() < 1; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		// The second member's join revokes the partition; the first drains
+		// past its budget.
+		require.NoError(t, ks[1].Start(context.Background()))
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		assert.LessOrEqual(t, memCommitted(b, "g", 0), int64(0), "the parked record was committed on revoke")
+		failing.Store(false)
+		for i := 0; i < 200 && memCommitted(b, "g", 0) < 1; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		require.NoError(t, stopNow(t, ks[1]))
+		require.NoError(t, stopNow(t, ks[0]))
+		assert.Equal(t, int64(1), memCommitted(b, "g", 0))
+		// The memory broker may give the partition back to the first member:
+		// either way the record was handled again by its owner after the revoke.
+		assert.GreaterOrEqual(t, runs[0].Load()+runs[1].Load(), int64(2), "handled again after the revoke")
+		assert.NotEmpty(t, b.Records("engout", 0))
+	})
 }

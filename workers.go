@@ -42,6 +42,7 @@ type task struct {
 	key     []byte
 	ordered bool
 	j       *job
+	r       *resume    // when not nil, j is a parked record going on (process)
 	u       *batchUnit // when not nil, a unit of a batch queue (batch.go) instead of a lane
 }
 
@@ -278,7 +279,7 @@ func (wp *workerPool) runLanes(w *poolWorker, t task) {
 			w.beat.Add(1)
 			t.e.runUnit(t.p, t.u)
 		} else {
-			n = t.e.runLane(t.p, t.key, t.ordered, t.j, &w.beat)
+			n = t.e.runLane(t.p, t.key, t.ordered, t.j, t.r, &w.beat)
 		}
 		if timed {
 			wp.timed(start, n)
