@@ -21,7 +21,22 @@ import (
 
 	"github.com/kavari-go/kavari"
 	"github.com/kavari-go/kavari/internal/transport"
+	"github.com/kavari-go/kavari/internal/transport/memory"
 )
+
+// outBroker returns an in-memory broker with the engine tests' topics and
+// engout, whose writes of a record fail (retriable) while fail says so.
+func outBroker(fail func(rec *transport.Record) bool) *memory.Broker {
+	b := engBroker(1)
+	b.CreateTopic("engout", 1)
+	b.FailProduce = func(rec *transport.Record) error {
+		if rec.Topic == "engout" && fail(rec) {
+			return errors.New("broker unavailable")
+		}
+		return nil
+	}
+	return b
+}
 
 type engOut struct {
 	kavari.Message `kavari:"topic=engout,key=Key"`
@@ -35,17 +50,10 @@ type engOut struct {
 // written, the record is committed.
 func TestHandlerPublishAsyncHoldsItsRecordUntilAcknowledged(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := engBroker(1)
-		b.CreateTopic("engout", 1)
-		b.Append(engRecord(0, "a", 0))
 		var failing atomic.Bool
 		failing.Store(true)
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "engout" && failing.Load() {
-				return errors.New("broker unavailable") // retriable
-			}
-			return nil
-		}
+		b := outBroker(func(*transport.Record) bool { return failing.Load() })
+		b.Append(engRecord(0, "a", 0))
 		var k *kavari.Client
 		var runs atomic.Int64
 		k = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
@@ -77,16 +85,9 @@ func TestHandlerPublishAsyncHoldsItsRecordUntilAcknowledged(t *testing.T) {
 // failure saying why, and the partition goes on.
 func TestHandlerPublishAsyncFailingForGoodDeadLetters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := engBroker(1)
-		b.CreateTopic("engout", 1)
+		b := outBroker(func(rec *transport.Record) bool { return string(rec.Key) == "a" })
 		b.Append(engRecord(0, "a", 0))
 		b.Append(engRecord(0, "b", 1))
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "engout" && string(rec.Key) == "a" {
-				return errors.New("broker unavailable")
-			}
-			return nil
-		}
 		var k *kavari.Client
 		var calls atomic.Int64
 		k = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
@@ -130,16 +131,14 @@ func TestHandlerPublishAsyncFailingForGoodDeadLetters(t *testing.T) {
 // that context is still sent, and its record completes after it.
 func TestHandlerPublishAsyncOutlivesHandlerTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := engBroker(1)
-		b.CreateTopic("engout", 1)
-		b.Append(engRecord(0, "a", 0))
 		release := make(chan struct{})
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "engout" && string(rec.Key) == "blocker" {
+		b := outBroker(func(rec *transport.Record) bool {
+			if string(rec.Key) == "blocker" {
 				<-release
 			}
-			return nil
-		}
+			return false
+		})
+		b.Append(engRecord(0, "a", 0))
 		var k *kavari.Client
 		var returned atomic.Bool
 		k = memKavari(t, b, transport.Capabilities{}, "g", func(ctx context.Context, m *engMsg) error {
@@ -180,18 +179,11 @@ func TestHandlerPublishAsyncTiedInEveryForm(t *testing.T) {
 	for _, form := range []string{"batch", "batch+middleware", "single+middleware"} {
 		t.Run(form, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				b := engBroker(1)
-				b.CreateTopic("engout", 1)
-				b.Append(engRecord(0, "a", 0))
-				b.Append(engRecord(0, "b", 1))
 				var failing atomic.Bool
 				failing.Store(true)
-				b.FailProduce = func(rec *transport.Record) error {
-					if rec.Topic == "engout" && failing.Load() {
-						return errors.New("broker unavailable")
-					}
-					return nil
-				}
+				b := outBroker(func(*transport.Record) bool { return failing.Load() })
+				b.Append(engRecord(0, "a", 0))
+				b.Append(engRecord(0, "b", 1))
 				var k *kavari.Client
 				var runs atomic.Int64
 				mutate := func(c *kavari.Config) {
@@ -242,15 +234,8 @@ func TestStopWhileARecordWaitsForItsMessage(t *testing.T) {
 	for _, from := range []string{"outside", "handler"} {
 		t.Run(from, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				b := engBroker(1)
-				b.CreateTopic("engout", 1)
+				b := outBroker(func(*transport.Record) bool { return true })
 				b.Append(engRecord(0, "a", 0))
-				b.FailProduce = func(rec *transport.Record) error {
-					if rec.Topic == "engout" {
-						return errors.New("broker unavailable")
-					}
-					return nil
-				}
 				var k *kavari.Client
 				var runs atomic.Int64
 				stopped := make(chan error, 1)
@@ -292,18 +277,11 @@ func TestStopWhileARecordWaitsForItsMessage(t *testing.T) {
 // meanwhile.
 func TestParkedRecordKeepsItsKeysOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := engBroker(1)
-		b.CreateTopic("engout", 1)
+		var fails atomic.Int64
+		b := outBroker(func(rec *transport.Record) bool { return string(rec.Key) == "a" && fails.Add(1) <= 2 }) // both writes of the first message
 		b.Append(engRecord(0, "a", 0))
 		b.Append(engRecord(0, "a", 1))
 		b.Append(engRecord(0, "b", 0))
-		var fails atomic.Int64
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "engout" && string(rec.Key) == "a" && fails.Add(1) <= 2 {
-				return errors.New("broker unavailable") // both writes of the first message
-			}
-			return nil
-		}
 		var k *kavari.Client
 		var mu sync.Mutex
 		var order []string
@@ -343,17 +321,10 @@ func TestParkedRecordKeepsItsKeysOrder(t *testing.T) {
 // partition's next owner handles it again once the message can be written.
 func TestParkedRecordOnRevokeStaysOpenForTheNextOwner(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := engBroker(1)
-		b.CreateTopic("engout", 1)
-		b.Append(engRecord(0, "a", 0))
 		var failing atomic.Bool
 		failing.Store(true)
-		b.FailProduce = func(rec *transport.Record) error {
-			if rec.Topic == "engout" && failing.Load() {
-				return errors.New("broker unavailable")
-			}
-			return nil
-		}
+		b := outBroker(func(*transport.Record) bool { return failing.Load() })
+		b.Append(engRecord(0, "a", 0))
 		var runs [2]atomic.Int64
 		var ks [2]*kavari.Client
 		for i := range ks {
