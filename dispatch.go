@@ -775,10 +775,10 @@ func (e *engine) dispatch(p *partition, rec *transport.Record, fetched time.Time
 // handled.
 func (e *engine) runLane(p *partition, key []byte, ordered bool, j *job, r *resume, beat *atomic.Uint64) int {
 	lk := laneKey(key)
-	lane := &laneRef{key: key, ordered: ordered}
+	lane := laneRef{key: key, ordered: ordered} // park copies it: it stays on the stack
 	for n := 1; ; n++ {
 		beat.Add(1)
-		if e.process(p, j, lane, r) {
+		if e.process(p, j, &lane, r) {
 			return n // parked: park goes on with the lane
 		}
 		r = nil

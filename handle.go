@@ -247,7 +247,7 @@ func (e *engine) park(p *partition, j *job, lane *laneRef, r resume) {
 	if p.parked == nil {
 		p.parked = map[*job]parkedRec{}
 	}
-	p.parked[j] = parkedRec{lane: lane, r: r}
+	p.parked[j] = parkedRec{lane: *lane, r: r}
 	p.mu.Unlock()
 	if p.hard.Err() != nil {
 		e.unpark(p, j, nil, true) // cut before it was parked: cutParked may have run
@@ -257,7 +257,7 @@ func (e *engine) park(p *partition, j *job, lane *laneRef, r resume) {
 
 // parkedRec is what park keeps of a parked record.
 type parkedRec struct {
-	lane *laneRef
+	lane laneRef
 	r    resume
 }
 
@@ -283,7 +283,7 @@ func (e *engine) unpark(p *partition, j *job, err error, cut bool) {
 	}
 	e.deps.buf.release(p)
 	p.inflight.Done()
-	e.nextInLane(p, pr.lane)
+	e.nextInLane(p, &pr.lane)
 }
 
 // cutParked leaves p's parked records open: p's handlers were cut.
