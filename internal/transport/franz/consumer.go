@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -352,22 +353,22 @@ func (c *consumer) probeUntilJoined(ctx context.Context, cl *kgo.Client, h trans
 // deliver hands krs to the engine; false when tp is not deliverable (being
 // revoked, or not assigned).
 func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw int64) bool {
-	// Four allocations per fetch, not per record: the records, their
-	// headers, the slice of pointers the engine gets, and the bytes of
-	// their keys, values and header values, copied out of kgo's fetch
-	// response. Without the copy, one record the engine still holds keeps
-	// the whole response (up to fetchPartitionBytes for every partition
-	// the broker answered for) alive; with it, what the engine holds is
-	// about the size of the records it holds.
-	nh, nb := 0, 0
+	// Three allocations per fetch, not per record: the records, the slice
+	// of pointers the engine gets, and the bytes of their keys, values and
+	// header values, copied out of kgo's fetch response. Without the copy,
+	// one record the engine still holds keeps the whole response (up to
+	// fetchPartitionBytes for every partition the broker answered for)
+	// alive; with it, what the engine holds is about the size of the
+	// records it holds. The headers stay in the slice kgo made for each
+	// record (its own allocation, not part of the response), their values
+	// moved to the copy.
+	nb := 0
 	for _, kr := range krs {
-		nh += len(kr.Headers)
 		nb += len(kr.Key) + len(kr.Value)
 		for _, h := range kr.Headers {
 			nb += len(h.Value)
 		}
 	}
-	hs := make([]transport.Header, 0, nh)
 	rs := make([]transport.Record, len(krs))
 	recs := make([]*transport.Record, len(krs))
 	arena := make([]byte, 0, nb)
@@ -385,12 +386,11 @@ func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw in
 			Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset,
 			Key: own(kr.Key), Value: own(kr.Value), Time: kr.Timestamp,
 		}
-		if len(kr.Headers) > 0 {
-			n := len(hs)
-			for _, h := range kr.Headers {
-				hs = append(hs, transport.Header{Key: h.Key, Value: own(h.Value)})
+		if hs := kr.Headers; len(hs) > 0 {
+			for i := range hs {
+				hs[i].Value = own(hs[i].Value)
 			}
-			r.Headers = hs[n:len(hs):len(hs)]
+			r.Headers = asHeaders(hs[:len(hs):len(hs)])
 		}
 		recs[i] = r
 	}
@@ -401,6 +401,15 @@ func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw in
 	}
 	c.h.Records(tp, recs, hw)
 	return true
+}
+
+// The conversion compiles only while kgo's header and transport.Header have
+// the same fields in the same order, which is what asHeaders relies on.
+var _ = transport.Header(kgo.RecordHeader{})
+
+// asHeaders views kgo's headers as transport.Headers, without a copy.
+func asHeaders(hs []kgo.RecordHeader) []transport.Header {
+	return unsafe.Slice((*transport.Header)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
 }
 
 // generation returns the member's current generation (the member epoch with

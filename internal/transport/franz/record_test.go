@@ -1,6 +1,7 @@
 package franz
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -43,5 +44,72 @@ func TestSetKgoRecordHeadersApart(t *testing.T) {
 	kv[0].Headers = append(kv[0].Headers, kgo.RecordHeader{Key: "added"})
 	if kv[2].Headers[0].Key != "z" {
 		t.Fatalf("appending to record 0's headers changed record 2's: %+v", kv[2].Headers)
+	}
+}
+
+// gotRecords is a transport.GroupHandler that keeps what Records delivers.
+type gotRecords struct {
+	transport.GroupHandler
+	recs []*transport.Record
+}
+
+func (g *gotRecords) Records(_ transport.TopicPartition, recs []*transport.Record, _ int64) {
+	g.recs = append(g.recs, recs...)
+}
+
+// deliver copies keys, values and header values out of the fetch response
+// (a record the engine holds must not keep the response alive), keeps each
+// record's headers, and caps them at their own length.
+func TestDeliverCopiesOutOfTheResponse(t *testing.T) {
+	resp := []byte("k1v1h1h2k2v2h3")
+	at := time.Unix(1700000000, 0)
+	krs := []*kgo.Record{
+		{Topic: "t", Partition: 2, Offset: 7, Key: resp[0:2], Value: resp[2:4], Timestamp: at,
+			Headers: []kgo.RecordHeader{{Key: "a", Value: resp[4:6]}, {Key: "b", Value: resp[6:8]}}},
+		{Topic: "t", Partition: 2, Offset: 8, Value: resp[10:12], Timestamp: at},
+		{Topic: "t", Partition: 2, Offset: 9, Key: resp[8:10], Value: resp[10:12], Timestamp: at,
+			Headers: []kgo.RecordHeader{{Key: "c", Value: resp[12:14]}, {Key: "nil"}}},
+	}
+	tp := transport.TopicPartition{Topic: "t", Partition: 2}
+	g := &gotRecords{}
+	c := &consumer{h: g, deliverable: map[transport.TopicPartition]bool{tp: true}}
+	if !c.deliver(tp, krs, 10) {
+		t.Fatal("deliver refused a deliverable partition")
+	}
+	for i := range resp {
+		resp[i] = '#' // the response's buffer is reused or gone
+	}
+	type want struct {
+		off        int64
+		key, value string
+		headers    []string // key=value
+	}
+	wants := []want{
+		{7, "k1", "v1", []string{"a=h1", "b=h2"}},
+		{8, "", "v2", nil},
+		{9, "k2", "v2", []string{"c=h3", "nil="}},
+	}
+	if len(g.recs) != len(wants) {
+		t.Fatalf("%d records delivered, want %d", len(g.recs), len(wants))
+	}
+	for i, w := range wants {
+		r := g.recs[i]
+		if r.Topic != "t" || r.Partition != 2 || r.Offset != w.off || string(r.Key) != w.key || string(r.Value) != w.value || !r.Time.Equal(at) {
+			t.Fatalf("record %d: %+v, want %+v", i, *r, w)
+		}
+		var hs []string
+		for _, h := range r.Headers {
+			hs = append(hs, h.Key+"="+string(h.Value))
+		}
+		if strings.Join(hs, ",") != strings.Join(w.headers, ",") || cap(r.Headers) != len(r.Headers) {
+			t.Fatalf("record %d headers %v (cap %d), want %v", i, hs, cap(r.Headers), w.headers)
+		}
+	}
+	if g.recs[1].Key != nil || g.recs[2].Headers[1].Value != nil {
+		t.Fatal("a nil key or header value came out not nil")
+	}
+	c.deliverable[tp] = false
+	if c.deliver(tp, krs, 10) {
+		t.Fatal("deliver handed records of a partition that is not deliverable")
 	}
 }
