@@ -30,17 +30,17 @@ type recordBuffer struct {
 	max int // Consume.MaxBuffered
 
 	mu       sync.Mutex
-	floor    int                // slots reserved to each assigned main partition
-	tier     int                // slots reserved to each assigned tier partition
-	pool     int                // slots beyond the floors: max − n × floor − t × tier, at least 0
-	used     int                // slots held, all partitions
-	borrowed int                // slots held beyond their partition's floor
-	held     map[*partition]int // slots held per partition (also by partitions released since)
-	waiting  []*bufferWaiter    // acquire calls waiting for a slot, in arrival order
+	floor    int                     // slots reserved to each assigned main partition
+	tier     int                     // slots reserved to each assigned tier partition
+	pool     int                     // slots beyond the floors: max − n × floor − t × tier, at least 0
+	used     int                     // slots held, all partitions
+	borrowed int                     // slots held beyond their partition's floor
+	holding  map[*partition]struct{} // partitions holding slots (also partitions released since), each p.bufHeld of them
+	waiting  []*bufferWaiter         // acquire calls waiting for a slot, in arrival order
 }
 
 func newRecordBuffer(max int) *recordBuffer {
-	b := &recordBuffer{max: max, held: map[*partition]int{}}
+	b := &recordBuffer{max: max, holding: map[*partition]struct{}{}}
 	b.setPartitions(1, 0)
 	return b
 }
@@ -66,8 +66,8 @@ func (b *recordBuffer) setPartitions(n, tiers int) {
 	b.tier = tierFloor(b.floor)
 	b.pool = max(b.max-max(n, 1)*b.floor-tiers*b.tier, 0)
 	b.borrowed = 0
-	for p, h := range b.held {
-		b.borrowed += max(h-b.floorOf(p), 0)
+	for p := range b.holding {
+		b.borrowed += max(p.bufHeld-b.floorOf(p), 0)
 	}
 	b.grantLocked()
 }
@@ -82,7 +82,7 @@ func (b *recordBuffer) floorOf(p *partition) int {
 
 // canTakeLocked reports whether p may take a slot now; under mu.
 func (b *recordBuffer) canTakeLocked(p *partition) bool {
-	if b.held[p] < b.floorOf(p) {
+	if p.bufHeld < b.floorOf(p) {
 		return true
 	}
 	return b.borrowed < b.pool && b.used < b.max
@@ -150,11 +150,14 @@ type bufferWaiter struct {
 
 // takeLocked takes a slot for p and returns the slots held; under mu.
 func (b *recordBuffer) takeLocked(p *partition) int {
-	h := b.held[p]
+	h := p.bufHeld
 	if h >= b.floorOf(p) {
 		b.borrowed++
 	}
-	b.held[p] = h + 1
+	if h == 0 {
+		b.holding[p] = struct{}{}
+	}
+	p.bufHeld = h + 1
 	b.used++
 	return b.used
 }
@@ -163,7 +166,7 @@ func (b *recordBuffer) takeLocked(p *partition) int {
 func (b *recordBuffer) release(p *partition) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	h := b.held[p]
+	h := p.bufHeld
 	if h <= 0 {
 		return
 	}
@@ -171,10 +174,9 @@ func (b *recordBuffer) release(p *partition) {
 		b.borrowed--
 	}
 	if h == 1 {
-		delete(b.held, p)
-	} else {
-		b.held[p] = h - 1
+		delete(b.holding, p)
 	}
+	p.bufHeld = h - 1
 	b.used--
 	b.grantLocked()
 }

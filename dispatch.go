@@ -174,6 +174,9 @@ type partition struct {
 	// partition holds its reserved part and none of the rest is left
 	// (recordBuffer). Its fetching is paused too.
 	bufferFull atomic.Bool
+	// bufHeld is how many slots of MaxBuffered the partition holds; under
+	// recordBuffer.mu.
+	bufHeld int
 
 	// pending holds the records the transport delivered that the feeder has
 	// not dispatched yet; paused says the transport was asked to stop
@@ -622,6 +625,13 @@ func (e *engine) feed(p *partition) {
 		// what kgo fetched for it, and handlers catching up with the feeder
 		// free room within microseconds; meanwhile its backlog holds the
 		// transport back.
+		// The common case first: room, and a slot to take at once.
+		if int64(p.tracker.window()) < p.share.Load() {
+			if used, ok := e.deps.buf.tryAcquire(p); ok {
+				e.dispatchNext(p, rec, at, used)
+				continue
+			}
+		}
 		stall := false
 		if !e.hasRoom(p) {
 			if p.bq != nil {
@@ -662,12 +672,7 @@ func (e *engine) feed(p *partition) {
 				break
 			}
 		}
-		e.deps.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
-		if p.bq != nil {
-			e.enqueue(p, rec)
-		} else {
-			e.dispatch(p, rec, at)
-		}
+		e.dispatchNext(p, rec, at, used)
 	}
 	if p.bq != nil {
 		e.closeBatches(p)
@@ -737,6 +742,17 @@ const movingSpan = 4
 // way) or not (its write failed: the partition holds at it again).
 func (e *engine) moving(p *partition, j *job, on bool) {
 	e.roomMade(p, p.tracker.setMoving(j.seq, on))
+}
+
+// dispatchNext hands rec, delivered at fetched, for which a buffer slot was
+// taken (used slots held, all partitions), to its batch queue or its lane.
+func (e *engine) dispatchNext(p *partition, rec *transport.Record, fetched time.Time, used int) {
+	e.deps.pool.fit(used) // a lane holds a slot: as many workers as slots held never queue a lane
+	if p.bq != nil {
+		e.enqueue(p, rec)
+	} else {
+		e.dispatch(p, rec, fetched)
+	}
 }
 
 // dispatch hands rec, delivered at fetched, to its lane: behind an earlier
