@@ -404,12 +404,19 @@ func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw in
 }
 
 // The conversion compiles only while kgo's header and transport.Header have
-// the same fields in the same order, which is what asHeaders relies on.
+// the same fields in the same order, which is what asHeaders and
+// asKgoHeaders rely on.
 var _ = transport.Header(kgo.RecordHeader{})
 
 // asHeaders views kgo's headers as transport.Headers, without a copy.
 func asHeaders(hs []kgo.RecordHeader) []transport.Header {
 	return unsafe.Slice((*transport.Header)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
+}
+
+// asKgoHeaders views transport.Headers as kgo's, without a copy and without
+// room beyond their length.
+func asKgoHeaders(hs []transport.Header) []kgo.RecordHeader {
+	return unsafe.Slice((*kgo.RecordHeader)(unsafe.Pointer(unsafe.SliceData(hs))), len(hs))
 }
 
 // generation returns the member's current generation (the member epoch with

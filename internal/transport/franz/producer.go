@@ -279,8 +279,7 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	start, _ := p.hooks.state()
 	results := make([]error, len(recs))
 	writes := make([]*write, len(recs))
-	var hs []kgo.RecordHeader // the new writes' headers, made at the first
-	var ws []write            // the new writes, made at the first
+	var ws []write // the new writes, made at the first
 	for i, r := range recs {
 		if w, ok := r.InFlight.(*write); ok {
 			if !w.settled() || w.err == nil {
@@ -295,13 +294,12 @@ func (p *producer) Produce(ctx context.Context, recs []*transport.Record) []erro
 		}
 		if ws == nil {
 			ws = make([]write, len(recs)-i)
-			hs = kgoHeaders(recs[i:])
 		}
 		w := &ws[0]
 		ws = ws[1:]
 		w.done = make(chan struct{})
 		w.leader.Store(-1)
-		hs = setKgoRecord(&w.kr, r, hs)
+		setKgoRecord(&w.kr, r)
 		w.kr.Context = rctx
 		p.cl.Produce(ctx, &w.kr, settle)
 		r.InFlight, writes[i] = w, w
@@ -371,29 +369,17 @@ func (p *producer) wait(ctx context.Context, writes []*write, seq uint64) error 
 	}
 }
 
-// setKgoRecord sets kr, which must be zero, to r, converted for kgo; the
-// headers go into hs, which must be zero and have room for them, and
-// setKgoRecord returns what is left of it (kgoHeaders). Only the fields
-// kavari sets are written: assigning a whole kgo.Record copies every
-// field, with a write barrier for each pointer while the GC runs.
-func setKgoRecord(kr *kgo.Record, r *transport.Record, hs []kgo.RecordHeader) []kgo.RecordHeader {
+// setKgoRecord sets kr, which must be zero, to r, converted for kgo. Only
+// the fields kavari sets are written: assigning a whole kgo.Record copies
+// every field, with a write barrier for each pointer while the GC runs.
+// The headers are r's, seen as kgo's (asKgoHeaders: no room beyond their
+// length): kgo only reads them, and kavari does not change a record's
+// headers once it is handed to a producer.
+func setKgoRecord(kr *kgo.Record, r *transport.Record) {
 	kr.Topic, kr.Key, kr.Value, kr.Timestamp = r.Topic, r.Key, r.Value, r.Time
-	if n := len(r.Headers); n > 0 {
-		kr.Headers, hs = hs[:n:n], hs[n:]
-		for j, h := range r.Headers {
-			kr.Headers[j].Key, kr.Headers[j].Value = h.Key, h.Value
-		}
+	if len(r.Headers) > 0 {
+		kr.Headers = asKgoHeaders(r.Headers)
 	}
-	return hs
-}
-
-// kgoHeaders returns room for the headers of recs, in one allocation.
-func kgoHeaders(recs []*transport.Record) []kgo.RecordHeader {
-	n := 0
-	for _, r := range recs {
-		n += len(r.Headers)
-	}
-	return make([]kgo.RecordHeader, n)
 }
 
 // classify turns a failure kgo reports for one record into a ProduceError.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -30,7 +31,9 @@ import (
 
 // txnSide is a transactional consumer's state.
 type txnSide struct {
-	sess *kgo.GroupTransactSession // set by Run, with consumer.cl
+	// sess is set once, by Run (under consumer.mu, with consumer.cl); an
+	// atomic, so that each Send reads it without taking consumer.mu.
+	sess atomic.Pointer[kgo.GroupTransactSession]
 
 	// pollMu is held by a poll and the delivery of what it returned: End
 	// holds it, so no record is fetched or delivered while a transaction
@@ -95,7 +98,7 @@ func (c *consumer) newClient() (*kgo.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.txn.sess = s
+	c.txn.sess.Store(s)
 	return s.Client(), nil
 }
 
@@ -165,12 +168,11 @@ func (c *consumer) session() (*kgo.GroupTransactSession, error) {
 	if c.txn == nil {
 		return nil, errors.New("kavari: franz consumer: not transactional (no TransactionalID)")
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.txn.sess == nil {
+	s := c.txn.sess.Load()
+	if s == nil {
 		return nil, errNotRunning
 	}
-	return c.txn.sess, nil
+	return s, nil
 }
 
 // Begin opens a transaction.
@@ -303,9 +305,8 @@ func (c *consumer) Produce(ctx context.Context, recs []*transport.Record) []erro
 	}
 	krs := make([]*kgo.Record, len(recs))
 	kv := make([]kgo.Record, len(recs)) // one allocation for the records
-	hs := kgoHeaders(recs)              // and one for their headers
 	for i, r := range recs {
-		hs = setKgoRecord(&kv[i], r, hs)
+		setKgoRecord(&kv[i], r)
 		krs[i] = &kv[i]
 	}
 	failed := false
@@ -334,9 +335,8 @@ func (c *consumer) Send(ctx context.Context, recs []*transport.Record, done func
 	}
 	autoCreate := c.cfg.AllowAutoCreate
 	kv := make([]kgo.Record, len(recs)) // one allocation for the records
-	hs := kgoHeaders(recs)              // and one for their headers
 	for i, r := range recs {
-		hs = setKgoRecord(&kv[i], r, hs)
+		setKgoRecord(&kv[i], r)
 		s.Produce(ctx, &kv[i], func(kr *kgo.Record, err error) {
 			if err != nil {
 				done(i, -1, -1, classifyProduce(err, autoCreate))
