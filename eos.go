@@ -20,16 +20,19 @@ import (
 // handler makes with its context (Publish, PublishBatch, PublishAsync, and
 // the dead letters of its record) goes into the window's Kafka
 // transaction; its publishes are sent without waiting for their acks
-// (send; a dead letter waits for its own). When the window's
-// interval has passed, no new handler attempt starts, those running finish,
-// the window waits once for the acks of its writes (awaitAcks: a failed
-// write aborts it), and the transaction commits with
-// the offsets of every record finished so far (the completed prefix of each
-// partition, and the completed offsets beyond it in the commit metadata):
-// a record's outputs and its offset become visible together, or, when the
-// transaction aborts, neither does and the records are handed over again.
-// Then the next window opens. A record still queued when a window closes
-// belongs to the next one.
+// (send; a dead letter waits for its own). When the window's interval has
+// passed, no new handler attempt starts and those running finish (shut);
+// the offsets of every record finished so far are taken (the completed
+// prefix of each partition, and the completed offsets beyond it in the
+// commit metadata), and the next window opens at once: its attempts run
+// while the transaction ends, and their writes wait (ready) until the next
+// transaction begins. Meanwhile the window waits once for the acks of its
+// writes (awaitAcks: a failed write aborts it), and the transaction
+// commits with the offsets taken: a record's outputs and its offset become
+// visible together, or, when the transaction aborts, neither does and the
+// records are handed over again (the partitions are rewound, which also
+// ends the next window's attempts on them). A record still queued when a
+// window closes belongs to the next one.
 
 // ctxTxnKey is the context key of the window a handler's context belongs to.
 type ctxTxnKey struct{}
@@ -58,8 +61,9 @@ type window struct {
 
 	mu      sync.Mutex
 	open    bool          // handlers may start attempts
+	pending bool          // open while the last transaction ends: writes wait (ready) until the next begins
 	running int           // attempts running in the window
-	reopen  chan struct{} // closed when the window opens again
+	reopen  chan struct{} // closed when the window opens again, and when its transaction begins
 	idle    chan struct{} // closed when running drops to 0 while the window is shut
 	health  TransactionHealth
 
@@ -178,10 +182,42 @@ func (w *window) shut(ctx context.Context) bool {
 func (w *window) openUp() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.open = true
+	w.open, w.pending = true, false
 	w.health.State = "open"
 	close(w.reopen)
 	w.reopen = make(chan struct{})
+}
+
+// openPending opens the next window while the last transaction ends:
+// attempts may start, and their writes wait (ready) until openUp.
+func (w *window) openPending() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.open, w.pending = true, true
+	close(w.reopen)
+	w.reopen = make(chan struct{})
+}
+
+// ready waits until the window's transaction has begun, so that a write
+// goes into the transaction of the attempt that makes it; ctx's cause
+// when ctx ended first (the partition was revoked or lost, or Stop). Every
+// write comes from a running attempt, which the next shut waits for, so the
+// transaction cannot end between ready and the write.
+func (w *window) ready(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		if !w.pending {
+			w.mu.Unlock()
+			return nil
+		}
+		ch := w.reopen
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }
 
 // state notes the window's state when it stays closed.
@@ -213,6 +249,13 @@ func (w *window) produce(ctx context.Context, recs []*transport.Record) []error 
 		errs := make([]error, len(recs))
 		for i := range errs {
 			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended: %w", err)}
+		}
+		return errs
+	}
+	if err := w.ready(ctx); err != nil {
+		errs := make([]error, len(recs))
+		for i := range errs {
+			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended before its transaction began: %w", err)}
 		}
 		return errs
 	}
@@ -263,12 +306,15 @@ func (w *window) send(ctx context.Context, j *job, recs []*transport.Record, aft
 }
 
 // awaitAcks waits, once the window is shut, until every write sent in it
-// was acknowledged or failed (or ctx ends: the window is doomed). A record
-// whose writes failed counts a failed attempt, as a handler that failed
-// after writing does (failed): the window aborts and the record comes
-// again, and after Consume.Retry.MaxAttempts such windows it is
-// dead-lettered instead of aborting every window.
-func (w *window) awaitAcks(ctx context.Context) {
+// was acknowledged or failed, and returns why the window is doomed when one
+// failed (or ctx ended first). A record whose writes failed counts a failed
+// attempt, as a handler that failed after writing does (failed), once per
+// window (counted: the window's records counted so far): the window aborts
+// and the record comes again, and after Consume.Retry.MaxAttempts such
+// windows it is dead-lettered instead of aborting every window. No write of
+// the next window is sent meanwhile: they wait for its transaction
+// (ready).
+func (w *window) awaitAcks(ctx context.Context, counted map[recID]bool) (doomed error) {
 	w.mu.Lock()
 	if w.sending > 0 {
 		if w.acked == nil {
@@ -283,20 +329,21 @@ func (w *window) awaitAcks(ctx context.Context) {
 		w.mu.Lock()
 	}
 	defer w.mu.Unlock()
-	if w.sending > 0 && w.doomed == nil {
-		w.doomed = fmt.Errorf("kavari: %d writes of the transaction were not acknowledged in time: %w", w.sending, context.Cause(ctx))
+	if w.sending > 0 {
+		doomed = fmt.Errorf("kavari: %d writes of the transaction were not acknowledged in time: %w", w.sending, context.Cause(ctx))
 	}
 	for id, err := range w.sendFailed {
-		if w.doomed == nil {
-			w.doomed = fmt.Errorf("kavari: a handler's write into the transaction failed (%s/%d@%d): %w", id.tp.Topic, id.tp.Partition, id.offset, err)
+		if doomed == nil {
+			doomed = fmt.Errorf("kavari: a handler's write into the transaction failed (%s/%d@%d): %w", id.tp.Topic, id.tp.Partition, id.offset, err)
 		}
-		if !w.counted[id] {
-			w.counted[id] = true
+		if !counted[id] {
+			counted[id] = true
 			w.redo[id]++
 			w.redoErr[id] = err
 		}
 	}
 	clear(w.sendFailed)
+	return doomed
 }
 
 // finish makes the window loop end its transaction (committing what
@@ -399,7 +446,9 @@ func (e *engine) endWindow(final bool) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	w.awaitAcks(ctx)
+	// The window is shut: every record it finished is finished, and no
+	// attempt runs. Its offsets are taken now, before the next window's
+	// attempts may finish records of their own.
 	gen, ps := e.assigned()
 	e.commitMu.Lock()
 	var offsets []transport.Offset
@@ -410,7 +459,8 @@ func (e *engine) endWindow(final bool) bool {
 			moved = append(moved, p)
 		}
 	}
-	if len(offsets) == 0 && w.produced.Load() > 0 {
+	produced := w.produced.Load()
+	if len(offsets) == 0 && produced > 0 {
 		// Writes but no offset moved: commit the offsets as they are, so
 		// that the transaction carries the group's offsets.
 		for _, p := range ps {
@@ -425,10 +475,18 @@ func (e *engine) endWindow(final bool) bool {
 	doomed := w.doomed
 	w.doomed = nil
 	w.epoch++ // what was written, was written in the transaction that ends now
-	clear(w.counted)
+	counted := w.counted
+	w.counted = map[recID]bool{}
+	sending := w.sending
 	w.mu.Unlock()
-	if doomed == nil && len(offsets) == 0 && w.produced.Load() == 0 && !final {
+	if doomed == nil && len(offsets) == 0 && produced == 0 && sending == 0 && !final {
 		return false
+	}
+	if !final {
+		w.openPending()
+	}
+	if err := w.awaitAcks(ctx, counted); doomed == nil {
+		doomed = err
 	}
 	w.produced.Store(0)
 	start := time.Now()
@@ -536,6 +594,11 @@ func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Rec
 	rec, err := k.pub.encode(ctx, msg)
 	if err != nil {
 		k.asyncDone(callback, receiptOf(msg, nil, false), err)
+		return
+	}
+	if err := w.ready(ctx); err != nil {
+		err = publishErrorOf(&rec, &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended before its transaction began: %w", err)})
+		k.asyncDone(callback, receiptOf(msg, &rec, false), err)
 		return
 	}
 	start := time.Now()
