@@ -154,7 +154,8 @@ func eoMember(t *testing.T, brokers []string, run, group string, h *eoPipeline) 
 }
 
 // committedLog reads topic's committed records (read_committed) on every
-// partition up to an end marker written after the run, and decodes them.
+// partition up to an end marker written after the run, checks that kavari
+// wrote them uncompressed, and decodes them.
 func committedLog(t *testing.T, brokers []string, topic string, partitions int) []eoOut {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -179,6 +180,9 @@ func committedLog(t *testing.T, brokers []string, topic string, partitions int) 
 				ended[r.Partition] = true
 				continue
 			}
+			// Like every write of kavari's: the transactional client is
+			// set as the publisher is (no compression).
+			require.Zero(t, r.Attrs.CompressionType(), "%s/%d@%d is compressed", r.Topic, r.Partition, r.Offset)
 			var o eoOut
 			require.NoError(t, json.Unmarshal(r.Value, &o))
 			out = append(out, o)

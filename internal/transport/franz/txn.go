@@ -61,14 +61,15 @@ var errTxnCommit = errors.New("kavari: franz consumer: exactly-once: offsets are
 
 // txnOpts are the client options of a transactional consumer: reading
 // committed, producing as the publisher does (all in-sync replicas, no
-// linger, kavari's partitioner, a missing topic found fast), in
-// transactions.
+// linger, no compression, kavari's partitioner, a missing topic found
+// fast), in transactions.
 func txnOpts(cfg transport.Config) []kgo.Opt {
 	opts := []kgo.Opt{
 		kgo.TransactionalID(cfg.TransactionalID),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()), // kgo's default is snappy
 		kgo.RecordPartitioner(partitioner(cfg.Partitioner)),
 		// kgo's own retries, not the publisher's single try: a produce
 		// right after a transaction ended may be told the previous one is
