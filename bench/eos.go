@@ -185,8 +185,9 @@ func (h txnHook) OnTransaction(ev kavari.TransactionEvent) { h(ev) }
 
 // startRawTxn is what a careful user of raw franz-go writes for the same
 // pipeline: a GroupTransactSession (reading committed, acks from all
-// in-sync replicas, no linger, as kavari's), and for each poll Begin,
-// decode each record and produce its output without waiting, End.
+// in-sync replicas, no linger, no compression, as kavari's), and for each
+// poll Begin, decode each record and produce its output without waiting,
+// End.
 func startRawTxn(ctx context.Context, s *spec, handled func(), visible func(n int)) (*eosPipeline, error) {
 	sess, err := kgo.NewGroupTransactSession(
 		kgo.SeedBrokers(s.Brokers...),
@@ -198,6 +199,7 @@ func startRawTxn(ctx context.Context, s *spec, handled func(), visible func(n in
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()), // the common settings; kgo's default is snappy
 	)
 	if err != nil {
 		return nil, err
