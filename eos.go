@@ -242,20 +242,18 @@ func (w *window) snapshot() TransactionHealth {
 // aborts the window); a dead letter waits for its ack, since its writer
 // needs the outcome (a dead letter too large is rebuilt smaller).
 func (w *window) produce(ctx context.Context, recs []*transport.Record) []error {
-	if err := ctx.Err(); err != nil {
+	err := ctx.Err()
+	if err == nil {
+		err = w.ready(ctx)
+	}
+	if err != nil {
 		// The record's partition was revoked or lost, or Stop cut its
-		// handler: a write now could land in a later window's transaction
-		// without the record's offset.
+		// handler (before or while it waited for its transaction): a write
+		// now could land in a later window's transaction without the
+		// record's offset.
 		errs := make([]error, len(recs))
 		for i := range errs {
 			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended: %w", err)}
-		}
-		return errs
-	}
-	if err := w.ready(ctx); err != nil {
-		errs := make([]error, len(recs))
-		for i := range errs {
-			errs[i] = &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended before its transaction began: %w", err)}
 		}
 		return errs
 	}
@@ -597,7 +595,7 @@ func (k *Client) publishInWindow(ctx context.Context, msg Msg, callback func(Rec
 		return
 	}
 	if err := w.ready(ctx); err != nil {
-		err = publishErrorOf(&rec, &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended before its transaction began: %w", err)})
+		err = publishErrorOf(&rec, &transport.ProduceError{Kind: transport.Permanent, Err: fmt.Errorf("kavari: exactly-once: the handler's context ended: %w", err)})
 		k.asyncDone(callback, receiptOf(msg, &rec, false), err)
 		return
 	}

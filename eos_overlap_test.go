@@ -119,33 +119,51 @@ func waitFor(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
+// endHeld starts a window loop on a slowEnd, writes one record in the
+// first window and returns once that window's End is held: the next
+// window's attempts may run. cleanup releases End and stops the loop.
+func endHeld(t *testing.T) (w *window, tx *slowEnd, stop func(), cleanup func()) {
+	t.Helper()
+	tx = newSlowEnd()
+	e, stop := windowEngine(t, tx, time.Millisecond)
+	w = e.eos
+	ctx := context.Background()
+	require.True(t, w.enter(ctx))
+	require.Empty(t, w.produce(attemptCtx(ctx, 1), []*transport.Record{{Topic: "out"}}))
+	w.leave()
+	waitFor(t, tx.ending, "the first window's End")
+	var once sync.Once
+	return w, tx, stop, func() {
+		once.Do(func() { close(tx.release) })
+		stop()
+	}
+}
+
+// attempt runs an attempt with ctx in w at the record at offset, writing
+// one record: entered is closed once it started, and wrote gets what its
+// write returned.
+func attempt(ctx context.Context, w *window, offset int64) (entered chan struct{}, wrote chan []error) {
+	entered, wrote = make(chan struct{}), make(chan []error, 1)
+	go func() {
+		if !w.enter(ctx) {
+			return
+		}
+		defer w.leave()
+		close(entered)
+		wrote <- w.produce(attemptCtx(ctx, offset), []*transport.Record{{Topic: "out"}})
+	}()
+	return entered, wrote
+}
+
 // While a window's transaction ends, the next window's attempts run (they
 // waited for the end before: every window left the handlers idle for its
 // acks and its commit), and their writes wait until the next transaction
 // begins, so they go into it and not into the one ending.
 func TestNextWindowRunsWhileTheTransactionEnds(t *testing.T) {
-	tx := newSlowEnd()
-	e, stop := windowEngine(t, tx, time.Millisecond)
-	defer stop()
-	defer close(tx.release)
-	w := e.eos
-	ctx := context.Background()
+	w, tx, stop, cleanup := endHeld(t)
+	defer cleanup()
 
-	require.True(t, w.enter(ctx))
-	require.Empty(t, w.produce(attemptCtx(ctx, 1), []*transport.Record{{Topic: "out"}}))
-	w.leave()
-	waitFor(t, tx.ending, "the first window's End")
-
-	entered := make(chan struct{})
-	wrote := make(chan []error, 1)
-	go func() {
-		if !w.enter(ctx) {
-			return
-		}
-		close(entered)
-		wrote <- w.produce(attemptCtx(ctx, 2), []*transport.Record{{Topic: "out"}})
-		w.leave()
-	}()
+	entered, wrote := attempt(context.Background(), w, 2)
 	waitFor(t, entered, "an attempt to start while the transaction ends")
 	assert.Equal(t, "begin send end", tx.sequence(), "the attempt's write waits for the next transaction")
 
@@ -164,28 +182,11 @@ func TestNextWindowRunsWhileTheTransactionEnds(t *testing.T) {
 // (its partition revoked or lost, as after an aborted window, or Stop):
 // it is refused and never written.
 func TestWriteWaitingForTheNextTransactionEndsWithItsContext(t *testing.T) {
-	tx := newSlowEnd()
-	e, stop := windowEngine(t, tx, time.Millisecond)
-	defer stop()
-	defer close(tx.release)
-	w := e.eos
-	ctx := context.Background()
+	w, tx, _, cleanup := endHeld(t)
+	defer cleanup()
 
-	require.True(t, w.enter(ctx))
-	require.Empty(t, w.produce(attemptCtx(ctx, 1), []*transport.Record{{Topic: "out"}}))
-	w.leave()
-	waitFor(t, tx.ending, "the first window's End")
-
-	actx, cancel := context.WithCancel(ctx)
-	entered := make(chan struct{})
-	wrote := make(chan []error, 1)
-	go func() {
-		if !w.enter(actx) {
-			return
-		}
-		close(entered)
-		wrote <- w.produce(attemptCtx(actx, 2), []*transport.Record{{Topic: "out"}})
-	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	entered, wrote := attempt(ctx, w, 2)
 	waitFor(t, entered, "an attempt to start while the transaction ends")
 	cancel()
 	var errs []error
@@ -194,7 +195,6 @@ func TestWriteWaitingForTheNextTransactionEndsWithItsContext(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the waiting write did not end with its context")
 	}
-	w.leave()
 	require.Len(t, errs, 1)
 	assert.ErrorIs(t, errs[0], context.Canceled)
 	assert.Equal(t, transport.Permanent, transport.KindOf(errs[0]))
