@@ -616,6 +616,13 @@ func (e *engine) feed(p *partition) {
 		if !e.awaitDue(p, rec) { // a retry tier's record waits for its due time
 			break
 		}
+		// The common case first: room, and a slot to take at once.
+		if int64(p.tracker.window()) < p.share.Load() {
+			if used, ok := e.deps.buf.tryAcquire(p); ok {
+				e.dispatchNext(p, rec, at, used)
+				continue
+			}
+		}
 		// A buffer slot is taken once a record is in hand, so idle
 		// partitions hold none; while all are taken, or this partition has
 		// its share open, the partition is paused and its feeder waits with
@@ -625,13 +632,6 @@ func (e *engine) feed(p *partition) {
 		// what kgo fetched for it, and handlers catching up with the feeder
 		// free room within microseconds; meanwhile its backlog holds the
 		// transport back.
-		// The common case first: room, and a slot to take at once.
-		if int64(p.tracker.window()) < p.share.Load() {
-			if used, ok := e.deps.buf.tryAcquire(p); ok {
-				e.dispatchNext(p, rec, at, used)
-				continue
-			}
-		}
 		stall := false
 		if !e.hasRoom(p) {
 			if p.bq != nil {

@@ -390,7 +390,7 @@ func (c *consumer) deliver(tp transport.TopicPartition, krs []*kgo.Record, hw in
 			for i := range hs {
 				hs[i].Value = own(hs[i].Value)
 			}
-			r.Headers = asHeaders(hs[:len(hs):len(hs)])
+			r.Headers = asHeaders(hs) // no room beyond their length
 		}
 		recs[i] = r
 	}
